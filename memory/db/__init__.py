@@ -1,0 +1,23 @@
+"""Database layer: SQLAlchemy 2.x models, engines and sessions, Alembic migrations. Knows nothing of torch."""
+
+from memory.db.models import (
+    Adapter,
+    AdapterStatus,
+    Base,
+    Chunk,
+    Document,
+    DocumentVersion,
+    Hypernetwork,
+    Job,
+    JobState,
+    Namespace,
+    QueryLog,
+    Source,
+)
+from memory.db.session import dispose_engines, get_engine, session_factory, session_scope
+
+__all__ = [
+    "Adapter", "AdapterStatus", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
+    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "session_factory",
+    "session_scope",
+]

@@ -1,0 +1,104 @@
+"""Text normalisation, content hashing and token-bounded chunking.
+
+The content hash of a document version is the SHA-256 of its *normalised* text, so the same
+policy saved with CRLF line endings or trailing blanks is the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, ``\\n`` line endings, no trailing spaces, no leading/trailing blank lines.
+
+    >>> normalize_text("a \\r\\nb\\r\\n\\n")
+    'a\\nb'
+    """
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return text.strip("\n")
+
+
+def content_hash(text: str) -> str:
+    """SHA-256 hex digest of the normalised text."""
+    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+def approx_token_count(text: str) -> int:
+    """A fast tokenizer-free estimate (words and punctuation marks)."""
+    return len(_WORD.findall(text))
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    ordinal: int
+    text: str
+    start_char: int
+    end_char: int
+    token_count: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def chunk_text(
+    text: str,
+    max_tokens: int = 512,
+    count_tokens: Callable[[str], int] | None = None,
+) -> list[ChunkSpec]:
+    """Split text into chunks of at most ``max_tokens`` tokens at paragraph, then sentence, then word breaks.
+
+    ``start_char``/``end_char`` index into ``text``; ``text[c.start_char:c.end_char] == c.text``.
+
+    >>> [c.text for c in chunk_text("One. Two.", max_tokens=2)]
+    ['One.', 'Two.']
+    """
+    count = count_tokens or approx_token_count
+    pieces = _split_units(text)
+    chunks: list[ChunkSpec] = []
+    cur_start: int | None = None
+    cur_end = 0
+    cur_tokens = 0
+    for start, end in pieces:
+        n = count(text[start:end])
+        if cur_start is not None and cur_tokens + n > max_tokens:
+            chunks.append(_make(text, len(chunks), cur_start, cur_end, cur_tokens))
+            cur_start = None
+        if cur_start is None:
+            cur_start, cur_tokens = start, 0
+        cur_end = end
+        cur_tokens += n
+    if cur_start is not None:
+        chunks.append(_make(text, len(chunks), cur_start, cur_end, cur_tokens))
+    return chunks
+
+
+def _make(text: str, ordinal: int, start: int, end: int, tokens: int) -> ChunkSpec:
+    return ChunkSpec(ordinal=ordinal, text=text[start:end], start_char=start, end_char=end, token_count=tokens)
+
+
+_SENTENCE = re.compile(r"[^\n.!?]*(?:[.!?]+|\n+|$)")
+
+
+def _split_units(text: str) -> list[tuple[int, int]]:
+    """Sentence-ish spans with surrounding whitespace trimmed; very long sentences split at spaces."""
+    spans: list[tuple[int, int]] = []
+    for m in _SENTENCE.finditer(text):
+        s, e = m.start(), m.end()
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if s >= e:
+            continue
+        if e - s > 2000:  # a run-on "sentence": fall back to word windows
+            for w in re.finditer(r"\S+(?:\s+\S+){0,199}", text[s:e]):
+                spans.append((s + w.start(), s + w.end()))
+        else:
+            spans.append((s, e))
+    return spans
