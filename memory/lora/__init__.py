@@ -1,0 +1,23 @@
+"""LoRA tensors: one representation, functional batched application, rank concatenation, PEFT I/O.
+
+>>> from memory.lora import LoraAdapter, apply_lora, concat, to_bytes, from_bytes
+"""
+
+from memory.lora.adapter import LoraAdapter, concat, module_suffix, scale, zeros_like
+from memory.lora.apply import apply_lora, apply_lora_batched
+from memory.lora.io import AdapterCache, from_bytes, load_peft, save_peft, to_bytes
+
+__all__ = [
+    "AdapterCache",
+    "LoraAdapter",
+    "apply_lora",
+    "apply_lora_batched",
+    "concat",
+    "from_bytes",
+    "load_peft",
+    "module_suffix",
+    "save_peft",
+    "scale",
+    "to_bytes",
+    "zeros_like",
+]
