@@ -1,0 +1,501 @@
+"""``ParametricMemory``: the one facade that the CLI, the workers and the integrations call.
+
+>>> from memory import ParametricMemory
+>>> mem = ParametricMemory(home="/tmp/pmem-doc")
+>>> mem.add("The vault code is 7342.", document_id="vault").status in {"created", "unchanged"}
+True
+>>> mem.get("vault").version.number >= 1
+True
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.exc import StaleDataError
+
+from memory.config import Settings
+from memory.db import (
+    Adapter,
+    AdapterStatus,
+    Chunk,
+    Document,
+    DocumentVersion,
+    Namespace,
+    QueryLog,
+    Source,
+    get_engine,
+    session_factory,
+)
+from memory.db.migrate import ensure_schema
+from memory.errors import (
+    ConflictError,
+    NotFoundError,
+    NotImplementedYetError,
+    ValidationError,
+)
+from memory.ingest import chunk_text, content_hash, normalize_text
+from memory.storage import BlobStore
+from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_DOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}$")
+_RETRIES = 5
+
+
+def validate_namespace(name: str) -> str:
+    """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAMESPACE.match(name):
+        raise ValidationError(
+            f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def validate_document_id(doc_id: str) -> str:
+    """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
+    if (
+        not isinstance(doc_id, str)
+        or not _DOC_ID.match(doc_id)
+        or any(part in ("", ".", "..") for part in doc_id.split("/"))
+    ):
+        raise ValidationError(
+            f"invalid document id {doc_id!r}: use 1-255 characters of letters, digits and _ . : @ / + = -, "
+            "no empty, '.' or '..' path segments"
+        )
+    return doc_id
+
+
+def _check_text(text: Any, max_bytes: int) -> str:
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValidationError(
+                f"document bytes are not UTF-8 text ({e.reason} at byte {e.start}); decode them first or "
+                "add the file by path so its encoding is detected"
+            ) from None
+    if not isinstance(text, str):
+        raise ValidationError(f"document text must be str or UTF-8 bytes, got {type(text).__name__}")
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        raise ValidationError(
+            f"document is {size:,} bytes, over the limit of {max_bytes:,} (PMEM_MAX_DOCUMENT_BYTES); split it first"
+        )
+    sample = text[:65536]
+    if "\x00" in sample:
+        raise ValidationError("document contains NUL bytes: this looks like binary data, not text")
+    controls = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\n\r\t\f\v")
+    if sample and controls / len(sample) > 0.05:
+        raise ValidationError(
+            f"document has {controls} control characters in its first {len(sample)}: binary data, not text"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("document contains unpaired surrogates; it is not valid Unicode text") from None
+    normalised = normalize_text(text)
+    if not normalised.strip():
+        raise ValidationError("document is empty (only whitespace); nothing to remember")
+    return normalised
+
+
+class ParametricMemory:
+    """Documents stored in model weights, with provenance, versions and classic retrieval beside them.
+
+    Args:
+        settings: a ready :class:`~memory.config.Settings`; otherwise built from ``PMEM_*`` variables and
+            ``overrides`` (e.g. ``home=``, ``database_url=``, ``namespace=``).
+
+    The embedded database is migrated on first use; a server database must be upgraded with
+    ``pmem db upgrade`` first.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings.with_(**overrides) if settings else Settings.from_env(**overrides)
+        url = self.settings.resolved_database_url
+        ensure_schema(url, auto_migrate=self.settings.should_auto_migrate)
+        self.engine = get_engine(url)
+        self._sessions = session_factory(self.engine)
+        self.blobs = BlobStore(self.settings.resolved_blob_url)
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"ParametricMemory(database={url!r}, blobs={self.blobs.url!r})"
+
+    # ------------------------------------------------------------ plumbing
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _retrying(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in a transaction; on a unique-key race or a stale row, start again from a fresh read."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._tx() as s:
+                    return fn(s)
+            except (sa_exc.IntegrityError, StaleDataError, sa_exc.OperationalError) as e:
+                if isinstance(e, sa_exc.OperationalError) and "lock" not in str(e).lower():
+                    raise
+                if attempt == _RETRIES - 1:
+                    raise ConflictError(f"gave up after {_RETRIES} concurrent-update retries: {e}") from e
+                log.debug("retrying after a concurrent update: %s", e)
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _ns(self, namespace: str | None) -> str:
+        return validate_namespace(namespace if namespace is not None else self.settings.namespace)
+
+    @staticmethod
+    def _ns_row(s: Session, name: str, create: bool) -> Namespace | None:
+        row = s.scalar(select(Namespace).where(Namespace.name == name))
+        if row is None and create:
+            row = Namespace(name=name)
+            s.add(row)
+            s.flush()
+        return row
+
+    def _doc(self, s: Session, namespace: str, doc_id: str) -> Document:
+        validate_document_id(doc_id)
+        doc = s.scalar(
+            select(Document)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(Namespace.name == namespace, Document.key == doc_id)
+        )
+        if doc is None:
+            raise NotFoundError(f"no document {doc_id!r} in namespace {namespace!r}")
+        return doc
+
+    # ------------------------------------------------------------ conversion
+    @staticmethod
+    def _version_info(v: DocumentVersion, current_id: int | None, adapter_status: str | None = None) -> VersionInfo:
+        return VersionInfo(
+            number=v.number, content_sha256=v.content_sha256, is_current=v.id == current_id,
+            byte_count=v.byte_count, token_count=v.token_count, chunk_count=v.chunk_count,
+            parser=dict(v.parser or {}), created_at=v.created_at, adapter_status=adapter_status,
+        )
+
+    def _doc_info(self, s: Session, doc: Document, namespace: str, text: str | None = None) -> DocumentInfo:
+        cur = s.get(DocumentVersion, doc.current_version_id) if doc.current_version_id else None
+        count = s.scalar(select(func.count()).where(DocumentVersion.document_id == doc.id)) or 0
+        source = s.get(Source, doc.source_id).uri if doc.source_id else None
+        status = None
+        if cur is not None:
+            status = s.scalar(
+                select(Adapter.status).where(Adapter.version_id == cur.id).order_by(Adapter.id.desc()).limit(1)
+            )
+        return DocumentInfo(
+            id=doc.key, namespace=namespace, title=doc.title, metadata=dict(doc.meta or {}),
+            version=self._version_info(cur, doc.current_version_id, status.value if status else None) if cur else None,
+            version_count=count, source=source, created_at=doc.created_at, updated_at=doc.updated_at, text=text,
+        )
+
+    # ------------------------------------------------------------ add
+    def add(
+        self,
+        text: str | bytes,
+        *,
+        document_id: str | None = None,
+        namespace: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        parser: dict[str, Any] | None = None,
+        source: str | None = None,
+        chunks: list[Any] | None = None,
+    ) -> AddResult:
+        """Store a document's text as a new version (deduplicated by the hash of its normalised text).
+
+        Same content as the current version: nothing changes (``status="unchanged"``). Same content as an
+        older version: that version becomes current again (``"restored"``). Otherwise a new version with
+        its chunks is written (``"created"`` / ``"new_version"``).
+
+        >>> mem.add("Policy v1", document_id="policy").status  # doctest: +SKIP
+        'created'
+        """
+        ns = self._ns(namespace)
+        normalised = _check_text(text, self.settings.max_document_bytes)
+        sha = content_hash(normalised)
+        doc_id = validate_document_id(document_id) if document_id is not None else f"doc-{sha[:16]}"
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+        specs = chunks if chunks is not None else chunk_text(normalised, self.settings.chunk_tokens)
+        data = normalised.encode("utf-8")
+        # The blob is written before the rows that reference it; if the transaction fails, it is removed.
+        blob_existed = self.blobs.exists(sha)
+        self.blobs.put(data)
+
+        def write(s: Session) -> AddResult:
+            ns_row = self._ns_row(s, ns, create=True)
+            assert ns_row is not None
+            doc = s.scalar(select(Document).where(Document.namespace_id == ns_row.id, Document.key == doc_id))
+            status: AddStatus
+            if doc is None:
+                doc = Document(namespace_id=ns_row.id, key=doc_id, title=title, meta=metadata or {})
+                s.add(doc)
+                s.flush()
+                status = "created"
+            else:
+                status = "new_version"
+                if title is not None:
+                    doc.title = title
+                if metadata is not None:
+                    doc.meta = metadata
+            if source is not None:
+                src = s.scalar(select(Source).where(Source.namespace_id == ns_row.id, Source.uri == source))
+                if src is None:
+                    src = Source(namespace_id=ns_row.id, uri=source, kind="file", parser=parser)
+                    s.add(src)
+                    s.flush()
+                doc.source_id = src.id
+            existing = s.scalar(
+                select(DocumentVersion).where(DocumentVersion.document_id == doc.id,
+                                              DocumentVersion.content_sha256 == sha)
+            )
+            if existing is not None:
+                if existing.id == doc.current_version_id:
+                    return AddResult("unchanged", self._doc_info(s, doc, ns))
+                self._make_current(s, doc, existing)
+                return AddResult("restored", self._doc_info(s, doc, ns))
+            number = (s.scalar(select(func.max(DocumentVersion.number)).where(
+                DocumentVersion.document_id == doc.id)) or 0) + 1
+            version = DocumentVersion(
+                document_id=doc.id, number=number, content_sha256=sha, byte_count=len(data),
+                token_count=sum(c.token_count for c in specs), chunk_count=len(specs),
+                parser=parser or {"name": "text", "version": "1"},
+            )
+            s.add(version)
+            s.flush()
+            s.add_all(
+                Chunk(version_id=version.id, ordinal=c.ordinal, text=c.text, start_char=c.start_char,
+                      end_char=c.end_char, token_count=c.token_count, meta=dict(c.metadata))
+                for c in specs
+            )
+            self._make_current(s, doc, version)
+            s.flush()
+            return AddResult(status, self._doc_info(s, doc, ns))
+
+        try:
+            result = self._retrying(write)
+        except BaseException:
+            if not blob_existed:
+                self._drop_unreferenced([sha])
+            raise
+        log.info("add %s/%s: %s (v%s)", ns, doc_id, result.status,
+                 result.document.version.number if result.document.version else "?")
+        return result
+
+    def _make_current(self, s: Session, doc: Document, version: DocumentVersion) -> None:
+        """Point the document at ``version``; its adapters become ready again, the old ones superseded."""
+        old = doc.current_version_id
+        doc.current_version_id = version.id
+        if old is not None and old != version.id:
+            for a in s.scalars(select(Adapter).where(Adapter.version_id == old,
+                                                     Adapter.status == AdapterStatus.ready)):
+                a.status = AdapterStatus.superseded
+        for a in s.scalars(select(Adapter).where(Adapter.version_id == version.id,
+                                                 Adapter.status == AdapterStatus.superseded)):
+            a.status = AdapterStatus.ready
+
+    # ------------------------------------------------------------ read
+    def get(self, document_id: str, *, namespace: str | None = None, with_text: bool = False,
+            version: int | None = None) -> DocumentInfo:
+        """Return a document (its current version, or ``version``), optionally with its verified text."""
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            doc = self._doc(s, ns, document_id)
+            info = self._doc_info(s, doc, ns)
+            if version is not None:
+                v = self._version(s, doc, version)
+                info = DocumentInfo(**{**info.__dict__, "version": self._version_info(v, doc.current_version_id)})
+        if with_text and info.version is not None:
+            text = self.blobs.get(info.version.content_sha256).decode("utf-8")
+            info = DocumentInfo(**{**info.__dict__, "text": text})
+        return info
+
+    def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
+             prefix: str | None = None) -> list[DocumentInfo]:
+        """List documents in a namespace, ordered by id."""
+        ns = self._ns(namespace)
+        if limit < 0 or offset < 0:
+            raise ValidationError("limit and offset must be >= 0")
+        with self._tx() as s:
+            q = (select(Document).join(Namespace, Document.namespace_id == Namespace.id)
+                 .where(Namespace.name == ns).order_by(Document.key).limit(limit).offset(offset))
+            if prefix:
+                q = q.where(Document.key.startswith(prefix, autoescape=True))
+            return [self._doc_info(s, d, ns) for d in s.scalars(q)]
+
+    def chunks(self, document_id: str, *, namespace: str | None = None,
+               version: int | None = None) -> list[ChunkInfo]:
+        """The chunks of the current version (or ``version``) of a document."""
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            doc = self._doc(s, ns, document_id)
+            v = self._version(s, doc, version)
+            return [ChunkInfo(id=c.id, ordinal=c.ordinal, text=c.text, token_count=c.token_count,
+                              start_char=c.start_char, end_char=c.end_char, metadata=dict(c.meta or {}))
+                    for c in s.scalars(select(Chunk).where(Chunk.version_id == v.id).order_by(Chunk.ordinal))]
+
+    def namespaces(self) -> list[str]:
+        with self._tx() as s:
+            return list(s.scalars(select(Namespace.name).order_by(Namespace.name)))
+
+    @staticmethod
+    def _version(s: Session, doc: Document, number: int | None) -> DocumentVersion:
+        if number is None:
+            if doc.current_version_id is None:
+                raise NotFoundError(f"document {doc.key!r} has no current version")
+            v = s.get(DocumentVersion, doc.current_version_id)
+        else:
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise ValidationError(f"version must be a positive integer, got {number!r}")
+            v = s.scalar(select(DocumentVersion).where(DocumentVersion.document_id == doc.id,
+                                                       DocumentVersion.number == number))
+        if v is None:
+            raise NotFoundError(f"document {doc.key!r} has no version {number}")
+        return v
+
+    # ------------------------------------------------------------ versions
+    def history(self, document_id: str, *, namespace: str | None = None) -> list[VersionInfo]:
+        """Every version of a document, oldest first, with the current one marked."""
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            doc = self._doc(s, ns, document_id)
+            out = []
+            for v in s.scalars(select(DocumentVersion).where(DocumentVersion.document_id == doc.id)
+                               .order_by(DocumentVersion.number)):
+                status = s.scalar(select(Adapter.status).where(Adapter.version_id == v.id)
+                                  .order_by(Adapter.id.desc()).limit(1))
+                out.append(self._version_info(v, doc.current_version_id, status.value if status else None))
+            return out
+
+    def diff(self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None,
+             context: int = 2) -> str:
+        """A unified diff between two versions' texts (``new`` defaults to the current version)."""
+        a = self.get(document_id, namespace=namespace, version=old, with_text=True)
+        b = self.get(document_id, namespace=namespace, version=new, with_text=True)
+        assert a.text is not None and b.text is not None and a.version and b.version
+        return "\n".join(difflib.unified_diff(
+            a.text.splitlines(), b.text.splitlines(), lineterm="",
+            fromfile=f"{document_id}@v{a.version.number}", tofile=f"{document_id}@v{b.version.number}", n=context,
+        ))
+
+    def rollback(self, document_id: str, version: int, *, namespace: str | None = None) -> DocumentInfo:
+        """Make an older (or any) version current again; its adapter, if any, becomes the ready one."""
+        ns = self._ns(namespace)
+
+        def write(s: Session) -> DocumentInfo:
+            doc = self._doc(s, ns, document_id)
+            v = self._version(s, doc, version)
+            self._make_current(s, doc, v)
+            s.flush()
+            return self._doc_info(s, doc, ns)
+
+        return self._retrying(write)
+
+    # ------------------------------------------------------------ delete
+    def delete(self, document_id: str, *, namespace: str | None = None) -> DeleteResult:
+        """Remove a document with all its versions, chunks, adapters and (now unreferenced) blobs."""
+        ns = self._ns(namespace)
+
+        def write(s: Session) -> tuple[DeleteResult, list[str]]:
+            doc = self._doc(s, ns, document_id)
+            version_ids = list(s.scalars(select(DocumentVersion.id).where(DocumentVersion.document_id == doc.id)))
+            shas = list(s.scalars(select(DocumentVersion.content_sha256)
+                                  .where(DocumentVersion.id.in_(version_ids))))
+            adapter_shas = [b for b in s.scalars(select(Adapter.blob_sha256)
+                                                  .where(Adapter.version_id.in_(version_ids))) if b]
+            n_chunks = s.scalar(select(func.count()).where(Chunk.version_id.in_(version_ids))) or 0
+            n_adapters = s.scalar(select(func.count()).where(Adapter.version_id.in_(version_ids))) or 0
+            doc.current_version_id = None
+            s.flush()
+            s.delete(doc)
+            s.flush()
+            return DeleteResult(document=document_id, namespace=ns, versions=len(version_ids), chunks=n_chunks,
+                                adapters=n_adapters, blobs_removed=0), shas + adapter_shas
+
+        result, blobs = self._retrying(write)
+        removed = self._drop_unreferenced(blobs)
+        return DeleteResult(**{**result.__dict__, "blobs_removed": removed})
+
+    def _referenced(self, s: Session, shas: list[str]) -> set[str]:
+        if not shas:
+            return set()
+        used = set(s.scalars(select(DocumentVersion.content_sha256).where(DocumentVersion.content_sha256.in_(shas))))
+        used |= set(s.scalars(select(Adapter.blob_sha256).where(Adapter.blob_sha256.in_(shas))))
+        return used
+
+    def _drop_unreferenced(self, shas: list[str]) -> int:
+        """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
+        with self._tx() as s:
+            used = self._referenced(s, shas)
+        return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+
+    def gc(self, *, dry_run: bool = False) -> list[str]:
+        """Remove every blob that no row references (left by a crash between blob write and commit)."""
+        with self._tx() as s:
+            referenced = set(s.scalars(select(DocumentVersion.content_sha256)))
+            referenced |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
+        return self.blobs.sweep(referenced, dry_run=dry_run)
+
+    # ------------------------------------------------------------ feedback
+    def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
+        """Attach a user score to a logged query (for A/B reports)."""
+        ns = self._ns(namespace)
+        if not isinstance(score, (int, float)) or score != score:
+            raise ValidationError(f"score must be a number, got {score!r}")
+        with self._tx() as s:
+            row = s.scalar(select(QueryLog).join(Namespace, QueryLog.namespace_id == Namespace.id)
+                           .where(QueryLog.id == query_id, Namespace.name == ns))
+            if row is None:
+                raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
+            row.feedback = float(score)
+
+    # ------------------------------------------------------------ filled by later components
+    def internalize(self, document_id: str, *, namespace: str | None = None, **kwargs: Any) -> Any:
+        """Turn the current version into a LoRA adapter (Doc-to-LoRA, or the context-distillation fallback)."""
+        raise NotImplementedYetError(
+            "internalize needs the Doc-to-LoRA internalizer (memory.hyper.d2l) and the base-model runtime "
+            "(memory.models, memory.lora), which have not landed yet"
+        )
+
+    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", **kwargs: Any) -> Any:
+        """Answer a question from memory: parametric (adapters), retrieval, hybrid or auto-routed."""
+        raise NotImplementedYetError(
+            "query needs the base-model runtime (memory.models), the retrieval index (memory.retrieval) and the "
+            "router (memory.router), which have not landed yet"
+        )
+
+    def search(self, query: str, *, k: int = 4, namespace: str | None = None, **kwargs: Any) -> Any:
+        """Classic vector search over the chunks of current versions."""
+        raise NotImplementedYetError("search needs the retrieval index (memory.retrieval), which has not landed yet")
+
+    def specialize(self, description: str, *, namespace: str | None = None, **kwargs: Any) -> Any:
+        """Turn a plain-language task description into a skill adapter (Text-to-LoRA)."""
+        raise NotImplementedYetError("specialize needs the Text-to-LoRA hypernetwork (memory.hyper.t2l), "
+                                     "which has not landed yet")
+
+    def experiment(self, name: str, *, arms: Any, namespace: str | None = None) -> Any:
+        """An online A/B experiment that assigns each query to an arm by a stable hash."""
+        raise NotImplementedYetError("experiment needs the evaluation harness (memory.evaluation), "
+                                     "which has not landed yet")

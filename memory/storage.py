@@ -1,0 +1,172 @@
+"""Content-addressed blob store for adapters and document texts.
+
+A blob's name is the SHA-256 of its bytes, so a name *is* an integrity check: every read re-hashes
+and refuses a blob that was changed or truncated on disk. Writes are atomic (a temporary file in the
+same directory, then a rename), so a crash never leaves a half-written blob under a real name.
+
+The default backend is a local directory; any fsspec URL (``s3://bucket/pmem``, ``gcs://...``,
+``memory://...``) works for storage shared by many workers.
+
+>>> store = BlobStore("/tmp/pmem-doc-blobs")
+>>> sha = store.put(b"hello")
+>>> store.get(sha)
+b'hello'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from memory.errors import IntegrityError, NotFoundError, ValidationError
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_digest(digest: str) -> str:
+    """Validate a blob name (also what keeps a name from ever being a path)."""
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValidationError(f"invalid blob name {digest!r}: expected 64 lowercase hex characters (SHA-256)")
+    return digest
+
+
+class BlobStore:
+    """SHA-256-named blobs under ``root`` laid out as ``ab/cd/abcd...``."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        url = str(url)
+        self.url = url
+        if "://" in url and not url.startswith("file://"):
+            import fsspec
+
+            self._fs, self._root = fsspec.core.url_to_fs(url)
+            self._local = None
+        else:
+            self._local = Path(url.removeprefix("file://")).expanduser()
+            self._local.mkdir(parents=True, exist_ok=True)
+            self._fs, self._root = None, str(self._local)
+
+    # ----------------------------------------------------------------- paths
+    def _rel(self, digest: str) -> str:
+        check_digest(digest)
+        return f"{digest[:2]}/{digest[2:4]}/{digest}"
+
+    def _path(self, digest: str) -> str:
+        return f"{self._root.rstrip('/')}/{self._rel(digest)}"
+
+    # ----------------------------------------------------------------- API
+    def put(self, data: bytes) -> str:
+        """Store ``data`` and return its SHA-256 name; storing the same bytes twice is a no-op."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValidationError(f"blob data must be bytes, got {type(data).__name__}")
+        data = bytes(data)
+        digest = sha256_hex(data)
+        if self.exists(digest):
+            return digest
+        path = self._path(digest)
+        if self._local is not None:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)  # atomic on POSIX; a concurrent identical write is harmless
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        else:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            try:
+                self._fs.pipe_file(tmp, data)
+                self._fs.mv(tmp, path)
+            except BaseException:
+                if self._fs.exists(tmp):
+                    self._fs.rm(tmp)
+                raise
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        """Read a blob and verify its hash; raise :class:`IntegrityError` if it was changed or truncated."""
+        path = self._path(digest)
+        try:
+            if self._local is not None:
+                data = Path(path).read_bytes()
+            else:
+                data = self._fs.cat_file(path)
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {digest} is missing from {self.url}") from None
+        actual = sha256_hex(data)
+        if actual != digest:
+            raise IntegrityError(
+                f"blob {digest} in {self.url} is corrupt ({len(data)} bytes hash to {actual[:16]}...); "
+                "it was changed or truncated on disk. Re-create it (re-internalize the document) and run "
+                "`pmem gc` to remove the damaged copy."
+            )
+        return data
+
+    def exists(self, digest: str) -> bool:
+        path = self._path(digest)
+        return Path(path).is_file() if self._local is not None else bool(self._fs.exists(path))
+
+    def size(self, digest: str) -> int:
+        path = self._path(digest)
+        return Path(path).stat().st_size if self._local is not None else int(self._fs.size(path))
+
+    def delete(self, digest: str) -> bool:
+        """Remove a blob; return whether it existed."""
+        path = self._path(digest)
+        if self._local is not None:
+            try:
+                Path(path).unlink()
+                return True
+            except FileNotFoundError:
+                return False
+        if self._fs.exists(path):
+            self._fs.rm(path)
+            return True
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        """Every stored blob name (temporary files excluded)."""
+        if self._local is not None:
+            for p in self._local.glob("??/??/*"):
+                if _SHA256.match(p.name):
+                    yield p.name
+        else:
+            for p in self._fs.find(self._root):
+                name = p.rsplit("/", 1)[-1]
+                if _SHA256.match(name):
+                    yield name
+
+    def sweep(self, referenced: Iterable[str], *, dry_run: bool = False) -> list[str]:
+        """Delete every blob whose name is not in ``referenced``; return the names removed.
+
+        Also removes temporary files left by a crashed writer.
+        """
+        keep = set(referenced)
+        removed = [d for d in list(self) if d not in keep]
+        if not dry_run:
+            for d in removed:
+                self.delete(d)
+            if self._local is not None:
+                for tmp in self._local.glob("??/??/.tmp-*"):
+                    tmp.unlink(missing_ok=True)
+        if removed:
+            log.info("swept %d unreferenced blob(s) from %s", len(removed), self.url)
+        return removed

@@ -1,0 +1,90 @@
+"""The ``pmem`` console script, run as a real subprocess (as a user would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PMEM = str(Path(sys.executable).parent / "pmem")
+
+
+def run(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PMEM, *args], input=input, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def last_json(proc: subprocess.CompletedProcess):
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_add_ls_show_history_rollback_rm_roundtrip():
+    added = last_json(run("add", "-", "--id", "policy", "--json", input="Refunds within 30 days."))
+    assert added[0]["status"] == "created"
+    last_json(run("add", "-", "--id", "policy", "--json", input="Refunds within 45 days."))
+    docs = last_json(run("ls", "--json"))
+    assert [d["id"] for d in docs] == ["policy"] and docs[0]["version"]["number"] == 2
+    shown = last_json(run("show", "policy", "--text", "--json"))
+    assert shown["text"] == "Refunds within 45 days."
+    hist = last_json(run("history", "policy", "--diff", "--json"))
+    assert [v["number"] for v in hist] == [1, 2] and "+Refunds within 45 days." in hist[1]["diff"]
+    back = last_json(run("rollback", "policy", "1", "--json"))
+    assert back["version"]["number"] == 1
+    removed = last_json(run("rm", "policy", "--json"))
+    assert removed["versions"] == 2 and removed["blobs_removed"] == 2
+    assert last_json(run("ls", "--json")) == []
+
+
+def test_namespaces_on_the_command_line():
+    run("add", "-", "--id", "x", "-n", "alpha", input="alpha text")
+    assert last_json(run("ls", "-n", "beta", "--json")) == []
+    assert [d["id"] for d in last_json(run("ls", "-n", "alpha", "--json"))] == ["x"]
+
+
+@pytest.mark.parametrize("args", [("show", "missing"), ("rm", "missing"), ("ls", "-n", "BAD NS"),
+                                  ("rollback", "missing", "1")])
+def test_errors_are_clear_and_nonzero(args):
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_binary_stdin_is_refused():
+    proc = run("add", "-", input="\x00\x01\x02")
+    assert proc.returncode == 2 and "NUL" in proc.stderr
+
+
+def test_db_commands_on_the_embedded_database():
+    cur = last_json(run("db", "current", "--json"))
+    assert cur["current"] is None  # nothing used the fresh home yet
+    assert run("db", "upgrade").returncode == 0
+    cur = last_json(run("db", "current", "--json"))
+    assert cur["current"] == cur["head"]
+    check = run("db", "check")
+    assert check.returncode == 0 and "match" in check.stdout
+    assert run("db", "downgrade", "base").returncode == 0
+    assert last_json(run("db", "current", "--json"))["current"] is None
+
+
+def test_db_upgrade_on_postgres(pg_url):
+    env = {"PMEM_DATABASE_URL": pg_url}
+    assert run("ls", env=env).returncode != 0  # a server database is not migrated implicitly
+    assert run("db", "upgrade", env=env).returncode == 0
+    last_json(run("add", "-", "--id", "pg", "--json", input="stored in postgres", env=env))
+    assert [d["id"] for d in last_json(run("ls", "--json", env=env))] == ["pg"]
+
+
+def test_demo_runs_on_the_embedded_default():
+    result = last_json(run("demo", "--json"))
+    assert result["travel_policy_current"] == 2
+    assert {d["id"] for d in result["documents"]} == {"travel-policy", "vault-facts"}
+
+
+def test_unknown_bench_is_an_error():
+    proc = run("bench", "no-such-bench", "--json")
+    assert proc.returncode == 2 and "unknown bench" in proc.stderr
