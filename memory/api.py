@@ -45,7 +45,17 @@ from memory.errors import (
 )
 from memory.ingest import chunk_text, content_hash, normalize_text
 from memory.storage import BlobStore
-from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
+from memory.types import (
+    AdapterInfo,
+    AddResult,
+    AddStatus,
+    ChunkInfo,
+    DeleteResult,
+    DocumentInfo,
+    QueryResult,
+    SearchHit,
+    VersionInfo,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -472,25 +482,52 @@ class ParametricMemory:
             row.feedback = float(score)
 
     # ------------------------------------------------------------ filled by later components
-    def internalize(self, document_id: str, *, namespace: str | None = None, **kwargs: Any) -> Any:
-        """Turn the current version into a LoRA adapter (Doc-to-LoRA, or the context-distillation fallback)."""
+    def add_source(self, spec: str, *, namespace: str | None = None, document_id: str | None = None,
+                   title: str | None = None, refresh_interval_s: int | None = None) -> list[AddResult]:
+        """Parse a file, a directory or a glob with Unstructured and add each file as a document.
+
+        Each file becomes the document ``document_key(path, root)`` (or ``document_id`` for a single file);
+        the source (uri, kind, refresh interval, parser versions) is recorded. A bad file fails alone:
+        its error is recorded on the source and returned as an ``AddResult`` with ``status="failed"``.
+        """
+        raise NotImplementedYetError("add_source needs Unstructured ingestion (memory.ingest.partition)")
+
+    def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
+                    method: str = "auto", force: bool = False) -> AdapterInfo:
+        """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
+
+        ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation) or ``auto`` (D2L when a
+        checkpoint for the base model exists, else CD).
+        """
         raise NotImplementedYetError(
             "internalize needs the Doc-to-LoRA internalizer (memory.hyper.d2l) and the base-model runtime "
             "(memory.models, memory.lora), which have not landed yet"
         )
 
-    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", **kwargs: Any) -> Any:
-        """Answer a question from memory: parametric (adapters), retrieval, hybrid or auto-routed."""
+    def internalize_version(self, version_id: int, *, method: str = "auto", force: bool = False) -> AdapterInfo:
+        """Worker entry point: internalize a version by its database id (idempotent by version and hypernetwork)."""
+        raise NotImplementedYetError("internalize_version needs memory.hyper.d2l / memory.distill")
+
+    def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
+                 status: str | None = None) -> list[AdapterInfo]:
+        """List adapters with their provenance."""
+        raise NotImplementedYetError("adapters listing lands with internalization")
+
+    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
+              document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
+              experiment: str | None = None, arm: str | None = None) -> QueryResult:
+        """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``."""
         raise NotImplementedYetError(
             "query needs the base-model runtime (memory.models), the retrieval index (memory.retrieval) and the "
             "router (memory.router), which have not landed yet"
         )
 
-    def search(self, query: str, *, k: int = 4, namespace: str | None = None, **kwargs: Any) -> Any:
-        """Classic vector search over the chunks of current versions."""
+    def search(self, query: str, *, k: int = 4, namespace: str | None = None,
+               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """Classic vector search over the chunks of current versions (metadata filters on document metadata)."""
         raise NotImplementedYetError("search needs the retrieval index (memory.retrieval), which has not landed yet")
 
-    def specialize(self, description: str, *, namespace: str | None = None, **kwargs: Any) -> Any:
+    def specialize(self, description: str, *, namespace: str | None = None, **kwargs: Any) -> AdapterInfo:
         """Turn a plain-language task description into a skill adapter (Text-to-LoRA)."""
         raise NotImplementedYetError("specialize needs the Text-to-LoRA hypernetwork (memory.hyper.t2l), "
                                      "which has not landed yet")

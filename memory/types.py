@@ -79,3 +79,69 @@ class DeleteResult(_Record):
     chunks: int
     adapters: int
     blobs_removed: int
+
+
+@dataclass(frozen=True)
+class SearchHit(_Record):
+    """A chunk found by classic retrieval (current versions only)."""
+
+    chunk_id: int
+    document_id: str
+    version: int
+    ordinal: int
+    text: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)  # document metadata + chunk metadata (page, section)
+
+
+@dataclass(frozen=True)
+class AdapterInfo(_Record):
+    """A stored adapter and its provenance."""
+
+    id: int
+    namespace: str
+    document_id: str | None
+    version: int | None
+    task_description: str | None
+    method: str  # d2l | t2l | cd
+    hypernetwork: str  # name@checkpoint-sha256 prefix
+    base_model: str
+    target_modules: list[str]
+    rank: int
+    chunk_count: int
+    blob_sha256: str | None
+    size_bytes: int | None
+    latency_ms: float | None
+    status: str
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class QueryResult(_Record):
+    """An answer with how it was produced and why."""
+
+    answer: str
+    mode: str  # parametric | retrieval | hybrid | none
+    reason: str
+    adapters: list[AdapterInfo]
+    chunks: list[SearchHit]
+    timings_ms: dict[str, float]
+    query_id: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo(_Record):
+    id: int
+    kind: str
+    state: str
+    attempts: int
+    celery_id: str | None
+    payload: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
