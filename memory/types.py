@@ -49,15 +49,18 @@ class DocumentInfo(_Record):
     text: str | None = None  # filled by ``get(..., with_text=True)``
 
 
-AddStatus = Literal["created", "new_version", "unchanged", "restored"]
+AddStatus = Literal["created", "new_version", "unchanged", "restored", "failed"]
 
 
 @dataclass(frozen=True)
 class AddResult(_Record):
-    """What ``add`` did: a new document, a new version, nothing (same content), or an old version made current."""
+    """What ``add`` did: a new document, a new version, nothing (same content), an old version made current,
+    or (``add_source`` only) a file that failed alone, with its error."""
 
     status: AddStatus
-    document: DocumentInfo
+    document: DocumentInfo | None
+    source: str | None = None  # the file path, for add_source
+    error: str | None = None
 
 
 @dataclass(frozen=True)

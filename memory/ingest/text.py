@@ -53,29 +53,69 @@ def chunk_text(
 ) -> list[ChunkSpec]:
     """Split text into chunks of at most ``max_tokens`` tokens at paragraph, then sentence, then word breaks.
 
-    ``start_char``/``end_char`` index into ``text``; ``text[c.start_char:c.end_char] == c.text``.
+    ``start_char``/``end_char`` index into ``text``; ``text[c.start_char:c.end_char] == c.text``. The bound
+    is checked with ``count_tokens`` on the chunk's own text, so it holds for a real tokenizer too; only
+    a single character that alone counts more than ``max_tokens`` can exceed it.
 
     >>> [c.text for c in chunk_text("One. Two.", max_tokens=2)]
     ['One.', 'Two.']
     """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
     count = count_tokens or approx_token_count
-    pieces = _split_units(text)
     chunks: list[ChunkSpec] = []
     cur_start: int | None = None
     cur_end = 0
-    cur_tokens = 0
-    for start, end in pieces:
-        n = count(text[start:end])
-        if cur_start is not None and cur_tokens + n > max_tokens:
-            chunks.append(_make(text, len(chunks), cur_start, cur_end, cur_tokens))
+    for start, end in _bounded_units(text, _split_units(text), max_tokens, count):
+        if cur_start is not None and count(text[cur_start:end]) > max_tokens:
+            chunks.append(_make(text, len(chunks), cur_start, cur_end, count(text[cur_start:cur_end])))
             cur_start = None
         if cur_start is None:
-            cur_start, cur_tokens = start, 0
+            cur_start = start
         cur_end = end
-        cur_tokens += n
     if cur_start is not None:
-        chunks.append(_make(text, len(chunks), cur_start, cur_end, cur_tokens))
+        chunks.append(_make(text, len(chunks), cur_start, cur_end, count(text[cur_start:cur_end])))
     return chunks
+
+
+def _bounded_units(
+    text: str, spans: list[tuple[int, int]], max_tokens: int, count: Callable[[str], int]
+) -> list[tuple[int, int]]:
+    """Split any unit over ``max_tokens`` at spaces, and any single word over it into character windows."""
+    out: list[tuple[int, int]] = []
+    for s, e in spans:
+        if count(text[s:e]) <= max_tokens:
+            out.append((s, e))
+            continue
+        cur: tuple[int, int] | None = None
+        for m in re.finditer(r"\S+", text[s:e]):
+            ws, we = s + m.start(), s + m.end()
+            if count(text[ws:we]) > max_tokens:
+                if cur is not None:
+                    out.append(cur)
+                    cur = None
+                out.extend(_char_windows(text, ws, we, max_tokens, count))
+                continue
+            if cur is not None and count(text[cur[0]:we]) > max_tokens:
+                out.append(cur)
+                cur = None
+            cur = (cur[0] if cur else ws, we)
+        if cur is not None:
+            out.append(cur)
+    return out
+
+
+def _char_windows(
+    text: str, s: int, e: int, max_tokens: int, count: Callable[[str], int]
+) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    while s < e:
+        step = e - s
+        while step > 1 and count(text[s:s + step]) > max_tokens:
+            step = max(1, step // 2)
+        out.append((s, s + step))
+        s += step
+    return out
 
 
 def _make(text: str, ordinal: int, start: int, end: int, tokens: int) -> ChunkSpec:
