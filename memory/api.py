@@ -14,6 +14,7 @@ import difflib
 import logging
 import re
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from memory.db import (
 )
 from memory.db.migrate import ensure_schema
 from memory.errors import (
+    PMemError,
     ConflictError,
     NotFoundError,
     NotImplementedYetError,
@@ -133,8 +135,11 @@ class ParametricMemory:
     ``pmem db upgrade`` first.
     """
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(self, settings: Settings | None = None, *, embedder: Any = None, **overrides: Any) -> None:
         self.settings = settings.with_(**overrides) if settings else Settings.from_env(**overrides)
+        self._embedder_arg = embedder
+        self._chunk_index: Any = None
+        self._base_model: Any = None
         url = self.settings.resolved_database_url
         ensure_schema(url, auto_migrate=self.settings.should_auto_migrate)
         self.engine = get_engine(url)
@@ -489,8 +494,75 @@ class ParametricMemory:
         Each file becomes the document ``document_key(path, root)`` (or ``document_id`` for a single file);
         the source (uri, kind, refresh interval, parser versions) is recorded. A bad file fails alone:
         its error is recorded on the source and returned as an ``AddResult`` with ``status="failed"``.
+
+        >>> [r.status for r in mem.add_source("policies/")]  # doctest: +SKIP
+        ['created', 'created', 'failed']
         """
-        raise NotImplementedYetError("add_source needs Unstructured ingestion (memory.ingest.partition)")
+        from memory.ingest import chunk_document, document_key, partition_path, scan_source
+
+        ns = self._ns(namespace)
+        if refresh_interval_s is not None and (not isinstance(refresh_interval_s, int) or refresh_interval_s < 1):
+            raise ValidationError(f"refresh_interval_s must be a positive integer, got {refresh_interval_s!r}")
+        scan = scan_source(spec)
+        if document_id is not None and len(scan.files) != 1:
+            raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
+        uri = str(scan.root / Path(spec).name) if scan.kind == "file" else str(spec)
+        results: list[AddResult] = []
+        errors: list[str] = []
+        for path in scan.files:
+            shown = str(path)
+            try:
+                parsed = partition_path(path, max_bytes=self.settings.max_document_bytes)
+                normalised = normalize_text(parsed.text)
+                if normalised == parsed.text:
+                    chunks = chunk_document(parsed, self.settings.chunk_tokens)
+                else:  # offsets would not match the stored text: chunk the normalised text instead
+                    chunks = chunk_text(normalised, self.settings.chunk_tokens)
+                key = document_id or document_key(path, scan.root)
+                results.append(self.add(
+                    normalised, document_id=key, namespace=ns, title=title, parser=parsed.parser,
+                    source=uri, chunks=chunks,
+                    metadata={"source_path": shown, "filetype": parsed.filetype},
+                ))
+            except PMemError as e:
+                log.warning("ingest of %s failed: %s", shown, e)
+                errors.append(str(e))  # ingest errors already name the file
+                results.append(AddResult("failed", None, source=shown, error=str(e)))
+        self._record_source(ns, uri, scan.kind, refresh_interval_s, errors,
+                            next((r.document for r in results if r.document), None))
+        return results
+
+    def _record_source(self, ns: str, uri: str, kind: str, refresh_interval_s: int | None, errors: list[str],
+                       any_doc: DocumentInfo | None) -> None:
+        from memory.db.models import utcnow
+        from memory.ingest.offline import spacy_info, unstructured_version
+
+        def write(s: Session) -> None:
+            ns_row = self._ns_row(s, ns, create=True)
+            assert ns_row is not None
+            src = s.scalar(select(Source).where(Source.namespace_id == ns_row.id, Source.uri == uri))
+            if src is None:
+                src = Source(namespace_id=ns_row.id, uri=uri, kind=kind)
+                s.add(src)
+            src.kind = kind
+            if refresh_interval_s is not None:
+                src.refresh_interval_s = refresh_interval_s
+            src.last_checked_at = utcnow()
+            src.last_error = "\n".join(errors)[:20000] or None
+            src.parser = {"library": "unstructured", "version": unstructured_version(), "strategy": "fast",
+                          "spacy": spacy_info()}
+
+        self._retrying(write)
+
+    def sources(self, *, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Registered sources with their refresh interval, last check and last error."""
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            rows = s.scalars(select(Source).join(Namespace, Source.namespace_id == Namespace.id)
+                             .where(Namespace.name == ns).order_by(Source.uri))
+            return [{"uri": r.uri, "kind": r.kind, "refresh_interval_s": r.refresh_interval_s,
+                     "last_checked_at": r.last_checked_at, "last_error": r.last_error, "parser": r.parser}
+                    for r in rows]
 
     def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
                     method: str = "auto", force: bool = False) -> AdapterInfo:
@@ -522,10 +594,29 @@ class ParametricMemory:
             "router (memory.router), which have not landed yet"
         )
 
+    @property
+    def chunk_index(self) -> Any:
+        """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
+        if self._chunk_index is None:
+            from memory.chunk_index import ChunkIndex
+            from memory.retrieval import as_embedder
+
+            self._chunk_index = ChunkIndex(self._sessions, as_embedder(self._embedder_arg))
+        return self._chunk_index
+
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
                filter: dict[str, Any] | None = None) -> list[SearchHit]:
-        """Classic vector search over the chunks of current versions (metadata filters on document metadata)."""
-        raise NotImplementedYetError("search needs the retrieval index (memory.retrieval), which has not landed yet")
+        """Classic vector search over the chunks of current versions (metadata filters on document metadata).
+
+        >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
+        ['vault']
+        """
+        ns = self._ns(namespace)
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValidationError(f"k must be a positive integer, got {k!r}")
+        return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
     def specialize(self, description: str, *, namespace: str | None = None, **kwargs: Any) -> AdapterInfo:
         """Turn a plain-language task description into a skill adapter (Text-to-LoRA)."""
