@@ -1,0 +1,125 @@
+"""Text PDFs without layout models: pdfminer.six text boxes, typed by ``unstructured``'s text classifier.
+
+This is what ``unstructured``'s ``strategy="fast"`` does, minus its import of OpenCV, ONNX runtime and
+pandas. Two cues are added: a one-line box set in a clearly larger font than the body is a ``Title``
+(heading levels follow the font sizes), and short lines in the top or bottom margin (running heads, page
+numbers) are marked ``Header``/``Footer``/``PageNumber`` so they do not repeat in the text.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from memory.errors import IngestError
+
+_MARGIN = 0.06  # fraction of the page height treated as header/footer zone
+_TITLE_SIZE_RATIO = 1.15
+_PAGE_NUMBER = re.compile(r"(?i)^(page\s*)?\d{1,5}(\s*(of|/)\s*\d{1,5})?$")
+
+
+@dataclass
+class _Box:
+    text: str
+    page: int
+    size: float
+    lines: int
+    zone: str | None  # "top" | "bottom" | None
+
+
+def extract_pdf(data: bytes, shown: str) -> tuple[list[Any], int]:
+    """Return the raw elements (see ``memory.ingest.partition``) and the page count of a PDF.
+
+    >>> extract_pdf(b"not a pdf", "'x.pdf'")
+    Traceback (most recent call last):
+    memory.errors.IngestError: 'x.pdf': not a PDF file (no %PDF- header)
+    """
+    from memory.ingest.partition import _Raw  # the shared raw-element type
+
+    if b"%PDF-" not in data[:1024]:
+        raise IngestError(f"{shown}: not a PDF file (no %PDF- header)")
+    if b"%%EOF" not in data[-2048:]:
+        raise IngestError(f"{shown}: truncated or corrupt PDF (no %%EOF marker at the end)")
+    boxes, pages = _layout(data, shown)
+    body_sizes = [b.size for b in boxes if b.zone is None and b.size > 0]
+    body = statistics.median(body_sizes) if body_sizes else 0.0
+
+    from memory.ingest.offline import ensure_unstructured
+
+    ensure_unstructured()
+    from unstructured.partition.text import element_from_text
+
+    typed: list[tuple[_Box, str, str]] = []
+    for box in boxes:
+        if box.zone is not None and box.lines == 1 and len(box.text) <= 100:
+            if _PAGE_NUMBER.match(box.text):
+                typed.append((box, "PageNumber", box.text))
+                continue
+            typed.append((box, "Header" if box.zone == "top" else "Footer", box.text))
+            continue
+        big = body > 0 and box.size >= body * _TITLE_SIZE_RATIO
+        if big and box.lines <= 2 and len(box.text.split()) <= 15 and not box.text.rstrip().endswith((".", ":", ";", ",")):
+            typed.append((box, "Title", box.text))
+            continue
+        el = element_from_text(box.text)
+        typed.append((box, el.category, el.text))
+
+    # Heading levels from font sizes: the largest title size is depth 0.
+    title_sizes = sorted({round(b.size * 2) / 2 for b, cat, _ in typed if cat == "Title"}, reverse=True)
+    levels = {s: i for i, s in enumerate(title_sizes)}
+    raws = []
+    for box, category, text in typed:
+        depth = levels.get(round(box.size * 2) / 2) if category == "Title" else None
+        raws.append(_Raw(text=text, category=category, depth=depth, meta={"page_number": box.page}))
+    return raws, pages
+
+
+def _layout(data: bytes, shown: str) -> tuple[list[_Box], int]:
+    from pdfminer.high_level import extract_pages
+    from pdfminer.layout import LAParams, LTChar, LTTextContainer, LTTextLine
+
+    boxes: list[_Box] = []
+    pages = 0
+    try:
+        for pages, page in enumerate(extract_pages(io.BytesIO(data), laparams=LAParams()), start=1):
+            height = float(page.height) or 1.0
+            y_base = float(page.y0)
+            for item in page:
+                if not isinstance(item, LTTextContainer):
+                    continue
+                lines = [ln for ln in item if isinstance(ln, LTTextLine)] or [item]
+                text = _join_lines([ln.get_text() for ln in lines])
+                if not text:
+                    continue
+                sizes = [ch.size for ln in lines for ch in ln if isinstance(ch, LTChar) and not ch.get_text().isspace()]
+                size = statistics.median(sizes) if sizes else 0.0
+                top = (float(item.y1) - y_base) / height
+                bottom = (float(item.y0) - y_base) / height
+                zone = "top" if bottom > 1 - _MARGIN else "bottom" if top < _MARGIN else None
+                boxes.append(_Box(text=text, page=pages, size=float(size), lines=len(lines), zone=zone))
+    except IngestError:
+        raise
+    except Exception as exc:  # pdfminer raises many types (PDFSyntaxError, PSEOF, KeyError, ...)
+        detail = str(exc).replace("\n", " ")[:200] or type(exc).__name__
+        kind = "encrypted" if "password" in detail.lower() or "encrypt" in type(exc).__name__.lower() else "corrupt"
+        raise IngestError(f"{shown}: cannot read this PDF ({kind}: {type(exc).__name__}: {detail})") from exc
+    if pages == 0:
+        raise IngestError(f"{shown}: corrupt PDF (no pages could be read)")
+    return boxes, pages
+
+
+def _join_lines(lines: list[str]) -> str:
+    """Join the lines of a text box: a hyphen at a line end joins the word, other breaks become spaces."""
+    out = ""
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if out.endswith("-") and line[:1].islower():
+            out = out[:-1] + line
+        else:
+            out = f"{out} {line}" if out else line
+    return out
