@@ -31,6 +31,7 @@ from memory.db import (
     Chunk,
     Document,
     DocumentVersion,
+    Hypernetwork,
     Namespace,
     QueryLog,
     Source,
@@ -140,6 +141,8 @@ class ParametricMemory:
         self._embedder_arg = embedder
         self._chunk_index: Any = None
         self._base_model: Any = None
+        self._internalizers: dict[str, Any] = {}
+        self._adapter_cache: Any = None  # torch is imported only when adapters are used
         url = self.settings.resolved_database_url
         ensure_schema(url, auto_migrate=self.settings.should_auto_migrate)
         self.engine = get_engine(url)
@@ -564,35 +567,317 @@ class ParametricMemory:
                      "last_checked_at": r.last_checked_at, "last_error": r.last_error, "parser": r.parser}
                     for r in rows]
 
+    # ------------------------------------------------------------ models and internalization
+    @property
+    def base_model(self) -> Any:
+        """The base model (loaded once per process on first use; converted from GGUF once per PMEM_HOME)."""
+        if self._base_model is None:
+            from memory.models import load_base_model
+
+            self._base_model = load_base_model(self.settings.base_model, settings=self.settings)
+        return self._base_model
+
+    def internalizer(self, method: str = "auto") -> Any:
+        """The internalizer for ``method`` (``auto``: Doc-to-LoRA when a checkpoint fits the base model, else CD)."""
+        from memory import internalizers
+
+        return internalizers.resolve(method, self.base_model, chunk_tokens=self.settings.chunk_tokens,
+                                     cache=self._internalizers)
+
     def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
                     method: str = "auto", force: bool = False) -> AdapterInfo:
         """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
 
         ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation) or ``auto`` (D2L when a
         checkpoint for the base model exists, else CD).
-        """
-        raise NotImplementedYetError(
-            "internalize needs the Doc-to-LoRA internalizer (memory.hyper.d2l) and the base-model runtime "
-            "(memory.models, memory.lora), which have not landed yet"
-        )
 
-    def internalize_version(self, version_id: int, *, method: str = "auto", force: bool = False) -> AdapterInfo:
-        """Worker entry point: internalize a version by its database id (idempotent by version and hypernetwork)."""
-        raise NotImplementedYetError("internalize_version needs memory.hyper.d2l / memory.distill")
+        >>> mem.internalize("vault").status  # doctest: +SKIP
+        'ready'
+        """
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            v = self._version(s, self._doc(s, ns, document_id), version)
+            version_id = v.id
+        return self.internalize_version(version_id, method=method, force=force)
+
+    def internalize_version(self, version_id: int, *, method: str = "auto", force: bool = False,
+                            progress: Any = None) -> AdapterInfo:
+        """Worker entry point: internalize a version by its database id (idempotent by version and hypernetwork).
+
+        Two callers racing on the same version end with one adapter: the blob is content-addressed and the row
+        is unique per (version, hypernetwork); the loser adopts the winner's row.
+        """
+        from memory.lora import to_bytes
+
+        internalizer = self.internalizer(method)
+        ident = internalizer.identity
+        with self._tx() as s:
+            v = s.get(DocumentVersion, version_id)
+            if v is None:
+                raise NotFoundError(f"no document version with id {version_id}")
+            hyper_id = self._hypernetwork_row(s, ident, self.base_model.fingerprint)
+            existing = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
+                                                      Adapter.hypernetwork_id == hyper_id))
+            if existing is not None and existing.status in (AdapterStatus.ready, AdapterStatus.superseded) \
+                    and not force:
+                return self._adapter_info(s, existing)
+            texts = [c.text for c in s.scalars(select(Chunk).where(Chunk.version_id == version_id)
+                                               .order_by(Chunk.ordinal))]
+            namespace_id = v.document.namespace_id
+        t0 = time.perf_counter()
+        try:
+            adapter = internalizer.internalize(self.base_model, texts, progress=progress)
+            blob = to_bytes(adapter)
+        except PMemError as e:
+            self._record_failure(version_id, hyper_id, namespace_id, str(e))
+            raise
+        except Exception as e:  # a bug or a resource fault: record it on the row, then re-raise
+            self._record_failure(version_id, hyper_id, namespace_id, f"{type(e).__name__}: {e}")
+            raise
+        latency_ms = (time.perf_counter() - t0) * 1000
+        from memory.storage import sha256_hex
+
+        blob_existed = self.blobs.exists(sha := sha256_hex(blob))
+        self.blobs.put(blob)
+
+        def write(s: Session) -> AdapterInfo:
+            v = s.get(DocumentVersion, version_id)
+            if v is None:
+                raise NotFoundError(f"document version {version_id} was deleted while it was internalized")
+            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
+                                                 Adapter.hypernetwork_id == hyper_id))
+            if row is not None and row.status in (AdapterStatus.ready, AdapterStatus.superseded) and not force:
+                return self._adapter_info(s, row)  # another worker won the race
+            if row is None:
+                row = Adapter(namespace_id=namespace_id, version_id=version_id, hypernetwork_id=hyper_id)
+                s.add(row)
+            current = v.document.current_version_id == version_id
+            row.base_model = adapter.base_model
+            row.target_modules = adapter.target_modules
+            row.rank = adapter.rank
+            row.chunk_count = len(texts)
+            row.blob_sha256 = sha
+            row.size_bytes = len(blob)
+            row.latency_ms = latency_ms
+            row.status = AdapterStatus.ready if current else AdapterStatus.superseded
+            row.error = None
+            row.meta = {"method": ident.kind, "hypernetwork": ident.name}
+            s.flush()
+            return self._adapter_info(s, row)
+
+        try:
+            info = self._retrying(write)
+        except BaseException:
+            if not blob_existed:
+                self._drop_unreferenced([sha])
+            raise
+        if info.blob_sha256 != sha and not blob_existed:
+            self._drop_unreferenced([sha])
+        log.info("internalized version %s with %s in %.0f ms (rank %s, %s bytes)", version_id, ident.kind,
+                 latency_ms, info.rank, info.size_bytes)
+        return info
+
+    def _record_failure(self, version_id: int, hyper_id: int, namespace_id: int, error: str) -> None:
+        def write(s: Session) -> None:
+            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
+                                                 Adapter.hypernetwork_id == hyper_id))
+            if row is None:
+                row = Adapter(namespace_id=namespace_id, version_id=version_id, hypernetwork_id=hyper_id,
+                              base_model=self.base_model.fingerprint, rank=0, target_modules=[])
+                s.add(row)
+            if row.status != AdapterStatus.ready:
+                row.status = AdapterStatus.failed
+                row.error = error[:10000]
+
+        self._retrying(write)
+
+    @staticmethod
+    def _hypernetwork_row(s: Session, ident: Any, base_fingerprint: str) -> int:
+        row = s.scalar(select(Hypernetwork).where(Hypernetwork.checkpoint_sha256 == ident.checkpoint_sha256))
+        if row is None:
+            try:
+                with s.begin_nested():
+                    row = Hypernetwork(kind=ident.kind, name=ident.name, base_model=base_fingerprint,
+                                       checkpoint_sha256=ident.checkpoint_sha256, config=ident.config,
+                                       eval_metrics=ident.eval_metrics)
+                    s.add(row)
+                    s.flush()
+            except sa_exc.IntegrityError:  # registered concurrently
+                row = s.scalar(select(Hypernetwork).where(
+                    Hypernetwork.checkpoint_sha256 == ident.checkpoint_sha256))
+        assert row is not None
+        return row.id
+
+    @staticmethod
+    def _adapter_info(s: Session, a: Adapter) -> AdapterInfo:
+        v = s.get(DocumentVersion, a.version_id) if a.version_id else None
+        doc = s.get(Document, v.document_id) if v else None
+        ns = s.get(Namespace, a.namespace_id)
+        h = s.get(Hypernetwork, a.hypernetwork_id)
+        return AdapterInfo(
+            id=a.id, namespace=ns.name if ns else "?", document_id=doc.key if doc else None,
+            version=v.number if v else None, task_description=a.task_description, method=h.kind if h else "?",
+            hypernetwork=f"{h.name}@{h.checkpoint_sha256[:12]}" if h else "?", base_model=a.base_model,
+            target_modules=list(a.target_modules or []), rank=a.rank, chunk_count=a.chunk_count,
+            blob_sha256=a.blob_sha256, size_bytes=a.size_bytes, latency_ms=a.latency_ms, status=a.status.value,
+            error=a.error, created_at=a.created_at,
+        )
 
     def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
                  status: str | None = None) -> list[AdapterInfo]:
-        """List adapters with their provenance."""
-        raise NotImplementedYetError("adapters listing lands with internalization")
+        """List adapters with their provenance, newest first."""
+        ns = self._ns(namespace)
+        if status is not None and status not in {m.value for m in AdapterStatus}:
+            raise ValidationError(f"status must be one of {[m.value for m in AdapterStatus]}, got {status!r}")
+        with self._tx() as s:
+            q = (select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
+                 .where(Namespace.name == ns).order_by(Adapter.id.desc()))
+            if document_id is not None:
+                doc = self._doc(s, ns, document_id)
+                q = q.join(DocumentVersion, Adapter.version_id == DocumentVersion.id).where(
+                    DocumentVersion.document_id == doc.id)
+            if status is not None:
+                q = q.where(Adapter.status == AdapterStatus(status))
+            return [self._adapter_info(s, a) for a in s.scalars(q)]
 
+    def load_adapter(self, info: AdapterInfo) -> Any:
+        """Decode a stored adapter (hash-verified, LRU-cached)."""
+        if not info.blob_sha256:
+            raise NotFoundError(f"adapter {info.id} has no blob (status {info.status})")
+        if self._adapter_cache is None:
+            from memory.lora import AdapterCache
+
+            self._adapter_cache = AdapterCache(self.settings.adapter_cache_size)
+        return self._adapter_cache.get_or_load(info.blob_sha256, lambda: self.blobs.get(info.blob_sha256))
+
+    # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
               experiment: str | None = None, arm: str | None = None) -> QueryResult:
-        """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``."""
-        raise NotImplementedYetError(
-            "query needs the base-model runtime (memory.models), the retrieval index (memory.retrieval) and the "
-            "router (memory.router), which have not landed yet"
-        )
+        """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
+
+        Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
+        The result carries the mode actually used and the reason.
+
+        >>> r = mem.query("What is the vault code?")  # doctest: +SKIP
+        >>> r.answer, r.mode  # doctest: +SKIP
+        ('7342', 'parametric')
+        """
+        from memory import router
+
+        ns = self._ns(namespace)
+        router.check_mode(mode)
+        if not isinstance(question, str) or not question.strip():
+            raise ValidationError("question must be a non-empty string")
+        cfg = router.RouterConfig()
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        hits = self.search(question, k=max(k, 8), namespace=ns)
+        named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
+        if named is not None:
+            hits = [h for h in hits if h.document_id in named]
+        timings["search_ms"] = (time.perf_counter() - t0) * 1000
+        ready = self._current_adapters(ns, {h.document_id for h in hits} | (named or set()))
+        best: dict[str, float] = {}
+        for h in hits:
+            best[h.document_id] = max(best.get(h.document_id, -1.0), h.score)
+        for d in named or ():  # documents named by the caller count as relevant whatever their similarity
+            best[d] = 1.0
+        candidates = [router.Candidate(d, score, d in ready and ready[d].status == "ready",
+                                       ready[d].status if d in ready else None) for d, score in best.items()]
+        route = router.decide(question, mode, candidates, cfg)
+        adapter_infos = [ready[d] for d in route.adapter_documents]
+        context = hits[:k] if route.mode in ("retrieval", "hybrid") else []
+        t1 = time.perf_counter()
+        lora = self._compose(adapter_infos)
+        timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
+        base = self.base_model
+        mode_used, reason = route.mode, route.reason
+        gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
+        if route.check_confidence and lora is not None:
+            confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
+            timings["confidence"] = confidence
+            if confidence < cfg.min_confidence:
+                context = hits[:k]
+                gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
+                mode_used = "hybrid"
+                reason += (f"; the adapted model was unsure (mean log-prob {confidence:.2f} < "
+                           f"{cfg.min_confidence}), so retrieved passages were added")
+        timings["generate_ms"] = gen.total_s * 1000
+        timings["total_ms"] = (time.perf_counter() - t0) * 1000
+        query_id = None
+        if log:
+            query_id = self._log_query(ns, question, mode_used, reason, experiment, arm, adapter_infos, context,
+                                       timings["total_ms"], gen.text)
+        return QueryResult(answer=gen.text.strip(), mode=mode_used, reason=reason, adapters=adapter_infos,
+                           chunks=context, timings_ms=timings, query_id=query_id,
+                           prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+
+    def _current_adapters(self, ns: str, document_ids: set[str]) -> dict[str, AdapterInfo]:
+        """For each document, the adapter of its current version (a ready one when there is one)."""
+        if not document_ids:
+            return {}
+        out: dict[str, AdapterInfo] = {}
+        with self._tx() as s:
+            rows = s.execute(
+                select(Adapter, Document.key)
+                .join(Document, Document.current_version_id == Adapter.version_id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.key.in_(sorted(document_ids)))
+                .order_by(Adapter.id)
+            ).all()
+            for a, key in rows:
+                if key not in out or a.status == AdapterStatus.ready:
+                    out[key] = self._adapter_info(s, a)
+        return out
+
+    def _compose(self, infos: list[AdapterInfo]) -> Any:
+        """The adapters of several documents applied together (rank concatenation: the deltas add up)."""
+        if not infos:
+            return None
+        from memory.lora import concat
+
+        loras = [self.load_adapter(i) for i in infos]
+        return loras[0] if len(loras) == 1 else concat(loras)
+
+    @staticmethod
+    def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
+                max_new_tokens: int) -> tuple[Any, list[int]]:
+        from memory import prompts
+
+        user = (prompts.context_prompt(question, [h.text for h in context]) if context
+                else prompts.parametric_prompt(question))
+        prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+        gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
+        return gen, prompt_ids
+
+    @staticmethod
+    def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
+        """Mean log-probability per answer token under the adapted model (the router's confidence signal)."""
+        import torch
+
+        if not answer_ids:
+            return float("-inf")
+        ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=base.device)
+        with torch.no_grad():
+            logits = base.forward(ids, adapters=lora).logits[0, len(prompt_ids) - 1 : -1].float()
+        target = torch.tensor(answer_ids, device=logits.device)[:, None]
+        return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
+
+    def _log_query(self, ns: str, question: str, mode: str, reason: str, experiment: str | None,
+                   arm: str | None, adapters: list[AdapterInfo], chunks: list[SearchHit], latency_ms: float,
+                   answer: str) -> int:
+        def write(s: Session) -> int:
+            ns_row = self._ns_row(s, ns, create=True)
+            assert ns_row is not None
+            row = QueryLog(namespace_id=ns_row.id, query=question, mode=mode, reason=reason, experiment=experiment,
+                           arm=arm, adapter_ids=[a.id for a in adapters], chunk_ids=[c.chunk_id for c in chunks],
+                           latency_ms=latency_ms, answer=answer)
+            s.add(row)
+            s.flush()
+            return row.id
+
+        return self._retrying(write)
 
     @property
     def chunk_index(self) -> Any:

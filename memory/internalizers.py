@@ -1,0 +1,131 @@
+"""Internalizers: what turns the chunks of a document version into one LoRA adapter.
+
+- ``d2l``: the Doc-to-LoRA hypernetwork (one forward pass per chunk; chunk adapters concatenated along rank);
+- ``cd``: context distillation, the classic per-document gradient-descent baseline, and the fallback for a
+  base model that has no trained hypernetwork.
+
+Each internalizer has an identity (kind, name, checkpoint hash, config) that is stored as a
+``Hypernetwork`` row, so that every adapter says exactly what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from memory.errors import ModelError, ValidationError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+DEFAULT_D2L = CHECKPOINTS / "d2l-smollm2-135m"
+METHODS = ("auto", "d2l", "cd")
+
+
+@dataclass(frozen=True)
+class Identity:
+    kind: str  # d2l | cd | t2l
+    name: str
+    checkpoint_sha256: str
+    config: dict[str, Any] = field(default_factory=dict)
+    eval_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Internalizer(Protocol):
+    identity: Identity
+
+    def internalize(self, base: Any, chunk_texts: list[str],
+                    progress: Callable[[int, int], None] | None = None) -> Any:
+        """Return one ``LoraAdapter`` for the whole version (chunk adapters concatenated along rank)."""
+
+
+class D2LInternalizer:
+    """The trained Doc-to-LoRA hypernetwork of a checkpoint directory."""
+
+    def __init__(self, directory: str | Path, base: Any, chunk_tokens: int = 512) -> None:
+        from memory.hyper import d2l
+
+        self._d2l = d2l
+        self.directory = Path(directory)
+        self.net = d2l.load_checkpoint(self.directory, base)
+        self.chunk_tokens = chunk_tokens
+        card = self.directory / "eval.json"
+        metrics = json.loads(card.read_text()) if card.is_file() else {}
+        self.identity = Identity(
+            kind="d2l", name=self.directory.name, checkpoint_sha256=d2l.checkpoint_sha256(self.directory),
+            config=json.loads((self.directory / "config.json").read_text()), eval_metrics=metrics,
+        )
+
+    def internalize(self, base: Any, chunk_texts: list[str],
+                    progress: Callable[[int, int], None] | None = None) -> Any:
+        from memory.lora import concat
+
+        adapters = self._d2l.internalize(self.net, base, chunk_texts, chunk_tokens=self.chunk_tokens)
+        if progress:
+            progress(len(chunk_texts), len(chunk_texts))
+        return concat(adapters) if len(adapters) > 1 else adapters[0]
+
+
+class CDInternalizer:
+    """Context distillation: a LoRA trained per chunk so the model without the text matches the model with it."""
+
+    def __init__(self, base: Any, **config: Any) -> None:
+        self.config = {"method": "context-distillation", "version": 1, **config}
+        digest = hashlib.sha256(json.dumps({**self.config, "base": base.fingerprint}, sort_keys=True).encode())
+        self.identity = Identity(kind="cd", name="context-distillation", checkpoint_sha256=digest.hexdigest(),
+                                 config=self.config)
+
+    def internalize(self, base: Any, chunk_texts: list[str],
+                    progress: Callable[[int, int], None] | None = None) -> Any:
+        from memory.distill import distill_document
+        from memory.lora import concat
+
+        kwargs = {k: v for k, v in self.config.items() if k not in ("method", "version")}
+        adapters = []
+        for i, text in enumerate(chunk_texts):
+            adapter, _stats = distill_document(base, text, **kwargs)
+            adapters.append(adapter)
+            if progress:
+                progress(i + 1, len(chunk_texts))
+        return concat(adapters) if len(adapters) > 1 else adapters[0]
+
+
+def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path | None:
+    """The D2L checkpoint directory to use for ``base``, or None when there is none for this base model."""
+    path = Path(directory) if directory else DEFAULT_D2L
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"D2L checkpoint config {path / 'config.json'} is unreadable: {e}") from e
+    want = str(cfg.get("base_model") or cfg.get("base_fingerprint") or "")
+    if want and want.split("@")[0] != str(base.fingerprint).split("@")[0]:
+        return None
+    return path
+
+
+def resolve(method: str, base: Any, *, chunk_tokens: int = 512, checkpoint: str | Path | None = None,
+            cache: dict[str, Any] | None = None) -> Internalizer:
+    """The internalizer for ``method`` (``auto``: D2L when a checkpoint fits the base model, else CD)."""
+    if method not in METHODS:
+        raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
+    cache = cache if cache is not None else {}
+    if method in ("auto", "d2l"):
+        path = d2l_checkpoint_for(base, checkpoint)
+        if path is not None:
+            key = f"d2l:{path}"
+            if key not in cache:
+                cache[key] = D2LInternalizer(path, base, chunk_tokens=chunk_tokens)
+            return cache[key]
+        if method == "d2l":
+            raise ModelError(f"no Doc-to-LoRA checkpoint for base model {base.fingerprint!r} "
+                             f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'")
+        log.info("no D2L checkpoint for %s: falling back to context distillation", base.fingerprint)
+    if "cd" not in cache:
+        cache["cd"] = CDInternalizer(base)
+    return cache["cd"]

@@ -1,0 +1,109 @@
+"""Per-query choice between the weight-internalized adapters and classic retrieval.
+
+Modes: ``parametric`` (apply the adapters of the relevant documents, no document text in the prompt),
+``retrieval`` (top-k chunks in the prompt), ``hybrid`` (both) and ``auto``, which decides from measured
+signals and says why:
+
+1. a request for a verbatim quote goes to retrieval (adapters paraphrase, they cannot quote);
+2. no internalized document is relevant enough to the query -> retrieval;
+3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
+4. otherwise parametric, unless the adapted model is unsure of its answer (low mean token log-probability),
+   in which case the retrieved passages are added (hybrid).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from memory.errors import ValidationError
+
+MODES = ("parametric", "retrieval", "hybrid", "auto")
+
+_VERBATIM = re.compile(
+    r"\b(verbatim|word[- ]for[- ]word|exact (wording|words|text|quote|phrase)|quote|quotation|cite|citation|"
+    r"literally says|exactly what .* says)\b",
+    re.IGNORECASE,
+)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValidationError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def wants_verbatim(question: str) -> bool:
+    """Does the user ask for the document's exact words?
+
+    >>> wants_verbatim("Quote the refund clause verbatim"), wants_verbatim("How long is the refund window?")
+    (True, False)
+    """
+    return bool(_VERBATIM.search(question))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A document relevant to the query: its best chunk score and whether its adapter is current and ready."""
+
+    document_id: str
+    relevance: float
+    adapter_ready: bool
+    adapter_status: str | None
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    relevance_threshold: float = 0.25  # cosine similarity (all-MiniLM-L6-v2) of the best chunk
+    relative_threshold: float = 0.8  # keep documents within this fraction of the best one's relevance
+    max_adapters: int = 4
+    min_confidence: float = -1.5  # mean log-probability per answer token
+
+
+@dataclass(frozen=True)
+class Route:
+    mode: str
+    reason: str
+    adapter_documents: list[str] = field(default_factory=list)
+    check_confidence: bool = False  # auto: fall back to hybrid when the adapted answer is unsure
+
+
+def select_documents(candidates: list[Candidate], cfg: RouterConfig) -> list[Candidate]:
+    """The relevant documents with a ready adapter, best first, at most ``cfg.max_adapters``."""
+    relevant = [c for c in candidates if c.relevance >= cfg.relevance_threshold]
+    if not relevant:
+        return []
+    best = max(c.relevance for c in relevant)
+    keep = [c for c in relevant if c.adapter_ready and c.relevance >= cfg.relative_threshold * best]
+    return sorted(keep, key=lambda c: -c.relevance)[: cfg.max_adapters]
+
+
+def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterConfig = RouterConfig()) -> Route:
+    """Pick the mode for one query (see the module docstring) and say why."""
+    check_mode(mode)
+    chosen = select_documents(candidates, cfg)
+    docs = [c.document_id for c in chosen]
+    if mode in ("parametric", "hybrid"):
+        reason = f"mode {mode} requested"
+        if mode == "parametric" and not docs:
+            reason += "; no relevant document has a ready adapter, so the base model answers alone"
+        elif docs:
+            reason += f"; adapters of {', '.join(docs)}"
+        return Route(mode, reason, docs)
+    if mode == "retrieval":
+        return Route("retrieval", "mode retrieval requested")
+    # auto
+    if wants_verbatim(question):
+        return Route("retrieval", "the question asks for exact wording; adapters paraphrase, retrieval quotes")
+    relevant = sorted((c for c in candidates if c.relevance >= cfg.relevance_threshold), key=lambda c: -c.relevance)
+    if not relevant:
+        best = max((c.relevance for c in candidates), default=None)
+        shown = f"{best:.2f}" if best is not None else "none"
+        return Route("retrieval", f"no document is relevant enough (best similarity {shown} < "
+                                  f"{cfg.relevance_threshold}); answering from retrieved passages")
+    top = relevant[0]
+    if not top.adapter_ready:
+        return Route("retrieval", f"the most relevant document {top.document_id!r} has no current ready adapter "
+                                  f"(status {top.adapter_status or 'none'}); using retrieval")
+    return Route("parametric", f"{len(docs)} relevant internalized document(s) ({', '.join(docs)}; best similarity "
+                               f"{top.relevance:.2f}) with current adapters", docs, check_confidence=True)
