@@ -1,0 +1,68 @@
+"""The per-query router: each decision comes from a measured signal and says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from memory.errors import ValidationError
+from memory.router import Candidate, RouterConfig, decide, select_documents, wants_verbatim
+
+CFG = RouterConfig()
+
+
+def cand(doc, rel, ready=True, status="ready"):
+    return Candidate(doc, rel, ready, status if ready else status)
+
+
+def test_auto_uses_adapters_of_relevant_documents_only():
+    route = decide("What is the vault code?", "auto",
+                   [cand("vault", 0.7), cand("cat", 0.1), cand("policy", 0.62), cand("misc", 0.3)], CFG)
+    assert route.mode == "parametric" and route.check_confidence
+    assert route.adapter_documents == ["vault", "policy"]  # cat is irrelevant, misc far below the best
+    assert "vault" in route.reason and "0.70" in route.reason
+
+
+def test_auto_goes_to_retrieval_for_a_verbatim_request():
+    route = decide("Quote the refund clause word for word", "auto", [cand("refunds", 0.9)], CFG)
+    assert route.mode == "retrieval" and "exact wording" in route.reason
+
+
+def test_auto_goes_to_retrieval_when_nothing_is_relevant():
+    route = decide("Who won the 1998 world cup?", "auto", [cand("vault", 0.05)], CFG)
+    assert route.mode == "retrieval" and "0.05" in route.reason
+    assert decide("anything", "auto", [], CFG).mode == "retrieval"
+
+
+def test_auto_goes_to_retrieval_when_the_top_adapter_is_stale():
+    route = decide("vault code?", "auto", [cand("vault", 0.8, ready=False, status="pending"), cand("x", 0.5)], CFG)
+    assert route.mode == "retrieval" and "pending" in route.reason and "vault" in route.reason
+
+
+def test_explicit_modes_are_honoured():
+    c = [cand("vault", 0.8)]
+    assert decide("q", "retrieval", c, CFG).mode == "retrieval"
+    h = decide("q", "hybrid", c, CFG)
+    assert h.mode == "hybrid" and h.adapter_documents == ["vault"]
+    p = decide("q", "parametric", [cand("vault", 0.8, ready=False, status="failed")], CFG)
+    assert p.mode == "parametric" and p.adapter_documents == [] and "base model answers alone" in p.reason
+
+
+def test_at_most_max_adapters():
+    c = [cand(f"d{i}", 0.9 - i * 0.01) for i in range(10)]
+    assert len(select_documents(c, RouterConfig(max_adapters=3))) == 3
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValidationError, match="mode must be one of"):
+        decide("q", "psychic", [], CFG)
+
+
+@pytest.mark.parametrize("q", ["Give me the verbatim text of section 2", "What exactly does the policy say? Quote it.",
+                               "cite the clause"])
+def test_verbatim_detection(q):
+    assert wants_verbatim(q)
+
+
+@pytest.mark.parametrize("q", ["How many days of leave?", "What is the code for the vault?"])
+def test_not_verbatim(q):
+    assert not wants_verbatim(q)
