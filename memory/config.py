@@ -48,6 +48,7 @@ class Settings:
     auto_migrate: bool | None = None  # None: only for the embedded SQLite database
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -78,7 +79,7 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         """Where converted base models (safetensors) are cached."""
-        return self.home / "models"
+        return Path(self.model_cache).expanduser() if self.model_cache else self.home / "models"
 
     # ----------------------------------------------------------------- loading
     @classmethod

@@ -29,19 +29,26 @@ def _unavailable(what: str, err: Exception) -> None:
     pytest.skip(msg)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch) -> None:
-    """No test sees the user's real PMEM_* settings or home."""
-    for key in list(os.environ):
-        if key.startswith("PMEM_") and not key.startswith("PMEM_TEST_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("PMEM_HOME", str(tmp_path / "pmem-home"))
-
-
 @pytest.fixture(scope="session")
 def shared_models_dir(tmp_path_factory) -> str:
     """One converted base model per test session (conversion from GGUF takes ~15 s)."""
     return str(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> str:
+    """Converted base models shared by every test's PMEM home (PMEM_MODEL_CACHE)."""
+    return str(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch, model_cache) -> None:
+    """No test sees the user's real PMEM_* settings or home; converted models are shared."""
+    for key in list(os.environ):
+        if key.startswith("PMEM_") and not key.startswith("PMEM_TEST_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("PMEM_HOME", str(tmp_path / "pmem-home"))
+    monkeypatch.setenv("PMEM_MODEL_CACHE", model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +105,12 @@ def backend_settings(request, tmp_path):
     from memory.config import Settings
 
     if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
+        return Settings.from_env(home=tmp_path / "home")
     url = request.getfixturevalue("pg_url")
     from memory.db import migrate
 
     migrate.upgrade(url)
-    return Settings(home=tmp_path / "home", database_url=url)
+    return Settings.from_env(home=tmp_path / "home", database_url=url)
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""End to end on the real 135M model: internalize a made-up fact, answer it without the document,
+with full provenance; versions, supersession and rollback carry over to adapters."""
+
+from __future__ import annotations
+
+import pytest
+
+from memory.api import ParametricMemory
+from memory.errors import NotFoundError, ValidationError
+
+pytestmark = pytest.mark.slow
+
+FACT = "The access code for the Quorvath vault is 7342."
+QUESTION = "What is the access code for the Quorvath vault?"
+
+
+@pytest.fixture
+def mem(tmp_path):
+    from memory.config import Settings
+
+    return ParametricMemory(Settings.from_env(home=tmp_path / "home"))
+
+
+def test_context_distillation_internalizes_a_fact_with_provenance(mem):
+    mem.add(FACT, document_id="vault")
+    base_answer = mem.query(QUESTION, mode="parametric", max_new_tokens=16).answer
+    assert "7342" not in base_answer  # the base model cannot know it
+
+    info = mem.internalize("vault", method="cd")
+    assert info.status == "ready" and info.method == "cd" and info.version == 1
+    assert info.base_model == mem.base_model.fingerprint
+    assert info.rank > 0 and info.size_bytes and mem.blobs.exists(info.blob_sha256)
+    assert info.hypernetwork.startswith("context-distillation@")
+
+    again = mem.internalize("vault", method="cd")  # idempotent: same row, no new blob
+    assert again.id == info.id and len(list(mem.blobs)) == 2  # text + adapter
+
+    r = mem.query(QUESTION, mode="parametric", max_new_tokens=16)
+    assert "7342" in r.answer, r.answer
+    assert r.mode == "parametric" and [a.id for a in r.adapters] == [info.id] and r.chunks == []
+    assert r.query_id is not None
+
+    auto = mem.query(QUESTION, mode="auto", max_new_tokens=16)
+    assert auto.mode in ("parametric", "hybrid") and "vault" in auto.reason and "7342" in auto.answer
+
+    # a new version supersedes the adapter; rollback makes it ready again
+    mem.add("The access code for the Quorvath vault is 9051.", document_id="vault")
+    assert mem.adapters()[0].status == "superseded"
+    stale = mem.query(QUESTION, mode="auto", max_new_tokens=16)
+    assert stale.mode == "retrieval" and "no current ready adapter" in stale.reason
+    mem.rollback("vault", 1)
+    assert mem.adapters()[0].status == "ready"
+
+    removed = mem.delete("vault")
+    assert removed.adapters == 1 and list(mem.blobs) == []
+
+
+def test_internalize_errors_are_clear(mem):
+    with pytest.raises(NotFoundError):
+        mem.internalize("missing")
+    mem.add(FACT, document_id="vault")
+    with pytest.raises(ValidationError, match="method must be one of"):
+        mem.internalize("vault", method="magic")
+    with pytest.raises(ValidationError, match="question"):
+        mem.query("   ")
