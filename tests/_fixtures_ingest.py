@@ -1,4 +1,4 @@
-"""Real files of every supported type, written into a directory by the ingestion tests and the benchmark.
+"""Real files of every supported type, written into a directory by the ingestion tests.
 
 Nothing here is a fake: the PDF is a valid PDF 1.4 file with a correct cross-reference table (Helvetica
 text, several pages), the .docx is written by python-docx and the .eml by the standard email package.
@@ -11,50 +11,13 @@ import io
 import json
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Sequence
+
+from bench.ingest import pdf_bytes  # the valid-PDF writer is shared with the benchmark
 
 # A line on a PDF page: (text, font size, x, y) in points; the page is US Letter (612 x 792).
 PdfLine = tuple[str, float, float, float]
 
-
-def pdf_bytes(pages: Sequence[Sequence[PdfLine]]) -> bytes:
-    """A valid multi-page PDF whose pages show the given lines in Helvetica."""
-    objects: list[bytes] = []
-
-    def add(body: bytes) -> int:
-        objects.append(body)
-        return len(objects)
-
-    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
-    pages_id = len(objects) + 1 + 2 * len(pages)  # placeholder id, fixed below
-    page_ids: list[int] = []
-    for lines in pages:
-        ops = []
-        for text, size, x, y in lines:
-            esc = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-            ops.append(f"BT /F1 {size:g} Tf {x:g} {y:g} Td ({esc}) Tj ET")
-        stream = "\n".join(ops).encode("cp1252")
-        content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        page_ids.append(add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
-            b"/Contents %d 0 R >>" % (pages_id, font, content)
-        ))
-    kids = b" ".join(b"%d 0 R" % p for p in page_ids)
-    assert add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids))) == pages_id
-    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
-
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % i + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for off in offsets:
-        out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref))
-    return out.getvalue()
+__all__ = ["pdf_bytes", "policy_pdf_pages", "docx_bytes", "eml_bytes", "write_corpus"]
 
 
 def policy_pdf_pages(n_pages: int = 3) -> list[list[PdfLine]]:

