@@ -25,6 +25,7 @@ from memory.retrieval import (
     vector_from_bytes,
     vector_to_bytes,
 )
+from memory.retrieval.filters import build_column
 
 needs_usearch = pytest.mark.skipif(not usearch_available(), reason="usearch is not installed")
 
@@ -95,8 +96,31 @@ FILTER_CASES = [
 
 @pytest.mark.parametrize(("flt", "expected"), FILTER_CASES)
 def test_filter_semantics(flt, expected):
-    """Each operator matches the documented way on one metadata dict."""
-    assert compile_filter(flt)(MD) is expected
+    """Each operator matches the documented way on one metadata dict, row-wise and column-wise."""
+    compiled = compile_filter(flt)
+    assert compiled(MD) is expected
+    rows = [MD, {}]
+    mask = compiled.mask(lambda f: build_column(rows, f), 2)
+    assert mask.dtype == bool and bool(mask[0]) is expected
+
+
+def test_column_evaluation_agrees_with_row_evaluation():
+    """On mixed-type metadata (missing fields, bools, ints, floats, strings, lists, None) both evaluators agree."""
+    rng = np.random.default_rng(0)
+    ns = 1_700_000_000_000_000_000  # a nanosecond timestamp: beyond float64's exact integers
+    pool = [True, False, 0, 1, 2, 1.0, 2.5, float("nan"), "a", "b", "1", None, ["a", 1], [True], {"x": 1}, ns, ns + 1, 10**400]
+    rows = []
+    for _ in range(400):
+        rows.append({f: pool[rng.integers(len(pool))] for f in ("f", "g") if rng.random() < 0.8})
+    big_in = {"f": {"$in": [*range(30), "a"]}}
+    for flt, _ in FILTER_CASES + [({"f": v}, None) for v in (True, 1, 1.0, "a", None)] + [
+        ({"f": {"$gt": 0.5}}, None), ({"g": {"$lte": "a"}}, None), ({"f": {"$contains": 1}}, None),
+        ({"$or": [{"f": {"$ne": 1}}, {"g": {"$nin": ["a", None]}}]}, None), (big_in, None), ({"$not": big_in}, None),
+        ({"f": {"$gt": ns}}, None), ({"f": {"$lte": ns}}, None), ({"g": ns + 1}, None), ({"f": {"$gte": 10**300}}, None),
+    ]:
+        compiled = compile_filter(flt)
+        expected = [compiled(md) for md in rows]
+        assert compiled.mask(lambda f: build_column(rows, f), len(rows)).tolist() == expected, flt
 
 
 MALFORMED = [
@@ -279,18 +303,32 @@ def test_ann_recall_and_exact_rescoring():
 
 
 @needs_usearch
-def test_ann_with_filters_overfetch_and_fallback():
-    """A broad filter is served from over-fetched graph hits; a very selective one falls back to an exact scan."""
-    idx, x = make_index(3000, 32, backend="usearch")
+def test_ann_with_filters_overfetch_and_fallback(monkeypatch):
+    """A broad filter is served from over-fetched graph hits; a selective one scans its subset exactly."""
+    x = clustered(3000, 32)
+    idx = VectorIndex(32, backend="usearch", ann_threshold=500)
+    idx.add([f"id{i}" for i in range(3000)], x, [{"parity": i % 2, "i": i} for i in range(3000)])
+    part = idx._parts["default"]
+    calls: list[int] = []
+    real = part.ann_rows
+    monkeypatch.setattr(part, "ann_rows", lambda q, count: calls.append(count) or real(q, count))
     rng = np.random.default_rng(3)
+    odd = np.arange(1, 3000, 2)
+    recall = []
     for _ in range(10):
         q = rng.standard_normal(32).astype(np.float32)
-        hits = idx.search(q, k=5, namespace="ns", filter={"parity": "odd"})
-        assert len(hits) == 5 and all(h.metadata["parity"] == "odd" for h in hits)
-        rare = {"i": {"$in": [7, 1234, 2999]}}  # 3 of 3000 rows: the graph will not find them all
-        assert [h.id for h in idx.search(q, k=5, namespace="ns", filter=rare)] == [
-            f"id{r}" for r in brute_force(x, q, 5, np.array([7, 1234, 2999]))
-        ]
+        hits = idx.search(q, k=5, filter={"parity": 1})
+        assert len(hits) == 5 and all(h.metadata["parity"] == 1 for h in hits)
+        recall.append(len({h.id for h in hits} & {f"id{r}" for r in brute_force(x, q, 5, odd)}) / 5)
+        rare = {"i": {"$in": [7, 1234, 2999]}}  # 3 of 3000 rows: exact scan of the subset
+        assert [h.id for h in idx.search(q, k=5, filter=rare)] == [f"id{r}" for r in brute_force(x, q, 5, np.array([7, 1234, 2999]))]
+    assert calls and calls[0] == 5 * idx.ann_params.overfetch * 2  # k * overfetch / selectivity (1/2)
+    assert len(calls) >= 10 and np.mean(recall) >= 0.9
+    # the graph cannot find matches hidden far away: over-fetch runs dry and the exact subset scan answers
+    far = {"i": {"$gte": 2400}}  # 600 rows > ann_threshold, so the graph is tried first
+    q = x[10]
+    want = [f"id{r}" for r in brute_force(x, q, 5, np.arange(2400, 3000))]
+    assert [h.id for h in idx.search(q, k=5, filter=far)] == want
 
 
 @needs_usearch
