@@ -1,0 +1,376 @@
+"""Celery workers: configuration, the embedded code path, the CLI commands, and real worker processes on Redis.
+
+Run: .venv/bin/python -m pytest tests/test_workers.py -q -x          (add -m "not slow" to skip the real model)
+
+The crash and race tests use a stub for the *compute* of an internalization only (``_fixtures_workers``);
+the end-to-end test runs the real internalizer on the real 135M base model in a real worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from _fixtures_ingest import write_corpus
+from _fixtures_workers import WorkerProcess, markers, purge_prefix, wait_for, worker_env
+
+STUB = "_fixtures_workers:stub_internalize"
+
+
+# ---------------------------------------------------------------- configuration
+def test_app_routes_queues_and_reliability(monkeypatch):
+    from memory.config import Settings
+    from workers.app import celery_config, create_app
+
+    conf = celery_config(Settings(broker_url="redis://localhost:6379/5"),
+                         env={"PMEM_VISIBILITY_TIMEOUT_S": "7200", "PMEM_BROKER_KEYPREFIX": "t1:"})
+    assert conf["task_routes"]["workers.tasks.internalize_version"]["queue"] == "internalize"
+    assert conf["task_routes"]["workers.tasks.ingest_source"]["queue"] == "ingest"
+    assert conf["task_routes"]["workers.tasks.refresh_sources"]["queue"] == "ingest"
+    assert {q.name for q in conf["task_queues"]} == {"ingest", "internalize"}
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
+    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
+    assert conf["broker_transport_options"]["visibility_timeout"] == 7200
+    assert conf["broker_transport_options"]["global_keyprefix"] == "t1:"
+    # the default visibility timeout outlasts a long CPU/GPU internalization
+    assert celery_config(Settings(), env={})["broker_transport_options"]["visibility_timeout"] >= 3600
+    assert celery_config(Settings(), env={})["broker_url"] == "memory://"  # embedded: never published
+
+    monkeypatch.setenv("PMEM_REFRESH_TICK_S", "15")
+    app = create_app(Settings(broker_url="redis://localhost:6379/5"))
+    entry = app.conf.beat_schedule["pmem-refresh-sources"]
+    assert entry["task"] == "workers.tasks.refresh_sources" and entry["schedule"] == 15.0
+    import workers.tasks  # noqa: F401 - registers the tasks
+
+    from workers.app import app as module_app
+
+    for name in ("ingest_source", "internalize_version", "refresh_sources"):
+        task = module_app.tasks[f"workers.tasks.{name}"]
+        assert task.acks_late and task.reject_on_worker_lost and task.max_retries == 5
+
+    from memory.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        celery_config(Settings(), env={"PMEM_VISIBILITY_TIMEOUT_S": "soon"})
+
+
+# ---------------------------------------------------------------- embedded mode (same task bodies, in-process)
+@pytest.fixture
+def stub_env(monkeypatch):
+    monkeypatch.setenv("PMEM_WORKER_INTERNALIZER", STUB)
+
+
+def _ready_adapters(mem):
+    return [a for a in mem.adapters() if a.status == "ready"]
+
+
+def _corpus_with_bad_files(root: Path) -> tuple[list[Path], list[str]]:
+    files = write_corpus(root, n_pdf_pages=1)
+    good = [files[k] for k in ("txt", "md", "html", "csv", "pdf")]
+    for k, p in files.items():
+        if p not in good:
+            p.unlink()
+    (root / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<>>\nthis is not a pdf at all" * 3)
+    (root / "binary.txt").write_bytes(bytes(range(256)) * 40)
+    (root / "empty.md").write_bytes(b"")
+    return good, ["corrupt.pdf", "binary.txt", "empty.md"]
+
+
+def test_embedded_ingest_runs_the_task_bodies_in_process(tmp_path, stub_env):
+    from memory.api import ParametricMemory
+    from memory.jobs import JobStore
+    from workers.tasks import submit_ingest
+
+    mem = ParametricMemory(home=tmp_path / "home")
+    assert not mem.settings.broker_url
+    good, bad = _corpus_with_bad_files(tmp_path / "docs")
+    job = submit_ingest(mem, str(tmp_path / "docs"), namespace="default", refresh_interval_s=60)
+    assert job.state == "succeeded", job.error
+    assert job.result["files"] == len(good) + len(bad)
+    assert len(job.result["changed"]) == len(good) and len(job.result["failed"]) == len(bad)
+    for name in bad:  # each bad file fails alone, named in the job's error and on the source
+        assert name in job.error
+    src = mem.sources()[0]
+    assert src["refresh_interval_s"] == 60 and all(name in src["last_error"] for name in bad)
+    store = JobStore.for_memory(mem)
+    internalize_jobs = [store.get(i) for i in job.result["internalize_jobs"]]
+    assert len(internalize_jobs) == len(good) and all(j.state == "succeeded" for j in internalize_jobs)
+    ready = _ready_adapters(mem)
+    assert sorted(a.document_id for a in ready) == sorted(c["document"] for c in job.result["changed"])
+    # submitting the same directory again: nothing new, the existing jobs are returned, no new adapters
+    again = submit_ingest(mem, str(tmp_path / "docs"))
+    assert again.result["unchanged"] == len(good) and not again.result["changed"]
+    assert sorted(again.result["internalize_jobs"]) == sorted(job.result["internalize_jobs"])
+    assert len(mem.adapters()) == len(good)
+
+
+def test_ingest_of_only_bad_files_fails_the_job(tmp_path, stub_env):
+    from memory.api import ParametricMemory
+    from workers.tasks import submit_ingest
+
+    mem = ParametricMemory(home=tmp_path / "home")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "empty.txt").write_bytes(b"")
+    job = submit_ingest(mem, str(tmp_path / "bad"))
+    assert job.state == "failed" and "empty.txt" in job.error and job.attempts == 1
+    missing = submit_ingest(mem, str(tmp_path / "nowhere"))
+    assert missing.state == "failed" and "no such file or directory" in missing.error
+
+
+def test_internalize_submission_is_idempotent(tmp_path, stub_env):
+    from memory.api import ParametricMemory
+    from memory.refresh import version_id_for
+    from workers.tasks import submit_internalize
+
+    mem = ParametricMemory(home=tmp_path / "home")
+    mem.add("The vault code is 7342.", document_id="vault")
+    vid = version_id_for(mem, "default", "vault", 1)
+    a = submit_internalize(mem, vid)
+    b = submit_internalize(mem, vid)
+    assert a.id == b.id and a.state == b.state == "succeeded" and b.attempts == 1
+    forced = submit_internalize(mem, vid, force=True)
+    assert forced.id != a.id and forced.state == "succeeded"
+    assert len(mem.adapters()) == 1  # force recomputes, the (version, hypernetwork) row stays one
+    from memory.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        submit_internalize(mem, 99999)
+
+
+# ---------------------------------------------------------------- CLI
+@pytest.fixture
+def cli():
+    from workers.cli import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def _noop() -> None:  # a second command, so typer keeps sub-command names
+        pass
+
+    return app
+
+
+def _last_json(output: str):
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_cli_ingest_jobs_refresh(tmp_path, stub_env, cli):
+    runner = CliRunner()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "leave.md").write_text("# Leave\n\nTwenty days of paid leave per year.\n")
+    r = runner.invoke(cli, ["ingest", str(docs), "--refresh-interval", "3600", "--json"])
+    assert r.exit_code == 0, r.output
+    assert _last_json(r.stdout)["job"]["state"] == "succeeded"
+
+    r = runner.invoke(cli, ["jobs", "--json"])
+    assert r.exit_code == 0, r.output
+    jobs = _last_json(r.stdout)
+    assert sorted(j["kind"] for j in jobs) == ["ingest", "internalize"]
+    assert all(j["state"] == "succeeded" for j in jobs)
+    r = runner.invoke(cli, ["jobs", "--kind", "internalize", "--json"])
+    assert [j["kind"] for j in _last_json(r.stdout)] == ["internalize"]
+    r = runner.invoke(cli, ["jobs"])
+    assert r.exit_code == 0 and "internalize" in r.stdout
+
+    # not due yet: nothing is re-read
+    r = runner.invoke(cli, ["refresh", "--json"])
+    assert r.exit_code == 0, r.output
+    assert _last_json(r.stdout)["sources"] == 0
+    (docs / "leave.md").write_text("# Leave\n\nThirty days of paid leave per year.\n")
+    r = runner.invoke(cli, ["refresh", "--force", "--json"])
+    out = _last_json(r.stdout)
+    assert r.exit_code == 0 and out["sources"] == 1
+    assert [(c["document"], c["version"]) for c in out["changed"]] == [("leave.md", 2)]
+    r = runner.invoke(cli, ["refresh", "--force"])
+    assert r.exit_code == 0 and "0 changed" in r.stderr + r.stdout
+
+    r = runner.invoke(cli, ["jobs", "--state", "bogus"])
+    assert r.exit_code == 2
+    r = runner.invoke(cli, ["worker"])
+    assert r.exit_code == 2 and "PMEM_BROKER_URL" in r.output
+
+
+# ---------------------------------------------------------------- real Redis, real worker processes
+@pytest.fixture
+def broker(redis_url, tmp_path, monkeypatch):
+    """A private key prefix on the test Redis, the test's PMEM_HOME, and the workers started by the test."""
+    prefix = f"pmem-test-{uuid.uuid4().hex[:10]}:"
+    home = tmp_path / "pmem-home"
+    monkeypatch.setenv("PMEM_BROKER_URL", redis_url)
+    monkeypatch.setenv("PMEM_BROKER_KEYPREFIX", prefix)
+    workers: list[WorkerProcess] = []
+
+    class Broker:
+        url = redis_url
+
+        def __init__(self) -> None:
+            self.prefix, self.home = prefix, home
+
+        def worker(self, **extra: str) -> WorkerProcess:
+            env = worker_env(home, redis_url, prefix, **extra)
+            w = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log")
+            workers.append(w)
+            return w
+
+        def memory(self):
+            from memory.api import ParametricMemory
+
+            return ParametricMemory(home=home, broker_url=redis_url)
+
+    yield Broker()
+    for w in workers:
+        w.stop()
+    purge_prefix(redis_url, prefix)
+
+
+def _job_done(store, job_id):
+    j = store.get(job_id)
+    return j if j.state in ("succeeded", "failed") else None
+
+
+def _orphans(mem) -> list[str]:
+    return mem.gc(dry_run=True)
+
+
+@pytest.mark.services
+def test_sigkilled_worker_job_is_redelivered_and_completes(broker, tmp_path, monkeypatch):
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import submit_internalize
+
+    marks = tmp_path / "markers"
+    vt = "4"  # seconds: a dead worker's message goes back to the queue this long after delivery
+    monkeypatch.setenv("PMEM_VISIBILITY_TIMEOUT_S", vt)
+    mem = broker.memory()
+    mem.add("Refunds are paid within 14 days of the request.", document_id="refunds")
+    vid = version_id_for(mem, "default", "refunds", 1)
+    first = broker.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="600", PMEM_TEST_MARKERS=str(marks),
+                          PMEM_VISIBILITY_TIMEOUT_S=vt).wait_ready()
+    job = submit_internalize(mem, vid)
+    assert job.state == "queued" and job.celery_id
+    store = JobStore.for_memory(mem)
+    wait_for(lambda: markers(marks), 60, "the first worker to start the internalization")
+    assert store.get(job.id).state == "running" and store.get(job.id).attempts == 1
+    time.sleep(float(vt) + 0.5)  # let the visibility timeout pass while the first worker is busy
+    first.kill()
+    assert mem.adapters() == [] and _orphans(mem) == []  # it died mid-compute: no adapter, no blob
+
+    second = broker.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0.2", PMEM_TEST_MARKERS=str(marks),
+                           PMEM_VISIBILITY_TIMEOUT_S=vt).wait_ready()
+    done = wait_for(lambda: _job_done(store, job.id), 90, "the redelivered job to finish")
+    assert done.state == "succeeded", (done.error, second.log())
+    assert done.attempts == 2 and done.celery_id == job.celery_id  # the same message, delivered twice
+    assert len(markers(marks)) == 2
+    adapters = mem.adapters()
+    assert len(adapters) == 1 and adapters[0].status == "ready" and adapters[0].id == done.result["adapter_id"]
+    assert _orphans(mem) == []
+    blobs = {p.name for p in Path(mem.blobs.url).rglob("*") if p.is_file() and len(p.name) == 64}
+    assert adapters[0].blob_sha256 in blobs
+
+
+@pytest.mark.services
+def test_two_workers_racing_on_one_version_make_one_adapter(broker, tmp_path):
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import TASK_NAMES, app_for, submit_internalize
+
+    marks = tmp_path / "markers"
+    mem = broker.memory()
+    mem.add("Badges must be worn at all times on site.", document_id="badges")
+    vid = version_id_for(mem, "default", "badges", 1)
+    extra = {"PMEM_WORKER_INTERNALIZER": STUB, "PMEM_TEST_SLEEP_S": "3", "PMEM_TEST_MARKERS": str(marks)}
+    w1, w2 = broker.worker(**extra), broker.worker(**extra)
+    w1.wait_ready()
+    w2.wait_ready()
+    # Two submissions of the same version are one job ...
+    job = submit_internalize(mem, vid)
+    assert submit_internalize(mem, vid).id == job.id
+    # ... and a duplicated message (as after a visibility timeout) reaches the other worker while the first runs.
+    app_for(mem.settings).send_task(TASK_NAMES["internalize"], args=[job.id])
+    wait_for(lambda: len(markers(marks)) >= 2, 60, "both workers to run the job")
+    pids = {m.name.split("-")[1] for m in markers(marks)}
+    assert len(pids) == 2  # two processes really computed concurrently
+    store = JobStore.for_memory(mem)
+    done = wait_for(lambda: _job_done(store, job.id), 60, "the job to finish")
+    time.sleep(4)  # let the slower worker finish too
+    assert done.state == "succeeded" and store.get(job.id).attempts == 2
+    adapters = mem.adapters()
+    assert len(adapters) == 1 and adapters[0].status == "ready", adapters
+    assert _orphans(mem) == []
+
+
+@pytest.fixture
+def shared_home(broker, shared_models_dir):
+    """Point the test home's model cache at the session's converted base model (conversion runs once)."""
+    models = Path(shared_models_dir) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    broker.home.mkdir(parents=True, exist_ok=True)
+    os.symlink(models, broker.home / "models")
+    return broker
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
+    """The main flow with the real internalizer on the real base model, in a real worker process."""
+    from memory.jobs import JobStore
+    from workers.tasks import submit_ingest, submit_refresh
+
+    broker = shared_home
+    docs = tmp_path / "docs"
+    good, bad = _corpus_with_bad_files(docs)
+    for p in good:  # keep the real internalization short on a shared CPU
+        if p.suffix in (".pdf", ".html"):
+            p.unlink()
+    good = [p for p in good if p.exists()]
+    mem = broker.memory()
+    worker = broker.worker(PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2").wait_ready(timeout=120)
+    store = JobStore.for_memory(mem)
+
+    job = submit_ingest(mem, str(docs), refresh_interval_s=3600)
+    ingest = wait_for(lambda: _job_done(store, job.id), 120, "the ingest job")
+    assert ingest.state == "succeeded", (ingest.error, worker.log())
+    assert len(ingest.result["changed"]) == len(good) and len(ingest.result["failed"]) == len(bad)
+    for name in bad:
+        assert name in ingest.error and name in mem.sources()[0]["last_error"]
+    children = ingest.result["internalize_jobs"]
+    wait_for(lambda: all(_job_done(store, i) for i in children), 900, "the internalizations")
+    assert all(store.get(i).state == "succeeded" for i in children), [store.get(i).error for i in children]
+    ready = _ready_adapters(mem)
+    assert len(ready) == len(good)
+    assert {(a.document_id, a.version) for a in ready} == {(c["document"], 1) for c in ingest.result["changed"]}
+    assert all(a.method in ("cd", "d2l") and a.base_model != "stub-base@0" for a in ready)
+
+    # a changed file is picked up by the refresh: new version, new adapter; the old one is superseded
+    changed = next(p for p in good if p.suffix == ".md")
+    doc_id = changed.name
+    old = next(a for a in ready if a.document_id == doc_id)
+    changed.write_text(changed.read_text() + "\n\nUpdate: refunds are now paid within 7 days.\n")
+    refresh = submit_refresh(mem, force=True)
+    refresh = wait_for(lambda: _job_done(store, refresh.id), 120, "the refresh job")
+    assert refresh.state == "succeeded", refresh.error
+    assert [(c["document"], c["version"]) for c in refresh.result["changed"]] == [(doc_id, 2)]
+    new_job = refresh.result["changed"][0]["job"]
+    wait_for(lambda: _job_done(store, new_job), 600, "the new version's internalization")
+    mine = {a.version: a for a in mem.adapters(document_id=doc_id)}
+    assert mine[2].status == "ready" and mine[1].status == "superseded" and mine[1].id == old.id
+
+    # rollback restores the old version and its adapter, without recomputing anything
+    mem.rollback(doc_id, 1)
+    mine = {a.version: a for a in mem.adapters(document_id=doc_id)}
+    assert mine[1].status == "ready" and mine[2].status == "superseded"
+    assert mem.get(doc_id).version.number == 1
+    assert _orphans(mem) == []
+    shutil.rmtree(docs)
