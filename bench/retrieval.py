@@ -191,7 +191,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     """
     import torch
 
-    threads = min(2, torch.get_num_threads())
+    # One thread: a query is latency-bound single-item work, and on a shared CPU two torch/BLAS threads
+    # wait on each other (measured: MiniLM query 79 ms with 1 thread, 1,634 ms with 2, load average 13).
+    threads = 1
     torch.set_num_threads(threads)
     sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
     n_queries, n_filtered = (100, 30) if quick else (300, 60)

@@ -24,6 +24,7 @@ from memory.retrieval import (
     usearch_available,
     vector_from_bytes,
     vector_to_bytes,
+    vectors_from_bytes,
 )
 from memory.retrieval.filters import build_column
 
@@ -350,6 +351,19 @@ def test_auto_backend_builds_graph_past_threshold_and_tracks_writes():
     assert idx.search(-x[77], k=1)[0].id == "id3"
 
 
+@needs_usearch
+def test_graph_is_rebuilt_when_mostly_tombstones():
+    idx = VectorIndex(8, backend="usearch")
+    x = clustered(1300, 8)
+    idx.add([f"id{i}" for i in range(1300)], x)
+    idx.search(x[0], k=1)
+    idx.delete([f"id{i}" for i in range(1200)])
+    part = idx._parts["default"]
+    assert part.ann_removed == 1200
+    hits = idx.search(x[1250], k=3)
+    assert hits[0].id == "id1250" and part.ann_removed == 0 and len(part.ann) == 100
+
+
 # ------------------------------------------------------------------------------------ persistence
 @pytest.mark.parametrize("backend", ["exact", pytest.param("usearch", marks=needs_usearch)])
 def test_save_load_round_trip(tmp_path, backend):
@@ -409,6 +423,37 @@ def test_vector_bytes_round_trip():
         vector_from_bytes(blob[:-1])
     with pytest.raises(ValidationError, match="expected 10"):
         vector_from_bytes(blob, 10)
+
+
+def test_many_blobs_decode_into_one_matrix():
+    v = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(vectors_from_bytes([vector_to_bytes(r) for r in v], 5), v)
+    assert vectors_from_bytes([], 5).shape == (0, 5)
+    with pytest.raises(ValidationError, match="blob 1"):
+        vectors_from_bytes([vector_to_bytes(v[0]), b"\0" * 8], 5)
+
+
+def test_without_usearch_everything_is_exact(tmp_path, monkeypatch):
+    """With the ANN package missing, 'auto' searches exactly, 'usearch' is refused, saved graphs are dropped."""
+    import memory.retrieval.index as index_mod
+
+    x = clustered(300, 8)
+    saved = VectorIndex(8, backend="auto", ann_threshold=10, model="m")
+    saved.add([f"id{i}" for i in range(300)], x)
+    saved.search(x[0], k=1)
+    path = tmp_path / "idx.npz"
+    saved.save(path)
+    monkeypatch.setattr(index_mod, "usearch_available", lambda: False)
+    with pytest.raises(ValidationError, match="pip install usearch"):
+        VectorIndex(8, backend="usearch")
+    idx = VectorIndex(8, backend="auto", ann_threshold=10)
+    idx.add([f"id{i}" for i in range(300)], x)
+    q = x[3] + 0.05
+    assert [h.id for h in idx.search(q, k=5)] == [f"id{r}" for r in brute_force(x, q, 5)]
+    assert idx._parts["default"].ann is None
+    loaded = VectorIndex.load(path)
+    assert loaded._parts["default"].ann is None and loaded.model == "m"
+    assert [h.id for h in loaded.search(q, k=5)] == [f"id{r}" for r in brute_force(x, q, 5)]
 
 
 def test_langchain_adapter():

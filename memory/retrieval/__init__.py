@@ -7,7 +7,7 @@
 - :mod:`memory.retrieval.filters`: the metadata filter language and its validation.
 
 The module is database-agnostic: the caller gives ids, vectors and metadata (for instance rebuilt from
-the ``chunks.embedding`` float32 blobs with :func:`vector_from_bytes`) and gets :class:`Hit` lists back.
+the ``chunks.embedding`` float32 blobs with :func:`vectors_from_bytes`) and gets :class:`Hit` lists back.
 
 >>> import numpy as np
 >>> idx = VectorIndex(dim=2)
@@ -24,6 +24,7 @@ from memory.retrieval.embeddings import (
     as_embedder,
     vector_from_bytes,
     vector_to_bytes,
+    vectors_from_bytes,
 )
 from memory.retrieval.filters import compile_filter, validate_filter
 from memory.retrieval.index import AnnParams, Hit, VectorIndex, usearch_available
@@ -42,4 +43,5 @@ __all__ = [
     "validate_filter",
     "vector_from_bytes",
     "vector_to_bytes",
+    "vectors_from_bytes",
 ]

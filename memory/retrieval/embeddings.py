@@ -103,6 +103,20 @@ def vector_from_bytes(blob: bytes, dim: int | None = None) -> np.ndarray:
     return vec
 
 
+def vectors_from_bytes(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Decode many :func:`vector_to_bytes` blobs (e.g. a ``chunks.embedding`` column) into ``[n, dim]``.
+
+    >>> vectors_from_bytes([vector_to_bytes([1, 2]), vector_to_bytes([3, 4])], dim=2).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    bad = next((i for i, b in enumerate(blobs) if len(b) != 4 * dim), None)
+    if bad is not None:
+        raise ValidationError(f"embedding blob {bad} has {len(blobs[bad])} bytes, expected {4 * dim} ({dim} float32)")
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- MiniLM
 _MODEL_CACHE: dict[tuple[str, str], tuple[Any, Any]] = {}
 _MODEL_LOCK = threading.Lock()
@@ -397,4 +411,5 @@ __all__ = [
     "minilm_model_dir",
     "vector_from_bytes",
     "vector_to_bytes",
+    "vectors_from_bytes",
 ]

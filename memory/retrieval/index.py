@@ -123,6 +123,7 @@ class _Partition:
         self.row_of_key: dict[int, int] = {}
         self.next_key = 0
         self.ann: Any = None  # usearch.index.Index or None
+        self.ann_removed = 0  # graph entries removed since the build (usearch leaves tombstones)
         self.columns: dict[str, Column] = {}  # filter columns, dropped on every write
 
     # ---------------------------------------------------------------- storage
@@ -150,6 +151,7 @@ class _Partition:
             if self.ann is not None:  # re-label: a fresh key for the new vector
                 old = int(self.keys[row])
                 self.ann.remove(old)
+                self.ann_removed += 1
                 del self.row_of_key[old]
                 key = self._new_key()
                 self.keys[row] = key
@@ -189,6 +191,7 @@ class _Partition:
             del self.row_of_key[key]
             if self.ann is not None:
                 self.ann.remove(key)
+                self.ann_removed += 1
             last = self.n - 1
             if row != last:  # move the last row into the hole
                 self.vectors[row] = self.vectors[last]
@@ -218,6 +221,7 @@ class _Partition:
         if self.n:
             ann.add(self.keys[: self.n], self.vectors[: self.n], threads=threads)
         self.ann = ann
+        self.ann_removed = 0
         log.info("built HNSW graph over %d vectors (dim %d)", self.n, self.dim)
 
     def ann_rows(self, q: np.ndarray, count: int) -> np.ndarray:
@@ -267,6 +271,8 @@ class VectorIndex:
             up to which a filtered subset is scanned exactly rather than searched in the graph.
         ann_params (`AnnParams`): HNSW parameters.
         threads (`int`): threads for bulk HNSW inserts (0 = all cores). Queries use one thread.
+        model (`str`, *optional*): name of the embedder that made the vectors (``Embedder.name``); kept
+            and saved with the index so that a caller can refuse to mix vectors of two models.
 
     >>> import numpy as np
     >>> idx = VectorIndex(backend="exact")
@@ -283,6 +289,7 @@ class VectorIndex:
         ann_threshold: int = DEFAULT_ANN_THRESHOLD,
         ann_params: AnnParams | None = None,
         threads: int = 1,
+        model: str | None = None,
     ) -> None:
         if backend not in ("auto", "exact", "usearch"):
             raise ValidationError(f"backend must be 'auto', 'exact' or 'usearch', got {backend!r}")
@@ -297,6 +304,7 @@ class VectorIndex:
         self.ann_threshold = ann_threshold
         self.ann_params = ann_params or AnnParams()
         self.threads = threads
+        self.model = model
         self._parts: dict[str, _Partition] = {}
         self._lock = threading.RLock()
         self._has_usearch = backend != "exact" and usearch_available()
@@ -307,7 +315,7 @@ class VectorIndex:
             return sum(p.n for p in self._parts.values())
 
     def __repr__(self) -> str:
-        return f"VectorIndex(dim={self.dim}, backend={self.backend!r}, namespaces={len(self._parts)}, vectors={len(self)})"
+        return f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, namespaces={len(self._parts)}, vectors={len(self)})"
 
     def count(self, namespace: str = DEFAULT_NAMESPACE) -> int:
         """Number of vectors in ``namespace`` (0 for an unknown namespace).
@@ -480,6 +488,8 @@ class VectorIndex:
     def _use_ann(self, part: _Partition) -> bool:
         if not self._has_usearch:
             return False
+        if part.ann is not None and part.ann_removed > max(1_000, part.n):
+            part.ann = None  # mostly tombstones: rebuild from the live rows
         if part.ann is None:
             if self.backend == "auto" and part.n < self.ann_threshold:
                 return False
@@ -536,6 +546,7 @@ class VectorIndex:
                 "format": "pmem-vector-index",
                 "version": FORMAT_VERSION,
                 "dim": self.dim,
+                "model": self.model,
                 "backend": self.backend,
                 "ann_threshold": self.ann_threshold,
                 "ann_params": self.ann_params.__dict__,
@@ -582,6 +593,7 @@ class VectorIndex:
                     ann_threshold=header["ann_threshold"],
                     ann_params=AnnParams(**header["ann_params"]),
                     threads=threads,
+                    model=header.get("model"),
                 )
                 for i, space in enumerate(header["namespaces"]):
                     part = _Partition(idx.dim or 1)
