@@ -214,6 +214,21 @@ def test_corrupt_and_truncated_pdfs(tmp_path, corpus):
     _raises(lambda: partition_path(broken_xref), "broken.pdf")
 
 
+def test_encrypted_pdf(tmp_path, corpus):
+    import io
+
+    import pikepdf
+
+    src = pikepdf.open(io.BytesIO(corpus["pdf"].read_bytes()))
+    for user, ok in (("secret", False), ("", True)):
+        out = io.BytesIO()
+        src.save(out, encryption=pikepdf.Encryption(owner="owner", user=user, R=4))
+        if ok:  # an empty user password is how "protected" PDFs usually come: readable
+            assert partition_bytes(out.getvalue(), "open.pdf").page_count == 3
+        else:
+            _raises(lambda: partition_bytes(out.getvalue(), "locked.pdf"), "locked.pdf", "encrypted", "password")
+
+
 def test_pdf_without_text_is_an_error(tmp_path):
     blank = tmp_path / "scan.pdf"
     blank.write_bytes(fx.pdf_bytes([[], []]))
@@ -389,6 +404,24 @@ def test_chunks_are_token_bounded_with_a_custom_counter(parsed):
         covered = "".join(c.text for c in chunks).replace(" ", "").replace("\n", "")
         assert covered == doc.text.replace(" ", "").replace("\n", "")  # nothing lost
         assert all(c.metadata["page_start"] is not None for c in chunks)
+
+
+@pytest.mark.slow  # reads the tokenizer out of the embedded GGUF file (~5-20 s)
+def test_chunks_are_bounded_by_the_base_model_tokenizer(parsed):
+    from transformers import AutoTokenizer
+
+    from memory.ingest import tokenizer_counter
+    from memory.models.loader import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    count = tokenizer_counter(AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+    for kind in ("pdf", "csv", "md"):
+        doc = parsed[kind]
+        chunks = chunk_document(doc, max_tokens=48, count_tokens=count)
+        assert len(chunks) >= (2 if kind != "csv" else 1)
+        for c in chunks:
+            assert c.token_count == count(c.text) <= 48
+            assert doc.text[c.start_char:c.end_char] == c.text
 
 
 def test_headings_move_with_their_text_and_big_elements_split():

@@ -668,8 +668,10 @@ def _basename(name: str) -> str:
     return re.split(r"[\\/]", str(name))[-1]
 
 
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+def _one_line(text: str, limit: int = 200) -> str:
+    """A heading as a section name: one line, at most ``limit`` characters."""
+    line = re.sub(r"\s+", " ", text).strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _reason(exc: BaseException) -> str:

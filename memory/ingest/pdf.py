@@ -103,9 +103,11 @@ def _layout(data: bytes, shown: str) -> tuple[list[_Box], int]:
     except IngestError:
         raise
     except Exception as exc:  # pdfminer raises many types (PDFSyntaxError, PSEOF, KeyError, ...)
-        detail = str(exc).replace("\n", " ")[:200] or type(exc).__name__
-        kind = "encrypted" if "password" in detail.lower() or "encrypt" in type(exc).__name__.lower() else "corrupt"
-        raise IngestError(f"{shown}: cannot read this PDF ({kind}: {type(exc).__name__}: {detail})") from exc
+        name = type(exc).__name__
+        if "password" in name.lower() or "encrypt" in name.lower():
+            raise IngestError(f"{shown}: the PDF is encrypted and needs a password; add a decrypted copy") from exc
+        detail = str(exc).replace("\n", " ")[:200] or name
+        raise IngestError(f"{shown}: cannot read this PDF (corrupt: {name}: {detail})") from exc
     if pages == 0:
         raise IngestError(f"{shown}: corrupt PDF (no pages could be read)")
     return boxes, pages
