@@ -1,0 +1,1 @@
+"""Hyper package (Doc-to-LoRA / Text-to-LoRA)."""

@@ -1,0 +1,1 @@
+"""Training package (Doc-to-LoRA / Text-to-LoRA)."""

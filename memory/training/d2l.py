@@ -1,0 +1,249 @@
+"""Meta-training of the Doc-to-LoRA hypernetwork: ``pmem train d2l --out DIR --minutes M [--resume]``.
+
+Each step samples documents with questions from the training pools (curriculum: one-fact documents first,
+then more facts and longer haystacks), runs the frozen base model over the documents, generates one adapter
+per document, and trains on the answer cross-entropy of the base model + adapter with the question alone.
+Every ``--eval-every`` steps it logs the held-out answer NLL with the matched adapter and with another
+document's adapter (rolled by one); their difference, the *gap*, is what the hypernetwork has learned about
+documents. ``DIR`` receives ``log.jsonl``, ``state.pt`` (resumable) and ``best/`` (a loadable checkpoint
+with the lowest held-out matched NLL).
+
+>>> # main(["--out", "/tmp/d2l", "--minutes", "5"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from memory.hyper.d2l import D2LConfig, D2LHypernetwork, document_features, save_checkpoint
+from memory.lora.apply import apply_lora_batched
+from memory.training.d2l_data import FactGenerator, Sample, heldout_set
+from memory.training.d2l_objective import (
+    answer_logits,
+    encode_documents,
+    per_sample_nll,
+    student_batch,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_base(base_dir: str | None = None) -> Any:
+    """The frozen base model (``memory.models.load_base_model``), or a local HF directory for experiments."""
+    if base_dir:
+        from types import SimpleNamespace
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+        return SimpleNamespace(model=model.eval().requires_grad_(False), tokenizer=tok,
+                               fingerprint="smollm2-135m-instruct@local")
+    from memory.models import load_base_model
+
+    base = load_base_model()
+    base.model.eval().requires_grad_(False)
+    return base
+
+
+# ---------------------------------------------------------------------------- curriculum
+def curriculum(step: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Data mix at ``step``: facts per document grow 1 -> ``max_facts`` and haystacks 32 -> ``niah_max`` tokens."""
+    frac = min(1.0, step / max(1, args.ramp_steps))
+    return {
+        "max_facts": 1 + int(round(frac * (args.max_facts - 1))),
+        "niah_prob": args.niah_prob,
+        "niah_tokens": (32, int(64 + frac * (args.niah_max - 64))),
+    }
+
+
+def nll_pair(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, *, grad: bool = False,
+             shuffled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample answer NLL with each sample's own adapter (and, if ``shuffled``, with the next sample's)."""
+    tok, model = base.tokenizer, base.model
+    ids, mask = encode_documents(tok, [s.document for s in samples], chunk)
+    feats = document_features(model, ids, mask, net.config.target_layers)
+    batch = student_batch(tok, [s.question for s in samples], [s.answer for s in samples])
+    with torch.set_grad_enabled(grad):
+        weights, gates = net.batched_weights(feats)
+        with apply_lora_batched(model, weights):
+            matched = per_sample_nll(answer_logits(model, batch), batch, len(samples))
+        if not shuffled:
+            return matched, gates
+        rolled = {p: (a.roll(1, 0), b.roll(1, 0)) for p, (a, b) in weights.items()}
+        with apply_lora_batched(model, rolled):
+            other = per_sample_nll(answer_logits(model, batch), batch, len(samples))
+    return matched, other
+
+
+@torch.no_grad()
+def evaluate_gap(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, bs: int = 16) -> dict[str, float]:
+    """Held-out matched vs shuffled answer NLL, split by kind (fact / niah)."""
+    out: dict[str, list[float]] = {}
+    for i in range(0, len(samples), bs):
+        part = list(samples[i : i + bs])
+        m, o = nll_pair(base, net, part, chunk, shuffled=True)
+        for s, a, b in zip(part, m.tolist(), o.tolist()):
+            out.setdefault(f"{s.kind}_matched", []).append(a)
+            out.setdefault(f"{s.kind}_shuffled", []).append(b)
+    res = {k: sum(v) / len(v) for k, v in out.items()}
+    for kind in ("fact", "niah"):
+        if f"{kind}_matched" in res:
+            res[f"{kind}_gap"] = res[f"{kind}_shuffled"] - res[f"{kind}_matched"]
+    return res
+
+
+def _param_groups(net: D2LHypernetwork, lr: float, wd: float) -> list[dict[str, Any]]:
+    decay = {id(p) for p in net.regularised_parameters()}
+    fast = [p for n, p in net.named_parameters() if n.endswith("alpha")]
+    fast_ids = {id(p) for p in fast}
+    rest_decay = [p for p in net.parameters() if id(p) in decay]
+    rest = [p for p in net.parameters() if id(p) not in decay and id(p) not in fast_ids]
+    return [
+        {"params": rest_decay, "lr": lr, "weight_decay": wd},
+        {"params": rest, "lr": lr, "weight_decay": 0.0},
+        {"params": fast, "lr": lr * 10, "weight_decay": 0.0},
+    ]
+
+
+def train(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    base = load_base(args.base_dir)
+    cfg = D2LConfig.for_model(base.model.config, rank=args.rank, key_rank=args.key_rank, chunk_tokens=args.chunk_tokens,
+                              base_model=base.fingerprint,
+                              **({"target_layers": tuple(args.layers)} if args.layers else {}))
+    net = D2LHypernetwork(cfg)
+    opt = torch.optim.AdamW(_param_groups(net, args.lr, args.wd), betas=(0.9, 0.99))
+    gen = FactGenerator("train", seed=args.seed)
+    held = heldout_set(args.eval_facts, args.eval_niah, max_facts=args.max_facts, niah_tokens=min(args.niah_max, 128))
+    state_path = out / "state.pt"
+    step, best, elapsed0 = 0, math.inf, 0.0
+    if args.resume and state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        step, best, elapsed0 = st["step"], st["best"], st["elapsed"]
+        gen.rng.setstate(st["rng"])
+        log.info("resumed at step %d", step)
+    elif args.centre_keys:
+        warm = [gen.mixed(1, args.niah_prob) for _ in range(32)]
+        ids, mask = encode_documents(base.tokenizer, [s.document for s in warm], args.chunk_tokens)
+        net.init_key_centres(document_features(base.model, ids, mask, cfg.target_layers))
+    logf = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    budget = args.minutes * 60.0
+    total_steps_est = args.total_steps
+
+    def save_state() -> None:
+        tmp = out / "state.pt.tmp"
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                    "elapsed": elapsed0 + time.time() - t0, "rng": gen.rng.getstate(), "args": vars(args)}, tmp)
+        os.replace(tmp, state_path)
+
+    def do_eval() -> dict[str, float]:
+        nonlocal best
+        net.eval()
+        res = evaluate_gap(base, net, held, args.chunk_tokens)
+        net.train()
+        score = (res.get("fact_matched", 0.0) + res.get("niah_matched", 0.0))
+        if score < best:
+            best = score
+            net.config.extra = {"step": step, "heldout": res, "train_minutes": round((elapsed0 + time.time() - t0) / 60, 1)}
+            save_checkpoint(net, out / "best")
+        return res
+
+    tr_loss, tr_n, t_last = 0.0, 0, time.time()
+    if step == 0:
+        res = do_eval()
+        logf.write(json.dumps({"step": 0, "elapsed_s": 0, **res}) + "\n")
+        logf.flush()
+    while time.time() - t0 < budget and (args.max_steps <= 0 or step < args.max_steps):
+        cur = curriculum(step, args)
+        samples = [gen.mixed(cur["max_facts"], cur["niah_prob"], cur["niah_tokens"]) for _ in range(args.bs)]
+        lr_scale = min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps_est))))
+        for g, base_lr in zip(opt.param_groups, (args.lr, args.lr, args.lr * 10)):
+            g["lr"] = base_lr * lr_scale
+        nll, gates = nll_pair(base, net, samples, args.chunk_tokens, grad=True)
+        loss = nll.mean() + args.l1 * gates.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
+        opt.step()
+        step += 1
+        tr_loss += float(nll.mean().detach())
+        tr_n += 1
+        if step % args.log_every == 0:
+            rec = {"step": step, "elapsed_s": round(elapsed0 + time.time() - t0, 1), "train_nll": tr_loss / tr_n,
+                   "grad_norm": float(gn), "gate_mean": float(gates.mean()), "s_per_step": (time.time() - t_last) / tr_n,
+                   **cur}
+            if step % args.eval_every == 0:
+                rec.update(do_eval())
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log.info("%s", rec)
+            tr_loss, tr_n, t_last = 0.0, 0, time.time()
+        if step % args.save_every == 0:
+            save_state()
+    save_state()
+    do_eval()
+    logf.close()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pmem train d2l", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="run directory (log.jsonl, state.pt, best/)")
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/state.pt")
+    p.add_argument("--base-dir", default=None, help="a local HF model directory instead of the embedded default")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="target decoder layers (default: upper layers)")
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--key-rank", type=int, default=128)
+    p.add_argument("--chunk-tokens", type=int, default=256)
+    p.add_argument("--bs", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--wd", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--l1", type=float, default=0.01, help="L1 on the salience gates (sparsity)")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--total-steps", type=int, default=3000, help="cosine schedule length")
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--max-facts", type=int, default=4)
+    p.add_argument("--ramp-steps", type=int, default=600)
+    p.add_argument("--niah-prob", type=float, default=0.25)
+    p.add_argument("--niah-max", type=int, default=256)
+    p.add_argument("--eval-facts", type=int, default=48)
+    p.add_argument("--eval-niah", type=int, default=16)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is far faster than 2 on a contended 2-core box)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--centre-keys", action="store_true", help="start the key centres at the data mean")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pmem train d2l``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

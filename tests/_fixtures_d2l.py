@@ -1,0 +1,31 @@
+"""A tiny random Llama + character tokenizer wrapped as a ``BaseModel`` for fast D2L tests."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from memory.models import BaseModel, compute_fingerprint
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz .,?!0123456789")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def tiny_base(seed: int = 0, layers: int = 4, name: str = "tiny") -> BaseModel:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(CHARS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=1, pad_token_id=0,
+    )
+    model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    fp = compute_fingerprint(name, model)
+    model._pmem_fingerprint = fp
+    return BaseModel(model=model, tokenizer=tiny_tokenizer(), name=name, fingerprint=fp)

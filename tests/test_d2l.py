@@ -1,0 +1,202 @@
+"""Doc-to-LoRA hypernetwork: init, shapes, chunking, checkpoints, bad input (tiny Llama, fast) and the
+shipped checkpoint on held-out facts (real 135M, slow).
+
+Run: .venv/bin/python -m pytest tests/test_d2l.py -q            (slow ones: add -m slow)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from memory.errors import AdapterMismatchError, ModelError, ValidationError
+from memory.hyper.d2l import (
+    DEFAULT_CHECKPOINT,
+    D2LConfig,
+    D2LHypernetwork,
+    _chunks_of,
+    checkpoint_sha256,
+    internalize,
+    load_checkpoint,
+    save_checkpoint,
+)
+from memory.lora.apply import apply_lora
+from memory.training.d2l_data import FactGenerator, heldout_set
+
+from _fixtures_d2l import tiny_base
+
+
+@pytest.fixture(scope="module")
+def base():
+    torch.manual_seed(0)
+    return tiny_base()
+
+
+def make_net(base, trained: bool = False, **kw) -> D2LHypernetwork:
+    cfg = D2LConfig.for_model(base.model.config, rank=3, bias_rank=2, key_rank=4, chunk_tokens=8,
+                              base_model=base.fingerprint, **kw)
+    net = D2LHypernetwork(cfg)
+    if trained:  # stand-in for training: move every parameter off its (partly zero) init
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return net.eval()
+
+
+def logits(base, text: str, adapter=None) -> torch.Tensor:
+    ids = torch.tensor([base.tokenizer(text).input_ids])
+    with apply_lora(base.model, adapter):
+        return base.model(input_ids=ids).logits
+
+
+# ----------------------------------------------------------------------------- fast
+def test_zero_delta_at_init(base):
+    net = make_net(base)
+    [ad] = internalize(base, ["the vault code is 7179."], hypernet=net)
+    assert ad.rank > 0
+    assert all(float(ad.delta(p).abs().max()) == 0.0 for p in ad.weights)
+    assert torch.equal(logits(base, "what is the code?", ad), logits(base, "what is the code?"))
+
+
+def test_trained_net_changes_outputs_by_document(base):
+    net = make_net(base, trained=True)
+    a, b = internalize(base, ["the vault code is 7179.", "a dog barked in the valley."], hypernet=net)
+    q = "what is the code?"
+    base_l = logits(base, q)
+    assert not torch.allclose(logits(base, q, a), base_l)
+    assert not torch.allclose(logits(base, q, a), logits(base, q, b))
+
+
+def test_shapes_chunking_and_rank_concat(base):
+    net = make_net(base, trained=True)
+    text = "abcdefghij klmnopqrst 0123456789"  # 32 characters = 32 tokens
+    n_chunks = len(_chunks_of(list(range(32)), 8))
+    seen = []
+    [ad] = internalize(base, [text], hypernet=net, progress=lambda d, t: seen.append((d, t)))
+    assert int(ad.metadata["chunks"]) == n_chunks == 4
+    assert ad.metadata["tokens"] == "32"
+    assert set(ad.weights) == {f"model.layers.{i}.mlp.down_proj" for i in net.config.target_layers}
+    for a, b in ad.weights.values():
+        assert a.shape == (n_chunks * 3 + 2, 48) and b.shape == (32, n_chunks * 3 + 2)
+    assert seen[-1] == (n_chunks, n_chunks) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    # the chunk adapters add up: with a rank large enough to keep every token, the document adapter is
+    # the sum over chunks, so it differs from the first chunk's adapter alone
+    [first] = internalize(base, [text[:8]], hypernet=net)
+    assert first.rank < ad.rank
+
+
+def test_chunks_overlap_by_one_token():
+    ids = list(range(20))
+    chunks = _chunks_of(ids, 8)
+    assert all(len(c) <= 9 for c in chunks)
+    assert [c[0] for c in chunks[1:]] == [c[-1] for c in chunks[:-1]]
+    assert sorted({t for c in chunks for t in c}) == ids
+    assert _chunks_of([5], 8) == [[5]]
+
+
+def test_batch_equals_one_by_one(base):
+    net = make_net(base, trained=True)
+    docs = ["the sky is blue.", "a much longer document about many things, 42 of them."]
+    together = internalize(base, docs, hypernet=net, dtype=torch.float32)
+    alone = [internalize(base, [d], hypernet=net, dtype=torch.float32)[0] for d in docs]
+    for x, y in zip(together, alone):
+        for p in x.weights:
+            torch.testing.assert_close(x.delta(p), y.delta(p), atol=1e-4, rtol=1e-3)
+
+
+def test_empty_and_one_token_documents(base):
+    net = make_net(base, trained=True)
+    for bad in ["", "   \n"]:
+        with pytest.raises(ValidationError):
+            internalize(base, [bad], hypernet=net)
+    with pytest.raises(ValidationError):
+        internalize(base, "not a list", hypernet=net)  # type: ignore[arg-type]
+    [ad] = internalize(base, ["a"], hypernet=net)
+    assert ad.rank == net.config.bias_rank  # one token has no successor to write: bias block only
+    assert internalize(base, [], hypernet=net) == []
+
+
+def test_long_document_streams_with_progress(base):
+    net = make_net(base, trained=True)
+    text = "the grass is green. " * 100  # 2000 tokens -> 250 chunks of 8
+    calls = []
+    [ad] = internalize(base, [text], hypernet=net, batch_chunks=16, rank=1, progress=lambda d, t: calls.append(d))
+    assert int(ad.metadata["chunks"]) == 250 and len(calls) == 16 and calls[-1] == 250
+    assert ad.rank == 250 + net.config.bias_rank
+
+
+def test_save_load_round_trip(base, tmp_path):
+    net = make_net(base, trained=True)
+    sha = save_checkpoint(net, tmp_path / "ck")
+    assert sha == checkpoint_sha256(tmp_path / "ck")
+    again = load_checkpoint(tmp_path / "ck", base)
+    assert again.config.target_layers == net.config.target_layers
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    x = internalize(base, ["the code is 12."], hypernet=net)[0]
+    y = internalize(base, ["the code is 12."], hypernet=again)[0]
+    assert y.metadata["hypernetwork_sha256"] == sha
+    for p in x.weights:
+        assert torch.equal(x.weights[p][0], y.weights[p][0]) and torch.equal(x.weights[p][1], y.weights[p][1])
+
+
+def test_wrong_base_model_is_refused(base, tmp_path):
+    net = make_net(base, trained=True)
+    save_checkpoint(net, tmp_path / "ck")
+    other_shape = tiny_base(layers=6, name="other")
+    with pytest.raises(AdapterMismatchError):
+        load_checkpoint(tmp_path / "ck", other_shape)
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["base_model"] = "someone-else@0123456789abcdef"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterMismatchError):
+        load_checkpoint(tmp_path / "ck", base)
+    with pytest.raises(AdapterMismatchError):
+        internalize(base, ["x y"], hypernet=make_net(other_shape))
+
+
+def test_missing_or_corrupt_checkpoint(base, tmp_path):
+    with pytest.raises(ModelError):
+        load_checkpoint(tmp_path / "nothing", base)
+    save_checkpoint(make_net(base), tmp_path / "ck")
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelError):
+        load_checkpoint(tmp_path / "ck", base)
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError):
+        D2LConfig(num_layers=4, target_layers=(7,))
+    with pytest.raises(ValidationError):
+        D2LConfig(rank=0)
+
+
+def test_train_and_heldout_pools_are_disjoint():
+    train = FactGenerator("train", seed=3)
+    train_answers = {train.mixed(max_facts=3).answer for _ in range(3000)}
+    held = {s.answer for s in heldout_set(300, 50, max_facts=3)}
+    assert held and not (held & train_answers)
+
+
+# ----------------------------------------------------------------------------- slow: the shipped checkpoint
+@pytest.mark.slow
+def test_shipped_checkpoint_beats_no_context_on_heldout_facts():
+    from memory.models import load_base_model
+    from memory.training.d2l import evaluate_gap
+
+    real = load_base_model()
+    net = load_checkpoint(DEFAULT_CHECKPOINT, real)
+    samples = heldout_set(16, 0, max_facts=1, seed=4242)
+    res = evaluate_gap(real, net, samples, net.config.chunk_tokens, bs=16)
+    # matched adapter must explain the held-out answers better than another document's adapter
+    assert res["fact_gap"] > 0.5, res
+    from memory.prompts import QA_SYSTEM
+
+    ads = internalize(real, [s.document for s in samples], hypernet=net)
+    with_ad = real.generate([s.question for s in samples], adapters=ads, system=QA_SYSTEM, max_new_tokens=10)
+    without = real.generate([s.question for s in samples], system=QA_SYSTEM, max_new_tokens=10)
+    acc = lambda gens: sum(s.answer.lower() in g.text.lower() for s, g in zip(samples, gens))  # noqa: E731
+    assert acc(with_ad) > acc(without) + 2, ([g.text for g in with_ad], [s.answer for s in samples])
