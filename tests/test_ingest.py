@@ -320,6 +320,22 @@ def test_size_limit_is_checked_before_reading(tmp_path, monkeypatch):
     _raises(lambda: partition_bytes(b"y" * 100, "b.txt", max_bytes=50), "limit of 50 bytes")
 
 
+def test_unsupported_types_and_bad_arguments_are_refused_before_reading(tmp_path, monkeypatch):
+    import builtins
+
+    exe = tmp_path / "tool.exe"
+    exe.write_bytes(b"MZ" * 100)
+    txt = tmp_path / "fine.txt"
+    txt.write_text("A fine sentence of text.")
+    opened: list[str] = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
+    _raises(lambda: partition_path(exe), "tool.exe", "unsupported")
+    _raises(lambda: partition_path(txt, strategy="ocr_only"), "ocr_only", exc=ValidationError)
+    _raises(lambda: partition_path(txt, max_bytes=0), "max_bytes", exc=ValidationError)
+    assert opened == []
+
+
 def test_unknown_types_and_bad_containers(tmp_path):
     exe = tmp_path / "tool.exe"
     exe.write_bytes(b"MZ" + b"\x00" * 100)

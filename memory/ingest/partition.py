@@ -134,6 +134,11 @@ def partition_path(
     ('Title', 'unstructured')
     """
     shown = display_name(os.fspath(path))
+    _check_strategy(strategy)
+    _check_limit(max_bytes)
+    ext = os.path.splitext(_basename(os.fspath(path)))[1].lower()
+    if filetype is None and ext and ext not in EXTENSIONS:  # refuse before reading anything
+        resolve_filetype(b"", os.fspath(path), shown=shown)
     data = read_bounded(path, max_bytes=max_bytes)
     return partition_bytes(data, os.fspath(path), strategy=strategy, max_bytes=max_bytes, filetype=filetype,
                            _shown=shown)
@@ -156,6 +161,7 @@ def partition_bytes(
     """
     shown = _shown or display_name(filename)
     effective = _check_strategy(strategy)
+    _check_limit(max_bytes)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValidationError(f"{shown}: expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -337,6 +343,11 @@ def _check_strategy(strategy: str) -> str:
     )
 
 
+def _check_limit(max_bytes: int) -> None:
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise ValidationError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+
+
 def _unstructured_record(partitioner: str) -> dict[str, Any]:
     return {"library": "unstructured", "version": unstructured_version(), "partitioner": partitioner,
             **spacy_info()}
@@ -364,13 +375,9 @@ def _wrap(shown: str, kind: str, fn: Callable[[], Any]) -> Any:
         raise IngestError(f"{shown}: cannot parse as {kind} ({_reason(exc)})") from exc
 
 
-def _text_of(data: bytes, shown: str) -> tuple[str, str]:
-    return decode_text(data, shown)
-
-
 # txt ---------------------------------------------------------------------------------------------
 def _txt(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     ensure_unstructured()
     from unstructured.partition.text import partition_text
 
@@ -380,7 +387,7 @@ def _txt(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
 
 # md / rst ----------------------------------------------------------------------------------------
 def _md(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     ensure_unstructured()
     from unstructured.partition.md import partition_md
 
@@ -419,7 +426,7 @@ def rst_to_markdown(text: str) -> str:
 
 
 def _rst(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     ensure_unstructured()
     from unstructured.partition.md import partition_md
 
@@ -431,7 +438,7 @@ def _rst(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
 
 # html / xml --------------------------------------------------------------------------------------
 def _html(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     ensure_unstructured()
     from unstructured.partition.html import partition_html
 
@@ -440,7 +447,7 @@ def _html(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
 
 
 def _xml(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     ensure_unstructured()
     from unstructured.partition.xml import partition_xml
 
@@ -538,7 +545,7 @@ _MAX_HTML_CELLS = 2000
 
 
 def _csv(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int, *, tsv: bool = False):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     if tsv:
         dialect: Any = csv.excel_tab
     else:
@@ -573,7 +580,7 @@ def _table_html(rows: list[list[str]]) -> str:
 
 # json --------------------------------------------------------------------------------------------
 def _json(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
-    text, enc = _text_of(data, shown)
+    text, enc = decode_text(data, shown)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
