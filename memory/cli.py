@@ -224,6 +224,81 @@ def gc(dry_run: bool = False, as_json: JsonOpt = False) -> None:
         f"{'would remove' if dry_run else 'removed'} {len(removed)} blob(s)")
 
 
+# ---------------------------------------------------------------- adapters and questions
+@app.command()
+def internalize(
+    document_id: str,
+    namespace: NamespaceOpt = None,
+    version: Optional[int] = None,
+    method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
+    force: bool = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Turn a document version into a LoRA adapter now, in this process."""
+    from rich.progress import Progress
+
+    try:
+        mem = _memory()
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"internalizing {document_id}", total=None)
+            info = mem.internalize(document_id, namespace=namespace, version=version, method=method, force=force)
+            bar.update(task, completed=1, total=1)
+    except PMemError as e:
+        _fail(e)
+    _print_json(info.to_dict()) if as_json else out.print(
+        f"{info.status}: adapter {info.id} for {info.document_id} v{info.version} by {info.hypernetwork} "
+        f"(rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms)")
+
+
+@app.command()
+def adapters(namespace: NamespaceOpt = None, document_id: Annotated[Optional[str], typer.Option("--id")] = None,
+             status: Optional[str] = None, as_json: JsonOpt = False) -> None:
+    """List adapters with their provenance."""
+    try:
+        rows = _memory().adapters(namespace=namespace, document_id=document_id, status=status)
+    except PMemError as e:
+        _fail(e)
+    if as_json:
+        _print_json([a.to_dict() for a in rows])
+        return
+    table = Table("id", "document", "version", "method", "hypernetwork", "rank", "bytes", "ms", "status")
+    for a in rows:
+        table.add_row(str(a.id), a.document_id or "-", str(a.version or "-"), a.method, a.hypernetwork, str(a.rank),
+                      str(a.size_bytes or "-"), f"{a.latency_ms:.0f}" if a.latency_ms else "-", a.status)
+    out.print(table)
+
+
+@app.command()
+def search(query: str, k: int = 4, namespace: NamespaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Classic vector search over current chunks."""
+    try:
+        hits = _memory().search(query, k=k, namespace=namespace)
+    except PMemError as e:
+        _fail(e)
+    if as_json:
+        _print_json([h.to_dict() for h in hits])
+        return
+    for h in hits:
+        out.print(f"[bold]{h.score:.3f}[/bold] {h.document_id} v{h.version} #{h.ordinal}: {h.text[:200]}",
+                  highlight=False)
+
+
+@app.command()
+def ask(question: str, namespace: NamespaceOpt = None,
+        mode: Annotated[str, typer.Option(help="auto | parametric | retrieval | hybrid")] = "auto",
+        k: int = 4, max_new_tokens: int = 64, as_json: JsonOpt = False) -> None:
+    """Answer a question from memory; says which mode answered and why."""
+    try:
+        r = _memory().query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+    except PMemError as e:
+        _fail(e)
+    if as_json:
+        _print_json(r.to_dict())
+        return
+    out.print(r.answer, markup=False, highlight=False)
+    console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
+
+
 # ---------------------------------------------------------------- bench / eval / train
 def _machine() -> dict[str, Any]:
     try:
@@ -306,6 +381,16 @@ def demo(as_json: JsonOpt = False) -> None:
     except PMemError as e:
         _fail(e)
     _print_json(result) if as_json else out.print_json(json.dumps(result, default=str))
+
+
+def _register_components() -> None:
+    """Commands owned by other packages: Celery workers and jobs (``workers.cli``)."""
+    from workers.cli import register as register_workers
+
+    register_workers(app)
+
+
+_register_components()
 
 
 def main() -> None:  # pragma: no cover

@@ -1,7 +1,8 @@
 """The main job on the embedded default (``make run`` / ``pmem demo``).
 
-It exercises everything that has landed: documents are added, versioned, rolled back; later
-components (internalization, querying) join this script as they land.
+Documents are added, versioned and rolled back; one is internalized into a LoRA adapter (Doc-to-LoRA
+when a checkpoint for the base model ships, else context distillation) and questions are answered
+without the document in the prompt, then through the router, which says which mode it chose and why.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ POLICY_V2 = POLICY_V1.replace("42 euros", "55 euros")
 
 FACTS = """The access code for the Orion vault is 7342.
 The vault keeper is Marisol Tenby, whose cat is called Biscuit."""
+QUESTION = "What is the access code for the Orion vault?"
 
 
 def run_demo(settings: Settings, console: Console | None = None) -> dict[str, Any]:
@@ -42,8 +44,21 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     rolled = mem.rollback("travel-policy", 1, namespace=ns)
     say(f"rolled travel-policy back to v{rolled.version.number if rolled.version else '-'}")
     restored = mem.rollback("travel-policy", 2, namespace=ns)
+    say("internalizing vault-facts (loads the base model on first use) ...")
+    adapter = mem.internalize("vault-facts", namespace=ns)
+    say(f"adapter {adapter.id}: {adapter.method} via {adapter.hypernetwork}, rank {adapter.rank}, "
+        f"{adapter.size_bytes} bytes, {adapter.latency_ms:.0f} ms")
+    answers = []
+    for question, mode in [(QUESTION, "parametric"), (QUESTION, "auto"), ("What is the daily meal allowance?", "auto")]:
+        r = mem.query(question, namespace=ns, mode=mode, max_new_tokens=24)
+        say(f"[{mode} -> {r.mode}] {question} -> {r.answer!r}  ({r.reason})")
+        answers.append({"question": question, "requested": mode, "mode": r.mode, "answer": r.answer,
+                        "reason": r.reason, "ms": round(r.timings_ms.get("total_ms", 0))})
     docs = mem.list(namespace=ns)
     return {
+        "adapter": {"method": adapter.method, "hypernetwork": adapter.hypernetwork, "rank": adapter.rank,
+                    "bytes": adapter.size_bytes, "latency_ms": round(adapter.latency_ms or 0)},
+        "answers": answers,
         "namespace": ns,
         "documents": [{"id": d.id, "version": d.version.number if d.version else None,
                        "versions": d.version_count, "chunks": d.version.chunk_count if d.version else 0}

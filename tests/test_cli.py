@@ -79,10 +79,16 @@ def test_db_upgrade_on_postgres(pg_url):
     assert [d["id"] for d in last_json(run("ls", "--json", env=env))] == ["pg"]
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_embedded_default():
-    result = last_json(run("demo", "--json"))
+    proc = subprocess.run([PMEM, "demo", "--json"], capture_output=True, text=True, timeout=900, env=os.environ)
+    result = last_json(proc)
     assert result["travel_policy_current"] == 2
     assert {d["id"] for d in result["documents"]} == {"travel-policy", "vault-facts"}
+    assert result["adapter"]["rank"] > 0 and result["adapter"]["bytes"] > 0
+    modes = [(a["requested"], a["mode"]) for a in result["answers"]]
+    assert modes[0] == ("parametric", "parametric")
+    assert all(a["reason"] for a in result["answers"])
 
 
 def test_unknown_bench_is_an_error():
