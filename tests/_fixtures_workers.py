@@ -84,12 +84,12 @@ class WorkerProcess:
     """``celery -A workers.app worker --pool solo`` in a subprocess sharing the test's PMEM_HOME and Redis prefix."""
 
     def __init__(self, env: dict[str, str], log_path: Path, queues: str = "ingest,internalize",
-                 name: str | None = None) -> None:
+                 name: str | None = None, beat: bool = False) -> None:
         self.log_path = log_path
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-c", "1",
                "-Q", queues, "-n", f"{self.name}@%h", "-l", "info", "--without-gossip", "--without-mingle",
-               "--without-heartbeat"]
+               "--without-heartbeat"] + (["-B"] if beat else [])
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -148,3 +148,21 @@ def purge_prefix(broker_url: str, prefix: str) -> None:
     keys = list(client.scan_iter(match=f"{prefix}*", count=500))
     if keys:
         client.delete(*keys)
+
+
+_CALLS = {"flaky": 0}
+
+
+def flaky_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
+    """Fails the first call in this process with a transient fault (a dropped connection), then works."""
+    _CALLS["flaky"] += 1
+    if _CALLS["flaky"] == 1:
+        raise ConnectionResetError("connection to the database server was reset")
+    return stub_internalize(mem, version_id, **kw)
+
+
+def invalid_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
+    """A permanent fault: retrying cannot help."""
+    from memory.errors import ValidationError
+
+    raise ValidationError(f"version {version_id} has no chunks to internalize")

@@ -11,9 +11,15 @@ from memory.errors import IngestError, NotFoundError, ValidationError
 from memory.jobs import JobStore, TransientJobError, backoff_seconds, classify, execute, run_inline
 
 
-@pytest.fixture
-def store(tmp_path) -> JobStore:
-    return JobStore.for_url(f"sqlite:///{tmp_path / 'jobs.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> JobStore:
+    if request.param == "sqlite":
+        return JobStore.for_url(f"sqlite:///{tmp_path / 'jobs.db'}")
+    from memory.db import migrate
+
+    url = request.getfixturevalue("pg_url")
+    migrate.upgrade(url)
+    return JobStore.for_url(url)
 
 
 def test_create_is_idempotent_by_key(store):

@@ -126,6 +126,25 @@ def test_ingest_of_only_bad_files_fails_the_job(tmp_path, stub_env):
     assert missing.state == "failed" and "no such file or directory" in missing.error
 
 
+def test_embedded_submit_finishes_a_job_left_running_by_a_dead_process(tmp_path, stub_env):
+    from memory.api import ParametricMemory
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import internalize_key, submit_internalize
+
+    mem = ParametricMemory(home=tmp_path / "home")
+    info = mem.add("The canteen opens at noon.", document_id="canteen")
+    vid = version_id_for(mem, "default", "canteen", 1)
+    store = JobStore.for_memory(mem)
+    key = internalize_key(info.document.version.content_sha256, vid, "auto", mem.settings.base_model)
+    orphan, _ = store.create("internalize", {"version_id": vid, "method": "auto"}, namespace="default",
+                             idempotency_key=key)
+    store.start(orphan.id)  # ... and the process died here
+    job = submit_internalize(mem, vid)
+    assert job.id == orphan.id and job.state == "succeeded" and job.attempts == 2
+    assert [a.status for a in mem.adapters()] == ["ready"]
+
+
 def test_internalize_submission_is_idempotent(tmp_path, stub_env):
     from memory.api import ParametricMemory
     from memory.refresh import version_id_for
@@ -218,9 +237,9 @@ def broker(redis_url, tmp_path, monkeypatch):
         def __init__(self) -> None:
             self.prefix, self.home = prefix, home
 
-        def worker(self, **extra: str) -> WorkerProcess:
+        def worker(self, beat: bool = False, **extra: str) -> WorkerProcess:
             env = worker_env(home, redis_url, prefix, **extra)
-            w = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log")
+            w = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log", beat=beat)
             workers.append(w)
             return w
 
@@ -309,6 +328,59 @@ def test_two_workers_racing_on_one_version_make_one_adapter(broker, tmp_path):
     adapters = mem.adapters()
     assert len(adapters) == 1 and adapters[0].status == "ready", adapters
     assert _orphans(mem) == []
+
+
+@pytest.mark.services
+def test_worker_retries_transient_faults_and_fails_permanent_ones_at_once(broker):
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import submit_internalize
+
+    mem = broker.memory()
+    mem.add("Lockers are emptied every Friday.", document_id="lockers")
+    vid = version_id_for(mem, "default", "lockers", 1)
+    store = JobStore.for_memory(mem)
+    flaky = broker.worker(PMEM_WORKER_INTERNALIZER="_fixtures_workers:flaky_internalize",
+                          PMEM_RETRY_BASE_S="0.5").wait_ready()
+    job = submit_internalize(mem, vid)
+    done = wait_for(lambda: _job_done(store, job.id), 60, "the retried job")
+    assert done.state == "succeeded" and done.attempts == 2, (done.error, flaky.log())
+    assert "Retry in" in flaky.log() and "ConnectionResetError" in flaky.log()
+    assert len(mem.adapters()) == 1
+    flaky.stop()
+
+    mem.add("Keys are returned at reception.", document_id="keys")
+    vid2 = version_id_for(mem, "default", "keys", 1)
+    broker.worker(PMEM_WORKER_INTERNALIZER="_fixtures_workers:invalid_internalize").wait_ready()
+    job2 = submit_internalize(mem, vid2)
+    bad = wait_for(lambda: _job_done(store, job2.id), 60, "the invalid job")
+    assert bad.state == "failed" and bad.attempts == 1
+    assert bad.error == f"ValidationError: version {vid2} has no chunks to internalize"
+
+
+@pytest.mark.services
+def test_beat_refreshes_a_changed_source_on_its_own(broker, tmp_path):
+    from memory.jobs import JobStore
+
+    mem = broker.memory()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    policy = docs / "parking.md"
+    policy.write_text("# Parking\n\nVisitors park on level 2.\n")
+    [added] = mem.add_source(str(docs), refresh_interval_s=1)  # parsed here; nothing internalized yet
+    assert added.status == "created" and mem.adapters() == []
+    policy.write_text("# Parking\n\nVisitors park on level 3.\n")
+    broker.worker(beat=True, PMEM_REFRESH_TICK_S="1", PMEM_WORKER_INTERNALIZER=STUB).wait_ready()
+
+    def v2_ready():
+        return [a for a in mem.adapters(document_id="parking.md") if a.version == 2 and a.status == "ready"]
+
+    wait_for(v2_ready, 90, "the beat to refresh the source and the worker to internalize version 2")
+    assert mem.get("parking.md").version.number == 2
+    store = JobStore.for_memory(mem)
+    refreshes = [j for j in store.list(kind="refresh", limit=500) if j.state == "succeeded"]
+    assert any(c["document"] == "parking.md" and c["version"] == 2 for j in refreshes for c in j.result["changed"])
+    assert (broker.home / "celerybeat-schedule").exists() or list(broker.home.glob("celerybeat-schedule*"))
 
 
 @pytest.fixture

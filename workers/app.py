@@ -93,6 +93,8 @@ def celery_config(settings: Settings, env: dict[str, str] | None = None) -> dict
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",
+        # beat's last-run record lives with the data, not in the current directory
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
     }
     if settings.result_backend and settings.result_backend.startswith("redis") and prefix:
         conf["result_backend_transport_options"] = {"global_keyprefix": prefix}

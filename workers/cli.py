@@ -110,6 +110,8 @@ def _wait(mem: Any, job_ids: list[int], timeout_s: float) -> list[Any]:
     while True:
         rows = [store.get(i) for i in job_ids]
         children = [c for j in rows if j.kind == "ingest" and j.result for c in j.result.get("internalize_jobs", [])]
+        children += [c["job"] for j in rows if j.kind == "refresh" and j.result
+                     for c in j.result.get("changed", []) if isinstance(c.get("job"), int)]
         rows += [store.get(i) for i in children if i not in job_ids]
         if all(j.state in _DONE for j in rows) or time.monotonic() > deadline:
             return rows
@@ -120,16 +122,20 @@ def refresh(
     namespace: NamespaceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-read every source with an interval, due or not.")] = False,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
+    wait: Annotated[Optional[float], typer.Option("--wait", help="With a broker: wait up to N seconds for the refresh and its internalizations.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-read the due sources now; new versions are internalized (by the workers, or here without a broker)."""
     from workers.tasks import submit_refresh
 
     try:
-        job = submit_refresh(_memory(), namespace=namespace, force=force, method=method)
+        mem = _memory()
+        job = submit_refresh(mem, namespace=namespace, force=force, method=method)
+        rows = _wait(mem, [job.id], wait) if wait and job.state not in _DONE else [job]
     except PMemError as e:
         _fail(e)
-    if job.state == "queued":  # a broker is configured: the refresh itself also runs on a worker
+    job = rows[0]
+    if job.state not in _DONE:  # a broker is configured: the refresh itself runs on a worker
         if as_json:
             _print_json({"job": job.to_dict()})
         else:

@@ -35,7 +35,7 @@ from celery.signals import worker_process_init
 
 from memory.config import Settings
 from memory.errors import IngestError, NotFoundError, ValidationError
-from memory.jobs import JobStore, TransientJobError, backoff_seconds, describe, execute, run_inline
+from memory.jobs import JobStore, TransientJobError, backoff_seconds, classify, describe, execute, run_inline
 from memory.refresh import changed_versions, version_id_for
 from memory.refresh import refresh_sources as _refresh
 from memory.types import JobInfo
@@ -135,17 +135,23 @@ def run_body(mem: Any, job: JobInfo) -> Any:
 
 # ---------------------------------------------------------------- Celery tasks (thin)
 def _run(task: Task, job_id: int) -> dict[str, Any]:
-    mem = get_memory()
-    store = JobStore.for_memory(mem)
+    base = float(os.environ.get("PMEM_RETRY_BASE_S") or 2.0)
     try:
-        job = execute(store, job_id, partial(run_body, mem), celery_id=task.request.id,
+        mem = get_memory()
+        job = execute(JobStore.for_memory(mem), job_id, partial(run_body, mem), celery_id=task.request.id,
                       last_attempt=task.request.retries >= task.max_retries)
     except NotFoundError as e:
         log.error("dropping message for job %s: %s", job_id, e)  # another database, or the job was deleted
         return {"job_id": job_id, "state": "missing"}
     except TransientJobError as e:
-        base = float(os.environ.get("PMEM_RETRY_BASE_S") or 2.0)
         raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e)
+    except Exception as e:
+        # The job row itself could not be read or written (database down): retry the message if that is
+        # transient, since the Job table cannot record anything now.
+        if classify(e) == "transient" and task.request.retries < task.max_retries:
+            log.warning("job %s: cannot reach the database (%s); retrying", job_id, describe(e))
+            raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e)
+        raise
     return {"job_id": job.id, "state": job.state, "attempts": job.attempts}
 
 
@@ -167,9 +173,15 @@ def internalize_version(self: Task, job_id: int) -> dict[str, Any]:
 
 @app.task(name=TASK_NAMES["refresh"], **_TASK_OPTIONS)
 def refresh_sources(self: Task, job_id: int | None = None) -> dict[str, Any]:
-    """Re-read due sources (the beat calls this without a job: one is created per tick)."""
+    """Re-read due sources. The beat calls this without a job: a job is created only when a source is due,
+    so an idle schedule leaves no rows behind."""
     if job_id is None:
-        job, _ = JobStore.for_memory(get_memory()).create("refresh", {})
+        from memory.refresh import due_sources
+
+        mem = get_memory()
+        if not due_sources(mem):
+            return {"job_id": None, "state": "idle"}
+        job, _ = JobStore.for_memory(mem).create("refresh", {})
         job_id = job.id
     return _run(self, job_id)
 
@@ -196,18 +208,23 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     """Create the job (or find it by ``key``) and send it to the broker, or run it here in embedded mode.
 
     An existing job with the same key is returned as it is (queued, running or done), unless it failed
-    and ``retry_failed`` is set: then it is queued again.
+    and ``retry_failed`` is set: then it is queued again. In embedded mode an unfinished job with the
+    same key (left by a process that died) is run here.
 
     >>> submit(mem, "refresh", {"force": True}).state  # doctest: +SKIP
     'succeeded'
     """
     store = JobStore.for_memory(mem)
+    embedded = not mem.settings.broker_url
     job, created = store.create(kind, payload, namespace=namespace, idempotency_key=key)
     if not created:
-        if not (retry_failed and job.state == "failed"):
+        if retry_failed and job.state == "failed":
+            job = store.requeue(job.id)
+        elif not (embedded and job.state in ("queued", "running", "retrying")):
             return job
-        job = store.requeue(job.id)
-    if not mem.settings.broker_url:
+        # embedded: an unfinished job was left by a process that died (or runs right now: both finish it,
+        # the facade keeps one adapter); run it here
+    if embedded:
         return run_inline(store, job.id, partial(run_body, mem))
     celery_id = uuid.uuid4().hex
     store.set_celery_id(job.id, celery_id)
