@@ -1,0 +1,186 @@
+"""Helpers shared by the LangChain and LlamaIndex integrations (neither library is imported here).
+
+- :func:`iter_documents` / :func:`matching_document_ids`: walk a namespace, optionally through a metadata filter.
+- :func:`search_documents`: chunk-level vector search folded into one best hit per document.
+- :func:`document_adapter`: the ready adapters of some documents, rank-concatenated for one forward pass.
+- :func:`chat_prompt_ids`: a multi-turn conversation rendered with the base model's chat template.
+
+>>> from memory import ParametricMemory
+>>> mem = ParametricMemory(home="/tmp/pmem-common-doc")
+>>> _ = mem.add("Turtles live long.", document_id="t", metadata={"kind": "fact"})
+>>> matching_document_ids(mem, None, {"kind": "fact"})
+['t']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memory.errors import NotFoundError, ValidationError
+from memory.retrieval.filters import compile_filter
+
+if TYPE_CHECKING:
+    from memory.api import ParametricMemory
+    from memory.models import BaseModel
+    from memory.types import DocumentInfo, SearchHit
+
+log = logging.getLogger(__name__)
+
+PAGE = 500
+MODES = ("auto", "parametric", "retrieval", "hybrid")
+
+
+def check_mode(mode: str) -> str:
+    """Reject an unknown routing mode with the list of valid ones.
+
+    >>> check_mode("hybrid")
+    'hybrid'
+    """
+    if mode not in MODES:
+        raise ValidationError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode
+
+
+def iter_documents(memory: ParametricMemory, namespace: str | None) -> Iterator[DocumentInfo]:
+    """Every document of a namespace, in id order, a page at a time."""
+    offset = 0
+    while True:
+        page = memory.list(namespace=namespace, limit=PAGE, offset=offset)
+        yield from page
+        if len(page) < PAGE:
+            return
+        offset += PAGE
+
+
+def matching_document_ids(memory: ParametricMemory, namespace: str | None,
+                          flt: Mapping[str, Any] | None) -> list[str]:
+    """Ids of the documents of ``namespace`` whose metadata matches ``flt`` (validated first; all for None)."""
+    pred = compile_filter(flt)
+    return [d.id for d in iter_documents(memory, namespace) if pred is None or pred(d.metadata)]
+
+
+@dataclass(frozen=True)
+class DocumentHit:
+    """The best chunk of one document for a query, and the document (with its text)."""
+
+    document: DocumentInfo
+    best: SearchHit
+
+    @property
+    def score(self) -> float:
+        return self.best.score
+
+
+def search_documents(
+    memory: ParametricMemory,
+    query: str,
+    *,
+    k: int,
+    namespace: str | None,
+    flt: Mapping[str, Any] | None = None,
+    allowed: set[str] | None = None,
+) -> list[DocumentHit]:
+    """The ``k`` documents whose best chunk is most similar to ``query``, best first, with their text.
+
+    Chunk hits are folded per document; the search widens until ``k`` distinct documents are found or the
+    namespace is exhausted. ``allowed`` restricts the result to those document ids.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValidationError(f"k must be a positive integer, got {k!r}")
+    if allowed is not None and not allowed:
+        return []
+    fetch = max(8, 4 * k)
+    best: dict[str, SearchHit] = {}
+    while True:
+        hits = memory.search(query, k=fetch, namespace=namespace, filter=flt)  # type: ignore[arg-type]
+        best = {}
+        for h in hits:
+            if (allowed is None or h.document_id in allowed) and h.document_id not in best:
+                best[h.document_id] = h
+        if len(best) >= k or len(hits) < fetch:
+            break
+        fetch *= 4
+    out = []
+    for doc_id, hit in list(best.items())[:k]:
+        try:
+            info = memory.get(doc_id, namespace=namespace, with_text=True)
+        except NotFoundError:  # deleted since the search
+            continue
+        out.append(DocumentHit(info, hit))
+    return out
+
+
+def document_adapter(memory: ParametricMemory, namespace: str | None, document_ids: Sequence[str]) -> Any:
+    """The ready adapters of the current versions of ``document_ids``, concatenated along rank (or ``None``).
+
+    Documents without a ready adapter are skipped (logged); the result is what ``BaseModel.generate(...,
+    adapters=)`` takes.
+    """
+    from memory.lora import concat, from_bytes
+
+    adapters = []
+    for doc_id in document_ids:
+        infos = [a for a in memory.adapters(namespace=namespace, document_id=doc_id, status="ready")
+                 if a.blob_sha256 and a.task_description is None]
+        if not infos:
+            log.info("document %r has no ready adapter; it is not applied", doc_id)
+            continue
+        newest = max(infos, key=lambda a: a.id)
+        adapters.append(from_bytes(memory.blobs.get(newest.blob_sha256)))
+    if not adapters:
+        return None
+    return adapters[0] if len(adapters) == 1 else concat(adapters)
+
+
+def message_text(content: Any) -> str:
+    """The text of a message content: a string, or a list of blocks whose text parts are joined."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content or []:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, Mapping) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, Mapping):
+            raise ValidationError(f"content blocks of type {block.get('type')!r} are not supported; send text")
+    return "".join(parts)
+
+
+def chat_prompt_ids(base: BaseModel, turns: Sequence[tuple[str, str]]) -> list[int]:
+    """Token ids of a conversation of ``(role, text)`` turns, ending where the assistant's answer starts.
+
+    Roles are ``system``, ``user``, ``assistant`` (and ``tool``, sent as a user turn). Without a system turn
+    the template's default applies (as in :meth:`BaseModel.chat_ids`, the format the adapters learnt).
+    """
+    if not turns:
+        raise ValidationError("a conversation needs at least one message")
+    messages = [{"role": "user" if r == "tool" else r, "content": t} for r, t in turns]
+    tok = base.tokenizer
+    if getattr(tok, "chat_template", None):
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - templates without a system role raise; fold it into the first user turn
+            system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+            rest = [dict(m) for m in messages if m["role"] != "system"] or [{"role": "user", "content": ""}]
+            rest[0]["content"] = f"{system}\n\n{rest[0]['content']}" if system else rest[0]["content"]
+            text = tok.apply_chat_template(rest, tokenize=False, add_generation_prompt=True)
+        return base.encode(text)
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+    return list(tok(text)["input_ids"])
+
+
+__all__ = [
+    "DocumentHit",
+    "MODES",
+    "chat_prompt_ids",
+    "check_mode",
+    "document_adapter",
+    "iter_documents",
+    "matching_document_ids",
+    "message_text",
+    "search_documents",
+]
