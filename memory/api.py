@@ -581,8 +581,7 @@ class ParametricMemory:
         """The internalizer for ``method`` (``auto``: Doc-to-LoRA when a checkpoint fits the base model, else CD)."""
         from memory import internalizers
 
-        return internalizers.resolve(method, self.base_model, chunk_tokens=self.settings.chunk_tokens,
-                                     cache=self._internalizers)
+        return internalizers.resolve(method, self.base_model, cache=self._internalizers)
 
     def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
                     method: str = "auto", force: bool = False) -> AdapterInfo:
@@ -621,12 +620,12 @@ class ParametricMemory:
             if existing is not None and existing.status in (AdapterStatus.ready, AdapterStatus.superseded) \
                     and not force:
                 return self._adapter_info(s, existing)
-            texts = [c.text for c in s.scalars(select(Chunk).where(Chunk.version_id == version_id)
-                                               .order_by(Chunk.ordinal))]
+            content_sha, chunk_count = v.content_sha256, v.chunk_count
             namespace_id = v.document.namespace_id
+        text = self.blobs.get(content_sha).decode("utf-8")  # hash-verified
         t0 = time.perf_counter()
         try:
-            adapter = internalizer.internalize(self.base_model, texts, progress=progress)
+            adapter = internalizer.internalize(self.base_model, text, progress=progress)
             blob = to_bytes(adapter)
         except PMemError as e:
             self._record_failure(version_id, hyper_id, namespace_id, str(e))
@@ -655,7 +654,7 @@ class ParametricMemory:
             row.base_model = adapter.base_model
             row.target_modules = adapter.target_modules
             row.rank = adapter.rank
-            row.chunk_count = len(texts)
+            row.chunk_count = chunk_count
             row.blob_sha256 = sha
             row.size_bytes = len(blob)
             row.latency_ms = latency_ms

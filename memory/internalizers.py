@@ -38,21 +38,23 @@ class Identity:
 class Internalizer(Protocol):
     identity: Identity
 
-    def internalize(self, base: Any, chunk_texts: list[str],
-                    progress: Callable[[int, int], None] | None = None) -> Any:
-        """Return one ``LoraAdapter`` for the whole version (chunk adapters concatenated along rank)."""
+    def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Return one ``LoraAdapter`` for a version's whole text.
+
+        Each internalizer splits the text at the window it was built for (D2L: its training chunk length),
+        which need not be the retrieval chunk length; per-window adapters are concatenated along rank.
+        """
 
 
 class D2LInternalizer:
     """The trained Doc-to-LoRA hypernetwork of a checkpoint directory."""
 
-    def __init__(self, directory: str | Path, base: Any, chunk_tokens: int = 512) -> None:
+    def __init__(self, directory: str | Path, base: Any) -> None:
         from memory.hyper import d2l
 
         self._d2l = d2l
         self.directory = Path(directory)
         self.net = d2l.load_checkpoint(self.directory, base)
-        self.chunk_tokens = chunk_tokens
         card = self.directory / "eval.json"
         metrics = json.loads(card.read_text()) if card.is_file() else {}
         self.identity = Identity(
@@ -60,14 +62,8 @@ class D2LInternalizer:
             config=json.loads((self.directory / "config.json").read_text()), eval_metrics=metrics,
         )
 
-    def internalize(self, base: Any, chunk_texts: list[str],
-                    progress: Callable[[int, int], None] | None = None) -> Any:
-        from memory.lora import concat
-
-        adapters = self._d2l.internalize(self.net, base, chunk_texts, chunk_tokens=self.chunk_tokens)
-        if progress:
-            progress(len(chunk_texts), len(chunk_texts))
-        return concat(adapters) if len(adapters) > 1 else adapters[0]
+    def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        return self._d2l.internalize(base, [text], hypernet=self.net, progress=progress)[0]
 
 
 class CDInternalizer:
@@ -79,19 +75,13 @@ class CDInternalizer:
         self.identity = Identity(kind="cd", name="context-distillation", checkpoint_sha256=digest.hexdigest(),
                                  config=self.config)
 
-    def internalize(self, base: Any, chunk_texts: list[str],
-                    progress: Callable[[int, int], None] | None = None) -> Any:
+    def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
         from memory.distill import distill_document
-        from memory.lora import concat
 
         kwargs = {k: v for k, v in self.config.items() if k not in ("method", "version")}
-        adapters = []
-        for i, text in enumerate(chunk_texts):
-            adapter, _stats = distill_document(base, text, **kwargs)
-            adapters.append(adapter)
-            if progress:
-                progress(i + 1, len(chunk_texts))
-        return concat(adapters) if len(adapters) > 1 else adapters[0]
+        adapter, _stats = distill_document(
+            base, text, progress=(lambda step, steps, _loss: progress(step, steps)) if progress else None, **kwargs)
+        return adapter
 
 
 def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path | None:
@@ -109,7 +99,7 @@ def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path |
     return path
 
 
-def resolve(method: str, base: Any, *, chunk_tokens: int = 512, checkpoint: str | Path | None = None,
+def resolve(method: str, base: Any, *, checkpoint: str | Path | None = None,
             cache: dict[str, Any] | None = None) -> Internalizer:
     """The internalizer for ``method`` (``auto``: D2L when a checkpoint fits the base model, else CD)."""
     if method not in METHODS:
@@ -120,7 +110,7 @@ def resolve(method: str, base: Any, *, chunk_tokens: int = 512, checkpoint: str 
         if path is not None:
             key = f"d2l:{path}"
             if key not in cache:
-                cache[key] = D2LInternalizer(path, base, chunk_tokens=chunk_tokens)
+                cache[key] = D2LInternalizer(path, base)
             return cache[key]
         if method == "d2l":
             raise ModelError(f"no Doc-to-LoRA checkpoint for base model {base.fingerprint!r} "
