@@ -127,6 +127,7 @@ def test_docx_headings_list_table_and_rendered_page_break(parsed):
     assert _el(doc, "Unused days carry over").category == "ListItem"
     remote = _el(doc, "Remote work is allowed")
     assert remote.metadata["section"] == "Remote Work"
+    assert remote.metadata["section_path"] == ["Employee Handbook", "Remote Work"]  # title above headings
     assert remote.metadata["page_number"] == 2
     assert _el(doc, "twenty days of paid vacation").metadata["page_number"] == 1
     table = next(e for e in doc.elements if e.category == "Table")

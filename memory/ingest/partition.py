@@ -361,8 +361,10 @@ def _from_unstructured(elements: Iterable[Any]) -> list[_Raw]:
         html = getattr(md, "text_as_html", None)
         if el.category == "Table" and html:
             meta["text_as_html"] = html
-        raws.append(_Raw(text=el.text or "", category=el.category, depth=getattr(md, "category_depth", None),
-                         meta=meta))
+        depth = getattr(md, "category_depth", None)
+        if el.category == "Title" and getattr(md, "style_name", None) == "Title":
+            depth = -1  # a Word document title sits above its "Heading 1" sections (both are depth 0)
+        raws.append(_Raw(text=el.text or "", category=el.category, depth=depth, meta=meta))
     return raws
 
 
