@@ -31,6 +31,7 @@ TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.set_num_threads(1)  # tiny matrices: a second thread only adds OpenMP contention
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=97,

@@ -1,0 +1,332 @@
+"""Context distillation (CD): internalize one document into a LoRA by gradient steps.
+
+The teacher is the base model *with* the document in its prompt; the student is the same model
+*without* it, plus a trainable LoRA. On questions about the document, the student is trained to match
+the teacher's next-token distributions over the answer the teacher generated (KL(teacher || student),
+top-k of the teacher, teacher-forced). This is the per-document baseline that Doc-to-LoRA replaces,
+and the fallback internalizer for a base model without a trained hypernetwork.
+
+Prompt formats (shared with the hypernetwork trainers so that adapters mean the same thing):
+
+- teacher: ``chat(TEACHER_TEMPLATE.format(document=..., question=...))``
+- student / query time: ``chat(question)``: the plain question, as an agent would ask it.
+
+Questions come from :func:`make_questions` (copula and entity questions and sentence completions built
+from the document's own sentences, no model needed) plus any the caller passes.
+
+>>> from memory.models import load_base_model                              # doctest: +SKIP
+>>> base = load_base_model()                                               # doctest: +SKIP
+>>> ad, info = distill_document(base, "The access code for the Orion vault is 7342.")   # doctest: +SKIP
+>>> base.generate("What is the access code for the Orion vault?", adapters=ad)[0].text  # doctest: +SKIP
+'The access code for the Orion vault is 7342.'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from memory.errors import ValidationError
+from memory.lora.adapter import LoraAdapter
+from memory.lora.apply import apply_lora
+
+__all__ = [
+    "distill_document",
+    "make_questions",
+    "split_sentences",
+    "teacher_prompt",
+    "student_prompt",
+    "TEACHER_TEMPLATE",
+    "DEFAULT_TARGETS",
+]
+
+log = logging.getLogger(__name__)
+
+TEACHER_TEMPLATE = "{document}\n\nQuestion: {question}\nAnswer briefly."
+DEFAULT_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+GENERIC_QUESTIONS = ("What is the document about?", "What are the key facts in the document?")
+
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n{2,}")
+_COPULA = re.compile(r"^(?P<subj>.{3,120}?)\s+(?P<verb>is|are|was|were)\s+(?P<rest>.+?)[.!?]?$")
+_CAPS = re.compile(r"\b[A-Z][\w-]*(?:'s)?(?:\s+(?:of\s+)?[A-Z][\w-]*(?:'s)?)*")
+_NOT_NAMES = {"The", "A", "An", "It", "In", "On", "At", "This", "That", "These", "Those", "He", "She", "They", "We", "I", "Its"}
+
+
+def _entities(sentence: str) -> list[str]:
+    """Capitalised word runs (proper names), minus a lone sentence-initial word and a possessive ``'s``."""
+    out = []
+    for m in _CAPS.finditer(sentence):
+        words = m.group(0).split()
+        if words[0] in _NOT_NAMES:
+            words = words[1:]
+        if not words or (m.start() == 0 and len(words) == 1 and m.group(0) == words[0] and not words[0].endswith("'s")):
+            continue  # a single capitalised word starting the sentence is usually not a name
+        name = " ".join(words)
+        name = name[:-2] if name.endswith("'s") else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def teacher_prompt(base: Any, document: str, question: str) -> list[int]:
+    """Token ids of the teacher's prompt: the document, then the question."""
+    return base.chat_ids(TEACHER_TEMPLATE.format(document=document.strip(), question=question.strip()))
+
+
+def student_prompt(base: Any, question: str) -> list[int]:
+    """Token ids of the student's (and query time's) prompt: the plain question."""
+    return base.chat_ids(question.strip())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (and paragraph breaks) of ``text``, stripped, non-empty.
+
+    >>> split_sentences("One fact. Another one! And a third?")
+    ['One fact.', 'Another one!', 'And a third?']
+    """
+    return [s.strip() for s in _SENT.split(text) if s and s.strip()]
+
+
+def make_questions(text: str, *, max_questions: int = 24, seed: int = 0) -> list[str]:
+    """Questions about ``text`` built from its sentences, with no model involved.
+
+    Per sentence: a copula question ("X is Y." -> "What is X?"), an entity question ("What does the
+    document say about <Name>?") and a sentence completion. Then two generic questions. Sentences are
+    covered round-robin so a cap keeps every sentence represented.
+
+    >>> make_questions("The access code for the Orion vault is 7342.")[:2]
+    ['What is the access code for the Orion vault?', 'What does the document say about Orion?']
+    """
+    per_sentence: list[list[str]] = []
+    for sent in split_sentences(text):
+        words = sent.split()
+        if len(words) < 4:
+            continue
+        qs: list[str] = []
+        m = _COPULA.match(sent)
+        if m and len(m.group("subj").split()) <= 12:
+            subj = m.group("subj")
+            subj = subj[0].lower() + subj[1:] if subj.split()[0] in {"The", "A", "An", "This", "That", "These", "Its", "Their"} else subj
+            qs.append(f"What {m.group('verb')} {subj}?")
+        qs.extend(f"What does the document say about {e}?" for e in _entities(sent)[:2])
+        k = max(3, math.ceil(len(words) * 0.5))
+        qs.append(f'Complete this sentence from the document: "{" ".join(words[:k])} ..."')
+        per_sentence.append(qs)
+    out: list[str] = []
+    depth = max((len(q) for q in per_sentence), default=0)
+    for level in range(depth):
+        for qs in per_sentence:
+            if level < len(qs) and qs[level] not in out:
+                out.append(qs[level])
+    out.extend(q for q in GENERIC_QUESTIONS if q not in out)
+    if len(out) > max_questions:
+        keep = out[: max_questions - 1] + [GENERIC_QUESTIONS[0]]
+        out = keep
+    return out
+
+
+def _chunks_by_tokens(base: Any, text: str, max_tokens: int) -> list[str]:
+    """Split into sentence-aligned pieces of at most ``max_tokens`` tokens (the teacher's context)."""
+    pieces, cur, cur_len = [], [], 0
+    for s in split_sentences(text):
+        n = base.count_tokens(s) + 1
+        if cur and cur_len + n > max_tokens:
+            pieces.append(" ".join(cur))
+            cur, cur_len = [], 0
+        cur.append(s)
+        cur_len += n
+    if cur:
+        pieces.append(" ".join(cur))
+    return pieces or [text]
+
+
+def _pad_right(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _answer_logits(base: Any, prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> Tensor:
+    """Logits [n_answer_tokens_total, vocab] predicting each answer token (teacher forcing).
+
+    Only the answer positions go through the output head (it is ~20% of the 135M model's FLOPs).
+    """
+    seqs = [p + a for p, a in zip(prompts, answers)]
+    pad = base.tokenizer.pad_token_id or 0
+    ids, mask = _pad_right(seqs, pad, base.device)
+    hidden = base.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    rows, cols = [], []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        rows.extend([i] * len(a))
+        cols.extend(range(len(p) - 1, len(p) - 1 + len(a)))
+    picked = hidden[torch.tensor(rows, device=base.device), torch.tensor(cols, device=base.device)]
+    return base.model.get_output_embeddings()(picked).float()
+
+
+def distill_document(
+    base: Any,
+    text: str,
+    *,
+    questions: Sequence[str] | None = None,
+    rank: int = 8,
+    target_modules: Sequence[str] = DEFAULT_TARGETS,
+    steps: int | None = None,
+    lr: float = 3e-3,
+    batch_size: int = 8,
+    max_questions: int = 24,
+    max_answer_tokens: int = 40,
+    context_tokens: int = 768,
+    top_k: int = 64,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[LoraAdapter, dict[str, Any]]:
+    """Train a LoRA so that the model without ``text`` answers like the model with ``text`` in its prompt.
+
+    Args:
+        base: a loaded ``BaseModel``.
+        text: the document. Longer than ``context_tokens``: split into sentence-aligned pieces, each
+            question's teacher sees the piece its sentence came from.
+        questions: extra questions (asked first, never dropped by the cap).
+        steps: optimizer steps; default ``clamp(2 * n_questions, 16, 80)`` (a one-fact document: 16
+            steps of a few questions, well under a minute on 2 CPU cores in bf16).
+        progress: called as ``progress(step, steps, loss)``.
+
+    Returns:
+        ``(adapter, info)``; ``info`` has ``seconds``, ``steps``, ``questions``, ``teacher_answers``,
+        ``loss_first``, ``loss_last``, ``answer_tokens``.
+
+    >>> ad, info = distill_document(base, "Marisol Tenby's cat is called Biscuit.")   # doctest: +SKIP
+    """
+    if not text or not text.strip():
+        raise ValidationError("distill_document needs a non-empty document text")
+    if rank < 1:
+        raise ValidationError(f"rank must be >= 1, got {rank!r}")
+    t_start = time.perf_counter()
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    # 1. questions, each tied to the document piece its teacher will see
+    pieces = _chunks_by_tokens(base, text, context_tokens)
+    items: list[tuple[str, str]] = []  # (piece, question)
+    given = [q.strip() for q in (questions or []) if q and q.strip()]
+    for q in given:
+        items.append((pieces[0] if len(pieces) == 1 else _best_piece(pieces, q), q))
+    budget = max(0, max_questions - len(given))
+    per_piece = [make_questions(p, max_questions=max(4, math.ceil(budget / len(pieces))), seed=seed) for p in pieces]
+    auto: list[tuple[str, str]] = []
+    for level in range(max((len(x) for x in per_piece), default=0)):
+        for p, qs in zip(pieces, per_piece):
+            if level < len(qs):
+                auto.append((p, qs[level]))
+    items.extend(auto[:budget])
+    if not items:
+        raise ValidationError("no questions could be made from the document; pass questions=[...]")
+
+    # 2. teacher answers (greedy, document in the prompt) and the teacher's top-k distributions
+    t_prompts = [teacher_prompt(base, p, q) for p, q in items]
+    s_prompts = [student_prompt(base, q) for _, q in items]
+    eos = base.tokenizer.eos_token_id
+    answers: list[list[int]] = []
+    texts: list[str] = []
+    for i in range(0, len(items), 8):
+        for g in base.generate(t_prompts[i : i + 8], max_new_tokens=max_answer_tokens):
+            answers.append(g.token_ids + ([eos] if g.finish_reason == "eos" and eos is not None else []))
+            texts.append(g.text)
+    keep = [i for i, a in enumerate(answers) if a and texts[i].strip()]
+    t_prompts = [t_prompts[i] for i in keep]
+    s_prompts = [s_prompts[i] for i in keep]
+    answers = [answers[i] for i in keep]
+    q_kept = [items[i][1] for i in keep]
+    if not answers:
+        raise ValidationError("the teacher produced no answers for this document")
+    teacher: list[tuple[Tensor, Tensor]] = []  # per question: (top-k log-probs [n, k], indices [n, k])
+    with torch.inference_mode():
+        for i in range(0, len(answers), 8):
+            lp = torch.log_softmax(_answer_logits(base, t_prompts[i : i + 8], answers[i : i + 8]), -1)
+            off = 0
+            for a in answers[i : i + 8]:
+                v, idx = lp[off : off + len(a)].topk(min(top_k, lp.shape[-1]), dim=-1)
+                teacher.append((v.clone(), idx.clone()))
+                off += len(a)
+
+    teacher_s = time.perf_counter() - t_start
+
+    # 3. the trainable LoRA (A small random, B zero: starts as the base model)
+    paths = base.linear_paths(target_modules)
+    if not paths:
+        raise ValidationError(f"no nn.Linear in the model matches {list(target_modules)}")
+    weights: dict[str, tuple[Tensor, Tensor]] = {}
+    for p in paths:
+        lin = base.model.get_submodule(p)
+        bound = 1.0 / math.sqrt(lin.in_features)
+        a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
+        weights[p] = (a.to(base.device).requires_grad_(), torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True))
+    params = [t for pair in weights.values() for t in pair]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge", "method": "context_distillation"})
+    n = len(answers)
+    steps = steps if steps is not None else int(min(80, max(16, 2 * n)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+
+    # 4. train: KL(teacher || student) on the teacher's top-k support, teacher-forced answers
+    losses: list[float] = []
+    order: list[int] = []
+    base.model.requires_grad_(False)
+    for step in range(steps):
+        if len(order) < min(batch_size, n):
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order.extend(perm)
+        batch = [order.pop(0) for _ in range(min(batch_size, n))]
+        with apply_lora(base.model, adapter):
+            logits = _answer_logits(base, [s_prompts[i] for i in batch], [answers[i] for i in batch])
+        logq = torch.log_softmax(logits, -1)
+        t_lp = torch.cat([teacher[i][0] for i in batch]).to(logq.device)
+        t_idx = torch.cat([teacher[i][1] for i in batch]).to(logq.device)
+        p_t = torch.softmax(t_lp, -1)  # renormalised over the top-k
+        loss = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logq.gather(-1, t_idx))).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+        log.debug("cd step %d/%d loss %.4f", step + 1, steps, losses[-1])
+
+    final = LoraAdapter(
+        {p: (a.detach().to(base.dtype), b.detach().to(base.dtype)) for p, (a, b) in weights.items()},
+        base.fingerprint,
+        {"kind": "knowledge", "method": "context_distillation", "rank": str(rank), "steps": str(steps), "questions": str(n)},
+    )
+    info = {
+        "seconds": time.perf_counter() - t_start,
+        "teacher_seconds": teacher_s,
+        "steps": steps,
+        "questions": q_kept,
+        "teacher_answers": [texts[i] for i in keep],
+        "answer_tokens": sum(len(a) for a in answers),
+        "loss_first": losses[0],
+        "loss_last": float(sum(losses[-3:]) / len(losses[-3:])),
+        "pieces": len(pieces),
+    }
+    return final, info
+
+
+def _best_piece(pieces: Sequence[str], question: str) -> str:
+    """The piece sharing the most words with ``question`` (for caller-given questions on long documents)."""
+    qw = set(re.findall(r"\w+", question.lower()))
+    return max(pieces, key=lambda p: len(qw & set(re.findall(r"\w+", p.lower()))))

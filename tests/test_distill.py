@@ -1,0 +1,61 @@
+"""Context distillation: question generation, the training loop (tiny model, fast) and the real effect (slow).
+
+Run: .venv/bin/python -m pytest tests/test_distill.py -q          (the real-model test: -m slow)
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from memory.config import Settings
+from memory.distill import distill_document, make_questions, split_sentences
+from memory.errors import ValidationError
+from memory.lora import from_bytes, to_bytes
+from memory.models import load_base_model
+
+from _fixtures_models import tiny_base  # tests/ is on sys.path
+
+
+def test_split_sentences_and_questions():
+    text = "Marisol Tenby's cat is called Biscuit. The starship Calloway carried 218 crew members.\n\nShort."
+    assert split_sentences(text) == ["Marisol Tenby's cat is called Biscuit.", "The starship Calloway carried 218 crew members.", "Short."]
+    qs = make_questions(text)
+    assert "What is Marisol Tenby's cat?" in qs
+    assert any("Calloway" in q for q in qs) and any(q.startswith("Complete this sentence") for q in qs)
+    assert len(make_questions(" ".join(f"Fact number {i} is about Zed{i}." for i in range(50)), max_questions=10)) == 10
+
+
+def test_distill_trains_an_adapter_on_tiny_model():
+    base = tiny_base()
+    seen = []
+    ad, info = distill_document(
+        base, "abc def ghi jkl is mno. pqr stu vwx yz is abc.", questions=["what is abc?"], rank=4,
+        target_modules=("mlp.down_proj",), steps=12, lr=1e-2, progress=lambda s, n, l: seen.append((s, n, l)),
+    )
+    assert ad.rank == 4 and ad.target_modules == ["mlp.down_proj"] and ad.base_model == base.fingerprint
+    assert info["questions"][0] == "what is abc?" and info["steps"] == 12 and len(seen) == 12
+    assert info["loss_last"] < info["loss_first"]
+    assert any(float(b.abs().sum()) > 0 for _, b in ad.weights.values())
+    assert from_bytes(to_bytes(ad)).metadata["method"] == "context_distillation"
+    assert all(not p.requires_grad for p in base.model.parameters())
+    with pytest.raises(ValidationError):
+        distill_document(base, "   ")
+
+
+@pytest.mark.slow
+def test_cd_internalizes_a_made_up_fact(shared_models_dir):
+    torch.set_num_threads(int(os.environ.get("PMEM_TEST_THREADS", "2")))
+    base = load_base_model(settings=Settings(home=shared_models_dir))
+    doc = "The access code for the Orion vault is 7342."
+    q = "What is the access code for the Orion vault?"
+    before = base.generate(q, max_new_tokens=24)[0].text
+    assert "7342" not in before  # the base model cannot know it
+    assert "7342" in base.generate(f"{doc}\n\nQuestion: {q}\nAnswer briefly.", max_new_tokens=24)[0].text
+    ad, info = distill_document(base, doc, seed=0)
+    after = base.generate(q, max_new_tokens=24, adapters=ad)[0].text
+    assert "7342" in after, (after, info)
+    # the adapter is document-specific: an unrelated question is still answered normally
+    assert "Paris" in base.generate("What is the capital of France?", max_new_tokens=16, adapters=ad)[0].text
