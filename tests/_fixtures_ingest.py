@@ -28,7 +28,8 @@ def policy_pdf_pages(n_pages: int = 3) -> list[list[PdfLine]]:
         lines.append((f"Chapter {p}: {['Vacation', 'Remote Work', 'Expenses', 'Security'][(p - 1) % 4]}", 20, 72, 700))
         y = 660.0
         for k in range(3):
-            lines.append((f"Paragraph {k + 1} of chapter {p} explains the rules that employees must follow.", 11, 72, y))
+            text = f"Paragraph {k + 1} of chapter {p} explains the rules that employees must follow."
+            lines.append((text, 11, 72, y))
             lines.append((f"The policy applies to every employee and it was approved by the board in {2020 + p}.",
                           11, 72, y - 14))
             y -= 48
@@ -64,7 +65,10 @@ def docx_bytes(page_break: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def eml_bytes(attachment: tuple[str, bytes] | None = ("notes.txt", b"The attached note says the office closes at 6 pm.")) -> bytes:
+_NOTE = ("notes.txt", b"The attached note says the office closes at 6 pm.")
+
+
+def eml_bytes(attachment: tuple[str, bytes] | None = _NOTE) -> bytes:
     m = EmailMessage()
     m["From"] = "alice@example.com"
     m["To"] = "bob@example.com"

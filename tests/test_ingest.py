@@ -176,7 +176,8 @@ def test_encodings_are_detected(tmp_path):
         doc = partition_bytes(data, name)
         assert doc.text == text, name
     assert partition_bytes(text.encode("cp1252"), "x.txt").parser["encoding"] == "cp1252"
-    html = '<html><head><meta charset="iso-8859-1"></head><body><p>Gr\xfc\xdfe aus M\xfcnchen, sch\xf6ne Tage!</p></body></html>'
+    html = ('<html><head><meta charset="iso-8859-1"></head>'
+            "<body><p>Gr\xfc\xdfe aus M\xfcnchen, sch\xf6ne Tage!</p></body></html>")
     assert "Grüße aus München" in partition_bytes(html.encode("latin-1"), "x.html").text
 
 
@@ -562,7 +563,8 @@ from memory.ingest import partition_bytes
 doc = partition_bytes(b"REFUND POLICY\n\nRefunds are paid within thirty days of the purchase date.\n", "p.txt")
 nlp = tk._get_nlp()
 print(json.dumps({"original": original, "cats": [e.category for e in doc.elements], "model": tk._SPACY_MODEL_NAME,
-                  "meta": [nlp.meta["lang"], nlp.meta["name"], nlp.meta["version"], "tagger" in nlp.pipe_names], "attempts": attempts,
+                  "meta": [nlp.meta["lang"], nlp.meta["name"], nlp.meta["version"], "tagger" in nlp.pipe_names],
+                  "attempts": attempts,
                   "notice": os.environ.get("UNSTRUCTURED_DISABLE_NOTICE"), "track": os.environ.get("DO_NOT_TRACK")}))
 """
 
@@ -570,7 +572,8 @@ print(json.dumps({"original": original, "cats": [e.category for e in doc.element
 def test_spacy_fix_works_offline_without_network():
     """A fresh interpreter with sockets disabled: the private constant exists, the patched model loads."""
     env = {k: v for k, v in os.environ.items() if k not in {"UNSTRUCTURED_DISABLE_NOTICE", "DO_NOT_TRACK"}}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), http_proxy="http://127.0.0.1:9",
+               https_proxy="http://127.0.0.1:9")
     out = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT], capture_output=True, text=True, timeout=180,
                          env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import email
+import email.message
 import email.policy
 import html as html_lib
 import io
@@ -193,7 +194,9 @@ def resolve_filetype(data: bytes, filename: str, *, filetype: str | None = None,
     if filetype is not None:
         kind = EXTENSIONS.get("." + filetype.lower().lstrip("."), filetype.lower())
         if kind not in SUPPORTED_FILETYPES:
-            raise ValidationError(f"{shown}: unsupported file type {filetype!r}; supported: {sorted(SUPPORTED_FILETYPES)}")
+            raise ValidationError(
+                f"{shown}: unsupported file type {filetype!r}; supported: {sorted(SUPPORTED_FILETYPES)}"
+            )
         return kind
     ext = os.path.splitext(_basename(filename))[1].lower()
     if ext:

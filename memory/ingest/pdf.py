@@ -61,7 +61,8 @@ def extract_pdf(data: bytes, shown: str) -> tuple[list[Any], int]:
             typed.append((box, "Header" if box.zone == "top" else "Footer", box.text))
             continue
         big = body > 0 and box.size >= body * _TITLE_SIZE_RATIO
-        if big and box.lines <= 2 and len(box.text.split()) <= 15 and not box.text.rstrip().endswith((".", ":", ";", ",")):
+        short = box.lines <= 2 and len(box.text.split()) <= 15
+        if big and short and not box.text.rstrip().endswith((".", ":", ";", ",")):
             typed.append((box, "Title", box.text))
             continue
         el = element_from_text(box.text)
