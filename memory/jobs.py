@@ -94,11 +94,17 @@ def backoff_seconds(retries: int, *, base: float = 2.0, cap: float = 300.0, jitt
     return delay / 2 + random.uniform(0, delay / 2) if jitter else delay
 
 
+def _utc(ts: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+
+
 def _info(row: Job) -> JobInfo:
     return JobInfo(
         id=row.id, kind=row.kind, state=row.state.value, attempts=row.attempts, celery_id=row.celery_id,
         payload=dict(row.payload or {}), result=dict(row.result) if row.result is not None else None,
-        error=row.error, created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        error=row.error, created_at=_utc(row.created_at), started_at=_utc(row.started_at),
+        finished_at=_utc(row.finished_at),
     )
 
 

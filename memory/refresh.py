@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from memory.db import Document, DocumentVersion, Namespace, Source, session_factory
-from memory.jobs import describe
+from memory.jobs import classify, describe
 from memory.types import AddResult
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,12 @@ def changed_versions(mem: Any, results: list[AddResult], namespace: str) -> tupl
     return changed, unchanged, failed
 
 
-def _mark_checked(mem: Any, source_id: int, now: datetime, error: str | None) -> None:
+def _mark_checked(mem: Any, source_id: int, now: datetime, error: str) -> None:
     with session_factory(mem.engine)() as s, s.begin():
         src = s.get(Source, source_id)
         if src is not None:
             src.last_checked_at = now
-            if error is not None or src.last_error is not None:
-                src.last_error = error
+            src.last_error = error
 
 
 def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = False, now: datetime | None = None,
@@ -161,10 +160,12 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
             results = mem.add_source(src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s)
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
         except Exception as e:  # noqa: BLE001 - one bad source must not stop the refresh of the others
+            if classify(e) == "transient":
+                raise  # the database or the network, not the source: the whole refresh is retried
             sr.error = describe(e)
             log.warning("refresh of %s failed: %s", src.uri, sr.error)
-        _mark_checked(mem, src.id, now, sr.error or (
-            "; ".join(f"{f['source']}: {f['error']}" for f in sr.failed) if sr.failed else None))
+            # add_source did not get to record this check: do it here, or the source stays due forever
+            _mark_checked(mem, src.id, now, sr.error)
         if enqueue is not None:
             for c in sr.changed:
                 c["job"] = _job_ref(enqueue(c["version_id"]))

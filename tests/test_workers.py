@@ -82,7 +82,14 @@ def _corpus_with_bad_files(root: Path) -> tuple[list[Path], list[str]]:
     (root / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<>>\nthis is not a pdf at all" * 3)
     (root / "binary.txt").write_bytes(bytes(range(256)) * 40)
     (root / "empty.md").write_bytes(b"")
-    return good, ["corrupt.pdf", "binary.txt", "empty.md"]
+    with open(root / "huge.txt", "wb") as f:  # 200 MB, sparse: refused by its size before it is read
+        f.truncate(200 * 1024 * 1024)
+    bad = ["corrupt.pdf", "binary.txt", "empty.md", "huge.txt"]
+    if os.geteuid() != 0:  # root reads anything
+        (root / "locked.txt").write_text("secret")
+        (root / "locked.txt").chmod(0)
+        bad.append("locked.txt")
+    return good, bad
 
 
 def test_embedded_ingest_runs_the_task_bodies_in_process(tmp_path, stub_env):
