@@ -528,15 +528,25 @@ def test_glob_and_file_sources(tmp_path, monkeypatch):
 
 
 def test_document_keys_are_safe(tmp_path):
+    from memory.api import validate_document_id
+
     root = tmp_path / "root"
     assert document_key(root / "hr" / "leave.md", root) == "hr/leave.md"
     _raises(lambda: document_key(root / ".." / "etc" / "passwd", root), "not inside", exc=ValidationError)
     k1 = document_key(root / "bad\nname.txt", root)
     k2 = document_key(root / "bad\rname.txt", root)
-    assert "\n" not in k1 and k1.startswith("bad_name.txt~") and k1 != k2
-    long = document_key(root / ("x" * 200) / ("y" * 200 + ".md"), root)
-    assert len(long) <= 255 and long != document_key(root / ("x" * 200) / ("y" * 201 + ".md"), root)
+    assert k1.startswith("bad_name-") and k1.endswith(".txt") and k1 != k2
+    names = ["Travel policy (v2).pdf", "Grüße.md", "-dash.txt", ".env.md", "a/../b.txt", "x" * 300,
+             "x" * 200 + "/" + "y" * 200 + ".md", "naïve café/menu.html", "semi;colon&amp.txt"]
+    keys = [document_key(root / n, root) for n in names]
+    for key in keys:
+        assert validate_document_id(key) == key and len(key) <= 255
+    assert len(set(keys)) == len(keys)
+    assert keys[0].endswith(".pdf") and keys[0].startswith("Travel_policy_v2_-")
+    long1 = document_key(root / ("x" * 200) / ("y" * 200 + ".md"), root)
+    assert long1 != document_key(root / ("x" * 200) / ("y" * 201 + ".md"), root)
     assert document_key(tmp_path / "f.txt", None) == "f.txt"
+    assert document_key(root / "hr" / "leave.md", root) == document_key(root / "hr" / "leave.md", root)
 
 
 # ------------------------------------------------------------------------- the offline spaCy fix

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 SourceKind = Literal["file", "directory", "glob"]
 MAX_KEY_LENGTH = 255
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+=-]+")
+_KEY_FIRST = re.compile(r"[A-Za-z0-9_]")
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,17 @@ def scan_source(spec: str | os.PathLike[str], *, include_hidden: bool = False) -
 
 
 def document_key(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
-    """A safe, stable document id: the POSIX path relative to ``root``, cleaned, at most 255 characters.
+    """A safe, stable document id: the POSIX path relative to ``root``, at most 255 characters.
 
-    Control characters become ``_``; a key that had to be changed or shortened gets a short hash of the
-    original path, so two different files never share a key.
+    Ids use only ``A-Z a-z 0-9 _ . : @ / + = -`` (what :func:`memory.api.validate_document_id` accepts);
+    any other character (space, accent, control character) becomes ``_``. A key that had to be changed
+    or shortened gets ``-`` and 10 hex digits of the original path's SHA-256 before its extension, so two
+    different files never share a key.
 
     >>> document_key("/data/policies/hr/leave.md", "/data/policies")
     'hr/leave.md'
+    >>> document_key("/data/Travel policy.md", "/data")
+    'Travel_policy-6a992fbf82.md'
     >>> document_key("/data/x/../../etc/passwd", "/data")
     Traceback (most recent call last):
     memory.errors.ValidationError: '/data/x/../../etc/passwd' is not inside the source root '/data'
@@ -136,16 +142,21 @@ def document_key(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
             raise ValidationError(
                 f"{display_name(os.fspath(path))} is not inside the source root {display_name(os.fspath(root))}"
             ) from None
-    parts = [_CONTROL.sub("_", part).strip() or "_" for part in rel_parts if part not in ("", ".")]
-    parts = [part if part != ".." else "_" for part in parts]
-    if not parts:
+    rel_parts = [part for part in rel_parts if part not in ("", ".")]
+    if not rel_parts:
         raise ValidationError(f"{display_name(os.fspath(path))}: cannot make a document key from this path")
-    key = "/".join(parts)
     original = "/".join(rel_parts)
-    if key != original or len(key) > MAX_KEY_LENGTH:
-        suffix = "~" + hashlib.sha256(original.encode("utf-8", "surrogateescape")).hexdigest()[:12]
-        key = key[: MAX_KEY_LENGTH - len(suffix)] + suffix
-    return key
+    key = "/".join(_segment(part) for part in rel_parts)
+    if not _KEY_FIRST.match(key):
+        key = "_" + key
+    if key == original and len(key) <= MAX_KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(original.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    ext = os.path.splitext(key.rsplit("/", 1)[-1])[1]
+    ext = ext if 1 < len(ext) <= 10 else ""
+    head = key[: len(key) - len(ext)][: MAX_KEY_LENGTH - len(ext) - 11].rstrip("/")
+    head = "/".join(_segment(part) for part in head.split("/"))
+    return f"{head}-{digest}{ext}"
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -193,6 +204,12 @@ def _consider(p: Path, root: Path, scan: SourceScan, include_hidden: bool) -> No
         scan.skipped.append(Skipped(p, f"unsupported file type {ext}"))
         return
     scan.files.append(p)
+
+
+def _segment(part: str) -> str:
+    """One path component with every character a document id may not hold replaced by ``_``."""
+    clean = _KEY_UNSAFE.sub("_", unicodedata.normalize("NFC", part))
+    return "_" if clean in ("", ".", "..") else clean
 
 
 def _glob_root(pattern: Path) -> Path:
