@@ -43,10 +43,13 @@ class SlowStubInternalizer:
         from memory.lora import LoraAdapter
 
         markers = os.environ.get("PMEM_TEST_MARKERS")
+        first = True
         if markers:
             Path(markers).mkdir(parents=True, exist_ok=True)
+            first = not any(Path(markers).glob("start-*"))
             (Path(markers) / f"start-{os.getpid()}-{time.time_ns()}").write_text("\n".join(chunk_texts)[:200])
-        time.sleep(float(os.environ.get("PMEM_TEST_SLEEP_S") or 0))
+        if first or not os.environ.get("PMEM_TEST_SLEEP_FIRST_ONLY"):
+            time.sleep(float(os.environ.get("PMEM_TEST_SLEEP_S") or 0))
         seed = int(hashlib.sha256("\x00".join(chunk_texts).encode()).hexdigest()[:8], 16)
         g = torch.Generator().manual_seed(seed)
         a, b = torch.randn(2, 8, generator=g), torch.randn(8, 2, generator=g)
@@ -81,13 +84,13 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
 
 
 class WorkerProcess:
-    """``celery -A workers.app worker --pool solo`` in a subprocess sharing the test's PMEM_HOME and Redis prefix."""
+    """``celery -A workers.app worker --pool solo`` (or prefork) in a subprocess sharing the test's PMEM_HOME and Redis prefix."""
 
     def __init__(self, env: dict[str, str], log_path: Path, queues: str = "ingest,internalize",
-                 name: str | None = None, beat: bool = False) -> None:
+                 name: str | None = None, beat: bool = False, pool: str = "solo") -> None:
         self.log_path = log_path
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-c", "1",
+        cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", pool, "-c", "1",
                "-Q", queues, "-n", f"{self.name}@%h", "-l", "info", "--without-gossip", "--without-mingle",
                "--without-heartbeat"] + (["-B"] if beat else [])
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()

@@ -244,9 +244,9 @@ def broker(redis_url, tmp_path, monkeypatch):
         def __init__(self) -> None:
             self.prefix, self.home = prefix, home
 
-        def worker(self, beat: bool = False, **extra: str) -> WorkerProcess:
+        def worker(self, beat: bool = False, pool: str = "solo", **extra: str) -> WorkerProcess:
             env = worker_env(home, redis_url, prefix, **extra)
-            w = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log", beat=beat)
+            w = WorkerProcess(env, tmp_path / f"worker{len(workers)}.log", beat=beat, pool=pool)
             workers.append(w)
             return w
 
@@ -304,6 +304,31 @@ def test_sigkilled_worker_job_is_redelivered_and_completes(broker, tmp_path, mon
     assert _orphans(mem) == []
     blobs = {p.name for p in Path(mem.blobs.url).rglob("*") if p.is_file() and len(p.name) == 64}
     assert adapters[0].blob_sha256 in blobs
+
+
+@pytest.mark.services
+def test_prefork_child_killed_is_requeued_at_once(broker, tmp_path):
+    """``task_reject_on_worker_lost``: the parent requeues the message of a child killed by a signal."""
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import submit_internalize
+
+    marks = tmp_path / "markers"
+    mem = broker.memory()
+    mem.add("Guests sign in at the front desk.", document_id="guests")
+    vid = version_id_for(mem, "default", "guests", 1)
+    w = broker.worker(pool="prefork", PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="600",
+                      PMEM_TEST_SLEEP_FIRST_ONLY="1", PMEM_TEST_MARKERS=str(marks)).wait_ready()
+    job = submit_internalize(mem, vid)
+    [first] = wait_for(lambda: markers(marks), 60, "a child to start the internalization")
+    child = int(first.name.split("-")[1])
+    assert child != w.proc.pid
+    os.kill(child, 9)
+    store = JobStore.for_memory(mem)
+    done = wait_for(lambda: _job_done(store, job.id), 60, "the requeued job")  # no visibility timeout wait
+    assert done.state == "succeeded" and done.attempts == 2, (done.error, w.log())
+    assert len(markers(marks)) == 2 and [a.status for a in mem.adapters()] == ["ready"]
+    assert _orphans(mem) == []
 
 
 @pytest.mark.services
