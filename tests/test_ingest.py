@@ -579,6 +579,7 @@ print(json.dumps({"original": original, "cats": [e.category for e in doc.element
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports unstructured and loads the spaCy model (~5 s idle, ~25 s busy)
 def test_spacy_fix_works_offline_without_network():
     """A fresh interpreter with sockets disabled: the private constant exists, the patched model loads."""
     env = {k: v for k, v in os.environ.items() if k not in {"UNSTRUCTURED_DISABLE_NOTICE", "DO_NOT_TRACK"}}
