@@ -1,0 +1,201 @@
+"""Text-to-LoRA hypernetwork, its trainer and the committed checkpoint.
+
+Fast tests use the real MiniLM description encoder and small hypernetwork shapes; slow ones load the real
+SmolLM2-135M. Run: .venv/bin/python -m pytest tests/test_t2l.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from memory.errors import AdapterMismatchError, ModelError, ValidationError
+from memory.hyper.t2l import DEFAULT_TARGETS, T2LConfig, T2LHypernetwork
+from memory.hyper.t2l_text import MAX_DESCRIPTION_TOKENS, DescriptionEncoder
+from memory.lora import LoraAdapter, apply_lora
+
+SMOL_DIMS = {"self_attn.q_proj": (576, 576), "self_attn.v_proj": (576, 192)}
+TINY_DIMS = {"self_attn.q_proj": (16, 16), "self_attn.v_proj": (16, 8)}
+torch.set_num_threads(1)  # the CPU is shared; OpenMP spinning on 2 threads is slower here
+CHECKPOINT = Path(__file__).resolve().parent.parent / "memory" / "checkpoints" / "t2l-smollm2-135m"
+
+
+def tiny(size: str = "L", **kw) -> T2LHypernetwork:  # noqa: ANN003
+    torch.manual_seed(0)
+    return T2LHypernetwork(T2LConfig(n_layers=3, module_dims=TINY_DIMS, size=size, rank=4, base_model="toy@1", **kw))
+
+
+@pytest.fixture(scope="module")
+def encoder() -> DescriptionEncoder:
+    return DescriptionEncoder.load()
+
+
+@pytest.mark.parametrize("size", ["L", "M", "S"])
+def test_zero_delta_at_init(size: str) -> None:
+    """Every generated B is exactly zero at init (a no-op adapter), A is a finite non-zero PEFT-like init."""
+    net = tiny(size).eval()
+    out = net(torch.randn(5, 384))
+    for m, (i, o) in TINY_DIMS.items():
+        a, b = out[m]
+        assert a.shape == (5, 3, 4, i) and b.shape == (5, 3, o, 4)
+        assert torch.count_nonzero(b) == 0
+        assert torch.isfinite(a).all() and a.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size", ["L", "M", "S"])
+def test_training_moves_away_from_zero(size: str) -> None:
+    """Gradients reach the head: one optimiser step on a loss through B @ A gives a non-zero, description-dependent delta."""
+    net = tiny(size, dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    emb = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
+    target = torch.randn(16, 16)
+    for _ in range(3):
+        a, b = net(emb)["self_attn.q_proj"]
+        loss = ((b[0, 0] @ a[0, 0]) - target).pow(2).mean() + ((b[1, 0] @ a[1, 0]) + target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    a, b = net(emb)["self_attn.q_proj"]
+    d0, d1 = b[0, 0] @ a[0, 0], b[1, 0] @ a[1, 0]
+    assert d0.abs().sum() > 0 and not torch.allclose(d0, d1)
+
+
+def test_shapes_targets_and_provenance(encoder: DescriptionEncoder) -> None:
+    """generate: one LoraAdapter per description, every layer x {q_proj, v_proj}, rank r, scale folded in."""
+    net = T2LHypernetwork(T2LConfig(n_layers=4, module_dims=SMOL_DIMS, base_model="smol@x", size="M"))
+    ads = net.generate(["Convert the text to uppercase.", "Answer with a number."], encoder=encoder)
+    assert len(ads) == 2
+    for ad in ads:
+        assert isinstance(ad, LoraAdapter)
+        assert ad.target_modules == sorted(DEFAULT_TARGETS)
+        assert len(ad.weights) == 4 * 2 and ad.rank == 8
+        assert ad.base_model == "smol@x"
+        assert ad.metadata["kind"] == "t2l" and ad.metadata["hypernetwork"] == net.fingerprint()
+        a, b = ad.weights["model.layers.3.self_attn.v_proj"]
+        assert a.shape == (8, 576) and b.shape == (192, 8)
+    assert ads[0].metadata["description"] == "Convert the text to uppercase."
+
+
+def test_bad_descriptions(encoder: DescriptionEncoder) -> None:
+    """Empty or blank descriptions and wrong types raise ValidationError; junk and huge text give finite adapters."""
+    net = tiny()
+    with torch.no_grad():  # make B non-zero so finiteness is tested on a real delta
+        for head in net.heads.values():
+            head.weight.normal_(0, 0.02)
+    for bad in ([""], ["   \n"], [], ["ok", ""]):
+        with pytest.raises(ValidationError):
+            net.generate(bad, encoder=encoder)
+    with pytest.raises(ValidationError):
+        net.generate("a bare string", encoder=encoder)  # type: ignore[arg-type]
+    huge = "Reply in capitals. " * 2_000
+    junk = "@@## 0101 \x00\x01 ☃☃☃ }{][ " * 3
+    ads = net.generate([huge, junk, "日本語で答えてください"], encoder=encoder)
+    for ad in ads:
+        for a, b in ad.weights.values():
+            assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert len(ads[0].metadata["description"]) <= 1000
+    # truncation is documented: text beyond the encoder window does not change the adapter
+    tokens = encoder.tokenizer(huge, add_special_tokens=False)["input_ids"]
+    assert len(tokens) > MAX_DESCRIPTION_TOKENS
+    same = net.generate([huge + " Actually, answer in French."], encoder=encoder)[0]
+    path = "model.layers.0.self_attn.q_proj"
+    assert torch.allclose(same.weights[path][1], ads[0].weights[path][1], atol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path: Path, encoder: DescriptionEncoder) -> None:
+    """save -> load gives the same adapters; a checkpoint for another base model is refused."""
+    net = tiny("S")
+    with torch.no_grad():
+        net.shared_head.weight.normal_(0, 0.02)
+        net.b_gate.fill_(0.5)
+    d = net.save(tmp_path / "ck", metadata={"training": {"steps": 3}})
+    assert json.loads((d / "config.json").read_text())["training"]["steps"] == 3
+    back = T2LHypernetwork.load(d, base_fingerprint="toy@1")
+    assert back.config == net.config and back.fingerprint() == net.fingerprint()
+    a1 = net.generate(["Sort the words."], encoder=encoder)[0]
+    a2 = back.generate(["Sort the words."], encoder=encoder)[0]
+    for p in a1.weights:
+        assert torch.equal(a1.weights[p][0], a2.weights[p][0]) and torch.equal(a1.weights[p][1], a2.weights[p][1])
+    assert a1.delta("model.layers.1.self_attn.q_proj").abs().sum() > 0
+    with pytest.raises(AdapterMismatchError):
+        T2LHypernetwork.load(d, base_fingerprint="other@2")
+    with pytest.raises(ModelError):
+        T2LHypernetwork.load(tmp_path / "missing")
+    (d / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ModelError):
+        T2LHypernetwork.load(d)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValidationError):
+        T2LConfig(n_layers=2, module_dims=TINY_DIMS, size="XL")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        T2LConfig(n_layers=2, module_dims={})
+    assert math.isclose(T2LConfig(n_layers=1, module_dims=TINY_DIMS).scaling, 16 / math.sqrt(8))
+
+
+def test_generation_latency(encoder: DescriptionEncoder) -> None:
+    """One adapter for SmolLM2-135M's shape (30 layers, L size) in well under a second (goal: 50 ms unloaded)."""
+    net = T2LHypernetwork(T2LConfig(n_layers=30, module_dims=SMOL_DIMS, size="L")).eval()
+    net.generate(["warm up"], encoder=encoder)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        net.generate(["Answer with the number only."], encoder=encoder)
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[2] < 2.0  # a sanity bound on a shared, overloaded CPU; bench/t2l.py reports p50/p95
+
+
+def test_prompt_and_collate() -> None:
+    from memory.training.t2l import IGNORE, build_prompt, collate
+
+    assert build_prompt("Add.", "1 and 2") == "Add.\nInput: 1 and 2"
+    assert build_prompt("Add.", "1 and 2", "input") == "Input: 1 and 2"
+    ids, mask, labels = collate([([1, 2, 3], [IGNORE, 2, 3]), ([4], [4])], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert labels.tolist() == [[IGNORE, 2, 3], [4, IGNORE, IGNORE]]
+
+
+# ------------------------------------------------------------------ slow: the real base model
+@pytest.mark.slow
+def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
+    """Two T2L steps on the real model write state, log and a loadable checkpoint; --resume continues the count."""
+    from memory.models import load_base_model
+    from memory.training.t2l import TrainArgs, train
+
+    base = load_base_model()
+    args = TrainArgs(out=tmp_path / "run", size="S", max_steps=1, minutes=5, tasks_per_step=2, examples_per_task=1)
+    train(args, base=base)
+    args.max_steps, args.resume = 2, True
+    model_dir = train(args, base=base)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1]  # step 1 logged by the first run, step 2 not a log step
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] == 2
+    net = T2LHypernetwork.load(model_dir, base_fingerprint=base.fingerprint)
+    assert json.loads((model_dir / "config.json").read_text())["training"]["trained_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_committed_checkpoint_is_finite_and_changes_outputs() -> None:
+    """The shipped checkpoint loads for the default base model, is finite, and its adapter changes the logits."""
+    from memory.models import load_base_model
+
+    base = load_base_model()
+    net = T2LHypernetwork.load(CHECKPOINT, base_fingerprint=base.fingerprint)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    [ad] = net.generate(["Convert the text to uppercase. Reply with the answer only."])
+    ad.validate_for(base)
+    assert sum(float(ad.delta(p).abs().sum()) for p in ad.weights) > 0
+    ids = torch.tensor([base.chat_ids("Convert the text to uppercase.\nInput: green apple", system="")])
+    with torch.no_grad():
+        plain = base.model(input_ids=ids).logits[0, -1].float()
+        with apply_lora(base.model, ad):
+            adapted = base.model(input_ids=ids).logits[0, -1].float()
+    assert torch.isfinite(adapted).all()
+    assert (plain - adapted).abs().max() > 1e-2
