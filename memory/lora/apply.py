@@ -88,13 +88,24 @@ def _patch(lin: nn.Linear, delta: Callable[[Tensor, Tensor], Tensor], stack: con
     stack.callback(restore)
 
 
-def _shared_delta(get: _Builder) -> Callable[[Tensor, Tensor], Tensor]:
+def _shared_delta(get: _Builder, lazy: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    if lazy:  # training: rebuild (cast/transposes) inside the graph of every forward
+
+        def delta_grad(x: Tensor, y: Tensor) -> Tensor:
+            at, bt = get()  # [in, r], [r, out]
+            return y + ((x.to(at.dtype) @ at) @ bt).to(y.dtype)
+
+        return delta_grad
+    at, bt = get()
+
     def delta(x: Tensor, y: Tensor) -> Tensor:
-        at, bt = get()  # [in, r], [r, out]
-        d = (x.to(at.dtype) @ at) @ bt
-        if d.dtype != y.dtype:
-            d = d.to(y.dtype)
-        return y + d if torch.is_grad_enabled() else y.add_(d)
+        # decode hot path: few python-level ops, fused add into the fresh base output
+        if x.dtype != at.dtype:
+            x = x.to(at.dtype)
+        if torch.is_grad_enabled():
+            return y + ((x @ at) @ bt).to(y.dtype)
+        y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ at, bt)
+        return y
 
     return delta
 
@@ -154,7 +165,8 @@ def apply_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] 
                 def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
                     return a.to(dev, dt).t(), b.to(dev, dt).t()
 
-                _patch(lin, _shared_delta(_cached(build, _needs_grad((a, b)))), stack)
+                lazy = _needs_grad((a, b))
+                _patch(lin, _shared_delta(_cached(build, lazy), lazy), stack)
         else:
             rows = list(adapters)
             if not rows:
