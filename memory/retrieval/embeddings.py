@@ -170,7 +170,9 @@ class MiniLMEmbedder:
         batch_size (`int`): texts per forward pass (texts are sorted by length to limit padding).
         max_length (`int`, *optional*): word pieces kept per text; defaults to the model's
             ``max_seq_length`` (256 for MiniLM). Longer texts are truncated.
-        device (`str`): torch device. The model weighs 90 MB and runs in float32.
+        device (`str`): torch device, or ``"auto"`` (CUDA when available, else CPU; resolved on first
+            use so that constructing the embedder imports nothing heavy). The model weighs 90 MB and
+            runs in float32.
 
     >>> emb = MiniLMEmbedder()
     >>> v = emb.embed_documents(["Paris is the capital of France.", "I like turtles."])
@@ -229,6 +231,8 @@ class MiniLMEmbedder:
             return out
         import torch
 
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer, model = _load(self.model_dir, self.device)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with torch.inference_mode():

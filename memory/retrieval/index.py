@@ -89,9 +89,24 @@ class AnnParams:
     """HNSW parameters for the usearch backend (usearch's own names)."""
 
     connectivity: int = 16  # graph degree M
-    expansion_add: int = 128  # ef_construction
-    expansion_search: int = 96  # ef at query time; recall@5 >= 0.97 on clustered 384-d data (bench/retrieval.py)
+    expansion_add: int = 64  # ef_construction; 128 doubles the build time for +0.001 recall@5 (20k x 384)
+    expansion_search: int = 96  # ef at query time
     overfetch: int = 4  # filtered search: graph candidates per wanted hit, divided by the filter's selectivity
+    # Graph vector storage. Hits are rescored exactly from the float32 rows, so the graph only has to
+    # rank roughly: bf16 builds 5x faster than f32 at 20k x 384 (recall@5 0.997 before rescoring).
+    # "auto": bf16 where the CPU has AVX512-BF16, else f16 (F16C is on every x86-64 since 2012).
+    dtype: str = "auto"
+
+
+def _graph_dtype(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read()
+    except OSError:
+        return "f16"
+    return "bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "f16"
 
 
 def _matvec(mat: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -213,7 +228,7 @@ class _Partition:
         ann = Index(
             ndim=self.dim,
             metric="ip",  # vectors are unit-norm, so inner product = cosine
-            dtype="f32",
+            dtype=_graph_dtype(params.dtype),
             connectivity=params.connectivity,
             expansion_add=params.expansion_add,
             expansion_search=params.expansion_search,
@@ -505,7 +520,8 @@ class VectorIndex:
         candidates, then 8x more; give up (exact scan of the subset) when that is still short.
         """
         want = min(k, matching)
-        fetch = k if mask is None else -(-k * self.ann_params.overfetch * part.n // max(1, matching))
+        # 2k candidates even without a filter: the exact rescoring then repairs the graph's coarse order
+        fetch = 2 * k if mask is None else -(-k * self.ann_params.overfetch * part.n // max(1, matching))
         for _round in range(2):
             if fetch * 2 >= part.n:  # a scan is as cheap as such a big graph walk, and exact
                 return None
