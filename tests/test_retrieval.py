@@ -401,6 +401,23 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["idx.npz"]
 
 
+@needs_usearch
+def test_unreadable_saved_graph_is_rebuilt(tmp_path):
+    """A damaged graph inside an intact file costs a rebuild, not the index."""
+    idx, x = make_index(300, 8, backend="usearch")
+    idx.search(x[0], k=1, namespace="ns")
+    path = tmp_path / "idx.npz"
+    idx.save(path)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["a0"] = arrays["a0"][:40]
+    np.savez(path, **arrays)
+    loaded = VectorIndex.load(path)
+    assert loaded._parts["ns"].ann is None
+    assert loaded.search(x[7], k=1, namespace="ns")[0].id == "id7"
+    assert loaded._parts["ns"].ann is not None
+
+
 def test_load_missing_and_corrupt_files(tmp_path):
     with pytest.raises(NotFoundError):
         VectorIndex.load(tmp_path / "nope.npz")

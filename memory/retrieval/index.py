@@ -624,13 +624,26 @@ class VectorIndex:
                     part.row_of_key = {int(key): r for r, key in enumerate(part.keys)}
                     part.next_key = int(space["next_key"])
                     if space["ann"] and idx._has_usearch:
-                        from usearch.index import Index
-
-                        part.ann = Index.restore(bytes(data[f"a{i}"]))
+                        part.ann = _restore_graph(bytes(data[f"a{i}"]), part.n)
                     idx._parts[space["namespace"]] = part
         except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError) as e:
             raise IntegrityError(f"vector index file {path} is corrupt or truncated ({e}); rebuild it from the database") from e
         return idx
+
+
+def _restore_graph(blob: bytes, n: int) -> Any:
+    """A saved HNSW graph, or ``None`` (rebuilt from the vectors on first search) if it is unreadable."""
+    from usearch.index import Index
+
+    try:
+        ann = Index.restore(blob)
+    except (RuntimeError, ValueError) as e:
+        log.warning("saved HNSW graph is unreadable (%s); it will be rebuilt", e)
+        return None
+    if ann is None or len(ann) != n:
+        log.warning("saved HNSW graph does not match the saved vectors; it will be rebuilt")
+        return None
+    return ann
 
 
 # ---------------------------------------------------------------------------- validation
