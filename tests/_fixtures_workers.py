@@ -28,7 +28,7 @@ class _BaseStub:
 
 
 class SlowStubInternalizer:
-    """Deterministic weights from the chunk texts; sleeps ``PMEM_TEST_SLEEP_S`` and leaves a marker file per call."""
+    """Deterministic weights from the version's text; sleeps ``PMEM_TEST_SLEEP_S`` and leaves a marker file per call."""
 
     def __init__(self) -> None:
         from memory.internalizers import Identity
@@ -37,10 +37,12 @@ class SlowStubInternalizer:
                                  checkpoint_sha256=hashlib.sha256(b"test-slow-stub/1").hexdigest(),
                                  config={"test_double": True})
 
-    def internalize(self, base: Any, chunk_texts: list[str], progress: Any = None) -> Any:
+    def internalize(self, base: Any, text: str | list[str], progress: Any = None) -> Any:
         import torch
 
         from memory.lora import LoraAdapter
+
+        chunk_texts = [text] if isinstance(text, str) else list(text)
 
         markers = os.environ.get("PMEM_TEST_MARKERS")
         first = True
