@@ -119,7 +119,7 @@ def document_adapter(memory: ParametricMemory, namespace: str | None, document_i
     Documents without a ready adapter are skipped (logged); the result is what ``BaseModel.generate(...,
     adapters=)`` takes.
     """
-    from memory.lora import concat, from_bytes
+    from memory.lora import concat
 
     adapters = []
     for doc_id in document_ids:
@@ -128,8 +128,7 @@ def document_adapter(memory: ParametricMemory, namespace: str | None, document_i
         if not infos:
             log.info("document %r has no ready adapter; it is not applied", doc_id)
             continue
-        newest = max(infos, key=lambda a: a.id)
-        adapters.append(from_bytes(memory.blobs.get(newest.blob_sha256)))
+        adapters.append(memory.load_adapter(max(infos, key=lambda a: a.id)))
     if not adapters:
         return None
     return adapters[0] if len(adapters) == 1 else concat(adapters)

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -194,12 +195,17 @@ class ParametricMemoryVectorStore(VectorStore):
             raise ValidationError(f"got {len(ids)} ids for {len(texts)} texts")
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)} for add_texts")
-        out = []
-        for i, text in enumerate(texts):
-            doc_id = (ids[i] if ids is not None else None) or uuid.uuid4().hex
-            metadata = dict(metadatas[i]) if metadatas is not None and metadatas[i] is not None else {}
-            self.memory.add(text, document_id=str(doc_id), namespace=self.namespace, metadata=metadata)
-            out.append(str(doc_id))
+        metas = [dict(m) if m is not None else {} for m in metadatas] if metadatas is not None else [{} for _ in texts]
+        for i, metadata in enumerate(metas):  # checked before anything is written
+            try:
+                json.dumps(metadata, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValidationError(f"metadata of text {i} cannot be stored ({e}); use JSON values: str, number, "
+                                      "bool, None, lists and dicts of them") from None
+        out = [validate_document_id(str(ids[i])) if ids is not None and ids[i] else uuid.uuid4().hex
+               for i in range(len(texts))]
+        for text, doc_id, metadata in zip(texts, out, metas):
+            self.memory.add(text, document_id=doc_id, namespace=self.namespace, metadata=metadata)
         if self.internalize:
             for doc_id in dict.fromkeys(out):
                 self.memory.internalize(doc_id, namespace=self.namespace)

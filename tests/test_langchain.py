@@ -259,3 +259,13 @@ def test_chat_messages_render_with_the_chat_template() -> None:
     assert turns == [("system", "be brief"), ("user", "hi"), ("assistant", "hello")]
     with pytest.raises(ValidationError, match="not supported"):
         _turns([HumanMessage([{"type": "image", "url": "http://x"}])])
+
+
+def test_unstorable_metadata_is_a_clear_error(store: ParametricMemoryVectorStore) -> None:
+    import datetime
+
+    with pytest.raises(ValidationError, match="metadata of text 1 cannot be stored"):
+        store.add_texts(["ok", "bad"], metadatas=[{"a": 1}, {"when": datetime.datetime(2026, 1, 1)}], ids=["x", "y"])
+    assert store.get_by_ids(["x", "y"]) == []  # nothing was written
+    with pytest.raises(ValidationError, match="got 1 ids for 2 texts"):
+        store.add_texts(["a", "b"], ids=["only-one"])
