@@ -879,6 +879,16 @@ class ParametricMemory:
         return self._retrying(write)
 
     @property
+    def embedder(self) -> Any:
+        """The embedding model of classic retrieval (``memory.retrieval.Embedder``)."""
+        return self.chunk_index.embedder
+
+    @embedder.setter
+    def embedder(self, value: Any) -> None:
+        self._embedder_arg = value
+        self._chunk_index = None  # rebuilt (and chunks re-embedded) with the new model on next use
+
+    @property
     def chunk_index(self) -> Any:
         """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
         if self._chunk_index is None:

@@ -41,6 +41,8 @@ class ChunkIndex:
         self._sessions = sessions
         self.embedder = embedder
         self.index = VectorIndex(dim=embedder.dim)
+        # Stored on each chunk: an embedding is reused only for the same model and dimension.
+        self.model_key = f"{embedder.name}:{embedder.dim}"[-128:]
         self._signatures: dict[str, tuple[Any, ...]] = {}
         self._lock = threading.Lock()
 
@@ -59,7 +61,7 @@ class ChunkIndex:
             with self._sessions() as s:
                 rows = s.execute(
                     _current_chunks(ns)
-                    .where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != self.embedder.name))
+                    .where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != self.model_key))
                     .with_only_columns(Chunk.id, Chunk.text)
                     .order_by(Chunk.id)
                     .limit(_EMBED_BATCH)
@@ -70,7 +72,7 @@ class ChunkIndex:
                 for r, v in zip(rows, vectors):
                     s.execute(
                         Chunk.__table__.update().where(Chunk.id == r.id)
-                        .values(embedding=vector_to_bytes(v), embedding_model=self.embedder.name)
+                        .values(embedding=vector_to_bytes(v), embedding_model=self.model_key)
                     )
                 s.commit()
             done += len(rows)
