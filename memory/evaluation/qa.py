@@ -160,29 +160,40 @@ class _Runner:
             self._record(item, "context", context)
             self.costs["context"].append({"ms": 0.0, "bytes": doc_bytes / len(keys)})
         namespaces: dict[str, str] = {}
+        made: dict[str, list[dict[str, Any]]] = {}  # this item's adapter costs per method
         if "rag" in arms:
             namespaces["rag"] = self._store(item, keys, f"qa{i:04d}-p", "rag")
             self._record(item, "rag", lambda: self._query(item, namespaces["rag"], "retrieval", None))
         for method in methods:
             ns = f"qa{i:04d}-{method}"
+            made[method] = []
             try:
                 self._store(item, keys, ns, None)
                 for key in keys:
                     t0 = time.perf_counter()
                     info = _internalize(mem, key, ns, method, self.checkpoint if method == "d2l" else None)
-                    self.costs[method].append({"ms": (time.perf_counter() - t0) * 1000,
-                                               "bytes": int(info.size_bytes or 0), "rank": info.rank})
+                    made[method].append({"ms": (time.perf_counter() - t0) * 1000,
+                                         "bytes": int(info.size_bytes or 0), "rank": info.rank})
             except PMemError as e:
                 log.warning("item %s: internalizing with %s failed: %s", item.id, method, e)
                 self.failures[method].append(f"{item.id}: {e}")
                 continue
+            self.costs[method] += made[method]
             namespaces[method] = ns
             if method in arms:
                 self._record(item, method, lambda ns=ns: self._query(item, ns, "parametric", keys))
         ns = namespaces.get(preferred or "")
         if ns is None:
             return
+        t0 = time.perf_counter()
         self._warm_index(ns, item.question)
+        index_ms = (time.perf_counter() - t0) * 1000 / len(keys)
+        dim = self.mem.chunk_index.embedder.dim
+        for key, text, cost in zip(keys, item.documents, made[preferred or ""]):
+            chunks = self.mem.get(key, namespace=ns).version.chunk_count
+            for arm in ("hybrid", "auto"):  # both keep the adapter and the retrieval index of a document
+                self.costs[arm].append({"ms": cost["ms"] + index_ms,
+                                        "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4})
         if "hybrid" in arms:
             self._record(item, "hybrid", lambda: self._query(item, ns, "hybrid", keys))
         if "auto" in arms:

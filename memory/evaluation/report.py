@@ -104,7 +104,9 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             f"| {s['internalize_ms_per_document']:.0f} | {s['bytes_stored_per_document']:,.0f} |"
         )
     lines += ["", "Scores are means with 95% percentile-bootstrap intervals. Prefill and total are per query; "
-              "internalization (adapter making, or chunk embedding for `rag`) is paid once per document.", ""]
+              "internalization (adapter making, or chunk embedding for `rag`) is paid once per document. Bytes stored: "
+              "`context` the text; `rag` text + chunk embeddings; `d2l`/`cd` the adapter blob; `hybrid`/`auto` "
+              "adapter + text + embeddings. KV cache = (prompt + answer tokens) x bytes per token.", ""]
     if unavailable:
         lines += ["Unavailable arms:", "", *unavailable, ""]
     notes = []

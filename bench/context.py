@@ -1,0 +1,251 @@
+"""Adapter versus document in context: time to first token and KV-cache memory as the document grows.
+
+``pmem bench context [--quick] --json`` calls :func:`run`. For a document of ``L`` tokens (256 -> 32k;
+``--quick``: 256 -> 2k) and one question about it:
+
+- ``context``: the document is in the prompt (``prompts.context_prompt``); the KV cache holds every
+  prompt token, and prefill reads them all before the first answer token;
+- ``adapter``: the question alone (``prompts.parametric_prompt``) with a LoRA of the shape Doc-to-LoRA
+  makes for that document: ``rank`` components per chunk of its ``chunk_tokens`` plus ``bias_rank``, on the
+  ``down_proj`` of its target layers, concatenated along rank (random weights: the cost, not the answer,
+  is measured). Its memory is the adapter's tensors plus the KV cache of the short prompt.
+
+TTFT is the wall time of ``generate(max_new_tokens=1)`` (prefill plus one sampled token), best of
+``reps``. KV-cache bytes are measured from the cache of a prefill forward pass (analytic
+``2 x layers x kv_heads x head_dim x element size`` per token when the cache cannot be read).
+``crossings`` gives, by linear interpolation on the grid, the document length from which the context
+line is above the adapter line (or says that one line is above the other over the whole range). The
+one-off internalization cost is amortised only when a D2L checkpoint exists (``break_even_queries``).
+
+Standalone: ``python -m bench.context --quick [--plot FILE.png]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUESTION = "What is the secret passphrase for the Orlan vault?"
+NEEDLE = "The secret passphrase for the Orlan vault is copper-falcon-42."
+
+
+def _document(base: Any, tokens: int) -> str:
+    """Filler text of exactly ``tokens`` tokens (re-encoding may differ by a few) with the needle in the middle."""
+    from memory.evaluation.suites import _FILLER
+
+    filler_ids: list[int] = []
+    i = 0
+    while len(filler_ids) < tokens:
+        filler_ids += base.encode(_FILLER[i % len(_FILLER)] + " ")
+        i += 1
+    needle = base.encode(NEEDLE + " ")
+    half = max(0, (tokens - len(needle)) // 2)
+    ids = filler_ids[:half] + needle + filler_ids[half : max(half, tokens - len(needle))]
+    return base.decode(ids)
+
+
+def _d2l_shape(base: Any) -> tuple[list[str], int, int, int]:
+    """Target module paths, components per chunk, bias components and chunk length of D2L for ``base``."""
+    try:
+        from memory.hyper.d2l import D2LConfig
+
+        cfg = D2LConfig.for_model(base.config)
+        return ([cfg.module_path(layer) for layer in cfg.target_layers], cfg.rank, cfg.bias_rank,
+                int(getattr(cfg, "chunk_tokens", 512)))
+    except Exception as e:  # noqa: BLE001 - the hypernetwork module may be absent; keep its documented defaults
+        log.warning("D2L config unavailable (%s); using 4 upper down_proj layers, rank 32 + 8 per 512 tokens", e)
+        n = base.num_layers
+        return [f"model.layers.{n - 1 - 3 * k}.mlp.down_proj" for k in range(4)], 32, 8, 512
+
+
+def _adapter(base: Any, doc_tokens: int) -> Any:
+    import torch
+
+    from memory.lora import LoraAdapter
+
+    paths, per_chunk, bias, chunk_tokens = _d2l_shape(base)
+    rank = per_chunk * math.ceil(doc_tokens / chunk_tokens) + bias
+    modules = dict(base.model.named_modules())
+    gen = torch.Generator().manual_seed(0)
+    weights = {}
+    for p in paths:
+        lin = modules[p]
+        a = torch.randn(rank, lin.in_features, generator=gen) * 0.01
+        b = torch.randn(lin.out_features, rank, generator=gen) * 0.01
+        weights[p] = (a.to(base.dtype), b.to(base.dtype))
+    return LoraAdapter(weights, base.fingerprint, {"kind": "bench-d2l-shape"})
+
+
+def _adapter_bytes(adapter: Any) -> int:
+    return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in adapter.weights.values())
+
+
+def _kv_bytes(base: Any, ids: list[int], adapter: Any = None) -> tuple[int, str]:
+    import torch
+
+    from memory.evaluation.runtime import kv_bytes_per_token
+
+    try:
+        with torch.inference_mode():
+            out = base.forward(torch.tensor([ids], device=base.device), adapters=adapter, use_cache=True)
+        cache = out.past_key_values
+        total = 0
+        for layer in getattr(cache, "layers", []):  # transformers >= 4.56 cache layers
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        if not total and hasattr(cache, "key_cache"):
+            total = sum(t.numel() * t.element_size() for t in [*cache.key_cache, *cache.value_cache])
+        if total:
+            return total, "measured"
+    except Exception as e:  # noqa: BLE001
+        log.warning("could not read the KV cache (%s); using the analytic size", e)
+    return len(ids) * kv_bytes_per_token(base), "analytic"
+
+
+def _ttft_ms(base: Any, ids: list[int], adapter: Any, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        base.generate([ids], max_new_tokens=1, adapters=adapter)
+        best = min(best, (time.perf_counter() - t0) * 1000)
+    return best
+
+
+def crossing(xs: list[float], a: list[float], b: list[float]) -> dict[str, Any]:
+    """Where ``a`` (context) rises above ``b`` (adapter) on the grid ``xs``, by linear interpolation.
+
+    >>> crossing([256, 512, 1024], [1, 3, 9], [2, 2, 2])["at"]
+    384.0
+    """
+    d = [x - y for x, y in zip(a, b)]
+    if all(v >= 0 for v in d):
+        return {"at": None, "summary": f"context costs more at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
+    if all(v < 0 for v in d):
+        return {"at": None, "summary": f"context costs less at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
+    for i in range(1, len(xs)):
+        if d[i - 1] < 0 <= d[i]:
+            at = xs[i - 1] + (xs[i] - xs[i - 1]) * (-d[i - 1]) / (d[i] - d[i - 1])
+            return {"at": round(at, 1), "summary": f"context costs more from ~{at:.0f} tokens"}
+    return {"at": None, "summary": "the lines cross more than once (noisy timings)"}
+
+
+def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None = None) -> dict[str, Any]:
+    """Measure both arms at each document length (quick: 256, 512, 1k, 2k; full: up to 32k)."""
+    from memory import prompts
+    from memory.config import Settings
+    from memory.internalizers import d2l_checkpoint_for
+    from memory.models import load_base_model
+
+    settings = Settings.from_env()
+    base = load_base_model(settings=settings)
+    lengths = lengths or ([256, 512, 1024, 2048] if quick else [256, 512, 1024, 2048, 4096, 8192, 16384, 32768])
+    reps = reps or (1 if quick else 3)
+    chunk = _d2l_shape(base)[3]
+    q_ids = base.chat_ids(prompts.parametric_prompt(QUESTION), system=prompts.QA_SYSTEM)
+    base.generate([q_ids], max_new_tokens=1)  # warm-up
+    points = []
+    for n in lengths:
+        doc = _document(base, n)
+        c_ids = base.chat_ids(prompts.context_prompt(QUESTION, [doc]), system=prompts.QA_SYSTEM)
+        adapter = _adapter(base, n)
+        ctx_kv, how = _kv_bytes(base, c_ids)
+        ad_kv, _ = _kv_bytes(base, q_ids, adapter)
+        point = {
+            "doc_tokens": n, "context_prompt_tokens": len(c_ids), "adapter_prompt_tokens": len(q_ids),
+            "adapter_rank": adapter.rank,
+            "context_ttft_ms": _ttft_ms(base, c_ids, None, reps),
+            "adapter_ttft_ms": _ttft_ms(base, q_ids, adapter, reps),
+            "context_kv_bytes": ctx_kv, "adapter_kv_bytes": ad_kv, "adapter_bytes": _adapter_bytes(adapter),
+            "kv_measurement": how,
+        }
+        point["adapter_total_bytes"] = point["adapter_bytes"] + ad_kv
+        points.append(point)
+        log.info("context bench: %s", point)
+    xs = [p["doc_tokens"] for p in points]
+    result: dict[str, Any] = {
+        "base_model": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
+        "threads": __import__("torch").get_num_threads(), "chunk_tokens": chunk, "reps": reps,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "points": points,
+        "crossings": {
+            "ttft": crossing(xs, [p["context_ttft_ms"] for p in points], [p["adapter_ttft_ms"] for p in points]),
+            "memory": crossing(xs, [p["context_kv_bytes"] for p in points],
+                               [p["adapter_total_bytes"] for p in points]),
+        },
+    }
+    ckpt = d2l_checkpoint_for(base)
+    if ckpt is None:
+        result["break_even_queries"] = None
+        result["break_even_note"] = "no D2L checkpoint for this base model: internalization cost not measured"
+    else:
+        from memory.internalizers import D2LInternalizer
+
+        net = D2LInternalizer(ckpt, base)
+        for p in points:
+            doc = _document(base, p["doc_tokens"])
+            t0 = time.perf_counter()
+            net.internalize(base, doc)
+            p["d2l_internalize_ms"] = (time.perf_counter() - t0) * 1000
+            saved = p["context_ttft_ms"] - p["adapter_ttft_ms"]
+            p["break_even_queries"] = round(p["d2l_internalize_ms"] / saved, 2) if saved > 0 else None
+    return result
+
+
+def plot(result: dict[str, Any], path: str | Path) -> None:
+    """Two panels: TTFT and memory against document length, both arms, crossings marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = result["points"]
+    x = [p["doc_tokens"] for p in pts]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(x, [p["context_ttft_ms"] for p in pts], "o-", label="document in context")
+    axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L shape)")
+    axes[0].set_ylabel("time to first token, ms")
+    axes[1].plot(x, [p["context_kv_bytes"] / 2**20 for p in pts], "o-", label="KV cache of the document")
+    axes[1].plot(x, [p["adapter_total_bytes"] / 2**20 for p in pts], "s-", label="adapter + KV of the question")
+    axes[1].set_ylabel("MiB")
+    for ax, key in zip(axes, ("ttft", "memory")):
+        c = result["crossings"][key]
+        if c["at"]:
+            ax.axvline(c["at"], color="grey", ls=":", lw=1)
+        ax.set_title(c["summary"], fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("document tokens")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['base_model']} on {result['device']} ({result['dtype']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:  # pragma: no cover
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--plot", help="write a PNG here")
+    p.add_argument("--from-json", help="plot a saved result (e.g. from `pmem bench context --output`) instead of running")
+    args = p.parse_args()
+    if args.from_json:
+        plot(json.loads(Path(args.from_json).read_text()), args.plot or Path(args.from_json).with_suffix(".png"))
+        return
+    result = {"bench": "context", "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+              **run(args.quick)}
+    if args.plot:
+        plot(result, args.plot)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
