@@ -338,9 +338,11 @@ def test_auto_backend_builds_graph_past_threshold_and_tracks_writes():
     idx = VectorIndex(16, backend="auto", ann_threshold=1000)
     x = clustered(1500, 16)
     idx.add([f"id{i}" for i in range(900)], x[:900])
+    idx.add(["tiny"], x[:1], namespace="small")
     idx.search(x[0], k=3)
-    assert idx._parts["default"].ann is None
+    assert idx._parts["default"].ann is None and idx.prepare() == []
     idx.add([f"id{i}" for i in range(900, 1500)], x[900:])
+    assert idx.prepare() == ["default"] and idx._parts["small"].ann is None
     assert idx.search(x[1200], k=1)[0].id == "id1200"
     assert idx._parts["default"].ann is not None
     idx.add(["new"], x[5:6] * -1.0)  # added after the graph exists
