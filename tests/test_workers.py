@@ -478,3 +478,23 @@ def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
     assert mem.get(doc_id).version.number == 1
     assert _orphans(mem) == []
     shutil.rmtree(docs)
+
+
+def test_internalize_key_names_the_version_and_the_hypernetwork(tmp_path, monkeypatch):
+    import memory.internalizers as internalizers
+    from workers.tasks import internalize_key
+
+    sha = "ab" * 32
+    monkeypatch.setattr(internalizers, "DEFAULT_D2L", tmp_path / "d2l")
+    cd = internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
+    assert cd.startswith(f"internalize:{sha}:7:auto:cd-") and len(cd) <= 200
+    assert internalize_key(sha, 7, "auto", "other-model") != cd
+    # a D2L checkpoint appears: a new key (new job, new adapter row); a retrained checkpoint: another one
+    (tmp_path / "d2l").mkdir()
+    (tmp_path / "d2l" / "config.json").write_text("{}")
+    (tmp_path / "d2l" / "model.safetensors").write_bytes(b"weights-1")
+    d2l_1 = internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
+    assert ":auto:d2l-" in d2l_1 and d2l_1 == internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
+    (tmp_path / "d2l" / "model.safetensors").write_bytes(b"weights-22")
+    assert internalize_key(sha, 7, "auto", "smollm2-135m-instruct") not in (d2l_1, cd)
+    assert ":cd:cd-" in internalize_key(sha, 7, "cd", "smollm2-135m-instruct")  # cd ignores the checkpoint

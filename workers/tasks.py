@@ -4,9 +4,10 @@ Every task takes a ``Job`` id and nothing else; the job row holds the payload an
 (attempts, error, timings). The bodies below are plain functions of ``(memory, job)``; a Celery worker and
 the embedded mode (no ``PMEM_BROKER_URL``: :func:`memory.jobs.run_inline`) run the very same body.
 
-Idempotency: an internalization job is keyed by (version content hash, version id, method, base model), so
-submitting the same version twice gives one job; the facade keeps one adapter per (version, hypernetwork),
-so a redelivered or duplicated message ends with the same single adapter.
+Idempotency: an internalization job is keyed by (version content hash, version id, method, hypernetwork:
+the D2L checkpoint hash, or CD for the base model), so submitting the same version twice gives one job;
+the facade keeps one adapter per (version, hypernetwork), so a redelivered or duplicated message ends
+with the same single adapter.
 
 Retries: transient faults (database connection or lock, broker, network) are retried with exponential
 backoff (2, 4, 8, 16, 32 s, jittered; ``PMEM_RETRY_BASE_S`` changes the base), at most 5 times.
@@ -236,10 +237,42 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     return store.get(job.id)
 
 
-def internalize_key(content_sha256: str, version_id: int, method: str, base_model: str) -> str:
-    """The idempotency key of an internalization: what is learnt (the version) and what learns it."""
+_CKPT_CACHE: dict[tuple[Any, ...], str] = {}
+
+
+def hypernetwork_tag(method: str, base_model: str) -> str:
+    """What will learn the version, without loading any model: the D2L checkpoint's sha256 (the same
+    digest as ``memory.hyper.d2l.checkpoint_sha256``, cached by file stat) when ``auto``/``d2l`` can use
+    the packaged checkpoint, else context distillation for this base model.
+
+    A new checkpoint therefore gives every version a new job (and the facade a new adapter row), while
+    re-submitting under the same checkpoint is a no-op.
+    """
     base = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-    return f"internalize:{content_sha256}:{version_id}:{method}:{base}"
+    if method in ("auto", "d2l"):
+        from memory.internalizers import DEFAULT_D2L
+
+        files = [DEFAULT_D2L / "config.json", DEFAULT_D2L / "model.safetensors"]
+        if all(f.is_file() for f in files):
+            stat = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+            key = (str(DEFAULT_D2L), stat)
+            if key not in _CKPT_CACHE:
+                h = hashlib.sha256()
+                for f in files:
+                    h.update(f.name.encode())
+                    h.update(f.read_bytes())
+                _CKPT_CACHE[key] = h.hexdigest()
+            return f"d2l-{_CKPT_CACHE[key][:16]}-{base}"
+    return f"cd-{base}"
+
+
+def internalize_key(content_sha256: str, version_id: int, method: str, base_model: str) -> str:
+    """The idempotency key of an internalization: what is learnt (the version) and what learns it.
+
+    >>> internalize_key("ab" * 32, 7, "cd", "smollm2-135m-instruct")[:24]
+    'internalize:abababababab'
+    """
+    return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_model)}"
 
 
 def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force: bool = False,
@@ -288,7 +321,8 @@ def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = Fals
 
 
 __all__ = [
-    "BODIES", "MAX_RETRIES", "TASK_NAMES", "app_for", "get_memory", "ingest_source", "internalize_key",
+    "BODIES", "MAX_RETRIES", "TASK_NAMES", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
+    "internalize_key",
     "internalize_version", "refresh_sources", "run_body", "submit", "submit_ingest", "submit_internalize",
     "submit_refresh",
 ]
