@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -536,11 +537,16 @@ def test_importing_and_wrapping_does_not_import_frameworks():
 
 
 @pytest.fixture(scope="module")
-def minilm() -> MiniLMEmbedder:
+def minilm() -> Iterator[MiniLMEmbedder]:
+    """The real MiniLM on one torch thread (on a shared CPU, 2 threads were up to 20x slower), restored after."""
     import torch
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return MiniLMEmbedder()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield MiniLMEmbedder()
+    finally:
+        torch.set_num_threads(before)
 
 
 FACTS = [
