@@ -169,7 +169,8 @@ def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     from memory.training.t2l import TrainArgs, train
 
     base = load_base_model()
-    args = TrainArgs(out=tmp_path / "run", size="S", max_steps=1, minutes=5, tasks_per_step=2, examples_per_task=1)
+    args = TrainArgs(out=tmp_path / "run", size="S", max_steps=1, minutes=5, tasks_per_step=2, examples_per_task=1,
+                     descriptions_per_task=1)
     train(args, base=base)
     args.max_steps, args.resume = 2, True
     model_dir = train(args, base=base)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "t2l-smollm2-135m"
 MAX_NEW_TOKENS = 16
-BATCH = 24
+BATCH = 36
 CEILING_TASKS_QUICK = ("lowercase", "min_of_list")
 CEILING_TASKS_FULL = ("lowercase", "min_of_list", "kebab_case", "previous_letter")
 ARMS = ("base", "mt_lora", "t2l", "task_lora")
@@ -48,8 +48,11 @@ def _cases(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, str, Exampl
 
 
 def _score(base: Any, rows: list[tuple[Task, str, Example]], adapters: list[LoraAdapter | None] | LoraAdapter | None,
-           prompt_mode: str) -> list[bool]:
-    """Greedy generation for every row (batched, per-row adapters), checked by each task's checker."""
+           prompt_mode: str, samples: dict[str, str] | None = None) -> list[bool]:
+    """Greedy generation for every row (batched, per-row adapters), checked by each task's checker.
+
+    The first generation of each task is recorded in ``samples`` (task -> text) when given.
+    """
     ok: list[bool] = []
     for s in range(0, len(rows), BATCH):
         chunk = rows[s : s + BATCH]
@@ -57,6 +60,9 @@ def _score(base: Any, rows: list[tuple[Task, str, Example]], adapters: list[Lora
         ads = adapters[s : s + BATCH] if isinstance(adapters, list) else adapters
         gens = base.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, stop=["\n"], adapters=ads)
         ok.extend(t.check_output(ex, g.text) for (t, _, ex), g in zip(chunk, gens))
+        if samples is not None:
+            for (t, _, ex), g in zip(chunk, gens):
+                samples.setdefault(t.name, f"{ex.input!r} -> {g.text!r} (gold {ex.output!r})")
     return ok
 
 
@@ -119,25 +125,26 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     t_start = time.perf_counter()
     torch.manual_seed(0)
 
-    def arms_on(rows: list[tuple[Task, str, Example]]) -> tuple[dict[str, dict[str, float]], float]:
+    samples: dict[str, dict[str, str]] = {arm: {} for arm in ARMS}
+
+    def arms_on(rows: list[tuple[Task, str, Example]], keep: bool) -> tuple[dict[str, dict[str, float]], float]:
         t0 = time.perf_counter()
         ads = net.generate([d for _, d, _ in rows])
         gen_ms = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
-        res = {
-            "base": _per_task(rows, _score(base, rows, None, mode)),
-            "mt_lora": _per_task(rows, _score(base, rows, mt, mode)),
-            "t2l": _per_task(rows, _score(base, rows, ads, mode)),
-        }
+        res = {}
+        for arm, adapters in (("base", None), ("mt_lora", mt), ("t2l", ads)):
+            res[arm] = _per_task(rows, _score(base, rows, adapters, mode, samples[arm] if keep else None))
+            log.info("t2l eval: %s done (%.0f s)", arm, time.perf_counter() - t_start)
         return res, gen_ms
 
     held_rows = _cases(heldout_tasks(), per_task)
-    held, gen_ms = arms_on(held_rows)
+    held, gen_ms = arms_on(held_rows, keep=True)
     ceiling_rows = [r for r in held_rows if r[0].name in ceiling_tasks]
     task_lora: dict[str, float] = {}
     for name in ceiling_tasks:
         ad = ceiling_lora(name, ckpt, base, steps=ceiling_steps or (40 if quick else 80), cache=cache)
         rows = [r for r in ceiling_rows if r[0].name == name]
-        task_lora.update(_per_task(rows, _score(base, rows, ad, mode)))
+        task_lora.update(_per_task(rows, _score(base, rows, ad, mode, samples["task_lora"])))
     held["task_lora"] = task_lora
 
     result: dict[str, Any] = {
@@ -159,9 +166,10 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
             "mean": {arm: round(_mean({k: held[arm][k] for k in ceiling_tasks}), 4) for arm in ARMS},
         },
         "t2l_generation_ms_per_adapter": round(gen_ms, 2),
+        "samples": samples,
     }
     if seen_per_task:
-        seen, _ = arms_on(_cases(train_tasks(), seen_per_task))
+        seen, _ = arms_on(_cases(train_tasks(), seen_per_task), keep=False)
         result["seen_tasks_unseen_descriptions"] = {
             "mean": {arm: round(_mean(seen[arm]), 4) for arm in seen},
             "per_task": {arm: {k: round(v, 4) for k, v in seen[arm].items()} for arm in seen},

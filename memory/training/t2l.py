@@ -101,11 +101,13 @@ class Row:
     example: Example
 
 
-def sample_rows(rng: random.Random, tasks: Sequence[Task], n_tasks: int, per_task: int) -> list[Row]:
-    """``n_tasks`` distinct tasks x ``per_task`` examples; one training description per task."""
+def sample_rows(rng: random.Random, tasks: Sequence[Task], n_tasks: int, per_task: int,
+                descriptions_per_task: int | None = None) -> list[Row]:
+    """``n_tasks`` distinct tasks x ``per_task`` examples; one training description per task
+    (drawn from the first ``descriptions_per_task`` paraphrases; all when ``None``)."""
     rows = []
     for task in rng.sample(list(tasks), min(n_tasks, len(tasks))):
-        desc = rng.choice(task.train_descriptions)
+        desc = rng.choice(task.train_descriptions[:descriptions_per_task])
         for _ in range(per_task):
             rows.append(Row(task, desc, task.example(rng.randrange(1_000_000))))
     return rows
@@ -163,6 +165,7 @@ class TrainArgs:
     resume: bool = False
     threads: int = 1
     prompt_mode: str = "description+input"
+    descriptions_per_task: int | None = None  # None: every training paraphrase (tests use a few)
 
 
 def _load_base() -> Any:
@@ -194,7 +197,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     if args.arm == "t2l":
         net: nn.Module = T2LHypernetwork(cfg)
         encoder = DescriptionEncoder.load()
-        descs = sorted({d for t in tasks for d in t.train_descriptions})
+        descs = sorted({d for t in tasks for d in t.train_descriptions[: args.descriptions_per_task]})
         emb_path = out / "description_embeddings.pt"  # a fixed set: embed once per run, reuse on resume
         cached = torch.load(emb_path) if emb_path.exists() else None
         if cached is None or cached["descriptions"] != descs:
@@ -229,7 +232,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         export(net, args, out / "model", step)
 
     while time.perf_counter() - t0 < budget and (args.max_steps is None or step < args.max_steps):
-        rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task)
+        rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task, args.descriptions_per_task)
         enc = [encode_example(base, build_prompt(r.description, r.example.input, args.prompt_mode), r.example.output) for r in rows]
         ids, mask, labels = collate(enc, pad)
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
