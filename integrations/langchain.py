@@ -193,6 +193,7 @@ class ParametricMemoryVectorStore(VectorStore):
             raise ValidationError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
         if ids is not None and len(ids) != len(texts):
             raise ValidationError(f"got {len(ids)} ids for {len(texts)} texts")
+        kwargs.pop("batch_size", None)  # sent by langchain_core.indexing; documents are written one by one
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)} for add_texts")
         metas = [dict(m) if m is not None else {} for m in metadatas] if metadatas is not None else [{} for _ in texts]

@@ -269,3 +269,20 @@ def test_unstorable_metadata_is_a_clear_error(store: ParametricMemoryVectorStore
     assert store.get_by_ids(["x", "y"]) == []  # nothing was written
     with pytest.raises(ValidationError, match="got 1 ids for 2 texts"):
         store.add_texts(["a", "b"], ids=["only-one"])
+
+
+def test_langchain_indexing_api_reindexes_only_changes(store: ParametricMemoryVectorStore) -> None:
+    """``langchain_core.indexing.index`` drives the store: unchanged documents are skipped, stale ones deleted."""
+    from langchain_core.indexing import InMemoryRecordManager, index
+
+    records = InMemoryRecordManager(namespace=store.namespace)
+    records.create_schema()
+    docs = [Document(page_content="Refunds within 30 days.", metadata={"source": "refund.md"}),
+            Document(page_content="Laptops every 3 years.", metadata={"source": "it.md"})]
+    first = index(docs, records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    assert (first["num_added"], first["num_skipped"]) == (2, 0)
+    changed = [Document(page_content="Refunds within 60 days.", metadata={"source": "refund.md"}), docs[1]]
+    second = index(changed, records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
+    assert (second["num_added"], second["num_skipped"], second["num_deleted"]) == (1, 1, 1)
+    texts = sorted(d.page_content for d in store.similarity_search("policy", k=10))
+    assert texts == ["Laptops every 3 years.", "Refunds within 60 days."]
