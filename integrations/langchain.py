@@ -122,7 +122,7 @@ def _memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: 
     if memory_kwargs:
         raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
     if embedding is not None:
-        ours, theirs = memory.chunk_index.embedder, as_embedder(embedding)
+        ours, theirs = memory.embedder, as_embedder(embedding)
         if (ours.name, ours.dim) != (theirs.name, theirs.dim):
             raise ValidationError(
                 f"this memory embeds with {ours.name!r} ({ours.dim} dims), not {theirs.name!r} ({theirs.dim} dims); "

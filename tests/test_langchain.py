@@ -32,12 +32,7 @@ from integrations.langchain import (
 from memory import ParametricMemory
 from memory.errors import ValidationError
 
-# langchain-tests' async tests are bare ``async def``; mark them for pytest-asyncio (strict mode), and
-# silence its warning about the same mark on the suites' sync tests.
-pytestmark = [
-    pytest.mark.asyncio,
-    pytest.mark.filterwarnings("ignore:The test <Function.*asyncio:pytest.PytestWarning"),
-]
+# langchain-tests' async tests are bare ``async def``: they run under ``asyncio_mode = "auto"`` (pyproject).
 
 FAKE_DIM = 6
 
