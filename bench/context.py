@@ -28,9 +28,12 @@ import logging
 import math
 import os
 import platform
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +131,20 @@ def crossing(xs: list[float], a: list[float], b: list[float]) -> dict[str, Any]:
     384.0
     """
     d = [x - y for x, y in zip(a, b)]
-    if all(v >= 0 for v in d):
-        return {"at": None, "summary": f"context costs more at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
-    if all(v < 0 for v in d):
-        return {"at": None, "summary": f"context costs less at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
+    if all(v >= 0 for v in d) or all(v < 0 for v in d):
+        word = "more" if d[0] >= 0 else "less"
+        out: dict[str, Any] = {"at": None,
+                               "summary": f"context costs {word} at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
+        if len(xs) >= 2:  # where straight-line fits of both would meet, outside the measured range
+            (sa, ia), (sb, ib) = np.polyfit(xs, a, 1), np.polyfit(xs, b, 1)
+            at = (ib - ia) / (sa - sb) if sa != sb else -1.0
+            if at > 0:
+                out["extrapolated_at"] = round(float(at), 1)
+                out["summary"] += f"; linear fits meet at ~{at:.0f} tokens"
+            else:
+                out["extrapolated_at"] = None
+                out["summary"] += "; linear fits do not meet at any positive length"
+        return out
     for i in range(1, len(xs)):
         if d[i - 1] < 0 <= d[i]:
             at = xs[i - 1] + (xs[i] - xs[i - 1]) * (-d[i - 1]) / (d[i] - d[i - 1])
@@ -210,7 +223,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
 
     pts = result["points"]
     x = [p["doc_tokens"] for p in pts]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     axes[0].plot(x, [p["context_ttft_ms"] for p in pts], "o-", label="document in context")
     axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L shape)")
     axes[0].set_ylabel("time to first token, ms")
@@ -221,7 +234,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
         c = result["crossings"][key]
         if c["at"]:
             ax.axvline(c["at"], color="grey", ls=":", lw=1)
-        ax.set_title(c["summary"], fontsize=9)
+        ax.set_title(textwrap.fill(f"{key}: {c['summary']}", 60), fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("document tokens")
         ax.legend(fontsize=8)

@@ -158,6 +158,7 @@ def test_context_bench_finds_where_the_lines_cross():
 
     xs = [256, 512, 1024, 2048]
     assert crossing(xs, [1, 2, 4, 8], [3, 3, 3, 3])["at"] == pytest.approx(512 + 512 * (1 / 2))
-    assert crossing(xs, [5, 6, 7, 8], [1, 1, 1, 1]) == {
-        "at": None, "summary": "context costs more at every length (256..2048 tokens)"}
+    above = crossing(xs, [1 + x / 256 for x in xs], [1.5] * 4)  # meets the flat line at 128 tokens
+    assert above["at"] is None and above["summary"].startswith("context costs more at every length")
+    assert above["extrapolated_at"] == pytest.approx(128)
     assert crossing(xs, [0, 0, 0, 0], [1, 1, 1, 1])["summary"].startswith("context costs less")

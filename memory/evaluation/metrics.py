@@ -1,6 +1,6 @@
 """Answer metrics (SQuAD-style normalisation) and bootstrap confidence intervals.
 
->>> exact_match("The Eiffel Tower.", ["eiffel tower"]), round(token_f1("in Paris, France", ["Paris"]), 2)
+>>> exact_match("The Eiffel Tower.", ["eiffel tower"]), round(token_f1("in Paris", ["Paris"]), 2)
 (1.0, 0.67)
 """
 
