@@ -8,7 +8,8 @@
   ``auto``, like the LangChain retriever; every node's metadata says ``mode`` and ``reason``.
 - :class:`ParametricLLM` (``CustomLLM``): the base model with the adapters of chosen documents applied
   (complete, stream_complete, chat, stream_chat).
-- :class:`ParametricMemoryBlock` (``BaseMemoryBlock[str]``): long-term agent memory for ``llama_index.core.memory.Memory``.
+- :class:`ParametricMemoryBlock` (``BaseMemoryBlock[str]``): long-term agent memory for
+  ``llama_index.core.memory.Memory``.
 
 >>> store = ParametricMemoryVectorStore(home="/tmp/pmem-li-doc")                         # doctest: +SKIP
 >>> index = store.as_index()                                                              # doctest: +SKIP

@@ -132,7 +132,8 @@ def test_query_top_k_scores_and_ids(store: ParametricMemoryVectorStore) -> None:
 )
 def test_query_filters(store: ParametricMemoryVectorStore, filters: object, expected: set[str]) -> None:
     store.add(_nodes())
-    res = store.query(VectorStoreQuery(query_str="policy", similarity_top_k=10, filters=filters))  # type: ignore[arg-type]
+    query = VectorStoreQuery(query_str="policy", similarity_top_k=10, filters=filters)  # type: ignore[arg-type]
+    res = store.query(query)
     assert set(res.ids or []) == expected
     assert {n.node_id for n in store.get_nodes(filters=filters)} == expected  # type: ignore[arg-type]
 
@@ -297,3 +298,36 @@ def test_llm_complete_stream_and_chat(model_home: str, monkeypatch) -> None:
     chat = llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
                      ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
     assert chat.message.role == MessageRole.ASSISTANT and chat.message.content
+
+
+def test_memory_block_in_agent_memory_receives_flushed_messages() -> None:
+    """Inside ``Memory``, messages pushed out of the short-term window become conversation documents."""
+    from llama_index.core.memory import Memory
+
+    ns = f"agent-{uuid.uuid4().hex[:8]}"
+    block = ParametricMemoryBlock(memory=_memory("fake"), namespace=ns)
+    chat_memory = Memory.from_defaults(session_id="s1", token_limit=60, chat_history_token_ratio=0.5,
+                                       token_flush_size=20, memory_blocks=[block])
+    for i in range(6):
+        chat_memory.put(ChatMessage(role=MessageRole.USER, content=f"Fact {i}: my locker is {40 + i}."))
+        chat_memory.put(ChatMessage(role=MessageRole.ASSISTANT, content=f"Noted fact {i}."))
+    docs = _memory("fake").list(namespace=ns)
+    assert docs and all(d.metadata == {"kind": "conversation", "session_id": "s1"} for d in docs)
+    stored = "\n".join(_memory("fake").get(d.id, namespace=ns, with_text=True).text or "" for d in docs)
+    assert "user: Fact 0: my locker is 40." in stored  # the oldest messages were flushed first
+
+
+@pytest.mark.slow
+def test_memory_block_recalls_into_the_agent_prompt(model_home: str, monkeypatch) -> None:
+    from llama_index.core.memory import Memory
+
+    monkeypatch.setenv("PMEM_HOME", model_home)
+    mem = ParametricMemory(home=model_home)
+    mem.add("The office vault code is 7342.", document_id="vault", namespace="agent")
+    block = ParametricMemoryBlock(memory=mem, namespace="agent", mode="retrieval", max_new_tokens=12)
+    chat_memory = Memory.from_defaults(session_id="s1", memory_blocks=[block])
+    chat_memory.put(ChatMessage(role=MessageRole.USER, content="What is the office vault code?"))
+    messages = chat_memory.get()
+    system = next(m for m in messages if m.role == MessageRole.SYSTEM)
+    assert "parametric_memory" in system.content
+    assert "(mode: retrieval; reason: mode retrieval requested)" in system.content
