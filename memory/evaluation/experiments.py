@@ -126,10 +126,15 @@ class Experiment:
         return report(self.mem, self.name, self.namespace, **kwargs)
 
 
-def _rows(mem: Any, name: str, namespace: str | None) -> list[tuple[str, float | None, float | None, str]]:
+def _namespace(mem: Any, namespace: str | None) -> str:
+    from memory.api import validate_namespace
+
+    return validate_namespace(namespace if namespace is not None else mem.settings.namespace)
+
+
+def _rows(mem: Any, ns: str, name: str) -> list[tuple[str, float | None, float | None, str]]:
     from memory.db import Namespace, QueryLog
 
-    ns = mem._ns(namespace) if hasattr(mem, "_ns") else namespace
     with Session(mem.engine) as s:
         q = (select(QueryLog.arm, QueryLog.feedback, QueryLog.latency_ms, QueryLog.mode)
              .join(Namespace, QueryLog.namespace_id == Namespace.id)
@@ -146,7 +151,8 @@ def report(mem: Any, name: str, namespace: str | None = None, *, control: str | 
     >>> report(mem, "router-vs-rag")["arms"].keys()   # doctest: +SKIP
     dict_keys(['auto', 'retrieval'])
     """
-    rows = _rows(mem, name, namespace)
+    namespace = _namespace(mem, namespace)
+    rows = _rows(mem, namespace, name)
     arms: dict[str, dict[str, Any]] = {}
     scores: dict[str, list[float]] = {}
     for arm, fb, latency, mode in rows:

@@ -330,6 +330,7 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
             if progress:
                 progress(i + 1, len(items))
         fingerprint = base.fingerprint
+        mem.engine.dispose()  # the throw-away database goes with the temporary directory
     seconds = time.perf_counter() - t_start
     rows = runner.rows
     summary: dict[str, Any] = {}
