@@ -152,6 +152,7 @@ def train(args: argparse.Namespace) -> Path:
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
                     "elapsed": elapsed0 + time.time() - t0, "rng": gen.rng.getstate(), "args": vars(args)}, tmp)
         os.replace(tmp, state_path)
+        save_checkpoint(net, out / "last")
 
     def do_eval() -> dict[str, float]:
         nonlocal best
@@ -203,9 +204,23 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
+def export(run_dir: str | Path, dest: str | Path, which: str = "best") -> str:
+    """Copy a run's checkpoint (``best`` or ``last``) into ``dest`` in bf16; returns its sha256.
+
+    >>> # export("/work/scratch_d2l/run3", "memory/checkpoints/d2l-smollm2-135m")
+    """
+    from memory.hyper.d2l import load_checkpoint
+
+    src = Path(run_dir) / which
+    net = load_checkpoint(src)
+    return save_checkpoint(net, dest, dtype=torch.bfloat16)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pmem train d2l", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="run directory (log.jsonl, state.pt, best/)")
+    p.add_argument("--out", required=True, help="run directory (log.jsonl, state.pt, best/); with --export: the destination")
+    p.add_argument("--export", metavar="RUN_DIR", default=None,
+                   help="instead of training, copy RUN_DIR/best into --out in bf16 (e.g. memory/checkpoints/d2l-smollm2-135m)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
     p.add_argument("--resume", action="store_true", help="continue from DIR/state.pt")
     p.add_argument("--base-dir", default=None, help="a local HF model directory instead of the embedded default")
@@ -240,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pmem train d2l``."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.export:
+        print(export(args.export, args.out))
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     train(args)
     return 0
