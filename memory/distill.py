@@ -57,7 +57,10 @@ GENERIC_QUESTIONS = ("What is the document about?", "What are the key facts in t
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n{2,}")
 _COPULA = re.compile(r"^(?P<subj>.{3,120}?)\s+(?P<verb>is|are|was|were)\s+(?P<rest>.+?)[.!?]?$")
 _CAPS = re.compile(r"\b[A-Z][\w-]*(?:'s)?(?:\s+(?:of\s+)?[A-Z][\w-]*(?:'s)?)*")
-_NOT_NAMES = {"The", "A", "An", "It", "In", "On", "At", "This", "That", "These", "Those", "He", "She", "They", "We", "I", "Its"}
+_NOT_NAMES = {
+    "The", "A", "An", "It", "In", "On", "At", "This", "That", "These", "Those", "He", "She", "They", "We", "I",
+    "Its", "His", "Her", "Our", "Their", "Every", "Each", "Some", "Most", "All", "Many", "When", "After", "Before",
+}
 
 
 def _entities(sentence: str) -> list[str]:
@@ -116,6 +119,7 @@ def make_questions(text: str, *, max_questions: int = 24, seed: int = 0) -> list
             subj = m.group("subj")
             subj = subj[0].lower() + subj[1:] if subj.split()[0] in {"The", "A", "An", "This", "That", "These", "Its", "Their"} else subj
             qs.append(f"What {m.group('verb')} {subj}?")
+            qs.append(f"What do you know about {subj.rstrip('.,;:')}?")
         qs.extend(f"What does the document say about {e}?" for e in _entities(sent)[:2])
         k = max(3, math.ceil(len(words) * 0.5))
         qs.append(f'Complete this sentence from the document: "{" ".join(words[:k])} ..."')
@@ -185,7 +189,7 @@ def distill_document(
     steps: int | None = None,
     lr: float = 3e-3,
     batch_size: int = 8,
-    max_questions: int = 24,
+    max_questions: int | None = None,
     max_answer_tokens: int = 40,
     context_tokens: int = 768,
     top_k: int = 64,
@@ -199,7 +203,8 @@ def distill_document(
         text: the document. Longer than ``context_tokens``: split into sentence-aligned pieces, each
             question's teacher sees the piece its sentence came from.
         questions: extra questions (asked first, never dropped by the cap).
-        steps: optimizer steps; default ``clamp(2 * n_questions, 16, 80)`` (a one-fact document: 16
+        max_questions: cap on all questions; default about two per sentence (8 to 64).
+        steps: optimizer steps; default ``clamp(2 * n_questions, 16, 96)`` (a one-fact document: 16
             steps of a few questions, well under a minute on 2 CPU cores in bf16).
         progress: called as ``progress(step, steps, loss)``.
 
@@ -223,6 +228,8 @@ def distill_document(
     given = [q.strip() for q in (questions or []) if q and q.strip()]
     for q in given:
         items.append((pieces[0] if len(pieces) == 1 else _best_piece(pieces, q), q))
+    if max_questions is None:  # about two questions per sentence
+        max_questions = int(min(64, max(8, 2 * len(split_sentences(text)) + 2)))
     budget = max(0, max_questions - len(given))
     per_piece = [make_questions(p, max_questions=max(4, math.ceil(budget / len(pieces))), seed=seed) for p in pieces]
     auto: list[tuple[str, str]] = []
@@ -277,7 +284,7 @@ def distill_document(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge", "method": "context_distillation"})
     n = len(answers)
-    steps = steps if steps is not None else int(min(80, max(16, 2 * n)))
+    steps = steps if steps is not None else int(min(96, max(16, 2 * n)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
 
     # 4. train: KL(teacher || student) on the teacher's top-k support, teacher-forced answers
