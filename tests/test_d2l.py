@@ -126,6 +126,10 @@ def test_long_document_streams_with_progress(base):
     [ad] = internalize(base, [text], hypernet=net, batch_chunks=16, rank=1, progress=lambda d, t: calls.append(d))
     assert int(ad.metadata["chunks"]) == 250 and len(calls) == 16 and calls[-1] == 250
     assert ad.rank == 250 + net.config.bias_rank
+    # a cap on the document's rank keeps memory bounded: only the highest-gate components survive
+    [capped] = internalize(base, [text], hypernet=net, batch_chunks=16, rank=2, max_rank=40)
+    assert capped.rank == 40 + net.config.bias_rank
+    assert capped.metadata["chunks"] == "250"
 
 
 def test_save_load_round_trip(base, tmp_path):

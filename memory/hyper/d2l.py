@@ -360,22 +360,62 @@ def _chunks_of(ids: list[int], size: int) -> list[list[int]]:
     return [ids[i : i + size + 1] for i in range(0, len(ids) - 1, size)]
 
 
-def _top_components(a: Tensor, b: Tensor, g: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Keep the ``k`` components with the largest gates: ``A [k, in]``, ``B [out, k]`` (zero-gated ones dropped)."""
+def _top_components(a: Tensor, b: Tensor, g: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep the ``k`` components with the largest gates (zero-gated ones dropped): rows of A, rows of B, gates."""
     n = int((g > 0).sum())
     k = min(k, n)
     idx = g.topk(k).indices if k > 0 else g.new_zeros(0, dtype=torch.long)
-    return a[idx], b[idx].transpose(0, 1)
+    return a[idx], b[idx], g[idx]
+
+
+class _DocBuffer:
+    """The components of one document so far, per layer; keeps at most ``max_rank`` (highest gates) per layer."""
+
+    def __init__(self, max_rank: int | None) -> None:
+        self.max_rank = max_rank
+        self.parts: dict[int, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
+        self.count: dict[int, int] = {}
+
+    def add(self, layer: int, chunk: int, a: Tensor, b: Tensor, g: Tensor) -> None:
+        self.parts.setdefault(layer, []).append((chunk, a, b, g))
+        self.count[layer] = self.count.get(layer, 0) + a.shape[0]
+        if self.max_rank is not None and self.count[layer] > self.max_rank * 3 // 2 + 64:
+            self._prune(layer)
+
+    def _prune(self, layer: int) -> None:
+        parts = self.parts[layer]
+        g = torch.cat([p[3] for p in parts])
+        if self.max_rank is None or g.numel() <= self.max_rank:
+            return
+        keep = torch.zeros(g.numel(), dtype=torch.bool)
+        keep[g.float().topk(self.max_rank).indices] = True
+        out, start = [], 0
+        for chunk, a, b, gg in parts:
+            m = keep[start : start + a.shape[0]]
+            start += a.shape[0]
+            if m.any():
+                out.append((chunk, a[m], b[m], gg[m]))
+        self.parts[layer] = out
+        self.count[layer] = int(keep.sum())
+
+    def weights(self, layer: int) -> tuple[Tensor, Tensor] | None:
+        if layer not in self.parts:
+            return None
+        self._prune(layer)
+        parts = sorted(self.parts[layer], key=lambda p: p[0])  # document order
+        return torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).transpose(0, 1).contiguous()
 
 
 def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, chunk_tokens: int | None,
-                      rank: int | None, batch_chunks: int, dtype: torch.dtype,
+                      rank: int | None, max_rank: int | None, batch_chunks: int, dtype: torch.dtype,
                       progress: Callable[[int, int], None] | None) -> list[LoraAdapter]:
     cfg = net.config
     size = int(chunk_tokens or cfg.chunk_tokens)
     k = int(rank or cfg.rank)
     if size < 2:
         raise ValidationError(f"chunk_tokens must be >= 2, got {size}")
+    if max_rank is not None and max_rank < 1:
+        raise ValidationError(f"max_rank must be positive or None, got {max_rank}")
     tok, model = base.tokenizer, base.model
     fingerprint = getattr(base, "fingerprint", None) or cfg.base_model or "unknown"
     docs: list[list[list[int]]] = []
@@ -389,7 +429,7 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
     # one queue of (doc, chunk) ordered by length so that a batch pads little
     order = sorted(((d, c) for d, chunks in enumerate(docs) for c in range(len(chunks))), key=lambda dc: -len(docs[dc[0]][dc[1]]))
     total = len(order)
-    parts: list[list[dict[str, tuple[Tensor, Tensor]] | None]] = [[None] * len(ch) for ch in docs]
+    buffers = [_DocBuffer(max_rank) for _ in docs]
     dev = next(model.parameters()).device
     t0 = time.perf_counter()
     done = 0
@@ -406,26 +446,24 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
             feats = document_features(model, ids, mask, cfg.target_layers)
             out = net(feats)
             for j, (d, c) in enumerate(group):
-                w: dict[str, tuple[Tensor, Tensor]] = {}
                 for layer, (a, b, g) in out.items():
-                    ta, tb = _top_components(a[j], b[j], g[j], k)
-                    w[cfg.module_path(layer)] = (ta.to("cpu", dtype), tb.to("cpu", dtype))
-                parts[d][c] = w
+                    ta, tb, tg = _top_components(a[j], b[j], g[j], k)
+                    buffers[d].add(layer, c, ta.to("cpu", dtype), tb.to("cpu", dtype), tg.to("cpu"))
             done += len(group)
             if progress is not None:
                 progress(done, total)
     elapsed = time.perf_counter() - t0
     sha = getattr(net, "checkpoint_sha256", "")
     adapters = []
-    for d, chunk_parts in enumerate(parts):
-        pieces = [LoraAdapter(w, fingerprint) for w in chunk_parts if w is not None]
-        bias = LoraAdapter({cfg.module_path(layer): tuple(t.detach().to("cpu", dtype) for t in net.bias(layer))  # type: ignore[misc]
-                            for layer in cfg.target_layers}, fingerprint)
-        ad = concat(pieces + [bias])
+    for d, buf in enumerate(buffers):
+        doc_w = {cfg.module_path(layer): got for layer in cfg.target_layers if (got := buf.weights(layer)) is not None}
+        bias_w = {cfg.module_path(layer): tuple(t.detach().to("cpu", dtype) for t in net.bias(layer))
+                  for layer in cfg.target_layers}
+        ad = concat([LoraAdapter(doc_w, fingerprint), LoraAdapter(bias_w, fingerprint)])  # type: ignore[arg-type]
         ad.metadata.update({
             "kind": "d2l", "hypernetwork_sha256": sha, "chunks": str(len(docs[d])), "chunk_tokens": str(size),
-            "rank_per_chunk": str(k), "bias_rank": str(cfg.bias_rank), "tokens": str(sum(len(c) for c in docs[d]) - len(docs[d]) + 1),
-            "batch_seconds": f"{elapsed:.4f}",
+            "rank_per_chunk": str(k), "max_rank": str(max_rank), "bias_rank": str(cfg.bias_rank),
+            "tokens": str(sum(len(c) for c in docs[d]) - len(docs[d]) + 1), "batch_seconds": f"{elapsed:.4f}",
         })
         adapters.append(ad)
     log.debug("internalized %d documents (%d chunks) in %.3f s", len(texts), total, elapsed)
@@ -434,14 +472,15 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
 
 def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | None = None,
                 checkpoint: str | Path | None = None, chunk_tokens: int | None = None, rank: int | None = None,
-                batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
+                max_rank: int | None = 8192, batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
                 progress: Callable[[int, int], None] | None = None) -> list[LoraAdapter]:
     """Turn documents into LoRA adapters for ``base`` in batched forward passes (no gradient steps).
 
     Documents longer than ``chunk_tokens`` are split; each chunk contributes ``rank`` components per target
     layer, and the chunk adapters plus the bias adapter are concatenated along rank. Chunks are streamed in
-    batches of ``batch_chunks``, so memory stays bounded by the batch and the adapters themselves;
-    ``progress(done_chunks, total_chunks)`` is called after every batch.
+    batches of ``batch_chunks``; once a document holds more than ``max_rank`` components per layer (e.g. a
+    1M-token document), only the ``max_rank`` with the largest salience gates are kept, so memory stays
+    bounded by the batch and ``max_rank``. ``progress(done_chunks, total_chunks)`` is called after every batch.
 
     Args:
         base: a ``BaseModel`` (``.model``, ``.tokenizer``, ``.fingerprint``).
@@ -464,5 +503,6 @@ def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | 
         hypernet = _LOADED[key]
     else:
         _check_base(hypernet.config, base)
-    return _internalize_with(hypernet, base, texts, chunk_tokens=chunk_tokens, rank=rank, batch_chunks=batch_chunks,
+    return _internalize_with(hypernet, base, texts, chunk_tokens=chunk_tokens, rank=rank, max_rank=max_rank,
+                             batch_chunks=batch_chunks,
                              dtype=dtype, progress=progress)
