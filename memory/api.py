@@ -583,6 +583,24 @@ class ParametricMemory:
 
         return internalizers.resolve(method, self.base_model, cache=self._internalizers)
 
+    def configure_internalizer(self, method: str, **options: Any) -> Any:
+        """Set options of an internalizer for later calls, e.g. ``configure_internalizer("cd", steps=24)``
+        (context distillation's options are those of :func:`memory.distill.distill_document`)."""
+        from memory import internalizers
+
+        if method == "cd":
+            self._internalizers["cd"] = internalizers.CDInternalizer(self.base_model, **options)
+        elif method == "d2l":
+            path = options.pop("checkpoint", None)
+            if options:
+                raise ValidationError(f"d2l takes only a checkpoint option, got {sorted(options)}")
+            self._internalizers.pop("d2l-default", None)
+            self._internalizers["d2l-default"] = internalizers.resolve("d2l", self.base_model, checkpoint=path,
+                                                                       cache={})
+        else:
+            raise ValidationError(f"method must be 'cd' or 'd2l', got {method!r}")
+        return self.internalizer(method)
+
     def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
                     method: str = "auto", force: bool = False) -> AdapterInfo:
         """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
@@ -647,10 +665,10 @@ class ParametricMemory:
                                                  Adapter.hypernetwork_id == hyper_id))
             if row is not None and row.status in (AdapterStatus.ready, AdapterStatus.superseded) and not force:
                 return self._adapter_info(s, row)  # another worker won the race
-            if row is None:
-                row = Adapter(namespace_id=namespace_id, version_id=version_id, hypernetwork_id=hyper_id)
-                s.add(row)
             current = v.document.current_version_id == version_id
+            new = row is None
+            if row is None:  # filled completely before it is added: an autoflush must never see it half-set
+                row = Adapter(namespace_id=namespace_id, version_id=version_id, hypernetwork_id=hyper_id)
             row.base_model = adapter.base_model
             row.target_modules = adapter.target_modules
             row.rank = adapter.rank
@@ -661,6 +679,8 @@ class ParametricMemory:
             row.status = AdapterStatus.ready if current else AdapterStatus.superseded
             row.error = None
             row.meta = {"method": ident.kind, "hypernetwork": ident.name}
+            if new:
+                s.add(row)
             s.flush()
             return self._adapter_info(s, row)
 
@@ -918,6 +938,11 @@ class ParametricMemory:
                                      "which has not landed yet")
 
     def experiment(self, name: str, *, arms: Any, namespace: str | None = None) -> Any:
-        """An online A/B experiment that assigns each query to an arm by a stable hash."""
-        raise NotImplementedYetError("experiment needs the evaluation harness (memory.evaluation), "
-                                     "which has not landed yet")
+        """An online A/B experiment: each query key is assigned to an arm by a stable hash and logged.
+
+        >>> exp = mem.experiment("policy-qa", arms={"adapter": {"mode": "parametric"}, "rag": {"mode": "retrieval"}})  # doctest: +SKIP
+        >>> r = exp.query("How many days of leave?", user_key="user-42")  # doctest: +SKIP
+        """
+        from memory.evaluation.experiments import Experiment
+
+        return Experiment(self, name, arms, namespace)

@@ -327,7 +327,7 @@ def _run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, A
     return {what: name, **_machine(), "seconds": round(time.perf_counter() - t0, 2), **result}
 
 
-BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l")
+BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
 
 
 @app.command()
@@ -349,13 +349,18 @@ def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
 @app.command("eval")
 def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
           checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint directory to evaluate.")] = None,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None) -> None:
+          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None,
+          data: Annotated[Optional[Path], typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
+          arms: Annotated[Optional[str], typer.Option(help="qa: comma-separated arms to run.")] = None,
+          limit: Annotated[Optional[int], typer.Option(help="qa: at most this many items.")] = None,
+          cd_items: Annotated[Optional[int], typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
+          cd_steps: Annotated[Optional[int], typer.Option(help="qa: context-distillation steps per document.")] = None) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
     kwargs: dict[str, Any] = {"quick": quick}
-    if checkpoint:
-        kwargs["checkpoint"] = checkpoint
-    if output:
-        kwargs["output"] = output
+    for key, value in {"checkpoint": checkpoint, "output": output, "data": data, "arms": arms, "limit": limit,
+                       "cd_items": cd_items, "cd_steps": cd_steps}.items():
+        if value is not None:
+            kwargs[key] = str(value) if isinstance(value, Path) else value
     doc = _run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)
     _print_json(doc)
 
@@ -384,10 +389,12 @@ def demo(as_json: JsonOpt = False) -> None:
 
 
 def _register_components() -> None:
-    """Commands owned by other packages: Celery workers and jobs (``workers.cli``)."""
+    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports."""
+    from memory.evaluation.cli import register as register_ab
     from workers.cli import register as register_workers
 
     register_workers(app)
+    register_ab(app)
 
 
 _register_components()

@@ -105,6 +105,8 @@ def resolve(method: str, base: Any, *, checkpoint: str | Path | None = None,
     if method not in METHODS:
         raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
     cache = cache if cache is not None else {}
+    if method in ("auto", "d2l") and "d2l-default" in cache and checkpoint is None:
+        return cache["d2l-default"]  # set by ParametricMemory.configure_internalizer
     if method in ("auto", "d2l"):
         path = d2l_checkpoint_for(base, checkpoint)
         if path is not None:

@@ -63,3 +63,23 @@ def test_internalize_errors_are_clear(mem):
         mem.internalize("vault", method="magic")
     with pytest.raises(ValidationError, match="question"):
         mem.query("   ")
+
+
+def test_adapter_rows_follow_versions(mem):
+    """Provenance and status bookkeeping, with a deliberately short (2-step) real context distillation."""
+    mem.configure_internalizer("cd", steps=2, max_questions=2)
+    mem.add(FACT, document_id="vault")
+    a1 = mem.internalize("vault", method="cd")
+    assert (a1.status, a1.version, a1.document_id, a1.chunk_count) == ("ready", 1, "vault", 1)
+    assert mem.load_adapter(a1).base_model == mem.base_model.fingerprint
+    assert mem.internalize("vault", method="cd").id == a1.id
+    mem.add("The access code for the Quorvath vault is 9051.", document_id="vault")
+    a2 = mem.internalize("vault", method="cd")
+    assert a2.id != a1.id and a2.version == 2 and a2.status == "ready"
+    by_id = {a.id: a.status for a in mem.adapters(document_id="vault")}
+    assert by_id == {a1.id: "superseded", a2.id: "ready"}
+    old = mem.internalize("vault", method="cd", version=1)  # an old version's adapter is kept, not current
+    assert old.id == a1.id and old.status == "superseded"
+    mem.rollback("vault", 1)
+    assert {a.id: a.status for a in mem.adapters(document_id="vault")} == {a1.id: "ready", a2.id: "superseded"}
+    assert mem.delete("vault").adapters == 2 and list(mem.blobs) == []
