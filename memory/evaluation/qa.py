@@ -69,9 +69,7 @@ def _check_arms(arms: Sequence[str] | str | None) -> list[str]:
 
 def _configure_cd(mem: Any, **config: Any) -> None:
     """Use a cheaper context-distillation setting for this run's throw-away store (fewer steps/questions)."""
-    from memory.internalizers import CDInternalizer
-
-    mem._internalizers["cd"] = CDInternalizer(mem.base_model, **config)  # the facade's resolve() cache
+    mem.configure_internalizer("cd", **config)
 
 
 def _internalize(mem: Any, doc_id: str, ns: str, method: str, checkpoint: str | None) -> Any:
