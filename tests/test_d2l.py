@@ -189,18 +189,22 @@ def test_train_and_heldout_pools_are_disjoint():
 @pytest.mark.slow
 def test_shipped_checkpoint_beats_no_context_on_heldout_facts():
     from memory.models import load_base_model
+    from memory.prompts import QA_SYSTEM
     from memory.training.d2l import evaluate_gap
+    from memory.training.d2l_objective import answer_logits, per_sample_nll, student_batch
 
     real = load_base_model()
     net = load_checkpoint(DEFAULT_CHECKPOINT, real)
-    samples = heldout_set(16, 0, max_facts=1, seed=4242)
-    res = evaluate_gap(real, net, samples, net.config.chunk_tokens, bs=16)
-    # matched adapter must explain the held-out answers better than another document's adapter
-    assert res["fact_gap"] > 0.5, res
-    from memory.prompts import QA_SYSTEM
-
+    samples = heldout_set(12, 0, max_facts=1, seed=4242)
+    res = evaluate_gap(real, net, samples, net.config.chunk_tokens, bs=12)
+    batch = student_batch(real.tokenizer, [s.question for s in samples], [s.answer for s in samples])
+    with torch.no_grad():
+        no_context = float(per_sample_nll(answer_logits(real.model, batch), batch, len(samples)).mean())
+    # the matched adapter explains held-out answers far better than no adapter and than another document's
+    assert res["fact_matched"] < no_context - 2.0, (res, no_context)
+    assert res["fact_gap"] > 1.0, res
     ads = internalize(real, [s.document for s in samples], hypernet=net)
     with_ad = real.generate([s.question for s in samples], adapters=ads, system=QA_SYSTEM, max_new_tokens=10)
     without = real.generate([s.question for s in samples], system=QA_SYSTEM, max_new_tokens=10)
     acc = lambda gens: sum(s.answer.lower() in g.text.lower() for s, g in zip(samples, gens))  # noqa: E731
-    assert acc(with_ad) > acc(without) + 2, ([g.text for g in with_ad], [s.answer for s in samples])
+    assert acc(with_ad) > acc(without), ([g.text for g in with_ad], [s.answer for s in samples])
