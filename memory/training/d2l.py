@@ -31,6 +31,7 @@ from memory.training.d2l_data import FactGenerator, Sample, heldout_set
 from memory.training.d2l_objective import (
     answer_logits,
     encode_documents,
+    kl_to_teacher,
     per_sample_nll,
     student_batch,
 )
@@ -84,6 +85,24 @@ def nll_pair(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: 
         with apply_lora_batched(model, rolled):
             other = per_sample_nll(answer_logits(model, batch), batch, len(samples))
     return matched, other
+
+
+def kl_step(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int) -> tuple[torch.Tensor, ...]:
+    """Gold-answer NLL, gates and the distillation term: cross-entropy to the teacher's top-16 distribution
+    (the base model with the document in its prompt) at the answer tokens."""
+    tok, model = base.tokenizer, base.model
+    ids, mask = encode_documents(tok, [s.document for s in samples], chunk)
+    feats = document_features(model, ids, mask, net.config.target_layers)
+    qs, ans = [s.question for s in samples], [s.answer for s in samples]
+    teacher_batch = student_batch(tok, qs, ans, contexts=[s.document for s in samples])
+    with torch.no_grad():
+        teacher = answer_logits(model, teacher_batch)
+    batch = student_batch(tok, qs, ans)
+    weights, gates = net.batched_weights(feats)
+    with apply_lora_batched(model, weights):
+        logits = answer_logits(model, batch)
+    n = len(samples)
+    return per_sample_nll(logits, batch, n), gates, kl_to_teacher(logits, teacher, batch, n)
 
 
 @torch.no_grad()
@@ -177,8 +196,12 @@ def train(args: argparse.Namespace) -> Path:
         lr_scale = min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps_est))))
         for g, base_lr in zip(opt.param_groups, (args.lr, args.lr, args.lr * 10)):
             g["lr"] = base_lr * lr_scale
-        nll, gates = nll_pair(base, net, samples, args.chunk_tokens, grad=True)
-        loss = nll.mean() + args.l1 * gates.mean()
+        if args.kl > 0:
+            nll, gates, kl = kl_step(base, net, samples, args.chunk_tokens)
+            loss = nll.mean() + args.kl * kl.mean() + args.l1 * gates.mean()
+        else:
+            nll, gates = nll_pair(base, net, samples, args.chunk_tokens, grad=True)
+            loss = nll.mean() + args.l1 * gates.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip)
@@ -188,7 +211,7 @@ def train(args: argparse.Namespace) -> Path:
         tr_n += 1
         if step % args.log_every == 0:
             rec = {"step": step, "elapsed_s": round(elapsed0 + time.time() - t0, 1), "train_nll": tr_loss / tr_n,
-                   "grad_norm": float(gn), "gate_mean": float(gates.mean()), "s_per_step": (time.time() - t_last) / tr_n,
+                   "grad_norm": float(gn), "gate_mean": float(gates.mean().detach()), "s_per_step": (time.time() - t_last) / tr_n,
                    **cur}
             if step % args.eval_every == 0:
                 rec.update(do_eval())
@@ -232,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--wd", type=float, default=0.01)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--l1", type=float, default=0.01, help="L1 on the salience gates (sparsity)")
+    p.add_argument("--l1", type=float, default=0.01,
+                   help="L1 on the salience gates, i.e. on the norms of the generated A rows (keys are unit vectors)")
+    p.add_argument("--kl", type=float, default=0.0,
+                   help="weight of the distillation term (teacher = base model with the document in its prompt)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--total-steps", type=int, default=3000, help="cosine schedule length")
     p.add_argument("--max-steps", type=int, default=0)
