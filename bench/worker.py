@@ -77,7 +77,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     from memory.config import Settings
     from memory.jobs import JobStore
 
-    n_docs = 2 if quick else 8  # --quick also skips the warm single file: CD takes minutes per document on a CPU
+    # --quick also skips the warm single file: CD takes minutes per document on a CPU
+    n_docs = int(os.environ.get("PMEM_BENCH_DOCS") or (2 if quick else 8))
     method = os.environ.get("PMEM_BENCH_METHOD", "auto")
     timeout = float(os.environ.get("PMEM_BENCH_TIMEOUT_S", "1800"))
     user = Settings.from_env()
@@ -101,9 +102,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     worker = None
     log_path = work / "worker.log"
+    saved_prefix = os.environ.get("PMEM_BROKER_KEYPREFIX")
     try:
         if url:
             env.update({"PMEM_BROKER_URL": url, "PMEM_BROKER_KEYPREFIX": prefix})
+            os.environ["PMEM_BROKER_KEYPREFIX"] = prefix  # this process publishes under the worker's prefix
             t0 = time.perf_counter()
             with open(log_path, "wb") as log:
                 worker = subprocess.Popen(
@@ -145,6 +148,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             "failed": failed,
         }
     finally:
+        if saved_prefix is None:
+            os.environ.pop("PMEM_BROKER_KEYPREFIX", None)
+        else:
+            os.environ["PMEM_BROKER_KEYPREFIX"] = saved_prefix
         if worker is not None:
             worker.terminate()
             try:
