@@ -80,6 +80,7 @@ class D2LConfig:
     bias_rank: int = 8
     key_rank: int = 128
     chunk_tokens: int = 512
+    max_rank: int | None = 64  # per document and layer, the highest-gate components kept (None: keep all)
     base_model: str = ""  # fingerprint of the base model the checkpoint was trained for
     module: str = MODULE
     extra: dict[str, Any] = field(default_factory=dict)  # training provenance (steps, data, metrics)
@@ -92,6 +93,8 @@ class D2LConfig:
             raise ValidationError(f"rank/bias_rank/key_rank must be positive, got {self.rank}/{self.bias_rank}/{self.key_rank}")
         if self.chunk_tokens < 2:
             raise ValidationError(f"chunk_tokens must be >= 2, got {self.chunk_tokens!r}")
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ValidationError(f"max_rank must be positive or None, got {self.max_rank!r}")
 
     def module_path(self, layer: int) -> str:
         return f"model.layers.{layer}.{self.module}"
@@ -472,15 +475,17 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
 
 def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | None = None,
                 checkpoint: str | Path | None = None, chunk_tokens: int | None = None, rank: int | None = None,
-                max_rank: int | None = 8192, batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
+                max_rank: int | None | str = "config", batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
                 progress: Callable[[int, int], None] | None = None) -> list[LoraAdapter]:
     """Turn documents into LoRA adapters for ``base`` in batched forward passes (no gradient steps).
 
     Documents longer than ``chunk_tokens`` are split; each chunk contributes ``rank`` components per target
     layer, and the chunk adapters plus the bias adapter are concatenated along rank. Chunks are streamed in
-    batches of ``batch_chunks``; once a document holds more than ``max_rank`` components per layer (e.g. a
-    1M-token document), only the ``max_rank`` with the largest salience gates are kept, so memory stays
-    bounded by the batch and ``max_rank``. ``progress(done_chunks, total_chunks)`` is called after every batch.
+    batches of ``batch_chunks``; once a document holds more than ``max_rank`` components per layer (default:
+    the checkpoint's ``max_rank``; ``None`` keeps all), only those with the largest salience gates are kept.
+    That bounds memory (a 1M-token document included) and also removes the noise that many low-gate filler
+    components add to the linear-attention read-out of long documents.
+    ``progress(done_chunks, total_chunks)`` is called after every batch.
 
     Args:
         base: a ``BaseModel`` (``.model``, ``.tokenizer``, ``.fingerprint``).
@@ -503,6 +508,10 @@ def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | 
         hypernet = _LOADED[key]
     else:
         _check_base(hypernet.config, base)
+    if max_rank == "config":
+        max_rank = hypernet.config.max_rank
+    elif isinstance(max_rank, str):
+        raise ValidationError(f"max_rank must be an int, None or 'config', got {max_rank!r}")
     return _internalize_with(hypernet, base, texts, chunk_tokens=chunk_tokens, rank=rank, max_rank=max_rank,
                              batch_chunks=batch_chunks,
                              dtype=dtype, progress=progress)

@@ -227,8 +227,10 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def export(run_dir: str | Path, dest: str | Path, which: str = "best") -> str:
-    """Copy a run's checkpoint (``best`` or ``last``) into ``dest`` in bf16; returns its sha256.
+def export(run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: int | None = 16,
+           max_rank: int | None = 64) -> str:
+    """Copy a run's checkpoint (``best`` or ``last``) into ``dest`` in bf16 with the inference-time ``rank``
+    (components per chunk) and ``max_rank`` (per document); returns its sha256.
 
     >>> # export("/work/scratch_d2l/run3", "memory/checkpoints/d2l-smollm2-135m")
     """
@@ -236,6 +238,9 @@ def export(run_dir: str | Path, dest: str | Path, which: str = "best") -> str:
 
     src = Path(run_dir) / which
     net = load_checkpoint(src)
+    if rank is not None:
+        net.config.rank = rank
+    net.config.max_rank = max_rank
     return save_checkpoint(net, dest, dtype=torch.bfloat16)
 
 
