@@ -791,10 +791,9 @@ class ParametricMemory:
         cfg = router.RouterConfig()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        hits = self.search(question, k=max(k, 8), namespace=ns)
         named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
-        if named is not None:
-            hits = [h for h in hits if h.document_id in named]
+        scope = {"document_id": {"$in": sorted(named)}} if named else None
+        hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         ready = self._current_adapters(ns, {h.document_id for h in hits} | (named or set()))
         best: dict[str, float] = {}
@@ -936,6 +935,12 @@ class ParametricMemory:
         """Turn a plain-language task description into a skill adapter (Text-to-LoRA)."""
         raise NotImplementedYetError("specialize needs the Text-to-LoRA hypernetwork (memory.hyper.t2l), "
                                      "which has not landed yet")
+
+    def as_tool(self, **kwargs: Any) -> Any:
+        """This memory as a LangChain ``StructuredTool`` for agents (see ``integrations.langchain.memory_tool``)."""
+        from integrations.langchain import memory_tool
+
+        return memory_tool(self, **kwargs)
 
     def experiment(self, name: str, *, arms: Any, namespace: str | None = None) -> Any:
         """An online A/B experiment: each query key is assigned to an arm by a stable hash and logged.
