@@ -440,7 +440,11 @@ def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
             p.unlink()
     good = [p for p in good if p.exists()]
     mem = broker.memory()
-    worker = broker.worker(PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2").wait_ready(timeout=120)
+    # the real context distillation, with fewer questions and steps than the default (minutes per document
+    # on a shared CPU otherwise)
+    cd_options = json.dumps({"steps": 6, "max_questions": 3, "max_answer_tokens": 12})
+    worker = broker.worker(PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2",
+                           PMEM_WORKER_CD_OPTIONS=cd_options).wait_ready(timeout=120)
     store = JobStore.for_memory(mem)
 
     job = submit_ingest(mem, str(docs), refresh_interval_s=3600)

@@ -108,8 +108,24 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     return result, error
 
 
+def _configure(mem: Any) -> None:
+    """``PMEM_WORKER_CD_OPTIONS='{"steps": 8}'``: context-distillation options for this worker (read once;
+    e.g. fewer steps on a CPU-only test machine). The base model loads here, on the first internalization."""
+    raw = os.environ.get("PMEM_WORKER_CD_OPTIONS", "").strip()
+    if raw and not getattr(mem, "_pmem_worker_configured", False):
+        import json
+
+        try:
+            options = json.loads(raw)
+        except ValueError as e:
+            raise ValidationError(f"PMEM_WORKER_CD_OPTIONS is not JSON: {e}") from None
+        mem.configure_internalizer("cd", **options)
+        mem._pmem_worker_configured = True
+
+
 def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
+    _configure(mem)
     info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False))
     return {"adapter_id": info.id, "status": info.status, "document": info.document_id, "version": info.version,
             "method": info.method, "hypernetwork": info.hypernetwork, "blob_sha256": info.blob_sha256,
