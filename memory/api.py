@@ -772,11 +772,12 @@ class ParametricMemory:
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None) -> QueryResult:
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
-        The result carries the mode actually used and the reason.
+        ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
+        adapters and a skill adapter compose by rank concatenation. The result carries the mode and the reason.
 
         >>> r = mem.query("What is the vault code?")  # doctest: +SKIP
         >>> r.answer, r.mode  # doctest: +SKIP
@@ -805,6 +806,8 @@ class ParametricMemory:
                                        ready[d].status if d in ready else None) for d, score in best.items()]
         route = router.decide(question, mode, candidates, cfg)
         adapter_infos = [ready[d] for d in route.adapter_documents]
+        if skill is not None:
+            adapter_infos.append(self.skill(skill, namespace=ns))
         context = hits[:k] if route.mode in ("retrieval", "hybrid") else []
         t1 = time.perf_counter()
         lora = self._compose(adapter_infos)
@@ -812,7 +815,7 @@ class ParametricMemory:
         base = self.base_model
         mode_used, reason = route.mode, route.reason
         gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
-        if route.check_confidence and lora is not None:
+        if route.check_confidence and route.adapter_documents:
             confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
             timings["confidence"] = confidence
             if confidence < cfg.min_confidence:
@@ -931,10 +934,81 @@ class ParametricMemory:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
         return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
-    def specialize(self, description: str, *, namespace: str | None = None, **kwargs: Any) -> AdapterInfo:
-        """Turn a plain-language task description into a skill adapter (Text-to-LoRA)."""
-        raise NotImplementedYetError("specialize needs the Text-to-LoRA hypernetwork (memory.hyper.t2l), "
-                                     "which has not landed yet")
+    def specialize(self, description: str, *, namespace: str | None = None,
+                   checkpoint: str | None = None) -> AdapterInfo:
+        """Turn a plain-language task description into a stored skill adapter (Text-to-LoRA, one forward pass).
+
+        The same description in the same namespace gives the same adapter row (idempotent).
+
+        >>> skill = mem.specialize("Answer with the number only.")  # doctest: +SKIP
+        >>> mem.query("What is the vault code?", skill=skill.id).answer  # doctest: +SKIP
+        """
+        from memory import internalizers
+        from memory.lora import to_bytes
+        from memory.storage import sha256_hex
+
+        ns = self._ns(namespace)
+        if not isinstance(description, str) or not description.strip():
+            raise ValidationError("a skill description must be a non-empty string")
+        key = f"t2l:{checkpoint or internalizers.DEFAULT_T2L}"
+        if key not in self._internalizers:
+            self._internalizers[key] = internalizers.T2LGenerator(checkpoint, self.base_model)
+        generator = self._internalizers[key]
+        task_sha = sha256_hex(normalize_text(description).encode("utf-8"))
+        with self._tx() as s:
+            ns_row = self._ns_row(s, ns, create=True)
+            assert ns_row is not None
+            hyper_id = self._hypernetwork_row(s, generator.identity, self.base_model.fingerprint)
+            row = s.scalar(select(Adapter).where(Adapter.namespace_id == ns_row.id, Adapter.task_sha256 == task_sha,
+                                                 Adapter.hypernetwork_id == hyper_id))
+            if row is not None and row.status == AdapterStatus.ready:
+                return self._adapter_info(s, row)
+            namespace_id = ns_row.id
+        t0 = time.perf_counter()
+        adapter = generator.generate(description)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        blob = to_bytes(adapter)
+        sha = sha256_hex(blob)
+        blob_existed = self.blobs.exists(sha)
+        self.blobs.put(blob)
+
+        def write(s: Session) -> AdapterInfo:
+            row = s.scalar(select(Adapter).where(Adapter.namespace_id == namespace_id,
+                                                 Adapter.task_sha256 == task_sha, Adapter.hypernetwork_id == hyper_id))
+            if row is not None and row.status == AdapterStatus.ready:
+                return self._adapter_info(s, row)
+            new = row is None
+            if row is None:
+                row = Adapter(namespace_id=namespace_id, version_id=None, hypernetwork_id=hyper_id)
+            row.task_description, row.task_sha256 = description, task_sha
+            row.base_model, row.target_modules, row.rank = adapter.base_model, adapter.target_modules, adapter.rank
+            row.chunk_count, row.blob_sha256, row.size_bytes = 0, sha, len(blob)
+            row.latency_ms, row.status, row.error = latency_ms, AdapterStatus.ready, None
+            row.meta = {"method": "t2l", "hypernetwork": generator.identity.name}
+            if new:
+                s.add(row)
+            s.flush()
+            return self._adapter_info(s, row)
+
+        try:
+            info = self._retrying(write)
+        except BaseException:
+            if not blob_existed:
+                self._drop_unreferenced([sha])
+            raise
+        if info.blob_sha256 != sha and not blob_existed:
+            self._drop_unreferenced([sha])
+        return info
+
+    def skill(self, adapter_id: int, *, namespace: str | None = None) -> AdapterInfo:
+        """A skill adapter of this namespace by id."""
+        ns = self._ns(namespace)
+        with self._tx() as s:
+            row = s.scalar(select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
+                           .where(Adapter.id == adapter_id, Namespace.name == ns, Adapter.task_sha256.is_not(None)))
+            if row is None:
+                raise NotFoundError(f"no skill adapter {adapter_id} in namespace {ns!r}")
+            return self._adapter_info(s, row)
 
     def as_tool(self, **kwargs: Any) -> Any:
         """This memory as a LangChain ``StructuredTool`` for agents (see ``integrations.langchain.memory_tool``)."""

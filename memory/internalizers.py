@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_D2L = CHECKPOINTS / "d2l-smollm2-135m"
+DEFAULT_T2L = CHECKPOINTS / "t2l-smollm2-135m"
 METHODS = ("auto", "d2l", "cd")
 
 
@@ -82,6 +83,31 @@ class CDInternalizer:
         adapter, _stats = distill_document(
             base, text, progress=(lambda step, steps, _loss: progress(step, steps)) if progress else None, **kwargs)
         return adapter
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class T2LGenerator:
+    """The Text-to-LoRA hypernetwork of a checkpoint directory: a task description becomes a skill adapter."""
+
+    def __init__(self, directory: str | Path | None, base: Any) -> None:
+        from memory.hyper.t2l import T2LHypernetwork
+
+        self.directory = Path(directory) if directory else DEFAULT_T2L
+        self.net = T2LHypernetwork.load(self.directory, base_fingerprint=base.fingerprint)
+        config = json.loads((self.directory / "config.json").read_text())
+        self.identity = Identity(kind="t2l", name=self.directory.name,
+                                 checkpoint_sha256=_file_sha256(self.directory / "model.safetensors"),
+                                 config=config)
+
+    def generate(self, description: str) -> Any:
+        return self.net.generate([description])[0]
 
 
 def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path | None:

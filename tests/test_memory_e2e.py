@@ -83,3 +83,35 @@ def test_adapter_rows_follow_versions(mem):
     mem.rollback("vault", 1)
     assert {a.id: a.status for a in mem.adapters(document_id="vault")} == {a1.id: "ready", a2.id: "superseded"}
     assert mem.delete("vault").adapters == 2 and list(mem.blobs) == []
+
+
+def test_knowledge_and_skill_adapters_apply_in_one_forward_pass(mem):
+    import torch
+
+    from memory.lora import apply_lora, concat
+
+    mem.add(FACT, document_id="vault")
+    knowledge = mem.internalize("vault")  # the shipped Doc-to-LoRA checkpoint
+    assert knowledge.method == "d2l"
+    skill = mem.specialize("Answer with the number only, no words.")
+    assert skill.method == "t2l" and skill.task_description.startswith("Answer with the number")
+    assert mem.specialize("Answer with the number only, no words.").id == skill.id  # idempotent
+    with pytest.raises(NotFoundError):
+        mem.skill(skill.id, namespace="elsewhere")
+
+    r = mem.query(QUESTION, mode="parametric", skill=skill.id, max_new_tokens=12)
+    assert [a.id for a in r.adapters] == [knowledge.id, skill.id]
+
+    k, s = mem.load_adapter(knowledge), mem.load_adapter(skill)
+    assert not set(k.target_modules) & set(s.target_modules)  # knowledge on down_proj, skill on q/v
+    base = mem.base_model
+    ids = torch.tensor([base.chat_ids(QUESTION)])
+    with torch.no_grad():
+        with apply_lora(base.model, k):
+            only_k = base.model(input_ids=ids).logits
+        with apply_lora(base.model, k), apply_lora(base.model, s):
+            nested = base.model(input_ids=ids).logits
+        with apply_lora(base.model, concat([k, s])):
+            both = base.model(input_ids=ids).logits
+    torch.testing.assert_close(both, nested, atol=2e-2, rtol=0)
+    assert (both - only_k).abs().max() > 1e-2  # the skill changes what the knowledge-adapted model computes

@@ -195,6 +195,7 @@ class Adapter(Base):
     __table_args__ = (
         # Idempotency: one adapter per (version, hypernetwork) and per (namespace, task, hypernetwork).
         UniqueConstraint("version_id", "hypernetwork_id"),
+        UniqueConstraint("namespace_id", "task_sha256", "hypernetwork_id"),
         Index("ix_adapters_namespace_id_status", "namespace_id", "status"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
