@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from memory.distill import TEACHER_TEMPLATE, distill_document
+from memory.distill import distill_document, student_prompt, teacher_prompt
 from memory.models import load_base_model
 
 DOCUMENT = """\
@@ -63,7 +63,7 @@ QUESTIONS: list[tuple[str, str]] = [
 ]
 
 
-def _accuracy(base: Any, prompts: list[str], adapters: Any = None) -> tuple[float, list[str]]:
+def _accuracy(base: Any, prompts: list[list[int]], adapters: Any = None) -> tuple[float, list[str]]:
     gens = base.generate(prompts, max_new_tokens=40, adapters=adapters)
     texts = [g.text for g in gens]
     hits = [key.lower() in t.lower() for (_, key), t in zip(QUESTIONS, texts)]
@@ -84,9 +84,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         "document_tokens": base.count_tokens(DOCUMENT),
         "eval_questions": len(QUESTIONS),
     }
-    plain = [q for q, _ in QUESTIONS]
+    plain = [student_prompt(base, q) for q, _ in QUESTIONS]
     result["no_context_accuracy"], _ = _accuracy(base, plain)
-    result["in_context_accuracy"], _ = _accuracy(base, [TEACHER_TEMPLATE.format(document=DOCUMENT, question=q) for q in plain])
+    result["in_context_accuracy"], _ = _accuracy(base, [teacher_prompt(base, DOCUMENT, q) for q, _ in QUESTIONS])
     kw: dict[str, Any] = {"max_questions": 32, "steps": 64} if quick else {}  # full: ~2 questions per sentence
     t0 = time.perf_counter()
     adapter, info = distill_document(base, DOCUMENT, seed=0, **kw)

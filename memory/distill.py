@@ -8,8 +8,9 @@ and the fallback internalizer for a base model without a trained hypernetwork.
 
 Prompt formats (shared with the hypernetwork trainers so that adapters mean the same thing):
 
-- teacher: ``chat(TEACHER_TEMPLATE.format(document=..., question=...))``
-- student / query time: ``chat(question)``: the plain question, as an agent would ask it.
+- teacher: the in-context format of :mod:`memory.prompts` (document, then question);
+- student / query time: the parametric format of :mod:`memory.prompts` (the plain question), exactly what
+  ``ParametricMemory.query`` sends in parametric mode.
 
 Questions come from :func:`make_questions` (copula and entity questions and sentence completions built
 from the document's own sentences, no model needed) plus any the caller passes.
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from memory import prompts
 from memory.errors import ValidationError
 from memory.lora.adapter import LoraAdapter
 from memory.lora.apply import apply_lora
@@ -44,13 +46,11 @@ __all__ = [
     "split_sentences",
     "teacher_prompt",
     "student_prompt",
-    "TEACHER_TEMPLATE",
     "DEFAULT_TARGETS",
 ]
 
 log = logging.getLogger(__name__)
 
-TEACHER_TEMPLATE = "{document}\n\nQuestion: {question}\nAnswer briefly."
 DEFAULT_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
 GENERIC_QUESTIONS = ("What is the document about?", "What are the key facts in the document?")
 
@@ -80,13 +80,13 @@ def _entities(sentence: str) -> list[str]:
 
 
 def teacher_prompt(base: Any, document: str, question: str) -> list[int]:
-    """Token ids of the teacher's prompt: the document, then the question."""
-    return base.chat_ids(TEACHER_TEMPLATE.format(document=document.strip(), question=question.strip()))
+    """Token ids of the teacher's prompt: the document, then the question (the in-context format)."""
+    return base.chat_ids(prompts.context_prompt(question, [document]), system=prompts.QA_SYSTEM)
 
 
 def student_prompt(base: Any, question: str) -> list[int]:
-    """Token ids of the student's (and query time's) prompt: the plain question."""
-    return base.chat_ids(question.strip())
+    """Token ids of the student's prompt: exactly what ``ParametricMemory.query`` asks in parametric mode."""
+    return base.chat_ids(prompts.parametric_prompt(question), system=prompts.QA_SYSTEM)
 
 
 def split_sentences(text: str) -> list[str]:
