@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from memory.config import Settings
-from memory.distill import distill_document, make_questions, split_sentences
+from memory.distill import distill_document, make_questions, split_sentences, student_prompt, teacher_prompt
 from memory.errors import ValidationError
 from memory.lora import from_bytes, to_bytes
 from memory.models import load_base_model
@@ -51,11 +51,12 @@ def test_cd_internalizes_a_made_up_fact(shared_models_dir):
     base = load_base_model(settings=Settings(home=shared_models_dir))
     doc = "The access code for the Orion vault is 7342."
     q = "What is the access code for the Orion vault?"
-    before = base.generate(q, max_new_tokens=24)[0].text
+    before = base.generate([student_prompt(base, q)], max_new_tokens=24)[0].text
     assert "7342" not in before  # the base model cannot know it
-    assert "7342" in base.generate(f"{doc}\n\nQuestion: {q}\nAnswer briefly.", max_new_tokens=24)[0].text
+    assert "7342" in base.generate([teacher_prompt(base, doc, q)], max_new_tokens=24)[0].text
     ad, info = distill_document(base, doc, seed=0)
-    after = base.generate(q, max_new_tokens=24, adapters=ad)[0].text
+    after = base.generate([student_prompt(base, q)], max_new_tokens=24, adapters=ad)[0].text
     assert "7342" in after, (after, info)
     # the adapter is document-specific: an unrelated question is still answered normally
-    assert "Paris" in base.generate("What is the capital of France?", max_new_tokens=16, adapters=ad)[0].text
+    paris = base.generate([student_prompt(base, "What is the capital of France?")], max_new_tokens=16, adapters=ad)
+    assert "Paris" in paris[0].text
