@@ -440,8 +440,8 @@ def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
             p.unlink()
     good = [p for p in good if p.exists()]
     mem = broker.memory()
-    # the real context distillation, with fewer questions and steps than the default (minutes per document
-    # on a shared CPU otherwise)
+    # method "auto": the packaged D2L checkpoint when it fits the base model, else the real context
+    # distillation with fewer questions and steps than its default (minutes per document on a shared CPU)
     cd_options = json.dumps({"steps": 6, "max_questions": 3, "max_answer_tokens": 12})
     worker = broker.worker(PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2",
                            PMEM_WORKER_CD_OPTIONS=cd_options).wait_ready(timeout=120)
