@@ -99,7 +99,7 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
     except ImportError:  # pragma: no cover - the runtime piece is optional here
         distill_document = None  # type: ignore[assignment]
     if distill_document is not None:
-        sub = facts[: 1 if quick else 6]
+        sub = facts[: 1 if quick else 3]
         texts, t0 = [], time.perf_counter()
         cd_ads = []
         for s in sub:
