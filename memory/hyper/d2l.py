@@ -14,7 +14,8 @@ is linear attention from the query onto the document tokens: it writes "what cam
 document" into the residual stream whenever the query looks like the place that preceded it (an
 induction head stored in weights). ``g_i`` is a learned salience gate; at inference only the ``rank``
 tokens with the largest gates of each chunk are kept, so a chunk costs ``rank`` LoRA components per
-target layer. ``alpha``, ``W_e`` and ``W_m`` start at zero: the adapter is exactly zero at initialisation
+target layer, and a document keeps at most ``max_rank`` components per layer (highest gates first), which
+bounds memory for very long documents and keeps filler from drowning a needle. ``alpha``, ``W_e`` and ``W_m`` start at zero: the adapter is exactly zero at initialisation
 while the gradient with respect to them is document-specific from the first step. A learned
 document-independent bias LoRA (rank ``bias_rank``, ``B`` zero at init) is appended to every adapter.
 
