@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from memory.api import ParametricMemory
 from memory.db import Chunk, Document, DocumentVersion
 from memory.ingest import normalize_text
-from memory.errors import IntegrityError, NotFoundError, NotImplementedYetError, ValidationError
+from memory.errors import IntegrityError, NotFoundError, ValidationError
 
 POLICY = "Refunds are accepted within 30 days.\n\nShipping is free over 50 euros."
 
@@ -221,14 +221,15 @@ def test_same_content_added_by_two_processes_gives_one_version(backend_settings)
     assert _count(mem, DocumentVersion) == 1
 
 
-def test_parts_of_later_components_name_what_is_missing(mem):
-    for call, piece in [
-        (lambda: mem.query("q"), "memory.models"),
-        (lambda: mem.search("q"), "memory.retrieval"),
-        (lambda: mem.specialize("write haiku"), "memory.hyper.t2l"),
-        (lambda: mem.experiment("e", arms=["a"]), "memory.evaluation"),
+def test_query_and_skill_input_is_checked_before_any_model_loads(mem):
+    for call, match in [
+        (lambda: mem.query("   "), "question"),
+        (lambda: mem.query("q", mode="psychic"), "mode must be one of"),
+        (lambda: mem.query("q", document_ids=["../x"]), "invalid document id"),
+        (lambda: mem.specialize(""), "non-empty"),
+        (lambda: mem.internalize("x", method="magic"), "no document|method"),
+        (lambda: mem.adapters(status="sleepy"), "status must be one of"),
     ]:
-        with pytest.raises(NotImplementedYetError, match=piece):
+        with pytest.raises((ValidationError, NotFoundError), match=match):
             call()
-    with pytest.raises(NotImplementedError):
-        mem.internalize("x")
+    assert mem._base_model is None
