@@ -43,7 +43,6 @@ from memory.errors import (
     PMemError,
     ConflictError,
     NotFoundError,
-    NotImplementedYetError,
     ValidationError,
 )
 from memory.ingest import chunk_text, content_hash, normalize_text

@@ -47,13 +47,6 @@ class AdapterMismatchError(ModelError):
     """An adapter was made for another base model or has the wrong shapes."""
 
 
-class NotImplementedYetError(PMemError, NotImplementedError):
-    """A part of the facade whose implementation has not landed yet.
-
-    The message names the missing piece, so the caller knows which component to install or wait for.
-    """
-
-
 __all__ = [
     "PMemError",
     "ConfigError",
@@ -65,5 +58,4 @@ __all__ = [
     "IngestError",
     "ModelError",
     "AdapterMismatchError",
-    "NotImplementedYetError",
 ]
