@@ -651,12 +651,8 @@ class ParametricMemory:
             self._record_failure(version_id, hyper_id, namespace_id, f"{type(e).__name__}: {e}")
             raise
         latency_ms = (time.perf_counter() - t0) * 1000
-        from memory.storage import sha256_hex
 
-        blob_existed = self.blobs.exists(sha := sha256_hex(blob))
-        self.blobs.put(blob)
-
-        def write(s: Session) -> AdapterInfo:
+        def write(s: Session, sha: str) -> AdapterInfo:
             v = s.get(DocumentVersion, version_id)
             if v is None:
                 raise NotFoundError(f"document version {version_id} was deleted while it was internalized")
@@ -683,16 +679,30 @@ class ParametricMemory:
             s.flush()
             return self._adapter_info(s, row)
 
-        try:
-            info = self._retrying(write)
-        except BaseException:
-            if not blob_existed:
-                self._drop_unreferenced([sha])
-            raise
-        if info.blob_sha256 != sha and not blob_existed:
-            self._drop_unreferenced([sha])
+        info = self._store_adapter(blob, write)
         log.info("internalized version %s with %s in %.0f ms (rank %s, %s bytes)", version_id, ident.kind,
                  latency_ms, info.rank, info.size_bytes)
+        return info
+
+    def _store_adapter(self, blob: bytes, write: Callable[[Session, str], AdapterInfo]) -> AdapterInfo:
+        """Write an adapter blob, then its row (``write(session, sha)``); never leave an orphan blob.
+
+        When a concurrent caller committed first, ``write`` returns that row and our copy is dropped
+        (content-addressed: usually the very same bytes).
+        """
+        from memory.storage import sha256_hex
+
+        sha = sha256_hex(blob)
+        existed = self.blobs.exists(sha)
+        self.blobs.put(blob)
+        try:
+            info = self._retrying(lambda s: write(s, sha))
+        except BaseException:
+            if not existed:
+                self._drop_unreferenced([sha])
+            raise
+        if info.blob_sha256 != sha and not existed:
+            self._drop_unreferenced([sha])
         return info
 
     def _record_failure(self, version_id: int, hyper_id: int, namespace_id: int, error: str) -> None:
@@ -967,11 +977,8 @@ class ParametricMemory:
         adapter = generator.generate(description)
         latency_ms = (time.perf_counter() - t0) * 1000
         blob = to_bytes(adapter)
-        sha = sha256_hex(blob)
-        blob_existed = self.blobs.exists(sha)
-        self.blobs.put(blob)
 
-        def write(s: Session) -> AdapterInfo:
+        def write(s: Session, sha: str) -> AdapterInfo:
             row = s.scalar(select(Adapter).where(Adapter.namespace_id == namespace_id,
                                                  Adapter.task_sha256 == task_sha, Adapter.hypernetwork_id == hyper_id))
             if row is not None and row.status == AdapterStatus.ready:
@@ -989,15 +996,7 @@ class ParametricMemory:
             s.flush()
             return self._adapter_info(s, row)
 
-        try:
-            info = self._retrying(write)
-        except BaseException:
-            if not blob_existed:
-                self._drop_unreferenced([sha])
-            raise
-        if info.blob_sha256 != sha and not blob_existed:
-            self._drop_unreferenced([sha])
-        return info
+        return self._store_adapter(blob, write)
 
     def skill(self, adapter_id: int, *, namespace: str | None = None) -> AdapterInfo:
         """A skill adapter of this namespace by id."""
