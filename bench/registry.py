@@ -17,11 +17,8 @@ Standalone: ``python -m bench.registry --quick``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import platform
 import random
 import tempfile
 import time
@@ -182,19 +179,9 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
 
 
 def main() -> None:  # pragma: no cover
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--plot", help="write a PNG here")
-    p.add_argument("--from-json", help="plot a saved result (e.g. from `pmem bench registry --output`) instead of running")
-    args = p.parse_args()
-    if args.from_json:
-        plot(json.loads(Path(args.from_json).read_text()), args.plot or Path(args.from_json).with_suffix(".png"))
-        return
-    result = {"bench": "registry", "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-              **run(args.quick)}
-    if args.plot:
-        plot(result, args.plot)
-    print(json.dumps(result))
+    from bench._plotting_cli import main as cli_main
+
+    cli_main("registry", __doc__ or "registry", run, plot)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,7 +64,7 @@ from integrations._common import (
     search_documents,
 )
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
-from memory.config import DEFAULT_BASE_MODEL, Settings
+from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
 from memory.retrieval import as_embedder
 from memory.retrieval.filters import compile_filter

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from memory.config import Settings

@@ -25,7 +25,7 @@ from memory.errors import ModelError
 from memory.hyper.t2l import T2LHypernetwork
 from memory.lora import LoraAdapter, from_bytes, to_bytes
 from memory.training.t2l import SYSTEM, TrainArgs, build_prompt, load_lora, train
-from memory.training.tasks import EVAL_SEED_START, Example, Task, get_task, heldout_tasks, train_tasks
+from memory.training.tasks import EVAL_SEED_START, Example, Task, heldout_tasks, train_tasks
 
 log = logging.getLogger(__name__)
 
