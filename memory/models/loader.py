@@ -28,8 +28,9 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -177,6 +178,20 @@ def _resolve(name: str, settings: Settings) -> tuple[str, Path]:
     )
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Library code shows no progress bars (transformers' loading and GGUF de-quantization bars included)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 # --------------------------------------------------------------------- conversion
 def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
     """Dequantize ``gguf`` once and save it as a float32 safetensors HF directory at ``target`` (atomic)."""
@@ -188,8 +203,9 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         try:
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with _no_progress_bars():
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         except Exception as e:  # noqa: BLE001 - gguf-py/transformers raise many kinds
             raise ModelError(f"cannot read GGUF file {gguf} ({type(e).__name__}: {e}); the file may be corrupt or truncated") from e
         cfg = loaded.config
@@ -306,7 +322,8 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+        with _no_progress_bars():
+            model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
     except Exception as e:  # noqa: BLE001 - safetensors/transformers raise many kinds
         raise ModelError(
             f"cannot load model weights from {path} ({type(e).__name__}: {e}). A weight file may be corrupt or "
