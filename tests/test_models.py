@@ -138,3 +138,26 @@ def test_real_fingerprint_same_in_another_process(real, shared_models_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == real.fingerprint
+
+
+def test_a_stream_can_be_consumed_from_other_threads():
+    """LangChain's async streaming runs each next() in an executor thread; the model lock must allow that."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = tiny_base()
+    prompt = base.encode("hi")
+    expected = "".join(base.stream(prompt, max_new_tokens=20))
+    assert len(expected) >= 4
+    it = base.stream(prompt, max_new_tokens=20)
+    pieces: list[str] = []
+    with ThreadPoolExecutor(max_workers=1) as a, ThreadPoolExecutor(max_workers=1) as b:
+        first = True
+        while True:  # the lock is taken in thread a (first next) and released in thread b (the last one)
+            piece = (a if first else b).submit(next, it, None).result()
+            first = False
+            if piece is None:
+                break
+            pieces.append(piece)
+    assert "".join(pieces) == expected
+    assert base.lock.acquire(timeout=1)  # released at the end of the stream
+    base.lock.release()

@@ -76,7 +76,9 @@ class BaseModel:
     fingerprint: str
     path: Path | None = None
     _eos_ids: set[int] = field(default_factory=set, repr=False)
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)  # adapters patch the shared modules
+    # Adapters patch the shared modules. A plain Lock (not an RLock): a stream may be consumed from other
+    # threads (LangChain runs each next() in an executor), and only a Lock can be released by another thread.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         eos: set[int] = set()
