@@ -227,7 +227,7 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
-def export(run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: int | None = 16,
+def export(run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: int | None = 32,
            max_rank: int | None = 64) -> str:
     """Copy a run's checkpoint (``best`` or ``last``) into ``dest`` in bf16 with the inference-time ``rank``
     (components per chunk) and ``max_rank`` (per document); returns its sha256.
