@@ -10,8 +10,8 @@ from memory.errors import NotFoundError, ValidationError
 
 pytestmark = pytest.mark.slow
 
-FACT = "The access code for the Quorvath vault is 7342."
-QUESTION = "What is the access code for the Quorvath vault?"
+FACT = "The access code for the Orion vault is 7342."
+QUESTION = "What is the access code for the Orion vault?"
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_context_distillation_internalizes_a_fact_with_provenance(mem):
     assert auto.mode in ("parametric", "hybrid") and "vault" in auto.reason and "7342" in auto.answer
 
     # a new version supersedes the adapter; rollback makes it ready again
-    mem.add("The access code for the Quorvath vault is 9051.", document_id="vault")
+    mem.add("The access code for the Orion vault is 9051.", document_id="vault")
     assert mem.adapters()[0].status == "superseded"
     stale = mem.query(QUESTION, mode="auto", max_new_tokens=16)
     assert stale.mode == "retrieval" and "no current ready adapter" in stale.reason
@@ -73,7 +73,7 @@ def test_adapter_rows_follow_versions(mem):
     assert (a1.status, a1.version, a1.document_id, a1.chunk_count) == ("ready", 1, "vault", 1)
     assert mem.load_adapter(a1).base_model == mem.base_model.fingerprint
     assert mem.internalize("vault", method="cd").id == a1.id
-    mem.add("The access code for the Quorvath vault is 9051.", document_id="vault")
+    mem.add("The access code for the Orion vault is 9051.", document_id="vault")
     a2 = mem.internalize("vault", method="cd")
     assert a2.id != a1.id and a2.version == 2 and a2.status == "ready"
     by_id = {a.id: a.status for a in mem.adapters(document_id="vault")}
