@@ -55,6 +55,18 @@ def iter_documents(memory: ParametricMemory, namespace: str | None) -> Iterator[
         offset += PAGE
 
 
+def documents_by_id(memory: ParametricMemory, namespace: str | None, ids: Sequence[str]) -> Iterator[DocumentInfo]:
+    """The documents with these ids, with their text, in order; missing or invalid ids are left out."""
+    from memory.api import validate_document_id
+
+    for doc_id in ids:
+        try:
+            validate_document_id(doc_id)
+            yield memory.get(doc_id, namespace=namespace, with_text=True)
+        except (NotFoundError, ValidationError):
+            continue
+
+
 def matching_document_ids(memory: ParametricMemory, namespace: str | None,
                           flt: Mapping[str, Any] | None) -> list[str]:
     """Ids of the documents of ``namespace`` whose metadata matches ``flt`` (validated first; all for None)."""

@@ -58,6 +58,7 @@ from integrations._common import (
     chat_prompt_ids,
     check_mode,
     document_adapter,
+    documents_by_id,
     iter_documents,
     matching_document_ids,
     message_text,
@@ -229,15 +230,8 @@ class ParametricMemoryVectorStore(VectorStore):
     # ------------------------------------------------------------------ read
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids (missing ones are left out), with their current text and metadata."""
-        out = []
-        for doc_id in ids:
-            try:
-                validate_document_id(doc_id)
-                info = self.memory.get(doc_id, namespace=self.namespace, with_text=True)
-            except (NotFoundError, ValidationError):
-                continue
-            out.append(Document(id=info.id, page_content=info.text or "", metadata=dict(info.metadata)))
-        return out
+        return [Document(id=info.id, page_content=info.text or "", metadata=dict(info.metadata))
+                for info in documents_by_id(self.memory, self.namespace, ids)]
 
     def similarity_search_with_score(
         self, query: str, k: int = DEFAULT_K, filter: dict[str, Any] | None = None, **kwargs: Any

@@ -58,11 +58,12 @@ from integrations._common import (
     chat_prompt_ids,
     check_mode,
     document_adapter,
+    documents_by_id,
     iter_documents,
     matching_document_ids,
     search_documents,
 )
-from memory.api import ParametricMemory, content_hash, validate_document_id, validate_namespace
+from memory.api import ParametricMemory, content_hash, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
 from memory.retrieval.filters import compile_filter
@@ -286,12 +287,7 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
             flt = None
         pred = compile_filter(flt)
         out = []
-        for node_id in node_ids:
-            try:
-                validate_document_id(node_id)
-                info = self._memory.get(node_id, namespace=self.namespace, with_text=True)
-            except (NotFoundError, ValidationError):
-                continue
+        for info in documents_by_id(self._memory, self.namespace, node_ids):
             if pred is None or pred(info.metadata):
                 out.append(self._node(info.text or "", info.metadata, info.id))
         return out

@@ -15,8 +15,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -37,6 +36,7 @@ from memory.db import (
     Source,
     get_engine,
     session_factory,
+    session_scope,
 )
 from memory.db.migrate import ensure_schema
 from memory.errors import (
@@ -153,17 +153,9 @@ class ParametricMemory:
         return f"ParametricMemory(database={url!r}, blobs={self.blobs.url!r})"
 
     # ------------------------------------------------------------ plumbing
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def _tx(self) -> Any:
+        """A transaction on this memory's database (commit on success, roll back on error)."""
+        return session_scope(self._sessions)
 
     def _retrying(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a transaction; on a unique-key race or a stale row, start again from a fresh read."""
