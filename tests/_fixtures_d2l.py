@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from _fixtures_models import CHARS, tiny_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from memory.models import BaseModel, compute_fingerprint
-
-CHARS = list("abcdefghijklmnopqrstuvwxyz .,?!0123456789")
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
 def tiny_base(seed: int = 0, layers: int = 4, name: str = "tiny") -> BaseModel:
