@@ -166,7 +166,7 @@ def test_prompt_and_collate() -> None:
 def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     """Two T2L steps on the real model write state, log and a loadable checkpoint; --resume continues the count."""
     from memory.models import load_base_model
-    from memory.training.t2l import TrainArgs, train
+    from memory.training.t2l import TrainArgs, load_lora, train
 
     base = load_base_model()
     args = TrainArgs(out=tmp_path / "run", size="S", max_steps=1, minutes=5, tasks_per_step=2, examples_per_task=1,
@@ -180,6 +180,37 @@ def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     net = T2LHypernetwork.load(model_dir, base_fingerprint=base.fingerprint)
     assert json.loads((model_dir / "config.json").read_text())["training"]["trained_steps"] == 2
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+    # --init-from: a new run starts from the artefact's weights and counts its steps on top.
+    warm = TrainArgs(out=tmp_path / "warm", size="S", max_steps=0, minutes=5, init_from=model_dir,
+                     descriptions_per_task=1)
+    warm_dir = train(warm, base=base)
+    assert json.loads((warm_dir / "config.json").read_text())["training"]["trained_steps"] == 2
+    again = T2LHypernetwork.load(warm_dir)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+
+    # The LoRA arms warm-start from an adapter file (the scale folded into B is undone and redone exactly).
+    mt = TrainArgs(out=tmp_path / "mt", arm="mt-lora", size="S", max_steps=1, minutes=5, tasks_per_step=2,
+                   examples_per_task=1, descriptions_per_task=1)
+    first = load_lora(train(mt, base=base))
+    mt_warm = load_lora(train(TrainArgs(out=tmp_path / "mt2", arm="mt-lora", max_steps=0, minutes=5,
+                                        init_from=tmp_path / "mt" / "model" / "adapter.safetensors"), base=base))
+    assert mt_warm.metadata["steps"] == "1"
+    for path, (a, b) in first.weights.items():
+        assert torch.allclose(mt_warm.weights[path][0], a) and torch.allclose(mt_warm.weights[path][1], b, atol=1e-6)
+    with pytest.raises(ValidationError, match="config differs"):
+        train(TrainArgs(out=tmp_path / "bad", size="L", max_steps=0, minutes=5, init_from=model_dir,
+                        descriptions_per_task=1), base=base)
+
+
+def test_paired_comparison_of_arms() -> None:
+    """The eval's T2L-vs-arm figures are paired differences on the same rows, with a CI around them."""
+    from memory.evaluation.t2l import _paired
+
+    rows = {"base": [False] * 10, "mt_lora": [True] * 5 + [False] * 5, "t2l": [True] * 8 + [False] * 2}
+    out = _paired(rows)
+    assert out["t2l_minus_base"]["diff"] == 0.8 and out["t2l_minus_base"]["low"] > 0
+    assert abs(out["t2l_minus_mt_lora"]["diff"] - 0.3) < 1e-9 and out["t2l_minus_mt_lora"]["n"] == 10
 
 
 @pytest.mark.slow

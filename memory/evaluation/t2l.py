@@ -77,6 +77,17 @@ def _mean(d: dict[str, float]) -> float:
     return sum(d.values()) / len(d) if d else float("nan")
 
 
+def _paired(per_row: dict[str, list[bool]]) -> dict[str, dict[str, float]]:
+    """T2L against each other arm on the same rows: mean difference in accuracy with a paired bootstrap CI."""
+    from memory.evaluation.metrics import paired_bootstrap
+
+    out = {}
+    for other in ("base", "mt_lora"):
+        d = paired_bootstrap([float(v) for v in per_row[other]], [float(v) for v in per_row["t2l"]])
+        out[f"t2l_minus_{other}"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+    return out
+
+
 def ceiling_lora(task: str, checkpoint: Path, base: Any, *, steps: int, cache: Path) -> LoraAdapter:
     """The per-task LoRA for ``task``: from the checkpoint's ``baselines/``, else trained now and cached."""
     for d in (checkpoint / "baselines", cache):
@@ -127,18 +138,20 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
 
     samples: dict[str, dict[str, str]] = {arm: {} for arm in ARMS}
 
-    def arms_on(rows: list[tuple[Task, str, Example]], keep: bool) -> tuple[dict[str, dict[str, float]], float]:
+    def arms_on(rows: list[tuple[Task, str, Example]], keep: bool
+                ) -> tuple[dict[str, dict[str, float]], dict[str, list[bool]], float]:
         t0 = time.perf_counter()
         ads = net.generate([d for _, d, _ in rows])
         gen_ms = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
-        res = {}
+        res, per_row = {}, {}
         for arm, adapters in (("base", None), ("mt_lora", mt), ("t2l", ads)):
-            res[arm] = _per_task(rows, _score(base, rows, adapters, mode, samples[arm] if keep else None))
+            per_row[arm] = _score(base, rows, adapters, mode, samples[arm] if keep else None)
+            res[arm] = _per_task(rows, per_row[arm])
             log.info("t2l eval: %s done (%.0f s)", arm, time.perf_counter() - t_start)
-        return res, gen_ms
+        return res, per_row, gen_ms
 
     held_rows = _cases(heldout_tasks(), per_task)
-    held, gen_ms = arms_on(held_rows, keep=True)
+    held, held_rows_ok, gen_ms = arms_on(held_rows, keep=True)
     ceiling_rows = [r for r in held_rows if r[0].name in ceiling_tasks]
     task_lora: dict[str, float] = {}
     for name in ceiling_tasks:
@@ -160,6 +173,7 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
             "tasks": [t.name for t in heldout_tasks()],
             "mean": {arm: round(_mean(held[arm]), 4) for arm in ("base", "mt_lora", "t2l")},
             "per_task": {arm: {k: round(v, 4) for k, v in held[arm].items()} for arm in ARMS},
+            "paired": _paired(held_rows_ok),
         },
         "ceiling": {
             "tasks": list(ceiling_tasks),
@@ -169,9 +183,10 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         "samples": samples,
     }
     if seen_per_task:
-        seen, _ = arms_on(_cases(train_tasks(), seen_per_task), keep=False)
+        seen, seen_ok, _ = arms_on(_cases(train_tasks(), seen_per_task), keep=False)
         result["seen_tasks_unseen_descriptions"] = {
             "mean": {arm: round(_mean(seen[arm]), 4) for arm in seen},
+            "paired": _paired(seen_ok),
             "per_task": {arm: {k: round(v, 4) for k, v in seen[arm].items()} for arm in seen},
         }
     result["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -9,6 +9,10 @@ The same loop trains
 - ``--arm mt-lora``: one LoRA shared by all training tasks (the multi-task baseline), and
 - ``--arm task-lora --task NAME``: one LoRA on one task (the per-task ceiling).
 
+``--init-from PATH`` warm-starts a new run from a finished artefact (a T2L checkpoint directory, or a LoRA
+``adapter.safetensors`` / its directory for the LoRA arms) with a fresh optimiser; the exported step count
+includes the steps the artefact had already been trained for, so arms compared at equal totals stay fair.
+
 Runs are resumable: ``DIR/state.pt`` (weights, optimiser, step, wall time) and ``DIR/log.jsonl`` (one line
 per logged step) are written every ``--save-every`` steps; ``--resume`` continues from them. The final
 artefact is ``DIR/model/`` (T2L: ``config.json`` + ``model.safetensors``; LoRA arms: ``adapter.safetensors``).
@@ -166,6 +170,7 @@ class TrainArgs:
     threads: int = 1
     prompt_mode: str = "description+input"
     descriptions_per_task: int | None = None  # None: every training paraphrase (tests use a few)
+    init_from: Path | None = None  # warm start from a finished artefact (see module docstring)
 
 
 def _load_base() -> Any:
@@ -206,6 +211,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         desc_cache = dict(zip(descs, cached["embeddings"]))
     else:
         net = LoraParams(cfg)
+    prior_steps = _warm_start(net, args.init_from) if args.init_from else 0
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-2)
     step, elapsed = 0, 0.0
@@ -229,7 +235,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.perf_counter() - t0,
                     "rng": rng.getstate(), "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(state_path)
-        export(net, args, out / "model", step)
+        export(net, args, out / "model", prior_steps + step)
 
     while time.perf_counter() - t0 < budget and (args.max_steps is None or step < args.max_steps):
         rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task, args.descriptions_per_task)
@@ -265,6 +271,30 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     save()
     logf.close()
     return out / "model"
+
+
+def _warm_start(net: nn.Module, source: Path) -> int:
+    """Copy a finished artefact's weights into ``net``; returns the steps it had been trained for."""
+    source = Path(source)
+    if isinstance(net, T2LHypernetwork):
+        prior = T2LHypernetwork.load(source)
+        if prior.config.to_json() != net.config.to_json():
+            raise ValidationError(f"--init-from {source}: its config differs from this run's (size, rank, base model)")
+        net.load_state_dict(prior.state_dict())
+        meta = json.loads((source / "config.json").read_text()).get("training", {})
+        return int(meta.get("trained_steps", 0))
+    assert isinstance(net, LoraParams)
+    file = source / "adapter.safetensors" if source.is_dir() else source
+    adapter = from_bytes(file.read_bytes())
+    s = net.config.scaling
+    with torch.no_grad():
+        for path, key in net._paths():
+            if path not in adapter.weights:
+                raise ValidationError(f"--init-from {file}: no weights for {path}")
+            a, b = adapter.weights[path]
+            net.a[key].copy_(a.float())
+            net.b[key].copy_(b.float() / s)
+    return int(adapter.metadata.get("steps", 0))
 
 
 def export(net: nn.Module, args: TrainArgs, directory: Path, step: int) -> Path:
@@ -314,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prompt-mode", choices=["description+input", "input"], default="description+input")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", type=Path, help="warm-start from a finished artefact (fresh optimiser)")
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = TrainArgs(**vars(ns))
