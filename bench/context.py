@@ -5,17 +5,19 @@
 
 - ``context``: the document is in the prompt (``prompts.context_prompt``); the KV cache holds every
   prompt token, and prefill reads them all before the first answer token;
-- ``adapter``: the question alone (``prompts.parametric_prompt``) with a LoRA of the shape Doc-to-LoRA
-  makes for that document: ``rank`` components per chunk of its ``chunk_tokens`` plus ``bias_rank``, on the
-  ``down_proj`` of its target layers, concatenated along rank (random weights: the cost, not the answer,
-  is measured). Its memory is the adapter's tensors plus the KV cache of the short prompt.
+- ``adapter``: the question alone (``prompts.parametric_prompt``) with the document's adapter. With a
+  Doc-to-LoRA checkpoint for the base model this is the real adapter the checkpoint makes from the document
+  (its one-off cost is timed, so ``break_even_queries`` says after how many questions it has paid for
+  itself); without one, a random LoRA of the shape D2L's default config would give (the cost, not the
+  answer, is measured). Its memory is the adapter's tensors plus the KV cache of the short prompt.
 
-TTFT is the wall time of ``generate(max_new_tokens=1)`` (prefill plus one sampled token), best of
-``reps``. KV-cache bytes are measured from the cache of a prefill forward pass (analytic
-``2 x layers x kv_heads x head_dim x element size`` per token when the cache cannot be read).
-``crossings`` gives, by linear interpolation on the grid, the document length from which the context
-line is above the adapter line (or says that one line is above the other over the whole range). The
-one-off internalization cost is amortised only when a D2L checkpoint exists (``break_even_queries``).
+TTFT is the wall time of ``generate(max_new_tokens=1)`` (prefill plus one sampled token), best of ``reps``
+(best of 1 above ``LONG`` tokens, where one prefill takes minutes on a CPU). KV-cache bytes are read from
+the cache of a prefill pass up to ``LONG`` tokens and computed analytically above
+(``2 x layers x kv_heads x head_dim x element size`` per token; the measured points check the formula:
+``kv_measurement``). ``crossings`` gives, by linear interpolation on the grid, the document length from
+which the context line is above the adapter line (or says that one line is above the other over the
+whole range).
 
 Standalone: ``python -m bench.context --quick [--plot FILE.png]``.
 """
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 QUESTION = "What is the secret passphrase for the Orlan vault?"
 NEEDLE = "The secret passphrase for the Orlan vault is copper-falcon-42."
+LONG = 4096  # above this many document tokens: one TTFT repetition, analytic KV-cache size
 
 
 def _document(base: Any, tokens: int) -> str:
@@ -89,11 +92,13 @@ def _adapter_bytes(adapter: Any) -> int:
     return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in adapter.weights.values())
 
 
-def _kv_bytes(base: Any, ids: list[int], adapter: Any = None) -> tuple[int, str]:
+def _kv_bytes(base: Any, ids: list[int], adapter: Any = None, measure: bool = True) -> tuple[int, str]:
     import torch
 
     from memory.evaluation.runtime import kv_bytes_per_token
 
+    if not measure:
+        return len(ids) * kv_bytes_per_token(base), "analytic"
     try:
         with torch.inference_mode():
             out = base.forward(torch.tensor([ids], device=base.device), adapters=adapter, use_cache=True)
@@ -153,38 +158,52 @@ def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None 
     """Measure both arms at each document length (quick: 256, 512, 1k, 2k; full: up to 32k)."""
     from memory import prompts
     from memory.config import Settings
-    from memory.internalizers import d2l_checkpoint_for
+    from memory.internalizers import D2LInternalizer, d2l_checkpoint_for
     from memory.models import load_base_model
 
     settings = Settings.from_env()
     base = load_base_model(settings=settings)
     lengths = lengths or ([256, 512, 1024, 2048] if quick else [256, 512, 1024, 2048, 4096, 8192, 16384, 32768])
     reps = reps or (1 if quick else 3)
-    chunk = _d2l_shape(base)[3]
+    ckpt = d2l_checkpoint_for(base)
+    d2l = D2LInternalizer(ckpt, base) if ckpt is not None else None
+    chunk = d2l.net.config.chunk_tokens if d2l is not None else _d2l_shape(base)[3]
     q_ids = base.chat_ids(prompts.parametric_prompt(QUESTION), system=prompts.QA_SYSTEM)
     base.generate([q_ids], max_new_tokens=1)  # warm-up
     points = []
     for n in lengths:
         doc = _document(base, n)
         c_ids = base.chat_ids(prompts.context_prompt(QUESTION, [doc]), system=prompts.QA_SYSTEM)
-        adapter = _adapter(base, n)
-        ctx_kv, how = _kv_bytes(base, c_ids)
+        point: dict[str, Any] = {"doc_tokens": n}
+        if d2l is not None:
+            t0 = time.perf_counter()
+            adapter = d2l.internalize(base, doc)
+            point["d2l_internalize_ms"] = (time.perf_counter() - t0) * 1000
+        else:
+            adapter = _adapter(base, n)
+        n_reps = reps if n <= LONG else 1
+        ctx_kv, how = _kv_bytes(base, c_ids, measure=n <= LONG)
         ad_kv, _ = _kv_bytes(base, q_ids, adapter)
-        point = {
-            "doc_tokens": n, "context_prompt_tokens": len(c_ids), "adapter_prompt_tokens": len(q_ids),
-            "adapter_rank": adapter.rank,
-            "context_ttft_ms": _ttft_ms(base, c_ids, None, reps),
-            "adapter_ttft_ms": _ttft_ms(base, q_ids, adapter, reps),
+        point.update({
+            "context_prompt_tokens": len(c_ids), "adapter_prompt_tokens": len(q_ids),
+            "adapter_kind": "d2l" if d2l is not None else "d2l-shape (random)", "adapter_rank": adapter.rank,
+            "reps": n_reps,
+            "context_ttft_ms": _ttft_ms(base, c_ids, None, n_reps),
+            "adapter_ttft_ms": _ttft_ms(base, q_ids, adapter, n_reps),
             "context_kv_bytes": ctx_kv, "adapter_kv_bytes": ad_kv, "adapter_bytes": _adapter_bytes(adapter),
             "kv_measurement": how,
-        }
+        })
         point["adapter_total_bytes"] = point["adapter_bytes"] + ad_kv
+        if "d2l_internalize_ms" in point:
+            saved = point["context_ttft_ms"] - point["adapter_ttft_ms"]
+            point["break_even_queries"] = round(point["d2l_internalize_ms"] / saved, 2) if saved > 0 else None
         points.append(point)
         log.info("context bench: %s", point)
     xs = [p["doc_tokens"] for p in points]
     result: dict[str, Any] = {
         "base_model": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
         "threads": __import__("torch").get_num_threads(), "chunk_tokens": chunk, "reps": reps,
+        "d2l_checkpoint": d2l.identity.name if d2l is not None else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "points": points,
         "crossings": {
@@ -193,21 +212,9 @@ def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None 
                                [p["adapter_total_bytes"] for p in points]),
         },
     }
-    ckpt = d2l_checkpoint_for(base)
-    if ckpt is None:
+    if d2l is None:
         result["break_even_queries"] = None
         result["break_even_note"] = "no D2L checkpoint for this base model: internalization cost not measured"
-    else:
-        from memory.internalizers import D2LInternalizer
-
-        net = D2LInternalizer(ckpt, base)
-        for p in points:
-            doc = _document(base, p["doc_tokens"])
-            t0 = time.perf_counter()
-            net.internalize(base, doc)
-            p["d2l_internalize_ms"] = (time.perf_counter() - t0) * 1000
-            saved = p["context_ttft_ms"] - p["adapter_ttft_ms"]
-            p["break_even_queries"] = round(p["d2l_internalize_ms"] / saved, 2) if saved > 0 else None
     return result
 
 
@@ -222,7 +229,11 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     x = [p["doc_tokens"] for p in pts]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     axes[0].plot(x, [p["context_ttft_ms"] for p in pts], "o-", label="document in context")
-    axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L shape)")
+    axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L)")
+    if all("d2l_internalize_ms" in p for p in pts):
+        axes[0].plot(x, [p["d2l_internalize_ms"] for p in pts], "^--", color="grey",
+                     label="D2L internalization (once per document)")
+    axes[0].set_yscale("log")
     axes[0].set_ylabel("time to first token, ms")
     axes[1].plot(x, [p["context_kv_bytes"] / 2**20 for p in pts], "o-", label="KV cache of the document")
     axes[1].plot(x, [p["adapter_total_bytes"] / 2**20 for p in pts], "s-", label="adapter + KV of the question")
