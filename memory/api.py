@@ -729,11 +729,13 @@ class ParametricMemory:
         return row.id
 
     @staticmethod
-    def _adapter_info(s: Session, a: Adapter) -> AdapterInfo:
-        v = s.get(DocumentVersion, a.version_id) if a.version_id else None
-        doc = s.get(Document, v.document_id) if v else None
-        ns = s.get(Namespace, a.namespace_id)
-        h = s.get(Hypernetwork, a.hypernetwork_id)
+    def _adapter_info(s: Session, a: Adapter, v: DocumentVersion | None = None, doc: Document | None = None,
+                      ns: Namespace | None = None, h: Hypernetwork | None = None) -> AdapterInfo:
+        """An adapter with its provenance; rows already loaded by a joined query are passed in, others fetched."""
+        v = v or (s.get(DocumentVersion, a.version_id) if a.version_id else None)
+        doc = doc or (s.get(Document, v.document_id) if v else None)
+        ns = ns or s.get(Namespace, a.namespace_id)
+        h = h or s.get(Hypernetwork, a.hypernetwork_id)
         return AdapterInfo(
             id=a.id, namespace=ns.name if ns else "?", document_id=doc.key if doc else None,
             version=v.number if v else None, task_description=a.task_description, method=h.kind if h else "?",
@@ -750,15 +752,19 @@ class ParametricMemory:
         if status is not None and status not in {m.value for m in AdapterStatus}:
             raise ValidationError(f"status must be one of {[m.value for m in AdapterStatus]}, got {status!r}")
         with self._tx() as s:
-            q = (select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
+            # One joined query for the adapters and their provenance (skill adapters have no version/document).
+            q = (select(Adapter, DocumentVersion, Document, Namespace, Hypernetwork)
+                 .join(Namespace, Adapter.namespace_id == Namespace.id)
+                 .join(Hypernetwork, Adapter.hypernetwork_id == Hypernetwork.id)
+                 .outerjoin(DocumentVersion, Adapter.version_id == DocumentVersion.id)
+                 .outerjoin(Document, DocumentVersion.document_id == Document.id)
                  .where(Namespace.name == ns).order_by(Adapter.id.desc()))
             if document_id is not None:
                 doc = self._doc(s, ns, document_id)
-                q = q.join(DocumentVersion, Adapter.version_id == DocumentVersion.id).where(
-                    DocumentVersion.document_id == doc.id)
+                q = q.where(DocumentVersion.document_id == doc.id)
             if status is not None:
                 q = q.where(Adapter.status == AdapterStatus(status))
-            return [self._adapter_info(s, a) for a in s.scalars(q)]
+            return [self._adapter_info(s, a, v, d, n, h) for a, v, d, n, h in s.execute(q)]
 
     def load_adapter(self, info: AdapterInfo) -> Any:
         """Decode a stored adapter (hash-verified, LRU-cached)."""
@@ -842,15 +848,17 @@ class ParametricMemory:
         out: dict[str, AdapterInfo] = {}
         with self._tx() as s:
             rows = s.execute(
-                select(Adapter, Document.key)
+                select(Adapter, DocumentVersion, Document, Namespace, Hypernetwork)
                 .join(Document, Document.current_version_id == Adapter.version_id)
+                .join(DocumentVersion, DocumentVersion.id == Adapter.version_id)
                 .join(Namespace, Document.namespace_id == Namespace.id)
+                .join(Hypernetwork, Adapter.hypernetwork_id == Hypernetwork.id)
                 .where(Namespace.name == ns, Document.key.in_(sorted(document_ids)))
                 .order_by(Adapter.id)
             ).all()
-            for a, key in rows:
-                if key not in out or a.status == AdapterStatus.ready:
-                    out[key] = self._adapter_info(s, a)
+            for a, v, doc, n, h in rows:
+                if doc.key not in out or a.status == AdapterStatus.ready:
+                    out[doc.key] = self._adapter_info(s, a, v, doc, n, h)
         return out
 
     def _compose(self, infos: list[AdapterInfo]) -> Any:
