@@ -120,7 +120,8 @@ def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path |
     except (OSError, json.JSONDecodeError) as e:
         raise ModelError(f"D2L checkpoint config {path / 'config.json'} is unreadable: {e}") from e
     want = str(cfg.get("base_model") or cfg.get("base_fingerprint") or "")
-    if want and want.split("@")[0] != str(base.fingerprint).split("@")[0]:
+    # The whole fingerprint: the name says which weights, the hash which architecture (see compute_fingerprint).
+    if want and want != str(base.fingerprint):
         return None
     return path
 

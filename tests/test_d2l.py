@@ -165,6 +165,23 @@ def test_wrong_base_model_is_refused(base, tmp_path):
         internalize(base, ["x y"], hypernet=make_net(other_shape))
 
 
+def test_checkpoint_lookup_needs_the_whole_fingerprint(base, tmp_path):
+    """``auto`` picks a D2L checkpoint only for the base model it was trained for: same name and architecture."""
+    from types import SimpleNamespace
+
+    from memory.internalizers import CDInternalizer, d2l_checkpoint_for, resolve
+
+    save_checkpoint(make_net(base, trained=True), tmp_path / "ck")
+    assert d2l_checkpoint_for(base, tmp_path / "ck") == tmp_path / "ck"
+    name, arch = base.fingerprint.rsplit("@", 1)
+    for other in (f"{name}-finetuned@{arch}", f"{name}@0123456789abcdef"):
+        impostor = SimpleNamespace(fingerprint=other)
+        assert d2l_checkpoint_for(impostor, tmp_path / "ck") is None
+        assert isinstance(resolve("auto", impostor, checkpoint=tmp_path / "ck"), CDInternalizer)
+        with pytest.raises(ModelError, match="no Doc-to-LoRA checkpoint"):
+            resolve("d2l", impostor, checkpoint=tmp_path / "ck")
+
+
 def test_missing_or_corrupt_checkpoint(base, tmp_path):
     with pytest.raises(ModelError):
         load_checkpoint(tmp_path / "nothing", base)
