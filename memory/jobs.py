@@ -22,7 +22,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from sqlalchemy import exc as sa_exc
@@ -226,6 +226,22 @@ class JobStore:
                     f"unknown job state {state!r}; known: {', '.join(s.value for s in JobState)}") from None
         if namespace is not None:
             q = q.join(Namespace, Job.namespace_id == Namespace.id).where(Namespace.name == namespace)
+        with self._sessions() as s:
+            return [_info(r) for r in s.scalars(q)]
+
+    def stale(self, older_than_s: float, *, now: datetime | None = None) -> list[JobInfo]:
+        """``queued`` jobs created more than ``older_than_s`` seconds ago, oldest first.
+
+        A queued job that old has most likely lost its broker message (a broker restarted without
+        persistence, a purged queue): no worker will ever pick it up unless it is sent again.
+
+        >>> [j.id for j in store.stale(3600)]  # doctest: +SKIP
+        [12]
+        """
+        if older_than_s < 0:
+            raise ValidationError("older_than_s must be >= 0")
+        cutoff = (now or _now()) - timedelta(seconds=older_than_s)
+        q = select(Job).where(Job.state == JobState.queued, Job.created_at <= cutoff).order_by(Job.id)
         with self._sessions() as s:
             return [_info(r) for r in s.scalars(q)]
 

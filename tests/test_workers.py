@@ -307,6 +307,44 @@ def test_sigkilled_worker_job_is_redelivered_and_completes(broker, tmp_path, mon
 
 
 @pytest.mark.services
+def test_a_job_whose_message_was_lost_is_resubmitted(broker, tmp_path):
+    """A queued job with no message behind it (a broker that lost it) runs once ``resubmit_stale`` sends it again;
+    fresh queued jobs and finished jobs are left alone."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from memory.db import Job, session_factory
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from workers.tasks import resubmit_stale
+
+    mem = broker.memory()
+    mem.add("Lockers are emptied every Friday evening.", document_id="lockers")
+    mem.add("Visitors park on level two.", document_id="parking")
+    store = JobStore.for_memory(mem)
+    # Jobs created but never published, as after a broker restart that lost its queue.
+    lost, _ = store.create("internalize", {"version_id": version_id_for(mem, "default", "lockers", 1),
+                                           "method": "auto", "force": False}, namespace="default")
+    fresh, _ = store.create("internalize", {"version_id": version_id_for(mem, "default", "parking", 1),
+                                            "method": "auto", "force": False}, namespace="default")
+    with session_factory(mem.engine)() as s, s.begin():
+        s.execute(update(Job).where(Job.id == lost.id).values(created_at=lost.created_at - timedelta(hours=2)))
+    assert [j.id for j in store.stale(3600)] == [lost.id]
+
+    broker.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0").wait_ready()
+    time.sleep(1.0)
+    assert store.get(lost.id).state == "queued"  # nothing in the broker: the worker has nothing to do
+    sent = resubmit_stale(mem, 3600)
+    assert [j.id for j in sent] == [lost.id] and sent[0].celery_id
+    done = wait_for(lambda: _job_done(store, lost.id), 60, "the re-sent job")
+    assert done.state == "succeeded" and done.attempts == 1, done.error
+    assert [a.document_id for a in mem.adapters()] == ["lockers"]
+    assert store.get(fresh.id).state == "queued"  # younger than the threshold: not touched
+    assert resubmit_stale(mem, 3600) == []  # the finished job is not sent again
+
+
+@pytest.mark.services
 def test_prefork_child_killed_is_requeued_at_once(broker, tmp_path):
     """``task_reject_on_worker_lost``: the parent requeues the message of a child killed by a signal."""
     from memory.jobs import JobStore

@@ -82,13 +82,22 @@ def jobs(
     kind: Annotated[Optional[str], typer.Option(help="ingest | internalize | refresh")] = None,
     state: Annotated[Optional[str], typer.Option(help="queued | running | retrying | succeeded | failed")] = None,
     limit: int = 50,
+    resubmit_stale: Annotated[Optional[float], typer.Option(
+        "--resubmit-stale", metavar="SECONDS",
+        help="first send the jobs queued for longer than SECONDS to the broker again (lost messages)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
     from memory.jobs import JobStore
 
     try:
-        rows = JobStore.for_memory(_memory()).list(kind=kind, state=state, namespace=namespace, limit=limit)
+        mem = _memory()
+        if resubmit_stale is not None:
+            from workers.tasks import resubmit_stale as resend
+
+            sent = resend(mem, resubmit_stale)
+            console.print(f"re-sent {len(sent)} stale job(s): {', '.join(str(j.id) for j in sent) or '-'}")
+        rows = JobStore.for_memory(mem).list(kind=kind, state=state, namespace=namespace, limit=limit)
     except PMemError as e:
         _fail(e)
     if as_json:

@@ -253,6 +253,30 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     return store.get(job.id)
 
 
+def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
+    """Send the jobs that have been ``queued`` for more than ``older_than_s`` seconds to the broker again.
+
+    For messages the broker lost. Jobs are idempotent (a worker skips a job that already succeeded, and
+    the facade keeps one adapter per version and hypernetwork), so a job whose first message does turn
+    up after all is harmless. Embedded mode has no broker: there the jobs are run here, as ``submit`` does.
+
+    >>> [j.id for j in resubmit_stale(mem, 3600)]  # doctest: +SKIP
+    [12]
+    """
+    store = JobStore.for_memory(mem)
+    out = []
+    for job in store.stale(older_than_s):
+        if not mem.settings.broker_url:
+            out.append(run_inline(store, job.id, partial(run_body, mem)))
+            continue
+        celery_id = uuid.uuid4().hex
+        store.set_celery_id(job.id, celery_id)
+        app_for(mem.settings).send_task(TASK_NAMES[job.kind], args=[job.id], task_id=celery_id)
+        log.info("re-sent stale job %s (%s, queued since %s)", job.id, job.kind, job.created_at)
+        out.append(store.get(job.id))
+    return out
+
+
 _CKPT_CACHE: dict[tuple[Any, ...], str] = {}
 
 
