@@ -482,12 +482,16 @@ class ParametricMemory:
 
     # ------------------------------------------------------------ filled by later components
     def add_source(self, spec: str, *, namespace: str | None = None, document_id: str | None = None,
-                   title: str | None = None, refresh_interval_s: int | None = None) -> list[AddResult]:
+                   title: str | None = None, refresh_interval_s: int | None = None,
+                   prune_missing: bool = False) -> list[AddResult]:
         """Parse a file, a directory or a glob with Unstructured and add each file as a document.
 
         Each file becomes the document ``document_key(path, root)`` (or ``document_id`` for a single file);
         the source (uri, kind, refresh interval, parser versions) is recorded. A bad file fails alone:
         its error is recorded on the source and returned as an ``AddResult`` with ``status="failed"``.
+        With ``prune_missing`` (what the scheduled refresh uses), documents that came from this directory or
+        glob but whose file is no longer there are deleted (``status="removed"``); a file that is still
+        there but fails to parse keeps its document.
 
         >>> [r.status for r in mem.add_source("policies/")]  # doctest: +SKIP
         ['created', 'created', 'failed']
@@ -522,6 +526,17 @@ class ParametricMemory:
                 log.warning("ingest of %s failed: %s", shown, e)
                 errors.append(str(e))  # ingest errors already name the file
                 results.append(AddResult("failed", None, source=shown, error=str(e)))
+        if prune_missing and scan.kind != "file":
+            present = {document_key(path, scan.root) for path in scan.files}
+            with self._tx() as s:
+                gone = list(s.scalars(
+                    select(Document.key).join(Source, Document.source_id == Source.id)
+                    .join(Namespace, Document.namespace_id == Namespace.id)
+                    .where(Namespace.name == ns, Source.uri == uri).order_by(Document.key)))
+            for key in (k for k in gone if k not in present):
+                self.delete(key, namespace=ns)
+                log.info("%s is gone from %s: document deleted", key, uri)
+                results.append(AddResult("removed", None, source=key))
         self._record_source(ns, uri, scan.kind, refresh_interval_s, errors,
                             next((r.document for r in results if r.document), None))
         return results

@@ -2,7 +2,8 @@
 
 A source is due when it has a ``refresh_interval_s`` and was last checked at least that long ago (or
 never). Re-reading goes through ``ParametricMemory.add_source``, which hashes each file's normalised text:
-same content is ``unchanged`` (nothing happens), new content becomes a new version. Each new (or
+same content is ``unchanged`` (nothing happens), new content becomes a new version, and a file that is
+gone from a directory or glob source has its document deleted (``removed``). Each new (or
 restored) version is handed to ``enqueue(version_id)``; the workers turn it into an adapter, and the
 facade marks the previous version's adapter ``superseded`` (``rollback`` makes it ready again).
 
@@ -51,6 +52,7 @@ class SourceReport:
     namespace: str
     changed: list[dict[str, Any]] = field(default_factory=list)
     unchanged: int = 0
+    removed: list[str] = field(default_factory=list)  # documents whose file is gone (deleted)
     failed: list[dict[str, Any]] = field(default_factory=list)  # files that failed alone
     error: str | None = None  # the whole source failed (e.g. the directory is gone)
 
@@ -64,12 +66,16 @@ class RefreshReport:
         return [c for s in self.checked for c in s.changed]
 
     @property
+    def removed(self) -> list[str]:
+        return [d for s in self.checked for d in s.removed]
+
+    @property
     def failed(self) -> list[dict[str, Any]]:
         return [f for s in self.checked for f in s.failed] + [
             {"source": s.source, "error": s.error} for s in self.checked if s.error]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": len(self.checked), "changed": self.changed, "failed": self.failed,
+        return {"sources": len(self.checked), "changed": self.changed, "removed": self.removed, "failed": self.failed,
                 "unchanged": sum(s.unchanged for s in self.checked),
                 "checked": [asdict(s) for s in self.checked]}
 
@@ -123,6 +129,8 @@ def changed_versions(mem: Any, results: list[AddResult], namespace: str) -> tupl
     """Split ``add_source`` results into changed versions (with their ids), an unchanged count and failures."""
     changed, failed, unchanged = [], [], 0
     for r in results:
+        if r.status == "removed":
+            continue  # reported by the caller from the results; nothing to internalize
         if r.status == "failed" or r.document is None or r.document.version is None:
             failed.append({"source": r.source, "error": r.error or "failed"})
         elif r.status in CHANGED:
@@ -157,8 +165,10 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
     for src in due_sources(mem, namespace=namespace, now=now, force=force):
         sr = SourceReport(source=src.uri, namespace=src.namespace)
         try:
-            results = mem.add_source(src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s)
+            results = mem.add_source(src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s,
+                                     prune_missing=True)
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
+            sr.removed = [r.source or "" for r in results if r.status == "removed"]
         except Exception as e:  # noqa: BLE001 - one bad source must not stop the refresh of the others
             if classify(e) == "transient":
                 raise  # the database or the network, not the source: the whole refresh is retried
@@ -169,8 +179,8 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
         if enqueue is not None:
             for c in sr.changed:
                 c["job"] = _job_ref(enqueue(c["version_id"]))
-        log.info("refreshed %s: %d changed, %d unchanged, %d failed", src.uri, len(sr.changed), sr.unchanged,
-                 len(sr.failed))
+        log.info("refreshed %s: %d changed, %d unchanged, %d removed, %d failed", src.uri, len(sr.changed),
+                 sr.unchanged, len(sr.removed), len(sr.failed))
         report.checked.append(sr)
     return report
 

@@ -49,13 +49,14 @@ class DocumentInfo(_Record):
     text: str | None = None  # filled by ``get(..., with_text=True)``
 
 
-AddStatus = Literal["created", "new_version", "unchanged", "restored", "failed"]
+AddStatus = Literal["created", "new_version", "unchanged", "restored", "failed", "removed"]
 
 
 @dataclass(frozen=True)
 class AddResult(_Record):
     """What ``add`` did: a new document, a new version, nothing (same content), an old version made current,
-    or (``add_source`` only) a file that failed alone, with its error."""
+    or (``add_source`` only) a file that failed alone, with its error, or (``prune_missing``) a document
+    whose file is gone from its source and which was deleted (``source`` is then the document id)."""
 
     status: AddStatus
     document: DocumentInfo | None

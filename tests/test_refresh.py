@@ -84,6 +84,29 @@ def test_a_vanished_source_records_its_error_and_others_go_on(mem, tmp_path):
     src = {s["uri"]: s for s in mem.sources()}
     assert "no such file or directory" in src[str(gone.parent)]["last_error"]
     assert report.to_dict()["failed"][0]["source"] == str(gone.parent)
+    assert sorted(d.id for d in mem.list()) == ["a.md", "b.md"]  # a vanished source deletes nothing
+
+
+def test_a_file_removed_from_a_refreshed_directory_loses_its_document(mem, tmp_path):
+    """The refresh mirrors the directory: a deleted file's document, chunks and blobs go; the others, a file
+    that now fails to parse, and a document added by hand with the same kind of name stay."""
+    docs = tmp_path / "docs"
+    old = _write(docs / "old-policy.md", "# Old\n\nThe old travel policy allows first class.\n")
+    _write(docs / "current.md", "# Current\n\nEconomy class only.\n")
+    broken = _write(docs / "sub" / "notes.txt", "Meeting notes.\n")
+    mem.add_source(str(docs), refresh_interval_s=60)
+    mem.add("Typed in by hand.", document_id="manual.md")
+    assert sorted(d.id for d in mem.list()) == ["current.md", "manual.md", "old-policy.md", "sub/notes.txt"]
+    old.unlink()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)  # still there, now binary
+    report = refresh_sources(mem, force=True, enqueue=lambda vid: None)
+    assert report.removed == ["old-policy.md"] and report.to_dict()["removed"] == ["old-policy.md"]
+    assert [f["source"] for f in report.failed] == [str(broken)]
+    assert sorted(d.id for d in mem.list()) == ["current.md", "manual.md", "sub/notes.txt"]
+    assert [h.document_id for h in mem.search("first class travel", k=5)] != [] and all(
+        h.document_id != "old-policy.md" for h in mem.search("first class travel", k=5))
+    assert mem.gc(dry_run=True) == []  # its blobs went with it
+    assert refresh_sources(mem, force=True, enqueue=lambda vid: None).removed == []  # nothing left to remove
 
 
 def test_refresh_reinternalizes_and_rollback_restores_the_old_adapter(mem, tmp_path):
