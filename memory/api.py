@@ -839,13 +839,21 @@ class ParametricMemory:
         gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
         if route.check_confidence and route.adapter_documents:
             confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
-            timings["confidence"] = confidence
+            chosen = set(route.adapter_documents)
+            supported = router.support(gen.text, [h.text for h in hits if h.document_id in chosen], question)
+            timings["confidence"], timings["support"] = confidence, supported
+            doubt = None
             if confidence < cfg.min_confidence:
+                doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
+            elif supported < cfg.min_support:
+                doubt = (f"the adapted answer is not supported by the retrieved passages ({supported:.0%} of its "
+                         f"content words found < {cfg.min_support:.0%})")
+            if doubt:
                 context = hits[:k]
-                gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
-                mode_used = "hybrid"
-                reason += (f"; the adapted model was unsure (mean log-prob {confidence:.2f} < "
-                           f"{cfg.min_confidence}), so retrieved passages were added")
+                skill_only = self._compose(adapter_infos[len(route.adapter_documents):])  # keep a skill adapter
+                gen, prompt_ids = self._answer(base, question, context, skill_only, max_new_tokens)
+                mode_used = "retrieval"
+                reason += f"; {doubt}, so it answered from the retrieved passages instead"
         timings["generate_ms"] = gen.total_s * 1000
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         query_id = None

@@ -7,8 +7,12 @@ signals and says why:
 1. a request for a verbatim quote goes to retrieval (adapters paraphrase, they cannot quote);
 2. no internalized document is relevant enough to the query -> retrieval;
 3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
-4. otherwise parametric, unless the adapted model is unsure of its answer (low mean token log-probability),
-   in which case the retrieved passages are added (hybrid).
+4. otherwise parametric, then two checks of the adapted answer, both free of extra model calls: the model
+   must be sure of it (mean token log-probability), and the passages the search already returned must
+   support it (most of the content words it adds to the question appear in them). An unsure or unsupported answer is replaced by
+   the retrieval answer. The support check catches what confidence cannot: an adapter that is confidently
+   wrong (measured: ``bench/results``). Retrieval rather than hybrid, because an adapter applied beside
+   passages degrades the reading of the passages with the current checkpoint.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class RouterConfig:
     relative_threshold: float = 0.8  # keep documents within this fraction of the best one's relevance
     max_adapters: int = 4
     min_confidence: float = -1.5  # mean log-probability per answer token
+    min_support: float = 0.5  # share of the answer's content words found in the retrieved passages
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,42 @@ class Route:
     mode: str
     reason: str
     adapter_documents: list[str] = field(default_factory=list)
-    check_confidence: bool = False  # auto: fall back to hybrid when the adapted answer is unsure
+    check_confidence: bool = False  # auto: fall back to retrieval when the adapted answer is unsure or unsupported
+
+
+_WORD = re.compile(r"[\w]+(?:[-'][\w]+)*", re.UNICODE)
+_STOP = frozenset(
+    "a an the is are was were be been being of to in on at by for with from as and or but not no it its this that "
+    "these those there here he she they we you i me my your our their his her them us do does did has have had "
+    "will would can could should may might must shall what which who whom whose when where why how answer".split())
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words of ``text`` without stop words (numbers and hyphenated codes kept whole).
+
+    >>> content_words("The code is copper-falcon-42.")
+    ['code', 'copper-falcon-42']
+    """
+    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOP]
+
+
+def support(answer: str, passages: list[str], question: str = "") -> float:
+    """The share of the answer's new content words (those not already in the question) found in ``passages``.
+
+    Words the answer repeats from the question are no evidence either way; an answer with no new content
+    word (empty, or an echo of the question) has support 0.0.
+
+    >>> support("The vault code is 7342.", ["Vault code: 7342, changed monthly."], "What is the vault code?")
+    1.0
+    >>> support("The vault code is 7343.", ["Vault code: 7342."], "What is the vault code?")
+    0.0
+    """
+    asked = set(content_words(question))
+    words = [w for w in content_words(answer) if w not in asked]
+    if not words:
+        return 0.0
+    seen = set(content_words(" ".join(passages)))
+    return sum(w in seen for w in words) / len(words)
 
 
 def select_documents(candidates: list[Candidate], cfg: RouterConfig) -> list[Candidate]:

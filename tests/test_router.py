@@ -66,3 +66,19 @@ def test_verbatim_detection(q):
 @pytest.mark.parametrize("q", ["How many days of leave?", "What is the code for the vault?"])
 def test_not_verbatim(q):
     assert not wants_verbatim(q)
+
+
+def test_support_is_the_share_of_new_answer_words_found_in_the_passages():
+    from memory.router import content_words, support
+
+    passages = ["The access code for the Orion vault is 7342.", "Visitors park on level two."]
+    q = "What is the access code for the Orion vault?"
+    assert support("7342", passages, q) == 1.0
+    assert support("The access code is 7342.", passages, q) == 1.0
+    assert support("The access code is 1111.", passages, q) == 0.0  # only '1111' is new, and it is not there
+    assert support("It is 7342 on level two.", passages, q) == 1.0
+    assert support("7342 or 1111", passages, q) == 0.5
+    assert support("The Orion vault.", passages, q) == 0.0  # an echo of the question is no answer
+    assert support("", passages, q) == 0.0 and support("the of is", passages) == 0.0
+    assert support("Orion", []) == 0.0 and support("Orion", passages) == 1.0
+    assert content_words("Blue-green, 42 TIMES!") == ["blue-green", "42", "times"]
