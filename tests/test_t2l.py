@@ -47,6 +47,24 @@ def test_zero_delta_at_init(size: str) -> None:
         assert torch.isfinite(a).all() and a.abs().sum() > 0
 
 
+def test_offset_lora_is_shared_by_every_description() -> None:
+    """With ``offset_rank`` the adapters have rank r + offset_rank, start at zero delta, and the offset part is
+    the same for every description (the generated part is not)."""
+    net = tiny("L", offset_rank=2, dropout=0.0).eval()
+    emb = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
+    a, b = net(emb)["self_attn.q_proj"]
+    assert a.shape == (2, 3, 6, 16) and b.shape == (2, 3, 16, 6) and torch.count_nonzero(b) == 0
+    with torch.no_grad():
+        net.offset_b["self_attn__q_proj"].normal_()
+        for head in net.heads.values():
+            head.weight.normal_()
+    a, b = net(emb)["self_attn.q_proj"]
+    assert torch.equal(a[0, :, 4:], a[1, :, 4:]) and torch.equal(b[0, :, :, 4:], b[1, :, :, 4:])
+    assert not torch.allclose(a[0, :, :4], a[1, :, :4])
+    with pytest.raises(ValidationError, match="offset_rank"):
+        tiny("L", offset_rank=-1)
+
+
 @pytest.mark.parametrize("size", ["L", "M", "S"])
 def test_training_moves_away_from_zero(size: str) -> None:
     """Gradients reach the head: one optimiser step on a loss through B @ A gives a non-zero, description-dependent delta."""
@@ -198,6 +216,13 @@ def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     assert mt_warm.metadata["steps"] == "1"
     for path, (a, b) in first.weights.items():
         assert torch.allclose(mt_warm.weights[path][0], a) and torch.allclose(mt_warm.weights[path][1], b, atol=1e-6)
+    offset_dir = train(TrainArgs(out=tmp_path / "offset", size="S", max_steps=1, minutes=5, init_from=model_dir,
+                                 offset_rank=2, tasks_per_step=2, examples_per_task=1, descriptions_per_task=1),
+                       base=base)
+    with_offset = T2LHypernetwork.load(offset_dir)
+    assert with_offset.config.offset_rank == 2
+    [ad] = with_offset.generate(["Reply in capitals."])
+    assert ad.rank == with_offset.config.rank + 2
     with pytest.raises(ValidationError, match="config differs"):
         train(TrainArgs(out=tmp_path / "bad", size="L", max_steps=0, minutes=5, init_from=model_dir,
                         descriptions_per_task=1), base=base)

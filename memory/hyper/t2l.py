@@ -71,6 +71,9 @@ class T2LConfig:
         encoder: name of the description encoder (recorded in the checkpoint).
         prompt_mode: how the trained adapter expects the prompt (``"description+input"``: description and
             input in the user turn; ``"input"``: the input alone). Set by training, read by evaluation.
+        offset_rank: rank of a learned task-independent LoRA added to every generated one (the reference's
+            multi-task-LoRA offset for SFT): the shared skill is learnt directly, the hypernetwork learns what
+            differs between tasks. 0 (default): none. Generated adapters then have rank ``rank + offset_rank``.
     """
 
     n_layers: int
@@ -85,6 +88,7 @@ class T2LConfig:
     layer_prefix: str = "model.layers"
     encoder: str = ENCODER_NAME
     prompt_mode: str = "description+input"
+    offset_rank: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +98,8 @@ class T2LConfig:
             raise ValidationError(f"need rank >= 1, n_layers >= 1, latent % 4 == 0; got {self.rank}, {self.n_layers}, {self.latent}")
         if not self.module_dims:
             raise ValidationError("module_dims is empty; name at least one target module")
+        if self.offset_rank < 0:
+            raise ValidationError(f"offset_rank must be >= 0, got {self.offset_rank!r}")
         self.module_dims = {k: (int(v[0]), int(v[1])) for k, v in self.module_dims.items()}
 
     @property
@@ -169,6 +175,12 @@ class T2LHypernetwork(nn.Module):
             self.b_gate = nn.Parameter(torch.zeros(len(c.modules)))  # zero delta at init
             if c.size == "S":
                 self.rank_emb = nn.Parameter(torch.randn(c.rank, c.latent) * 0.02)
+        if c.offset_rank:  # per layer: Kaiming-uniform A, zero B (zero delta at init)
+            self.offset_a = nn.ParameterDict({
+                _key(m): nn.Parameter(torch.empty(c.n_layers, c.offset_rank, i).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i)))
+                for m, (i, o) in c.module_dims.items()})
+            self.offset_b = nn.ParameterDict({
+                _key(m): nn.Parameter(torch.zeros(c.n_layers, o, c.offset_rank)) for m, (i, o) in c.module_dims.items()})
         self.reset_heads()
 
     # ------------------------------------------------------------------ init
@@ -214,8 +226,22 @@ class T2LHypernetwork(nn.Module):
     def forward(self, emb: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         """Description embeddings ``[n, 384]`` -> ``{module kind: (A [n, L, r, in], B [n, L, out, r])}``.
 
-        B already carries the LoRA scale.
+        B already carries the LoRA scale. With ``offset_rank``, the learned offset LoRA is concatenated along
+        rank (so its delta adds to the generated one).
         """
+        out = self._generated(emb)
+        c = self.config
+        if not c.offset_rank:
+            return out
+        n = emb.shape[0]
+        for m, (a, b) in out.items():
+            oa = self.offset_a[_key(m)].unsqueeze(0).expand(n, -1, -1, -1)
+            ob = (self.offset_b[_key(m)] * c.scaling).unsqueeze(0).expand(n, -1, -1, -1)
+            out[m] = (torch.cat([a, oa.to(a.dtype)], dim=2), torch.cat([b, ob.to(b.dtype)], dim=3))
+        return out
+
+    def _generated(self, emb: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """The description-dependent part of :meth:`forward`."""
         c = self.config
         r, s = c.rank, c.scaling
         out: dict[str, tuple[Tensor, Tensor]] = {}

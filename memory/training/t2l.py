@@ -171,6 +171,8 @@ class TrainArgs:
     prompt_mode: str = "description+input"
     descriptions_per_task: int | None = None  # None: every training paraphrase (tests use a few)
     init_from: Path | None = None  # warm start from a finished artefact (see module docstring)
+    offset_rank: int = 0  # T2L: rank of the learned task-independent offset LoRA (0: none)
+    offset_lr: float = 1e-3  # its learning rate (the multi-task LoRA's)
 
 
 def _load_base() -> Any:
@@ -193,7 +195,8 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     base = base or _load_base()
     tasks = train_tasks() if args.arm != "task-lora" else [get_task(_need(args.task))]
-    cfg = T2LConfig.for_model(base, DEFAULT_TARGETS, size=args.size, rank=args.rank, prompt_mode=args.prompt_mode)
+    cfg = T2LConfig.for_model(base, DEFAULT_TARGETS, size=args.size, rank=args.rank, prompt_mode=args.prompt_mode,
+                              offset_rank=args.offset_rank if args.arm == "t2l" else 0)
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
@@ -213,7 +216,10 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         net = LoraParams(cfg)
     prior_steps = _warm_start(net, args.init_from) if args.init_from else 0
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-2)
+    offset = [p for n, p in net.named_parameters() if n.startswith("offset_")]
+    rest = [p for n, p in net.named_parameters() if not n.startswith("offset_")]
+    groups = [{"params": rest, "base_lr": args.lr}] + ([{"params": offset, "base_lr": args.offset_lr}] if offset else [])
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-2)
     step, elapsed = 0, 0.0
     state_path = out / "state.pt"
     if args.resume and state_path.exists():
@@ -241,9 +247,10 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task, args.descriptions_per_task)
         enc = [encode_example(base, build_prompt(r.description, r.example.input, args.prompt_mode), r.example.output) for r in rows]
         ids, mask, labels = collate(enc, pad)
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        warm = min(1.0, (step + 1) / max(1, args.warmup))
+        lr = args.lr * warm
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = g.get("base_lr", args.lr) * warm
         if isinstance(net, T2LHypernetwork):
             emb = torch.stack([desc_cache[r.description] for r in rows])
             weights = net.batched_weights(emb)
@@ -278,9 +285,13 @@ def _warm_start(net: nn.Module, source: Path) -> int:
     source = Path(source)
     if isinstance(net, T2LHypernetwork):
         prior = T2LHypernetwork.load(source)
-        if prior.config.to_json() != net.config.to_json():
+        mine, theirs = net.config.to_json(), prior.config.to_json()
+        if {**mine, "offset_rank": 0} != {**theirs, "offset_rank": 0}:
             raise ValidationError(f"--init-from {source}: its config differs from this run's (size, rank, base model)")
-        net.load_state_dict(prior.state_dict())
+        # An offset the artefact lacks starts from zero delta; one it has but this run lacks is an error.
+        missing, unexpected = net.load_state_dict(prior.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("offset_") for k in missing):
+            raise ValidationError(f"--init-from {source}: weights do not match ({missing + unexpected})")
         meta = json.loads((source / "config.json").read_text()).get("training", {})
         return int(meta.get("trained_steps", 0))
     assert isinstance(net, LoraParams)
@@ -300,6 +311,7 @@ def _warm_start(net: nn.Module, source: Path) -> int:
 def export(net: nn.Module, args: TrainArgs, directory: Path, step: int) -> Path:
     """Write the artefact a run produces (hypernetwork checkpoint or LoRA safetensors)."""
     meta = {"trained_steps": step, "arm": args.arm, "train_tasks": len(train_tasks()), "lr": args.lr,
+            "offset_rank": args.offset_rank if args.arm == "t2l" else 0, "offset_lr": args.offset_lr,
             "tasks_per_step": args.tasks_per_step, "examples_per_task": args.examples_per_task}
     if isinstance(net, T2LHypernetwork):
         return net.save(directory, metadata={"training": meta})
@@ -345,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-mode", choices=["description+input", "input"], default="description+input")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init-from", type=Path, help="warm-start from a finished artefact (fresh optimiser)")
+    p.add_argument("--offset-rank", type=int, default=0, help="T2L: rank of a learned task-independent offset LoRA")
+    p.add_argument("--offset-lr", type=float, default=1e-3, help="learning rate of the offset LoRA")
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = TrainArgs(**vars(ns))
