@@ -840,11 +840,16 @@ class ParametricMemory:
         if route.check_confidence and route.adapter_documents:
             confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
             chosen = set(route.adapter_documents)
-            supported = router.support(gen.text, [h.text for h in hits if h.document_id in chosen], question)
+            evidence = [h.text for h in hits if h.document_id in chosen]
+            supported = router.support(gen.text, evidence, question)
+            missing = router.unsupported_key_words(gen.text, evidence, question)
             timings["confidence"], timings["support"] = confidence, supported
             doubt = None
             if confidence < cfg.min_confidence:
                 doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
+            elif missing:
+                doubt = ("the adapted answer is not supported by the retrieved passages (they lack "
+                         f"{', '.join(repr(w) for w in missing[:3])})")
             elif supported < cfg.min_support:
                 doubt = (f"the adapted answer is not supported by the retrieved passages ({supported:.0%} of its "
                          f"content words found < {cfg.min_support:.0%})")

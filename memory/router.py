@@ -9,7 +9,8 @@ signals and says why:
 3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
 4. otherwise parametric, then two checks of the adapted answer, both free of extra model calls: the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
-   support it (most of the content words it adds to the question appear in them). An unsure or unsupported answer is replaced by
+   support it (most of the content words it adds to the question, and every name and number among them,
+   appear in them). An unsure or unsupported answer is replaced by
    the retrieval answer. The support check catches what confidence cannot: an adapter that is confidently
    wrong (measured: ``bench/results``). Retrieval rather than hybrid, because an adapter applied beside
    passages degrades the reading of the passages with the current checkpoint.
@@ -89,6 +90,20 @@ def content_words(text: str) -> list[str]:
     return [w for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOP]
 
 
+def _new_words(answer: str, question: str) -> list[tuple[str, bool]]:
+    """(word, is_key) for the answer's content words not in the question; key words carry a digit or a capital
+    letter in the answer (names, codes, numbers, dates: the facts themselves)."""
+    asked = set(content_words(question))
+    out = []
+    for m in _WORD.finditer(answer):
+        raw = m.group(0)
+        w = raw.lower()
+        if w in _STOP or w in asked:
+            continue
+        out.append((w, any(ch.isdigit() or ch.isupper() for ch in raw)))
+    return out
+
+
 def support(answer: str, passages: list[str], question: str = "") -> float:
     """The share of the answer's new content words (those not already in the question) found in ``passages``.
 
@@ -100,12 +115,24 @@ def support(answer: str, passages: list[str], question: str = "") -> float:
     >>> support("The vault code is 7343.", ["Vault code: 7342."], "What is the vault code?")
     0.0
     """
-    asked = set(content_words(question))
-    words = [w for w in content_words(answer) if w not in asked]
+    words = [w for w, _ in _new_words(answer, question)]
     if not words:
         return 0.0
     seen = set(content_words(" ".join(passages)))
     return sum(w in seen for w in words) / len(words)
+
+
+def unsupported_key_words(answer: str, passages: list[str], question: str = "") -> list[str]:
+    """The answer's key words (names, numbers, codes: a digit or a capital letter) that ``passages`` lack.
+
+    A fact is its names and numbers: an answer with the right surname and a wrong first name has half its
+    words supported, but one of its key words is not, and that is enough to doubt it.
+
+    >>> unsupported_key_words("Zanaldo Zounend", ["It was founded by Trandma Zounend."], "Who founded it?")
+    ['zanaldo']
+    """
+    seen = set(content_words(" ".join(passages)))
+    return [w for w, key in _new_words(answer, question) if key and w not in seen]
 
 
 def select_documents(candidates: list[Candidate], cfg: RouterConfig) -> list[Candidate]:

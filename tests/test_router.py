@@ -82,3 +82,17 @@ def test_support_is_the_share_of_new_answer_words_found_in_the_passages():
     assert support("", passages, q) == 0.0 and support("the of is", passages) == 0.0
     assert support("Orion", []) == 0.0 and support("Orion", passages) == 1.0
     assert content_words("Blue-green, 42 TIMES!") == ["blue-green", "42", "times"]
+
+
+def test_every_name_and_number_of_the_answer_must_be_in_the_passages():
+    from memory.router import support, unsupported_key_words
+
+    passages = ["The Koufeth Library was founded in 1772 by Trandma Zounend."]
+    q = "Who founded the Koufeth Library?"
+    assert support("Zanaldo Zounend", passages, q) == 0.5  # half supported ...
+    assert unsupported_key_words("Zanaldo Zounend", passages, q) == ["zanaldo"]  # ... but a name is wrong
+    assert unsupported_key_words("Trandma Zounend", passages, q) == []
+    assert unsupported_key_words("It was founded by Trandma Zounend in 1772.", passages, q) == []
+    assert unsupported_key_words("founded in 1773", passages, q) == ["1773"]
+    assert unsupported_key_words("a kind librarian", passages, q) == []  # no key words: left to support()
+    assert unsupported_key_words("The Koufeth Library", passages, q) == []  # echoes of the question don't count
