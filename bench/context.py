@@ -140,12 +140,14 @@ def crossing(xs: list[float], a: list[float], b: list[float]) -> dict[str, Any]:
         if len(xs) >= 2:  # where straight-line fits of both would meet, outside the measured range
             (sa, ia), (sb, ib) = np.polyfit(xs, a, 1), np.polyfit(xs, b, 1)
             at = (ib - ia) / (sa - sb) if sa != sb else -1.0
-            if at > 0:
+            # Only outside the grid: inside it the measurements themselves say the lines do not meet
+            # (a straight line through a super-linear curve can cross the other inside the range).
+            if 0 < at < xs[0] or at > xs[-1]:
                 out["extrapolated_at"] = round(float(at), 1)
                 out["summary"] += f"; linear fits meet at ~{at:.0f} tokens"
             else:
                 out["extrapolated_at"] = None
-                out["summary"] += "; linear fits do not meet at any positive length"
+                out["summary"] += "; straight-line fits do not meet outside the measured range"
         return out
     for i in range(1, len(xs)):
         if d[i - 1] < 0 <= d[i]:
@@ -199,23 +201,34 @@ def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None 
             point["break_even_queries"] = round(point["d2l_internalize_ms"] / saved, 2) if saved > 0 else None
         points.append(point)
         log.info("context bench: %s", point)
-    xs = [p["doc_tokens"] for p in points]
     result: dict[str, Any] = {
         "base_model": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
         "threads": __import__("torch").get_num_threads(), "chunk_tokens": chunk, "reps": reps,
         "d2l_checkpoint": d2l.identity.name if d2l is not None else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "points": points,
-        "crossings": {
-            "ttft": crossing(xs, [p["context_ttft_ms"] for p in points], [p["adapter_ttft_ms"] for p in points]),
-            "memory": crossing(xs, [p["context_kv_bytes"] for p in points],
-                               [p["adapter_total_bytes"] for p in points]),
-        },
+        "crossings": crossings(points),
     }
     if d2l is None:
         result["break_even_queries"] = None
         result["break_even_note"] = "no D2L checkpoint for this base model: internalization cost not measured"
     return result
+
+
+def crossings(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Where the context line rises above the adapter line: per-query TTFT, memory and, when the one-off
+    internalization was timed, the first query (internalization + adapter TTFT against context TTFT)."""
+    xs = [p["doc_tokens"] for p in points]
+    out = {
+        "ttft": crossing(xs, [p["context_ttft_ms"] for p in points], [p["adapter_ttft_ms"] for p in points]),
+        "memory": crossing(xs, [p["context_kv_bytes"] for p in points], [p["adapter_total_bytes"] for p in points]),
+    }
+    if points and all("d2l_internalize_ms" in p for p in points):
+        first = crossing(xs, [p["context_ttft_ms"] for p in points],
+                         [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in points])
+        first["summary"] = "first query (internalization included): " + first["summary"]
+        out["first_query"] = first
+    return out
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
@@ -231,8 +244,13 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     axes[0].plot(x, [p["context_ttft_ms"] for p in pts], "o-", label="document in context")
     axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L)")
     if all("d2l_internalize_ms" in p for p in pts):
-        axes[0].plot(x, [p["d2l_internalize_ms"] for p in pts], "^--", color="grey",
-                     label="D2L internalization (once per document)")
+        axes[0].plot(x, [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in pts], "^--", color="grey",
+                     label="first query with the adapter (internalization + TTFT)")
+        first = result["crossings"].get("first_query", {})
+        if first.get("at"):
+            axes[0].axvline(first["at"], color="grey", ls=":", lw=1)
+            axes[0].annotate(f"pays off on the first query\nfrom ~{first['at']:.0f} tokens", (first["at"], 0.5),
+                             xycoords=("data", "axes fraction"), fontsize=7, ha="left")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("time to first token, ms")
     axes[1].plot(x, [p["context_kv_bytes"] / 2**20 for p in pts], "o-", label="KV cache of the document")

@@ -162,3 +162,8 @@ def test_context_bench_finds_where_the_lines_cross():
     assert above["at"] is None and above["summary"].startswith("context costs more at every length")
     assert above["extrapolated_at"] == pytest.approx(128)
     assert crossing(xs, [0, 0, 0, 0], [1, 1, 1, 1])["summary"].startswith("context costs less")
+    # a super-linear context line above a flat one: a straight-line fit would "meet" it inside the grid
+    # (the measured TTFT of bench/results/context.json: a straight-line fit meets the flat line at ~2,300 tokens)
+    long_xs = [256 * 2**i for i in range(8)]
+    curved = crossing(long_xs, [0.19, 0.32, 0.64, 1.56, 4.6, 15.8, 56.8, 206.7], [0.07] * 8)
+    assert curved["at"] is None and curved["extrapolated_at"] is None and "do not meet outside" in curved["summary"]
