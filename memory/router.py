@@ -10,10 +10,10 @@ signals and says why:
 4. otherwise parametric, then two checks of the adapted answer, both free of extra model calls: the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
    support it (most of the content words it adds to the question, and every name and number among them,
-   appear in them). An unsure or unsupported answer is replaced by
-   the retrieval answer. The support check catches what confidence cannot: an adapter that is confidently
-   wrong (measured: ``bench/results``). Retrieval rather than hybrid, because an adapter applied beside
-   passages degrades the reading of the passages with the current checkpoint.
+   appear in them). An unsure or unsupported answer is replaced by the retrieval answer. The support check
+   catches what confidence cannot: an adapter that is confidently wrong (``bench/results/qa``). Retrieval
+   rather than hybrid, because an adapter applied beside passages degrades the reading of the passages with
+   the current checkpoint.
 """
 
 from __future__ import annotations
