@@ -354,11 +354,12 @@ def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
           arms: Annotated[Optional[str], typer.Option(help="qa: comma-separated arms to run.")] = None,
           limit: Annotated[Optional[int], typer.Option(help="qa: at most this many items.")] = None,
           cd_items: Annotated[Optional[int], typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
-          cd_steps: Annotated[Optional[int], typer.Option(help="qa: context-distillation steps per document.")] = None) -> None:
+          cd_steps: Annotated[Optional[int], typer.Option(help="qa: context-distillation steps per document.")] = None,
+          seed: Annotated[Optional[int], typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
     kwargs: dict[str, Any] = {"quick": quick}
     for key, value in {"checkpoint": checkpoint, "output": output, "data": data, "arms": arms, "limit": limit,
-                       "cd_items": cd_items, "cd_steps": cd_steps}.items():
+                       "cd_items": cd_items, "cd_steps": cd_steps, "seed": seed}.items():
         if value is not None:
             kwargs[key] = str(value) if isinstance(value, Path) else value
     doc = _run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)

@@ -109,6 +109,17 @@ def test_builtin_suites_are_deterministic_and_answerable_from_the_document():
         suites.builtin(quick=True, suite="nope")
 
 
+def test_a_seed_draws_a_fresh_builtin_set():
+    """``pmem eval qa --seed N``: the same kinds and sizes, other entities and answers, reproducible."""
+    default, fresh = suites.builtin(quick=False), suites.builtin(quick=False, seed=2026)
+    assert len(fresh) == len(default) == 36 and fresh == suites.builtin(quick=False, seed=2026)
+    assert [i.meta["suite"] for i in fresh] == [i.meta["suite"] for i in default]
+    assert not {a for i in fresh for a in i.answers} & {a for i in default for a in i.answers if len(a) > 4}
+    assert all(i.id.startswith("s2026-") for i in fresh) and len({i.id for i in fresh}) == 36
+    for item in fresh:
+        assert any(ans in item.documents[0] for ans in item.answers), item
+
+
 def test_unknown_arm_is_refused():
     from memory.evaluation import qa
 

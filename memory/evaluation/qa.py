@@ -269,7 +269,7 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
         arms: Sequence[str] | str | None = None, *, suite: str = "builtin", k: int = 2,
         max_new_tokens: int | None = None, context_tokens: int | None = None, cd_items: int | None = None,
         cd_steps: int | None = None, checkpoint: str | None = None, limit: int | None = None,
-        n_boot: int = 2000, settings: Settings | None = None,
+        seed: int | None = None, n_boot: int = 2000, settings: Settings | None = None,
         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run the QA comparison and write ``qa.json``, ``report.md`` and plots into ``output``.
 
@@ -281,6 +281,7 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
         cd_items: run context distillation on the first ``cd_items`` items only (quick: 2).
         cd_steps: optimizer steps per document for context distillation (quick: 12; default: its own).
         checkpoint: a D2L checkpoint directory (default: the one shipped for the base model).
+        seed: draw the built-in items from another seed (a fresh set of the same kind; ignored with ``data``).
 
     >>> run(quick=True, data="qa.jsonl", arms="none,context,rag,auto")["arms"].keys()   # doctest: +SKIP
     dict_keys(['none', 'context', 'rag', 'auto', ...])
@@ -293,7 +294,8 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
         loaded = suites.load_jsonl(data)
         items, errors, source = loaded.items, loaded.errors, str(data)
     else:
-        items, errors, source = suites.builtin(quick, suite), [], f"builtin:{suite}"
+        items, errors = suites.builtin(quick, suite, seed), []
+        source = f"builtin:{suite}" + (f"@seed{seed}" if seed is not None else "")
     if limit is not None:
         items = items[:limit]
     if not items:

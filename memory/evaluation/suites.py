@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,14 +184,24 @@ def needle_in_haystack(n: int, *, haystack_tokens: int = 400, seed: int = 11,
 SUITES = ("facts", "needle", "builtin")
 
 
-def builtin(quick: bool, suite: str = "builtin") -> list[Item]:
-    """The built-in items: made-up facts plus needles (``quick``: 3 + 2)."""
+def builtin(quick: bool, suite: str = "builtin", seed: int | None = None) -> list[Item]:
+    """The built-in items: made-up facts plus needles (``quick``: 3 + 2).
+
+    ``seed`` draws another set of the same kind (facts from ``seed``, needles from ``seed + 1``), fresh to
+    anything tuned on the default set; their ids start with ``s<seed>-``.
+
+    >>> [i.id for i in builtin(True)][:2], builtin(True, seed=5)[0].id
+    (['fact000', 'fact001'], 's5-fact000')
+    """
     if suite not in SUITES:
         raise ValidationError(f"suite must be one of {SUITES}, got {suite!r}")
     n_facts, n_needle = (3, 2) if quick else (24, 12)
+    seeds = {} if seed is None else {"facts": {"seed": seed}, "needle": {"seed": seed + 1}}
     out: list[Item] = []
     if suite in ("facts", "builtin"):
-        out += made_up_facts(n_facts)
+        out += made_up_facts(n_facts, **seeds.get("facts", {}))
     if suite in ("needle", "builtin"):
-        out += needle_in_haystack(n_needle, haystack_tokens=300 if quick else 1500)
+        out += needle_in_haystack(n_needle, haystack_tokens=300 if quick else 1500, **seeds.get("needle", {}))
+    if seed is not None:
+        out = [replace(i, id=f"s{seed}-{i.id}") for i in out]
     return out
