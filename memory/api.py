@@ -491,7 +491,8 @@ class ParametricMemory:
         its error is recorded on the source and returned as an ``AddResult`` with ``status="failed"``.
         With ``prune_missing`` (what the scheduled refresh uses), documents that came from this directory or
         glob but whose file is no longer there are deleted (``status="removed"``); a file that is still
-        there but fails to parse keeps its document.
+        there but fails to parse keeps its document, and a source that now holds no files at all removes
+        nothing (it is recorded as the source's error).
 
         >>> [r.status for r in mem.add_source("policies/")]  # doctest: +SKIP
         ['created', 'created', 'failed']
@@ -526,7 +527,11 @@ class ParametricMemory:
                 log.warning("ingest of %s failed: %s", shown, e)
                 errors.append(str(e))  # ingest errors already name the file
                 results.append(AddResult("failed", None, source=shown, error=str(e)))
-        if prune_missing and scan.kind != "file":
+        if prune_missing and scan.kind != "file" and not scan.files:
+            # An empty (or not yet mounted) directory is far likelier an accident than a deliberate wipe.
+            errors.append(f"{uri} holds no files now: nothing was removed (delete documents with `pmem rm`)")
+            log.warning(errors[-1])
+        elif prune_missing and scan.kind != "file":
             present = {document_key(path, scan.root) for path in scan.files}
             with self._tx() as s:
                 gone = list(s.scalars(

@@ -109,6 +109,18 @@ def test_a_file_removed_from_a_refreshed_directory_loses_its_document(mem, tmp_p
     assert refresh_sources(mem, force=True, enqueue=lambda vid: None).removed == []  # nothing left to remove
 
 
+def test_a_directory_that_is_suddenly_empty_removes_nothing(mem, tmp_path):
+    """An empty (or unmounted) directory is not taken as an order to delete every document."""
+    docs = tmp_path / "docs"
+    files = [_write(docs / "a.md", "# A\n\nAlpha.\n"), _write(docs / "b.md", "# B\n\nBeta.\n")]
+    mem.add_source(str(docs), refresh_interval_s=60)
+    for f in files:
+        f.unlink()
+    report = refresh_sources(mem, force=True, enqueue=lambda vid: None)
+    assert report.removed == [] and sorted(d.id for d in mem.list()) == ["a.md", "b.md"]
+    assert "holds no files now: nothing was removed" in mem.sources()[0]["last_error"]
+
+
 def test_refresh_reinternalizes_and_rollback_restores_the_old_adapter(mem, tmp_path):
     """Embedded mode (the same task bodies as the workers): new version -> new adapter; rollback -> old one."""
     from workers.tasks import submit_ingest, submit_refresh
