@@ -243,13 +243,18 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
         # the facade keeps one adapter); run it here
     if embedded:
         return run_inline(store, job.id, partial(run_body, mem))
-    celery_id = uuid.uuid4().hex
-    store.set_celery_id(job.id, celery_id)
     try:
-        app_for(mem.settings).send_task(TASK_NAMES[kind], args=[job.id], task_id=celery_id)
+        return _publish(mem, store, job)
     except Exception as e:  # noqa: BLE001 - the job must not stay 'queued' with no message behind it
         store.fail(job.id, f"could not publish to the broker: {describe(e)}")
         raise
+
+
+def _publish(mem: Any, store: JobStore, job: JobInfo) -> JobInfo:
+    """Send a job's message to the broker under a fresh Celery id (recorded on the job first)."""
+    celery_id = uuid.uuid4().hex
+    store.set_celery_id(job.id, celery_id)
+    app_for(mem.settings).send_task(TASK_NAMES[job.kind], args=[job.id], task_id=celery_id)
     return store.get(job.id)
 
 
@@ -269,11 +274,8 @@ def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
         if not mem.settings.broker_url:
             out.append(run_inline(store, job.id, partial(run_body, mem)))
             continue
-        celery_id = uuid.uuid4().hex
-        store.set_celery_id(job.id, celery_id)
-        app_for(mem.settings).send_task(TASK_NAMES[job.kind], args=[job.id], task_id=celery_id)
+        out.append(_publish(mem, store, job))
         log.info("re-sent stale job %s (%s, queued since %s)", job.id, job.kind, job.created_at)
-        out.append(store.get(job.id))
     return out
 
 
