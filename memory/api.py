@@ -35,6 +35,7 @@ from memory.db import (
     QueryLog,
     Source,
     get_engine,
+    lock_blobs,
     session_factory,
     session_scope,
 )
@@ -254,6 +255,7 @@ class ParametricMemory:
         self.blobs.put(data)
 
         def write(s: Session) -> AddResult:
+            self._hold_blob(s, sha, data)
             ns_row = self._ns_row(s, ns, create=True)
             assert ns_row is not None
             doc = s.scalar(select(Document).where(Document.namespace_id == ns_row.id, Document.key == doc_id))
@@ -312,6 +314,17 @@ class ParametricMemory:
         log.info("add %s/%s: %s (v%s)", ns, doc_id, result.status,
                  result.document.version.number if result.document.version else "?")
         return result
+
+    def _hold_blob(self, s: Session, sha: str, data: bytes) -> None:
+        """Under the blob lock, make sure the blob this transaction is about to reference exists.
+
+        A concurrent ``gc``/``delete`` may have swept it since our ``put`` (it was unreferenced then);
+        the lock keeps it from doing so again before this transaction commits.
+        """
+        lock_blobs(s)
+        if not self.blobs.exists(sha):
+            log.info("blob %s was swept before its row committed: writing it again", sha)
+            self.blobs.put(data)
 
     def _make_current(self, s: Session, doc: Document, version: DocumentVersion) -> None:
         """Point the document at ``version``; its adapters become ready again, the old ones superseded."""
@@ -456,16 +469,35 @@ class ParametricMemory:
 
     def _drop_unreferenced(self, shas: list[str]) -> int:
         """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
+        if not shas:
+            return 0
         with self._tx() as s:
+            lock_blobs(s, exclusive=True)  # no writer commits a reference to these while we look and delete
             used = self._referenced(s, shas)
-        return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+            return sum(self.blobs.delete(sha) for sha in set(shas) - used)
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove every blob that no row references (left by a crash between blob write and commit)."""
+        """Remove every blob that no row references (left by a crash between blob write and commit).
+
+        Safe while other processes write: candidates are re-checked and deleted under the exclusive blob
+        lock, and temporary files of writes in flight are left alone (see ``BlobStore.sweep``).
+        """
         with self._tx() as s:
             referenced = set(s.scalars(select(DocumentVersion.content_sha256)))
             referenced |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
-        return self.blobs.sweep(referenced, dry_run=dry_run)
+        candidates = self.blobs.sweep(referenced, dry_run=True)
+        if dry_run:
+            return candidates
+        removed: list[str] = []
+        if candidates:
+            with self._tx() as s:
+                lock_blobs(s, exclusive=True)
+                used = self._referenced(s, candidates)
+                removed = [d for d in candidates if d not in used and self.blobs.delete(d)]
+        self.blobs.sweep_temporaries()
+        if removed:
+            log.info("gc removed %d unreferenced blob(s)", len(removed))
+        return removed
 
     # ------------------------------------------------------------ feedback
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
@@ -707,8 +739,12 @@ class ParametricMemory:
         sha = sha256_hex(blob)
         existed = self.blobs.exists(sha)
         self.blobs.put(blob)
+        def held(s: Session) -> AdapterInfo:
+            self._hold_blob(s, sha, blob)
+            return write(s, sha)
+
         try:
-            info = self._retrying(lambda s: write(s, sha))
+            info = self._retrying(held)
         except BaseException:
             if not existed:
                 self._drop_unreferenced([sha])
