@@ -11,7 +11,9 @@ True
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -63,14 +65,17 @@ from memory.types import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}$")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
+_MAX_TITLE = 512  # Document.title's column width
+_MAX_SOURCE = 2048  # Source.uri's
+_MAX_METADATA_BYTES = 64 * 1024
 _RETRIES = 5
 
 
 def validate_namespace(name: str) -> str:
     """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAMESPACE.match(name):
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
         raise ValidationError(
             f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )
@@ -81,7 +86,7 @@ def validate_document_id(doc_id: str) -> str:
     """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
     if (
         not isinstance(doc_id, str)
-        or not _DOC_ID.match(doc_id)
+        or not _DOC_ID.fullmatch(doc_id)
         or any(part in ("", ".", "..") for part in doc_id.split("/"))
     ):
         raise ValidationError(
@@ -89,6 +94,44 @@ def validate_document_id(doc_id: str) -> str:
             "no empty, '.' or '..' path segments"
         )
     return doc_id
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata is a JSON object: string keys; values str, finite numbers, bools, None, lists and objects.
+
+    NaN and infinities are refused (JSON has no such numbers, and one such value breaks filtering and
+    search for its whole namespace), and so is anything JSON cannot represent exactly.
+    """
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, (str, bool, int)):
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata {where} is {value!r}: only finite numbers can be stored")
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check(item, f"{where}.{k}" if where else k)
+            return
+        raise ValidationError(
+            f"metadata {where or 'value'} is a {type(value).__name__}, which JSON cannot hold: use str, "
+            "numbers, bools, None, lists and dicts"
+        )
+
+    check(metadata, "")
+    size = len(json.dumps(metadata, allow_nan=False))
+    if size > _MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
+    return metadata
 
 
 def _check_text(text: Any, max_bytes: int) -> str:
@@ -246,8 +289,12 @@ class ParametricMemory:
         normalised = _check_text(text, self.settings.max_document_bytes)
         sha = content_hash(normalised)
         doc_id = validate_document_id(document_id) if document_id is not None else f"doc-{sha[:16]}"
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata is not None:
+            validate_metadata(metadata)
+        if title is not None and (not isinstance(title, str) or len(title) > _MAX_TITLE):
+            raise ValidationError(f"title must be a string of at most {_MAX_TITLE} characters")
+        if source is not None and len(source) > _MAX_SOURCE:
+            raise ValidationError(f"source {source[:80]!r}... is over {_MAX_SOURCE} characters")
         specs = chunks if chunks is not None else chunk_text(normalised, self.settings.chunk_tokens)
         data = normalised.encode("utf-8")
         # The blob is written before the rows that reference it; if the transaction fails, it is removed.

@@ -13,6 +13,7 @@ import pytest
 
 from memory.api import ParametricMemory
 from memory.errors import IntegrityError, ValidationError
+from test_search import BagOfWords
 
 TEXT = "The vault code is 7342.\n\nThe backup vault is in Lyon."
 
@@ -97,3 +98,43 @@ def test_re_adding_the_text_repairs_a_corrupt_blob(mem):
         mem.get("v", with_text=True)
     assert mem.add(TEXT, document_id="v").status == "unchanged"
     assert mem.get("v", with_text=True).text == TEXT
+
+
+# ---------------------------------------------------------------- 14.4 metadata that JSON cannot hold
+@pytest.mark.parametrize("bad", [
+    {"score": float("nan")}, {"score": float("inf")}, {"nested": {"x": [1, float("-inf")]}},
+    {"tags": {"a", "b"}}, {"raw": b"bytes"}, {1: "int key"}, {"when": object()},
+])
+def test_metadata_json_cannot_hold_is_refused_and_search_keeps_working(backend_settings, bad):
+    mem = ParametricMemory(backend_settings, embedder=BagOfWords())
+    mem.add("Refunds are accepted within 30 days.", document_id="ok", metadata={"team": "support"})
+    with pytest.raises(ValidationError, match="metadata"):
+        mem.add("A poisoned document.", document_id="bad", metadata=bad)
+    assert [d.id for d in mem.list()] == ["ok"]
+    assert mem.search("refunds", k=2, filter={"team": "support"})[0].document_id == "ok"
+
+
+def test_finite_json_metadata_round_trips(mem):
+    md = {"score": 1.5, "n": -3, "ok": True, "none": None, "tags": ["a", "b"], "nested": {"x": 0.0}}
+    mem.add("Kept with its metadata.", document_id="m", metadata=md)
+    assert mem.get("m").metadata == md
+
+
+# ---------------------------------------------------------------- 14.12 validators
+@pytest.mark.parametrize("doc_id", ["policy\n", "a" * 255 + "\n", "a" * 256, "x" * 4000])
+def test_document_ids_with_a_trailing_newline_or_over_long_are_a_clear_error(mem, doc_id):
+    with pytest.raises(ValidationError, match="invalid document id"):
+        mem.add(TEXT, document_id=doc_id)
+    assert mem.list() == []
+
+
+@pytest.mark.parametrize("ns", ["team\n", "a" * 65])
+def test_namespaces_with_a_trailing_newline_or_over_long_are_a_clear_error(mem, ns):
+    with pytest.raises(ValidationError, match="invalid namespace"):
+        mem.add(TEXT, document_id="d", namespace=ns)
+
+
+def test_over_long_title_is_a_clear_error(mem):
+    with pytest.raises(ValidationError, match="title"):
+        mem.add(TEXT, document_id="d", title="t" * 513)
+    assert mem.add(TEXT, document_id="d", title="t" * 512).document.title == "t" * 512
