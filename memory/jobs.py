@@ -32,6 +32,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from memory.db import Job, JobState, Namespace, get_engine, session_factory
 from memory.db.migrate import ensure_schema
+from memory.config import redact
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.types import JobInfo
 
@@ -60,7 +61,7 @@ def _now() -> datetime:
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` on one line (the form stored in ``Job.error``)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -284,7 +285,7 @@ class JobStore:
                 return False
             row.state = JobState.succeeded
             row.result = result
-            row.error = error[:MAX_ERROR_CHARS] if error else None
+            row.error = redact(error)[:MAX_ERROR_CHARS] if error else None
             row.finished_at = _now()
             return True
 
@@ -296,7 +297,7 @@ class JobStore:
             if row.state == JobState.succeeded:
                 return False
             row.state = JobState.failed
-            row.error = error[:MAX_ERROR_CHARS]
+            row.error = redact(error)[:MAX_ERROR_CHARS]
             row.finished_at = _now()
             return True
 
@@ -308,7 +309,7 @@ class JobStore:
             if row.state == JobState.succeeded:
                 return False
             row.state = JobState.retrying
-            row.error = error[:MAX_ERROR_CHARS]
+            row.error = redact(error)[:MAX_ERROR_CHARS]
             return True
 
         return self._update(job_id, change)

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from memory.config import redact
 from memory.errors import IntegrityError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class BlobStore:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         url = str(url)
-        self.url = url
+        self.url = redact(url)  # as shown in messages; never a password
         if "://" in url and not url.startswith("file://"):
             import fsspec
 

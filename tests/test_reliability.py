@@ -138,3 +138,61 @@ def test_over_long_title_is_a_clear_error(mem):
     with pytest.raises(ValidationError, match="title"):
         mem.add(TEXT, document_id="d", title="t" * 513)
     assert mem.add(TEXT, document_id="d", title="t" * 512).document.title == "t" * 512
+
+
+# ---------------------------------------------------------------- 14.8 secrets
+SECRET = "s3cr3t-pw"
+
+
+@pytest.fixture
+def secret_settings(pg_url, tmp_path):
+    """Settings whose URLs carry a password (the test server trusts any password, so they work)."""
+    from memory.config import Settings
+    from memory.db import migrate
+
+    url = pg_url.replace("postgres@", f"postgres:{SECRET}@")
+    migrate.upgrade(url)
+    return Settings.from_env(home=tmp_path / "h", database_url=url,
+                             broker_url=f"redis://:{SECRET}@127.0.0.1:6399/0",
+                             blob_url=str(tmp_path / "blobs"))
+
+
+def test_chat_model_and_llm_never_show_the_urls_passwords(secret_settings):
+    import json
+
+    from langchain_core.load import dumpd, dumps
+
+    from integrations.langchain import ParametricChatModel
+    from integrations.llamaindex import ParametricLLM
+
+    mem = ParametricMemory(secret_settings)
+    assert SECRET not in repr(secret_settings) and "***" in repr(secret_settings)
+    for obj in (ParametricChatModel(memory=mem, settings=secret_settings, max_tokens=8),
+                ParametricChatModel(settings=secret_settings)):
+        shown = [repr(obj), str(obj), str(obj.model_dump()), json.dumps(dumpd(obj), default=str), dumps(obj),
+                 obj.model_dump_json(), str(obj._identifying_params)]
+        assert not [s for s in shown if SECRET in s]
+    llm = ParametricLLM(memory=mem, settings=secret_settings)
+    shown = [repr(llm), str(llm), str(llm.model_dump()), llm.model_dump_json(), llm.to_json(), str(llm.metadata)]
+    assert not [s for s in shown if SECRET in s]
+    assert SECRET not in repr(mem)
+
+
+def test_job_rows_and_cli_errors_never_hold_a_password(secret_settings, monkeypatch, capsys):
+    from memory.jobs import JobStore, describe
+
+    store = JobStore.for_memory(ParametricMemory(secret_settings))
+    job, _ = store.create("ingest", {"spec": "docs/"})
+    err = ConnectionError(f"Error connecting to {secret_settings.broker_url}: refused")
+    assert SECRET not in describe(err)
+    store.fail(job.id, f"OperationalError: could not reach {secret_settings.database_url}")
+    assert SECRET not in (store.get(job.id).error or "") and "***" in store.get(job.id).error
+
+    from typer.testing import CliRunner
+
+    from memory.cli import app
+
+    monkeypatch.setenv("PMEM_DATABASE_URL", f"postgresql://postgres:{SECRET}@127.0.0.1:5432/no_such_db_here")
+    result = CliRunner().invoke(app, ["ls", "--json"])
+    assert result.exit_code != 0
+    assert SECRET not in result.output + str(result.exception or "")
