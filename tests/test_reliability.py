@@ -196,3 +196,70 @@ def test_job_rows_and_cli_errors_never_hold_a_password(secret_settings, monkeypa
     result = CliRunner().invoke(app, ["ls", "--json"])
     assert result.exit_code != 0
     assert SECRET not in result.output + str(result.exception or "")
+
+
+# ---------------------------------------------------------------- 14.13 / 14.10: the pmem add and ingest commands
+def _pmem(*args: str, input: bytes | None = None, env: dict | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "pmem")
+    return subprocess.run([exe, *args], input=input, capture_output=True, timeout=180,
+                          env={**os.environ, **(env or {})})
+
+
+def test_pmem_add_dir_reports_failed_files_and_exits_1(tmp_path):
+    import json
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text("Lockers are emptied on Fridays.\n")
+    (docs / "empty.txt").write_text("   \n")
+    p = _pmem("add", str(docs))
+    assert p.returncode == 1, p.stderr
+    assert b"Traceback" not in p.stderr
+    assert b"good.txt" in p.stdout and b"empty.txt" in p.stderr and b"empty" in p.stderr
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.txt").write_text("\n")
+    p = _pmem("add", str(bad), "--json")
+    assert p.returncode == 1 and b"Traceback" not in p.stderr
+    assert [r["status"] for r in json.loads(p.stdout.splitlines()[-1])] == ["failed"]
+
+
+def test_pmem_add_stdin_is_bounded(tmp_path):
+    """An endless stdin stops at the document limit instead of filling memory."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    endless = subprocess.Popen(["yes", "word"], stdout=subprocess.PIPE)
+    try:
+        p = subprocess.run([str(Path(sys.executable).parent / "pmem"), "add", "-", "--id", "big"],
+                           stdin=endless.stdout, capture_output=True, timeout=90,
+                           env={**os.environ, "PMEM_MAX_DOCUMENT_BYTES": "100000"})
+    finally:
+        endless.kill()
+        endless.wait()
+    assert p.returncode == 2 and b"over the limit" in p.stderr and b"Traceback" not in p.stderr
+    p = _pmem("add", "-", "--id", "small", input=b"word " * 100, env={"PMEM_MAX_DOCUMENT_BYTES": "1000"})
+    assert p.returncode == 0, p.stderr
+
+
+def test_pmem_ingest_json_with_the_broker_down_is_a_json_error(tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "a.txt").write_text("Visitors park on level two.\n")
+    p = _pmem("ingest", str(tmp_path / "a.txt"), "--json",
+              env={"PMEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{port}/0"})
+    assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr[-2000:]
+    err = json.loads(p.stdout.splitlines()[-1])
+    assert "unreachable" in err["error"] and SECRET not in p.stdout.decode() + p.stderr.decode()
