@@ -263,3 +263,111 @@ def test_pmem_ingest_json_with_the_broker_down_is_a_json_error(tmp_path):
     assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr[-2000:]
     err = json.loads(p.stdout.splitlines()[-1])
     assert "unreachable" in err["error"] and SECRET not in p.stdout.decode() + p.stderr.decode()
+
+
+# ---------------------------------------------------------------- 14.9 text without spaces
+@pytest.mark.parametrize("kind", ["cjk", "base64", "cjk-file"])
+def test_text_without_spaces_is_chunked_within_the_token_bound(tmp_path, kind):
+    import base64
+    import os
+
+    mem = ParametricMemory(home=tmp_path / "h", chunk_tokens=128)
+    if kind == "base64":
+        text = base64.b64encode(os.urandom(60_000)).decode()
+    else:
+        text = "数据库中的每一个文档都被存储在模型的权重里面" * 2000
+    if kind == "cjk-file":
+        (tmp_path / "zh.txt").write_text(text, encoding="utf-8")
+        [r] = mem.add_source(str(tmp_path / "zh.txt"))
+        doc = r.document.id
+    else:
+        doc = mem.add(text, document_id="dense").document.id
+    chunks = mem.chunks(doc)
+    assert len(chunks) > 10
+    # A CJK character is at least one token of any tokenizer; base64 at least one per 3-4 characters.
+    per_token = 1 if kind.startswith("cjk") else 4
+    assert max(len(c.text) for c in chunks) <= 128 * per_token
+    assert "".join(c.text for c in chunks) == text  # nothing lost between chunks
+
+
+# ---------------------------------------------------------------- 14.10 .docx and PDF bounds
+def _rezip(data: bytes, extra: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item, src.read(item.filename))
+        for name, body in extra.items():
+            dst.writestr(name, body, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return out.getvalue()
+
+
+def test_docx_zip_bomb_is_refused_by_ratio_and_by_the_document_limit():
+    from _fixtures_ingest import docx_bytes
+
+    from memory.errors import IngestError
+    from memory.ingest import partition_bytes
+
+    good = docx_bytes()
+    assert partition_bytes(good, "ok.docx").text.strip()
+    bomb = _rezip(good, {"customXml/item9.xml": b"<a>" + b" " * (40 * 1024 * 1024) + b"</a>"})
+    assert len(bomb) < 256 * 1024
+    with pytest.raises(IngestError, match="zip bomb"):
+        partition_bytes(bomb, "bomb.docx")
+    # Unpacked size is bounded by the document limit too (here 1 MB: the 3 MB member is too much).
+    padded = _rezip(good, {"customXml/item9.xml": bytes(range(256)) * (3 * 4096)})
+    with pytest.raises(IngestError, match="unpacks to"):
+        partition_bytes(padded, "big.docx", max_bytes=1024 * 1024)
+
+
+def _flate_pdf(pages: list[bytes]) -> bytes:
+    """A valid PDF whose page content streams are Flate-compressed (``pages``: each page's raw content)."""
+    import io
+    import zlib
+
+    objects: list[bytes] = [b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    pages_id = 1 + 2 * len(pages) + 1
+    kids = []
+    for content in pages:
+        z = zlib.compress(content, 9)
+        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(z) + z + b"\nendstream")
+        objects.append(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 1 0 R >> >>"
+                       b" /Contents %d 0 R >>" % (pages_id, len(objects)))
+        kids.append(len(objects))
+    objects.append(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids)))
+    objects.append(b"<< /Type /Catalog /Pages %d 0 R >>" % len(objects))
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % i + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for off in offsets:
+        out.write(b"%010d 00000 n \n" % off)
+    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, len(objects), xref))
+    return out.getvalue()
+
+
+def test_pdf_decompression_bomb_and_page_count_are_bounded():
+    import time
+
+    from memory.errors import IngestError
+    from memory.ingest import partition_bytes
+    from memory.ingest.pdf import extract_pdf
+
+    text = b"BT /F1 12 Tf 72 700 Td (Refunds are paid within 14 days.) Tj ET"
+    ok = _flate_pdf([text, text.replace(b"14", b"30")])
+    assert "14 days" in partition_bytes(ok, "ok.pdf").text
+    bomb = _flate_pdf([text + b"\n%" + b" " * (200 * 1024 * 1024)])  # 200 MB of padding in ~200 KB
+    assert len(bomb) < 512 * 1024
+    t0 = time.perf_counter()
+    with pytest.raises(IngestError, match="decompression bomb"):
+        partition_bytes(bomb, "bomb.pdf", max_bytes=1024 * 1024)
+    assert time.perf_counter() - t0 < 30
+    assert "14 days" in partition_bytes(ok, "ok.pdf").text  # the bound was for that one PDF only
+    with pytest.raises(IngestError, match="more than 1 pages"):
+        extract_pdf(ok, "two.pdf", max_pages=1)
