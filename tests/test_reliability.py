@@ -371,3 +371,104 @@ def test_pdf_decompression_bomb_and_page_count_are_bounded():
     assert "14 days" in partition_bytes(ok, "ok.pdf").text  # the bound was for that one PDF only
     with pytest.raises(IngestError, match="more than 1 pages"):
         extract_pdf(ok, "two.pdf", max_pages=1)
+
+
+# ---------------------------------------------------------------- 14.5 sources
+def test_relative_directory_source_is_resolved_at_registration(tmp_path, monkeypatch):
+    from memory.refresh import refresh_sources
+
+    work = tmp_path / "work"
+    (work / "policies").mkdir(parents=True)
+    (work / "policies" / "leave.md").write_text("# Leave\n\nThirty days of paid leave.\n")
+    monkeypatch.chdir(work)
+    mem = ParametricMemory(home=tmp_path / "h")
+    [r] = mem.add_source("policies/", refresh_interval_s=60)
+    assert r.status == "created"
+    assert mem.sources()[0]["uri"] == str(work / "policies")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the refreshing process (a worker, cron) runs somewhere else
+    report = refresh_sources(mem, force=True)
+    assert [d.id for d in mem.list()] == ["leave.md"]
+    assert not report.to_dict().get("removed") and mem.get("leave.md", with_text=True).text.endswith("paid leave.")
+
+
+def test_two_sources_with_the_same_relative_path_do_not_replace_each_other(mem, tmp_path):
+    for team, fact in (("teamA", "Team A meets on Mondays."), ("teamB", "Team B meets on Fridays.")):
+        (tmp_path / team).mkdir()
+        (tmp_path / team / "index.json").write_text('{"note": "%s"}' % fact)
+    [a] = mem.add_source(str(tmp_path / "teamA"))
+    assert a.status == "created" and a.document.id == "index.json"
+    [b] = mem.add_source(str(tmp_path / "teamB"))
+    assert b.status == "failed" and "already comes from the source" in b.error
+    assert "Team A" in mem.get("index.json", with_text=True).text
+    # teamA refreshes and prunes: its document stays; teamB pruning removes nothing of teamA's
+    assert [r.status for r in mem.add_source(str(tmp_path / "teamA"), prune_missing=True)] == ["unchanged"]
+    assert [r.status for r in mem.add_source(str(tmp_path / "teamB"), prune_missing=True)] == ["failed"]
+    assert "Team A" in mem.get("index.json", with_text=True).text
+
+
+def test_glob_does_not_follow_a_symlinked_directory_out_of_the_root(tmp_path):
+    import os
+
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    (docs / "team").mkdir(parents=True)
+    outside.mkdir()
+    (docs / "team" / "notes.txt").write_text("Team notes.\n")
+    (outside / "secret.txt").write_text("The root password is hunter2.\n")
+    os.symlink(outside, docs / "link")
+    mem = ParametricMemory(home=tmp_path / "h")
+    results = mem.add_source(str(docs / "*" / "*.txt"))
+    assert [r.document.id for r in results] == ["team/notes.txt"]
+    assert all("hunter2" not in (mem.get(d.id, with_text=True).text or "") for d in mem.list())
+
+
+# ---------------------------------------------------------------- 14.11 query bounds
+@pytest.fixture
+def tiny_mem(tmp_path):
+    from _fixtures_models import tiny_base
+
+    mem = ParametricMemory(home=tmp_path / "h", embedder=BagOfWords())
+    mem._base_model = tiny_base()
+    return mem
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"question": "x" * 100_000}, "question is"),
+    ({"k": 0}, "k must be"), ({"k": 10**6}, "k must be"), ({"k": True}, "k must be"),
+    ({"max_new_tokens": 10**7}, "max_new_tokens must be"), ({"max_new_tokens": 0}, "max_new_tokens must be"),
+])
+def test_query_bounds_question_k_and_max_new_tokens(tiny_mem, kwargs, match):
+    args = {"question": "what opens the vault?", **kwargs}
+    with pytest.raises(ValidationError, match=match):
+        tiny_mem.query(args.pop("question"), mode="retrieval", **args)
+
+
+def test_query_prompt_is_kept_inside_the_model_window(tiny_mem):
+    base = tiny_mem._base_model
+    base.model.config.max_position_embeddings = window = 700  # the tiny model counts one token per character
+    for i in range(8):
+        tiny_mem.add(f"the vault {i} opens with code {i}{i}{i}. " * 4, document_id=f"v{i}")
+    r = tiny_mem.query("what opens the vault?", mode="retrieval", k=8, max_new_tokens=16, log=False)
+    assert r.prompt_tokens + 16 <= window
+    assert 0 < len(r.chunks) < 8  # the passages that did not fit were left out
+    with pytest.raises(ValidationError, match="window"):
+        tiny_mem.query("what opens the vault? " * 40, mode="retrieval", k=1, max_new_tokens=16, log=False)
+
+
+def test_mean_logprob_runs_the_vocabulary_head_on_the_answer_positions_only(tiny_mem):
+    import torch
+
+    base = tiny_mem._base_model
+    prompt, answer = list(range(2, 40)) * 3, [5, 6, 7, 8]
+    rows: list[int] = []
+    hook = base.model.lm_head.register_forward_hook(lambda m, i, o: rows.append(o.shape[1]))
+    try:
+        got = ParametricMemory._mean_logprob(base, prompt, answer, None)
+    finally:
+        hook.remove()
+    assert rows == [len(answer) + 1]
+    with torch.no_grad():  # the reference: every position's logits
+        logits = base.forward(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1].float()
+    want = float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(answer)[:, None]).mean())
+    assert got == pytest.approx(want, abs=1e-5)
