@@ -66,10 +66,13 @@ class ChunkIndex:
                     .order_by(Chunk.id)
                     .limit(_EMBED_BATCH)
                 ).all()
-                if not rows:
-                    return done
-                vectors = self.embedder.embed_documents([r.text for r in rows])
-                for r, v in zip(rows, vectors):
+            if not rows:
+                return done
+            # Embedded with no transaction open: on SQLite every transaction holds the write lock
+            # (BEGIN IMMEDIATE), and embedding a batch takes seconds.
+            vectors = self.embedder.embed_documents([r.text for r in rows])
+            with self._sessions() as s:
+                for r, v in zip(rows, vectors):  # chunk rows never change text: no re-check needed
                     s.execute(
                         Chunk.__table__.update().where(Chunk.id == r.id)
                         .values(embedding=vector_to_bytes(v), embedding_model=self.model_key)

@@ -472,3 +472,46 @@ def test_mean_logprob_runs_the_vocabulary_head_on_the_answer_positions_only(tiny
         logits = base.forward(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1].float()
     want = float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(answer)[:, None]).mean())
     assert got == pytest.approx(want, abs=1e-5)
+
+
+# ---------------------------------------------------------------- 14.14 SQLite lock while embedding
+class _SlowEmbedder(BagOfWords):
+    """Embedding a batch takes a while (as a real model does on CPU)."""
+
+    def __init__(self, started, seconds: float) -> None:
+        self.started, self.seconds = started, seconds
+
+    def embed_documents(self, texts):
+        self.started.set()
+        time.sleep(self.seconds)
+        return super().embed_documents(texts)
+
+
+def _add_and_time(home, out) -> None:
+    t0 = time.monotonic()
+    ParametricMemory(home=home).add("Written while another process embeds.", document_id="writer")
+    out.put(time.monotonic() - t0)
+
+
+def test_sqlite_write_lock_is_not_held_while_chunks_are_embedded(tmp_path):
+    import threading
+
+    home = tmp_path / "h"
+    mem = ParametricMemory(home=home)
+    for i in range(5):
+        mem.add(f"Document {i} about lockers and parking.", document_id=f"d{i}")
+    started = threading.Event()
+    mem.embedder = _SlowEmbedder(started, seconds=20.0)
+    searcher = threading.Thread(target=lambda: mem.search("lockers", k=2))
+    searcher.start()
+    assert started.wait(60)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    writer = ctx.Process(target=_add_and_time, args=(home, out))
+    writer.start()
+    try:
+        took = out.get(timeout=120)
+    finally:
+        writer.join(timeout=60)
+        searcher.join(timeout=120)
+    assert took < 12.0, f"the other process's add waited {took:.1f} s for the embedding to finish"
