@@ -3,6 +3,7 @@
 from memory.db.models import (
     Adapter,
     AdapterStatus,
+    ApiKey,
     Base,
     Chunk,
     Document,
@@ -17,7 +18,7 @@ from memory.db.models import (
 from memory.db.session import dispose_engines, get_engine, session_factory, session_scope
 
 __all__ = [
-    "Adapter", "AdapterStatus", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
+    "Adapter", "AdapterStatus", "ApiKey", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
     "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "session_factory",
     "session_scope",
 ]
