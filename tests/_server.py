@@ -24,7 +24,7 @@ class StableBagOfWords:
     """Hashed bag of words with a process-independent hash (crc32), so a restarted server agrees with itself."""
 
     name = "bag-of-words-crc32"
-    dim = 64
+    dim = 512
 
     def _vec(self, text: str) -> np.ndarray:
         v = np.zeros(self.dim, dtype=np.float32)
