@@ -30,6 +30,9 @@ import pytest
 from _server import REPO, ServerProcess, server_env
 
 NS, OTHER = "alpha", "beta"
+# Tests that add after others deleted use a namespace of their own: on SQLite a deleted row id is reused, and
+# the chunk index before the document stamps of issue 14.3 can miss that change within one namespace.
+MCP_NS, REMOTE_NS = "gamma", "delta"
 
 
 @dataclass
@@ -63,7 +66,7 @@ def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: 
     else:
         ensure_schema(url, auto_migrate=True)
     store = KeyStore.for_url(url)
-    specs = {"admin": ("admin", ["*"]), "writer": ("write", [NS]), "reader": ("read", [NS]),
+    specs = {"admin": ("admin", ["*"]), "writer": ("write", [NS, MCP_NS, REMOTE_NS]), "reader": ("read", [NS]),
              "other": ("write", [OTHER]), "revoked": ("write", [NS])}
     created = {name: store.create(name, role=role, namespaces=nss) for name, (role, nss) in specs.items()}
     store.revoke(created["revoked"].info.key_id)
@@ -79,23 +82,24 @@ def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: 
                   {k: c.info.key_id for k, c in created.items()}, home, url, proc, root)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def served(request, tmp_path_factory, model_cache) -> Any:
-    db_url = None
-    if request.param == "postgresql":
-        import psycopg
-
-        db_url = request.getfixturevalue("pg_server_url")
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    srv = _start(tmp_path_factory.mktemp(f"server-{request.param}"), model_cache, db_url)
+@pytest.fixture(scope="module")
+def sqlite_served(tmp_path_factory, model_cache) -> Any:
+    srv = _start(tmp_path_factory.mktemp("server-sqlite"), model_cache)
     yield srv
     srv.proc.stop()
 
 
-@pytest.fixture(scope="module")
-def sqlite_served(tmp_path_factory, model_cache) -> Any:
-    srv = _start(tmp_path_factory.mktemp("server-sqlite-2"), model_cache)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def served(request, tmp_path_factory, model_cache) -> Any:
+    if request.param == "sqlite":  # one SQLite server for the whole module (each start costs ~15 s here)
+        yield request.getfixturevalue("sqlite_served")
+        return
+    import psycopg
+
+    db_url = request.getfixturevalue("pg_server_url")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    srv = _start(tmp_path_factory.mktemp("server-postgresql"), model_cache, db_url)
     yield srv
     srv.proc.stop()
 
@@ -335,6 +339,71 @@ def test_bad_input_gets_4xx_and_changes_nothing(served: Served) -> None:
     assert state() == before
 
 
+# ============================================================================ Celery path
+@pytest.fixture
+def celery_served(tmp_path, model_cache, redis_url, pg_server_url) -> Any:
+    """A server on its own PostgreSQL database with a Redis broker, and a real Celery worker beside it.
+
+    The worker's internalizer is the test double of the worker tests (``PMEM_WORKER_INTERNALIZER``): the
+    path from the HTTP request through the broker to the job and adapter rows is real; D2L itself runs
+    for real in ``test_internalize_query_and_adapter_download``.
+    """
+    import uuid
+
+    import psycopg
+    from _fixtures_workers import WorkerProcess, purge_prefix, worker_env
+
+    from memory.db import dispose_engines
+
+    admin = psycopg.connect(pg_server_url, autocommit=True)
+    name = f"pmem_srv_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    db_url = f"{pg_server_url.rsplit('/', 1)[0]}/{name}"
+    prefix = f"pmem-srv-{uuid.uuid4().hex[:8]}-"
+    srv = worker = None
+    try:
+        srv = _start(tmp_path, model_cache, db_url, PMEM_BROKER_URL=redis_url, PMEM_BROKER_KEYPREFIX=prefix)
+        worker = WorkerProcess(worker_env(srv.home, redis_url, prefix, PMEM_DATABASE_URL=db_url,
+                                          PMEM_MODEL_CACHE=model_cache,
+                                          PMEM_WORKER_INTERNALIZER="_fixtures_workers:stub_internalize"),
+                               tmp_path / "worker.log").wait_ready()
+        yield srv
+    finally:
+        if worker is not None:
+            worker.stop()
+        if srv is not None:
+            srv.proc.stop()
+        purge_prefix(redis_url, prefix)
+        dispose_engines()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.slow  # a second server, a Celery worker and its start-up: ~90 s here
+@pytest.mark.services
+def test_internalize_and_ingest_through_celery(celery_served: Served) -> None:
+    srv, base = celery_served, f"/v1/namespaces/{NS}"
+    checks = srv.call("GET", "/readyz", key=None).json()["checks"]
+    assert checks["broker"] == {"ok": True} and checks["database"]["ok"]
+    srv.call("POST", f"{base}/documents", key="writer", json={"text": "The vault code is 7342.", "document_id": "v"})
+    r = srv.call("POST", f"{base}/documents/v/internalize", key="writer", json={})
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    assert job["kind"] == "internalize" and job["celery_id"]
+    again = srv.call("POST", f"{base}/documents/v/internalize", key="writer", json={}).json()["job"]
+    assert again["id"] == job["id"]  # one job per version and hypernetwork
+    done = _wait_job(srv, job["id"])
+    assert done["state"] == "succeeded", done
+    adapters = srv.call("GET", f"{base}/adapters", key="reader").json()["adapters"]
+    assert [(a["document_id"], a["version"], a["status"]) for a in adapters] == [("v", 1, "ready")]
+    assert adapters[0]["id"] == done["result"]["adapter_id"] and adapters[0]["hypernetwork"].startswith("test-slow-stub@")
+    r = srv.call("POST", f"{base}/sources", key="admin", json={"spec": str(srv.source_root / "notes")})
+    ingest = _wait_job(srv, r.json()["job"]["id"])
+    assert ingest["state"] == "succeeded" and ingest["celery_id"], ingest
+    ids = {d["id"] for d in srv.call("GET", f"{base}/documents", key="reader").json()["documents"]}
+    assert {"v", "leave.md", "travel.txt"} <= ids
+
+
 # ============================================================================ RemoteMemory + integrations, no torch
 _NO_TORCH = """
 import importlib.abc, sys
@@ -374,7 +443,7 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
         from llama_index.core.schema import TextNode
         from llama_index.core.vector_stores.types import VectorStoreQuery
 
-        mem = RemoteMemory(os.environ["URL"], os.environ["KEY"], namespace="alpha")
+        mem = RemoteMemory(os.environ["URL"], os.environ["KEY"], namespace=os.environ["NS"])
         out = {"repr_has_key": os.environ["KEY"] in repr(mem)}
         store = ParametricMemoryVectorStore(memory=mem)
         ids = store.add_texts(["The vault code is 7342.", "Cats sleep sixteen hours a day."],
@@ -400,12 +469,12 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
             out["deleted"] = True
         out["versions"] = [v.number for v in mem.history("lc-vault")]
         try:
-            RemoteMemory(os.environ["URL"], os.environ["READ_KEY"], namespace="alpha").add("nope", document_id="x")
+            RemoteMemory(os.environ["URL"], os.environ["READ_KEY"], namespace=os.environ["NS"]).add("nope", document_id="x")
         except AuthError as e:
             out["read_key_write"] = e.code
         out["torch_loaded"] = "torch" in sys.modules
         print(json.dumps(out))
-    """, URL=sqlite_served.url, KEY=sqlite_served.keys["writer"], READ_KEY=sqlite_served.keys["reader"])
+    """, URL=sqlite_served.url, KEY=sqlite_served.keys["writer"], READ_KEY=sqlite_served.keys["reader"], NS=REMOTE_NS)
     assert out["repr_has_key"] is False
     assert out["lc_ids"] == ["lc-vault", "lc-cat"]
     assert out["lc_search"] == ["The vault code is 7342."]
@@ -423,7 +492,7 @@ def _mcp_session(srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]])
     from mcp.client.stdio import StdioServerParameters
 
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "memory.cli", "mcp", "--namespace", NS, "--url", srv.url],
+        command=sys.executable, args=["-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", srv.url],
         env={"PMEM_API_KEY": srv.keys[key], "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
              "PMEM_HOME": str(srv.home / "mcp-home")}, cwd=str(REPO))
 
