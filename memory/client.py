@@ -15,6 +15,7 @@ neither torch nor the HTTP client (httpx is loaded when a ``RemoteMemory`` is bu
 
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from dataclasses import dataclass
@@ -218,17 +219,17 @@ class RemoteMemory:
         data = self._request("GET", f"{self._ns(namespace)}/documents", params=params)
         return [d for d in map(_document, data["documents"]) if d is not None]
 
-    def chunks(self, document_id: str, *, namespace: str | None = None, version: int | None = None) -> list[ChunkInfo]:
+    def chunks(self, document_id: str, *, namespace: str | None = None, version: int | None = None) -> builtins.list[ChunkInfo]:
         params = {"version": version} if version is not None else {}
         data = self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/chunks",
                              params=params)
         return [ChunkInfo(**c) for c in data["chunks"]]
 
-    def namespaces(self) -> list[str]:
+    def namespaces(self) -> builtins.list[str]:
         """The namespaces that exist and that this key may see."""
         return list(self._request("GET", "/v1/namespaces")["namespaces"])
 
-    def history(self, document_id: str, *, namespace: str | None = None) -> list[VersionInfo]:
+    def history(self, document_id: str, *, namespace: str | None = None) -> builtins.list[VersionInfo]:
         data = self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/versions")
         return [v for v in map(_version, data["versions"]) if v is not None]
 
@@ -248,14 +249,14 @@ class RemoteMemory:
 
     # ------------------------------------------------------------ search and query
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter is not None:
             body["filter"] = filter
         return [SearchHit(**h) for h in self._request("POST", f"{self._ns(namespace)}/search", json=body)["hits"]]
 
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-              document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
+              document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
               skill: int | None = None, experiment: str | None = None, arm: str | None = None) -> QueryResult:
         """Answer from memory on the server (see :meth:`ParametricMemory.query`)."""
         if experiment is not None or arm is not None:
@@ -292,7 +293,7 @@ class RemoteMemory:
         return _job(self._request("GET", f"{self._ns(namespace)}/jobs/{int(job_id)}"))
 
     def jobs(self, *, namespace: str | None = None, kind: str | None = None, state: str | None = None,
-             limit: int = 50) -> list[JobInfo]:
+             limit: int = 50) -> builtins.list[JobInfo]:
         params = {k: v for k, v in {"kind": kind, "state": state, "limit": limit}.items() if v is not None}
         return [_job(j) for j in self._request("GET", f"{self._ns(namespace)}/jobs", params=params)["jobs"]]
 
@@ -330,7 +331,7 @@ class RemoteMemory:
         raise NotFoundError(f"adapter {adapter_id} of job {job.id} is gone (the document was deleted?)")
 
     def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
-                 status: str | None = None) -> list[AdapterInfo]:
+                 status: str | None = None) -> builtins.list[AdapterInfo]:
         params = {k: v for k, v in {"document_id": document_id, "status": status}.items() if v is not None}
         return [_adapter(a) for a in self._request("GET", f"{self._ns(namespace)}/adapters", params=params)["adapters"]]
 
@@ -358,7 +359,7 @@ class RemoteMemory:
             body["refresh_interval_s"] = refresh_interval_s
         return _job(self._request("POST", f"{self._ns(namespace)}/sources", json=body)["job"])
 
-    def sources(self, *, namespace: str | None = None) -> list[dict[str, Any]]:
+    def sources(self, *, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         rows = self._request("GET", f"{self._ns(namespace)}/sources")["sources"]
         return [{**r, "last_checked_at": _dt(r["last_checked_at"])} for r in rows]
 

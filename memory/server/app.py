@@ -350,7 +350,10 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
 
         return Depends(check)
 
-    Read, Write, Admin = Annotated[str, allow("read")], Annotated[str, allow("write")], Annotated[str, allow("admin")]
+    # One alias a line: mypy does not take a tuple assignment as type aliases.
+    Read = Annotated[str, allow("read")]
+    Write = Annotated[str, allow("write")]
+    Admin = Annotated[str, allow("admin")]
 
     def page(limit: int, offset: int) -> None:
         if not 0 <= limit <= lim.max_list or offset < 0:
