@@ -293,7 +293,7 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
         return _error("internal", f"internal error ({type(e).__name__}); see the server log")
 
     # ------------------------------------------------------------ middleware: body limit, metrics
@@ -313,7 +313,7 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
                 body += part
                 if len(body) > lim.max_body_bytes:
                     return _error("payload_too_large", f"request body is over the limit of {lim.max_body_bytes:,}")
-            request._body = body  # noqa: SLF001 - starlette reads the already-received body from here
+            request._body = body  # starlette reads the already-received body from here
         response = await call_next(request)
         route = request.scope.get("route")
         metrics.latency.labels(request.method, getattr(route, "path", "unmatched"),
@@ -477,7 +477,7 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
             info = await run(run_inline, store, job_id, partial(run_body, memory))
             if model:
                 metrics.internalizations.labels(info.state).inc()
-        except Exception:  # noqa: BLE001 - recorded on the job by run_inline; keep the server up
+        except Exception:  # recorded on the job by run_inline; keep the server up
             log.exception("job %s failed", job_id)
             if model:
                 metrics.internalizations.labels("failed").inc()
