@@ -15,7 +15,7 @@ import torch
 
 from memory.config import Settings
 from memory.errors import AdapterMismatchError, ConfigError, ModelError
-from memory.lora import LoraAdapter
+from memory.lora import LoraAdapter, scale
 from memory.models import embedded_gguf_path, load_base_model, resolve_dtype
 from memory.models.loader import SOURCE_FILE
 
@@ -141,23 +141,33 @@ def test_real_fingerprint_same_in_another_process(real, shared_models_dir):
 
 
 def test_a_stream_can_be_consumed_from_other_threads():
-    """LangChain's async streaming runs each next() in an executor thread; the model lock must allow that."""
+    """LangChain's async streaming runs each next() in an executor thread: every step, in whichever thread,
+    runs with the stream's adapter, and none of it stays active in the consuming threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     base = tiny_base()
+    ad = scale(rand_adapter(base, 4, seed=3), 0.1)
     prompt = base.encode("hi")
-    expected = "".join(base.stream(prompt, max_new_tokens=20))
-    assert len(expected) >= 4
-    it = base.stream(prompt, max_new_tokens=20)
+    expected = "".join(base.stream(prompt, max_new_tokens=20, adapters=ad))
+    assert len(expected) >= 4 and expected != "".join(base.stream(prompt, max_new_tokens=20))
+    it = base.stream(prompt, max_new_tokens=20, adapters=ad)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        plain = base.forward(ids).logits
     pieces: list[str] = []
+
+    def step() -> str | None:
+        piece = next(it, None)
+        with torch.inference_mode():  # the stream's adapter is not active here, between two items
+            assert torch.equal(base.forward(ids).logits, plain)
+        return piece
+
     with ThreadPoolExecutor(max_workers=1) as a, ThreadPoolExecutor(max_workers=1) as b:
         first = True
-        while True:  # the lock is taken in thread a (first next) and released in thread b (the last one)
-            piece = (a if first else b).submit(next, it, None).result()
+        while True:  # started in thread a (first next), continued and finished in thread b
+            piece = (a if first else b).submit(step).result()
             first = False
             if piece is None:
                 break
             pieces.append(piece)
     assert "".join(pieces) == expected
-    assert base.lock.acquire(timeout=1)  # released at the end of the stream
-    base.lock.release()
