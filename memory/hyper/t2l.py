@@ -133,7 +133,7 @@ class T2LConfig:
         missing = [t for t in targets if t not in dims]
         if missing:
             raise ModelError(f"the base model has no nn.Linear modules named {missing}")
-        fp = getattr(base, "fingerprint", None) or getattr(module, "_pmem_fingerprint", None) or "unknown"
+        fp = getattr(base, "fingerprint", None) or "unknown"
         return cls(n_layers=n_layers, module_dims=dims, base_model=fp, layer_prefix=prefix, **kw)
 
     def to_json(self) -> dict[str, Any]:

@@ -311,7 +311,6 @@ def load_base_model(
         t0 = time.perf_counter()
         model, tokenizer = _load_hf_dir(path, dev, dt)
         fingerprint = compute_fingerprint(display, model)
-        model._pmem_fingerprint = fingerprint  # lets apply_lora(model, adapter) check adapters on a bare module
         base = BaseModel(model=model, tokenizer=tokenizer, name=display, fingerprint=fingerprint, path=path)
         log.info("loaded %s (%s, %s, %s) in %.2f s", display, fingerprint, dev, dt, time.perf_counter() - t0)
         _CACHE[key] = base
