@@ -403,10 +403,11 @@ class ParametricChatModel(BaseChatModel):
     timeout: float | None = None
     max_retries: int = 2
     system: str | None = None
-    memory: Any = None
+    # Held, never shown: their URLs may carry passwords, and dumps reach every callback and tracer.
+    memory: Any = Field(default=None, exclude=True, repr=False)
     namespace: str | None = None
     document_ids: list[str] | None = None
-    settings: Any = None
+    settings: Any = Field(default=None, exclude=True, repr=False)
 
     _adapter_key: Any = PrivateAttr(default=None)
     _adapter: Any = PrivateAttr(default=None)

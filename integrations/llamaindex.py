@@ -422,8 +422,9 @@ class ParametricLLM(CustomLLM):
     system: str | None = None
     namespace: str | None = None
     document_ids: list[str] | None = None
-    memory: Any = Field(default=None, exclude=True)
-    settings: Any = Field(default=None, exclude=True)
+    # Held, never shown: their URLs may carry passwords.
+    memory: Any = Field(default=None, exclude=True, repr=False)
+    settings: Any = Field(default=None, exclude=True, repr=False)
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)

@@ -11,7 +11,9 @@ True
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ from memory.db import (
     QueryLog,
     Source,
     get_engine,
+    lock_blobs,
     session_factory,
     session_scope,
 )
@@ -62,14 +65,17 @@ from memory.types import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}$")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
+_MAX_TITLE = 512  # Document.title's column width
+_MAX_SOURCE = 2048  # Source.uri's
+_MAX_METADATA_BYTES = 64 * 1024
 _RETRIES = 5
 
 
 def validate_namespace(name: str) -> str:
     """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAMESPACE.match(name):
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
         raise ValidationError(
             f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )
@@ -80,7 +86,7 @@ def validate_document_id(doc_id: str) -> str:
     """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
     if (
         not isinstance(doc_id, str)
-        or not _DOC_ID.match(doc_id)
+        or not _DOC_ID.fullmatch(doc_id)
         or any(part in ("", ".", "..") for part in doc_id.split("/"))
     ):
         raise ValidationError(
@@ -88,6 +94,44 @@ def validate_document_id(doc_id: str) -> str:
             "no empty, '.' or '..' path segments"
         )
     return doc_id
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata is a JSON object: string keys; values str, finite numbers, bools, None, lists and objects.
+
+    NaN and infinities are refused (JSON has no such numbers, and one such value breaks filtering and
+    search for its whole namespace), and so is anything JSON cannot represent exactly.
+    """
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, (str, bool, int)):
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata {where} is {value!r}: only finite numbers can be stored")
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check(item, f"{where}.{k}" if where else k)
+            return
+        raise ValidationError(
+            f"metadata {where or 'value'} is a {type(value).__name__}, which JSON cannot hold: use str, "
+            "numbers, bools, None, lists and dicts"
+        )
+
+    check(metadata, "")
+    size = len(json.dumps(metadata, allow_nan=False))
+    if size > _MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
+    return metadata
 
 
 def _check_text(text: Any, max_bytes: int) -> str:
@@ -245,8 +289,12 @@ class ParametricMemory:
         normalised = _check_text(text, self.settings.max_document_bytes)
         sha = content_hash(normalised)
         doc_id = validate_document_id(document_id) if document_id is not None else f"doc-{sha[:16]}"
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata is not None:
+            validate_metadata(metadata)
+        if title is not None and (not isinstance(title, str) or len(title) > _MAX_TITLE):
+            raise ValidationError(f"title must be a string of at most {_MAX_TITLE} characters")
+        if source is not None and len(source) > _MAX_SOURCE:
+            raise ValidationError(f"source {source[:80]!r}... is over {_MAX_SOURCE} characters")
         specs = chunks if chunks is not None else chunk_text(normalised, self.settings.chunk_tokens)
         data = normalised.encode("utf-8")
         # The blob is written before the rows that reference it; if the transaction fails, it is removed.
@@ -254,6 +302,7 @@ class ParametricMemory:
         self.blobs.put(data)
 
         def write(s: Session) -> AddResult:
+            self._hold_blob(s, sha, data)
             ns_row = self._ns_row(s, ns, create=True)
             assert ns_row is not None
             doc = s.scalar(select(Document).where(Document.namespace_id == ns_row.id, Document.key == doc_id))
@@ -312,6 +361,17 @@ class ParametricMemory:
         log.info("add %s/%s: %s (v%s)", ns, doc_id, result.status,
                  result.document.version.number if result.document.version else "?")
         return result
+
+    def _hold_blob(self, s: Session, sha: str, data: bytes) -> None:
+        """Under the blob lock, make sure the blob this transaction is about to reference exists.
+
+        A concurrent ``gc``/``delete`` may have swept it since our ``put`` (it was unreferenced then);
+        the lock keeps it from doing so again before this transaction commits.
+        """
+        lock_blobs(s)
+        if not self.blobs.exists(sha):
+            log.info("blob %s was swept before its row committed: writing it again", sha)
+            self.blobs.put(data)
 
     def _make_current(self, s: Session, doc: Document, version: DocumentVersion) -> None:
         """Point the document at ``version``; its adapters become ready again, the old ones superseded."""
@@ -456,16 +516,35 @@ class ParametricMemory:
 
     def _drop_unreferenced(self, shas: list[str]) -> int:
         """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
+        if not shas:
+            return 0
         with self._tx() as s:
+            lock_blobs(s, exclusive=True)  # no writer commits a reference to these while we look and delete
             used = self._referenced(s, shas)
-        return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+            return sum(self.blobs.delete(sha) for sha in set(shas) - used)
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove every blob that no row references (left by a crash between blob write and commit)."""
+        """Remove every blob that no row references (left by a crash between blob write and commit).
+
+        Safe while other processes write: candidates are re-checked and deleted under the exclusive blob
+        lock, and temporary files of writes in flight are left alone (see ``BlobStore.sweep``).
+        """
         with self._tx() as s:
             referenced = set(s.scalars(select(DocumentVersion.content_sha256)))
             referenced |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
-        return self.blobs.sweep(referenced, dry_run=dry_run)
+        candidates = self.blobs.sweep(referenced, dry_run=True)
+        if dry_run:
+            return candidates
+        removed: list[str] = []
+        if candidates:
+            with self._tx() as s:
+                lock_blobs(s, exclusive=True)
+                used = self._referenced(s, candidates)
+                removed = [d for d in candidates if d not in used and self.blobs.delete(d)]
+        self.blobs.sweep_temporaries()
+        if removed:
+            log.info("gc removed %d unreferenced blob(s)", len(removed))
+        return removed
 
     # ------------------------------------------------------------ feedback
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
@@ -707,8 +786,12 @@ class ParametricMemory:
         sha = sha256_hex(blob)
         existed = self.blobs.exists(sha)
         self.blobs.put(blob)
+        def held(s: Session) -> AdapterInfo:
+            self._hold_blob(s, sha, blob)
+            return write(s, sha)
+
         try:
-            info = self._retrying(lambda s: write(s, sha))
+            info = self._retrying(held)
         except BaseException:
             if not existed:
                 self._drop_unreferenced([sha])
@@ -956,10 +1039,14 @@ class ParametricMemory:
     def chunk_index(self) -> Any:
         """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
         if self._chunk_index is None:
-            from memory.chunk_index import ChunkIndex
+            from memory.chunk_index import ChunkIndex, index_path
             from memory.retrieval import as_embedder
 
-            self._chunk_index = ChunkIndex(self._sessions, as_embedder(self._embedder_arg))
+            embedder = as_embedder(self._embedder_arg)
+            path = index_path(self.settings.home, self.engine.url.render_as_string(hide_password=True),
+                              f"{embedder.name}:{embedder.dim}")
+            self._chunk_index = ChunkIndex(self._sessions, embedder, backend=self.settings.retrieval_backend,
+                                           path=path)
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memory.config import Settings
+from memory.config import Settings, redact
 from memory.errors import PMemError
 
 app = typer.Typer(help="parametric-memory: documents stored in model weights.", no_args_is_help=True,
@@ -50,7 +50,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    console.print(f"[red]error:[/red] {redact(str(e))}")
     raise typer.Exit(code=2)
 
 

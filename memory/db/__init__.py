@@ -14,10 +14,11 @@ from memory.db.models import (
     QueryLog,
     Source,
 )
-from memory.db.session import dispose_engines, get_engine, session_factory, session_scope
+from memory.db import stamps  # noqa: F401  (registers the change markers on every Session)
+from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [
     "Adapter", "AdapterStatus", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
-    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "session_factory",
+    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "lock_blobs", "session_factory",
     "session_scope",
 ]
