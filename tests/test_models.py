@@ -16,7 +16,7 @@ import torch
 from memory.config import Settings
 from memory.errors import AdapterMismatchError, ConfigError, ModelError
 from memory.lora import LoraAdapter, scale
-from memory.models import embedded_gguf_path, load_base_model, resolve_dtype
+from memory.models import base_fingerprint, clear_model_cache, embedded_gguf_path, load_base_model, resolve_dtype
 from memory.models.loader import SOURCE_FILE
 
 from _fixtures_models import rand_adapter, tiny_base  # noqa: E402  (tests/ is on sys.path)
@@ -47,6 +47,20 @@ def test_corrupt_safetensors_and_incomplete_weights_raise(tmp_path):
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.raises(ModelError, match="corrupt|truncated"):
         load_base_model(str(d), settings=Settings(home=tmp_path / "h2"), dtype="float32")
+
+
+def test_base_fingerprint_needs_no_weights(tmp_path):
+    """What a job submitter names without loading the model equals what a load computes."""
+    base = tiny_base()
+    d = tmp_path / "tiny"
+    base.model.save_pretrained(d)
+    base.tokenizer.save_pretrained(d)
+    weights = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(b"not read")
+    clear_model_cache()
+    fp = base_fingerprint(str(d), settings=Settings(home=tmp_path / "h"))
+    (d / "model.safetensors").write_bytes(weights)
+    assert fp == load_base_model(str(d), settings=Settings(home=tmp_path / "h"), dtype="float32").fingerprint
 
 
 def test_corrupt_gguf_raises(tmp_path):
