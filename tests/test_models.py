@@ -138,6 +138,7 @@ def test_real_model_loads_and_answers(real, shared_models_dir):
     # identical across the GGUF -> safetensors conversion (recorded from the GGUF-loaded weights)
     source = json.loads((real.path / SOURCE_FILE).read_text())
     assert source["fingerprint"] == real.fingerprint
+    assert base_fingerprint(settings=Settings(home=shared_models_dir)) == real.fingerprint  # what job keys name
     g = real.generate("What is the capital of France?", max_new_tokens=16)[0]
     assert "Paris" in g.text and g.finish_reason == "eos"
     assert real.count_tokens("hello world") == len(real.encode("hello world")) > 0

@@ -339,9 +339,13 @@ def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, sett
         cached = _FP_ONLY.get((name, str(settings.models_dir)))
         if cached is not None:
             return cached
+        display, path = _resolve(name, settings)
+        recorded = _recorded_fingerprint(path, display)
+        if recorded:  # a converted GGUF: the fingerprint was computed on the converted model and recorded
+            _FP_ONLY[(name, str(settings.models_dir))] = recorded
+            return recorded
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        display, path = _resolve(name, settings)
         try:
             with torch.device("meta"):
                 skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
@@ -350,6 +354,15 @@ def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, sett
         fingerprint = compute_fingerprint(display, skeleton)
         _FP_ONLY[(name, str(settings.models_dir))] = fingerprint
         return fingerprint
+
+
+def _recorded_fingerprint(path: Path, display: str) -> str | None:
+    try:
+        source = json.loads((path / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    fp = source.get("fingerprint") if isinstance(source, dict) else None
+    return fp if isinstance(fp, str) and fp.startswith(f"{display}@") else None
 
 
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
