@@ -40,7 +40,6 @@ from memory.types import JobInfo
 log = logging.getLogger(__name__)
 
 JOB_KINDS = ("ingest", "internalize", "refresh")
-_ACTIVE = (JobState.queued, JobState.running, JobState.retrying)
 _TRANSITION_RETRIES = 8
 MAX_ERROR_CHARS = 8000
 
