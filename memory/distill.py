@@ -29,7 +29,8 @@ import math
 import random
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,12 +41,12 @@ from memory.lora.adapter import LoraAdapter
 from memory.lora.apply import apply_lora
 
 __all__ = [
+    "DEFAULT_TARGETS",
     "distill_document",
     "make_questions",
     "split_sentences",
-    "teacher_prompt",
     "student_prompt",
-    "DEFAULT_TARGETS",
+    "teacher_prompt",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,16 @@ def make_questions(text: str, *, max_questions: int = 24, seed: int = 0) -> list
                 out.append(qs[level])
     out.extend(q for q in GENERIC_QUESTIONS if q not in out)
     if len(out) > max_questions:
-        keep = out[: max_questions - 1] + [GENERIC_QUESTIONS[0]]
+        keep = [*out[: max_questions - 1], GENERIC_QUESTIONS[0]]
         out = keep
     return out
 
 
 def _chunks_by_tokens(base: Any, text: str, max_tokens: int) -> list[str]:
     """Split into sentence-aligned pieces of at most ``max_tokens`` tokens (the teacher's context)."""
-    pieces, cur, cur_len = [], [], 0
+    pieces: list[str] = []
+    cur: list[str] = []
+    cur_len = 0
     for s in split_sentences(text):
         n = base.count_tokens(s) + 1
         if cur and cur_len + n > max_tokens:
@@ -166,12 +169,13 @@ def _answer_logits(base: Any, prompts: Sequence[list[int]], answers: Sequence[li
 
     Only the answer positions go through the output head (it is ~20% of the 135M model's FLOPs).
     """
-    seqs = [p + a for p, a in zip(prompts, answers)]
+    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
     pad = base.tokenizer.pad_token_id or 0
     ids, mask = _pad_right(seqs, pad, base.device)
     hidden = base.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    rows, cols = [], []
-    for i, (p, a) in enumerate(zip(prompts, answers)):
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         rows.extend([i] * len(a))
         cols.extend(range(len(p) - 1, len(p) - 1 + len(a)))
     picked = hidden[torch.tensor(rows, device=base.device), torch.tensor(cols, device=base.device)]
@@ -225,15 +229,14 @@ def distill_document(
     pieces = _chunks_by_tokens(base, text, context_tokens)
     items: list[tuple[str, str]] = []  # (piece, question)
     given = [q.strip() for q in (questions or []) if q and q.strip()]
-    for q in given:
-        items.append((pieces[0] if len(pieces) == 1 else _best_piece(pieces, q), q))
+    items.extend((pieces[0] if len(pieces) == 1 else _best_piece(pieces, q), q) for q in given)
     if max_questions is None:  # about two questions per sentence
         max_questions = int(min(64, max(8, 2 * len(split_sentences(text)) + 2)))
     budget = max(0, max_questions - len(given))
     per_piece = [make_questions(p, max_questions=max(4, math.ceil(budget / len(pieces))), seed=seed) for p in pieces]
     auto: list[tuple[str, str]] = []
     for level in range(max((len(x) for x in per_piece), default=0)):
-        for p, qs in zip(pieces, per_piece):
+        for p, qs in zip(pieces, per_piece, strict=True):
             if level < len(qs):
                 auto.append((p, qs[level]))
     items.extend(auto[:budget])
@@ -277,8 +280,8 @@ def distill_document(
     for p in paths:
         lin = base.model.get_submodule(p)
         bound = 1.0 / math.sqrt(lin.in_features)
-        a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
-        weights[p] = (a.to(base.device).requires_grad_(), torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True))
+        lora_a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
+        weights[p] = (lora_a.to(base.device).requires_grad_(), torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True))
     params = [t for pair in weights.values() for t in pair]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge", "method": "context_distillation"})

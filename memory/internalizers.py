@@ -12,8 +12,9 @@ what made it, and that names the internalization jobs (:func:`planned_identity`)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from memory.errors import ModelError, ValidationError
 from memory.hyper.identity import Identity, cd_identity, checkpoint_identity, is_compatible, trained_for

@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,7 @@ def document_features(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
 
     >>> # feats = document_features(base.model, ids, mask, (20, 29))
     """
-    inner = model.model
+    inner: Any = model.model  # the HF decoder: its layers and embeddings are found by name
     captured: dict[int, Tensor] = {}
     handles = []
     last = max(layers)
@@ -224,11 +224,15 @@ class D2LHypernetwork(nn.Module):
 
     def forward(self, feats: DocFeatures) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
         """Per target layer: ``A [bs,T,in]`` (rows), ``B [bs,T,out]`` (rows, i.e. B transposed), gates ``[bs,T]``."""
-        return {layer: self.writers[str(layer)](feats.m[layer], feats.next_emb, feats.mask) for layer in self.config.target_layers}
+        return {layer: self.writer(layer)(feats.m[layer], feats.next_emb, feats.mask) for layer in self.config.target_layers}
+
+    def writer(self, layer: int) -> _LayerWriter:
+        """The writer of one target layer (``writers`` is keyed by the layer number as a string)."""
+        return cast(_LayerWriter, self.writers[str(layer)])
 
     def bias(self, layer: int) -> tuple[Tensor, Tensor]:
         """The learned document-independent bias LoRA of one layer: ``A [r,in]``, ``B [out,r]``."""
-        w = self.writers[str(layer)]
+        w = self.writer(layer)
         return w.bias_a, w.bias_b
 
     def batched_weights(self, feats: DocFeatures) -> tuple[dict[str, tuple[Tensor, Tensor]], Tensor]:
@@ -251,10 +255,11 @@ class D2LHypernetwork(nn.Module):
         """Set each layer's key centre ``mu`` to the mean feature of real tokens (common-mode removal)."""
         for layer in self.config.target_layers:
             mk = feats.mask.unsqueeze(-1).float()
-            self.writers[str(layer)].mu.copy_((feats.m[layer].float() * mk).sum((0, 1)) / mk.sum().clamp(min=1))
+            self.writer(layer).mu.copy_((feats.m[layer].float() * mk).sum((0, 1)) / mk.sum().clamp(min=1))
 
-    def regularised_parameters(self) -> Iterator[nn.Parameter]:
-        for w in self.writers.values():
+    def regularised_parameters(self) -> Iterator[Tensor]:
+        for layer in self.config.target_layers:
+            w = self.writer(layer)
             yield from (w.key_v, w.key_u, w.w_e.weight, w.w_m.weight)
 
 

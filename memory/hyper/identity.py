@@ -25,9 +25,10 @@ import hashlib
 import json
 import struct
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from memory.errors import AdapterMismatchError, ModelError
 
@@ -37,9 +38,9 @@ __all__ = [
     "Identity",
     "cd_identity",
     "check_compatible",
-    "identity_config",
     "checkpoint_identity",
     "checkpoint_sha256",
+    "identity_config",
     "is_compatible",
     "state_sha256",
     "trained_for",
@@ -78,7 +79,7 @@ def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _digest(config: Any, tensors: list[tuple[str, str, list[int], bytes | memoryview]]) -> str:
+def _digest(config: Any, tensors: Sequence[tuple[str, str, list[int], bytes | memoryview]]) -> str:
     h = hashlib.sha256(_DOMAIN)
     h.update(_canonical_json(config))
     for name, dtype, shape, data in sorted(tensors, key=lambda t: t[0]):
@@ -162,7 +163,7 @@ def checkpoint_sha256(directory: str | Path) -> str:
     return sha
 
 
-def state_sha256(config: Any, state: Mapping[str, "torch.Tensor"]) -> str:
+def state_sha256(config: Any, state: Mapping[str, torch.Tensor]) -> str:
     """The identity a checkpoint would have with this ``config.json`` content and these tensors as saved
     (``config`` goes through :func:`identity_config` too).
 
@@ -188,7 +189,8 @@ def state_sha256(config: Any, state: Mapping[str, "torch.Tensor"]) -> str:
 def cd_identity(config: Mapping[str, Any], base_fingerprint: str) -> Identity:
     """Context distillation's identity: its config (method, version, options) for one base model.
 
-    >>> cd_identity({"method": "context-distillation", "version": 1}, "a@1") != cd_identity({"method": "context-distillation", "version": 1}, "b@1")
+    >>> cd = {"method": "context-distillation", "version": 1}
+    >>> cd_identity(cd, "a@1") != cd_identity(cd, "b@1")
     True
     """
     config = dict(config)
@@ -225,7 +227,9 @@ def trained_for(directory: str | Path) -> str:
     cfg = _read_config(Path(directory))
     if not isinstance(cfg, dict):
         raise ModelError(f"{Path(directory) / CONFIG_NAME} does not hold a JSON object")
-    inner = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
+    inner = cfg.get("config")
+    if not isinstance(inner, dict):
+        inner = {}
     return str(cfg.get("base_model") or cfg.get("base_fingerprint") or inner.get("base_model") or "")
 
 

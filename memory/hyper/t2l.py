@@ -34,7 +34,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -191,7 +191,7 @@ class T2LHypernetwork(nn.Module):
         c = self.config
         if c.size == "L":
             for m, (i, o) in c.module_dims.items():
-                head = self.heads[_key(m)]
+                head = cast(nn.Linear, self.heads[_key(m)])
                 head.weight.zero_()
                 head.bias.zero_()
                 head.bias[: c.rank * i].uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))

@@ -4,7 +4,15 @@
 """
 
 from memory.lora.adapter import LoraAdapter, concat, module_suffix, scale, zeros_like
-from memory.lora.apply import LoraBinding, LoraLinear, apply_lora, apply_lora_batched, bind_lora, bind_lora_batched, wrap_linears
+from memory.lora.apply import (
+    LoraBinding,
+    LoraLinear,
+    apply_lora,
+    apply_lora_batched,
+    bind_lora,
+    bind_lora_batched,
+    wrap_linears,
+)
 from memory.lora.io import AdapterCache, from_bytes, load_peft, save_peft, to_bytes
 
 __all__ = [

@@ -16,15 +16,16 @@ Any scale (PEFT's ``lora_alpha / r``) is folded into ``B``. Consequences:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from memory.errors import AdapterMismatchError, ValidationError
 
-__all__ = ["LoraAdapter", "concat", "zeros_like", "scale", "module_suffix"]
+__all__ = ["LoraAdapter", "concat", "module_suffix", "scale", "zeros_like"]
 
 
 def module_suffix(path: str) -> str:
@@ -102,7 +103,7 @@ class LoraAdapter:
         return None
 
     # ----------------------------------------------------------------- methods
-    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> "LoraAdapter":
+    def to(self, dtype: torch.dtype | None = None, device: Any = None) -> LoraAdapter:
         """A copy with every tensor moved/cast (tensors already there are shared, not copied).
 
         >>> import torch

@@ -31,9 +31,10 @@ with :func:`bind_lora` and activate around each forward instead, as ``BaseModel`
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +149,7 @@ class LoraBinding:
         if not self._deltas:
             yield
             return
-        token = _STACK.set(_STACK.get() + (self._deltas,))
+        token = _STACK.set((*_STACK.get(), self._deltas))
         try:
             yield
         finally:

@@ -25,8 +25,9 @@ import re
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -35,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from memory.errors import IntegrityError, ModelError, ValidationError
 from memory.lora.adapter import LoraAdapter
 
-__all__ = ["to_bytes", "from_bytes", "save_peft", "load_peft", "AdapterCache", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "AdapterCache", "from_bytes", "load_peft", "save_peft", "to_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def from_bytes(data: bytes) -> LoraAdapter:
         raise IntegrityError(f"adapter blob format version {meta.get('pmem.version')!r} is not supported (want {FORMAT_VERSION})")
     try:
         tensors = st_load(bytes(data))
-    except Exception as e:  # safetensors raises its own error types
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise IntegrityError(f"adapter blob is corrupt: {e}") from None
     weights = _pair_up(tensors, ".lora_A", ".lora_B")
     try:
@@ -226,7 +227,7 @@ def load_peft(directory: str | os.PathLike[str], base_model: Any = None) -> Lora
 
         with safe_open(str(w_path), "pt") as f:
             file_meta = f.metadata() or {}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ModelError(f"{w_path} is corrupt or truncated: {e}") from None
     stripped = {}
     for k, v in tensors.items():
@@ -246,7 +247,7 @@ def load_peft(directory: str | os.PathLike[str], base_model: Any = None) -> Lora
         s = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         weights[path] = (a, b if s == 1.0 else (b.float() * s).to(b.dtype))
     if base_model is not None:
-        fp = base_model if isinstance(base_model, str) else getattr(base_model, "fingerprint")
+        fp = base_model if isinstance(base_model, str) else base_model.fingerprint
     else:
         fp = file_meta.get("pmem.base_model") or str(cfg.get("base_model_name_or_path") or "unknown")
     try:

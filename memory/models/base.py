@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -108,11 +109,11 @@ class BaseModel:
 
     @property
     def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self.config.num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -240,7 +241,7 @@ class BaseModel:
     def _as_batch(self, prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         if isinstance(prompts, str):
             return [prompts]
-        batch = list(prompts)
+        batch: list[Any] = list(prompts)  # prompts, or the ints of one pre-tokenized prompt
         if batch and all(isinstance(x, int) for x in batch):
             return [batch]  # one pre-tokenized prompt
         if not batch:
@@ -248,7 +249,7 @@ class BaseModel:
         return batch
 
     @torch.inference_mode()
-    def _run(self, batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row):  # noqa: ANN001
+    def _run(self, batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row):
         if max_new_tokens < 1:
             raise ValidationError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -349,8 +350,8 @@ class BaseModel:
         ids, mask = ids.to(self.device), mask.to(self.device)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         hs = out.hidden_states
-        sel = range(len(hs)) if layers is None else [l if l >= 0 else len(hs) + l for l in layers]
-        return torch.stack([hs[l] for l in sel]), mask
+        sel = range(len(hs)) if layers is None else [i if i >= 0 else len(hs) + i for i in layers]
+        return torch.stack([hs[i] for i in sel]), mask
 
 
 def _pick(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> Tensor:

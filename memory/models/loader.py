@@ -28,24 +28,28 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from memory.config import DEFAULT_BASE_MODEL, Settings
 from memory.errors import ConfigError, ModelError
 
+if TYPE_CHECKING:
+    from memory.models.base import BaseModel  # at run time imported inside load_base_model
+
 __all__ = [
+    "base_fingerprint",
+    "clear_model_cache",
+    "compute_fingerprint",
+    "cpu_has_native_bf16",
+    "embedded_gguf_path",
     "load_base_model",
     "resolve_device",
     "resolve_dtype",
-    "cpu_has_native_bf16",
-    "embedded_gguf_path",
-    "compute_fingerprint",
-    "base_fingerprint",
-    "clear_model_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,7 +177,8 @@ def _resolve(name: str, settings: Settings) -> tuple[str, Path]:
         return name, local
     raise ModelError(
         f"base model {name!r} not found. Searched: the embedded default name {DEFAULT_BASE_MODEL!r} (no match), "
-        f"a local Hugging Face model directory at {str(path)!r} ({'no config.json' if path.is_dir() else 'does not exist'}), "
+        f"a local Hugging Face model directory at {str(path)!r} "
+        f"({'no config.json' if path.is_dir() else 'does not exist'}), "
         f"a .gguf file at that path, and {str(local)!r}. Set PMEM_BASE_MODEL to a directory holding config.json "
         "and weights (nothing is downloaded at run time)."
     )
@@ -207,7 +212,7 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
             with _no_progress_bars():
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
                 loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        except Exception as e:  # noqa: BLE001 - gguf-py/transformers raise many kinds
+        except Exception as e:  # gguf-py/transformers raise many kinds
             raise ModelError(f"cannot read GGUF file {gguf} ({type(e).__name__}: {e}); the file may be corrupt or truncated") from e
         cfg = loaded.config
         if hasattr(cfg, "quantization_config"):
@@ -280,7 +285,7 @@ def load_base_model(
     settings: Settings | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-) -> "BaseModel":
+) -> BaseModel:
     """Load (once per process) a base model: the embedded default, a local HF directory or a GGUF file.
 
     Args:
@@ -349,7 +354,7 @@ def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, sett
         try:
             with torch.device("meta"):
                 skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
-        except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        except Exception as e:  # transformers raises many kinds
             raise ModelError(f"cannot read the model config in {path} ({type(e).__name__}: {e})") from e
         fingerprint = compute_fingerprint(display, skeleton)
         _FP_ONLY[(name, str(settings.models_dir))] = fingerprint
@@ -370,8 +375,10 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[
 
     try:
         with _no_progress_bars():
-            model, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
-    except Exception as e:  # noqa: BLE001 - safetensors/transformers raise many kinds
+            # with output_loading_info=True it returns (model, info), which its annotation does not say
+            loaded: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, output_loading_info=True)
+            model, info = loaded
+    except Exception as e:  # safetensors/transformers raise many kinds
         raise ModelError(
             f"cannot load model weights from {path} ({type(e).__name__}: {e}). A weight file may be corrupt or "
             f"truncated; for a converted copy under the models dir, delete {path} to convert it again"
@@ -385,7 +392,7 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"cannot load the tokenizer from {path} ({type(e).__name__}: {e})") from e
     model.to(device).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
