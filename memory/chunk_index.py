@@ -21,7 +21,6 @@ from memory.types import SearchHit
 
 log = logging.getLogger(__name__)
 _EMBED_BATCH = 256
-RESERVED_KEYS = ("document_id", "version")
 
 
 def _current_chunks(ns: str):  # noqa: ANN202
