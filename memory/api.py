@@ -102,7 +102,7 @@ class ParametricMemory:
     def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
              prefix: str | None = None) -> list[DocumentInfo]:
         """List documents in a namespace, ordered by id."""
-        return self.documents.list(namespace=namespace, limit=limit, offset=offset, prefix=prefix)
+        return self.documents.find(namespace=namespace, limit=limit, offset=offset, prefix=prefix)
 
     def chunks(self, document_id: str, *, namespace: str | None = None,
                version: int | None = None) -> list[ChunkInfo]:
@@ -199,7 +199,7 @@ class ParametricMemory:
     def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
                  status: str | None = None) -> list[AdapterInfo]:
         """List adapters with their provenance, newest first."""
-        return self.adapter_registry.list(namespace=namespace, document_id=document_id, status=status)
+        return self.adapter_registry.find(namespace=namespace, document_id=document_id, status=status)
 
     def load_adapter(self, info: AdapterInfo) -> Any:
         """Decode a stored adapter (hash-verified, LRU-cached)."""

@@ -1,4 +1,4 @@
-"""Adapter rows and weights: provenance, listing, which adapters are current for documents, compose, load.
+"""Adapter rows and weights: provenance, finding them, which adapters are current for documents, compose, load.
 
 Every adapter (a document version's knowledge adapter, or a skill adapter made from a task description) is
 a row with its provenance and a content-addressed safetensors blob. :meth:`AdapterRegistry.store` writes the
@@ -72,7 +72,7 @@ class AdapterRegistry:
         self.cache_size = cache_size
         self._cache: Any = None  # torch is imported only when adapters are loaded
 
-    def list(self, *, namespace: str | None = None, document_id: str | None = None,
+    def find(self, *, namespace: str | None = None, document_id: str | None = None,
              status: str | None = None) -> list[AdapterInfo]:
         """See :meth:`memory.api.ParametricMemory.adapters`."""
         rec = self.records

@@ -1,4 +1,4 @@
-"""Documents and their versions: add, read, list, history, diff, rollback, delete, blob gc.
+"""Documents and their versions: add, read, find (list), history, diff, rollback, delete, blob gc.
 
 A document's text is stored once per distinct content (a blob named by its SHA-256) and every change is a
 new :class:`~memory.db.DocumentVersion` with its chunks; nothing here knows about models or adapters beyond
@@ -78,7 +78,8 @@ def _adapter_statuses(s: Session, version_ids: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for vid, status in s.execute(select(Adapter.version_id, Adapter.status)
                                  .where(Adapter.version_id.in_(list(version_ids))).order_by(Adapter.id)):
-        out[vid] = status.value  # ascending ids: the newest wins
+        if vid is not None:
+            out[vid] = status.value  # ascending ids: the newest wins
     return out
 
 
@@ -275,7 +276,7 @@ class DocumentStore:
             info = DocumentInfo(**{**info.__dict__, "text": text})
         return info
 
-    def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
+    def find(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
              prefix: str | None = None) -> list[DocumentInfo]:
         """See :meth:`memory.api.ParametricMemory.list`."""
         ns = self.records.namespace(namespace)
