@@ -23,8 +23,8 @@ from memory.services.adapters import AdapterRegistry
 from memory.services.documents import DocumentStore
 from memory.services.internalization import Internalization
 from memory.services.models import ModelRuntime
-from memory.services.query import QueryEngine
-from memory.services.records import Records, validate_document_id, validate_namespace
+from memory.services.query import MAX_K, MAX_NEW_TOKENS, MAX_QUESTION_CHARS, QueryEngine
+from memory.services.records import Records, validate_document_id, validate_metadata, validate_namespace
 from memory.services.skills import SkillLibrary
 from memory.services.sources import SourceIngestor
 from memory.storage import BlobStore
@@ -39,7 +39,16 @@ from memory.types import (
     VersionInfo,
 )
 
-__all__ = ["ParametricMemory", "content_hash", "validate_document_id", "validate_namespace"]
+__all__ = [
+    "MAX_K",
+    "MAX_NEW_TOKENS",
+    "MAX_QUESTION_CHARS",
+    "ParametricMemory",
+    "content_hash",
+    "validate_document_id",
+    "validate_metadata",
+    "validate_namespace",
+]
 
 
 class ParametricMemory:
@@ -72,7 +81,8 @@ class ParametricMemory:
         self.internalization = Internalization(self.records, self.adapter_registry, self.runtime)
         self.skills = SkillLibrary(self.records, self.adapter_registry, self.runtime)
         self.query_engine = QueryEngine(self.records, self.adapter_registry, self.runtime, self.skills,
-                                        router_config=router_config, embedder=embedder)
+                                        router_config=router_config, embedder=embedder, home=cfg.home,
+                                        retrieval_backend=cfg.retrieval_backend)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

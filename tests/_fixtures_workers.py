@@ -171,3 +171,46 @@ def invalid_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
     from memory.errors import ValidationError
 
     raise ValidationError(f"version {version_id} has no chunks to internalize")
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, no persistence: restarting it loses every message, as a
+    broker restarted without persistence does. Never the shared Redis on 6379."""
+
+    def __init__(self, workdir: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        wait_for(self.ping, 20, f"redis-server on port {self.port}", every=0.1)
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every queued, unacknowledged and scheduled message is gone."""
+        self.stop()
+        self.start()

@@ -50,6 +50,9 @@ TASK_NAMES = {
     "refresh": "workers.tasks.refresh_sources",
 }
 MAX_RETRIES = 5
+# The error of a job whose message never reached the broker: none of its work ran, so submitting it again
+# always sends it (whatever ``retry_failed`` says).
+UNPUBLISHED = "could not publish to the broker"
 
 # ---------------------------------------------------------------- one ParametricMemory per process
 _process: dict[str, Any] = {"pid": None, "mem": None}
@@ -225,7 +228,8 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     """Create the job (or find it by ``key``) and send it to the broker, or run it here in embedded mode.
 
     An existing job with the same key is returned as it is (queued, running or done), unless it failed
-    and ``retry_failed`` is set: then it is queued again. In embedded mode an unfinished job with the
+    and ``retry_failed`` is set, or it failed only because its message could not be published (a broker
+    blip): then it is queued again and sent. In embedded mode an unfinished job with the
     same key (left by a process that died) is run here.
 
     >>> submit(mem, "refresh", {"force": True}).state  # doctest: +SKIP
@@ -235,7 +239,7 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     embedded = not mem.settings.broker_url
     job, created = store.create(kind, payload, namespace=namespace, idempotency_key=key)
     if not created:
-        if retry_failed and job.state == "failed":
+        if job.state == "failed" and (retry_failed or (job.error or "").startswith(UNPUBLISHED)):
             job = store.requeue(job.id)
         elif not (embedded and job.state in ("queued", "running", "retrying")):
             return job
@@ -246,7 +250,7 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
     try:
         return _publish(mem, store, job)
     except Exception as e:  # noqa: BLE001 - the job must not stay 'queued' with no message behind it
-        store.fail(job.id, f"could not publish to the broker: {describe(e)}")
+        store.fail(job.id, f"{UNPUBLISHED}: {describe(e)}")
         raise
 
 
@@ -259,7 +263,10 @@ def _publish(mem: Any, store: JobStore, job: JobInfo) -> JobInfo:
 
 
 def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
-    """Send the jobs that have been ``queued`` for more than ``older_than_s`` seconds to the broker again.
+    """Send the jobs left unfinished for more than ``older_than_s`` seconds to the broker again.
+
+    ``queued`` ones, and ``retrying``/``running`` ones whose last attempt began that long ago (see
+    :meth:`memory.jobs.JobStore.stale`).
 
     For messages the broker lost. Jobs are idempotent (a worker skips a job that already succeeded, and
     the facade keeps one adapter per version and hypernetwork), so a job whose first message does turn
@@ -275,7 +282,8 @@ def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
             out.append(run_inline(store, job.id, partial(run_body, mem)))
             continue
         out.append(_publish(mem, store, job))
-        log.info("re-sent stale job %s (%s, queued since %s)", job.id, job.kind, job.created_at)
+        log.info("re-sent stale job %s (%s, %s since %s)", job.id, job.kind, job.state,
+                 job.started_at or job.created_at)
     return out
 
 
@@ -363,7 +371,7 @@ def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = Fals
 
 
 __all__ = [
-    "BODIES", "MAX_RETRIES", "TASK_NAMES", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
+    "BODIES", "MAX_RETRIES", "TASK_NAMES", "UNPUBLISHED", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
     "internalize_key",
     "internalize_version", "refresh_sources", "run_body", "submit", "submit_ingest", "submit_internalize",
     "submit_refresh",

@@ -150,8 +150,13 @@ class AdapterRegistry:
         sha = sha256_hex(blob)
         existed = rec.blobs.exists(sha)
         rec.blobs.put(blob)
+
+        def held(s: Session) -> AdapterInfo:
+            rec.hold_blob(s, sha, blob)
+            return write(s, sha)
+
         try:
-            info = rec.retrying(lambda s: write(s, sha))
+            info = rec.retrying(held)
         except BaseException:
             if not existed:
                 rec.drop_unreferenced([sha])

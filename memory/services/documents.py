@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 from memory.db import Adapter, AdapterStatus, Chunk, Document, DocumentVersion, Namespace, Source
 from memory.errors import ValidationError
 from memory.ingest import chunk_text, content_hash, normalize_text
-from memory.services.records import Records, validate_document_id
+from memory.services.records import Records, validate_document_id, validate_metadata
 from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
 
 log = logging.getLogger(__name__)
+_MAX_TITLE = 512  # Document.title's column width
+_MAX_SOURCE = 2048  # Source.uri's
 
 
 def check_text(text: Any, max_bytes: int) -> str:
@@ -149,8 +151,12 @@ class DocumentStore:
         normalised = check_text(text, self.max_document_bytes)
         sha = content_hash(normalised)
         doc_id = validate_document_id(document_id) if document_id is not None else f"doc-{sha[:16]}"
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata is not None:
+            validate_metadata(metadata)
+        if title is not None and (not isinstance(title, str) or len(title) > _MAX_TITLE):
+            raise ValidationError(f"title must be a string of at most {_MAX_TITLE} characters")
+        if source is not None and len(source) > _MAX_SOURCE:
+            raise ValidationError(f"source {source[:80]!r}... is over {_MAX_SOURCE} characters")
         specs = chunks if chunks is not None else chunk_text(normalised, self.chunk_tokens)
         data = normalised.encode("utf-8")
         # The blob is written before the rows that reference it; if the transaction fails, it is removed.
@@ -158,6 +164,7 @@ class DocumentStore:
         rec.blobs.put(data)
 
         def write(s: Session) -> AddResult:
+            rec.hold_blob(s, sha, data)
             ns_row = rec.namespace_row(s, ns, create=True)
             assert ns_row is not None
             doc = s.scalar(select(Document).where(Document.namespace_id == ns_row.id, Document.key == doc_id))
@@ -257,7 +264,7 @@ class DocumentStore:
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
         """See :meth:`memory.api.ParametricMemory.gc`."""
-        return self.records.blobs.sweep(self.records.referenced(), dry_run=dry_run)
+        return self.records.gc(dry_run=dry_run)
 
     # ------------------------------------------------------------ read
     def get(self, document_id: str, *, namespace: str | None = None, with_text: bool = False,

@@ -8,7 +8,9 @@ chunks of current versions.
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -19,9 +21,14 @@ from memory.db import Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
 from memory.services.adapters import AdapterRegistry
 from memory.services.models import ModelRuntime
-from memory.services.records import Records, validate_document_id
+from memory.services.records import Records, check_count, validate_document_id
 from memory.services.skills import SkillLibrary
 from memory.types import AdapterInfo, QueryResult, SearchHit
+
+log = logging.getLogger(__name__)
+MAX_QUESTION_CHARS = 8192
+MAX_K = 100
+MAX_NEW_TOKENS = 2048
 
 
 class QueryEngine:
@@ -35,11 +42,16 @@ class QueryEngine:
         router_config: thresholds of the ``auto`` router and its answer checks.
         embedder: the embedding model of classic retrieval (anything :func:`memory.retrieval.as_embedder`
             takes; ``None`` for the embedded default, loaded on first search).
+        home: the directory under which the in-process vector index is saved.
+        retrieval_backend: ``auto``, ``inprocess`` or ``pgvector`` (see :class:`~memory.chunk_index.ChunkIndex`).
     """
 
     def __init__(self, records: Records, registry: AdapterRegistry, runtime: ModelRuntime, skills: SkillLibrary,
-                 *, router_config: router.RouterConfig | None = None, embedder: Any = None) -> None:
+                 *, router_config: router.RouterConfig | None = None, embedder: Any = None, home: Path,
+                 retrieval_backend: str = "auto") -> None:
         self.records = records
+        self.home = home
+        self.retrieval_backend = retrieval_backend
         self.registry = registry
         self.runtime = runtime
         self.skills = skills
@@ -62,10 +74,14 @@ class QueryEngine:
     def chunk_index(self) -> Any:
         """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
         if self._chunk_index is None:
-            from memory.chunk_index import ChunkIndex
+            from memory.chunk_index import ChunkIndex, index_path
             from memory.retrieval import as_embedder
 
-            self._chunk_index = ChunkIndex(self.records.sessions, as_embedder(self._embedder_arg))
+            embedder = as_embedder(self._embedder_arg)
+            path = index_path(self.home, self.records.engine.url.render_as_string(hide_password=True),
+                              f"{embedder.name}:{embedder.dim}")
+            self._chunk_index = ChunkIndex(self.records.sessions, embedder, backend=self.retrieval_backend,
+                                           path=path)
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
@@ -87,6 +103,10 @@ class QueryEngine:
         router.check_mode(mode)
         if not isinstance(question, str) or not question.strip():
             raise ValidationError("question must be a non-empty string")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValidationError(f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+        check_count("k", k, MAX_K)
+        check_count("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
         cfg = self.router_config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -112,7 +132,7 @@ class QueryEngine:
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
         base = self.runtime.base_model
         mode_used, reason = route.mode, route.reason
-        gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
+        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens)
         check = None
         if route.check_confidence and route.adapter_documents:
             chosen = set(route.adapter_documents)
@@ -121,7 +141,7 @@ class QueryEngine:
             if check.doubt:
                 context = hits[:k]
                 skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents):])  # keep a skill
-                gen, prompt_ids = self._answer(base, question, context, skill_only, max_new_tokens)
+                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens)
                 mode_used = "retrieval"
                 reason += f"; {check.doubt}, so it answered from the retrieved passages instead"
         timings["generate_ms"] = gen.total_s * 1000
@@ -137,14 +157,29 @@ class QueryEngine:
 
     @staticmethod
     def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
-                max_new_tokens: int) -> tuple[Any, list[int]]:
+                max_new_tokens: int) -> tuple[Any, list[int], list[SearchHit]]:
+        """Generate the answer; passages that would push the prompt past the model's window are left out
+        (the least relevant first). Returns the generation, the prompt ids and the passages used."""
         from memory import prompts
 
-        user = (prompts.context_prompt(question, [h.text for h in context]) if context
-                else prompts.parametric_prompt(question))
-        prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+        window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
+        context = list(context)
+        while True:
+            user = (prompts.context_prompt(question, [h.text for h in context]) if context
+                    else prompts.parametric_prompt(question))
+            prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+            if not window or len(prompt_ids) + max_new_tokens <= window:
+                break
+            if not context:
+                raise ValidationError(
+                    f"the question takes {len(prompt_ids):,} tokens; with max_new_tokens={max_new_tokens} that is over "
+                    f"the model's window of {window:,} tokens"
+                )
+            context.pop()  # the least relevant passage goes first
+            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
+                     len(context))
         gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
-        return gen, prompt_ids
+        return gen, prompt_ids, context
 
     @staticmethod
     def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
@@ -155,7 +190,9 @@ class QueryEngine:
             return float("-inf")
         ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=base.device)
         with torch.no_grad():
-            logits = base.forward(ids, adapters=lora).logits[0, len(prompt_ids) - 1 : -1].float()
+            # Only the positions that predict the answer go through the vocabulary head (a long prompt's
+            # full-vocabulary logits would be prompt length x 49k floats).
+            logits = base.forward(ids, adapters=lora, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
         target = torch.tensor(answer_ids, device=logits.device)[:, None]
         return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
 

@@ -14,12 +14,14 @@ memory.errors.ValidationError: invalid document id 'docs/../etc': use 1-255 char
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
@@ -27,21 +29,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from memory.db import Adapter, Document, DocumentVersion, Namespace, session_scope
+from memory.db import Adapter, Document, DocumentVersion, Namespace, lock_blobs, session_scope
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.storage import BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}$")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
+_MAX_METADATA_BYTES = 64 * 1024
 RETRIES = 5  # attempts of a write that lost a unique-key race or found a stale row
 
 
 def validate_namespace(name: str) -> str:
     """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAMESPACE.match(name):
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
         raise ValidationError(
             f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )
@@ -52,7 +55,7 @@ def validate_document_id(doc_id: str) -> str:
     """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
     if (
         not isinstance(doc_id, str)
-        or not _DOC_ID.match(doc_id)
+        or not _DOC_ID.fullmatch(doc_id)
         or any(part in ("", ".", "..") for part in doc_id.split("/"))
     ):
         raise ValidationError(
@@ -60,6 +63,51 @@ def validate_document_id(doc_id: str) -> str:
             "no empty, '.' or '..' path segments"
         )
     return doc_id
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata is a JSON object: string keys; values str, finite numbers, bools, None, lists and objects.
+
+    NaN and infinities are refused (JSON has no such numbers, and one such value breaks filtering and
+    search for its whole namespace), and so is anything JSON cannot represent exactly.
+    """
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, (str, bool, int)):
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata {where} is {value!r}: only finite numbers can be stored")
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check(item, f"{where}.{k}" if where else k)
+            return
+        raise ValidationError(
+            f"metadata {where or 'value'} is a {type(value).__name__}, which JSON cannot hold: use str, "
+            "numbers, bools, None, lists and dicts"
+        )
+
+    check(metadata, "")
+    size = len(json.dumps(metadata, allow_nan=False))
+    if size > _MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
+    return metadata
+
+
+def check_count(name: str, value: Any, limit: int) -> int:
+    """``value`` if it is an integer from 1 to ``limit``, else a :class:`ValidationError` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise ValidationError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+    return value
 
 
 class Records:
@@ -141,19 +189,56 @@ class Records:
         return v
 
     # ------------------------------------------------------------ blobs
-    def referenced(self) -> set[str]:
-        """Every blob some row references (document texts and adapter weights)."""
-        with self.tx() as s:
-            used = set(s.scalars(select(DocumentVersion.content_sha256)))
-            used |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
-        return used
+    def hold_blob(self, s: Session, sha: str, data: bytes) -> None:
+        """Under the blob lock, make sure the blob this transaction is about to reference exists.
+
+        A concurrent ``gc``/``delete`` may have swept it since our ``put`` (it was unreferenced then);
+        the lock keeps it from doing so again before this transaction commits.
+        """
+        lock_blobs(s)
+        if not self.blobs.exists(sha):
+            log.info("blob %s was swept before its row committed: writing it again", sha)
+            self.blobs.put(data)
+
+    @staticmethod
+    def referenced(s: Session, shas: list[str] | None = None) -> set[str]:
+        """The blobs among ``shas`` (all, for ``None``) that some row references (texts, adapter weights)."""
+        texts = select(DocumentVersion.content_sha256)
+        weights = select(Adapter.blob_sha256)
+        if shas is not None:
+            if not shas:
+                return set()
+            texts = texts.where(DocumentVersion.content_sha256.in_(shas))
+            weights = weights.where(Adapter.blob_sha256.in_(shas))
+        return set(s.scalars(texts)) | {b for b in s.scalars(weights) if b}
 
     def drop_unreferenced(self, shas: list[str]) -> int:
         """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
         if not shas:
             return 0
         with self.tx() as s:
-            used = set(s.scalars(select(DocumentVersion.content_sha256)
-                                 .where(DocumentVersion.content_sha256.in_(shas))))
-            used |= set(s.scalars(select(Adapter.blob_sha256).where(Adapter.blob_sha256.in_(shas))))
-        return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+            lock_blobs(s, exclusive=True)  # no writer commits a reference to these while we look and delete
+            used = self.referenced(s, shas)
+            return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+
+    def gc(self, *, dry_run: bool = False) -> list[str]:
+        """Remove every blob that no row references (left by a crash between blob write and commit).
+
+        Safe while other processes write: candidates are re-checked and deleted under the exclusive blob
+        lock, and temporary files of writes in flight are left alone (see ``BlobStore.sweep``).
+        """
+        with self.tx() as s:
+            referenced = self.referenced(s)
+        candidates = self.blobs.sweep(referenced, dry_run=True)
+        if dry_run:
+            return candidates
+        removed: list[str] = []
+        if candidates:
+            with self.tx() as s:
+                lock_blobs(s, exclusive=True)
+                used = self.referenced(s, candidates)
+                removed = [d for d in candidates if d not in used and self.blobs.delete(d)]
+        self.blobs.sweep_temporaries()
+        if removed:
+            log.info("gc removed %d unreferenced blob(s)", len(removed))
+        return removed

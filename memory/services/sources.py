@@ -8,6 +8,7 @@ reads).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ class SourceIngestor:
         ns = self.records.namespace(namespace)
         if refresh_interval_s is not None and (not isinstance(refresh_interval_s, int) or refresh_interval_s < 1):
             raise ValidationError(f"refresh_interval_s must be a positive integer, got {refresh_interval_s!r}")
+        if isinstance(spec, str) and spec and "\x00" not in spec:
+            # Resolved now, against this process's directory: a refresh elsewhere must read the same files.
+            spec = os.path.abspath(os.path.expanduser(spec))
         scan = scan_source(spec)
         if document_id is not None and len(scan.files) != 1:
             raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
@@ -57,6 +61,7 @@ class SourceIngestor:
                 else:  # offsets would not match the stored text: chunk the normalised text instead
                     chunks = chunk_text(normalised, docs.chunk_tokens)
                 key = document_id or document_key(path, scan.root)
+                self._check_key_owner(ns, key, uri)
                 results.append(docs.add(
                     normalised, document_id=key, namespace=ns, title=title, parser=parsed.parser,
                     source=uri, chunks=chunks,
@@ -83,6 +88,24 @@ class SourceIngestor:
                 results.append(AddResult("removed", None, source=key))
         self._record(ns, uri, scan.kind, refresh_interval_s, errors)
         return results
+
+    def _check_key_owner(self, ns: str, key: str, uri: str) -> None:
+        """Refuse a file whose document id already belongs to another source's document in ``ns``.
+
+        Two sources' keys are each relative to their own root (``teamA/index.json`` and
+        ``teamB/index.json`` are both ``index.json``): without this, one source's refresh would replace, and
+        its pruning delete, the other's document.
+        """
+        with self.records.tx() as s:
+            owner = s.scalar(
+                select(Source.uri).join(Document, Document.source_id == Source.id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.key == key))
+        if owner is not None and os.path.abspath(os.path.expanduser(owner)) != uri:  # (older rows: relative)
+            raise ValidationError(
+                f"document {key!r} in namespace {ns!r} already comes from the source {owner}; add this source to "
+                "another namespace, or add the file with its own document id"
+            )
 
     def _record(self, ns: str, uri: str, kind: str, refresh_interval_s: int | None, errors: list[str]) -> None:
         from memory.db.models import utcnow
