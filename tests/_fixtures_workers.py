@@ -66,8 +66,8 @@ def stub_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
     global _STUB
     if _STUB is None:
         _STUB = SlowStubInternalizer()
-    mem._base_model = _BaseStub()
-    mem.internalizer = lambda method="auto": _STUB
+    mem.runtime._base_model = _BaseStub()
+    mem.runtime.internalizer = lambda method="auto": _STUB
     return mem.internalize_version(version_id, **kw)
 
 

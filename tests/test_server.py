@@ -49,7 +49,7 @@ class Served:
         headers = dict(kw.pop("headers", {}) or {})
         if key is not None:
             headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
-        return httpx.request(method, self.url + path, headers=headers, timeout=120, **kw)
+        return httpx.request(method, self.url + path, headers=headers, timeout=300, **kw)
 
 
 def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: str) -> Served:
@@ -555,6 +555,10 @@ def test_50_concurrent_mixed_requests_with_queries(sqlite_served: Served) -> Non
 def _concurrent_mix(srv: Served, *, queries: int) -> None:
     base = f"/v1/namespaces/{NS}"
     tag = f"c{queries}"
+    if queries:  # load the model first: the burst is about concurrency, not a cold start
+        warm = srv.call("POST", f"{base}/query", key="reader",
+                        json={"question": "warm up", "mode": "retrieval", "max_new_tokens": 1, "log": False})
+        assert warm.status_code == 200, warm.text
     for i in range(10):  # to be deleted concurrently
         srv.call("POST", f"{base}/documents", key="writer", json={"text": f"Doomed note {i} about {tag}.",
                                                                   "document_id": f"{tag}-doomed-{i}"})
@@ -705,7 +709,9 @@ def test_internalize_query_and_adapter_download(sqlite_served: Served, tmp_path:
     metrics = httpx.get(f"{sqlite_served.url}/metrics").text
     assert 'pmem_internalizations_total{outcome="succeeded"}' in metrics and "pmem_queries_total{mode=" in metrics
     # an experiment through the server, then its report
-    arm, res = mem.experiment_query("k-test", "What is the vault code?", arms=["retrieval"], user_key="u1")
-    assert arm == "retrieval" and res.mode == "retrieval"
-    report = mem.experiment_report("k-test")
-    assert report["arms"]["retrieval"]["queries"] == 1
+    arms = {"short": {"mode": "retrieval", "max_new_tokens": 4}, "long": {"mode": "retrieval", "max_new_tokens": 8}}
+    arm, res = mem.experiment_query("len-test", "What is the vault code?", arms=arms, user_key="u1")
+    assert arm in arms and res.mode == "retrieval" and res.completion_tokens <= arms[arm]["max_new_tokens"]
+    mem.feedback(res.query_id, 0.5)
+    report = mem.experiment_report("len-test")
+    assert report["arms"][arm]["queries"] == 1 and report["arms"][arm]["feedback"]["n"] == 1

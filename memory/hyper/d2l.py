@@ -466,14 +466,15 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
 
 def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | None = None,
                 checkpoint: str | Path | None = None, chunk_tokens: int | None = None, rank: int | None = None,
-                max_rank: int | None | str = "config", batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
+                max_rank: int | None = None, batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
                 progress: Callable[[int, int], None] | None = None) -> list[LoraAdapter]:
     """Turn documents into LoRA adapters for ``base`` in batched forward passes (no gradient steps).
 
     Documents longer than ``chunk_tokens`` are split; each chunk contributes ``rank`` components per target
     layer, and the chunk adapters plus the bias adapter are concatenated along rank. Chunks are streamed in
     batches of ``batch_chunks``; once a document holds more than ``max_rank`` components per layer (default:
-    the checkpoint's ``max_rank``; ``None`` keeps all), only those with the largest salience gates are kept.
+    the checkpoint's ``max_rank``, which may itself be ``None``: keep all), only those with the largest salience
+    gates are kept.
     That bounds memory (a 1M-token document included) and also removes the noise that many low-gate filler
     components add to the linear-attention read-out of long documents.
     ``progress(done_chunks, total_chunks)`` is called after every batch.
@@ -499,10 +500,8 @@ def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | 
         hypernet = _LOADED[key]
     else:
         _check_base(hypernet.config, base)
-    if max_rank == "config":
+    if max_rank is None:
         max_rank = hypernet.config.max_rank
-    elif isinstance(max_rank, str):
-        raise ValidationError(f"max_rank must be an int, None or 'config', got {max_rank!r}")
     return _internalize_with(hypernet, base, texts, chunk_tokens=chunk_tokens, rank=rank, max_rank=max_rank,
                              batch_chunks=batch_chunks,
                              dtype=dtype, progress=progress)
