@@ -182,7 +182,7 @@ class ParametricMemoryVectorStore(VectorStore):
         texts: Iterable[str],
         metadatas: list[dict] | None = None,
         *,
-        ids: list[str | None] | None = None,
+        ids: Sequence[str | None] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Store each text as one memory document; returns the document ids (new uuid4 hex where none given).
@@ -505,7 +505,8 @@ class ParametricChatModel(BaseChatModel):
             full = chunks[0].message
             for c in chunks[1:]:
                 full = full + c.message
-            msg = AIMessage(content=full.content, usage_metadata=full.usage_metadata,
+            usage = full.usage_metadata if isinstance(full, AIMessageChunk) else None
+            msg = AIMessage(content=full.content, usage_metadata=usage,
                             response_metadata=full.response_metadata)
             return ChatResult(generations=[ChatGeneration(message=msg)])
         opts = self._options(stop, kwargs)

@@ -215,7 +215,8 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
         elif memory_kwargs or embed_model is not None:
             raise ValidationError("pass either memory= or the settings (and embed_model) of a new one, not both")
         ns = validate_namespace(namespace if namespace is not None else memory.settings.namespace)
-        super().__init__(namespace=ns, internalize=internalize)
+        # pydantic validates against this class's fields (stores_text has a default here); mypy checks the base's
+        super().__init__(namespace=ns, internalize=internalize)  # type: ignore[call-arg]
         self._memory = memory
 
     @classmethod
@@ -469,7 +470,7 @@ class ParametricLLM(CustomLLM):
         return turns
 
     def _prompt_ids(self, base: Any, prompt: str, formatted: bool) -> list[int]:
-        if not formatted:
+        if not formatted and self.completion_to_prompt is not None:  # None: LlamaIndex's default, the identity
             prompt = self.completion_to_prompt(prompt)
         return chat_prompt_ids(base, self._turns([("user", prompt)]))
 
