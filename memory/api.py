@@ -92,7 +92,7 @@ class ParametricMemory:
     # ------------------------------------------------------------ documents
     def add(self, text: str | bytes, *, document_id: str | None = None, namespace: str | None = None,
             title: str | None = None, metadata: dict[str, Any] | None = None, parser: dict[str, Any] | None = None,
-            source: str | None = None, chunks: list[Any] | None = None) -> AddResult:
+            source: str | None = None, chunks: builtins.list[Any] | None = None) -> AddResult:
         """Store a document's text as a new version (deduplicated by the hash of its normalised text).
 
         Same content as the current version: nothing changes (``status="unchanged"``). Same content as an
@@ -111,7 +111,7 @@ class ParametricMemory:
         return self.documents.get(document_id, namespace=namespace, with_text=with_text, version=version)
 
     def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
-             prefix: str | None = None) -> list[DocumentInfo]:
+             prefix: str | None = None) -> builtins.list[DocumentInfo]:
         """List documents in a namespace, ordered by id."""
         return self.documents.find(namespace=namespace, limit=limit, offset=offset, prefix=prefix)
 
