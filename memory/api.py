@@ -14,6 +14,7 @@ import difflib
 import json
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -70,6 +71,9 @@ _DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
 _MAX_TITLE = 512  # Document.title's column width
 _MAX_SOURCE = 2048  # Source.uri's
 _MAX_METADATA_BYTES = 64 * 1024
+MAX_QUESTION_CHARS = 8192
+MAX_K = 100
+MAX_NEW_TOKENS = 2048
 _RETRIES = 5
 
 
@@ -132,6 +136,12 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if size > _MAX_METADATA_BYTES:
         raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
     return metadata
+
+
+def _check_count(name: str, value: Any, limit: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise ValidationError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+    return value
 
 
 def _check_text(text: Any, max_bytes: int) -> str:
@@ -581,6 +591,9 @@ class ParametricMemory:
         ns = self._ns(namespace)
         if refresh_interval_s is not None and (not isinstance(refresh_interval_s, int) or refresh_interval_s < 1):
             raise ValidationError(f"refresh_interval_s must be a positive integer, got {refresh_interval_s!r}")
+        if isinstance(spec, str) and spec and "\x00" not in spec:
+            # Resolved now, against this process's directory: a refresh elsewhere must read the same files.
+            spec = os.path.abspath(os.path.expanduser(spec))
         scan = scan_source(spec)
         if document_id is not None and len(scan.files) != 1:
             raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
@@ -597,6 +610,7 @@ class ParametricMemory:
                 else:  # offsets would not match the stored text: chunk the normalised text instead
                     chunks = chunk_text(normalised, self.settings.chunk_tokens)
                 key = document_id or document_key(path, scan.root)
+                self._check_key_owner(ns, key, uri)
                 results.append(self.add(
                     normalised, document_id=key, namespace=ns, title=title, parser=parsed.parser,
                     source=uri, chunks=chunks,
@@ -624,6 +638,24 @@ class ParametricMemory:
         self._record_source(ns, uri, scan.kind, refresh_interval_s, errors,
                             next((r.document for r in results if r.document), None))
         return results
+
+    def _check_key_owner(self, ns: str, key: str, uri: str) -> None:
+        """Refuse a file whose document id already belongs to another source's document in ``ns``.
+
+        Two sources' keys are each relative to their own root (``teamA/index.json`` and
+        ``teamB/index.json`` are both ``index.json``): without this, one source's refresh would replace, and
+        its pruning delete, the other's document.
+        """
+        with self._tx() as s:
+            owner = s.scalar(
+                select(Source.uri).join(Document, Document.source_id == Source.id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.key == key))
+        if owner is not None and os.path.abspath(os.path.expanduser(owner)) != uri:  # (older rows: relative)
+            raise ValidationError(
+                f"document {key!r} in namespace {ns!r} already comes from the source {owner}; add this source to "
+                "another namespace, or add the file with its own document id"
+            )
 
     def _record_source(self, ns: str, uri: str, kind: str, refresh_interval_s: int | None, errors: list[str],
                        any_doc: DocumentInfo | None) -> None:
@@ -899,6 +931,10 @@ class ParametricMemory:
         router.check_mode(mode)
         if not isinstance(question, str) or not question.strip():
             raise ValidationError("question must be a non-empty string")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValidationError(f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+        _check_count("k", k, MAX_K)
+        _check_count("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
         cfg = router.RouterConfig()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -924,7 +960,7 @@ class ParametricMemory:
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
         base = self.base_model
         mode_used, reason = route.mode, route.reason
-        gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
+        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens)
         if route.check_confidence and route.adapter_documents:
             confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
             chosen = set(route.adapter_documents)
@@ -944,7 +980,7 @@ class ParametricMemory:
             if doubt:
                 context = hits[:k]
                 skill_only = self._compose(adapter_infos[len(route.adapter_documents):])  # keep a skill adapter
-                gen, prompt_ids = self._answer(base, question, context, skill_only, max_new_tokens)
+                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens)
                 mode_used = "retrieval"
                 reason += f"; {doubt}, so it answered from the retrieved passages instead"
         timings["generate_ms"] = gen.total_s * 1000
@@ -988,14 +1024,29 @@ class ParametricMemory:
 
     @staticmethod
     def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
-                max_new_tokens: int) -> tuple[Any, list[int]]:
+                max_new_tokens: int) -> tuple[Any, list[int], list[SearchHit]]:
+        """Generate the answer; passages that would push the prompt past the model's window are left out
+        (the least relevant first). Returns the generation, the prompt ids and the passages used."""
         from memory import prompts
 
-        user = (prompts.context_prompt(question, [h.text for h in context]) if context
-                else prompts.parametric_prompt(question))
-        prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+        window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
+        context = list(context)
+        while True:
+            user = (prompts.context_prompt(question, [h.text for h in context]) if context
+                    else prompts.parametric_prompt(question))
+            prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+            if not window or len(prompt_ids) + max_new_tokens <= window:
+                break
+            if not context:
+                raise ValidationError(
+                    f"the question takes {len(prompt_ids):,} tokens; with max_new_tokens={max_new_tokens} that is over "
+                    f"the model's window of {window:,} tokens"
+                )
+            context.pop()  # the least relevant passage goes first
+            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
+                     len(context))
         gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
-        return gen, prompt_ids
+        return gen, prompt_ids, context
 
     @staticmethod
     def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
@@ -1006,7 +1057,9 @@ class ParametricMemory:
             return float("-inf")
         ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=base.device)
         with torch.no_grad():
-            logits = base.forward(ids, adapters=lora).logits[0, len(prompt_ids) - 1 : -1].float()
+            # Only the positions that predict the answer go through the vocabulary head (a long prompt's
+            # full-vocabulary logits would be prompt length x 49k floats).
+            logits = base.forward(ids, adapters=lora, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
         target = torch.tensor(answer_ids, device=logits.device)[:, None]
         return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
 
