@@ -1092,10 +1092,14 @@ class ParametricMemory:
     def chunk_index(self) -> Any:
         """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
         if self._chunk_index is None:
-            from memory.chunk_index import ChunkIndex
+            from memory.chunk_index import ChunkIndex, index_path
             from memory.retrieval import as_embedder
 
-            self._chunk_index = ChunkIndex(self._sessions, as_embedder(self._embedder_arg))
+            embedder = as_embedder(self._embedder_arg)
+            path = index_path(self.settings.home, self.engine.url.render_as_string(hide_password=True),
+                              f"{embedder.name}:{embedder.dim}")
+            self._chunk_index = ChunkIndex(self._sessions, embedder, backend=self.settings.retrieval_backend,
+                                           path=path)
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,

@@ -70,11 +70,15 @@ class Settings:
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
+    # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
+    retrieval_backend: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if self.chunk_tokens < 16:
             raise ConfigError(f"chunk_tokens must be >= 16, got {self.chunk_tokens!r}")
+        if self.retrieval_backend not in ("auto", "inprocess", "pgvector"):
+            raise ConfigError(f"retrieval_backend must be auto, inprocess or pgvector, got {self.retrieval_backend!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 

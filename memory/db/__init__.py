@@ -14,6 +14,7 @@ from memory.db.models import (
     QueryLog,
     Source,
 )
+from memory.db import stamps  # noqa: F401  (registers the change markers on every Session)
 from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [

@@ -80,6 +80,9 @@ class Namespace(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _ts()
+    # A fresh random token whenever the namespace's set of current chunks or their metadata changes,
+    # written in the same transaction (memory.db.stamps): the cheap change marker of retrieval indexes.
+    index_stamp: Mapped[str | None] = mapped_column(String(32))
 
 
 class Source(Base):
@@ -117,6 +120,9 @@ class Document(Base):
     # Optimistic concurrency: an UPDATE that lost a race raises StaleDataError.
     row_version: Mapped[int] = mapped_column(Integer, nullable=False)
     __mapper_args__ = {"version_id_col": row_version}
+    # A fresh random token on every change of this document (never repeats, unlike SQLite row ids):
+    # a retrieval index keys a chunk on (chunk id, this token).
+    index_stamp: Mapped[str | None] = mapped_column(String(32))
 
     versions: Mapped[list["DocumentVersion"]] = relationship(
         back_populates="document",
