@@ -142,12 +142,12 @@ class ChunkIndex:
                                  .order_by(Chunk.id).limit(_EMBED_BATCH)).all()
             if not rows:
                 return done
-            # Embedded with no transaction open: on SQLite every transaction holds the write lock (BEGIN
-            # IMMEDIATE), and embedding a batch takes seconds. Chunk rows never change text: no re-check.
+            # Embedded with no transaction open: on SQLite every transaction holds the write lock
+            # (BEGIN IMMEDIATE), and embedding a batch takes seconds.
             fresh = [r for r in rows if r.embedding is None or r.embedding_model != self.model_key]
             computed = dict(zip((r.id for r in fresh), self.embedder.embed_documents([r.text for r in fresh])))
             with self._sessions() as s:
-                for r in fresh:
+                for r in fresh:  # chunk rows never change text: no re-check needed
                     s.execute(Chunk.__table__.update().where(Chunk.id == r.id)
                               .values(embedding=vector_to_bytes(computed[r.id]), embedding_model=self.model_key))
                 if pg:

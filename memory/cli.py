@@ -410,12 +410,14 @@ def demo(as_json: JsonOpt = False) -> None:
 
 
 def _register_components() -> None:
-    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports."""
+    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports, the server."""
     from memory.evaluation.cli import register as register_ab
+    from memory.server.cli import register as register_server
     from workers.cli import register as register_workers
 
     register_workers(app)
     register_ab(app)
+    register_server(app)  # serve, keys, mcp (FastAPI, uvicorn and mcp are imported only when they run)
 
 
 _register_components()

@@ -3,6 +3,7 @@
 from memory.db.models import (
     Adapter,
     AdapterStatus,
+    ApiKey,
     Base,
     Chunk,
     Document,
@@ -18,7 +19,7 @@ from memory.db import stamps  # noqa: F401  (registers the change markers on eve
 from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [
-    "Adapter", "AdapterStatus", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
+    "Adapter", "AdapterStatus", "ApiKey", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
     "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "lock_blobs", "session_factory",
     "session_scope",
 ]
