@@ -57,12 +57,12 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from integrations._common import (
     chat_prompt_ids,
     check_mode,
-    document_adapter,
     documents_by_id,
     iter_documents,
     matching_document_ids,
     memory_classes,
     message_text,
+    ready_adapters,
     search_documents,
 )
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
@@ -463,10 +463,10 @@ class ParametricChatModel(BaseChatModel):
     def _adapters(self) -> Any:
         if self.memory is None or not self.document_ids:
             return None
-        key = tuple(a.id for d in self.document_ids
-                    for a in self.memory.adapters(namespace=self.namespace, document_id=d, status="ready"))
+        infos = ready_adapters(self.memory, self.namespace, self.document_ids)
+        key = tuple(a.id for a in infos)
         if key != self._adapter_key:
-            self._adapter = document_adapter(self.memory, self.namespace, self.document_ids)
+            self._adapter = self.memory.adapter_registry.compose(infos)
             self._adapter_key = key
         return self._adapter
 

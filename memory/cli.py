@@ -319,8 +319,9 @@ def ask(question: str, namespace: NamespaceOpt = None,
     console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
 
 
-# ---------------------------------------------------------------- bench / eval / train
-def _machine() -> dict[str, Any]:
+# ---------------------------------------------------------------- eval / train
+def machine_info() -> dict[str, Any]:
+    """The machine and the commit, for every JSON result of ``pmem eval`` and ``pmem bench``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
@@ -334,7 +335,8 @@ def _machine() -> dict[str, Any]:
             "commit": commit}
 
 
-def _run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, Any]:
+def run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, Any]:
+    """Import ``module`` and return its ``run(**kwargs)`` with the machine, the commit and the seconds taken."""
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -344,26 +346,7 @@ def _run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, A
         raise
     t0 = time.perf_counter()
     result = mod.run(**kwargs)
-    return {what: name, **_machine(), "seconds": round(time.perf_counter() - t0, 2), **result}
-
-
-BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
-
-
-@app.command()
-def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here.")] = None) -> None:
-    """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
-    names = BENCHES if name == "all" else (name,)
-    results = {}
-    for n in names:
-        console.print(f"[bold]bench {n}[/bold]{' (quick)' if quick else ''} ...")
-        results[n] = _run_module(f"bench.{n}", "bench", n, quick=quick)
-    doc = results[name] if name != "all" else {"bench": "all", **_machine(), "results": results}
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    _print_json(doc)
+    return {what: name, **machine_info(), "seconds": round(time.perf_counter() - t0, 2), **result}
 
 
 @app.command("eval")
@@ -382,7 +365,7 @@ def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
                        "cd_items": cd_items, "cd_steps": cd_steps, "seed": seed}.items():
         if value is not None:
             kwargs[key] = str(value) if isinstance(value, Path) else value
-    doc = _run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)
+    doc = run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)
     _print_json(doc)
 
 
@@ -409,15 +392,27 @@ def demo(as_json: JsonOpt = False) -> None:
     _print_json(result) if as_json else out.print_json(json.dumps(result, default=str))
 
 
+PLUGINS = "pmem.commands"  # entry-point group: ``name = "package.module:register"``, called with the app
+
+
 def _register_components() -> None:
-    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports, the server."""
+    """Commands owned by other packages, which depend on this one and never the reverse: A/B reports from
+    :mod:`memory.evaluation`, and whatever registers itself under the ``pmem.commands`` entry points
+    (``workers``: worker, jobs, refresh, ingest; ``bench``: bench). A plugin whose optional dependencies
+    are not installed is left out, with a debug log. The server (``memory.server``) is part of the core."""
+    import logging
+    from importlib.metadata import entry_points
+
     from memory.evaluation.cli import register as register_ab
     from memory.server.cli import register as register_server
-    from workers.cli import register as register_workers
 
-    register_workers(app)
     register_ab(app)
     register_server(app)  # serve, keys, mcp (FastAPI, uvicorn and mcp are imported only when they run)
+    for ep in sorted(entry_points(group=PLUGINS), key=lambda e: e.name):
+        try:
+            ep.load()(app)
+        except ImportError as e:  # e.g. celery missing without the [workers] extra
+            logging.getLogger(__name__).debug("pmem commands of %s not loaded: %s", ep.value, e)
 
 
 _register_components()

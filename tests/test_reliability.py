@@ -12,6 +12,7 @@ import time
 import pytest
 
 from memory.api import ParametricMemory
+from memory.services.query import QueryEngine
 from memory.errors import IntegrityError, ValidationError
 from test_search import BagOfWords
 
@@ -429,7 +430,7 @@ def tiny_mem(tmp_path):
     from _fixtures_models import tiny_base
 
     mem = ParametricMemory(home=tmp_path / "h", embedder=BagOfWords())
-    mem._base_model = tiny_base()
+    mem.runtime._base_model = tiny_base()
     return mem
 
 
@@ -445,7 +446,7 @@ def test_query_bounds_question_k_and_max_new_tokens(tiny_mem, kwargs, match):
 
 
 def test_query_prompt_is_kept_inside_the_model_window(tiny_mem):
-    base = tiny_mem._base_model
+    base = tiny_mem.runtime._base_model
     base.model.config.max_position_embeddings = window = 700  # the tiny model counts one token per character
     for i in range(8):
         tiny_mem.add(f"the vault {i} opens with code {i}{i}{i}. " * 4, document_id=f"v{i}")
@@ -459,12 +460,12 @@ def test_query_prompt_is_kept_inside_the_model_window(tiny_mem):
 def test_mean_logprob_runs_the_vocabulary_head_on_the_answer_positions_only(tiny_mem):
     import torch
 
-    base = tiny_mem._base_model
+    base = tiny_mem.runtime._base_model
     prompt, answer = list(range(2, 40)) * 3, [5, 6, 7, 8]
     rows: list[int] = []
     hook = base.model.lm_head.register_forward_hook(lambda m, i, o: rows.append(o.shape[1]))
     try:
-        got = ParametricMemory._mean_logprob(base, prompt, answer, None)
+        got = QueryEngine._mean_logprob(base, prompt, answer, None)
     finally:
         hook.remove()
     assert rows == [len(answer) + 1]
