@@ -12,6 +12,7 @@ True
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from memory.config import Settings
@@ -91,7 +92,7 @@ class ParametricMemory:
     # ------------------------------------------------------------ documents
     def add(self, text: str | bytes, *, document_id: str | None = None, namespace: str | None = None,
             title: str | None = None, metadata: dict[str, Any] | None = None, parser: dict[str, Any] | None = None,
-            source: str | None = None, chunks: list[Any] | None = None) -> AddResult:
+            source: str | None = None, chunks: builtins.list[Any] | None = None) -> AddResult:
         """Store a document's text as a new version (deduplicated by the hash of its normalised text).
 
         Same content as the current version: nothing changes (``status="unchanged"``). Same content as an
@@ -110,20 +111,20 @@ class ParametricMemory:
         return self.documents.get(document_id, namespace=namespace, with_text=with_text, version=version)
 
     def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
-             prefix: str | None = None) -> list[DocumentInfo]:
+             prefix: str | None = None) -> builtins.list[DocumentInfo]:
         """List documents in a namespace, ordered by id."""
         return self.documents.find(namespace=namespace, limit=limit, offset=offset, prefix=prefix)
 
     def chunks(self, document_id: str, *, namespace: str | None = None,
-               version: int | None = None) -> list[ChunkInfo]:
+               version: int | None = None) -> builtins.list[ChunkInfo]:
         """The chunks of the current version (or ``version``) of a document."""
         return self.documents.chunks(document_id, namespace=namespace, version=version)
 
-    def namespaces(self) -> list[str]:
+    def namespaces(self) -> builtins.list[str]:
         """Every namespace that holds something, by name."""
         return self.documents.namespaces()
 
-    def history(self, document_id: str, *, namespace: str | None = None) -> list[VersionInfo]:
+    def history(self, document_id: str, *, namespace: str | None = None) -> builtins.list[VersionInfo]:
         """Every version of a document, oldest first, with the current one marked."""
         return self.documents.history(document_id, namespace=namespace)
 
@@ -140,14 +141,14 @@ class ParametricMemory:
         """Remove a document with all its versions, chunks, adapters and (now unreferenced) blobs."""
         return self.documents.delete(document_id, namespace=namespace)
 
-    def gc(self, *, dry_run: bool = False) -> list[str]:
+    def gc(self, *, dry_run: bool = False) -> builtins.list[str]:
         """Remove every blob that no row references (left by a crash between blob write and commit)."""
         return self.documents.gc(dry_run=dry_run)
 
     # ------------------------------------------------------------ sources
     def add_source(self, spec: str, *, namespace: str | None = None, document_id: str | None = None,
                    title: str | None = None, refresh_interval_s: int | None = None,
-                   prune_missing: bool = False) -> list[AddResult]:
+                   prune_missing: bool = False) -> builtins.list[AddResult]:
         """Parse a file, a directory or a glob with Unstructured and add each file as a document.
 
         Each file becomes the document ``document_key(path, root)`` (or ``document_id`` for a single file);
@@ -164,7 +165,7 @@ class ParametricMemory:
         return self.ingestor.add_source(spec, namespace=namespace, document_id=document_id, title=title,
                                         refresh_interval_s=refresh_interval_s, prune_missing=prune_missing)
 
-    def sources(self, *, namespace: str | None = None) -> list[dict[str, Any]]:
+    def sources(self, *, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         """Registered sources with their refresh interval, last check and last error."""
         return self.ingestor.sources(namespace=namespace)
 
@@ -207,7 +208,7 @@ class ParametricMemory:
 
     # ------------------------------------------------------------ adapters and skills
     def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
-                 status: str | None = None) -> list[AdapterInfo]:
+                 status: str | None = None) -> builtins.list[AdapterInfo]:
         """List adapters with their provenance, newest first."""
         return self.adapter_registry.find(namespace=namespace, document_id=document_id, status=status)
 
@@ -232,7 +233,7 @@ class ParametricMemory:
 
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-              document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
+              document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
               experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
@@ -249,7 +250,7 @@ class ParametricMemory:
                                        skill=skill)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
