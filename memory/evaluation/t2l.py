@@ -48,7 +48,7 @@ from memory.training.tasks import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "t2l-smollm2-135m"
-MAX_NEW_TOKENS = 32  # the longest gold answer (a two-key JSON object) is ~20 tokens
+MAX_NEW_TOKENS = 48  # the longest gold answers of the library are ~40 tokens (mean ~6)
 BATCH = 36
 ARMS = ("base", "mt_lora", "t2l", "task_lora")
 SIZES = {  # tasks per split, examples per task, ceiling tasks per split, seen training tasks
@@ -164,7 +164,7 @@ def _arms(arms: str | Sequence[str] | None) -> list[str]:
 def run(quick: bool = False, checkpoint: str | Path | None = None, output: str | Path | None = None,
         limit: int | None = None, per_task: int | None = None, seen_tasks: int | None = None,
         ceiling_per_split: int | None = None, ceiling_steps: int | None = None, arms: str | Sequence[str] | None = None,
-        progress: bool = True, base: Any | None = None, **_: Any) -> dict[str, Any]:
+        progress: bool = True, base: Any | None = None, curve: bool = True, **_: Any) -> dict[str, Any]:
     """Evaluate the arms on each held-out split; with ``output`` (a directory), write ``t2l_eval.json`` and
     ``t2l_eval.png`` there.
 
@@ -176,6 +176,8 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         ceiling_per_split / ceiling_steps: per-task LoRA ceilings (missing ones are trained and cached).
         arms: a subset of :data:`ARMS` (list or comma-separated).
         progress: show a progress bar on stderr.
+        curve: when ``checkpoint`` is the ``checkpoint/`` of a ``pmem train t2l --arm all --snapshot-every N``
+            run, also evaluate T2L and the multi-task LoRA at every snapshot, on at most the quick sample (``curve``).
 
     >>> run(quick=True)["splits"]["composition"]["mean"]        # doctest: +SKIP
     """
@@ -281,6 +283,12 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     if seen_rows:
         result["seen_tasks_unseen_descriptions"] = {
             "n": len(seen_rows), "mean": {arm: _mean(v) for arm, v in seen_ok.items()}, "paired": _paired(seen_ok)}
+    snapshots = ckpt.parent / "t2l" / "snapshots"
+    if curve and snapshots.is_dir() and "t2l" in chosen:
+        q = SIZES["quick"]
+        result["curve"] = curve_over_steps(ckpt.parent, base, limit=min(n_tasks, q["tasks"]),
+                                           per_task=min(per_task, q["per_task"]),
+                                           progress=progress, prompt_mode=mode)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     if output is not None:
         out = Path(output)
@@ -288,6 +296,43 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         (out / "t2l_eval.json").write_text(json.dumps(result, indent=2) + "\n")
         plot(result, out / "t2l_eval.png")
     return result
+
+
+def curve_over_steps(run_dir: str | Path, base: Any, *, limit: int, per_task: int, progress: bool = True,
+                     prompt_mode: str = "description+input") -> dict[str, Any]:
+    """Per-split accuracy of T2L and the multi-task LoRA at every training snapshot of an ``--arm all`` run.
+
+    Snapshots are ``run_dir/t2l/snapshots/step-N`` and ``run_dir/mt-lora/snapshots/step-N``; a step missing for
+    one arm is reported for the other alone.
+    """
+    run_dir = Path(run_dir)
+    split_rows = {s: cases(sample(heldout_tasks(s), limit, seed=0), per_task) for s in SPLITS}
+    rows = [r for s in SPLITS for r in split_rows[s]]
+    t2l_steps = sorted((run_dir / "t2l" / "snapshots").glob("step-*"))
+    mt_steps = sorted((run_dir / "mt-lora" / "snapshots").glob("step-*"))
+    bar = Bar(len(rows) * (len(t2l_steps) + len(mt_steps)), enabled=progress)
+    points: dict[int, dict[str, dict[str, float]]] = {}
+
+    def record(step_dir: Path, arm: str, ok: list[bool]) -> None:
+        step = int(step_dir.name.split("-")[1])
+        at, offset = points.setdefault(step, {}), 0
+        for s in SPLITS:
+            n = len(split_rows[s])
+            at.setdefault(s, {})[arm] = _mean(ok[offset : offset + n])
+            offset += n
+
+    try:
+        for d in t2l_steps:
+            net = T2LHypernetwork.load(d, base_fingerprint=base.fingerprint)
+            ads = net.generate([desc for _, desc, _ in rows])
+            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=lambda n: bar.step(n, d.name)))
+        for d in mt_steps:
+            mt = load_lora(d)
+            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=lambda n: bar.step(n, d.name)))
+    finally:
+        bar.close()
+    return {"tasks_per_split": limit, "examples_per_task": per_task,
+            "steps": {str(k): points[k] for k in sorted(points)}}
 
 
 COLORS = {"base": "#999999", "mt_lora": "#4c72b0", "t2l": "#dd8452", "task_lora": "#55a868"}
@@ -308,10 +353,12 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     for ax, s in zip(axes, splits):
         d = result["splits"][s]
         arms = list(d["mean"])
-        ax.bar(arms, [d["mean"][a] for a in arms], color=[COLORS[a] for a in arms])
+        bars = ax.bar(arms, [d["mean"][a] for a in arms], color=[COLORS[a] for a in arms])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ceil = d["ceiling"].get("mean")
         if ceil:
-            ax.bar(["ceiling\nsample"], [ceil["task_lora"]], color=COLORS["task_lora"], hatch="//")
+            bars = ax.bar(["ceiling\nsample"], [ceil["task_lora"]], color=COLORS["task_lora"], hatch="//")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
         lines = [f"{s} ({d['n']} rows, {len(d['tasks'])} tasks)"]
         for k, v in d["paired"].items():
             lines.append(f"{k.replace('t2l_minus_', 'T2L - ')}: {v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
@@ -324,7 +371,33 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    if result.get("curve"):
+        plot_curve(result["curve"], Path(path).with_name(Path(path).stem + "_curve.png"))
     return Path(path)
 
 
-__all__ = ["ARMS", "DEFAULT_CHECKPOINT", "cases", "ceiling_lora", "plot", "run"]
+def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy over training steps, one panel per split, T2L and the multi-task LoRA (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(curve["steps"], key=int)
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 3.6), sharey=True)
+    for ax, s in zip(axes, SPLITS):
+        for arm in ("mt_lora", "t2l"):
+            xs = [int(k) for k in steps if arm in curve["steps"][k].get(s, {})]
+            ax.plot(xs, [curve["steps"][str(x)][s][arm] for x in xs], marker="o", color=COLORS[arm], label=arm)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+__all__ = ["ARMS", "DEFAULT_CHECKPOINT", "cases", "ceiling_lora", "curve_over_steps", "plot", "plot_curve", "run"]

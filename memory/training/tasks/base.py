@@ -12,7 +12,8 @@ too, so an evaluation description never shares its wording with a training one. 
 paraphrased further by framing prefixes and answer-format suffixes (:func:`paraphrase`).
 
 >>> fam = Family("shout", "strings", "casing", "words", "words", (Param("up", {}),), (),
-...              lambda v, kw: [w.upper() for w in v], ("Uppercase the words.", "Write the words in capitals."))
+...              lambda v, kw: [w.upper() for w in v], ("Uppercase the words.", "Write the words in capitals."),
+...              source=lambda rng, kw: rng.sample(["hi", "there", "you"], 2))
 >>> t = Task(((fam, fam.params[0]),))
 >>> ex = t.example(0)
 >>> ex.output == ex.input.upper(), t.check_output(ex, ex.output), t.check_output(ex, ex.input)
