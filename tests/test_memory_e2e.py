@@ -74,9 +74,9 @@ def test_auto_replaces_an_unsupported_adapter_answer_by_the_retrieval_answer(mem
     def confidently_wrong(base, question, context, lora, max_new_tokens):
         if context:  # the retrieval answer is the real one
             return real(base, question, context, lora, max_new_tokens)
-        gen, prompt_ids = real(base, question, context, lora, max_new_tokens)
+        gen, prompt_ids, used = real(base, question, context, lora, max_new_tokens)
         ids = base.encode("The access code is 1111.")
-        return Generation("The access code is 1111.", ids, gen.prompt_tokens, len(ids), "eos"), prompt_ids
+        return Generation("The access code is 1111.", ids, gen.prompt_tokens, len(ids), "eos"), prompt_ids, used
 
     monkeypatch.setattr(ParametricMemory, "_answer", staticmethod(confidently_wrong))
     monkeypatch.setattr(router, "RouterConfig", partial(router.RouterConfig, min_confidence=-1e9))  # never unsure
