@@ -71,6 +71,8 @@ class Settings:
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
+    # Directories a worker may ingest from (os.pathsep-separated); None: any path a job names.
+    ingest_roots: str | None = None
     # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
     retrieval_backend: str = "auto"
 

@@ -126,3 +126,32 @@ def test_redis_restart_with_internalizations_queued_running_and_retrying(cluster
     assert _ready_documents(mem) == set(names)
     assert len(mem.adapters()) == len(names)  # one adapter per document: the re-sent jobs did not duplicate
     assert mem.gc(dry_run=True) == []
+
+
+def test_worker_ingests_only_under_its_allowed_roots(cluster, tmp_path):
+    import os
+
+    from memory.jobs import JobStore
+    from workers.tasks import submit_ingest
+
+    allowed, secret = tmp_path / "allowed", tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    (allowed / "a.txt").write_text("Visitors park on level two.\n")
+    (secret / "key.txt").write_text("The signing key is 0xDEADBEEF.\n")
+    os.symlink(secret, allowed / "escape")
+    mem = cluster.memory()
+    store = JobStore.for_memory(mem)
+    cluster.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0", PMEM_INGEST_ROOTS=str(allowed)).wait_ready()
+    jobs = {spec: submit_ingest(mem, spec, internalize=False)
+            for spec in (str(allowed), str(secret / "key.txt"), str(allowed / "escape"), str(allowed / ".." / "secret"))}
+
+    def done():
+        return all(store.get(j.id).state in ("succeeded", "failed") for j in jobs.values())
+
+    wait_for(done, 90, "the ingest jobs")
+    states = {spec: (store.get(j.id).state, store.get(j.id).error or "") for spec, j in jobs.items()}
+    assert states[str(allowed)][0] == "succeeded"
+    for spec in list(jobs)[1:]:
+        assert states[spec][0] == "failed" and "outside" in states[spec][1], states
+    assert [d.id for d in mem.list()] == ["a.txt"]

@@ -541,6 +541,52 @@ def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
     assert denied[0] == "error" and "may not" in denied[1]
 
 
+def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None:
+    from _server import free_port
+    from mcp.client.client import Client
+
+    port = free_port()
+    env = {**os.environ, "PMEM_API_KEY": sqlite_served.keys["writer"], "PYTHONPATH": str(REPO),
+           "PMEM_HOME": str(tmp_path / "mcp-home")}
+    log = (tmp_path / "mcp.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", sqlite_served.url,
+                             "--transport", "streamable-http", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    async def run() -> tuple[list[str], Any]:
+        deadline = time.monotonic() + 90
+        while True:  # wait for the port
+            try:
+                async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                    tools = sorted(t.name for t in (await client.list_tools()).tools)
+                    await client.call_tool("remember", {"text": "The lift is out of order on Fridays.",
+                                                        "document_id": "mcp-http-lift"})
+                    r = await client.call_tool("recall", {"query": "lift out of order", "k": 1})
+                    return tools, r.structured_content
+            except Exception:  # noqa: BLE001 - not listening yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    try:
+        tools, recalled = asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    assert "recall" in tools and "remember" in tools
+    assert recalled["result"][0]["document_id"] == "mcp-http-lift", (tmp_path / "mcp.log").read_text()[-2000:]
+
+
+def test_serve_refuses_no_auth_off_loopback() -> None:
+    from typer.testing import CliRunner
+
+    from memory.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "loopback" in r.output
+
+
 # ============================================================================ concurrency
 def test_50_concurrent_mixed_requests_without_the_model(sqlite_served: Served) -> None:
     """Adds, searches, gets and deletes at once: nothing lost, nothing duplicated, every answer well formed."""

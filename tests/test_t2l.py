@@ -179,6 +179,50 @@ def test_prompt_and_collate() -> None:
     assert labels.tolist() == [[IGNORE, 2, 3], [4, IGNORE, IGNORE]]
 
 
+def test_description_cache_embeds_once_and_matches_the_encoder(encoder: DescriptionEncoder) -> None:
+    """Training embeds a description when it is first drawn, once, with the encoder's own embedding."""
+    from memory.training.t2l import DescriptionCache
+
+    cache = DescriptionCache(encoder, torch.device("cpu"))
+    a = cache(["Join the words with commas.", "Sort the words in alphabetical order.", "Join the words with commas."])
+    assert a.shape == (3, 384) and len(cache) == 2 and torch.equal(a[0], a[2])
+    assert torch.allclose(a[1], encoder.encode(["Sort the words in alphabetical order."])[0], atol=1e-5)
+    cache(["Join the words with commas."])
+    assert len(cache) == 2
+
+
+def test_ceiling_tasks_are_a_prefix_of_the_eval_sample() -> None:
+    """The per-task ceilings trained by --arm all are tasks the evaluation draws, in every split."""
+    from memory.evaluation.t2l import SIZES
+    from memory.training.t2l import ceiling_tasks
+    from memory.training.tasks import SPLITS, heldout_tasks, sample
+
+    ceil = ceiling_tasks(2)
+    assert set(ceil) == set(SPLITS)
+    for split, tasks in ceil.items():
+        assert len(tasks) == 2 and tasks == sample(heldout_tasks(split), SIZES["quick"]["tasks"], seed=0)[:2]
+        assert all(t in heldout_tasks(split) for t in tasks)
+
+
+def test_eval_arms_validation_and_plot(tmp_path: Path) -> None:
+    """Unknown arms are refused; the plot draws every split, the ceiling and the curve from a result."""
+    from memory.evaluation.t2l import _arms, plot
+
+    assert _arms("t2l, base") == ["base", "t2l"] and _arms(None) == ["base", "mt_lora", "t2l", "task_lora"]
+    with pytest.raises(ValidationError, match="unknown t2l arms"):
+        _arms("t2l,gpt4")
+    paired = {"diff": 0.1, "low": -0.05, "high": 0.2, "p_b_better": 0.8, "n": 10}
+    split = {"n": 10, "tasks": ["a", "b"], "mean": {"base": 0.1, "mt_lora": 0.3, "t2l": 0.4},
+             "paired": {"t2l_minus_base": paired, "t2l_minus_mt_lora": paired},
+             "ceiling": {"tasks": ["a"], "n": 5, "mean": {"base": 0.0, "mt_lora": 0.2, "t2l": 0.2, "task_lora": 0.9}}}
+    curve = {"steps": {"100": {s: {"t2l": 0.2, "mt_lora": 0.1} for s in ("interpolation", "composition", "unseen_family")},
+                       "200": {s: {"t2l": 0.3, "mt_lora": 0.2} for s in ("interpolation", "composition", "unseen_family")}}}
+    result = {"trained_steps": 200, "splits": {s: split for s in ("interpolation", "composition", "unseen_family")},
+              "curve": curve}
+    path = plot(result, tmp_path / "t2l_eval.png")
+    assert path.stat().st_size > 10_000 and (tmp_path / "t2l_eval_curve.png").stat().st_size > 10_000
+
+
 # ------------------------------------------------------------------ slow: the real base model
 @pytest.mark.slow
 def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
@@ -256,3 +300,36 @@ def test_committed_checkpoint_is_finite_and_changes_outputs() -> None:
             adapted = base.model(input_ids=ids).logits[0, -1].float()
     assert torch.isfinite(adapted).all()
     assert (plain - adapted).abs().max() > 1e-2
+
+
+@pytest.mark.slow
+def test_train_all_then_eval_reports_three_splits(tmp_path: Path) -> None:
+    """`--arm all` trains T2L, the multi-task LoRA at the same step count and one ceiling per split into an
+    evaluable checkpoint; the eval reports every split with paired CIs, the ceilings, samples, a plot and the
+    curve over snapshots (a plumbing test: two steps say nothing about quality)."""
+    from memory.evaluation.t2l import run
+    from memory.models import load_base_model
+    from memory.training.t2l import TrainArgs, train
+
+    base = load_base_model()
+    args = TrainArgs(out=tmp_path / "run", arm="all", size="S", max_steps=2, minutes=5, tasks_per_step=1,
+                     examples_per_task=1, ceiling_per_split=1, ceiling_steps=1, snapshot_every=1, save_every=1)
+    ck = train(args, base=base)
+    assert ck == tmp_path / "run" / "checkpoint"
+    assert json.loads((ck / "config.json").read_text())["training"]["trained_steps"] == 2
+    mt_meta = json.loads((tmp_path / "run" / "mt-lora" / "model" / "training.json").read_text())
+    assert mt_meta["trained_steps"] == 2 and mt_meta["library"]["train"] > 1000
+    ceilings = sorted(p.name for p in (ck / "baselines").glob("task-lora-*.safetensors"))
+    assert len(ceilings) == 3
+    assert sorted(p.name for p in (tmp_path / "run" / "t2l" / "snapshots").iterdir()) == ["step-0000001", "step-0000002"]
+
+    res = run(checkpoint=ck, output=tmp_path / "eval", limit=1, per_task=1, seen_tasks=0, ceiling_per_split=1,
+              progress=False, base=base)
+    assert set(res["splits"]) == {"interpolation", "composition", "unseen_family"}
+    for split in res["splits"].values():
+        assert split["n"] == 1 and set(split["mean"]) == {"base", "mt_lora", "t2l"}
+        assert set(split["paired"]) == {"t2l_minus_base", "t2l_minus_mt_lora"} and split["paired"]["t2l_minus_base"]["n"] == 1
+        assert split["ceiling"]["n"] == 1 and "task_lora" in split["ceiling"]["mean"]
+    assert res["trained_steps"] == 2 and res["curve"]["steps"].keys() == {"1", "2"}
+    assert (tmp_path / "eval" / "t2l_eval.png").exists() and (tmp_path / "eval" / "t2l_eval_curve.png").exists()
+    assert json.loads((tmp_path / "eval" / "t2l_eval.json").read_text())["splits"] == res["splits"]

@@ -89,9 +89,34 @@ def _internalize_fn() -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------- job bodies
+def check_ingest_root(spec: str, roots: str | None) -> None:
+    """Refuse a source outside the worker's allowed roots (``PMEM_INGEST_ROOTS``, os.pathsep-separated).
+
+    The source's fixed part (a glob up to its first wildcard) is resolved through symbolic links first,
+    so neither ``..`` nor a link leads out; inside, scanning does not follow links out of the source root.
+
+    >>> check_ingest_root("/srv/docs/hr/*.md", "/srv/docs")
+    >>> check_ingest_root("/srv/docs/../../etc/passwd", "/srv/docs")
+    Traceback (most recent call last):
+    memory.errors.ValidationError: this worker ingests only under /srv/docs; '/srv/docs/../../etc/passwd' is outside
+    """
+    if not roots:
+        return
+    allowed = [os.path.realpath(os.path.expanduser(r)) for r in roots.split(os.pathsep) if r.strip()]
+    fixed = []
+    for part in spec.split("/"):
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    real = os.path.realpath("/".join(fixed) or "/")
+    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in allowed):
+        raise ValidationError(f"this worker ingests only under {os.pathsep.join(allowed)}; {spec!r} is outside")
+
+
 def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     p = job.payload
     ns = p["namespace"]
+    check_ingest_root(p["spec"], mem.settings.ingest_roots)
     results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"))
     changed, unchanged, failed = changed_versions(mem, results, ns)
     jobs = []
@@ -358,7 +383,7 @@ def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = Fals
 
 __all__ = [
     "BODIES", "MAX_RETRIES", "TASK_NAMES", "UNPUBLISHED", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
-    "internalize_key",
+    "internalize_key", "check_ingest_root",
     "internalize_version", "refresh_sources", "run_body", "submit", "submit_ingest", "submit_internalize",
     "submit_refresh",
 ]

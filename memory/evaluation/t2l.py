@@ -1,16 +1,25 @@
-"""Text-to-LoRA evaluation: zero-shot on held-out tasks with unseen descriptions.
+"""Text-to-LoRA evaluation on the three held-out splits of the task library, with unseen descriptions.
 
-Arms, all with the same prompt (the unseen description and the input in the user turn, empty system turn):
+Splits (see :mod:`memory.training.tasks.library`), each reported on its own:
+
+- ``interpolation``: seen families with parameter settings never trained on;
+- ``composition``: chains with a family pair never chained in training;
+- ``unseen_family``: families never trained on.
+
+Arms, all with the same prompt (an evaluation-only description and the input in the user turn, empty system
+turn):
 
 - ``base``: the base model, description in the prompt only;
-- ``mt_lora``: plus the multi-task LoRA trained on all training tasks;
+- ``mt_lora``: plus the multi-task LoRA trained on every training task (the same steps as T2L);
 - ``t2l``: plus the adapter the T2L hypernetwork generates from the description;
-- ``task_lora``: plus a LoRA trained on the held-out task itself (the ceiling; a few tasks only).
+- ``task_lora``: plus a LoRA trained on the held-out task itself (the ceiling; a sample of tasks per split).
 
-A generation is scored by the task's own checker on its first line. ``pmem eval t2l [--quick] --json``.
+A generation is scored by the task's own checker on its first line. For every split, T2L is compared with the
+base model and with the multi-task LoRA on the same rows (paired bootstrap, 95 % CI).
+``pmem eval t2l [--quick] [--checkpoint DIR] [--output DIR] [--limit TASKS_PER_SPLIT] [--arms base,t2l] --json``.
 
->>> res = run(quick=True)                      # doctest: +SKIP
->>> res["heldout"]["mean"]["t2l"] > res["heldout"]["mean"]["base"]   # doctest: +SKIP
+>>> res = run(quick=True)                                            # doctest: +SKIP
+>>> res["splits"]["interpolation"]["paired"]["t2l_minus_mt_lora"]   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,26 +28,39 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from memory.errors import ModelError
+from memory.errors import ModelError, ValidationError
 from memory.hyper.t2l import T2LHypernetwork
 from memory.lora import LoraAdapter, from_bytes, to_bytes
-from memory.training.t2l import SYSTEM, TrainArgs, build_prompt, load_lora, train
-from memory.training.tasks import EVAL_SEED_START, Example, Task, heldout_tasks, train_tasks
+from memory.training.t2l import SYSTEM, TrainArgs, build_prompt, ceiling_tasks, load_lora, train
+from memory.training.tasks import (
+    EVAL_SEED_START,
+    SPLITS,
+    Example,
+    Task,
+    heldout_tasks,
+    library,
+    sample,
+    train_tasks,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "t2l-smollm2-135m"
-MAX_NEW_TOKENS = 16
+MAX_NEW_TOKENS = 48  # the longest gold answers of the library are ~40 tokens (mean ~6)
 BATCH = 36
-CEILING_TASKS_QUICK = ("lowercase", "min_of_list")
-CEILING_TASKS_FULL = ("lowercase", "min_of_list", "kebab_case", "previous_letter")
 ARMS = ("base", "mt_lora", "t2l", "task_lora")
+SIZES = {  # tasks per split, examples per task, ceiling tasks per split, seen training tasks
+    "quick": {"tasks": 8, "per_task": 3, "ceiling": 1, "seen": 0},
+    "full": {"tasks": 40, "per_task": 5, "ceiling": 2, "seen": 40},
+}
+
+Row = tuple[Task, str, Example]
 
 
-def _cases(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, str, Example]]:
-    """(task, unseen description, example) rows; descriptions rotate through the task's evaluation set."""
+def cases(tasks: Sequence[Task], per_task: int) -> list[Row]:
+    """(task, evaluation description, example) rows; descriptions rotate through the task's evaluation set."""
     rows = []
     for t in tasks:
         descs = t.eval_descriptions
@@ -47,8 +69,31 @@ def _cases(tasks: Sequence[Task], per_task: int) -> list[tuple[Task, str, Exampl
     return rows
 
 
-def _score(base: Any, rows: list[tuple[Task, str, Example]], adapters: list[LoraAdapter | None] | LoraAdapter | None,
-           prompt_mode: str, samples: dict[str, str] | None = None) -> list[bool]:
+class Bar:
+    """A rich progress bar on stderr over generation batches (silent when ``enabled`` is False)."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self._progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._task = self._progress.add_task("t2l eval", total=total)
+            self._progress.start()
+
+    def step(self, n: int, label: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=n, description=f"t2l eval: {label}")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _score(base: Any, rows: list[Row], adapters: list[LoraAdapter | None] | LoraAdapter | None, prompt_mode: str,
+           samples: dict[str, str] | None = None, tick: Callable[[int], None] | None = None) -> list[bool]:
     """Greedy generation for every row (batched, per-row adapters), checked by each task's checker.
 
     The first generation of each task is recorded in ``samples`` (task -> text) when given.
@@ -61,20 +106,22 @@ def _score(base: Any, rows: list[tuple[Task, str, Example]], adapters: list[Lora
         gens = base.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, stop=["\n"], adapters=ads)
         ok.extend(t.check_output(ex, g.text) for (t, _, ex), g in zip(chunk, gens))
         if samples is not None:
-            for (t, _, ex), g in zip(chunk, gens):
-                samples.setdefault(t.name, f"{ex.input!r} -> {g.text!r} (gold {ex.output!r})")
+            for (t, d, ex), g in zip(chunk, gens):
+                samples.setdefault(t.name, f"{d!r} | {ex.input!r} -> {g.text!r} (gold {ex.output!r})")
+        if tick:
+            tick(len(chunk))
     return ok
 
 
-def _per_task(rows: list[tuple[Task, str, Example]], ok: list[bool]) -> dict[str, float]:
+def _per_task(rows: list[Row], ok: list[bool]) -> dict[str, float]:
     acc: dict[str, list[bool]] = {}
     for (t, _, _), v in zip(rows, ok):
         acc.setdefault(t.name, []).append(v)
-    return {k: sum(v) / len(v) for k, v in acc.items()}
+    return {k: round(sum(v) / len(v), 4) for k, v in acc.items()}
 
 
-def _mean(d: dict[str, float]) -> float:
-    return sum(d.values()) / len(d) if d else float("nan")
+def _mean(values: Sequence[bool | float]) -> float:
+    return round(sum(values) / len(values), 4) if values else float("nan")
 
 
 def _paired(per_row: dict[str, list[bool]]) -> dict[str, dict[str, float]]:
@@ -83,6 +130,8 @@ def _paired(per_row: dict[str, list[bool]]) -> dict[str, dict[str, float]]:
 
     out = {}
     for other in ("base", "mt_lora"):
+        if other not in per_row or "t2l" not in per_row:
+            continue
         d = paired_bootstrap([float(v) for v in per_row[other]], [float(v) for v in per_row["t2l"]])
         out[f"t2l_minus_{other}"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
     return out
@@ -104,91 +153,142 @@ def ceiling_lora(task: str, checkpoint: Path, base: Any, *, steps: int, cache: P
     return ad
 
 
+def _arms(arms: str | Sequence[str] | None) -> list[str]:
+    chosen = [a.strip() for a in arms.split(",")] if isinstance(arms, str) else list(arms or ARMS)
+    bad = [a for a in chosen if a not in ARMS]
+    if bad:
+        raise ValidationError(f"unknown t2l arms {bad}; choose from {', '.join(ARMS)}")
+    return [a for a in ARMS if a in chosen]
+
+
 def run(quick: bool = False, checkpoint: str | Path | None = None, output: str | Path | None = None,
-        per_task: int | None = None, seen_per_task: int | None = None, ceiling_steps: int | None = None,
-        **_: Any) -> dict[str, Any]:
-    """Evaluate every arm; with ``output`` (a directory), write ``t2l_eval.json`` and ``t2l_eval.png`` there.
+        limit: int | None = None, per_task: int | None = None, seen_tasks: int | None = None,
+        ceiling_per_split: int | None = None, ceiling_steps: int | None = None, arms: str | Sequence[str] | None = None,
+        progress: bool = True, base: Any | None = None, curve: bool = True, **_: Any) -> dict[str, Any]:
+    """Evaluate the arms on each held-out split; with ``output`` (a directory), write ``t2l_eval.json`` and
+    ``t2l_eval.png`` there.
 
     Args:
-        quick: 6 examples per held-out task, 2 ceiling tasks, no seen-task pass.
+        quick: 8 tasks per split x 3 examples, one ceiling task per split, no seen-task pass.
         checkpoint: T2L checkpoint directory (``config.json``, ``model.safetensors``, ``baselines/``).
-        per_task / seen_per_task / ceiling_steps: override the sizes.
+        limit: tasks per split (a fixed, family-spread sample); per_task: examples per task.
+        seen_tasks: training tasks evaluated with unseen descriptions (0: skip).
+        ceiling_per_split / ceiling_steps: per-task LoRA ceilings (missing ones are trained and cached).
+        arms: a subset of :data:`ARMS` (list or comma-separated).
+        progress: show a progress bar on stderr.
+        curve: when ``checkpoint`` is the ``checkpoint/`` of a ``pmem train t2l --arm all --snapshot-every N``
+            run, also evaluate T2L and the multi-task LoRA at every snapshot, on at most the quick sample (``curve``).
 
-    >>> run(quick=True)["heldout"]["mean"]        # doctest: +SKIP
+    >>> run(quick=True)["splits"]["composition"]["mean"]        # doctest: +SKIP
     """
     import torch
 
     from memory.config import Settings
     from memory.models import load_base_model
 
+    size = SIZES["quick" if quick else "full"]
+    n_tasks = limit or size["tasks"]
+    per_task = per_task or size["per_task"]
+    n_seen = seen_tasks if seen_tasks is not None else size["seen"]
+    n_ceiling = ceiling_per_split if ceiling_per_split is not None else size["ceiling"]
+    chosen = _arms(arms)
     ckpt = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
-    base = load_base_model()
+    base = base or load_base_model()
     net = T2LHypernetwork.load(ckpt, base_fingerprint=base.fingerprint)
     mode = net.config.prompt_mode
-    mt_path = ckpt / "baselines" / "mt-lora.safetensors"
-    if not mt_path.exists():
-        raise ModelError(f"{mt_path} is missing; train it with `pmem train t2l --arm mt-lora --out DIR`")
-    mt = from_bytes(mt_path.read_bytes())
-    per_task = per_task or (6 if quick else 20)
-    seen_per_task = seen_per_task if seen_per_task is not None else (0 if quick else 4)
-    ceiling_tasks = CEILING_TASKS_QUICK if quick else CEILING_TASKS_FULL
+    mt = None
+    if "mt_lora" in chosen:
+        mt_path = ckpt / "baselines" / "mt-lora.safetensors"
+        if not mt_path.exists():
+            raise ModelError(f"{mt_path} is missing; train it with `pmem train t2l --arm mt-lora --out DIR`")
+        mt = from_bytes(mt_path.read_bytes())
     cache = Settings.from_env().home / "t2l-ceilings"
     t_start = time.perf_counter()
     torch.manual_seed(0)
 
-    samples: dict[str, dict[str, str]] = {arm: {} for arm in ARMS}
+    split_tasks = {s: sample(heldout_tasks(s), n_tasks, seed=0) for s in SPLITS}
+    split_rows = {s: cases(split_tasks[s], per_task) for s in SPLITS}
+    rows = [r for s in SPLITS for r in split_rows[s]]
+    seen_rows = cases(sample(train_tasks(), n_seen, seed=0), 3) if n_seen else []
+    ceilings = {s: [t for t in ts if t in split_tasks[s]] for s, ts in ceiling_tasks(n_ceiling).items()}
+    ceiling_rows = [r for s in SPLITS for r in split_rows[s] if r[0] in ceilings[s]]
+    model_arms = [a for a in chosen if a != "task_lora"]
+    total = len(model_arms) * (len(rows) + len(seen_rows)) + ("task_lora" in chosen) * len(ceiling_rows)
+    bar = Bar(total, enabled=progress)
+    samples: dict[str, dict[str, str]] = {arm: {} for arm in chosen}
 
-    def arms_on(rows: list[tuple[Task, str, Example]], keep: bool
-                ) -> tuple[dict[str, dict[str, float]], dict[str, list[bool]], float]:
+    def arms_on(rs: list[Row], keep: bool, label: str) -> tuple[dict[str, list[bool]], float]:
         t0 = time.perf_counter()
-        ads = net.generate([d for _, d, _ in rows])
-        gen_ms = (time.perf_counter() - t0) * 1000 / max(1, len(rows))
-        res, per_row = {}, {}
-        for arm, adapters in (("base", None), ("mt_lora", mt), ("t2l", ads)):
-            per_row[arm] = _score(base, rows, adapters, mode, samples[arm] if keep else None)
-            res[arm] = _per_task(rows, per_row[arm])
-            log.info("t2l eval: %s done (%.0f s)", arm, time.perf_counter() - t_start)
-        return res, per_row, gen_ms
+        ads = net.generate([d for _, d, _ in rs]) if "t2l" in model_arms else None
+        gen_ms = (time.perf_counter() - t0) * 1000 / max(1, len(rs))
+        per_row = {}
+        for arm in model_arms:
+            adapters = {"base": None, "mt_lora": mt, "t2l": ads}[arm]
+            per_row[arm] = _score(base, rs, adapters, mode, samples[arm] if keep else None,
+                                  tick=lambda n, arm=arm: bar.step(n, f"{label}, {arm}"))
+            log.info("t2l eval: %s %s done (%.0f s)", label, arm, time.perf_counter() - t_start)
+        return per_row, gen_ms
 
-    held_rows = _cases(heldout_tasks(), per_task)
-    held, held_rows_ok, gen_ms = arms_on(held_rows, keep=True)
-    ceiling_rows = [r for r in held_rows if r[0].name in ceiling_tasks]
-    task_lora: dict[str, float] = {}
-    for name in ceiling_tasks:
-        ad = ceiling_lora(name, ckpt, base, steps=ceiling_steps or (40 if quick else 80), cache=cache)
-        rows = [r for r in ceiling_rows if r[0].name == name]
-        task_lora.update(_per_task(rows, _score(base, rows, ad, mode, samples["task_lora"])))
-    held["task_lora"] = task_lora
+    try:
+        per_row, gen_ms = arms_on(rows, keep=True, label="held-out")
+        task_lora: dict[str, bool] = {}
+        if "task_lora" in chosen:
+            for s in SPLITS:
+                for task in ceilings[s]:
+                    ad = ceiling_lora(task.name, ckpt, base, steps=ceiling_steps or (60 if quick else 150), cache=cache)
+                    rs = [r for r in ceiling_rows if r[0] == task]
+                    oks = _score(base, rs, ad, mode, samples["task_lora"], tick=lambda n: bar.step(n, "ceilings"))
+                    task_lora.update({id(r): v for r, v in zip(rs, oks)})
+        seen_ok, _ = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
+    finally:
+        bar.close()
 
+    splits: dict[str, Any] = {}
+    offset = 0
+    for s in SPLITS:
+        rs = split_rows[s]
+        ok = {arm: v[offset : offset + len(rs)] for arm, v in per_row.items()}
+        offset += len(rs)
+        ceil_idx = [i for i, r in enumerate(rs) if r[0] in ceilings[s]]
+        ceiling: dict[str, Any] = {"tasks": [t.name for t in ceilings[s]], "n": len(ceil_idx)}
+        if "task_lora" in chosen and ceil_idx:
+            ceiling["mean"] = {arm: _mean([ok[arm][i] for i in ceil_idx]) for arm in ok}
+            ceiling["mean"]["task_lora"] = _mean([task_lora[id(rs[i])] for i in ceil_idx])
+        splits[s] = {
+            "tasks": [t.name for t in split_tasks[s]],
+            "available_tasks": len(heldout_tasks(s)),
+            "n": len(rs),
+            "mean": {arm: _mean(v) for arm, v in ok.items()},
+            "paired": _paired(ok),
+            "per_task": {arm: _per_task(rs, v) for arm, v in ok.items()},
+            "ceiling": ceiling,
+        }
     result: dict[str, Any] = {
         "suite": "t2l",
         "quick": quick,
         "checkpoint": str(ckpt),
         "hypernetwork": net.fingerprint(),
+        "trained_steps": json.loads((ckpt / "config.json").read_text()).get("training", {}).get("trained_steps"),
         "size": net.config.size,
         "base_model": base.fingerprint,
         "prompt_mode": mode,
+        "arms": chosen,
+        "tasks_per_split": n_tasks,
         "examples_per_task": per_task,
-        "heldout": {
-            "tasks": [t.name for t in heldout_tasks()],
-            "mean": {arm: round(_mean(held[arm]), 4) for arm in ("base", "mt_lora", "t2l")},
-            "per_task": {arm: {k: round(v, 4) for k, v in held[arm].items()} for arm in ARMS},
-            "paired": _paired(held_rows_ok),
-        },
-        "ceiling": {
-            "tasks": list(ceiling_tasks),
-            "mean": {arm: round(_mean({k: held[arm][k] for k in ceiling_tasks}), 4) for arm in ARMS},
-        },
+        "library": library().counts(),
+        "splits": splits,
         "t2l_generation_ms_per_adapter": round(gen_ms, 2),
         "samples": samples,
     }
-    if seen_per_task:
-        seen, seen_ok, _ = arms_on(_cases(train_tasks(), seen_per_task), keep=False)
+    if seen_rows:
         result["seen_tasks_unseen_descriptions"] = {
-            "mean": {arm: round(_mean(seen[arm]), 4) for arm in seen},
-            "paired": _paired(seen_ok),
-            "per_task": {arm: {k: round(v, 4) for k, v in seen[arm].items()} for arm in seen},
-        }
+            "n": len(seen_rows), "mean": {arm: _mean(v) for arm, v in seen_ok.items()}, "paired": _paired(seen_ok)}
+    snapshots = ckpt.parent / "t2l" / "snapshots"
+    if curve and snapshots.is_dir() and "t2l" in chosen:
+        q = SIZES["quick"]
+        result["curve"] = curve_over_steps(ckpt.parent, base, limit=min(n_tasks, q["tasks"]),
+                                           per_task=min(per_task, q["per_task"]),
+                                           progress=progress, prompt_mode=mode)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     if output is not None:
         out = Path(output)
@@ -198,8 +298,48 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     return result
 
 
+def curve_over_steps(run_dir: str | Path, base: Any, *, limit: int, per_task: int, progress: bool = True,
+                     prompt_mode: str = "description+input") -> dict[str, Any]:
+    """Per-split accuracy of T2L and the multi-task LoRA at every training snapshot of an ``--arm all`` run.
+
+    Snapshots are ``run_dir/t2l/snapshots/step-N`` and ``run_dir/mt-lora/snapshots/step-N``; a step missing for
+    one arm is reported for the other alone.
+    """
+    run_dir = Path(run_dir)
+    split_rows = {s: cases(sample(heldout_tasks(s), limit, seed=0), per_task) for s in SPLITS}
+    rows = [r for s in SPLITS for r in split_rows[s]]
+    t2l_steps = sorted((run_dir / "t2l" / "snapshots").glob("step-*"))
+    mt_steps = sorted((run_dir / "mt-lora" / "snapshots").glob("step-*"))
+    bar = Bar(len(rows) * (len(t2l_steps) + len(mt_steps)), enabled=progress)
+    points: dict[int, dict[str, dict[str, float]]] = {}
+
+    def record(step_dir: Path, arm: str, ok: list[bool]) -> None:
+        step = int(step_dir.name.split("-")[1])
+        at, offset = points.setdefault(step, {}), 0
+        for s in SPLITS:
+            n = len(split_rows[s])
+            at.setdefault(s, {})[arm] = _mean(ok[offset : offset + n])
+            offset += n
+
+    try:
+        for d in t2l_steps:
+            net = T2LHypernetwork.load(d, base_fingerprint=base.fingerprint)
+            ads = net.generate([desc for _, desc, _ in rows])
+            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=lambda n: bar.step(n, d.name)))
+        for d in mt_steps:
+            mt = load_lora(d)
+            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=lambda n: bar.step(n, d.name)))
+    finally:
+        bar.close()
+    return {"tasks_per_split": limit, "examples_per_task": per_task,
+            "steps": {str(k): points[k] for k in sorted(points)}}
+
+
+COLORS = {"base": "#999999", "mt_lora": "#4c72b0", "t2l": "#dd8452", "task_lora": "#55a868"}
+
+
 def plot(result: dict[str, Any], path: str | Path) -> Path:
-    """Bar chart: accuracy per held-out task and arm, plus the means (PNG).
+    """Accuracy per split and arm with the T2L paired CIs in the titles; the ceilings on their own sample (PNG).
 
     >>> plot(run(quick=True), "/tmp/t2l.png")    # doctest: +SKIP
     """
@@ -208,30 +348,56 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per = result["heldout"]["per_task"]
-    tasks = result["heldout"]["tasks"]
-    arms = [a for a in ARMS if per.get(a)]
-    colors = {"base": "#999999", "mt_lora": "#4c72b0", "t2l": "#dd8452", "task_lora": "#55a868"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [5, 1]})
-    w = 0.8 / len(arms)
-    for i, arm in enumerate(arms):
-        xs = [j + i * w for j, t in enumerate(tasks) if t in per[arm]]
-        ys = [per[arm][t] for t in tasks if t in per[arm]]
-        ax1.bar(xs, ys, w, label=arm, color=colors[arm])
-    ax1.set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=8)
-    ax1.set_ylabel("accuracy")
-    ax1.set_ylim(0, 1)
-    ax1.set_title(f"held-out tasks, unseen descriptions ({result['examples_per_task']} examples each)")
-    ax1.legend(fontsize=8)
-    means = result["heldout"]["mean"]
-    ax2.bar(list(means), list(means.values()), color=[colors[a] for a in means])
-    ax2.set_ylim(0, 1)
-    ax2.set_title("mean over held-out tasks")
-    ax2.tick_params(axis="x", rotation=45)
+    splits = list(result["splits"])
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 4.2), sharey=True)
+    for ax, s in zip(axes, splits):
+        d = result["splits"][s]
+        arms = list(d["mean"])
+        bars = ax.bar(arms, [d["mean"][a] for a in arms], color=[COLORS[a] for a in arms])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ceil = d["ceiling"].get("mean")
+        if ceil:
+            bars = ax.bar(["ceiling\nsample"], [ceil["task_lora"]], color=COLORS["task_lora"], hatch="//")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        lines = [f"{s} ({d['n']} rows, {len(d['tasks'])} tasks)"]
+        for k, v in d["paired"].items():
+            lines.append(f"{k.replace('t2l_minus_', 'T2L - ')}: {v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
+        ax.set_title("\n".join(lines), fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    axes[0].set_ylabel("accuracy (task checker)")
+    steps = result.get("trained_steps")
+    fig.suptitle(f"T2L held-out splits, unseen descriptions ({steps} training steps)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if result.get("curve"):
+        plot_curve(result["curve"], Path(path).with_name(Path(path).stem + "_curve.png"))
+    return Path(path)
+
+
+def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy over training steps, one panel per split, T2L and the multi-task LoRA (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(curve["steps"], key=int)
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 3.6), sharey=True)
+    for ax, s in zip(axes, SPLITS):
+        for arm in ("mt_lora", "t2l"):
+            xs = [int(k) for k in steps if arm in curve["steps"][k].get(s, {})]
+            ax.plot(xs, [curve["steps"][str(x)][s][arm] for x in xs], marker="o", color=COLORS[arm], label=arm)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 
 
-__all__ = ["run", "plot", "DEFAULT_CHECKPOINT", "ceiling_lora"]
+__all__ = ["ARMS", "DEFAULT_CHECKPOINT", "cases", "ceiling_lora", "curve_over_steps", "plot", "plot_curve", "run"]

@@ -13,6 +13,15 @@ The same loop trains
 ``adapter.safetensors`` / its directory for the LoRA arms) with a fresh optimiser; the exported step count
 includes the steps the artefact had already been trained for, so arms compared at equal totals stay fair.
 
+``--arm all`` is the whole comparison in one command: T2L for ``--minutes`` (or ``--max-steps``), then the
+multi-task LoRA for exactly as many steps, then per-task LoRA ceilings on a sample of each held-out split;
+``DIR/checkpoint/`` is then what ``pmem eval t2l --checkpoint`` reads (``config.json``, ``model.safetensors``,
+``baselines/``, the training logs). ``--device cuda`` trains on a GPU under bf16 autocast; ``--snapshot-every N``
+keeps the artefact of every N-th step under ``DIR/snapshots/`` (for curves over training steps).
+
+Training tasks come from the task library (:mod:`memory.training.tasks`): 1,959 tasks of one to three steps;
+description embeddings are computed when a description is first drawn and kept for the run.
+
 Runs are resumable: ``DIR/state.pt`` (weights, optimiser, step, wall time) and ``DIR/log.jsonl`` (one line
 per logged step) are written every ``--save-every`` steps; ``--resume`` continues from them. The final
 artefact is ``DIR/model/`` (T2L: ``config.json`` + ``model.safetensors``; LoRA arms: ``adapter.safetensors``).
@@ -24,23 +33,26 @@ artefact is ``DIR/model/`` (T2L: ``config.json`` + ``model.safetensors``; LoRA a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from memory.training import load_resume_state
 from memory.errors import ValidationError
 from memory.hyper.t2l import DEFAULT_TARGETS, T2LConfig, T2LHypernetwork
 from memory.hyper.t2l_text import DescriptionEncoder
 from memory.lora import LoraAdapter, apply_lora_batched, from_bytes, to_bytes
-from memory.training.tasks import Example, Task, get_task, train_tasks
+from memory.training.tasks import SPLITS, Example, Task, get_task, heldout_tasks, library, sample, train_tasks
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +156,8 @@ class LoraParams(nn.Module):
 
     def to_adapter(self, metadata: dict[str, str] | None = None) -> LoraAdapter:
         s = self.config.scaling
-        w = {p: (self.a[k].detach().float().clone(), (self.b[k] * s).detach().float().clone()) for p, k in self._paths()}
+        w = {p: (self.a[k].detach().float().cpu().clone(), (self.b[k] * s).detach().float().cpu().clone())
+             for p, k in self._paths()}
         return LoraAdapter(w, self.config.base_model, metadata or {})
 
 
@@ -173,12 +186,36 @@ class TrainArgs:
     init_from: Path | None = None  # warm start from a finished artefact (see module docstring)
     offset_rank: int = 0  # T2L: rank of the learned task-independent offset LoRA (0: none)
     offset_lr: float = 1e-3  # its learning rate (the multi-task LoRA's)
+    device: str = "auto"  # auto | cpu | cuda[:N]; CUDA trains under bf16 autocast
+    snapshot_every: int = 0  # keep the artefact of every N-th step under DIR/snapshots/ (0: none)
+    # --arm all
+    mt_lr: float = 1e-3
+    ceiling_per_split: int = 2
+    ceiling_steps: int = 150
 
 
-def _load_base() -> Any:
+class DescriptionCache:
+    """MiniLM embeddings of training descriptions, computed on first use (the library has ~0.5 M wordings)."""
+
+    def __init__(self, encoder: DescriptionEncoder, device: torch.device) -> None:
+        self.encoder, self.device = encoder, device
+        self._cache: dict[str, Tensor] = {}
+
+    def __call__(self, descriptions: list[str]) -> Tensor:
+        new = sorted({d for d in descriptions if d not in self._cache})
+        if new:
+            for d, e in zip(new, self.encoder.encode(new)):
+                self._cache[d] = e.to(self.device)
+        return torch.stack([self._cache[d] for d in descriptions])
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def _load_base(device: str = "auto") -> Any:
     from memory.models import load_base_model
 
-    base = load_base_model()
+    base = load_base_model(device=device)
     for p in base.model.parameters():
         p.requires_grad_(False)
     base.model.eval()  # no dropout in the frozen base
@@ -190,31 +227,28 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
 
     >>> train(TrainArgs(out=Path("/tmp/mt"), arm="mt-lora", minutes=1))  # doctest: +SKIP
     """
+    if args.arm == "all":
+        return train_all(args, base)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = base or _load_base()
+    base = base or _load_base(args.device)
+    dev = base.device
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
     tasks = train_tasks() if args.arm != "task-lora" else [get_task(_need(args.task))]
     cfg = T2LConfig.for_model(base, DEFAULT_TARGETS, size=args.size, rank=args.rank, prompt_mode=args.prompt_mode,
                               offset_rank=args.offset_rank if args.arm == "t2l" else 0)
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
-    encoder = None
-    desc_cache: dict[str, Tensor] = {}
+    embed: DescriptionCache | None = None
     if args.arm == "t2l":
         net: nn.Module = T2LHypernetwork(cfg)
-        encoder = DescriptionEncoder.load()
-        descs = sorted({d for t in tasks for d in t.train_descriptions[: args.descriptions_per_task]})
-        emb_path = out / "description_embeddings.pt"  # a fixed set: embed once per run, reuse on resume
-        cached = torch.load(emb_path) if emb_path.exists() else None
-        if cached is None or cached["descriptions"] != descs:
-            cached = {"descriptions": descs, "embeddings": encoder.encode(descs)}
-            torch.save(cached, emb_path)
-        desc_cache = dict(zip(descs, cached["embeddings"]))
+        embed = DescriptionCache(DescriptionEncoder.load(), dev)
     else:
         net = LoraParams(cfg)
     prior_steps = _warm_start(net, args.init_from) if args.init_from else 0
+    net.to(dev)
     net.train()
     offset = [p for n, p in net.named_parameters() if n.startswith("offset_")]
     rest = [p for n, p in net.named_parameters() if not n.startswith("offset_")]
@@ -223,7 +257,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     step, elapsed = 0, 0.0
     state_path = out / "state.pt"
     if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_resume_state(state_path)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed"]
@@ -242,23 +276,26 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
                     "rng": rng.getstate(), "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
         tmp.replace(state_path)
         export(net, args, out / "model", prior_steps + step)
+        if args.snapshot_every and step % args.snapshot_every == 0:
+            export(net, args, out / "snapshots" / f"step-{prior_steps + step:07d}", prior_steps + step)
 
     while time.perf_counter() - t0 < budget and (args.max_steps is None or step < args.max_steps):
         rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task, args.descriptions_per_task)
         enc = [encode_example(base, build_prompt(r.description, r.example.input, args.prompt_mode), r.example.output) for r in rows]
-        ids, mask, labels = collate(enc, pad)
+        ids, mask, labels = (x.to(dev) for x in collate(enc, pad))
         warm = min(1.0, (step + 1) / max(1, args.warmup))
         lr = args.lr * warm
         for g in opt.param_groups:
             g["lr"] = g.get("base_lr", args.lr) * warm
-        if isinstance(net, T2LHypernetwork):
-            emb = torch.stack([desc_cache[r.description] for r in rows])
-            weights = net.batched_weights(emb)
-        else:
-            weights = net.batched_weights(len(rows))  # type: ignore[operator]
-        with apply_lora_batched(base.model, weights):
-            loss = answer_loss(base.model, ids, mask, labels, args.label_smoothing)
-        reg = sum(b.float().pow(2).mean() for _, b in weights.values()) / len(weights)
+        with autocast():
+            if isinstance(net, T2LHypernetwork):
+                assert embed is not None
+                weights = net.batched_weights(embed([r.description for r in rows]))
+            else:
+                weights = net.batched_weights(len(rows))  # type: ignore[operator]
+            with apply_lora_batched(base.model, weights):
+                loss = answer_loss(base.model, ids, mask, labels, args.label_smoothing)
+            reg = sum(b.float().pow(2).mean() for _, b in weights.values()) / len(weights)
         total = loss + args.l2_b * reg
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -273,11 +310,53 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
             logf.flush()
             log.info("step %d loss %.4f", step, rec["loss"])
             losses.clear()
-        if step % args.save_every == 0:
+        if step % args.save_every == 0 or (args.snapshot_every and step % args.snapshot_every == 0):
             save()
     save()
     logf.close()
     return out / "model"
+
+
+def ceiling_tasks(per_split: int) -> dict[str, list[Task]]:
+    """The held-out tasks that get a per-task LoRA ceiling: the first ``per_split`` of each split's evaluation
+    sample (:func:`memory.training.tasks.sample` with seed 0, which the evaluation also draws from)."""
+    return {split: sample(heldout_tasks(split), per_split, seed=0) for split in SPLITS}
+
+
+def train_all(args: TrainArgs, base: Any | None = None) -> Path:
+    """T2L, then the multi-task LoRA at the same step count, then per-task ceilings; returns ``DIR/checkpoint``.
+
+    Each part runs in its own directory under ``args.out`` and resumes with ``--resume``; the finished parts
+    are assembled into ``DIR/checkpoint`` (the layout :mod:`memory.evaluation.t2l` reads).
+    """
+    out = Path(args.out)
+    base = base or _load_base(args.device)
+    t2l_dir = train(replace(args, arm="t2l", out=out / "t2l"), base=base)
+    steps = int(json.loads((t2l_dir / "config.json").read_text())["training"]["trained_steps"])
+    log.info("T2L trained for %d steps; the multi-task LoRA gets the same", steps)
+    # Equal steps, not equal time: the LoRA's steps are cheaper, its wall-clock budget is only a guard.
+    mt_dir = train(replace(args, arm="mt-lora", out=out / "mt-lora", lr=args.mt_lr, max_steps=steps,
+                           minutes=max(args.minutes * 3, 1.0), init_from=None, snapshot_every=args.snapshot_every),
+                   base=base)
+    ck = out / "checkpoint"
+    (ck / "baselines").mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(t2l_dir / name, ck / name)
+    shutil.copy2(mt_dir / "adapter.safetensors", ck / "baselines" / "mt-lora.safetensors")
+    shutil.copy2(out / "t2l" / "log.jsonl", ck / "train_log_t2l.jsonl")
+    shutil.copy2(out / "mt-lora" / "log.jsonl", ck / "baselines" / "train_log_mt-lora.jsonl")
+    for split, tasks in ceiling_tasks(args.ceiling_per_split).items():
+        for task in tasks:
+            target = ck / "baselines" / f"task-lora-{task.name}.safetensors"
+            if target.exists():
+                continue
+            log.info("per-task LoRA ceiling (%s): %s, %d steps", split, task.name, args.ceiling_steps)
+            run_dir = train(replace(args, arm="task-lora", task=task.name, out=out / "ceilings" / task.name,
+                                    max_steps=args.ceiling_steps, minutes=max(args.minutes, 10.0), lr=args.mt_lr,
+                                    warmup=5, tasks_per_step=1, examples_per_task=8, init_from=None,
+                                    snapshot_every=0), base=base)
+            shutil.copy2(run_dir / "adapter.safetensors", target)
+    return ck
 
 
 def _warm_start(net: nn.Module, source: Path) -> int:
@@ -311,6 +390,7 @@ def _warm_start(net: nn.Module, source: Path) -> int:
 def export(net: nn.Module, args: TrainArgs, directory: Path, step: int) -> Path:
     """Write the artefact a run produces (hypernetwork checkpoint or LoRA safetensors)."""
     meta = {"trained_steps": step, "arm": args.arm, "train_tasks": len(train_tasks()), "lr": args.lr,
+            "library": library().counts(), "device": args.device,
             "offset_rank": args.offset_rank if args.arm == "t2l" else 0, "offset_lr": args.offset_lr,
             "tasks_per_step": args.tasks_per_step, "examples_per_task": args.examples_per_task}
     if isinstance(net, T2LHypernetwork):
@@ -341,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     """``pmem train t2l``: train the T2L hypernetwork (or a LoRA baseline), resumably."""
     p = argparse.ArgumentParser(prog="pmem train t2l", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (state.pt, log.jsonl, model/)")
-    p.add_argument("--arm", choices=["t2l", "mt-lora", "task-lora"], default="t2l")
+    p.add_argument("--arm", choices=["t2l", "mt-lora", "task-lora", "all"], default="t2l",
+                   help="all: T2L, the multi-task LoRA at equal steps, and per-task ceilings (DIR/checkpoint)")
     p.add_argument("--task", help="task name for --arm task-lora")
     p.add_argument("--size", choices=["L", "M", "S"], default="L")
     p.add_argument("--rank", type=int, default=8)
@@ -359,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", type=Path, help="warm-start from a finished artefact (fresh optimiser)")
     p.add_argument("--offset-rank", type=int, default=0, help="T2L: rank of a learned task-independent offset LoRA")
     p.add_argument("--offset-lr", type=float, default=1e-3, help="learning rate of the offset LoRA")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (CUDA: bf16 autocast)")
+    p.add_argument("--snapshot-every", type=int, default=0, help="keep the artefact of every N-th step")
+    p.add_argument("--mt-lr", type=float, default=1e-3, help="--arm all: the LoRA arms' learning rate")
+    p.add_argument("--ceiling-per-split", type=int, default=2, help="--arm all: ceiling tasks per held-out split")
+    p.add_argument("--ceiling-steps", type=int, default=150, help="--arm all: steps of each per-task LoRA")
+    p.add_argument("--descriptions-per-task", type=int, help="draw from the first N paraphrases only")
     ns = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = TrainArgs(**vars(ns))
@@ -367,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["TrainArgs", "train", "main", "build_prompt", "encode_example", "collate", "answer_loss", "LoraParams", "load_lora"]
+__all__ = ["TrainArgs", "train", "train_all", "ceiling_tasks", "DescriptionCache", "main", "build_prompt", "encode_example", "collate", "answer_loss", "LoraParams", "load_lora"]
 
 
 if __name__ == "__main__":

@@ -56,3 +56,14 @@ TOPICS: dict[str, tuple[str, ...]] = {
         "The storm brought thunder and strong gusts.",
     ),
 }
+# Words of varied length for the list families (length filters and sorts need 3- to 10-letter words).
+SHORT_WORDS: tuple[str, ...] = tuple("cat sun map key box pen cup hat egg ink jam log net owl rug toy van web fox bee".split())
+LONG_WORDS: tuple[str, ...] = tuple(
+    """adventure blanket calendar elephant festival mushroom notebook painting sandwich triangle volcano whistle
+    keyboard lantern harvest compass dolphin library pyramid sunflower""".split()
+)
+LIST_WORDS: tuple[str, ...] = tuple(dict.fromkeys(WORDS + SHORT_WORDS + LONG_WORDS))
+JOBS: tuple[str, ...] = tuple("doctor teacher baker pilot farmer nurse lawyer artist driver chef".split())
+SPORTS: tuple[str, ...] = tuple("tennis football chess rugby hockey golf boxing rowing".split())
+WEEKDAYS: tuple[str, ...] = tuple("Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split())
+COUNTRIES: tuple[str, ...] = tuple("France Japan Peru Norway Egypt Canada Spain Kenya Chile Italy".split())
