@@ -169,7 +169,7 @@ def _layout(data: bytes, shown: str, max_inflated: int, max_pages: int) -> tuple
             for item in page:
                 if not isinstance(item, LTTextContainer):
                     continue
-                lines = [ln for ln in item if isinstance(ln, LTTextLine)] or [item]
+                lines: list[LTTextContainer[Any]] = [ln for ln in item if isinstance(ln, LTTextLine)] or [item]
                 text = _join_lines([ln.get_text() for ln in lines])
                 if not text:
                     continue
