@@ -92,7 +92,7 @@ class Bar:
             self._progress.stop()
 
 
-def _score(base: Any, rows: list[Row], adapters: Sequence[LoraAdapter | None] | LoraAdapter | None, prompt_mode: str,
+def _score(base: Any, rows: list[Row], adapters: list[LoraAdapter | None] | LoraAdapter | None, prompt_mode: str,
            samples: dict[str, str] | None = None, tick: Callable[[int], None] | None = None) -> list[bool]:
     """Greedy generation for every row (batched, per-row adapters), checked by each task's checker.
 
@@ -102,7 +102,7 @@ def _score(base: Any, rows: list[Row], adapters: Sequence[LoraAdapter | None] | 
     for s in range(0, len(rows), BATCH):
         chunk = rows[s : s + BATCH]
         prompts = [base.chat_ids(build_prompt(d, ex.input, prompt_mode), system=SYSTEM) for _, d, ex in chunk]
-        ads = adapters[s : s + BATCH] if isinstance(adapters, Sequence) else adapters
+        ads = adapters[s : s + BATCH] if isinstance(adapters, list) else adapters
         gens = base.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, stop=["\n"], adapters=ads)
         ok.extend(t.check_output(ex, g.text) for (t, _, ex), g in zip(chunk, gens))
         if samples is not None:
@@ -217,9 +217,6 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     bar = Bar(total, enabled=progress)
     samples: dict[str, dict[str, str]] = {arm: {} for arm in chosen}
 
-    def ticker(label: str) -> Callable[[int], None]:
-        return lambda n: bar.step(n, label)
-
     def arms_on(rs: list[Row], keep: bool, label: str) -> tuple[dict[str, list[bool]], float]:
         t0 = time.perf_counter()
         ads = net.generate([d for _, d, _ in rs]) if "t2l" in model_arms else None
@@ -228,13 +225,13 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         for arm in model_arms:
             adapters = {"base": None, "mt_lora": mt, "t2l": ads}[arm]
             per_row[arm] = _score(base, rs, adapters, mode, samples[arm] if keep else None,
-                                  tick=ticker(f"{label}, {arm}"))
+                                  tick=lambda n, arm=arm: bar.step(n, f"{label}, {arm}"))
             log.info("t2l eval: %s %s done (%.0f s)", label, arm, time.perf_counter() - t_start)
         return per_row, gen_ms
 
     try:
         per_row, gen_ms = arms_on(rows, keep=True, label="held-out")
-        task_lora: dict[int, bool] = {}  # id(row) -> passed
+        task_lora: dict[str, bool] = {}
         if "task_lora" in chosen:
             for s in SPLITS:
                 for task in ceilings[s]:
@@ -242,7 +239,7 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
                     rs = [r for r in ceiling_rows if r[0] == task]
                     oks = _score(base, rs, ad, mode, samples["task_lora"], tick=lambda n: bar.step(n, "ceilings"))
                     task_lora.update({id(r): v for r, v in zip(rs, oks)})
-        seen_ok, _seen_ms = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
+        seen_ok, _ = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
     finally:
         bar.close()
 

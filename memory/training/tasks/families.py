@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import random
 from decimal import ROUND_HALF_UP, Decimal
-from collections.abc import Callable
 from typing import Any
 
 from memory.training.tasks.base import (
@@ -169,11 +168,6 @@ def src_quantity(rng: random.Random, kw: dict[str, Any]) -> tuple[Decimal, str]:
 
 
 # ------------------------------------------------------------------ transforms
-_AGGREGATES: dict[str, Callable[[list[int]], int]] = {
-    "sum": sum, "max": max, "min": min, "count": len, "range": lambda xs: max(xs) - min(xs),
-}
-
-
 def _nth(seq: list[Any], n: int) -> Any:
     if len(seq) < n or len(seq) < 2:
         raise NotApplicable("list too short")
@@ -493,7 +487,8 @@ FAMILIES: tuple[Family, ...] = (
            (P("sum", op="sum", what="sum"), P("max", op="max", what="largest number"),
             P("min", op="min", what="smallest number"), P("count", op="count", what="count of numbers")),
            (P("range", op="range", what="range (largest minus smallest)"),),
-           lambda v, kw: _AGGREGATES[kw["op"]](v),
+           lambda v, kw: {"sum": sum, "max": max, "min": min, "count": len,
+                          "range": lambda xs: max(xs) - min(xs)}[kw["op"]](v),
            ("Return the {what} of the list.", "Compute the {what} of the numbers.",
             "What is the {what}? Answer with the number.", "Give the {what} of the listed values."),
            source=src_nums),

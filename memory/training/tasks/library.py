@@ -16,7 +16,6 @@ short example), which also drops chains whose steps cannot meet (a yes/no answer
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
@@ -137,7 +136,7 @@ def library() -> Library:
         after.setdefault(a, []).append(b)
 
     # Triples: training ones chain two training pairs; held-out ones include at least one held-out pair.
-    def triples(want: int, accept: Callable[[tuple[str, str], tuple[str, str]], bool]) -> list[Task]:
+    def triples(want: int, accept: callable) -> list[Task]:  # type: ignore[valid-type]
         cands = [(a, b, c) for (a, b) in sorted(pair_tasks) for c in after.get(b, ())
                  if c != a and len({family(a).group, family(b).group, family(c).group}) == 3
                  and accept((a, b), (b, c))]

@@ -25,12 +25,10 @@ CITIES: tuple[str, ...] = tuple(
 )
 DOMAINS: tuple[str, ...] = tuple("example mail shop news cloud music travel garden books photo".split())
 TLDS: tuple[str, ...] = ("com", "org", "net", "io")
-NUMBER_WORDS: tuple[str, ...] = tuple(
-    (
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen twenty"
-    ).split()
-)
+NUMBER_WORDS: tuple[str, ...] = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty"
+).split()
 VOWELS = "aeiou"
 POSITIVE: tuple[str, ...] = ("loved", "enjoyed", "adored", "was delighted by", "really liked", "was thrilled with")
 NEGATIVE: tuple[str, ...] = ("hated", "disliked", "was disappointed by", "could not stand", "regretted buying")
