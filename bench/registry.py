@@ -101,7 +101,7 @@ def _select_latency(mem: Any, ns: str, keys: list[str], rng: random.Random) -> d
         t0 = time.perf_counter()
         ready = mem.adapter_registry.current(ns, picked)
         cands = [router.Candidate(d, s, d in ready and ready[d].status == "ready",
-                                  ready[d].status if d in ready else None) for d, s in zip(picked, scores)]
+                                  ready[d].status if d in ready else None) for d, s in zip(picked, scores, strict=True)]
         route = router.decide("When was the cooperative founded?", "auto", cands, cfg)
         ms.append((time.perf_counter() - t0) * 1000)
         chosen += len(route.adapter_documents)

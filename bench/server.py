@@ -40,8 +40,8 @@ _THINGS = ["door", "locker", "badge", "printer", "bicycle", "kettle", "server ra
 
 def facts(n: int) -> list[tuple[str, str]]:
     """``n`` short documents ``(id, text)`` and nothing else: one fact each."""
-    return [(f"fact-{i}", f"The {_THINGS[i % len(_THINGS)]} in room {100 + i} is {_COLOURS[(i * 7) % len(_COLOURS)]} "
-                          f"and its code is {1000 + (i * 37) % 9000}.") for i in range(n)]
+    return [(f"fact-{i}", (f"The {_THINGS[i % len(_THINGS)]} in room {100 + i} is {_COLOURS[(i * 7) % len(_COLOURS)]} "
+                           f"and its code is {1000 + (i * 37) % 9000}.")) for i in range(n)]
 
 
 def _question(i: int) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 out = Console()
 
-NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -38,7 +38,7 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _memory():  # noqa: ANN202 - imported lazily so `pmem --help` stays fast
+def _memory():  # imported lazily so `pmem --help` stays fast
     from memory.api import ParametricMemory
 
     return ParametricMemory(_settings())
@@ -100,7 +100,7 @@ def db_check() -> None:
     out.print("models match the migrations")
 
 
-def _engine(url: str):  # noqa: ANN202
+def _engine(url: str):
     from memory.db import get_engine
 
     return get_engine(url)
@@ -110,8 +110,8 @@ def _engine(url: str):  # noqa: ANN202
 @app.command()
 def add(
     source: Annotated[str, typer.Argument(help="A file, a directory, a glob, or '-' for standard input.")],
-    document_id: Annotated[Optional[str], typer.Option("--id", help="Document id (default: from the file path or content hash).")] = None,
-    title: Annotated[Optional[str], typer.Option(help="Document title.")] = None,
+    document_id: Annotated[str | None, typer.Option("--id", help="Document id (default: from the file path or content hash).")] = None,
+    title: Annotated[str | None, typer.Option(help="Document title.")] = None,
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -154,7 +154,7 @@ def _read_stdin(max_bytes: int) -> bytes:
 
 
 @app.command("ls")
-def ls(namespace: NamespaceOpt = None, limit: int = 100, prefix: Optional[str] = None, as_json: JsonOpt = False) -> None:
+def ls(namespace: NamespaceOpt = None, limit: int = 100, prefix: str | None = None, as_json: JsonOpt = False) -> None:
     """List documents."""
     try:
         docs = _memory().list(namespace=namespace, limit=limit, prefix=prefix)
@@ -173,7 +173,7 @@ def ls(namespace: NamespaceOpt = None, limit: int = 100, prefix: Optional[str] =
 
 
 @app.command()
-def show(document_id: str, namespace: NamespaceOpt = None, version: Optional[int] = None,
+def show(document_id: str, namespace: NamespaceOpt = None, version: int | None = None,
          text: Annotated[bool, typer.Option("--text", help="Include the full text.")] = False,
          as_json: JsonOpt = False) -> None:
     """Show one document (its current version, or --version N)."""
@@ -249,7 +249,7 @@ def gc(dry_run: bool = False, as_json: JsonOpt = False) -> None:
 def internalize(
     document_id: str,
     namespace: NamespaceOpt = None,
-    version: Optional[int] = None,
+    version: int | None = None,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
     force: bool = False,
     as_json: JsonOpt = False,
@@ -271,8 +271,8 @@ def internalize(
 
 
 @app.command()
-def adapters(namespace: NamespaceOpt = None, document_id: Annotated[Optional[str], typer.Option("--id")] = None,
-             status: Optional[str] = None, as_json: JsonOpt = False) -> None:
+def adapters(namespace: NamespaceOpt = None, document_id: Annotated[str | None, typer.Option("--id")] = None,
+             status: str | None = None, as_json: JsonOpt = False) -> None:
     """List adapters with their provenance."""
     try:
         rows = _memory().adapters(namespace=namespace, document_id=document_id, status=status)
@@ -351,14 +351,14 @@ def run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, An
 
 @app.command("eval")
 def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
-          checkpoint: Annotated[Optional[str], typer.Option(help="Checkpoint directory to evaluate.")] = None,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None,
-          data: Annotated[Optional[Path], typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
-          arms: Annotated[Optional[str], typer.Option(help="qa: comma-separated arms to run.")] = None,
-          limit: Annotated[Optional[int], typer.Option(help="qa: at most this many items.")] = None,
-          cd_items: Annotated[Optional[int], typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
-          cd_steps: Annotated[Optional[int], typer.Option(help="qa: context-distillation steps per document.")] = None,
-          seed: Annotated[Optional[int], typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None) -> None:
+          checkpoint: Annotated[str | None, typer.Option(help="Checkpoint directory to evaluate.")] = None,
+          output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None,
+          data: Annotated[Path | None, typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
+          arms: Annotated[str | None, typer.Option(help="qa: comma-separated arms to run.")] = None,
+          limit: Annotated[int | None, typer.Option(help="qa: at most this many items.")] = None,
+          cd_items: Annotated[int | None, typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
+          cd_steps: Annotated[int | None, typer.Option(help="qa: context-distillation steps per document.")] = None,
+          seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
     kwargs: dict[str, Any] = {"quick": quick}
     for key, value in {"checkpoint": checkpoint, "output": output, "data": data, "arms": arms, "limit": limit,

@@ -10,7 +10,8 @@ again (``attempts`` counts both). A job that already ``succeeded`` is not run ag
 
 >>> from memory.jobs import JobStore
 >>> store = JobStore.for_url("sqlite:////tmp/pmem-jobs-doc/pmem.db")  # doctest: +SKIP
->>> job, created = store.create("internalize", {"version_id": 3}, idempotency_key="internalize:abc:3:auto")  # doctest: +SKIP
+>>> key = "internalize:abc:3:auto"
+>>> job, created = store.create("internalize", {"version_id": 3}, idempotency_key=key)  # doctest: +SKIP
 >>> run_inline(store, job.id, lambda job: {"adapter_id": 1}).state  # doctest: +SKIP
 'succeeded'
 """
@@ -23,17 +24,17 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, overload
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from memory.config import redact
 from memory.db import Job, JobState, Namespace, get_engine, session_factory
 from memory.db.migrate import ensure_schema
-from memory.config import redact
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.types import JobInfo
 
@@ -56,7 +57,7 @@ class TransientJobError(Exception):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def describe(exc: BaseException) -> str:
@@ -101,7 +102,7 @@ def _utc(ts: datetime) -> datetime: ...
 def _utc(ts: None) -> None: ...
 def _utc(ts: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
-    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 def _info(row: Job) -> JobInfo:
@@ -124,12 +125,12 @@ class JobStore:
         self._sessions = sessions
 
     @classmethod
-    def for_memory(cls, mem: Any) -> "JobStore":
+    def for_memory(cls, mem: Any) -> JobStore:
         """The job store of a :class:`~memory.api.ParametricMemory` (same database)."""
         return cls(session_factory(mem.engine))
 
     @classmethod
-    def for_url(cls, url: str, *, auto_migrate: bool | None = None) -> "JobStore":
+    def for_url(cls, url: str, *, auto_migrate: bool | None = None) -> JobStore:
         migrate = url.startswith("sqlite") if auto_migrate is None else auto_migrate
         ensure_schema(url, auto_migrate=migrate)
         return cls(session_factory(get_engine(url)))
@@ -358,7 +359,7 @@ def execute(store: JobStore, job_id: int, body: Body, *, celery_id: str | None =
     t0 = time.perf_counter()
     try:
         out = body(job)
-    except Exception as e:  # noqa: BLE001 - every fault is recorded on the job
+    except Exception as e:  # every fault is recorded on the job
         fault = classify(e)
         msg = describe(e)
         if fault == "transient" and not last_attempt:

@@ -15,6 +15,7 @@ b'hello'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -134,10 +135,7 @@ class BlobStore:
         """Read a blob and verify its hash; raise :class:`IntegrityError` if it was changed or truncated."""
         path = self._path(digest)
         try:
-            if self._local is not None:
-                data = Path(path).read_bytes()
-            else:
-                data = self._fs.cat_file(path)
+            data = Path(path).read_bytes() if self._local is not None else self._fs.cat_file(path)
         except FileNotFoundError:
             raise NotFoundError(f"blob {digest} is missing from {self.url}") from None
         actual = sha256_hex(data)
@@ -238,10 +236,8 @@ class BlobStore:
             modified = info.get("LastModified") or info.get("mtime") or info.get("created")
             stamp = modified.timestamp() if hasattr(modified, "timestamp") else modified
             if stamp is not None and float(stamp) < cutoff:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     self._fs.rm(p)
-                except FileNotFoundError:
-                    pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -86,7 +86,8 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
 
 
 class WorkerProcess:
-    """``celery -A workers.app worker --pool solo`` (or prefork) in a subprocess sharing the test's PMEM_HOME and Redis prefix."""
+    """``celery -A workers.app worker --pool solo`` (or prefork) in a subprocess sharing the test's PMEM_HOME and
+    Redis prefix."""
 
     def __init__(self, env: dict[str, str], log_path: Path, queues: str = "ingest,internalize",
                  name: str | None = None, beat: bool = False, pool: str = "solo") -> None:
@@ -104,7 +105,7 @@ class WorkerProcess:
             raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
         return b" ready." in self.log_path.read_bytes()
 
-    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
+    def wait_ready(self, timeout: float = 90) -> WorkerProcess:
         wait_for(self.ready, timeout, f"worker {self.name} to be ready")
         return self
 

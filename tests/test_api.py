@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from memory.api import ParametricMemory
 from memory.db import Chunk, Document, DocumentVersion
-from memory.ingest import normalize_text
 from memory.errors import IntegrityError, NotFoundError, ValidationError
+from memory.ingest import normalize_text
 
 POLICY = "Refunds are accepted within 30 days.\n\nShipping is free over 50 euros."
 
@@ -107,10 +107,8 @@ def test_namespaces_are_isolated(mem):
     assert mem.list(namespace="three") == []
 
 
-@pytest.mark.parametrize("ns", ["", "UPPER", "a/b", "../x", "x" * 65, "spa ce", "-lead", None and "x"])
+@pytest.mark.parametrize("ns", ["", "UPPER", "a/b", "../x", "x" * 65, "spa ce", "-lead"])
 def test_invalid_namespaces(mem, ns):
-    if ns is None:
-        return
     with pytest.raises(ValidationError, match="invalid namespace"):
         mem.add("text", namespace=ns)
     with pytest.raises(ValidationError, match="invalid namespace"):
@@ -181,7 +179,7 @@ def test_failed_transaction_leaves_no_rows_and_no_orphan_blob(mem, monkeypatch):
         return [documents.chunk_text(text, max_tokens)[0], documents.chunk_text(text, max_tokens)[0]]  # same ordinal
 
     monkeypatch.setattr(documents, "chunk_text", broken_chunker)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the failure, nothing may be left behind
         mem.add(POLICY, document_id="p")
     assert _count(mem, Document) == 0 and _count(mem, DocumentVersion) == 0 and _count(mem, Chunk) == 0
     assert _blob_files(mem) == set()

@@ -216,8 +216,10 @@ def test_error_cases(model, ids, tmp_path):
     from memory.models import BaseModel
 
     base = BaseModel(model=tiny_model(), tokenizer=tiny_tokenizer(), name="tiny-llama", fingerprint=FP)
-    with pytest.raises(AdapterMismatchError, match="another|made for"):
-        with apply_lora(base, random_adapter(base.model, 2, fp="other-model@123")):
+    with (
+        pytest.raises(AdapterMismatchError, match=r"another|made for"),
+        apply_lora(base, random_adapter(base.model, 2, fp="other-model@123")),
+    ):
             pass
     with apply_lora(model, random_adapter(model, 2, fp="other-model@123")):
         pass  # a bare module has no fingerprint: only the shapes are checked

@@ -16,7 +16,7 @@ from _fixtures_models import rand_adapter, tiny_base
 from memory.lora import LoraAdapter, apply_lora
 
 
-@pytest.fixture()
+@pytest.fixture
 def fast_switching():
     """Switch threads every 10 microseconds, so that calls interleave at nearly every Python line."""
     old = sys.getswitchinterval()
@@ -98,7 +98,7 @@ def test_threads_with_different_adapters_match_sequential_runs(fast_switching):
     for _ in range(2):
         with ThreadPoolExecutor(max_workers=4) as pool:
             concurrent = list(pool.map(work, [0, 1, 2, 3, 3, 2, 1, 0]))
-        for i, got in zip([0, 1, 2, 3, 3, 2, 1, 0], concurrent):
+        for i, got in zip([0, 1, 2, 3, 3, 2, 1, 0], concurrent, strict=True):
             want = sequential[i]
             for key in ("forward", "rows", "hidden"):
                 assert torch.equal(got[key], want[key]), f"thread {i}: {key} differs from its sequential run"

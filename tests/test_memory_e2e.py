@@ -58,8 +58,8 @@ def test_context_distillation_internalizes_a_fact_with_provenance(mem):
 def test_auto_replaces_an_unsupported_adapter_answer_by_the_retrieval_answer(mem, monkeypatch):
     """A confidently wrong adapter answer (one the retrieved passages do not support) is not returned."""
     from memory import router
-    from memory.services.query import QueryEngine
     from memory.models.base import Generation
+    from memory.services.query import QueryEngine
 
     mem.add(FACT, document_id="vault")
     mem.add("Visitors park on level two of the east garage.", document_id="parking")

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from _fixtures_models import rand_adapter, tiny_base  # tests/ is on sys.path
 
 from memory.config import Settings
 from memory.errors import AdapterMismatchError, ConfigError, ModelError
@@ -19,7 +20,6 @@ from memory.lora import LoraAdapter, scale
 from memory.models import base_fingerprint, clear_model_cache, embedded_gguf_path, load_base_model, resolve_dtype
 from memory.models.loader import SOURCE_FILE
 
-from _fixtures_models import rand_adapter, tiny_base  # noqa: E402  (tests/ is on sys.path)
 
 # ----------------------------------------------------------------------------- fast
 def test_dtype_and_device_resolution():
@@ -45,7 +45,7 @@ def test_corrupt_safetensors_and_incomplete_weights_raise(tmp_path):
     assert loaded.fingerprint.split("@")[1] == base.fingerprint.split("@")[1]
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    with pytest.raises(ModelError, match="corrupt|truncated"):
+    with pytest.raises(ModelError, match=r"corrupt|truncated"):
         load_base_model(str(d), settings=Settings(home=tmp_path / "h2"), dtype="float32")
 
 
@@ -68,7 +68,7 @@ def test_corrupt_gguf_raises(tmp_path):
     bad = tmp_path / "broken.gguf"
     with open(src, "rb") as f:
         bad.write_bytes(f.read(300_000))
-    with pytest.raises(ModelError, match="broken.gguf"):
+    with pytest.raises(ModelError, match=r"broken\.gguf"):
         load_base_model(str(bad), settings=Settings(home=tmp_path / "h"))
     assert not any((tmp_path / "h" / "models").glob("broken*")), "a partial conversion was left behind"
 
@@ -78,7 +78,7 @@ def test_batched_left_padded_generation_equals_one_by_one():
     prompts = [base.encode("hello there"), base.encode("a"), base.encode("what is two plus two?")]
     ads = [rand_adapter(base, 4, 1), None, rand_adapter(base, 2, 2)]
     batched = base.generate(prompts, max_new_tokens=12, adapters=ads)
-    for p, ad, g in zip(prompts, ads, batched):
+    for p, ad, g in zip(prompts, ads, batched, strict=True):
         single = base.generate([p], max_new_tokens=12, adapters=ad)[0]
         assert g.token_ids == single.token_ids and g.text == single.text
         assert g.prompt_tokens == len(p) and g.completion_tokens == len(g.token_ids)

@@ -41,7 +41,7 @@ def s3_endpoint(tmp_path_factory):
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"moto server did not start: {proc.poll()}")
+                raise AssertionError(f"moto server did not start: {proc.poll()}") from None
             time.sleep(0.2)
     yield url
     proc.terminate()

@@ -10,11 +10,11 @@ import multiprocessing as mp
 import time
 
 import pytest
+from test_search import BagOfWords
 
 from memory.api import ParametricMemory
-from memory.services.query import QueryEngine
 from memory.errors import IntegrityError, ValidationError
-from test_search import BagOfWords
+from memory.services.query import QueryEngine
 
 TEXT = "The vault code is 7342.\n\nThe backup vault is in Lyon."
 
@@ -397,7 +397,7 @@ def test_relative_directory_source_is_resolved_at_registration(tmp_path, monkeyp
 def test_two_sources_with_the_same_relative_path_do_not_replace_each_other(mem, tmp_path):
     for team, fact in (("teamA", "Team A meets on Mondays."), ("teamB", "Team B meets on Fridays.")):
         (tmp_path / team).mkdir()
-        (tmp_path / team / "index.json").write_text('{"note": "%s"}' % fact)
+        (tmp_path / team / "index.json").write_text(f'{{"note": "{fact}"}}')
     [a] = mem.add_source(str(tmp_path / "teamA"))
     assert a.status == "created" and a.document.id == "index.json"
     [b] = mem.add_source(str(tmp_path / "teamB"))

@@ -26,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from _server import REPO, ServerProcess, server_env
 
 NS, OTHER = "alpha", "beta"
@@ -222,8 +221,8 @@ def test_auth_matrix(served: Served) -> None:
     # read key: reads yes, writes no
     assert served.call("GET", f"{base}/documents", key="reader").status_code == 200
     assert served.call("POST", f"{base}/search", key="reader", json={"query": "doc"}).status_code == 200
-    for method, path, kw in probes[2:] + [("POST", f"{base}/documents/auth-doc/rollback", {"json": {"version": 1}}),
-                                          ("POST", f"{base}/feedback", {"json": {"query_id": 1, "score": 1}})]:
+    for method, path, kw in [*probes[2:], ("POST", f"{base}/documents/auth-doc/rollback", {"json": {"version": 1}}),
+                             ("POST", f"{base}/feedback", {"json": {"query_id": 1, "score": 1}})]:
         r = served.call(method, path, key="reader", **kw)
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (method, path)
     # write key: writes yes, admin-only sources no, other namespaces no
@@ -469,7 +468,8 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
             out["deleted"] = True
         out["versions"] = [v.number for v in mem.history("lc-vault")]
         try:
-            RemoteMemory(os.environ["URL"], os.environ["READ_KEY"], namespace=os.environ["NS"]).add("nope", document_id="x")
+            remote = RemoteMemory(os.environ["URL"], os.environ["READ_KEY"], namespace=os.environ["NS"])
+            remote.add("nope", document_id="x")
         except AuthError as e:
             out["read_key_write"] = e.code
         out["torch_loaded"] = "torch" in sys.modules
@@ -563,7 +563,7 @@ def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None
                                                         "document_id": "mcp-http-lift"})
                     r = await client.call_tool("recall", {"query": "lift out of order", "k": 1})
                     return tools, r.structured_content
-            except Exception:  # noqa: BLE001 - not listening yet
+            except Exception:  # not listening yet
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
@@ -620,7 +620,7 @@ def _concurrent_mix(srv: Served, *, queries: int) -> None:
     for i in range(queries):
         ops.append(("POST", f"{base}/query", {"json": {"question": f"What is the {tag} colour {i}?",
                                                        "mode": "retrieval", "k": 2, "max_new_tokens": 4}}))
-    for i in range(5):
+    for _ in range(5):
         ops.append(("GET", f"{base}/documents", {"params": {"prefix": f"{tag}-", "limit": 100}}))
     assert len(ops) == 50
     import random

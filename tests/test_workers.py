@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
-
 from _fixtures_ingest import write_corpus
 from _fixtures_workers import WorkerProcess, markers, purge_prefix, wait_for, worker_env
+from typer.testing import CliRunner
 
 STUB = "_fixtures_workers:stub_internalize"
 
@@ -50,7 +49,6 @@ def test_app_routes_queues_and_reliability(monkeypatch):
     entry = app.conf.beat_schedule["pmem-refresh-sources"]
     assert entry["task"] == "workers.tasks.refresh_sources" and entry["schedule"] == 15.0
     import workers.tasks  # noqa: F401 - registers the tasks
-
     from workers.app import app as module_app
 
     for name in ("ingest_source", "internalize_version", "refresh_sources"):
@@ -76,7 +74,7 @@ def _ready_adapters(mem):
 def _corpus_with_bad_files(root: Path) -> tuple[list[Path], list[str]]:
     files = write_corpus(root, n_pdf_pages=1)
     good = [files[k] for k in ("txt", "md", "html", "csv", "pdf")]
-    for k, p in files.items():
+    for p in files.values():
         if p not in good:
             p.unlink()
     (root / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<>>\nthis is not a pdf at all" * 3)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,7 +25,7 @@ from memory.errors import PMemError
 console = Console(stderr=True)
 out = Console()
 
-NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _DONE = ("succeeded", "failed")
 
@@ -55,7 +55,7 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Processes (1 per GPU).")] = 1,
     pool: Annotated[str, typer.Option("--pool", "-P", help="solo (GPU: no fork after CUDA), prefork, threads.")] = "solo",
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
-    hostname: Annotated[Optional[str], typer.Option("--hostname", help="Worker name, e.g. gpu0@%h.")] = None,
+    hostname: Annotated[str | None, typer.Option("--hostname", help="Worker name, e.g. gpu0@%h.")] = None,
     beat: Annotated[bool, typer.Option("--beat", help="Also run the refresh schedule (exactly one per broker).")] = False,
 ) -> None:
     """Start a Celery worker on PMEM_BROKER_URL (a GPU worker: ``--queues internalize --pool solo``)."""
@@ -83,12 +83,13 @@ def worker(
 
 def jobs(
     namespace: NamespaceOpt = None,
-    kind: Annotated[Optional[str], typer.Option(help="ingest | internalize | refresh")] = None,
-    state: Annotated[Optional[str], typer.Option(help="queued | running | retrying | succeeded | failed")] = None,
+    kind: Annotated[str | None, typer.Option(help="ingest | internalize | refresh")] = None,
+    state: Annotated[str | None, typer.Option(help="queued | running | retrying | succeeded | failed")] = None,
     limit: int = 50,
-    resubmit_stale: Annotated[Optional[float], typer.Option(
+    resubmit_stale: Annotated[float | None, typer.Option(
         "--resubmit-stale", metavar="SECONDS",
-        help="first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS (lost messages)")] = None,
+        help=("first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS "
+              "(lost messages)"))] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
@@ -135,7 +136,7 @@ def refresh(
     namespace: NamespaceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-read every source with an interval, due or not.")] = False,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
-    wait: Annotated[Optional[float], typer.Option("--wait", help="With a broker: wait up to N seconds for the refresh and its internalizations.")] = None,
+    wait: Annotated[float | None, typer.Option("--wait", help="With a broker: wait up to N seconds for the refresh and its internalizations.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-read the due sources now; new versions are internalized (by the workers, or here without a broker)."""
@@ -171,16 +172,15 @@ def refresh(
 def ingest(
     spec: Annotated[str, typer.Argument(help="A file, a directory or a glob.")],
     namespace: NamespaceOpt = None,
-    refresh_interval: Annotated[Optional[int], typer.Option("--refresh-interval", min=1, help="Re-read every N seconds (beat).")] = None,
+    refresh_interval: Annotated[int | None, typer.Option("--refresh-interval", min=1, help="Re-read every N seconds (beat).")] = None,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
     internalize: Annotated[bool, typer.Option("--internalize/--no-internalize")] = True,
-    wait: Annotated[Optional[float], typer.Option("--wait", help="Wait up to N seconds for the jobs to finish.")] = None,
+    wait: Annotated[float | None, typer.Option("--wait", help="Wait up to N seconds for the jobs to finish.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a source: parsed on the ``ingest`` queue, each version internalized on the ``internalize`` queue."""
-    from workers.tasks import submit_ingest
-
     from memory.jobs import classify, describe
+    from workers.tasks import submit_ingest
 
     try:
         mem = _memory()
@@ -189,7 +189,7 @@ def ingest(
         rows = _wait(mem, [job.id], wait) if wait else [job]
     except PMemError as e:
         _fail(e, as_json)
-    except Exception as e:  # noqa: BLE001 - a broker or database that is down is an error, not a traceback
+    except Exception as e:  # a broker or database that is down is an error, not a traceback
         if classify(e) != "transient":
             raise
         _fail(RuntimeError(f"the broker or the database is unreachable: {describe(e)}"), as_json)

@@ -189,13 +189,13 @@ def _run(task: Task, job_id: int) -> dict[str, Any]:
         log.error("dropping message for job %s: %s", job_id, e)  # another database, or the job was deleted
         return {"job_id": job_id, "state": "missing"}
     except TransientJobError as e:
-        raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e)
+        raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e) from e
     except Exception as e:
         # The job row itself could not be read or written (database down): retry the message if that is
         # transient, since the Job table cannot record anything now.
         if classify(e) == "transient" and task.request.retries < task.max_retries:
             log.warning("job %s: cannot reach the database (%s); retrying", job_id, describe(e))
-            raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e)
+            raise task.retry(args=[job_id], countdown=backoff_seconds(task.request.retries, base=base), exc=e) from e
         raise
     return {"job_id": job.id, "state": job.state, "attempts": job.attempts}
 
@@ -274,7 +274,7 @@ def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | Non
         return run_inline(store, job.id, partial(run_body, mem))
     try:
         return _publish(mem, store, job)
-    except Exception as e:  # noqa: BLE001 - the job must not stay 'queued' with no message behind it
+    except Exception as e:  # the job must not stay 'queued' with no message behind it
         store.fail(job.id, f"{UNPUBLISHED}: {describe(e)}")
         raise
 
@@ -382,8 +382,21 @@ def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = Fals
 
 
 __all__ = [
-    "BODIES", "MAX_RETRIES", "TASK_NAMES", "UNPUBLISHED", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
-    "internalize_key", "check_ingest_root",
-    "internalize_version", "refresh_sources", "run_body", "submit", "submit_ingest", "submit_internalize",
+    "BODIES",
+    "MAX_RETRIES",
+    "TASK_NAMES",
+    "UNPUBLISHED",
+    "app_for",
+    "check_ingest_root",
+    "get_memory",
+    "hypernetwork_tag",
+    "ingest_source",
+    "internalize_key",
+    "internalize_version",
+    "refresh_sources",
+    "run_body",
+    "submit",
+    "submit_ingest",
+    "submit_internalize",
     "submit_refresh",
 ]

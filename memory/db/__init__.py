@@ -1,5 +1,6 @@
 """Database layer: SQLAlchemy 2.x models, engines and sessions, Alembic migrations. Knows nothing of torch."""
 
+from memory.db import stamps  # noqa: F401  (registers the change markers on every Session)
 from memory.db.models import (
     Adapter,
     AdapterStatus,
@@ -15,7 +16,6 @@ from memory.db.models import (
     QueryLog,
     Source,
 )
-from memory.db import stamps  # noqa: F401  (registers the change markers on every Session)
 from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [

@@ -15,14 +15,16 @@ document" into the residual stream whenever the query looks like the place that 
 induction head stored in weights). ``g_i`` is a learned salience gate; at inference only the ``rank``
 tokens with the largest gates of each chunk are kept, so a chunk costs ``rank`` LoRA components per
 target layer, and a document keeps at most ``max_rank`` components per layer (highest gates first), which
-bounds memory for very long documents and keeps filler from drowning a needle. ``alpha``, ``W_e`` and ``W_m`` start at zero: the adapter is exactly zero at initialisation
-while the gradient with respect to them is document-specific from the first step. A learned
-document-independent bias LoRA (rank ``bias_rank``, ``B`` zero at init) is appended to every adapter.
+bounds memory for very long documents and keeps filler from drowning a needle. ``alpha``, ``W_e`` and
+``W_m`` start at zero: the adapter is exactly zero at initialisation while the gradient with respect to
+them is document-specific from the first step. A learned document-independent bias LoRA (rank
+``bias_rank``, ``B`` zero at init) is appended to every adapter.
 
 Long documents are split into chunks of ``chunk_tokens`` tokens; each chunk gives its own components and
 the chunk adapters are concatenated along rank (the deltas add up).
 
->>> cfg = D2LConfig(hidden_size=8, intermediate_size=16, num_layers=2, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
+>>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
+>>> cfg = D2LConfig(**sizes, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
 >>> net = D2LHypernetwork(cfg)
 >>> sum(p.numel() for p in net.parameters()) > 0
 True
@@ -34,9 +36,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +55,11 @@ __all__ = [
     "D2LConfig",
     "D2LHypernetwork",
     "DocFeatures",
+    "checkpoint_sha256",
     "document_features",
     "internalize",
-    "save_checkpoint",
     "load_checkpoint",
-    "checkpoint_sha256",
+    "save_checkpoint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -101,7 +104,7 @@ class D2LConfig:
         return f"model.layers.{layer}.{self.module}"
 
     @classmethod
-    def for_model(cls, hf_config: Any, **kw: Any) -> "D2LConfig":
+    def for_model(cls, hf_config: Any, **kw: Any) -> D2LConfig:
         """A config sized for a transformers llama-style config (upper layers targeted by default).
 
         >>> from types import SimpleNamespace
@@ -140,7 +143,6 @@ def document_features(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     """
     inner: Any = model.model  # the HF decoder: its layers and embeddings are found by name
     captured: dict[int, Tensor] = {}
-    handles = []
     last = max(layers)
 
     class _Stop(Exception):
@@ -154,8 +156,7 @@ def document_features(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
 
         return fn
 
-    for layer in layers:
-        handles.append(inner.layers[layer].mlp.down_proj.register_forward_pre_hook(hook(layer)))
+    handles = [inner.layers[layer].mlp.down_proj.register_forward_pre_hook(hook(layer)) for layer in layers]
     try:
         inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _Stop:
@@ -170,7 +171,7 @@ def document_features(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
     mask = attention_mask.bool().clone()
     mask[:, :-1] &= attention_mask[:, 1:].bool()
     mask[:, -1] = False
-    return DocFeatures(m={k: v for k, v in captured.items()}, next_emb=next_emb, mask=mask)
+    return DocFeatures(m=dict(captured), next_emb=next_emb, mask=mask)
 
 
 class _LayerWriter(nn.Module):
@@ -207,7 +208,8 @@ class _LayerWriter(nn.Module):
 class D2LHypernetwork(nn.Module):
     """Doc-to-LoRA hypernetwork (fast-weight writer). See the module docstring for the maths.
 
-    >>> cfg = D2LConfig(hidden_size=8, intermediate_size=16, num_layers=2, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
+    >>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
+>>> cfg = D2LConfig(**sizes, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
     >>> net = D2LHypernetwork(cfg)
     >>> f = DocFeatures({1: torch.randn(1, 5, 16)}, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool))
     >>> A, B, g = net(f)[1]
@@ -309,7 +311,7 @@ def load_checkpoint(directory: str | Path, base: Any | None = None) -> D2LHypern
         tensors = load_file(str(d / WEIGHTS_NAME))
     except FileNotFoundError as e:
         raise ModelError(f"no D2L checkpoint at {d}: {e.filename} is missing") from e
-    except Exception as e:  # noqa: BLE001 - corrupt JSON or safetensors
+    except Exception as e:  # corrupt JSON or safetensors
         raise ModelError(f"D2L checkpoint at {d} is unreadable ({e}); restore it or retrain with `pmem train d2l`") from e
     raw.pop("kind", None)
     try:

@@ -115,7 +115,7 @@ class T2LConfig:
         return max(max(d) for d in self.module_dims.values())
 
     @classmethod
-    def for_model(cls, base: Any, targets: tuple[str, ...] = DEFAULT_TARGETS, **kw: Any) -> "T2LConfig":
+    def for_model(cls, base: Any, targets: tuple[str, ...] = DEFAULT_TARGETS, **kw: Any) -> T2LConfig:
         """Read layer count and module shapes from a loaded base model (``BaseModel`` or ``nn.Module``).
 
         >>> T2LConfig.for_model(load_base_model(), size="M")  # doctest: +SKIP
@@ -190,7 +190,7 @@ class T2LHypernetwork(nn.Module):
         """Zero head weights; head bias = a PEFT-style initial LoRA (Kaiming-uniform A, zero B)."""
         c = self.config
         if c.size == "L":
-            for m, (i, o) in c.module_dims.items():
+            for m, (i, _o) in c.module_dims.items():
                 head = cast(nn.Linear, self.heads[_key(m)])
                 head.weight.zero_()
                 head.bias.zero_()
@@ -338,7 +338,7 @@ class T2LHypernetwork(nn.Module):
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, *, base_fingerprint: str | None = None) -> "T2LHypernetwork":
+    def load(cls, directory: str | Path, *, base_fingerprint: str | None = None) -> T2LHypernetwork:
         """Load a checkpoint; with ``base_fingerprint``, refuse one made for another base model.
 
         >>> T2LHypernetwork.load("memory/checkpoints/t2l-smollm2-135m")  # doctest: +SKIP
@@ -355,7 +355,7 @@ class T2LHypernetwork(nn.Module):
         net = cls(config)
         try:
             net.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
-        except Exception as e:  # noqa: BLE001 - safetensors and torch raise several kinds
+        except Exception as e:  # safetensors and torch raise several kinds
             raise ModelError(f"T2L weights in {d} are corrupt or do not match its config: {e}") from e
         net.eval()
         return net
@@ -369,4 +369,4 @@ def _key(module_kind: str) -> str:
     return module_kind.replace(".", "__")
 
 
-__all__ = ["T2LConfig", "T2LHypernetwork", "DEFAULT_TARGETS"]
+__all__ = ["DEFAULT_TARGETS", "T2LConfig", "T2LHypernetwork"]

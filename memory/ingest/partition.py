@@ -30,8 +30,9 @@ import re
 import stat
 import unicodedata
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from memory.errors import IngestError, ValidationError
 from memory.ingest.decode import decode_text, looks_binary
@@ -548,7 +549,7 @@ def _eml(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
 def _header(msg: email.message.Message, name: str) -> str:
     try:
         value = msg.get(name)
-    except Exception:  # a malformed header must not sink the whole message
+    except Exception:  # noqa: BLE001 - a malformed header must not sink the whole message
         return ""
     return re.sub(r"\s+", " ", _CONTROL.sub("", str(value))).strip() if value else ""
 
@@ -709,9 +710,9 @@ def _python_version() -> str:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "EXTENSIONS",
+    "SUPPORTED_FILETYPES",
     "Element",
     "ParsedDocument",
-    "SUPPORTED_FILETYPES",
     "clean_text",
     "display_name",
     "filetype_for",

@@ -82,7 +82,7 @@ class _InflateLimit(Exception):
 def _charge(n: int) -> None:
     _budget.left = (_budget.left or 0) - n
     if _budget.left < 0:
-        raise _InflateLimit()
+        raise _InflateLimit
 
 
 def _install_bounded_zlib() -> None:

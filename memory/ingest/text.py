@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 # Scripts written without spaces (CJK ideographs, kana, hangul, yi...): every character is a token or more.
 _DENSE_SCRIPT = "\u2e80-\u2fff\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7af\uf900-\ufaff"
@@ -152,8 +153,7 @@ def _split_units(text: str) -> list[tuple[int, int]]:
         if s >= e:
             continue
         if e - s > 2000:  # a run-on "sentence": fall back to word windows
-            for w in re.finditer(r"\S+(?:\s+\S+){0,199}", text[s:e]):
-                spans.append((s + w.start(), s + w.end()))
+            spans.extend((s + w.start(), s + w.end()) for w in re.finditer(r"\S+(?:\s+\S+){0,199}", text[s:e]))
         else:
             spans.append((s, e))
     return spans

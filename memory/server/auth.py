@@ -21,7 +21,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -102,7 +102,7 @@ class CreatedKey:
 
 def _utc(ts: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; they were written in UTC.
-    return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 def _info(row: ApiKey) -> KeyInfo:
@@ -166,7 +166,7 @@ class KeyStore:
                 return None
             if row.revoked_at is not None:
                 return None
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             last = _utc(row.last_used_at)
             if last is None or now - last > _LAST_USED_RESOLUTION:
                 row.last_used_at = now
@@ -188,9 +188,9 @@ class KeyStore:
             if row is None:
                 raise NotFoundError(f"no API key with id {key_id!r} (see `pmem keys list`)")
             if row.revoked_at is None:
-                row.revoked_at = datetime.now(timezone.utc)
+                row.revoked_at = datetime.now(UTC)
             s.flush()
             return _info(row)
 
 
-__all__ = ["ALL", "CreatedKey", "KeyInfo", "KeyStore", "LOCAL_ADMIN", "Principal", "ROLES", "role_allows"]
+__all__ = ["ALL", "LOCAL_ADMIN", "ROLES", "CreatedKey", "KeyInfo", "KeyStore", "Principal", "role_allows"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -54,7 +54,7 @@ def serve(
     host: Annotated[str, typer.Option(envvar="PMEM_SERVER_HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PMEM_SERVER_PORT", help="Port to bind.")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys (loopback hosts only).")] = False,
-    source_root: Annotated[Optional[list[str]], typer.Option("--source-root", help="A server directory that sources may come from (repeatable).")] = None,
+    source_root: Annotated[list[str] | None, typer.Option("--source-root", help="A server directory that sources may come from (repeatable).")] = None,
     max_concurrent: Annotated[int, typer.Option(envvar="PMEM_SERVER_GENERATIONS", min=1, help="Model calls at once.")] = 1,
     max_waiting: Annotated[int, typer.Option(envvar="PMEM_SERVER_QUEUE", min=0, help="Model calls that may wait; more get 503.")] = 32,
     query_timeout: Annotated[float, typer.Option(envvar="PMEM_SERVER_QUERY_TIMEOUT_S", help="Seconds before a query gets 504.")] = 120.0,
@@ -90,7 +90,7 @@ def serve(
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for (e.g. 'support-agent').")],
     role: Annotated[str, typer.Option(help="read | write | admin")] = "read",
-    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", help="A namespace the key covers (repeatable); '*' for all.")] = None,
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="A namespace the key covers (repeatable); '*' for all.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; the key itself is printed once and never stored (only its hash is)."""
@@ -137,9 +137,9 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `pm
 
 
 def mcp(
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n", help="The namespace the tools work in (default: PMEM_NAMESPACE).")] = None,
-    url: Annotated[Optional[str], typer.Option(envvar="PMEM_SERVER_URL", help="A memory server to go through (else in-process).")] = None,
-    key: Annotated[Optional[str], typer.Option(envvar="PMEM_API_KEY", help="The server's API key (prefer the env var).")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="The namespace the tools work in (default: PMEM_NAMESPACE).")] = None,
+    url: Annotated[str | None, typer.Option(envvar="PMEM_SERVER_URL", help="A memory server to go through (else in-process).")] = None,
+    key: Annotated[str | None, typer.Option(envvar="PMEM_API_KEY", help="The server's API key (prefer the env var).")] = None,
     transport: Annotated[str, typer.Option(help="stdio | streamable-http")] = "stdio",
     host: Annotated[str, typer.Option(help="streamable-http: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="streamable-http: port to bind.")] = 8765,

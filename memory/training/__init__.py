@@ -21,7 +21,7 @@ def load_resume_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]):
             return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - the unpickler's refusal is an UnpicklingError with a long text
+    except Exception as e:  # the unpickler's refusal is an UnpicklingError with a long text
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise ValidationError(
                 f"{path} holds more than tensors and plain values (it would run code when loaded); "
