@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from memory.errors import PMemError
@@ -149,6 +149,31 @@ class AsyncParametricMemory:
     async def query(self, question: str, **kwargs: Any) -> Any:
         """:meth:`ParametricMemory.query`, queued behind other model work."""
         return await self._model("query", question, **kwargs)
+
+    async def stream_query(self, question: str, **kwargs: Any) -> AsyncIterator[Any]:
+        """:meth:`ParametricMemory.query` streamed: yields the answer's pieces (``str``) as they are
+        generated, then the :class:`~memory.types.QueryResult` (whose ``answer`` the pieces join to).
+
+        Queued behind other model work like :meth:`query`; errors (:class:`BusyError` included) are raised
+        from the iterator. A consumer that stops early does not stop the generation: it runs to its end and
+        keeps its slot in the queue until then.
+        """
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_token(piece: str) -> None:  # called in the worker thread
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        task = asyncio.ensure_future(self.generation.run(self.memory.query, question, on_token=on_token, **kwargs))
+        # Runs after every piece: they were scheduled on the loop before the worker thread returned.
+        task.add_done_callback(lambda _: pieces.put_nowait(None))
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            yield task.result()
+        finally:
+            if not task.done():  # the consumer left early: collect the outcome so it is not reported unretrieved
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def internalize(self, document_id: str, **kwargs: Any) -> Any:
         return await self._model("internalize", document_id, **kwargs)

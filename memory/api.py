@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Any
 
 from memory.config import Settings
@@ -234,12 +235,15 @@ class ParametricMemory:
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              on_token: Callable[[str], None] | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
         ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
         adapters and a skill adapter compose by rank concatenation. The result carries the mode and the reason.
+        ``on_token`` is called with each piece of the answer as it is generated (the pieces join to ``answer``;
+        see :meth:`memory.services.query.QueryEngine.query` for ``auto``).
 
         >>> r = mem.query("What is the vault code?")  # doctest: +SKIP
         >>> r.answer, r.mode  # doctest: +SKIP
@@ -247,7 +251,7 @@ class ParametricMemory:
         """
         return self.query_engine.query(question, namespace=namespace, mode=mode, k=k, document_ids=document_ids,
                                        max_new_tokens=max_new_tokens, log=log, experiment=experiment, arm=arm,
-                                       skill=skill)
+                                       skill=skill, on_token=on_token)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
                filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
