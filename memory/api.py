@@ -799,11 +799,13 @@ class ParametricMemory:
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              filter: dict[str, Any] | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
-        ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
+        ``filter`` (the search filter language, :mod:`memory.retrieval.filters`) limits both the passages
+        and the adapters to the documents it matches. ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
         adapters and a skill adapter compose by rank concatenation. The result carries the mode and the reason.
 
         >>> r = mem.query("What is the vault code?")  # doctest: +SKIP
@@ -821,6 +823,8 @@ class ParametricMemory:
         t0 = time.perf_counter()
         named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
         scope = {"document_id": {"$in": sorted(named)}} if named else None
+        if filter is not None:  # only documents it matches are searched and can lend their adapters
+            scope = {"$and": [scope, filter]} if scope else filter
         hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         ready = self._current_adapters(ns, {h.document_id for h in hits} | (named or set()))
@@ -965,6 +969,19 @@ class ParametricMemory:
             self._chunk_index = ChunkIndex(self._sessions, embedder, backend=self.settings.retrieval_backend,
                                            path=path)
         return self._chunk_index
+
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
+        """Ids of the documents a search ``filter`` matches (metadata, ``document_id``, current ``version``).
+
+        Selected by query, a page at a time, on any namespace size; a malformed filter raises
+        :class:`~memory.errors.ValidationError`.
+
+        >>> mem.document_ids_matching({"document_id": {"$ne": "keep"}})  # doctest: +SKIP
+        ['other']
+        """
+        from memory.chunk_index import matching_document_ids
+
+        return matching_document_ids(self._sessions, self._ns(namespace), filter)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
                filter: dict[str, Any] | None = None) -> list[SearchHit]:

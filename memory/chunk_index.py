@@ -260,7 +260,6 @@ class ChunkIndex:
 
     def _pg_search(self, qvec: np.ndarray, k: int, ns: str, pred: Any) -> list[tuple[int, float]]:
         import sqlalchemy as sa
-        from sqlalchemy.dialects.postgresql import JSONB
 
         from memory.retrieval import pgvector
 
@@ -271,15 +270,6 @@ class ChunkIndex:
             raise ValidationError("the query embedding is zero or not finite")
         cv = pgvector.chunk_vectors
         dist = pgvector.distance(self.embedder.dim, qvec / norm).label("dist")
-        doc_meta = sa.cast(Document.__table__.c.metadata, JSONB)
-
-        def value_of(field: str) -> Any:
-            if field == "document_id":
-                return sa.func.to_jsonb(Document.key)
-            if field == "version":
-                return sa.func.to_jsonb(DocumentVersion.number)
-            return doc_meta.op("->")(sa.bindparam(None, field, type_=sa.Text))
-
         stmt = (select(Chunk.id, dist)
                 .select_from(cv)
                 .join(Chunk, Chunk.id == cv.c.chunk_id)
@@ -289,7 +279,7 @@ class ChunkIndex:
                 .where(Namespace.name == ns, cv.c.model == self.model_key,
                        cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
                 .order_by(dist, Chunk.id).limit(k))
-        where = pgvector.sql_filter(pred, value_of)
+        where = pgvector.sql_filter(pred, _document_field)
         if where is not None:
             stmt = stmt.where(where)
         for exact in (False, True):  # the graph may give fewer than k matching rows: then scan exactly
@@ -299,6 +289,49 @@ class ChunkIndex:
             if len(found) >= k:
                 break
         return found
+
+
+def _document_field(field: str) -> Any:
+    """A filter field of a document as ``jsonb`` (PostgreSQL), as :func:`filter_fields` defines it."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    if field == "document_id":
+        return sa.func.to_jsonb(Document.key)
+    if field == "version":
+        return sa.func.to_jsonb(DocumentVersion.number)
+    return sa.cast(Document.__table__.c.metadata, JSONB).op("->")(sa.bindparam(None, field, type_=sa.Text))
+
+
+def matching_document_ids(sessions: sessionmaker[Session], ns: str, flt: dict[str, Any] | None, *,
+                          page: int = 1_000) -> list[str]:
+    """Ids of the documents of ``ns`` that ``flt`` matches (every one for ``None``), in id order.
+
+    The filter sees what search sees (:func:`~memory.retrieval.filters.filter_fields`: the metadata, the
+    ``document_id`` and the current ``version``). Documents are selected by query, a page at a time (keyset
+    pagination), never through an id list; on PostgreSQL the filter runs in SQL.
+    """
+    from memory.retrieval import pgvector
+
+    pred = compile_filter(flt)
+    in_sql = pred is not None and sessions.kw["bind"].dialect.name == "postgresql"
+    base = (select(Document.id, Document.key, Document.meta, DocumentVersion.number)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .outerjoin(DocumentVersion, Document.current_version_id == DocumentVersion.id)
+            .where(Namespace.name == ns).order_by(Document.id).limit(page))
+    if in_sql:
+        base = base.where(pgvector.sql_filter(pred, _document_field))
+    out: list[str] = []
+    last = 0
+    while True:
+        with sessions() as s:
+            rows = s.execute(base.where(Document.id > last)).all()
+        for r in rows:
+            if in_sql or pred is None or pred(filter_fields(r.meta, r.key, r.number)):
+                out.append(r.key)
+        if len(rows) < page:
+            return out
+        last = rows[-1].id
 
 
 _OPEN: weakref.WeakSet[ChunkIndex] = weakref.WeakSet()

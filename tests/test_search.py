@@ -196,3 +196,39 @@ def test_a_corrupt_saved_index_is_ignored(local):
     local.chunk_index.path.write_bytes(b"not an index")
     other = ParametricMemory(local.settings, embedder=BagOfWords())
     assert [h.document_id for h in other.search("fact")] == ["f"]
+
+
+# ---------------------------------------------------------------------------- one filter semantics on every backend
+_KINDS = {
+    "int": {"n": 1, "s": "b", "tags": ["x", 1]},
+    "float": {"n": 1.0, "s": "B"},
+    "bool": {"n": True, "s": "é"},
+    "str": {"n": "1", "s": "ab"},
+    "none": {"n": None},
+    "missing": {},
+    "list": {"n": [1], "tags": [[1], "y"]},
+    "big": {"n": 2**60 + 1, "version": "draft", "document_id": "spoof"},
+}
+_FILTERS = [
+    {"n": 1}, {"n": {"$ne": 1}}, {"n": True}, {"n": None}, {"n": "1"}, {"n": {"$exists": False}},
+    {"n": {"$gt": 0.5}}, {"n": {"$gte": 2**60}}, {"n": {"$lt": float("inf")}}, {"n": {"$gt": float("-inf")}},
+    {"n": {"$in": [1, "1"]}}, {"n": {"$nin": [1, None]}}, {"s": {"$gt": "a"}}, {"s": {"$lte": "B"}},
+    {"tags": {"$contains": 1}}, {"tags": {"$contains": "y"}}, {"$not": {"n": 1}}, {"$or": [{"n": None}, {"s": "b"}]},
+    {"document_id": {"$in": ["big", "none"]}}, {"document_id": {"$ne": "int"}}, {"version": 1},
+    {"version": {"$gte": 2}}, {"$and": [{"n": {"$exists": True}}, {"$not": {"document_id": "list"}}]},
+]
+
+
+def test_every_backend_and_path_agrees_with_the_filter_language(mem):
+    from memory.retrieval.filters import compile_filter, filter_fields
+
+    for key, meta in _KINDS.items():
+        mem.add(f"shared words about {key}", document_id=key, metadata=meta)
+    mem.add("shared words about float, second version", document_id="float", metadata=_KINDS["float"])
+    versions = {key: 2 if key == "float" else 1 for key in _KINDS}
+    for flt in _FILTERS:
+        pred = compile_filter(flt)
+        expected = {key for key, meta in _KINDS.items() if pred(filter_fields(meta, key, versions[key]))}
+        found = {h.document_id for h in mem.search("shared words about", k=20, filter=flt)}
+        assert found == expected, flt
+        assert set(mem.document_ids_matching(flt)) == expected, flt

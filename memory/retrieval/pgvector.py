@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Engine
 
 from memory.retrieval.filters import _And, _Not, _Op, _Or, Filter, compile_filter
@@ -77,15 +77,15 @@ def _op(node: _Op, v: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         eq = _true(v == _json(arg))
         return sa.not_(eq) if op == "$ne" else eq
     if op in ("$in", "$nin"):
-        options = sa.cast(array([json.dumps(a) for a in arg], type_=sa.Text), sa.ARRAY(JSONB))
-        found = _true(v == sa.func.any(options))
+        options = sa.cast(sa.bindparam(None, [json.dumps(a) for a in arg], type_=ARRAY(sa.Text)), ARRAY(JSONB))
+        found = _true(v == sa.any_(options))  # one bound array, however long the list
         return sa.not_(found) if op == "$nin" else found
     if op == "$contains":
         return _true(sa.and_(sa.func.jsonb_typeof(v) == "array",
                              v.op("@>")(sa.func.jsonb_build_array(_json(arg)))))
     compare = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}[op]
     if isinstance(arg, str):
-        text = v.op("#>>")(sa.literal("{}", sa.Text)).collate("C")
+        text = sa.func.jsonb_build_array(v).op("->>")(sa.literal(0)).collate("C")  # the string, unquoted
         return _true(sa.and_(sa.func.jsonb_typeof(v) == "string", getattr(text, compare)(arg)))
     is_number = sa.func.jsonb_typeof(v) == "number"
     if math.isinf(arg):  # every finite number is below +inf and above -inf
