@@ -152,6 +152,11 @@ def test_default_minilm_embedder_ranks_the_matching_fact_first(tmp_path):
 
 
 # ---------------------------------------------------------------------------- in-process index upkeep
+def exact_matches(mem, text, **kw):
+    """Documents whose chunk equals ``text`` as a bag of words (score 1; BagOfWords hashes differ per process)."""
+    return {h.document_id for h in mem.search(text, k=10, **kw) if h.score > 0.999}
+
+
 @pytest.fixture
 def local(tmp_path):
     return ParametricMemory(home=tmp_path / "local", embedder=BagOfWords())
@@ -162,13 +167,13 @@ def test_a_write_updates_the_index_in_place_keeping_the_graph(local):
         local.add(f"note {i} about topic {i % 3}", document_id=f"n{i}", metadata={"i": i})
     idx = local.chunk_index.index
     idx.ann_threshold = 10  # HNSW from 10 vectors on, so the graph exists at this size
-    assert local.search("note 7 about topic 1", k=1)[0].document_id == "n7"
+    assert "n7" in exact_matches(local, "note 7 about topic 1")
     graph = idx._parts["default"].ann
     assert graph is not None and len(idx) == 30
     local.add("a brand new note about zebras", document_id="zebra")
     local.delete("n3")
     local.add("note 5 about topic 2, revised", document_id="n5")
-    assert local.search("a brand new note about zebras", k=1)[0].document_id == "zebra"
+    assert "zebra" in exact_matches(local, "a brand new note about zebras")
     assert idx._parts["default"].ann is graph  # updated in place, not rebuilt
     assert len(idx) == 30 and local.search("note 3 about topic 0", k=30, filter={"document_id": "n3"}) == []
     assert [h.version for h in local.search("note 5", k=5, filter={"document_id": "n5"})] == [2]
@@ -177,7 +182,7 @@ def test_a_write_updates_the_index_in_place_keeping_the_graph(local):
 def test_a_new_process_loads_the_saved_index_instead_of_rebuilding(local, monkeypatch):
     for i in range(20):
         local.add(f"fact number {i}", document_id=f"f{i}")
-    assert local.search("fact number 4", k=1)[0].document_id == "f4"
+    assert "f4" in exact_matches(local, "fact number 4")
     local.chunk_index.save()
     local.add("fact number 20", document_id="f20")  # after the save: the snapshot is stale by one document
     other = ParametricMemory(local.settings, embedder=BagOfWords())
@@ -185,7 +190,7 @@ def test_a_new_process_loads_the_saved_index_instead_of_rebuilding(local, monkey
     added = []
     real_add = other.chunk_index.index.add
     monkeypatch.setattr(other.chunk_index.index, "add", lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
-    assert other.search("fact number 20", k=1)[0].document_id == "f20"
+    assert "f20" in exact_matches(other, "fact number 20")
     assert len(added) == 1  # only the missing document, not a rebuild
 
 
