@@ -269,26 +269,37 @@ class ChunkIndex:
 
             raise ValidationError("the query embedding is zero or not finite")
         cv = pgvector.chunk_vectors
-        dist = pgvector.distance(self.embedder.dim, qvec / norm).label("dist")
-        stmt = (select(Chunk.id, dist)
-                .select_from(cv)
-                .join(Chunk, Chunk.id == cv.c.chunk_id)
-                .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
-                .join(Document, Document.current_version_id == DocumentVersion.id)
-                .join(Namespace, Document.namespace_id == Namespace.id)
-                .where(Namespace.name == ns, cv.c.model == self.model_key,
-                       cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
-                .order_by(dist, Chunk.id).limit(k))
+        dist = pgvector.distance(self.embedder.dim, qvec / norm)
+        own = (cv.c.model == self.model_key,
+               cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
         where = pgvector.sql_filter(pred, _document_field)
-        if where is not None:
-            stmt = stmt.where(where)
-        for exact in (False, True):  # the graph may give fewer than k matching rows: then scan exactly
+
+        def current(stmt: Any, chunk_id: Any) -> Any:  # chunks of current versions in ns, through the filter
+            stmt = (stmt.join(Chunk, Chunk.id == chunk_id)
+                    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
+                    .join(Document, Document.current_version_id == DocumentVersion.id)
+                    .join(Namespace, Document.namespace_id == Namespace.id)
+                    .where(Namespace.name == ns))
+            return stmt if where is None else stmt.where(where)
+
+        # The graph walk runs alone (ORDER BY the distance, LIMIT: the form an HNSW index serves), over-fetching
+        # for the namespace and the filter, which are applied to its candidates; when fewer than k survive, it
+        # fetches 8x more, then scans exactly.
+        fetch = max(4 * k, 40)
+        while True:
+            exact = fetch > pgvector.MAX_EF_SEARCH
+            if exact:
+                stmt = current(select(Chunk.id, dist.label("dist")).select_from(cv), cv.c.chunk_id).where(*own)
+            else:
+                walk = select(cv.c.chunk_id, dist.label("dist")).where(*own).order_by(dist).limit(fetch).subquery()
+                stmt = current(select(walk.c.chunk_id, walk.c.dist).select_from(walk), walk.c.chunk_id)
+            stmt = stmt.order_by(sa.literal_column("dist")).limit(k)
             with self._engine.begin() as conn:
-                pgvector.session_settings(conn, k, iterative=self._iterative_scans, exact=exact)
+                pgvector.session_settings(conn, fetch, iterative=self._iterative_scans, exact=exact)
                 found = [(int(cid), 1.0 - float(d)) for cid, d in conn.execute(stmt)]
-            if len(found) >= k:
-                break
-        return found
+            if len(found) >= k or exact:
+                return found
+            fetch *= 8
 
 
 def _document_field(field: str) -> Any:

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TABLE = "chunk_vectors"
 EF_SEARCH = 100  # HNSW candidate list at query time (pgvector's default is 40); see bench/retrieval.py
+MAX_EF_SEARCH = 1_000  # pgvector's limit: a graph walk returns at most this many rows
 
 ValueOf = Callable[[str], sa.ColumnElement[Any]]
 
@@ -168,7 +169,7 @@ def session_settings(conn: sa.Connection, k: int, *, iterative: bool, exact: boo
     """Per-transaction settings: an HNSW candidate list of at least ``k`` and, on pgvector 0.8 and later,
     iterative scans so that a filter rarely leaves fewer than ``k`` hits; ``exact`` turns index scans off
     (what a caller does when the graph still gave fewer than ``k`` rows)."""
-    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, int(k)))}"))
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(EF_SEARCH, int(k)))}"))
     if iterative:
         conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     if exact:
