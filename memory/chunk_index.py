@@ -99,6 +99,7 @@ class ChunkIndex:
         self.backend = choose_backend(backend, self._engine)
         self.path = Path(path) if path is not None and self.backend == "inprocess" else None
         self._synced: dict[str, str | None] = {}  # namespace -> its stamp when last brought up to date
+        self._doc_stamps: dict[str, dict[int, str | None]] = {}  # pgvector: document stamps last embedded
         self._lock = threading.Lock()
         self._unsaved = 0
         self.index = self._load() if self.backend == "inprocess" else None
@@ -124,35 +125,43 @@ class ChunkIndex:
         return exists and stamp is not None and self._synced.get(ns) == stamp
 
     # ------------------------------------------------------------------ embeddings
-    def _embed_missing(self, ns: str) -> int:
-        """Compute and store embeddings of current chunks that have none for this model (pgvector: no row)."""
-        pg = self.backend == "pgvector"
-        if pg:
-            from memory.retrieval import pgvector
-
-            cv = pgvector.chunk_vectors
-            missing = (_current_chunks(ns).outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
-                       .where(cv.c.chunk_id.is_(None)))
+    def _embed_changed(self, ns: str) -> None:
+        """pgvector: embed the current chunks of the documents whose stamp changed since this process last
+        looked (all of them the first time)."""
+        with self._sessions() as s:
+            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
+                                    .where(Namespace.name == ns)).all())
+        seen = self._doc_stamps.get(ns)
+        if seen is None:
+            self._embed_missing(ns)
         else:
-            missing = _current_chunks(ns).where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != self.model_key))
+            changed = sorted(d for d, stamp in stamps.items() if seen.get(d) != stamp or stamp is None)
+            for start in range(0, len(changed), _FETCH_BATCH):
+                self._embed_missing(ns, changed[start : start + _FETCH_BATCH])
+        self._doc_stamps[ns] = stamps
+
+    def _embed_missing(self, ns: str, documents: list[int] | None = None) -> int:
+        """pgvector: give every current chunk of ``ns`` (of ``documents`` when given) a ``chunk_vectors`` row for
+        this model (embedding the chunks that have no stored embedding of this model)."""
+        from memory.retrieval import pgvector
+
+        cv = pgvector.chunk_vectors
+        chunks = _current_chunks(ns) if documents is None else _current_chunks(ns).where(Document.id.in_(documents))
+        missing = (chunks.outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
+                   .where(cv.c.chunk_id.is_(None))
+                   .with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
+                   .order_by(Chunk.id).limit(_EMBED_BATCH))
         done = 0
         while True:
             with self._sessions() as s:
-                rows = s.execute(missing.with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
-                                 .order_by(Chunk.id).limit(_EMBED_BATCH)).all()
-                if not rows:
-                    return done
-                fresh = [r for r in rows if r.embedding is None or r.embedding_model != self.model_key]
-                computed = dict(zip((r.id for r in fresh), self.embedder.embed_documents([r.text for r in fresh])))
-                for r in fresh:
-                    s.execute(Chunk.__table__.update().where(Chunk.id == r.id)
-                              .values(embedding=vector_to_bytes(computed[r.id]), embedding_model=self.model_key))
-                if pg:
-                    s.execute(pgvector.upsert_statement(), [
-                        {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
-                         "embedding": pgvector.vector_literal(
-                             computed[r.id] if r.id in computed else vector_from_bytes(r.embedding, self.embedder.dim))}
-                        for r in rows])
+                rows = s.execute(missing).all()
+            if not rows:
+                return done
+            vectors = self._vectors(rows)
+            with self._sessions() as s:
+                s.execute(pgvector.upsert_statement(), [
+                    {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
+                     "embedding": pgvector.vector_literal(v)} for r, v in zip(rows, vectors)])
                 s.commit()
             done += len(rows)
 
@@ -163,10 +172,10 @@ class ChunkIndex:
             exists, stamp = self._stamp(ns)  # read before the rows: a later change re-syncs next time
             if self._up_to_date(ns, exists, stamp):
                 return
-            if exists:
-                self._embed_missing(ns)
             if self.index is not None:
-                self._apply_diff(ns)
+                self._apply_diff(ns)  # embeds what it adds
+            elif exists:
+                self._embed_changed(ns)
             self._synced[ns] = stamp if exists else None
         if self._unsaved >= SAVE_AFTER:
             self.save()
@@ -193,15 +202,31 @@ class ChunkIndex:
                     .where(Chunk.id.in_(list(key_of)))
                     .order_by(Chunk.id)
                 ).all()
-            vectors = np.stack([
-                vector_from_bytes(r.embedding, self.embedder.dim) if r.embedding_model == self.model_key
-                else self.embedder.embed_documents([r.text])[0]  # re-embedded by another model since
-                for r in rows]) if rows else np.zeros((0, self.embedder.dim), np.float32)
+            vectors = self._vectors(rows)
             metadata = [filter_fields(r.doc_meta, r.key, r.number) for r in rows]
             self.index.add([key_of[r.id] for r in rows], vectors, metadata, namespace=ns)
         self._unsaved += len(gone) + len(new)
         if gone or new:
             log.debug("namespace %s: %d chunks indexed, %d removed", ns, len(new), len(gone))
+
+    def _vectors(self, rows: list[Any]) -> np.ndarray:
+        """The embeddings of these chunk rows, computing and storing those missing (or of another model)."""
+        out = np.zeros((len(rows), self.embedder.dim), np.float32)
+        fresh = []
+        for i, r in enumerate(rows):
+            if r.embedding is not None and r.embedding_model == self.model_key:
+                out[i] = vector_from_bytes(r.embedding, self.embedder.dim)
+            else:
+                fresh.append(i)
+        for start in range(0, len(fresh), _EMBED_BATCH):
+            batch = fresh[start : start + _EMBED_BATCH]
+            out[batch] = self.embedder.embed_documents([rows[i].text for i in batch])
+            with self._sessions() as s:
+                for i in batch:
+                    s.execute(Chunk.__table__.update().where(Chunk.id == rows[i].id)
+                              .values(embedding=vector_to_bytes(out[i]), embedding_model=self.model_key))
+                s.commit()
+        return out
 
     def _load(self) -> VectorIndex:
         fresh = VectorIndex(dim=self.embedder.dim, model=self.model_key)
