@@ -237,3 +237,23 @@ def test_every_backend_and_path_agrees_with_the_filter_language(mem):
         found = {h.document_id for h in mem.search("shared words about", k=20, filter=flt)}
         assert found == expected, flt
         assert set(mem.document_ids_matching(flt)) == expected, flt
+
+
+def test_a_document_added_by_another_process_is_found_without_a_rebuild(mem, monkeypatch):
+    import subprocess
+    import sys
+
+    mem.add("the old archive of meeting notes", document_id="old")
+    assert [h.document_id for h in mem.search("meeting notes")] == ["old"]
+    idx = mem.chunk_index.index
+    added = []
+    if idx is not None:  # in-process: count what the next search adds to the index
+        real_add = idx.add
+        monkeypatch.setattr(idx, "add", lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
+    code = ("import sys; from memory.api import ParametricMemory; from memory.config import Settings; "
+            "m = ParametricMemory(Settings.from_env(home=sys.argv[1], database_url=sys.argv[2])); "
+            "m.add('the new agenda of the budget meeting', document_id='agenda')")
+    subprocess.run([sys.executable, "-c", code, str(mem.settings.home), mem.settings.resolved_database_url],
+                   check=True, timeout=300)
+    assert "agenda" in {h.document_id for h in mem.search("budget meeting agenda", k=2)}
+    assert len(added) == (1 if idx is not None else 0)  # one new chunk, no rebuild
