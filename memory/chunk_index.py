@@ -99,7 +99,8 @@ class ChunkIndex:
         self.backend = choose_backend(backend, self._engine)
         self.path = Path(path) if path is not None and self.backend == "inprocess" else None
         self._synced: dict[str, str | None] = {}  # namespace -> its stamp when last brought up to date
-        self._doc_stamps: dict[str, dict[int, str | None]] = {}  # pgvector: document stamps last embedded
+        self._doc_stamps: dict[str, dict[int, str | None]] = {}  # namespace -> document id -> stamp last seen
+        self._doc_keys: dict[str, dict[int, list[str]]] = {}  # in-process: namespace -> document id -> its keys
         self._lock = threading.Lock()
         self._unsaved = 0
         self.index = self._load() if self.backend == "inprocess" else None
@@ -181,13 +182,44 @@ class ChunkIndex:
             self.save()
 
     def _apply_diff(self, ns: str) -> None:
+        """Make the index hold exactly the current chunks of ``ns``, each under ``<chunk id>/<document stamp>``.
+
+        The first time in a process: diff every current chunk against the index (which may come from a saved,
+        stale file). Afterwards: read the documents' stamps only, and re-read the chunks of those that changed.
+        """
         assert self.index is not None
         with self._sessions() as s:
-            current = {f"{cid}/{stamp}": cid for cid, stamp in s.execute(
-                _current_chunks(ns).with_only_columns(Chunk.id, Document.index_stamp))}
-        indexed = set(self.index.ids(ns))
-        gone = [key for key in indexed if key not in current]
-        new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
+            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
+                                    .where(Namespace.name == ns)).all())
+        seen = self._doc_stamps.get(ns)
+        keys_of = self._doc_keys.setdefault(ns, {})
+        if seen is None:  # full diff
+            with self._sessions() as s:
+                rows = s.execute(_current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"),
+                                                                          Document.index_stamp)).all()
+            keys_of.clear()
+            current: dict[str, int] = {}
+            for cid, doc, stamp in rows:
+                key = f"{cid}/{stamp}"
+                current[key] = cid
+                keys_of.setdefault(doc, []).append(key)
+            indexed = set(self.index.ids(ns))
+            gone = [key for key in indexed if key not in current]
+            new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
+        else:
+            changed = sorted(d for d in set(seen) | set(stamps) if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
+            gone = [key for d in changed for key in keys_of.pop(d, [])]
+            new = []
+            for start in range(0, len(changed), _FETCH_BATCH):
+                with self._sessions() as s:
+                    rows = s.execute(_current_chunks(ns).where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
+                                     .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)).all()
+                for cid, doc, stamp in rows:
+                    key = f"{cid}/{stamp}"
+                    new.append((cid, key))
+                    keys_of.setdefault(doc, []).append(key)
+            new.sort()
+        self._doc_stamps[ns] = stamps
         if gone:
             self.index.delete(gone, namespace=ns)
         for start in range(0, len(new), _FETCH_BATCH):
