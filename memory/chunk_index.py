@@ -252,6 +252,8 @@ class ChunkIndex:
                 fresh.append(i)
         for start in range(0, len(fresh), _EMBED_BATCH):
             batch = fresh[start : start + _EMBED_BATCH]
+            # Embedded with no transaction open: on SQLite every transaction holds the write lock
+            # (BEGIN IMMEDIATE), and embedding a batch takes seconds.
             out[batch] = self.embedder.embed_documents([rows[i].text for i in batch])
             with self._sessions() as s:
                 for i in batch:

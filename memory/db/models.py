@@ -270,7 +270,30 @@ class QueryLog(Base):
     created_at: Mapped[datetime] = _ts()
 
 
+class ApiKey(Base):
+    """A server API key: only the SHA-256 of its secret is stored; scoped to namespaces with a role.
+
+    ``namespaces`` is a list of namespace names, or ``["*"]`` for every namespace. ``role`` is ``read``
+    (get, list, search, query), ``write`` (also add, delete, internalize, feedback) or ``admin`` (also
+    sources and maintenance).
+    """
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)  # the public part of the key, for lookup
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(8))
+    namespaces: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = _ts()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:  # never the secret's hash
+        return f"ApiKey(key_id={self.key_id!r}, name={self.name!r}, role={self.role!r}, namespaces={self.namespaces!r})"
+
+
 __all__ = [
     "Base", "NAMING_CONVENTION", "Namespace", "Source", "Document", "DocumentVersion", "Chunk",
-    "Hypernetwork", "Adapter", "AdapterStatus", "Job", "JobState", "QueryLog",
+    "Hypernetwork", "Adapter", "AdapterStatus", "Job", "JobState", "QueryLog", "ApiKey",
 ]

@@ -1,7 +1,7 @@
 """retrieval: change markers (index stamps), and pgvector embeddings where the extension exists
 
 Revision ID: 0004
-Revises: 0002  (the lead re-chains it after 0003 at merge)
+Revises: 0003
 Create Date: 2026-11-30 02:50:00
 
 - ``namespaces.index_stamp`` / ``documents.index_stamp``: random tokens renewed in the same transaction
@@ -22,7 +22,7 @@ from alembic import op
 
 
 revision: str = '0004'
-down_revision: str | None = '0002'
+down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
