@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ def fill(url: str, x: np.ndarray, topics: np.ndarray, pgvector: bool) -> float:
             conn.execute(doc_t.update().where(doc_t.c.id == sa.bindparam("did")).values(current_version_id=sa.bindparam("vid")),
                          [{"did": j + 1, "vid": j + 1} for j in rows])
             conn.execute(chunk_t.insert(), [
-                {"id": i + 1, "version_id": i // CHUNKS_PER_DOC + 1, "ordinal": i % CHUNKS_PER_DOC, "text": f"chunk {i}",
+                {"id": i + 1, "version_id": i // CHUNKS_PER_DOC + 1, "ordinal": i % CHUNKS_PER_DOC,
+                 "text": f"chunk {i}",
                  "start_char": 0, "end_char": 10, "token_count": 3, "metadata": {},
                  "embedding": x[i].astype("<f4").tobytes(), "embedding_model": MODEL_KEY}
                 for i in range(start * CHUNKS_PER_DOC, min(docs, start + 5_000) * CHUNKS_PER_DOC)])
@@ -111,9 +113,9 @@ def fill(url: str, x: np.ndarray, topics: np.ndarray, pgvector: bool) -> float:
 
 
 def _now() -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _copy_vectors(engine: Any, x: np.ndarray) -> None:
@@ -246,7 +248,8 @@ class _PgServer:
         import pgserver
 
         self.server = pgserver.get_server(Path(root) / "pg", cleanup_mode="stop")
-        self.server.psql("ALTER SYSTEM SET shared_buffers = '2GB'; ALTER SYSTEM SET max_parallel_maintenance_workers = 2;")
+        self.server.psql("ALTER SYSTEM SET shared_buffers = '2GB'; "
+                         "ALTER SYSTEM SET max_parallel_maintenance_workers = 2;")
         self.server.psql("SELECT pg_reload_conf();")
         socket_dir = self.server.get_uri().split("host=", 1)[1]
         self.base = f"postgresql+psycopg://postgres@/%s?host={socket_dir}"

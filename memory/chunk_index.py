@@ -43,7 +43,7 @@ BACKENDS = ("auto", "inprocess", "pgvector")
 Backend = Literal["auto", "inprocess", "pgvector"]
 
 
-def _current_chunks(ns: str):  # noqa: ANN202
+def _current_chunks(ns: str) -> Any:
     return (
         select(Chunk)
         .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
@@ -162,7 +162,7 @@ class ChunkIndex:
             with self._sessions() as s:
                 s.execute(pgvector.upsert_statement(), [
                     {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
-                     "embedding": pgvector.vector_literal(v)} for r, v in zip(rows, vectors)])
+                     "embedding": pgvector.vector_literal(v)} for r, v in zip(rows, vectors, strict=True)])
                 s.commit()
             done += len(rows)
 
@@ -207,7 +207,8 @@ class ChunkIndex:
             gone = [key for key in indexed if key not in current]
             new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
         else:
-            changed = sorted(d for d in set(seen) | set(stamps) if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
+            changed = sorted(d for d in set(seen) | set(stamps)
+                             if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
             gone = [key for d in changed for key in keys_of.pop(d, [])]
             new = []
             for start in range(0, len(changed), _FETCH_BATCH):
@@ -224,7 +225,7 @@ class ChunkIndex:
             self.index.delete(gone, namespace=ns)
         for start in range(0, len(new), _FETCH_BATCH):
             batch = new[start : start + _FETCH_BATCH]
-            key_of = {cid: key for cid, key in batch}
+            key_of = dict(batch)
             with self._sessions() as s:
                 rows = s.execute(
                     select(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model, Document.key,
@@ -396,9 +397,7 @@ def matching_document_ids(sessions: sessionmaker[Session], ns: str, flt: dict[st
     while True:
         with sessions() as s:
             rows = s.execute(base.where(Document.id > last)).all()
-        for r in rows:
-            if in_sql or pred is None or pred(filter_fields(r.meta, r.key, r.number)):
-                out.append(r.key)
+        out.extend(r.key for r in rows if in_sql or pred is None or pred(filter_fields(r.meta, r.key, r.number)))
         if len(rows) < page:
             return out
         last = rows[-1].id

@@ -117,7 +117,8 @@ def test_another_process_sees_every_change_at_its_next_search(mem):
     assert other.search("vault", filter={"acl": "public"}) == []
     mem.add("vault code changed", document_id="vault2")
     mem.rollback("vault2", 1)
-    assert [h.text for h in other.search("vault code", filter={"document_id": "vault2"})] == ["the vault code is secret"]
+    hits = other.search("vault code", filter={"document_id": "vault2"})
+    assert [h.text for h in hits] == ["the vault code is secret"]
 
 
 def test_bad_queries(mem):
@@ -189,7 +190,8 @@ def test_a_new_process_loads_the_saved_index_instead_of_rebuilding(local, monkey
     assert len(other.chunk_index.index) == 20  # loaded from disk
     added = []
     real_add = other.chunk_index.index.add
-    monkeypatch.setattr(other.chunk_index.index, "add", lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
+    monkeypatch.setattr(other.chunk_index.index, "add",
+                        lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
     assert "f20" in exact_matches(other, "fact number 20")
     assert len(added) == 1  # only the missing document, not a rebuild
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Engine
 
-from memory.retrieval.filters import _And, _Not, _Op, _Or, Filter, compile_filter
+from memory.retrieval.filters import Filter, _And, _Not, _Op, _Or, compile_filter
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,9 @@ chunk_vectors = sa.table(
 
 def upsert_statement() -> sa.TextClause:
     return sa.text(
-        f"INSERT INTO {TABLE} (chunk_id, model, dim, embedding) VALUES (:chunk_id, :model, :dim, CAST(:embedding AS vector)) "
-        "ON CONFLICT (chunk_id) DO UPDATE SET model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding"
+        f"INSERT INTO {TABLE} (chunk_id, model, dim, embedding) "
+        "VALUES (:chunk_id, :model, :dim, CAST(:embedding AS vector)) ON CONFLICT (chunk_id) "
+        "DO UPDATE SET model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding"
     )
 
 
@@ -176,4 +177,4 @@ def session_settings(conn: sa.Connection, k: int, *, iterative: bool, exact: boo
         conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
 
 
-__all__ = ["EF_SEARCH", "TABLE", "available", "version", "distance", "ensure_dim_index", "sql_filter", "vector_literal"]
+__all__ = ["EF_SEARCH", "TABLE", "available", "distance", "ensure_dim_index", "sql_filter", "vector_literal", "version"]
