@@ -261,7 +261,7 @@ class ParametricMemory:
         """
         return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
 
-    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> builtins.list[str]:
         """Ids of the documents a search ``filter`` matches (metadata, ``document_id``, current ``version``).
 
         Selected by query, a page at a time, on any namespace size; a malformed filter raises
