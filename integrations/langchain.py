@@ -59,7 +59,6 @@ from integrations._common import (
     check_mode,
     documents_by_id,
     iter_documents,
-    matching_document_ids,
     memory_classes,
     message_text,
     ready_adapters,
@@ -348,12 +347,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         if mode == "retrieval":
             hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
-        document_ids = None
-        if flt is not None:
-            document_ids = matching_document_ids(self.memory, self.namespace, flt)
-            if not document_ids:
-                return []
-        result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, document_ids=document_ids,
+        result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
                                    max_new_tokens=max_new_tokens)
         return result_documents(result)
 

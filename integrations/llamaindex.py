@@ -67,7 +67,7 @@ from integrations._common import (
 from memory.api import ParametricMemory, content_hash, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
-from memory.retrieval.filters import compile_filter
+from memory.retrieval.filters import compile_filter, filter_fields
 from memory.types import QueryResult, SearchHit
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
         pred = compile_filter(flt)
         out = []
         for info in documents_by_id(self._memory, self.namespace, node_ids):
-            if pred is None or pred(info.metadata):
+            if pred is None or pred(filter_fields(info.metadata, info.id, info.version.number if info.version else None)):
                 out.append(self._node(info.text or "", info.metadata, info.id))
         return out
 
@@ -384,13 +384,8 @@ class ParametricMemoryRetriever(BaseRetriever):
         if self.mode == "retrieval":
             hits = self.memory.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
-        document_ids = None
-        if self.filters is not None:
-            document_ids = matching_document_ids(self.memory, self.namespace, self.filters)
-            if not document_ids:
-                return []
         result = self.memory.query(query, namespace=self.namespace, mode=self.mode, k=self.similarity_top_k,
-                                   document_ids=document_ids, max_new_tokens=self.max_new_tokens)
+                                   filter=self.filters, max_new_tokens=self.max_new_tokens)
         return result_nodes(result)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -236,10 +236,13 @@ class ParametricMemory:
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
               experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              filter: dict[str, Any] | None = None,
               on_token: Callable[[str], None] | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
+        ``filter`` (the search filter language, :mod:`memory.retrieval.filters`) limits both the passages and
+        the adapters to the documents it matches.
         ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
         adapters and a skill adapter compose by rank concatenation. The result carries the mode and the reason.
         ``on_token`` is called with each piece of the answer as it is generated (the pieces join to ``answer``;
@@ -251,7 +254,7 @@ class ParametricMemory:
         """
         return self.query_engine.query(question, namespace=namespace, mode=mode, k=k, document_ids=document_ids,
                                        max_new_tokens=max_new_tokens, log=log, experiment=experiment, arm=arm,
-                                       skill=skill, on_token=on_token)
+                                       skill=skill, filter=filter, on_token=on_token)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
                filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
@@ -261,6 +264,17 @@ class ParametricMemory:
         ['vault']
         """
         return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
+
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> builtins.list[str]:
+        """Ids of the documents a search ``filter`` matches (metadata, ``document_id``, current ``version``).
+
+        Selected by query, a page at a time, on any namespace size; a malformed filter raises
+        :class:`~memory.errors.ValidationError`.
+
+        >>> mem.document_ids_matching({"document_id": {"$ne": "keep"}})  # doctest: +SKIP
+        ['other']
+        """
+        return self.query_engine.document_ids_matching(filter, namespace=namespace)
 
     @property
     def embedder(self) -> Any:

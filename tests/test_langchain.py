@@ -281,3 +281,21 @@ def test_langchain_indexing_api_reindexes_only_changes(store: ParametricMemoryVe
     assert (second["num_added"], second["num_skipped"], second["num_deleted"]) == (1, 1, 1)
     texts = sorted(d.page_content for d in store.similarity_search("policy", k=10))
     assert texts == ["Laptops every 3 years.", "Refunds within 60 days."]
+
+
+def test_document_id_and_version_filters_mean_what_they_mean_everywhere(store: ParametricMemoryVectorStore,
+                                                                        monkeypatch) -> None:
+    """Issue 14.7: ``document_id``/``version`` are the document's id and current version on every path."""
+    from memory.retrieval import filters
+
+    store.add_documents(_docs(), ids=["keep", "drop1", "drop2"])
+    store.add_documents([Document(page_content="Laptops are replaced every 4 years.", metadata={"team": "it"})],
+                        ids=["drop1"])  # version 2
+    not_keep = {"document_id": {"$ne": "keep"}}
+    assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter=not_keep)} == {"drop1", "drop2"}
+    assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter={"version": 2})} == {"drop1"}
+    assert store.memory.document_ids_matching(not_keep, namespace=store.namespace) == ["drop1", "drop2"]
+    monkeypatch.setattr(filters, "MAX_IN_LIST", 1)  # a broad filter is never turned into an id list
+    retriever = ParametricMemoryRetriever(memory=store.memory, namespace=store.namespace, mode="retrieval", k=5,
+                                          filter=not_keep)
+    assert {d.metadata["document_id"] for d in retriever.invoke("refunds laptops")} == {"drop1", "drop2"}

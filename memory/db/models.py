@@ -113,7 +113,7 @@ class Document(Base):
     title: Mapped[str | None] = mapped_column(String(512))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     current_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("document_versions.id", use_alter=True, ondelete="SET NULL")
+        ForeignKey("document_versions.id", use_alter=True, ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts(onupdate=utcnow)

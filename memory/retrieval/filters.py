@@ -139,17 +139,21 @@ class Filter:
 
 
 
-def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int) -> dict[str, Any]:
+def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int | None) -> dict[str, Any]:
     """What a filter sees for a document (or any chunk of it): its metadata plus ``document_id`` and ``version``.
 
     ``document_id`` and ``version`` always mean the document's id and the number of the version in
-    question (its current one), whatever the metadata holds under those names. Every path that filters
-    (search, get, delete, the parametric path, both integrations, both retrieval backends) uses this view.
+    question (its current one), whatever the metadata holds under those names; a document without a
+    current version has no ``version``. Every path that filters (search, get, delete, the parametric path,
+    both integrations, both retrieval backends) uses this view.
 
     >>> filter_fields({"lang": "en", "version": "draft"}, "faq", 3)
     {'lang': 'en', 'version': 3, 'document_id': 'faq'}
     """
-    return {**(metadata or {}), "document_id": document_id, "version": version}
+    out = {**(metadata or {}), "document_id": document_id, "version": version}
+    if version is None:
+        del out["version"]
+    return out
 
 
 def compile_filter(flt: Mapping[str, Any] | None) -> Filter | None:

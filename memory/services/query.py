@@ -95,10 +95,17 @@ class QueryEngine:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
         return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
+        """See :meth:`memory.api.ParametricMemory.document_ids_matching`."""
+        from memory.chunk_index import matching_document_ids
+
+        return matching_document_ids(self.records.sessions, self.records.namespace(namespace), filter)
+
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
               experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              filter: dict[str, Any] | None = None,
               on_token: Callable[[str], None] | None = None) -> QueryResult:
         """See :meth:`memory.api.ParametricMemory.query`.
 
@@ -120,6 +127,8 @@ class QueryEngine:
         t0 = time.perf_counter()
         named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
         scope = {"document_id": {"$in": sorted(named)}} if named else None
+        if filter is not None:  # only documents it matches are searched and can lend their adapters
+            scope = {"$and": [scope, filter]} if scope else filter
         hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         ready = self.registry.current(ns, {h.document_id for h in hits} | (named or set()))
