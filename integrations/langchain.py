@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
 )
@@ -64,6 +65,7 @@ from integrations._common import (
     ready_adapters,
     search_documents,
 )
+from memory.aio import shared_async
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
@@ -338,18 +340,36 @@ class ParametricMemoryRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k = kwargs.pop("k", self.k)
-        mode = check_mode(kwargs.pop("mode", self.mode))
-        flt = kwargs.pop("filter", self.filter)
-        max_new_tokens = kwargs.pop("max_new_tokens", self.max_new_tokens)
-        if kwargs:
-            raise ValidationError(f"unknown argument(s) {sorted(kwargs)}; use k, mode, filter or max_new_tokens")
+        k, mode, flt, max_new_tokens = self._arguments(kwargs)
         if mode == "retrieval":
             hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
         result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
                                    max_new_tokens=max_new_tokens)
         return result_documents(result)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory` (its generation
+        queue), never blocking the event loop."""
+        k, mode, flt, max_new_tokens = self._arguments(kwargs)
+        amem = shared_async(self.memory)
+        if mode == "retrieval":
+            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt)
+            return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
+        result = await amem.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
+                                  max_new_tokens=max_new_tokens)
+        return result_documents(result)
+
+    def _arguments(self, kwargs: dict[str, Any]) -> tuple[int, str, Any, int]:
+        k = kwargs.pop("k", self.k)
+        mode = check_mode(kwargs.pop("mode", self.mode))
+        flt = kwargs.pop("filter", self.filter)
+        max_new_tokens = kwargs.pop("max_new_tokens", self.max_new_tokens)
+        if kwargs:
+            raise ValidationError(f"unknown argument(s) {sorted(kwargs)}; use k, mode, filter or max_new_tokens")
+        return k, mode, flt, max_new_tokens
 
 
 # ============================================================================ chat model

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -190,4 +191,20 @@ class AsyncParametricMemory:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
-__all__ = ["AsyncParametricMemory", "BusyError", "GenerationQueue"]
+_SHARED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncParametricMemory]]
+_SHARED = weakref.WeakKeyDictionary()
+
+
+def shared_async(memory: Any) -> AsyncParametricMemory:
+    """The one :class:`AsyncParametricMemory` of ``memory`` on the running event loop, so every async caller of
+    one facade (the LangChain and LlamaIndex classes) waits in the same generation queue. One per loop: the
+    queue's semaphore belongs to a loop."""
+    loop = asyncio.get_running_loop()
+    per_loop = _SHARED.setdefault(memory, weakref.WeakKeyDictionary())
+    amem = per_loop.get(loop)
+    if amem is None:
+        amem = per_loop[loop] = AsyncParametricMemory(memory)
+    return amem
+
+
+__all__ = ["AsyncParametricMemory", "BusyError", "GenerationQueue", "shared_async"]

@@ -454,6 +454,20 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
         out["lc_get"] = [d.id for d in store.get_by_ids(["lc-cat", "missing"])]
         retriever = ParametricMemoryRetriever(memory=mem, mode="retrieval", k=1)
         out["lc_retriever"] = [(d.page_content, d.metadata["mode"]) for d in retriever.invoke("vault code")]
+        # native async methods go through AsyncParametricMemory (counted), not a bare thread
+        import asyncio, memory.aio
+        from integrations.llamaindex import ParametricMemoryRetriever as LlamaRetriever
+        async_calls = []
+        plain_search = memory.aio.AsyncParametricMemory.search
+        async def counted_search(self, query, **kw):
+            async_calls.append(query)
+            return await plain_search(self, query, **kw)
+        memory.aio.AsyncParametricMemory.search = counted_search
+        docs = asyncio.run(retriever.ainvoke("vault code"))
+        out["lc_async"] = [(d.page_content, d.metadata["mode"]) for d in docs]
+        nodes = asyncio.run(LlamaRetriever(mem, mode="retrieval", similarity_top_k=1).aretrieve("vault code"))
+        out["li_async"] = [n.node.get_content() for n in nodes]
+        out["async_calls"] = async_calls
         li = LlamaStore(mem)
         li.add([TextNode(id_="li-turtle", text="Turtles can live for 150 years.", metadata={"animal": "turtle"})])
         res = li.query(VectorStoreQuery(query_str="turtles live 150 years", similarity_top_k=1))
@@ -479,7 +493,8 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
     assert out["lc_ids"] == ["lc-vault", "lc-cat"]
     assert out["lc_search"] == ["The vault code is 7342."]
     assert out["lc_filter"] == ["lc-cat"] and out["lc_get"] == ["lc-cat"]
-    assert out["lc_retriever"] == [["The vault code is 7342.", "retrieval"]]
+    assert out["lc_retriever"] == out["lc_async"] == [["The vault code is 7342.", "retrieval"]]
+    assert out["li_async"] == ["The vault code is 7342."] and out["async_calls"] == ["vault code", "vault code"]
     assert out["deleted"] is True
     assert out["li_query"] == ["li-turtle"] and out["li_nodes"] == ["li-turtle"] and out["li_after_delete"] == []
     assert out["versions"] == [1] and out["read_key_write"] == "forbidden"
