@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,15 +25,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here.")] = None) -> None:
+          output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")] = None,
+          backend: Annotated[str | None, typer.Option(help="retrieval: inprocess | pgvector | both (database-backed section only).")] = None,
+          sizes: Annotated[str | None, typer.Option(help="retrieval: chunk counts with --backend, e.g. 100000,1000000.")] = None) -> None:
     """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
     from memory.cli import machine_info, run_module  # not at import: memory.cli loads this module as a plugin
 
     names = BENCHES if name == "all" else (name,)
+    extra = {k: v for k, v in {"backend": backend, "sizes": sizes}.items() if v is not None}
+    if extra and name != "retrieval":
+        console.print("[red]error:[/red] --backend and --sizes apply to `pmem bench retrieval` only")
+        raise typer.Exit(code=2)
     results: dict[str, Any] = {}
     for n in names:
         console.print(f"[bold]bench {n}[/bold]{' (quick)' if quick else ''} ...")
-        results[n] = run_module(f"bench.{n}", "bench", n, quick=quick)
+        results[n] = run_module(f"bench.{n}", "bench", n, quick=quick, **extra)
     doc = results[name] if name != "all" else {"bench": "all", **machine_info(), "results": results}
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def _time_queries(idx: VectorIndex, qs: np.ndarray, *, exact: bool, flt: dict[st
 
 
 def _recall(approx: list[list[str]], exact: list[list[str]]) -> float:
-    return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx, exact)])), 4)
+    return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(approx, exact, strict=True)])), 4)
 
 
 def bench_size(n: int, n_queries: int, n_filtered: int, threads: int) -> dict[str, Any]:
@@ -183,8 +183,13 @@ def bench_real(n: int, threads: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- entry point
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, backend: str | None = None, sizes: str | None = None) -> dict[str, Any]:
     """Run the benchmark and return its figures as a JSON-ready dict.
+
+    ``backend`` (``inprocess``, ``pgvector`` or ``both``) runs only the database-backed section
+    (:mod:`bench.retrieval_store`) for those backends, at ``sizes`` (comma-separated chunk counts; default
+    100,000, ``--quick`` 10,000). Without it, the index section runs, then the store section for the
+    in-process backend ("add one document to a 100k-chunk namespace, then search").
 
     >>> run(quick=True)["sizes"][0]["n"]  # doctest: +SKIP
     1000
@@ -195,7 +200,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     # wait on each other (measured: MiniLM query 79 ms with 1 thread, 1,634 ms with 2, load average 13).
     threads = 1
     torch.set_num_threads(threads)
-    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+    index_sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
     n_queries, n_filtered = (100, 30) if quick else (300, 60)
     t0 = time.perf_counter()
     result: dict[str, Any] = {
@@ -212,10 +217,18 @@ def run(quick: bool = False) -> dict[str, Any]:
         "ann_threshold": VectorIndex(DIM).ann_threshold,
         "sizes": [],
     }
-    for n in sizes:
-        log.info("retrieval bench: %d vectors", n)
-        result["sizes"].append(bench_size(n, n_queries, n_filtered, threads))
-    result["real_minilm"] = bench_real(500 if quick else 2000, threads)
+    if backend is None:
+        for n in index_sizes:
+            log.info("retrieval bench: %d vectors", n)
+            result["sizes"].append(bench_size(n, n_queries, n_filtered, threads))
+        result["real_minilm"] = bench_real(500 if quick else 2000, threads)
+    else:
+        del result["sizes"]
+    from bench.retrieval_store import run_store
+
+    backends = {None: ["inprocess"], "both": ["inprocess", "pgvector"]}.get(backend, [backend])
+    store_sizes = [int(v) for v in sizes.split(",")] if sizes else [10_000 if quick else 100_000]
+    result["store"] = run_store(backends, store_sizes, n_queries=100 if quick else 200)
     result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     return result
@@ -232,9 +245,11 @@ def _usearch_version() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1k and 10k vectors only")
+    parser.add_argument("--backend", choices=["inprocess", "pgvector", "both"], help="only the database-backed section")
+    parser.add_argument("--sizes", help="chunk counts of the database-backed section, e.g. 100000,1000000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(json.dumps(run(args.quick)))
+    print(json.dumps(run(args.quick, args.backend, args.sizes)))
     return 0
 
 

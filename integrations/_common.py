@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memory.errors import NotFoundError, ValidationError
-from memory.retrieval.filters import compile_filter
 
 if TYPE_CHECKING:
     from memory.api import ParametricMemory
@@ -78,9 +77,11 @@ def documents_by_id(memory: ParametricMemory, namespace: str | None, ids: Sequen
 
 def matching_document_ids(memory: ParametricMemory, namespace: str | None,
                           flt: Mapping[str, Any] | None) -> list[str]:
-    """Ids of the documents of ``namespace`` whose metadata matches ``flt`` (validated first; all for None)."""
-    pred = compile_filter(flt)
-    return [d.id for d in iter_documents(memory, namespace) if pred is None or pred(d.metadata)]
+    """Ids of the documents of ``namespace`` that ``flt`` matches (validated first; all for None).
+
+    The filter means what it means in a search: metadata plus ``document_id`` and ``version``.
+    """
+    return memory.document_ids_matching(dict(flt) if flt is not None else None, namespace=namespace)
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ def chat_prompt_ids(base: BaseModel, turns: Sequence[tuple[str, str]]) -> list[i
 
 
 __all__ = [
-    "DocumentHit",
     "MODES",
+    "DocumentHit",
     "chat_prompt_ids",
     "check_mode",
     "document_adapter",

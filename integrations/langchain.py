@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    AsyncCallbackManagerForRetrieverRun,
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
 )
@@ -59,12 +60,12 @@ from integrations._common import (
     check_mode,
     documents_by_id,
     iter_documents,
-    matching_document_ids,
     memory_classes,
     message_text,
     ready_adapters,
     search_documents,
 )
+from memory.aio import shared_async
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
@@ -207,7 +208,7 @@ class ParametricMemoryVectorStore(VectorStore):
                                       "bool, None, lists and dicts of them") from None
         out = [validate_document_id(str(ids[i])) if ids is not None and ids[i] else uuid.uuid4().hex
                for i in range(len(texts))]
-        for text, doc_id, metadata in zip(texts, out, metas):
+        for text, doc_id, metadata in zip(texts, out, metas, strict=True):
             self.memory.add(text, document_id=doc_id, namespace=self.namespace, metadata=metadata)
         if self.internalize:
             for doc_id in dict.fromkeys(out):
@@ -339,23 +340,36 @@ class ParametricMemoryRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
+        k, mode, flt, max_new_tokens = self._arguments(kwargs)
+        if mode == "retrieval":
+            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
+            return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
+        result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
+                                   max_new_tokens=max_new_tokens)
+        return result_documents(result)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory` (its generation
+        queue), never blocking the event loop."""
+        k, mode, flt, max_new_tokens = self._arguments(kwargs)
+        amem = shared_async(self.memory)
+        if mode == "retrieval":
+            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt)
+            return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
+        result = await amem.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
+                                  max_new_tokens=max_new_tokens)
+        return result_documents(result)
+
+    def _arguments(self, kwargs: dict[str, Any]) -> tuple[int, str, Any, int]:
         k = kwargs.pop("k", self.k)
         mode = check_mode(kwargs.pop("mode", self.mode))
         flt = kwargs.pop("filter", self.filter)
         max_new_tokens = kwargs.pop("max_new_tokens", self.max_new_tokens)
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)}; use k, mode, filter or max_new_tokens")
-        if mode == "retrieval":
-            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
-            return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
-        document_ids = None
-        if flt is not None:
-            document_ids = matching_document_ids(self.memory, self.namespace, flt)
-            if not document_ids:
-                return []
-        result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, document_ids=document_ids,
-                                   max_new_tokens=max_new_tokens)
-        return result_documents(result)
+        return k, mode, flt, max_new_tokens
 
 
 # ============================================================================ chat model

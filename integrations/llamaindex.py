@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -64,10 +63,11 @@ from integrations._common import (
     memory_classes,
     search_documents,
 )
+from memory.aio import shared_async
 from memory.api import ParametricMemory, content_hash, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
-from memory.retrieval.filters import compile_filter
+from memory.retrieval.filters import compile_filter, filter_fields
 from memory.types import QueryResult, SearchHit
 
 log = logging.getLogger(__name__)
@@ -288,11 +288,11 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
             node_ids = matching_document_ids(self._memory, self.namespace, flt)
             flt = None
         pred = compile_filter(flt)
-        out = []
-        for info in documents_by_id(self._memory, self.namespace, node_ids):
-            if pred is None or pred(info.metadata):
-                out.append(self._node(info.text or "", info.metadata, info.id))
-        return out
+        return [
+            self._node(info.text or "", info.metadata, info.id)
+            for info in documents_by_id(self._memory, self.namespace, node_ids)
+            if pred is None or pred(filter_fields(info.metadata, info.id, info.version.number if info.version else None))
+        ]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """The ``similarity_top_k`` nodes most similar to ``query.query_str`` (the memory embeds it)."""
@@ -385,17 +385,19 @@ class ParametricMemoryRetriever(BaseRetriever):
         if self.mode == "retrieval":
             hits = self.memory.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
-        document_ids = None
-        if self.filters is not None:
-            document_ids = matching_document_ids(self.memory, self.namespace, self.filters)
-            if not document_ids:
-                return []
         result = self.memory.query(query, namespace=self.namespace, mode=self.mode, k=self.similarity_top_k,
-                                   document_ids=document_ids, max_new_tokens=self.max_new_tokens)
+                                   filter=self.filters, max_new_tokens=self.max_new_tokens)
         return result_nodes(result)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return await asyncio.to_thread(self._retrieve, query_bundle)
+        """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory`."""
+        query, amem = query_bundle.query_str, shared_async(self.memory)
+        if self.mode == "retrieval":
+            hits = await amem.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
+            return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
+        result = await amem.query(query, namespace=self.namespace, mode=self.mode, k=self.similarity_top_k,
+                                  filter=self.filters, max_new_tokens=self.max_new_tokens)
+        return result_nodes(result)
 
 
 # ============================================================================ LLM
@@ -550,7 +552,7 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         check_mode(self.mode)
 
     def recall(self, question: str) -> QueryResult:
-        """Answer ``question`` from memory (the synchronous core of :meth:`aget`)."""
+        """Answer ``question`` from memory (what :meth:`aget` does natively async)."""
         return self.memory.query(question, namespace=self.namespace, mode=self.mode, k=self.k,
                                  max_new_tokens=self.max_new_tokens)
 
@@ -558,7 +560,8 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         question = next((m.content for m in reversed(messages or []) if m.role == MessageRole.USER and m.content), None)
         if not question:
             return ""
-        result = await asyncio.to_thread(self.recall, question)
+        result = await shared_async(self.memory).query(question, namespace=self.namespace, mode=self.mode, k=self.k,
+                                                       max_new_tokens=self.max_new_tokens)
         return f"{result.answer}\n(mode: {result.mode}; reason: {result.reason})"
 
     def remember(self, messages: Sequence[ChatMessage]) -> str | None:
@@ -579,7 +582,7 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         return doc_id
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
-        await asyncio.to_thread(self.remember, messages)
+        await shared_async(self.memory).run_io(self.remember, messages)
 
 
 __all__ = [

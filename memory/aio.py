@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from memory.errors import PMemError
@@ -150,6 +151,31 @@ class AsyncParametricMemory:
         """:meth:`ParametricMemory.query`, queued behind other model work."""
         return await self._model("query", question, **kwargs)
 
+    async def stream_query(self, question: str, **kwargs: Any) -> AsyncIterator[Any]:
+        """:meth:`ParametricMemory.query` streamed: yields the answer's pieces (``str``) as they are
+        generated, then the :class:`~memory.types.QueryResult` (whose ``answer`` the pieces join to).
+
+        Queued behind other model work like :meth:`query`; errors (:class:`BusyError` included) are raised
+        from the iterator. A consumer that stops early does not stop the generation: it runs to its end and
+        keeps its slot in the queue until then.
+        """
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def on_token(piece: str) -> None:  # called in the worker thread
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        task = asyncio.ensure_future(self.generation.run(self.memory.query, question, on_token=on_token, **kwargs))
+        # Runs after every piece: they were scheduled on the loop before the worker thread returned.
+        task.add_done_callback(lambda _: pieces.put_nowait(None))
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            yield task.result()
+        finally:
+            if not task.done():  # the consumer left early: collect the outcome so it is not reported unretrieved
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
     async def internalize(self, document_id: str, **kwargs: Any) -> Any:
         return await self._model("internalize", document_id, **kwargs)
 
@@ -165,4 +191,20 @@ class AsyncParametricMemory:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
-__all__ = ["AsyncParametricMemory", "BusyError", "GenerationQueue"]
+_SHARED: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncParametricMemory]]
+_SHARED = weakref.WeakKeyDictionary()
+
+
+def shared_async(memory: Any) -> AsyncParametricMemory:
+    """The one :class:`AsyncParametricMemory` of ``memory`` on the running event loop, so every async caller of
+    one facade (the LangChain and LlamaIndex classes) waits in the same generation queue. One per loop: the
+    queue's semaphore belongs to a loop."""
+    loop = asyncio.get_running_loop()
+    per_loop = _SHARED.setdefault(memory, weakref.WeakKeyDictionary())
+    amem = per_loop.get(loop)
+    if amem is None:
+        amem = per_loop[loop] = AsyncParametricMemory(memory)
+    return amem
+
+
+__all__ = ["AsyncParametricMemory", "BusyError", "GenerationQueue", "shared_async"]

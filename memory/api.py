@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Any
 
 from memory.config import Settings
@@ -234,12 +235,18 @@ class ParametricMemory:
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              filter: dict[str, Any] | None = None,
+              on_token: Callable[[str], None] | None = None) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
+        ``filter`` (the search filter language, :mod:`memory.retrieval.filters`) limits both the passages and
+        the adapters to the documents it matches.
         ``skill`` (a skill adapter id from :meth:`specialize`) is applied in the same forward pass: knowledge
         adapters and a skill adapter compose by rank concatenation. The result carries the mode and the reason.
+        ``on_token`` is called with each piece of the answer as it is generated (the pieces join to ``answer``;
+        see :meth:`memory.services.query.QueryEngine.query` for ``auto``).
 
         >>> r = mem.query("What is the vault code?")  # doctest: +SKIP
         >>> r.answer, r.mode  # doctest: +SKIP
@@ -247,7 +254,7 @@ class ParametricMemory:
         """
         return self.query_engine.query(question, namespace=namespace, mode=mode, k=k, document_ids=document_ids,
                                        max_new_tokens=max_new_tokens, log=log, experiment=experiment, arm=arm,
-                                       skill=skill)
+                                       skill=skill, filter=filter, on_token=on_token)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
                filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
@@ -257,6 +264,17 @@ class ParametricMemory:
         ['vault']
         """
         return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
+
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> builtins.list[str]:
+        """Ids of the documents a search ``filter`` matches (metadata, ``document_id``, current ``version``).
+
+        Selected by query, a page at a time, on any namespace size; a malformed filter raises
+        :class:`~memory.errors.ValidationError`.
+
+        >>> mem.document_ids_matching({"document_id": {"$ne": "keep"}})  # doctest: +SKIP
+        ['other']
+        """
+        return self.query_engine.document_ids_matching(filter, namespace=namespace)
 
     @property
     def embedder(self) -> Any:
@@ -279,7 +297,8 @@ class ParametricMemory:
     def experiment(self, name: str, *, arms: Any, namespace: str | None = None) -> Any:
         """An online A/B experiment: each query key is assigned to an arm by a stable hash and logged.
 
-        >>> exp = mem.experiment("policy-qa", arms={"adapter": {"mode": "parametric"}, "rag": {"mode": "retrieval"}})  # doctest: +SKIP
+        >>> arms = {"adapter": {"mode": "parametric"}, "rag": {"mode": "retrieval"}}
+        >>> exp = mem.experiment("policy-qa", arms=arms)  # doctest: +SKIP
         >>> r = exp.query("How many days of leave?", user_key="user-42")  # doctest: +SKIP
         """
         from memory.evaluation.experiments import Experiment

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import threading
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ BACKENDS = ("auto", "inprocess", "pgvector")
 Backend = Literal["auto", "inprocess", "pgvector"]
 
 
-def _current_chunks(ns: str):  # noqa: ANN202
+def _current_chunks(ns: str) -> Any:
     return (
         select(Chunk)
         .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
@@ -99,6 +100,8 @@ class ChunkIndex:
         self.backend = choose_backend(backend, self._engine)
         self.path = Path(path) if path is not None and self.backend == "inprocess" else None
         self._synced: dict[str, str | None] = {}  # namespace -> its stamp when last brought up to date
+        self._doc_stamps: dict[str, dict[int, str | None]] = {}  # namespace -> document id -> stamp last seen
+        self._doc_keys: dict[str, dict[int, list[str]]] = {}  # in-process: namespace -> document id -> its keys
         self._lock = threading.Lock()
         self._unsaved = 0
         self.index = self._load() if self.backend == "inprocess" else None
@@ -124,38 +127,43 @@ class ChunkIndex:
         return exists and stamp is not None and self._synced.get(ns) == stamp
 
     # ------------------------------------------------------------------ embeddings
-    def _embed_missing(self, ns: str) -> int:
-        """Compute and store embeddings of current chunks that have none for this model (pgvector: no row)."""
-        pg = self.backend == "pgvector"
-        if pg:
-            from memory.retrieval import pgvector
-
-            cv = pgvector.chunk_vectors
-            missing = (_current_chunks(ns).outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
-                       .where(cv.c.chunk_id.is_(None)))
+    def _embed_changed(self, ns: str) -> None:
+        """pgvector: embed the current chunks of the documents whose stamp changed since this process last
+        looked (all of them the first time)."""
+        with self._sessions() as s:
+            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
+                                    .where(Namespace.name == ns)).all())
+        seen = self._doc_stamps.get(ns)
+        if seen is None:
+            self._embed_missing(ns)
         else:
-            missing = _current_chunks(ns).where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != self.model_key))
+            changed = sorted(d for d, stamp in stamps.items() if seen.get(d) != stamp or stamp is None)
+            for start in range(0, len(changed), _FETCH_BATCH):
+                self._embed_missing(ns, changed[start : start + _FETCH_BATCH])
+        self._doc_stamps[ns] = stamps
+
+    def _embed_missing(self, ns: str, documents: list[int] | None = None) -> int:
+        """pgvector: give every current chunk of ``ns`` (of ``documents`` when given) a ``chunk_vectors`` row for
+        this model (embedding the chunks that have no stored embedding of this model)."""
+        from memory.retrieval import pgvector
+
+        cv = pgvector.chunk_vectors
+        chunks = _current_chunks(ns) if documents is None else _current_chunks(ns).where(Document.id.in_(documents))
+        missing = (chunks.outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
+                   .where(cv.c.chunk_id.is_(None))
+                   .with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
+                   .order_by(Chunk.id).limit(_EMBED_BATCH))
         done = 0
         while True:
             with self._sessions() as s:
-                rows = s.execute(missing.with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
-                                 .order_by(Chunk.id).limit(_EMBED_BATCH)).all()
+                rows = s.execute(missing).all()
             if not rows:
                 return done
-            # Embedded with no transaction open: on SQLite every transaction holds the write lock
-            # (BEGIN IMMEDIATE), and embedding a batch takes seconds.
-            fresh = [r for r in rows if r.embedding is None or r.embedding_model != self.model_key]
-            computed = dict(zip((r.id for r in fresh), self.embedder.embed_documents([r.text for r in fresh])))
+            vectors = self._vectors(rows)
             with self._sessions() as s:
-                for r in fresh:  # chunk rows never change text: no re-check needed
-                    s.execute(Chunk.__table__.update().where(Chunk.id == r.id)
-                              .values(embedding=vector_to_bytes(computed[r.id]), embedding_model=self.model_key))
-                if pg:
-                    s.execute(pgvector.upsert_statement(), [
-                        {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
-                         "embedding": pgvector.vector_literal(
-                             computed[r.id] if r.id in computed else vector_from_bytes(r.embedding, self.embedder.dim))}
-                        for r in rows])
+                s.execute(pgvector.upsert_statement(), [
+                    {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
+                     "embedding": pgvector.vector_literal(v)} for r, v in zip(rows, vectors, strict=True)])
                 s.commit()
             done += len(rows)
 
@@ -166,27 +174,59 @@ class ChunkIndex:
             exists, stamp = self._stamp(ns)  # read before the rows: a later change re-syncs next time
             if self._up_to_date(ns, exists, stamp):
                 return
-            if exists:
-                self._embed_missing(ns)
             if self.index is not None:
-                self._apply_diff(ns)
+                self._apply_diff(ns)  # embeds what it adds
+            elif exists:
+                self._embed_changed(ns)
             self._synced[ns] = stamp if exists else None
         if self._unsaved >= SAVE_AFTER:
             self.save()
 
     def _apply_diff(self, ns: str) -> None:
+        """Make the index hold exactly the current chunks of ``ns``, each under ``<chunk id>/<document stamp>``.
+
+        The first time in a process: diff every current chunk against the index (which may come from a saved,
+        stale file). Afterwards: read the documents' stamps only, and re-read the chunks of those that changed.
+        """
         assert self.index is not None
         with self._sessions() as s:
-            current = {f"{cid}/{stamp}": cid for cid, stamp in s.execute(
-                _current_chunks(ns).with_only_columns(Chunk.id, Document.index_stamp))}
-        indexed = set(self.index.ids(ns))
-        gone = [key for key in indexed if key not in current]
-        new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
+            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
+                                    .where(Namespace.name == ns)).all())
+        seen = self._doc_stamps.get(ns)
+        keys_of = self._doc_keys.setdefault(ns, {})
+        if seen is None:  # full diff
+            with self._sessions() as s:
+                rows = s.execute(_current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"),
+                                                                          Document.index_stamp)).all()
+            keys_of.clear()
+            current: dict[str, int] = {}
+            for cid, doc, stamp in rows:
+                key = f"{cid}/{stamp}"
+                current[key] = cid
+                keys_of.setdefault(doc, []).append(key)
+            indexed = set(self.index.ids(ns))
+            gone = [key for key in indexed if key not in current]
+            new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
+        else:
+            changed = sorted(d for d in set(seen) | set(stamps)
+                             if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
+            gone = [key for d in changed for key in keys_of.pop(d, [])]
+            new = []
+            for start in range(0, len(changed), _FETCH_BATCH):
+                with self._sessions() as s:
+                    rows = s.execute(_current_chunks(ns).where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
+                                     .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)).all()
+                for cid, doc, stamp in rows:
+                    key = f"{cid}/{stamp}"
+                    new.append((cid, key))
+                    keys_of.setdefault(doc, []).append(key)
+            new.sort()
+        self._doc_stamps[ns] = stamps
         if gone:
             self.index.delete(gone, namespace=ns)
         for start in range(0, len(new), _FETCH_BATCH):
             batch = new[start : start + _FETCH_BATCH]
-            key_of = {cid: key for cid, key in batch}
+            key_of = dict(batch)
             with self._sessions() as s:
                 rows = s.execute(
                     select(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model, Document.key,
@@ -196,15 +236,34 @@ class ChunkIndex:
                     .where(Chunk.id.in_(list(key_of)))
                     .order_by(Chunk.id)
                 ).all()
-            vectors = np.stack([
-                vector_from_bytes(r.embedding, self.embedder.dim) if r.embedding_model == self.model_key
-                else self.embedder.embed_documents([r.text])[0]  # re-embedded by another model since
-                for r in rows]) if rows else np.zeros((0, self.embedder.dim), np.float32)
+            vectors = self._vectors(rows)
             metadata = [filter_fields(r.doc_meta, r.key, r.number) for r in rows]
             self.index.add([key_of[r.id] for r in rows], vectors, metadata, namespace=ns)
         self._unsaved += len(gone) + len(new)
         if gone or new:
             log.debug("namespace %s: %d chunks indexed, %d removed", ns, len(new), len(gone))
+
+    def _vectors(self, rows: Sequence[Any]) -> np.ndarray:
+        """The embeddings of these chunk rows, computing and storing those missing (or of another model)."""
+        out = np.zeros((len(rows), self.embedder.dim), np.float32)
+        fresh = []
+        for i, r in enumerate(rows):
+            if r.embedding is not None and r.embedding_model == self.model_key:
+                out[i] = vector_from_bytes(r.embedding, self.embedder.dim)
+            else:
+                fresh.append(i)
+        for start in range(0, len(fresh), _EMBED_BATCH):
+            batch = fresh[start : start + _EMBED_BATCH]
+            # Embedded with no transaction open: on SQLite every transaction holds the write lock
+            # (BEGIN IMMEDIATE), and embedding a batch takes seconds.
+            out[batch] = self.embedder.embed_documents([rows[i].text for i in batch])
+            with self._sessions() as s:
+                for i in batch:
+                    # __table__ is the Table at run time; SQLAlchemy annotates it as a FromClause
+                    s.execute(Chunk.__table__.update().where(Chunk.id == rows[i].id)  # type: ignore[attr-defined]
+                              .values(embedding=vector_to_bytes(out[i]), embedding_model=self.model_key))
+                s.commit()
+        return out
 
     def _load(self) -> VectorIndex:
         fresh = VectorIndex(dim=self.embedder.dim, model=self.model_key)
@@ -263,7 +322,6 @@ class ChunkIndex:
 
     def _pg_search(self, qvec: np.ndarray, k: int, ns: str, pred: Any) -> list[tuple[int, float]]:
         import sqlalchemy as sa
-        from sqlalchemy.dialects.postgresql import JSONB
 
         from memory.retrieval import pgvector
 
@@ -273,35 +331,79 @@ class ChunkIndex:
 
             raise ValidationError("the query embedding is zero or not finite")
         cv = pgvector.chunk_vectors
-        dist = pgvector.distance(self.embedder.dim, qvec / norm).label("dist")
-        doc_meta = sa.cast(Document.__table__.c.metadata, JSONB)
+        dist = pgvector.distance(self.embedder.dim, qvec / norm)
+        own = (cv.c.model == self.model_key,
+               cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
+        where = pgvector.sql_filter(pred, _document_field)
 
-        def value_of(field: str) -> Any:
-            if field == "document_id":
-                return sa.func.to_jsonb(Document.key)
-            if field == "version":
-                return sa.func.to_jsonb(DocumentVersion.number)
-            return doc_meta.op("->")(sa.bindparam(None, field, type_=sa.Text))
+        def current(stmt: Any, chunk_id: Any) -> Any:  # chunks of current versions in ns, through the filter
+            stmt = (stmt.join(Chunk, Chunk.id == chunk_id)
+                    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
+                    .join(Document, Document.current_version_id == DocumentVersion.id)
+                    .join(Namespace, Document.namespace_id == Namespace.id)
+                    .where(Namespace.name == ns))
+            return stmt if where is None else stmt.where(where)
 
-        stmt = (select(Chunk.id, dist)
-                .select_from(cv)
-                .join(Chunk, Chunk.id == cv.c.chunk_id)
-                .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
-                .join(Document, Document.current_version_id == DocumentVersion.id)
-                .join(Namespace, Document.namespace_id == Namespace.id)
-                .where(Namespace.name == ns, cv.c.model == self.model_key,
-                       cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
-                .order_by(dist, Chunk.id).limit(k))
-        where = pgvector.sql_filter(pred, value_of)
-        if where is not None:
-            stmt = stmt.where(where)
-        for exact in (False, True):  # the graph may give fewer than k matching rows: then scan exactly
+        # The graph walk runs alone (ORDER BY the distance, LIMIT: the form an HNSW index serves), over-fetching
+        # for the namespace and the filter, which are applied to its candidates; when fewer than k survive, it
+        # fetches 8x more, then scans exactly.
+        fetch = max(4 * k, 40)
+        while True:
+            exact = fetch > pgvector.MAX_EF_SEARCH
+            if exact:
+                stmt = current(select(Chunk.id, dist.label("dist")).select_from(cv), cv.c.chunk_id).where(*own)
+            else:
+                walk = select(cv.c.chunk_id, dist.label("dist")).where(*own).order_by(dist).limit(fetch).subquery()
+                stmt = current(select(walk.c.chunk_id, walk.c.dist).select_from(walk), walk.c.chunk_id)
+            stmt = stmt.order_by(sa.literal_column("dist")).limit(k)
             with self._engine.begin() as conn:
-                pgvector.session_settings(conn, k, iterative=self._iterative_scans, exact=exact)
+                pgvector.session_settings(conn, fetch, iterative=self._iterative_scans, exact=exact)
                 found = [(int(cid), 1.0 - float(d)) for cid, d in conn.execute(stmt)]
-            if len(found) >= k:
-                break
-        return found
+            if len(found) >= k or exact:
+                return found
+            fetch *= 8
+
+
+def _document_field(field: str) -> Any:
+    """A filter field of a document as ``jsonb`` (PostgreSQL), as :func:`filter_fields` defines it."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    if field == "document_id":
+        return sa.func.to_jsonb(Document.key)
+    if field == "version":
+        return sa.func.to_jsonb(DocumentVersion.number)
+    return sa.cast(Document.__table__.c.metadata, JSONB).op("->")(sa.bindparam(None, field, type_=sa.Text))
+
+
+def matching_document_ids(sessions: sessionmaker[Session], ns: str, flt: dict[str, Any] | None, *,
+                          page: int = 1_000) -> list[str]:
+    """Ids of the documents of ``ns`` that ``flt`` matches (every one for ``None``), in id order.
+
+    The filter sees what search sees (:func:`~memory.retrieval.filters.filter_fields`: the metadata, the
+    ``document_id`` and the current ``version``). Documents are selected by query, a page at a time (keyset
+    pagination), never through an id list; on PostgreSQL the filter runs in SQL.
+    """
+    from memory.retrieval import pgvector
+
+    pred = compile_filter(flt)
+    in_sql = pred is not None and sessions.kw["bind"].dialect.name == "postgresql"
+    base = (select(Document.id, Document.key, Document.meta, DocumentVersion.number)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .outerjoin(DocumentVersion, Document.current_version_id == DocumentVersion.id)
+            .where(Namespace.name == ns).order_by(Document.id).limit(page))
+    clause = pgvector.sql_filter(pred, _document_field) if in_sql else None
+    if clause is not None:
+        base = base.where(clause)
+    out: list[str] = []
+    last = 0
+    while True:
+        with sessions() as s:
+            rows = s.execute(base.where(Document.id > last)).all()
+        out.extend(r.key for r in rows if in_sql or pred is None or pred(filter_fields(r.meta, r.key, r.number)))
+        if len(rows) < page:
+            return out
+        last = rows[-1].id
 
 
 _OPEN: weakref.WeakSet[ChunkIndex] = weakref.WeakSet()

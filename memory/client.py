@@ -16,8 +16,10 @@ neither torch nor the HTTP client (httpx is loaded when a ``RemoteMemory`` is bu
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +53,18 @@ class AuthError(RemoteError, PermissionError):
 
 class ServerBusyError(RemoteError):
     """503: the server's generation queue is full or it is not ready; retry later."""
+
+
+def _error(code: str, message: str, status: int) -> PMemError:
+    """The library exception for a server error ``code``."""
+    if code in ("unauthorized", "forbidden"):
+        return AuthError(message, code=code, status=status)
+    if code in ("busy", "not_ready"):
+        return ServerBusyError(message, code=code, status=status)
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    return RemoteError(message, code=code, status=status)
 
 
 _BY_CODE: dict[str, type[PMemError]] = {
@@ -146,25 +160,21 @@ class RemoteMemory:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.TransportError as e:
-            raise RemoteError(f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}",
-                              code="unreachable", status=0) from e
+            raise self._unreachable(e) from e
         if r.status_code >= 400:
             try:
                 err = r.json()["error"]
                 code, message = str(err["code"]), str(err["message"])
             except (ValueError, KeyError, TypeError):
                 code, message = "internal", f"HTTP {r.status_code}: {r.text[:200]}"
-            if code in ("unauthorized", "forbidden"):
-                raise AuthError(message, code=code, status=r.status_code)
-            if code in ("busy", "not_ready"):
-                raise ServerBusyError(message, code=code, status=r.status_code)
-            cls = _BY_CODE.get(code)
-            if cls is not None:
-                raise cls(message)
-            raise RemoteError(message, code=code, status=r.status_code)
+            raise _error(code, message, r.status_code)
         if raw:
             return r.content
         return r.json() if r.status_code != 204 else None
+
+    def _unreachable(self, e: Exception) -> RemoteError:
+        return RemoteError(f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}",
+                           code="unreachable", status=0)
 
     def _ns(self, namespace: str | None) -> str:
         from urllib.parse import quote
@@ -268,6 +278,54 @@ class RemoteMemory:
         if skill is not None:
             body["skill"] = skill
         return _query_result(self._request("POST", f"{self._ns(namespace)}/query", json=body))
+
+    def stream_query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
+                     document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
+                     skill: int | None = None) -> Iterator[str | QueryResult]:
+        """:meth:`query` streamed (server-sent events): yields the answer's pieces (``str``) as the server
+        generates them, then the :class:`QueryResult`, whose ``answer`` the pieces join to.
+
+        >>> for item in remote.stream_query("What is the vault code?", mode="retrieval"):  # doctest: +SKIP
+        ...     print(item if isinstance(item, str) else f"\n[{item.mode}]", end="")
+        """
+        import httpx
+
+        body: dict[str, Any] = {"question": question, "mode": mode, "k": k, "max_new_tokens": max_new_tokens,
+                                "log": log, "stream": True}
+        if document_ids is not None:
+            body["document_ids"] = list(document_ids)
+        if skill is not None:
+            body["skill"] = skill
+        try:
+            with self._http.stream("POST", f"{self._ns(namespace)}/query", json=body,
+                                   headers={"Accept": "text/event-stream"}) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    try:
+                        err = r.json()["error"]
+                        code, message = str(err["code"]), str(err["message"])
+                    except (ValueError, KeyError, TypeError):
+                        code, message = "internal", f"HTTP {r.status_code}: {r.text[:200]}"
+                    raise _error(code, message, r.status_code)
+                event, data = "message", []
+                for line in r.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:  # a blank line ends an event
+                        payload = json.loads("\n".join(data))
+                        if event == "token":
+                            yield payload["text"]
+                        elif event == "answer":
+                            yield _query_result(payload)
+                            return
+                        elif event == "error":
+                            raise _error(str(payload["code"]), str(payload["message"]), r.status_code)
+                        event, data = "message", []
+        except httpx.TransportError as e:
+            raise self._unreachable(e) from e
+        raise RemoteError("the server ended the answer stream without a final answer", code="internal", status=0)
 
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
         self._request("POST", f"{self._ns(namespace)}/feedback", json={"query_id": query_id, "score": score})

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from memory.db import Document, DocumentVersion, Namespace, Source, session_factory
+from memory.ingest.sources import check_ingest_root
 from memory.jobs import classify, describe
 from memory.types import AddResult
 
@@ -152,8 +153,10 @@ def _mark_checked(mem: Any, source_id: int, now: datetime, error: str) -> None:
 
 
 def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = False, now: datetime | None = None,
-                    enqueue: Enqueue | None = None) -> RefreshReport:
+                    enqueue: Enqueue | None = None, roots: str | None = None) -> RefreshReport:
     """Re-read every due source; hand each new version to ``enqueue(version_id)``.
+
+    ``roots`` (a worker's ``PMEM_INGEST_ROOTS``): a source outside them fails with that error instead.
 
     A source that fails as a whole (its directory vanished) gets ``last_error`` and does not stop the others.
 
@@ -165,6 +168,7 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
     for src in due_sources(mem, namespace=namespace, now=now, force=force):
         sr = SourceReport(source=src.uri, namespace=src.namespace)
         try:
+            check_ingest_root(src.uri, roots)
             results = mem.add_source(src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s,
                                      prune_missing=True)
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pytest
@@ -37,7 +37,7 @@ from memory.errors import ValidationError
 FAKE_DIM = 6
 
 
-@lru_cache(maxsize=None)
+@cache
 def _memory(kind: str) -> ParametricMemory:
     """One memory per embedding kind for this module (a fresh namespace per test keeps tests apart)."""
     home = tempfile.mkdtemp(prefix=f"pmem-lc-{kind}-")
@@ -59,7 +59,7 @@ class TestVectorStoreStandard(VectorStoreIntegrationTests):
             store.delete()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _seeded_memory() -> ParametricMemory:
     mem = _memory("fake")
     for i, text in enumerate(["Turtles can live for over 150 years.", "The vault code is 7342.",
@@ -260,7 +260,7 @@ def test_unstorable_metadata_is_a_clear_error(store: ParametricMemoryVectorStore
     import datetime
 
     with pytest.raises(ValidationError, match="metadata of text 1 cannot be stored"):
-        store.add_texts(["ok", "bad"], metadatas=[{"a": 1}, {"when": datetime.datetime(2026, 1, 1)}], ids=["x", "y"])
+        store.add_texts(["ok", "bad"], metadatas=[{"a": 1}, {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}], ids=["x", "y"])
     assert store.get_by_ids(["x", "y"]) == []  # nothing was written
     with pytest.raises(ValidationError, match="got 1 ids for 2 texts"):
         store.add_texts(["a", "b"], ids=["only-one"])
@@ -281,3 +281,21 @@ def test_langchain_indexing_api_reindexes_only_changes(store: ParametricMemoryVe
     assert (second["num_added"], second["num_skipped"], second["num_deleted"]) == (1, 1, 1)
     texts = sorted(d.page_content for d in store.similarity_search("policy", k=10))
     assert texts == ["Laptops every 3 years.", "Refunds within 60 days."]
+
+
+def test_document_id_and_version_filters_mean_what_they_mean_everywhere(store: ParametricMemoryVectorStore,
+                                                                        monkeypatch) -> None:
+    """Issue 14.7: ``document_id``/``version`` are the document's id and current version on every path."""
+    from memory.retrieval import filters
+
+    store.add_documents(_docs(), ids=["keep", "drop1", "drop2"])
+    store.add_documents([Document(page_content="Laptops are replaced every 4 years.", metadata={"team": "it"})],
+                        ids=["drop1"])  # version 2
+    not_keep = {"document_id": {"$ne": "keep"}}
+    assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter=not_keep)} == {"drop1", "drop2"}
+    assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter={"version": 2})} == {"drop1"}
+    assert store.memory.document_ids_matching(not_keep, namespace=store.namespace) == ["drop1", "drop2"]
+    monkeypatch.setattr(filters, "MAX_IN_LIST", 1)  # a broad filter is never turned into an id list
+    retriever = ParametricMemoryRetriever(memory=store.memory, namespace=store.namespace, mode="retrieval", k=5,
+                                          filter=not_keep)
+    assert {d.metadata["document_id"] for d in retriever.invoke("refunds laptops")} == {"drop1", "drop2"}

@@ -9,7 +9,7 @@ import asyncio
 import tempfile
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -38,7 +38,7 @@ from memory import ParametricMemory
 from memory.errors import ValidationError
 
 
-@lru_cache(maxsize=None)
+@cache
 def _memory(kind: str) -> ParametricMemory:
     """``fake``: hash embeddings (fast, for contract tests); ``minilm``: the real default embedder."""
     home = tempfile.mkdtemp(prefix=f"pmem-li-{kind}-")
@@ -331,3 +331,50 @@ def test_memory_block_recalls_into_the_agent_prompt(model_home: str, monkeypatch
     system = next(m for m in messages if m.role == MessageRole.SYSTEM)
     assert "parametric_memory" in system.content
     assert "(mode: retrieval; reason: mode retrieval requested)" in system.content
+
+
+# ---------------------------------------------------------------------------- one filter semantics (issue 14.7)
+_NOT_KEEP = MetadataFilters(filters=[MetadataFilter(key="document_id", value="keep", operator=FilterOperator.NE)])
+
+
+def _keep_and_others(store: ParametricMemoryVectorStore) -> None:
+    store.add([_node("keep", "Refunds are accepted within 30 days.", "policy", team="sales"),
+               _node("drop1", "Refund requests need the receipt.", "policy", team="sales"),
+               _node("drop2", "Laptops are replaced every 3 years.", "it-handbook", team="it")])
+
+
+def test_document_id_filter_means_the_same_in_query_get_and_delete(store: ParametricMemoryVectorStore) -> None:
+    _keep_and_others(store)
+    hits = store.query(VectorStoreQuery(query_str="refunds", similarity_top_k=5, filters=_NOT_KEEP))
+    assert set(hits.ids) == {"drop1", "drop2"}
+    assert {n.node_id for n in store.get_nodes(filters=_NOT_KEEP)} == {"drop1", "drop2"}
+    version_1 = MetadataFilters(filters=[MetadataFilter(key="version", value=1)])
+    assert {n.node_id for n in store.get_nodes(node_ids=["keep", "drop1"], filters=version_1)} == {"keep", "drop1"}
+    store.delete_nodes(filters=_NOT_KEEP)
+    assert [n.node_id for n in store.get_nodes(filters=None)] == ["keep"]
+
+
+def test_a_broad_filter_selects_by_query_not_by_an_id_list(store: ParametricMemoryVectorStore, monkeypatch) -> None:
+    from memory.retrieval import filters
+
+    _keep_and_others(store)
+    monkeypatch.setattr(filters, "MAX_IN_LIST", 1)  # any id list built from the 2 matches would now be refused
+    retriever = ParametricMemoryRetriever(store.memory, namespace=store.namespace, mode="retrieval",
+                                          filters=_NOT_KEEP, similarity_top_k=5)
+    assert {n.node.metadata["document_id"] for n in retriever.retrieve("refunds")} == {"drop1", "drop2"}
+    store.delete_nodes(filters=_NOT_KEEP)
+    assert [n.node_id for n in store.get_nodes()] == ["keep"]
+
+
+@pytest.mark.slow
+def test_parametric_path_filter_excludes_documents(store: ParametricMemoryVectorStore, monkeypatch) -> None:
+    """The hybrid/parametric path searches and picks adapters through the same filter (no id list)."""
+    from memory.retrieval import filters
+
+    _keep_and_others(store)
+    monkeypatch.setattr(filters, "MAX_IN_LIST", 1)
+    retriever = ParametricMemoryRetriever(store.memory, namespace=store.namespace, mode="hybrid",
+                                          filters=_NOT_KEEP, similarity_top_k=3)
+    nodes = retriever.retrieve("How long are refunds accepted?")
+    chunk_docs = {n.node.metadata["document_id"] for n in nodes if "document_id" in n.node.metadata}
+    assert chunk_docs and "keep" not in chunk_docs

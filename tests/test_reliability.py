@@ -554,3 +554,20 @@ def test_training_resume_refuses_a_state_that_runs_code(tmp_path):
     with pytest.raises(ValidationError, match="run code"):
         load_resume_state(evil)
     assert not marker.exists()
+
+
+def test_refresh_with_ingest_roots_skips_sources_outside_them(tmp_path):
+    from memory.refresh import refresh_sources
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    for d, text in ((allowed, "Allowed notes.\n"), (outside, "Registered elsewhere.\n")):
+        d.mkdir()
+        (d / f"{d.name}.txt").write_text(text)
+    mem = ParametricMemory(home=tmp_path / "h")
+    mem.add_source(str(allowed), refresh_interval_s=60)
+    mem.add_source(str(outside), namespace="other", refresh_interval_s=60)
+    (outside / "outside.txt").write_text("Changed, but this worker may not read it.\n")
+    report = refresh_sources(mem, force=True, roots=str(allowed)).to_dict()
+    errors = {c["source"]: c["error"] for c in report["checked"]}
+    assert errors[str(allowed)] is None and "outside" in errors[str(outside)]
+    assert mem.get("outside.txt", namespace="other", with_text=True).text == "Registered elsewhere."

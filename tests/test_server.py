@@ -453,6 +453,20 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
         out["lc_get"] = [d.id for d in store.get_by_ids(["lc-cat", "missing"])]
         retriever = ParametricMemoryRetriever(memory=mem, mode="retrieval", k=1)
         out["lc_retriever"] = [(d.page_content, d.metadata["mode"]) for d in retriever.invoke("vault code")]
+        # native async methods go through AsyncParametricMemory (counted), not a bare thread
+        import asyncio, memory.aio
+        from integrations.llamaindex import ParametricMemoryRetriever as LlamaRetriever
+        async_calls = []
+        plain_search = memory.aio.AsyncParametricMemory.search
+        async def counted_search(self, query, **kw):
+            async_calls.append(query)
+            return await plain_search(self, query, **kw)
+        memory.aio.AsyncParametricMemory.search = counted_search
+        docs = asyncio.run(retriever.ainvoke("vault code"))
+        out["lc_async"] = [(d.page_content, d.metadata["mode"]) for d in docs]
+        nodes = asyncio.run(LlamaRetriever(mem, mode="retrieval", similarity_top_k=1).aretrieve("vault code"))
+        out["li_async"] = [n.node.get_content() for n in nodes]
+        out["async_calls"] = async_calls
         li = LlamaStore(mem)
         li.add([TextNode(id_="li-turtle", text="Turtles can live for 150 years.", metadata={"animal": "turtle"})])
         res = li.query(VectorStoreQuery(query_str="turtles live 150 years", similarity_top_k=1))
@@ -479,7 +493,8 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
     assert out["lc_ids"] == ["lc-vault", "lc-cat"]
     assert out["lc_search"] == ["The vault code is 7342."]
     assert out["lc_filter"] == ["lc-cat"] and out["lc_get"] == ["lc-cat"]
-    assert out["lc_retriever"] == [["The vault code is 7342.", "retrieval"]]
+    assert out["lc_retriever"] == out["lc_async"] == [["The vault code is 7342.", "retrieval"]]
+    assert out["li_async"] == ["The vault code is 7342."] and out["async_calls"] == ["vault code", "vault code"]
     assert out["deleted"] is True
     assert out["li_query"] == ["li-turtle"] and out["li_nodes"] == ["li-turtle"] and out["li_after_delete"] == []
     assert out["versions"] == [1] and out["read_key_write"] == "forbidden"
@@ -761,3 +776,58 @@ def test_internalize_query_and_adapter_download(sqlite_served: Served, tmp_path:
     mem.feedback(res.query_id, 0.5)
     report = mem.experiment_report("len-test")
     assert report["arms"][arm]["queries"] == 1 and report["arms"][arm]["feedback"]["n"] == 1
+
+
+def test_stream_query_errors_before_the_stream_are_plain_errors(sqlite_served: Served) -> None:
+    """A streamed query refused before any token (no key, wrong namespace, over the caps) raises as query does."""
+    from memory.client import AuthError, RemoteMemory
+    from memory.errors import ValidationError
+
+    with RemoteMemory(sqlite_served.url, sqlite_served.keys["reader"], namespace=NS) as mem:
+        with pytest.raises(AuthError):
+            list(mem.stream_query("What is the vault code?", namespace=OTHER))
+        with pytest.raises(ValidationError):
+            list(mem.stream_query("What is the vault code?", k=10_000))
+        with pytest.raises(ValidationError):
+            list(mem.stream_query("What is the vault code?", max_new_tokens=10**6))
+    r = sqlite_served.call("POST", f"/v1/namespaces/{NS}/query", key=None, headers={"Accept": "text/event-stream"},
+                           json={"question": "What is the vault code?", "stream": True})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.slow
+def test_stream_query_sends_tokens_then_the_answer(sqlite_served: Served) -> None:
+    """Server-sent events from the real model: several token events, then the answer they join to."""
+    from memory.client import RemoteMemory
+    from memory.types import QueryResult
+
+    mem = RemoteMemory(sqlite_served.url, sqlite_served.keys["writer"], namespace=NS)
+    mem.add("The lighthouse on Corran Point was built in 1874 by the engineer Ada Whitlow.", document_id="stream-doc")
+    question = "Who built the lighthouse on Corran Point, and when?"
+    # raw SSE: event names and order, as any client sees them
+    events: list[tuple[str, Any]] = []
+    with httpx.stream("POST", f"{sqlite_served.url}/v1/namespaces/{NS}/query", timeout=300,
+                      headers={"Authorization": f"Bearer {sqlite_served.keys['reader']}"},
+                      json={"question": question, "mode": "retrieval", "max_new_tokens": 24, "stream": True,
+                            "log": False}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+    kinds = [e for e, _ in events]
+    assert kinds[-1] == "answer" and set(kinds[:-1]) == {"token"} and len(kinds) >= 3, kinds
+    final = events[-1][1]
+    assert final["answer"] and "".join(d["text"] for _, d in events[:-1]) == final["answer"]
+    assert final["mode"] == "retrieval" and final["reason"] and final["completion_tokens"] <= 24
+    assert final["adapters"] == [] and any(c["document_id"] == "stream-doc" for c in final["chunks"])
+    # the same answer as the plain query (greedy decoding), and through RemoteMemory.stream_query
+    plain = mem.query(question, mode="retrieval", max_new_tokens=24, log=False)
+    assert plain.answer == final["answer"]
+    items = list(mem.stream_query(question, mode="retrieval", max_new_tokens=24))
+    pieces, result = items[:-1], items[-1]
+    assert isinstance(result, QueryResult) and all(isinstance(p, str) for p in pieces) and len(pieces) >= 2
+    assert "".join(pieces) == result.answer == plain.answer and result.query_id is not None
+    mem.close()

@@ -112,7 +112,7 @@ def test_soak_four_processes_leave_a_whole_store(backend_settings):
         text = mem.get(d.id, namespace=NS, with_text=True).text
         assert hashlib.sha256(text.encode()).hexdigest() == d.version.content_sha256
     # 2. every referenced blob exists, no blob is unreferenced
-    with mem._tx() as s:
+    with mem.records.tx() as s:
         shas = set(s.scalars(select(DocumentVersion.content_sha256)))
         shas |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
         # 3. no orphan or half-written rows
@@ -132,7 +132,7 @@ def test_soak_four_processes_leave_a_whole_store(backend_settings):
     assert not missing
     assert mem.gc(dry_run=True) == []
     # 4. the long-lived index agrees with a fresh rebuild
-    fresh = ChunkIndex(mem._sessions, StableBagOfWords(), backend="inprocess", path=None)
+    fresh = ChunkIndex(mem.records.sessions, StableBagOfWords(), backend="inprocess", path=None)
     for q in WORDS:  # k above the number of current chunks: ties at the cut cannot differ
         got = sorted((-round(h.score, 5), h.chunk_id, h.text) for h in mem.search(q, k=100, namespace=NS))
         want = sorted((-round(h.score, 5), h.chunk_id, h.text) for h in fresh.search(q, k=100, ns=NS, filter=None))

@@ -36,6 +36,7 @@ from celery.signals import worker_process_init
 
 from memory.config import Settings
 from memory.errors import IngestError, NotFoundError, ValidationError
+from memory.ingest.sources import check_ingest_root
 from memory.jobs import JobStore, TransientJobError, backoff_seconds, classify, describe, execute, run_inline
 from memory.refresh import changed_versions, version_id_for
 from memory.refresh import refresh_sources as _refresh
@@ -89,30 +90,6 @@ def _internalize_fn() -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------- job bodies
-def check_ingest_root(spec: str, roots: str | None) -> None:
-    """Refuse a source outside the worker's allowed roots (``PMEM_INGEST_ROOTS``, os.pathsep-separated).
-
-    The source's fixed part (a glob up to its first wildcard) is resolved through symbolic links first,
-    so neither ``..`` nor a link leads out; inside, scanning does not follow links out of the source root.
-
-    >>> check_ingest_root("/srv/docs/hr/*.md", "/srv/docs")
-    >>> check_ingest_root("/srv/docs/../../etc/passwd", "/srv/docs")
-    Traceback (most recent call last):
-    memory.errors.ValidationError: this worker ingests only under /srv/docs; '/srv/docs/../../etc/passwd' is outside
-    """
-    if not roots:
-        return
-    allowed = [os.path.realpath(os.path.expanduser(r)) for r in roots.split(os.pathsep) if r.strip()]
-    fixed = []
-    for part in spec.split("/"):
-        if any(c in part for c in "*?["):
-            break
-        fixed.append(part)
-    real = os.path.realpath("/".join(fixed) or "/")
-    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in allowed):
-        raise ValidationError(f"this worker ingests only under {os.pathsep.join(allowed)}; {spec!r} is outside")
-
-
 def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     p = job.payload
     ns = p["namespace"]
@@ -162,7 +139,7 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
 
 def _refresh_body(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
-    report = _refresh(mem, namespace=p.get("namespace"), force=p.get("force", False),
+    report = _refresh(mem, namespace=p.get("namespace"), force=p.get("force", False), roots=mem.settings.ingest_roots,
                       enqueue=lambda vid: submit_internalize(mem, vid, method=p.get("method", "auto"),
                                                              retry_failed=True))
     return report.to_dict()

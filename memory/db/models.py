@@ -8,7 +8,7 @@ schema change is an Alembic revision under ``migrations/versions``.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -40,7 +40,7 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -113,7 +113,7 @@ class Document(Base):
     title: Mapped[str | None] = mapped_column(String(512))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     current_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("document_versions.id", use_alter=True, ondelete="SET NULL")
+        ForeignKey("document_versions.id", use_alter=True, ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts(onupdate=utcnow)
@@ -124,14 +124,14 @@ class Document(Base):
     # a retrieval index keys a chunk on (chunk id, this token).
     index_stamp: Mapped[str | None] = mapped_column(String(32))
 
-    versions: Mapped[list["DocumentVersion"]] = relationship(
+    versions: Mapped[list[DocumentVersion]] = relationship(
         back_populates="document",
         foreign_keys="DocumentVersion.document_id",
         order_by="DocumentVersion.number",
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
-    current_version: Mapped["DocumentVersion | None"] = relationship(
+    current_version: Mapped[DocumentVersion | None] = relationship(
         foreign_keys=[current_version_id], post_update=True
     )
 
@@ -155,7 +155,7 @@ class DocumentVersion(Base):
     created_at: Mapped[datetime] = _ts()
 
     document: Mapped[Document] = relationship(back_populates="versions", foreign_keys=[document_id])
-    chunks: Mapped[list["Chunk"]] = relationship(
+    chunks: Mapped[list[Chunk]] = relationship(
         back_populates="version", order_by="Chunk.ordinal", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -294,6 +294,18 @@ class ApiKey(Base):
 
 
 __all__ = [
-    "Base", "NAMING_CONVENTION", "Namespace", "Source", "Document", "DocumentVersion", "Chunk",
-    "Hypernetwork", "Adapter", "AdapterStatus", "Job", "JobState", "QueryLog", "ApiKey",
+    "NAMING_CONVENTION",
+    "Adapter",
+    "AdapterStatus",
+    "ApiKey",
+    "Base",
+    "Chunk",
+    "Document",
+    "DocumentVersion",
+    "Hypernetwork",
+    "Job",
+    "JobState",
+    "Namespace",
+    "QueryLog",
+    "Source",
 ]

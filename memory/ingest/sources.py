@@ -159,6 +159,30 @@ def document_key(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
     return f"{head}-{digest}{ext}"
 
 
+def check_ingest_root(spec: str, roots: str | None) -> None:
+    """Refuse a source outside the worker's allowed roots (``PMEM_INGEST_ROOTS``, os.pathsep-separated).
+
+    The source's fixed part (a glob up to its first wildcard) is resolved through symbolic links first,
+    so neither ``..`` nor a link leads out; inside, scanning does not follow links out of the source root.
+
+    >>> check_ingest_root("/srv/docs/hr/*.md", "/srv/docs")
+    >>> check_ingest_root("/srv/docs/../../etc/passwd", "/srv/docs")
+    Traceback (most recent call last):
+    memory.errors.ValidationError: this worker ingests only under /srv/docs; '/srv/docs/../../etc/passwd' is outside
+    """
+    if not roots:
+        return
+    allowed = [os.path.realpath(os.path.expanduser(r)) for r in roots.split(os.pathsep) if r.strip()]
+    fixed = []
+    for part in spec.split("/"):
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    real = os.path.realpath("/".join(fixed) or "/")
+    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in allowed):
+        raise ValidationError(f"this worker ingests only under {os.pathsep.join(allowed)}; {spec!r} is outside")
+
+
 # ----------------------------------------------------------------------------------- helpers
 def _walk(top: Path, root: Path, scan: SourceScan, include_hidden: bool) -> None:
     for dirpath, dirnames, filenames in os.walk(top, followlinks=False):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,7 @@ class BaseModel:
         system: str | None = None,
         adapters: Adapters = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> list[Generation]:
         """Batched generation (left padding, KV cache); greedy when ``temperature == 0``.
 
@@ -209,12 +210,19 @@ class BaseModel:
             stop: strings that end a row's generation; they are trimmed from the text.
             adapters: one adapter for all rows, or one per row (``None`` = base model for that row).
             seed: makes sampling reproducible.
+            on_text: called with each new piece of the first row's text as it is generated (the pieces join
+                to that row's ``text``); the streaming twin of :meth:`stream` that still returns the generations.
 
         >>> base.generate(["Hi", "2+2?"], max_new_tokens=16)     # doctest: +SKIP
         """
         batch = self._as_batch(prompts)
         gens = [None] * len(batch)
-        for row, gen in self._run(batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=None):
+        stream_row = 0 if on_text is not None else None
+        for item in self._run(batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=stream_row):
+            if isinstance(item, str):
+                on_text(item)  # type: ignore[misc]
+                continue
+            row, gen = item
             gens[row] = gen
         return gens  # type: ignore[return-value]
 

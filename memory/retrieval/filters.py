@@ -115,7 +115,7 @@ def build_column(metadata: Sequence[Mapping[str, Any]], field: str) -> Column:
             return -1
         return vocab.setdefault((kind, value), len(vocab))
 
-    codes = np.fromiter((code(v, k) for v, k in zip(values, kinds.tolist())), dtype=np.int64, count=n)
+    codes = np.fromiter((code(v, k) for v, k in zip(values, kinds.tolist(), strict=True)), dtype=np.int64, count=n)
     numbers = np.full(n, np.nan)
     is_num = kinds == K_NUM
     if is_num.any():
@@ -139,17 +139,21 @@ class Filter:
 
 
 
-def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int) -> dict[str, Any]:
+def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int | None) -> dict[str, Any]:
     """What a filter sees for a document (or any chunk of it): its metadata plus ``document_id`` and ``version``.
 
     ``document_id`` and ``version`` always mean the document's id and the number of the version in
-    question (its current one), whatever the metadata holds under those names. Every path that filters
-    (search, get, delete, the parametric path, both integrations, both retrieval backends) uses this view.
+    question (its current one), whatever the metadata holds under those names; a document without a
+    current version has no ``version``. Every path that filters (search, get, delete, the parametric path,
+    both integrations, both retrieval backends) uses this view.
 
     >>> filter_fields({"lang": "en", "version": "draft"}, "faq", 3)
     {'lang': 'en', 'version': 3, 'document_id': 'faq'}
     """
-    return {**(metadata or {}), "document_id": document_id, "version": version}
+    out = {**(metadata or {}), "document_id": document_id, "version": version}
+    if version is None:
+        del out["version"]
+    return out
 
 
 def compile_filter(flt: Mapping[str, Any] | None) -> Filter | None:
@@ -375,9 +379,8 @@ def _compile_op(field: str, op: Any, arg: Any, where: str) -> Filter:
             raise _fail(where, f"{op} list has {len(arg)} items; at most {MAX_IN_LIST} are allowed")
         for i, item in enumerate(arg):
             _check_scalar(item, f"{where}[{i}]")
-    elif op == "$exists":
-        if not isinstance(arg, bool):
-            raise _fail(where, f"$exists takes true or false, got {arg!r}")
+    elif op == "$exists" and not isinstance(arg, bool):
+        raise _fail(where, f"$exists takes true or false, got {arg!r}")
     return _Op(field, op, arg)
 
 
@@ -389,11 +392,11 @@ def _check_scalar(value: Any, where: str) -> None:
 
 
 __all__ = [
+    "MISSING",
+    "RESERVED_FIELDS",
     "Column",
     "ColumnSource",
     "Filter",
-    "MISSING",
-    "RESERVED_FIELDS",
     "build_column",
     "compile_filter",
     "filter_fields",

@@ -331,7 +331,8 @@ class VectorIndex:
             return sum(p.n for p in self._parts.values())
 
     def __repr__(self) -> str:
-        return f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, namespaces={len(self._parts)}, vectors={len(self)})"
+        return (f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, "
+                f"namespaces={len(self._parts)}, vectors={len(self)})")
 
     def count(self, namespace: str = DEFAULT_NAMESPACE) -> int:
         """Number of vectors in ``namespace`` (0 for an unknown namespace).
@@ -391,17 +392,6 @@ class VectorIndex:
             return copy.deepcopy(part.metadata[row])
 
     # ------------------------------------------------------------------ writes
-    def ids(self, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
-        """The ids held in ``namespace``, in no particular order.
-
-        >>> idx = VectorIndex(dim=1); idx.add(["a"], [[1.0]], namespace="n"); idx.ids("n"), idx.ids("other")
-        (['a'], [])
-        """
-        _check_namespace(namespace)
-        with self._lock:
-            part = self._parts.get(namespace)
-            return list(part.ids) if part else []
-
     def add(
         self,
         ids: Sequence[str],
@@ -598,7 +588,7 @@ class VectorIndex:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, **arrays)
+                    np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub sends **kwds to allow_pickle
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, path)

@@ -28,15 +28,16 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, array
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Engine
 
-from memory.retrieval.filters import _And, _Not, _Op, _Or, Filter, compile_filter
+from memory.retrieval.filters import Filter, _And, _Not, _Op, _Or, compile_filter
 
 log = logging.getLogger(__name__)
 
 TABLE = "chunk_vectors"
 EF_SEARCH = 100  # HNSW candidate list at query time (pgvector's default is 40); see bench/retrieval.py
+MAX_EF_SEARCH = 1_000  # pgvector's limit: a graph walk returns at most this many rows
 
 ValueOf = Callable[[str], sa.ColumnElement[Any]]
 
@@ -77,15 +78,15 @@ def _op(node: _Op, v: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         eq = _true(v == _json(arg))
         return sa.not_(eq) if op == "$ne" else eq
     if op in ("$in", "$nin"):
-        options = sa.cast(array([json.dumps(a) for a in arg], type_=sa.Text), sa.ARRAY(JSONB))
-        found = _true(v == sa.func.any(options))
+        options = sa.cast(sa.bindparam(None, [json.dumps(a) for a in arg], type_=ARRAY(sa.Text)), ARRAY(JSONB))
+        found = _true(v == sa.any_(options))  # one bound array, however long the list
         return sa.not_(found) if op == "$nin" else found
     if op == "$contains":
         return _true(sa.and_(sa.func.jsonb_typeof(v) == "array",
                              v.op("@>")(sa.func.jsonb_build_array(_json(arg)))))
     compare = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}[op]
     if isinstance(arg, str):
-        text = v.op("#>>")(sa.literal("{}", sa.Text)).collate("C")
+        text = sa.func.jsonb_build_array(v).op("->>")(sa.literal(0)).collate("C")  # the string, unquoted
         return _true(sa.and_(sa.func.jsonb_typeof(v) == "string", getattr(text, compare)(arg)))
     is_number = sa.func.jsonb_typeof(v) == "number"
     if math.isinf(arg):  # every finite number is below +inf and above -inf
@@ -134,15 +135,16 @@ chunk_vectors = sa.table(
 
 def upsert_statement() -> sa.TextClause:
     return sa.text(
-        f"INSERT INTO {TABLE} (chunk_id, model, dim, embedding) VALUES (:chunk_id, :model, :dim, CAST(:embedding AS vector)) "
-        "ON CONFLICT (chunk_id) DO UPDATE SET model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding"
+        f"INSERT INTO {TABLE} (chunk_id, model, dim, embedding) "
+        "VALUES (:chunk_id, :model, :dim, CAST(:embedding AS vector)) ON CONFLICT (chunk_id) "
+        "DO UPDATE SET model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding"
     )
 
 
 def distance(dim: int, query: np.ndarray) -> sa.ColumnElement[float]:
     """Cosine distance between a row's embedding and ``query``, in the form the HNSW index of ``dim`` serves."""
     dim = int(dim)
-    emb = sa.literal_column(f"({TABLE}.embedding::vector({dim}))")
+    emb: sa.ColumnElement[Any] = sa.literal_column(f"({TABLE}.embedding::vector({dim}))")
     q = sa.cast(sa.bindparam(None, vector_literal(query), type_=sa.Text), _Vector(dim))
     return emb.op("<=>", return_type=sa.Float)(q)
 
@@ -168,11 +170,11 @@ def session_settings(conn: sa.Connection, k: int, *, iterative: bool, exact: boo
     """Per-transaction settings: an HNSW candidate list of at least ``k`` and, on pgvector 0.8 and later,
     iterative scans so that a filter rarely leaves fewer than ``k`` hits; ``exact`` turns index scans off
     (what a caller does when the graph still gave fewer than ``k`` rows)."""
-    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, int(k)))}"))
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(EF_SEARCH, int(k)))}"))
     if iterative:
         conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     if exact:
         conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
 
 
-__all__ = ["EF_SEARCH", "TABLE", "available", "version", "distance", "ensure_dim_index", "sql_filter", "vector_literal"]
+__all__ = ["EF_SEARCH", "TABLE", "available", "distance", "ensure_dim_index", "sql_filter", "vector_literal", "version"]

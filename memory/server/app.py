@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -168,6 +168,8 @@ def _query_body(cap_k: int, cap_tokens: int) -> type[BaseModel]:
         max_new_tokens: int = Field(default=64, ge=1, le=cap_tokens)
         skill: int | None = Field(default=None, description="A skill adapter id (from specialize).")
         log: bool = True
+        stream: bool = Field(default=False, description="Answer with server-sent events (as does "
+                                                        "`Accept: text/event-stream`).")
 
     return QueryRequest
 
@@ -587,14 +589,56 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         except TimeoutError:
             raise ApiError("timeout", f"no answer within {lim.query_timeout_s:g} s; the model is overloaded") from None
 
-    @app.post(f"{ns_prefix}/query", tags=["query"])
-    async def query(ns: Read, body: QueryBody) -> dict[str, Any]:  # type: ignore[valid-type]
-        """Answer from memory: the answer, the mode that answered and why, the adapters and chunks used."""
+    @app.post(f"{ns_prefix}/query", tags=["query"], response_model=None, responses={200: {"content": {
+        "text/event-stream": {"description": "With `stream`: `token` events (`{\"text\": ...}`, the answer's "
+                              "pieces as generated), then one `answer` event (the JSON answer) or one `error` "
+                              "event (`{\"code\", \"message\"}`)."}}}})
+    async def query(ns: Read, body: QueryBody, request: Request) -> Any:  # type: ignore[valid-type]
+        """Answer from memory: the answer, the mode that answered and why, the adapters and chunks used.
+
+        With ``"stream": true`` (or ``Accept: text/event-stream``) the answer streams as server-sent events:
+        ``token`` events whose texts join to the answer, then a final ``answer`` event with the whole result.
+        In ``auto`` mode, when adapters answered and the answer is checked, the tokens come after the check
+        (in one piece, or streamed from the retrieval answer that replaces a doubted one).
+        """
         b: Any = body
-        r = await bounded(amem.query(b.question, namespace=ns, mode=b.mode, k=b.k, document_ids=b.document_ids,
-                                     max_new_tokens=b.max_new_tokens, skill=b.skill, log=b.log))
+        kwargs = {"namespace": ns, "mode": b.mode, "k": b.k, "document_ids": b.document_ids,
+                  "max_new_tokens": b.max_new_tokens, "skill": b.skill, "log": b.log}
+        if b.stream or "text/event-stream" in request.headers.get("accept", ""):
+            return await stream_answer(amem.stream_query(b.question, **kwargs))
+        r = await bounded(amem.query(b.question, **kwargs))
         metrics.queries.labels(r.mode).inc()
         return r.to_dict()
+
+    async def stream_answer(items: Any) -> StreamingResponse:
+        deadline = time.monotonic() + lim.query_timeout_s
+        first = await bounded(items.__anext__())  # errors before the first piece are plain JSON errors
+
+        async def events() -> Any:
+            item = first
+            while True:
+                if isinstance(item, str):
+                    yield _sse("token", {"text": item})
+                else:
+                    metrics.queries.labels(item.mode).inc()
+                    yield _sse("answer", item.to_dict())
+                    return
+                try:
+                    item = await asyncio.wait_for(items.__anext__(), max(deadline - time.monotonic(), 0.0))
+                except TimeoutError:
+                    yield _sse("error", {"code": "timeout", "message": f"no answer within {lim.query_timeout_s:g} s"})
+                    return
+                except PMemError as e:
+                    yield _sse("error", {"code": _pmem_error_code(e), "message": str(e)})
+                    return
+                except Exception as e:  # the stream has started: report the failure in it
+                    log.exception("streamed query failed")
+                    yield _sse("error", {"code": "internal",
+                                         "message": f"internal error ({type(e).__name__}); see the server log"})
+                    return
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # ------------------------------------------------------------ experiments and feedback
     @app.post(f"{ns_prefix}/experiments/{{name}}/query", tags=["experiments"])
@@ -637,6 +681,13 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
 
 
 # ---------------------------------------------------------------------------- helpers (run in threads)
+def _sse(event: str, data: dict[str, Any]) -> str:
+    """One server-sent event (the JSON data on one line)."""
+    import json
+
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

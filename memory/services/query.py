@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +95,25 @@ class QueryEngine:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
         return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
+    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
+        """See :meth:`memory.api.ParametricMemory.document_ids_matching`."""
+        from memory.chunk_index import matching_document_ids
+
+        return matching_document_ids(self.records.sessions, self.records.namespace(namespace), filter)
+
     # ------------------------------------------------------------ query
     def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
               document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
-        """See :meth:`memory.api.ParametricMemory.query`."""
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
+              filter: dict[str, Any] | None = None,
+              on_token: Callable[[str], None] | None = None) -> QueryResult:
+        """See :meth:`memory.api.ParametricMemory.query`.
+
+        ``on_token`` receives the answer piece by piece as it is generated; the pieces join to the returned
+        ``answer``. An ``auto`` query whose answer is checked after generation (adapters answered) streams
+        nothing until the check: then the checked answer comes in one piece, or, when the check doubts it,
+        the retrieval answer that replaces it streams as it is generated. Nothing streamed is ever retracted.
+        """
         ns = self.records.namespace(namespace)
         router.check_mode(mode)
         if not isinstance(question, str) or not question.strip():
@@ -110,8 +125,10 @@ class QueryEngine:
         cfg = self.router_config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
-        scope = {"document_id": {"$in": sorted(named)}} if named else None
+        named = {validate_document_id(d) for d in document_ids} if document_ids is not None else None
+        scope: dict[str, Any] | None = {"document_id": {"$in": sorted(named)}} if named else None
+        if filter is not None:  # only documents it matches are searched and can lend their adapters
+            scope = {"$and": [scope, filter]} if scope else filter
         hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
         ready = self.registry.current(ns, {h.document_id for h in hits} | (named or set()))
@@ -132,18 +149,24 @@ class QueryEngine:
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
         base = self.runtime.base_model
         mode_used, reason = route.mode, route.reason
-        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens)
+        checked = bool(route.check_confidence and route.adapter_documents)
+        emit = _AnswerPieces(on_token) if on_token is not None else None
+        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens,
+                                                None if checked or emit is None else emit.feed)
         check = None
-        if route.check_confidence and route.adapter_documents:
+        if checked:
             chosen = set(route.adapter_documents)
             check = router.check_answer(gen.text, self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
                                         [h.text for h in hits if h.document_id in chosen], question, cfg)
             if check.doubt:
                 context = hits[:k]
                 skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents):])  # keep a skill
-                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens)
+                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens,
+                                                        emit.feed if emit is not None else None)
                 mode_used = "retrieval"
                 reason += f"; {check.doubt}, so it answered from the retrieved passages instead"
+            elif emit is not None:
+                emit.feed(gen.text)
         timings["generate_ms"] = gen.total_s * 1000
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         query_id = None
@@ -156,8 +179,8 @@ class QueryEngine:
                            confidence=check.confidence if check else None, support=check.support if check else None)
 
     @staticmethod
-    def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
-                max_new_tokens: int) -> tuple[Any, list[int], list[SearchHit]]:
+    def _answer(base: Any, question: str, context: list[SearchHit], lora: Any, max_new_tokens: int,
+                on_text: Callable[[str], None] | None = None) -> tuple[Any, list[int], list[SearchHit]]:
         """Generate the answer; passages that would push the prompt past the model's window are left out
         (the least relevant first). Returns the generation, the prompt ids and the passages used."""
         from memory import prompts
@@ -178,7 +201,7 @@ class QueryEngine:
             context.pop()  # the least relevant passage goes first
             log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
                      len(context))
-        gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
+        gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
         return gen, prompt_ids, context
 
     @staticmethod
@@ -222,3 +245,24 @@ class QueryEngine:
             if row is None:
                 raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
             row.feedback = float(score)
+
+
+class _AnswerPieces:
+    """Passes generated text on piece by piece as the answer is returned: stripped of leading and trailing
+    whitespace (trailing whitespace is held back until more text follows it), so the pieces join to
+    ``QueryResult.answer``."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        self.sink, self.started, self.held = sink, False, ""
+
+    def feed(self, piece: str) -> None:
+        if not self.started:
+            piece = piece.lstrip()
+            if not piece:
+                return
+            self.started = True
+        text = self.held + piece
+        body = text.rstrip()
+        self.held = text[len(body):]
+        if body:
+            self.sink(body)
