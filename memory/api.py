@@ -850,7 +850,10 @@ class ParametricMemory:
             missing = router.unsupported_key_words(gen.text, evidence, question)
             timings["confidence"], timings["support"] = confidence, supported
             doubt = None
-            if confidence < cfg.min_confidence:
+            loop = router.degenerate(gen.text)
+            if loop:
+                doubt = f"the adapted answer is degenerate ({loop})"
+            elif confidence < cfg.min_confidence:
                 doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
             elif missing:
                 doubt = ("the adapted answer is not supported by the retrieved passages (they lack "
