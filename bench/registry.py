@@ -99,7 +99,7 @@ def _select_latency(mem: Any, ns: str, keys: list[str], rng: random.Random) -> d
         picked = rng.sample(keys, CANDIDATES)
         scores = sorted((rng.uniform(0.2, 0.8) for _ in picked), reverse=True)
         t0 = time.perf_counter()
-        ready = mem._current_adapters(ns, set(picked))
+        ready = mem.adapter_registry.current(ns, picked)
         cands = [router.Candidate(d, s, d in ready and ready[d].status == "ready",
                                   ready[d].status if d in ready else None) for d, s in zip(picked, scores)]
         route = router.decide("When was the cooperative founded?", "auto", cands, cfg)

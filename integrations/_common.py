@@ -2,7 +2,8 @@
 
 - :func:`iter_documents` / :func:`matching_document_ids`: walk a namespace, optionally through a metadata filter.
 - :func:`search_documents`: chunk-level vector search folded into one best hit per document.
-- :func:`document_adapter`: the ready adapters of some documents, rank-concatenated for one forward pass.
+- :func:`ready_adapters` / :func:`document_adapter`: the ready adapters of some documents (the facade's adapter
+  registry decides which), rank-concatenated for one forward pass.
 - :func:`chat_prompt_ids`: a multi-turn conversation rendered with the base model's chat template.
 
 >>> from memory import ParametricMemory
@@ -25,12 +26,20 @@ from memory.retrieval.filters import compile_filter
 if TYPE_CHECKING:
     from memory.api import ParametricMemory
     from memory.models import BaseModel
-    from memory.types import DocumentInfo, SearchHit
+    from memory.types import AdapterInfo, DocumentInfo, SearchHit
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
 MODES = ("auto", "parametric", "retrieval", "hybrid")
+
+
+def memory_classes() -> tuple[type, ...]:
+    """What the integrations accept as ``memory``: the in-process facade or a server (``RemoteMemory``)."""
+    from memory.api import ParametricMemory
+    from memory.client import RemoteMemory
+
+    return (ParametricMemory, RemoteMemory)
 
 
 def check_mode(mode: str) -> str:
@@ -125,25 +134,28 @@ def search_documents(
     return out
 
 
+def ready_adapters(memory: ParametricMemory, namespace: str | None, document_ids: Sequence[str]) -> list[AdapterInfo]:
+    """The ready adapters of the current versions of ``document_ids``, in their order (one query).
+
+    Documents without a ready adapter (or missing) are skipped, and logged. Which adapter stands for a
+    document is decided in one place, :meth:`memory.services.adapters.AdapterRegistry.current`.
+    """
+    ready = memory.adapter_registry.current(namespace, document_ids, ready_only=True)
+    out = []
+    for doc_id in dict.fromkeys(document_ids):
+        if doc_id in ready:
+            out.append(ready[doc_id])
+        else:
+            log.info("document %r has no ready adapter; it is not applied", doc_id)
+    return out
+
+
 def document_adapter(memory: ParametricMemory, namespace: str | None, document_ids: Sequence[str]) -> Any:
     """The ready adapters of the current versions of ``document_ids``, concatenated along rank (or ``None``).
 
-    Documents without a ready adapter are skipped (logged); the result is what ``BaseModel.generate(...,
-    adapters=)`` takes.
+    The result is what ``BaseModel.generate(..., adapters=)`` takes.
     """
-    from memory.lora import concat
-
-    adapters = []
-    for doc_id in document_ids:
-        infos = [a for a in memory.adapters(namespace=namespace, document_id=doc_id, status="ready")
-                 if a.blob_sha256 and a.task_description is None]
-        if not infos:
-            log.info("document %r has no ready adapter; it is not applied", doc_id)
-            continue
-        adapters.append(memory.load_adapter(max(infos, key=lambda a: a.id)))
-    if not adapters:
-        return None
-    return adapters[0] if len(adapters) == 1 else concat(adapters)
+    return memory.adapter_registry.compose(ready_adapters(memory, namespace, document_ids))
 
 
 def message_text(content: Any) -> str:
@@ -192,6 +204,8 @@ __all__ = [
     "document_adapter",
     "iter_documents",
     "matching_document_ids",
+    "memory_classes",
     "message_text",
+    "ready_adapters",
     "search_documents",
 ]

@@ -57,11 +57,12 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 from integrations._common import (
     chat_prompt_ids,
     check_mode,
-    document_adapter,
     documents_by_id,
     iter_documents,
     matching_document_ids,
+    memory_classes,
     message_text,
+    ready_adapters,
     search_documents,
 )
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
@@ -118,8 +119,8 @@ def result_documents(result: QueryResult) -> list[Document]:
 def _memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: dict[str, Any]) -> ParametricMemory:
     if memory is None:
         return ParametricMemory(embedder=embedding, **memory_kwargs)
-    if not isinstance(memory, ParametricMemory):
-        raise ValidationError(f"memory must be a ParametricMemory, got {type(memory).__name__}")
+    if not isinstance(memory, memory_classes()):
+        raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
     if memory_kwargs:
         raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
     if embedding is not None:
@@ -325,8 +326,8 @@ class ParametricMemoryRetriever(BaseRetriever):
     @field_validator("memory")
     @classmethod
     def _check_memory(cls, v: Any) -> Any:
-        if not isinstance(v, ParametricMemory):
-            raise ValueError(f"memory must be a ParametricMemory, got {type(v).__name__}")
+        if not isinstance(v, memory_classes()):
+            raise ValueError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(v).__name__}")
         return v
 
     @field_validator("filter")
@@ -403,10 +404,11 @@ class ParametricChatModel(BaseChatModel):
     timeout: float | None = None
     max_retries: int = 2
     system: str | None = None
-    memory: Any = None
+    # Held, never shown: their URLs may carry passwords, and dumps reach every callback and tracer.
+    memory: Any = Field(default=None, exclude=True, repr=False)
     namespace: str | None = None
     document_ids: list[str] | None = None
-    settings: Any = None
+    settings: Any = Field(default=None, exclude=True, repr=False)
 
     _adapter_key: Any = PrivateAttr(default=None)
     _adapter: Any = PrivateAttr(default=None)
@@ -461,10 +463,10 @@ class ParametricChatModel(BaseChatModel):
     def _adapters(self) -> Any:
         if self.memory is None or not self.document_ids:
             return None
-        key = tuple(a.id for d in self.document_ids
-                    for a in self.memory.adapters(namespace=self.namespace, document_id=d, status="ready"))
+        infos = ready_adapters(self.memory, self.namespace, self.document_ids)
+        key = tuple(a.id for a in infos)
         if key != self._adapter_key:
-            self._adapter = document_adapter(self.memory, self.namespace, self.document_ids)
+            self._adapter = self.memory.adapter_registry.compose(infos)
             self._adapter_key = key
         return self._adapter
 

@@ -61,6 +61,7 @@ from integrations._common import (
     documents_by_id,
     iter_documents,
     matching_document_ids,
+    memory_classes,
     search_documents,
 )
 from memory.api import ParametricMemory, content_hash, validate_namespace
@@ -209,8 +210,8 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
     ) -> None:
         if memory is None:
             memory = ParametricMemory(embedder=embed_model, **memory_kwargs)
-        elif not isinstance(memory, ParametricMemory):
-            raise ValidationError(f"memory must be a ParametricMemory, got {type(memory).__name__}")
+        elif not isinstance(memory, memory_classes()):
+            raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
         elif memory_kwargs or embed_model is not None:
             raise ValidationError("pass either memory= or the settings (and embed_model) of a new one, not both")
         ns = validate_namespace(namespace if namespace is not None else memory.settings.namespace)
@@ -366,8 +367,8 @@ class ParametricMemoryRetriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
-        if not isinstance(memory, ParametricMemory):
-            raise ValidationError(f"memory must be a ParametricMemory, got {type(memory).__name__}")
+        if not isinstance(memory, memory_classes()):
+            raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
         if not isinstance(similarity_top_k, int) or similarity_top_k < 1:
             raise ValidationError(f"similarity_top_k must be a positive integer, got {similarity_top_k!r}")
         self.memory = memory
@@ -422,8 +423,9 @@ class ParametricLLM(CustomLLM):
     system: str | None = None
     namespace: str | None = None
     document_ids: list[str] | None = None
-    memory: Any = Field(default=None, exclude=True)
-    settings: Any = Field(default=None, exclude=True)
+    # Held, never shown: their URLs may carry passwords.
+    memory: Any = Field(default=None, exclude=True, repr=False)
+    settings: Any = Field(default=None, exclude=True, repr=False)
 
     def model_post_init(self, __context: Any) -> None:
         super().model_post_init(__context)
@@ -542,8 +544,8 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
     internalize: bool = False
 
     def model_post_init(self, __context: Any) -> None:
-        if not isinstance(self.memory, ParametricMemory):
-            raise ValidationError(f"memory must be a ParametricMemory, got {type(self.memory).__name__}")
+        if not isinstance(self.memory, memory_classes()):
+            raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(self.memory).__name__}")
         check_mode(self.mode)
 
     def recall(self, question: str) -> QueryResult:

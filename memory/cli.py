@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memory.config import Settings
-from memory.errors import PMemError
+from memory.config import Settings, redact
+from memory.errors import PMemError, ValidationError
 
 app = typer.Typer(help="parametric-memory: documents stored in model weights.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -50,7 +50,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    console.print(f"[red]error:[/red] {redact(str(e))}")
     raise typer.Exit(code=2)
 
 
@@ -115,22 +115,42 @@ def add(
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add documents (a new version when the content changed)."""
+    """Add documents (a new version when the content changed).
+
+    Files that fail are reported and the others are still added; the exit code is then 1.
+    """
     try:
         mem = _memory()
         if source == "-":
-            results = [mem.add(sys.stdin.buffer.read(), document_id=document_id, title=title, namespace=namespace)]
+            data = _read_stdin(mem.settings.max_document_bytes)
+            results = [mem.add(data, document_id=document_id, title=title, namespace=namespace)]
         else:
             results = mem.add_source(source, namespace=namespace, document_id=document_id, title=title)
     except PMemError as e:
         _fail(e)
-    rows = [r.to_dict() for r in results]
+    failed = [r for r in results if r.status == "failed"]
     if as_json:
-        _print_json(rows)
-        return
-    for r in results:
-        v = r.document.version
-        out.print(f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks")
+        _print_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if r.document is None:  # a file that failed alone, or (never here) a pruned document
+                line = f"{r.status:12} {r.source}" + (f": {redact(r.error)}" if r.error else "")
+                (console if r.status == "failed" else out).print(line, markup=False, highlight=False)
+                continue
+            v = r.document.version
+            out.print(f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _read_stdin(max_bytes: int) -> bytes:
+    """Standard input, refusing more than ``max_bytes`` (PMEM_MAX_DOCUMENT_BYTES) without reading it all."""
+    data = sys.stdin.buffer.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValidationError(
+            f"standard input is over the limit of {max_bytes:,} bytes (PMEM_MAX_DOCUMENT_BYTES); split it first"
+        )
+    return data
 
 
 @app.command("ls")
@@ -299,8 +319,9 @@ def ask(question: str, namespace: NamespaceOpt = None,
     console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
 
 
-# ---------------------------------------------------------------- bench / eval / train
-def _machine() -> dict[str, Any]:
+# ---------------------------------------------------------------- eval / train
+def machine_info() -> dict[str, Any]:
+    """The machine and the commit, for every JSON result of ``pmem eval`` and ``pmem bench``."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
@@ -314,7 +335,8 @@ def _machine() -> dict[str, Any]:
             "commit": commit}
 
 
-def _run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, Any]:
+def run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, Any]:
+    """Import ``module`` and return its ``run(**kwargs)`` with the machine, the commit and the seconds taken."""
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -324,26 +346,7 @@ def _run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, A
         raise
     t0 = time.perf_counter()
     result = mod.run(**kwargs)
-    return {what: name, **_machine(), "seconds": round(time.perf_counter() - t0, 2), **result}
-
-
-BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
-
-
-@app.command()
-def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here.")] = None) -> None:
-    """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
-    names = BENCHES if name == "all" else (name,)
-    results = {}
-    for n in names:
-        console.print(f"[bold]bench {n}[/bold]{' (quick)' if quick else ''} ...")
-        results[n] = _run_module(f"bench.{n}", "bench", n, quick=quick)
-    doc = results[name] if name != "all" else {"bench": "all", **_machine(), "results": results}
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    _print_json(doc)
+    return {what: name, **machine_info(), "seconds": round(time.perf_counter() - t0, 2), **result}
 
 
 @app.command("eval")
@@ -362,7 +365,7 @@ def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
                        "cd_items": cd_items, "cd_steps": cd_steps, "seed": seed}.items():
         if value is not None:
             kwargs[key] = str(value) if isinstance(value, Path) else value
-    doc = _run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)
+    doc = run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)
     _print_json(doc)
 
 
@@ -389,13 +392,27 @@ def demo(as_json: JsonOpt = False) -> None:
     _print_json(result) if as_json else out.print_json(json.dumps(result, default=str))
 
 
-def _register_components() -> None:
-    """Commands owned by other packages: Celery workers and jobs, A/B experiment reports."""
-    from memory.evaluation.cli import register as register_ab
-    from workers.cli import register as register_workers
+PLUGINS = "pmem.commands"  # entry-point group: ``name = "package.module:register"``, called with the app
 
-    register_workers(app)
+
+def _register_components() -> None:
+    """Commands owned by other packages, which depend on this one and never the reverse: A/B reports from
+    :mod:`memory.evaluation`, and whatever registers itself under the ``pmem.commands`` entry points
+    (``workers``: worker, jobs, refresh, ingest; ``bench``: bench). A plugin whose optional dependencies
+    are not installed is left out, with a debug log. The server (``memory.server``) is part of the core."""
+    import logging
+    from importlib.metadata import entry_points
+
+    from memory.evaluation.cli import register as register_ab
+    from memory.server.cli import register as register_server
+
     register_ab(app)
+    register_server(app)  # serve, keys, mcp (FastAPI, uvicorn and mcp are imported only when they run)
+    for ep in sorted(entry_points(group=PLUGINS), key=lambda e: e.name):
+        try:
+            ep.load()(app)
+        except ImportError as e:  # e.g. celery missing without the [workers] extra
+            logging.getLogger(__name__).debug("pmem commands of %s not loaded: %s", ep.value, e)
 
 
 _register_components()

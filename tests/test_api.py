@@ -19,7 +19,7 @@ POLICY = "Refunds are accepted within 30 days.\n\nShipping is free over 50 euros
 
 
 def _count(mem: ParametricMemory, model) -> int:
-    with mem._tx() as s:
+    with mem.records.tx() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -82,7 +82,7 @@ def test_delete_removes_versions_chunks_and_unshared_blobs(mem):
     r = mem.delete("a")
     assert (r.versions, r.blobs_removed) == (2, 1)
     assert _count(mem, Document) == 1 and _count(mem, DocumentVersion) == 1
-    with mem._tx() as s:
+    with mem.records.tx() as s:
         remaining = s.scalar(select(func.count()).select_from(Chunk))
     assert remaining == len(mem.chunks("b"))
     assert mem.get("b", with_text=True).text == POLICY  # the shared blob survived
@@ -175,12 +175,12 @@ def test_changed_blob_is_refused_on_read(mem):
 
 
 def test_failed_transaction_leaves_no_rows_and_no_orphan_blob(mem, monkeypatch):
-    from memory import api
+    from memory.services import documents
 
     def broken_chunker(text, max_tokens):
-        return [api.chunk_text(text, max_tokens)[0], api.chunk_text(text, max_tokens)[0]]  # duplicate ordinal
+        return [documents.chunk_text(text, max_tokens)[0], documents.chunk_text(text, max_tokens)[0]]  # same ordinal
 
-    monkeypatch.setattr(api, "chunk_text", broken_chunker)
+    monkeypatch.setattr(documents, "chunk_text", broken_chunker)
     with pytest.raises(Exception):
         mem.add(POLICY, document_id="p")
     assert _count(mem, Document) == 0 and _count(mem, DocumentVersion) == 0 and _count(mem, Chunk) == 0
@@ -232,4 +232,41 @@ def test_query_and_skill_input_is_checked_before_any_model_loads(mem):
     ]:
         with pytest.raises((ValidationError, NotFoundError), match=match):
             call()
-    assert mem._base_model is None
+    assert mem.runtime._base_model is None
+
+
+def _statements(mem: ParametricMemory, call) -> int:
+    """How many SQL statements ``call()`` sends to the database."""
+    from sqlalchemy import event
+
+    seen = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(mem.engine, "before_cursor_execute", count)
+    try:
+        call()
+    finally:
+        event.remove(mem.engine, "before_cursor_execute", count)
+    return len([s for s in seen if not s.lstrip().upper().startswith(("SAVEPOINT", "RELEASE"))])
+
+
+def test_list_and_history_run_a_fixed_number_of_queries(mem):
+    """No query per document or per version: reading 2 or 12 rows costs the same number of statements."""
+    mem.add("first source", document_id="src-only", source="/tmp/somewhere.txt")
+    for i in range(2):
+        mem.add(f"Document {i} says {i}.", document_id=f"d{i:02d}")
+    few = _statements(mem, lambda: mem.list())
+    for i in range(2, 12):
+        mem.add(f"Document {i} says {i}.", document_id=f"d{i:02d}", source=f"/tmp/s{i}.txt")
+    many = _statements(mem, lambda: mem.list())
+    assert len(mem.list()) == 13 and few == many, (few, many)
+    assert next(d for d in mem.list() if d.id == "d05").source == "/tmp/s5.txt"
+
+    mem.add("v1", document_id="h")
+    two = _statements(mem, lambda: mem.history("h"))
+    for n in range(2, 9):
+        mem.add(f"v{n}", document_id="h")
+    eight = _statements(mem, lambda: mem.history("h"))
+    assert [v.number for v in mem.history("h")] == list(range(1, 9)) and two == eight, (two, eight)

@@ -94,3 +94,23 @@ def test_demo_runs_on_the_embedded_default():
 def test_unknown_bench_is_an_error():
     proc = run("bench", "no-such-bench", "--json")
     assert proc.returncode == 2 and "unknown bench" in proc.stderr
+
+
+def test_outer_packages_add_their_commands_through_entry_points():
+    """``worker``/``jobs`` (workers/) and ``bench`` (bench/) are plugins: memory/ never imports them."""
+    from importlib.metadata import entry_points
+
+    from memory.cli import PLUGINS
+
+    assert {e.name: e.value for e in entry_points(group=PLUGINS)} == {
+        "bench": "bench.cli:register", "workers": "workers.cli:register"}
+    proc = run("--help")
+    assert proc.returncode == 0 and all(f" {c} " in proc.stdout for c in ("bench", "worker", "jobs", "refresh"))
+
+
+def test_the_core_imports_no_outer_package_or_framework():
+    code = ("import sys, memory, memory.api, memory.router, memory.services.query; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'integrations', 'workers', 'bench', "
+            "'langchain_core', 'llama_index', 'celery', 'kombu', 'redis', 'fastapi', 'uvicorn', 'mcp'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -75,7 +75,8 @@ def test_shapes_chunking_and_rank_concat(base):
     text = "abcdefghij klmnopqrst 0123456789"  # 32 characters = 32 tokens
     n_chunks = len(_chunks_of(list(range(32)), 8))
     seen = []
-    [ad] = internalize(base, [text], hypernet=net, max_rank=None, progress=lambda d, t: seen.append((d, t)))
+    net.config.max_rank = None  # keep every component
+    [ad] = internalize(base, [text], hypernet=net, progress=lambda d, t: seen.append((d, t)))
     assert int(ad.metadata["chunks"]) == n_chunks == 4
     assert ad.metadata["tokens"] == "32"
     assert set(ad.weights) == {f"model.layers.{i}.mlp.down_proj" for i in net.config.target_layers}
@@ -123,8 +124,8 @@ def test_long_document_streams_with_progress(base):
     net = make_net(base, trained=True)
     text = "the grass is green. " * 100  # 2000 tokens -> 250 chunks of 8
     calls = []
-    [ad] = internalize(base, [text], hypernet=net, batch_chunks=16, rank=1, max_rank=None,
-                       progress=lambda d, t: calls.append(d))
+    net.config.max_rank = None  # keep every component
+    [ad] = internalize(base, [text], hypernet=net, batch_chunks=16, rank=1, progress=lambda d, t: calls.append(d))
     assert int(ad.metadata["chunks"]) == 250 and len(calls) == 16 and calls[-1] == 250
     assert ad.rank == 250 + net.config.bias_rank
     # a cap on the document's rank keeps memory bounded: only the highest-gate components survive

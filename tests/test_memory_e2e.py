@@ -57,9 +57,8 @@ def test_context_distillation_internalizes_a_fact_with_provenance(mem):
 
 def test_auto_replaces_an_unsupported_adapter_answer_by_the_retrieval_answer(mem, monkeypatch):
     """A confidently wrong adapter answer (one the retrieved passages do not support) is not returned."""
-    from functools import partial
-
     from memory import router
+    from memory.services.query import QueryEngine
     from memory.models.base import Generation
 
     mem.add(FACT, document_id="vault")
@@ -67,22 +66,22 @@ def test_auto_replaces_an_unsupported_adapter_answer_by_the_retrieval_answer(mem
     mem.internalize("vault", method="d2l")
     good = mem.query(QUESTION, mode="auto", max_new_tokens=16)
     assert "7342" in good.answer, good  # from the adapter, or from retrieval when the adapter was wrong
-    assert good.timings_ms["support"] >= 0.0
+    assert good.support is not None and good.support >= 0.0  # auto chose the adapter and checked its answer
 
-    real = ParametricMemory._answer
+    real = QueryEngine._answer
 
     def confidently_wrong(base, question, context, lora, max_new_tokens):
         if context:  # the retrieval answer is the real one
             return real(base, question, context, lora, max_new_tokens)
-        gen, prompt_ids = real(base, question, context, lora, max_new_tokens)
+        gen, prompt_ids, used = real(base, question, context, lora, max_new_tokens)
         ids = base.encode("The access code is 1111.")
-        return Generation("The access code is 1111.", ids, gen.prompt_tokens, len(ids), "eos"), prompt_ids
+        return Generation("The access code is 1111.", ids, gen.prompt_tokens, len(ids), "eos"), prompt_ids, used
 
-    monkeypatch.setattr(ParametricMemory, "_answer", staticmethod(confidently_wrong))
-    monkeypatch.setattr(router, "RouterConfig", partial(router.RouterConfig, min_confidence=-1e9))  # never unsure
+    monkeypatch.setattr(QueryEngine, "_answer", staticmethod(confidently_wrong))
+    monkeypatch.setattr(mem.query_engine, "router_config", router.RouterConfig(min_confidence=-1e9))  # never unsure
     r = mem.query(QUESTION, mode="auto", max_new_tokens=16)
     assert r.mode == "retrieval" and "not supported by the retrieved passages" in r.reason, r.reason
-    assert r.timings_ms["support"] < 0.5 and "7342" in r.answer and r.chunks
+    assert r.support is not None and r.support < 0.5 and "7342" in r.answer and r.chunks
     assert r.adapters and r.adapters[0].document_id == "vault"  # provenance: the adapter that was tried
     forced = mem.query(QUESTION, mode="parametric", max_new_tokens=16)  # an explicit mode is not second-guessed
     assert forced.mode == "parametric" and "1111" in forced.answer

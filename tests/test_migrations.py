@@ -11,10 +11,14 @@ from memory.db.models import Base
 from memory.errors import DatabaseNotInitialisedError
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "pgvector"])
 def url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'm.db'}"
+    if request.param == "pgvector":
+        url = request.getfixturevalue("pgvector_url")
+        migrate.downgrade(url, "base")
+        return url
     return request.getfixturevalue("pg_url")
 
 
@@ -58,3 +62,11 @@ def test_server_database_is_never_migrated_implicitly(pg_url):
     with pytest.raises(DatabaseNotInitialisedError, match="pmem db upgrade"):
         ParametricMemory(database_url=pg_url)
     assert inspect(get_engine(pg_url)).get_table_names() == []
+
+
+def test_pgvector_table_only_where_the_extension_exists(url):
+    migrate.upgrade(url)
+    tables = set(inspect(get_engine(url)).get_table_names())
+    assert ("chunk_vectors" in tables) == url.startswith("postgresql+psycopg://postgres@/")
+    migrate.downgrade(url, "0002")
+    assert "chunk_vectors" not in set(inspect(get_engine(url)).get_table_names())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from memory.errors import IntegrityError, NotFoundError, ValidationError
-from memory.storage import BlobStore, sha256_hex
+from memory.storage import TEMP_GRACE_S, BlobStore, sha256_hex
 
 
 @pytest.fixture(params=["local", "fsspec-memory"])
@@ -82,13 +83,49 @@ def test_sweep_removes_only_unreferenced(store):
     assert store.exists(keep) and not store.exists(drop)
 
 
-def test_sweep_removes_stale_temporary_files(tmp_path):
+def test_sweep_removes_stale_temporary_files_but_not_a_write_in_flight(tmp_path):
+    import os
+
     store = BlobStore(tmp_path / "b")
     name = store.put(b"x")
     stale = Path(tmp_path / "b" / name[:2] / name[2:4] / ".tmp-crashed")
     stale.write_bytes(b"partial")
+    old = time.time() - 2 * TEMP_GRACE_S
+    os.utime(stale, (old, old))
+    fresh = Path(tmp_path / "b" / name[:2] / name[2:4] / ".tmp-writing")
+    fresh.write_bytes(b"being written by another process")
     store.sweep([name])
     assert not stale.exists() and store.exists(name)
+    assert fresh.exists()  # another writer renames it in a moment
+
+
+def test_put_repairs_a_corrupt_copy(store):
+    name = store.put(b"intact bytes")
+    path = store._path(name)
+    if store._local is not None:
+        Path(path).write_bytes(b"damaged")
+    else:
+        store._fs.pipe_file(path, b"damaged")
+    with pytest.raises(IntegrityError):
+        store.get(name)
+    assert store.put(b"intact bytes") == name
+    assert store.get(name) == b"intact bytes"
+
+
+def test_put_syncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    store = BlobStore(tmp_path / "b")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    name = store.put(b"durable")
+    assert str(Path(store._path(name)).parent) in synced
 
 
 def test_rejects_non_bytes(store):

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from memory.config import Settings
+from memory.config import Settings, redact
 from memory.errors import PMemError
 
 console = Console(stderr=True)
@@ -41,8 +41,12 @@ def _memory() -> Any:
     return ParametricMemory(Settings.from_env())
 
 
-def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+def _fail(e: Exception, as_json: bool = False) -> None:
+    """Exit 2 with the error on stderr, or (``--json``) as ``{"error": ...}``, the last line of stdout."""
+    message = redact(str(e))
+    if as_json:
+        _print_json({"error": message, "type": type(e).__name__})
+    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -84,7 +88,7 @@ def jobs(
     limit: int = 50,
     resubmit_stale: Annotated[Optional[float], typer.Option(
         "--resubmit-stale", metavar="SECONDS",
-        help="first send the jobs queued for longer than SECONDS to the broker again (lost messages)")] = None,
+        help="first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS (lost messages)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
@@ -176,13 +180,19 @@ def ingest(
     """Submit a source: parsed on the ``ingest`` queue, each version internalized on the ``internalize`` queue."""
     from workers.tasks import submit_ingest
 
+    from memory.jobs import classify, describe
+
     try:
         mem = _memory()
         job = submit_ingest(mem, spec, namespace=namespace, refresh_interval_s=refresh_interval, method=method,
                             internalize=internalize)
         rows = _wait(mem, [job.id], wait) if wait else [job]
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
+    except Exception as e:  # noqa: BLE001 - a broker or database that is down is an error, not a traceback
+        if classify(e) != "transient":
+            raise
+        _fail(RuntimeError(f"the broker or the database is unreachable: {describe(e)}"), as_json)
     if as_json:
         _print_json({"job": rows[0].to_dict(), "jobs": [j.to_dict() for j in rows[1:]]})
     else:

@@ -3,6 +3,7 @@
 from memory.db.models import (
     Adapter,
     AdapterStatus,
+    ApiKey,
     Base,
     Chunk,
     Document,
@@ -14,10 +15,11 @@ from memory.db.models import (
     QueryLog,
     Source,
 )
-from memory.db.session import dispose_engines, get_engine, session_factory, session_scope
+from memory.db import stamps  # noqa: F401  (registers the change markers on every Session)
+from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [
-    "Adapter", "AdapterStatus", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
-    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "session_factory",
+    "Adapter", "AdapterStatus", "ApiKey", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
+    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "lock_blobs", "session_factory",
     "session_scope",
 ]

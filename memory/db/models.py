@@ -80,6 +80,9 @@ class Namespace(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _ts()
+    # A fresh random token whenever the namespace's set of current chunks or their metadata changes,
+    # written in the same transaction (memory.db.stamps): the cheap change marker of retrieval indexes.
+    index_stamp: Mapped[str | None] = mapped_column(String(32))
 
 
 class Source(Base):
@@ -117,6 +120,9 @@ class Document(Base):
     # Optimistic concurrency: an UPDATE that lost a race raises StaleDataError.
     row_version: Mapped[int] = mapped_column(Integer, nullable=False)
     __mapper_args__ = {"version_id_col": row_version}
+    # A fresh random token on every change of this document (never repeats, unlike SQLite row ids):
+    # a retrieval index keys a chunk on (chunk id, this token).
+    index_stamp: Mapped[str | None] = mapped_column(String(32))
 
     versions: Mapped[list["DocumentVersion"]] = relationship(
         back_populates="document",
@@ -264,7 +270,30 @@ class QueryLog(Base):
     created_at: Mapped[datetime] = _ts()
 
 
+class ApiKey(Base):
+    """A server API key: only the SHA-256 of its secret is stored; scoped to namespaces with a role.
+
+    ``namespaces`` is a list of namespace names, or ``["*"]`` for every namespace. ``role`` is ``read``
+    (get, list, search, query), ``write`` (also add, delete, internalize, feedback) or ``admin`` (also
+    sources and maintenance).
+    """
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)  # the public part of the key, for lookup
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(8))
+    namespaces: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = _ts()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def __repr__(self) -> str:  # never the secret's hash
+        return f"ApiKey(key_id={self.key_id!r}, name={self.name!r}, role={self.role!r}, namespaces={self.namespaces!r})"
+
+
 __all__ = [
     "Base", "NAMING_CONVENTION", "Namespace", "Source", "Document", "DocumentVersion", "Chunk",
-    "Hypernetwork", "Adapter", "AdapterStatus", "Job", "JobState", "QueryLog",
+    "Hypernetwork", "Adapter", "AdapterStatus", "Job", "JobState", "QueryLog", "ApiKey",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +47,7 @@ def _create(url: str) -> Engine:
     engine = create_engine(url, future=True, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _pragmas(dbapi_conn, _record) -> None:
         # Let SQLAlchemy emit BEGIN itself so that BEGIN IMMEDIATE below takes the write lock up front.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -59,12 +59,31 @@ def _create(url: str) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn) -> None:  # noqa: ANN001
+    def _begin(conn) -> None:
         # Writers serialise at BEGIN instead of failing with "database is locked" at the first write;
         # two processes adding the same content therefore see each other's committed rows.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+# One key for every process: writers of blob references share it, sweepers of blobs take it alone.
+_BLOB_LOCK_KEY = 0x706D656D626C6F62  # b"pmemblob"
+
+
+def lock_blobs(session: Session, *, exclusive: bool = False) -> None:
+    """Hold the database's blob lock until ``session``'s transaction ends.
+
+    A writer takes it (shared) before it re-checks that its blob exists and commits the row that
+    references it; a sweeper takes it (exclusive) around "which blobs are unreferenced?" and their
+    deletion. Either the sweep sees the new reference, or the writer sees the blob gone and writes it
+    again, so no committed row ever points at a swept blob. On PostgreSQL this is a transaction-level
+    advisory lock; on SQLite every transaction already holds the write lock (``BEGIN IMMEDIATE``).
+    """
+    conn = session.connection()  # begins the transaction: on SQLite that is BEGIN IMMEDIATE, the lock
+    if conn.dialect.name == "postgresql":
+        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(text(f"SELECT {fn}(:key)"), {"key": _BLOB_LOCK_KEY})
 
 
 def dispose_engines() -> None:

@@ -24,12 +24,10 @@ Correct = the gold answer occurs in the greedy output (case-insensitive).
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from memory.hyper.d2l import DEFAULT_CHECKPOINT, checkpoint_sha256, internalize, load_checkpoint
 from memory.prompts import QA_SYSTEM, context_prompt, parametric_prompt

@@ -75,7 +75,10 @@ STRATEGIES = ("fast", "auto")
 
 _DROPPED = frozenset({"PageBreak", "Header", "Footer", "PageNumber"})
 _MAX_ATTACHMENT_DEPTH = 2
-_MAX_UNZIPPED_BYTES = 1024 * 1024 * 1024
+# A .docx's XML is a few times its text, and deflates 5-20x: a member that inflates much more than
+# that is a zip bomb, and the whole archive may unpack to at most twice the document limit.
+_MAX_UNZIP_RATIO = 100
+_UNZIP_RATIO_FROM = 1024 * 1024  # bytes: smaller members are never a danger, whatever their ratio
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 
@@ -471,13 +474,18 @@ def _docx(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
             infos = zf.infolist()
             names = {i.filename for i in infos}
             unzipped = sum(i.file_size for i in infos)
+            bomb = next((i for i in infos if i.file_size > _UNZIP_RATIO_FROM
+                         and i.file_size > _MAX_UNZIP_RATIO * max(i.compress_size, 1)), None)
     except zipfile.BadZipFile as exc:
         raise IngestError(f"{shown}: not a valid .docx file (not a zip archive: {exc})") from None
     if "word/document.xml" not in names:
         raise IngestError(f"{shown}: not a Word document (the archive has no word/document.xml)")
-    if unzipped > _MAX_UNZIPPED_BYTES:
+    if unzipped > 2 * max_bytes:
         raise IngestError(f"{shown}: unpacks to {unzipped:,} bytes (a zip bomb?); the limit is "
-                          f"{_MAX_UNZIPPED_BYTES:,}")
+                          f"{2 * max_bytes:,} (twice the document limit)")
+    if bomb is not None:
+        raise IngestError(f"{shown}: {bomb.filename} inflates {bomb.file_size / max(bomb.compress_size, 1):,.0f}x "
+                          f"to {bomb.file_size:,} bytes (a zip bomb?); refused")
     ensure_unstructured()
     from unstructured.partition.docx import partition_docx
 
@@ -625,7 +633,7 @@ def _flatten(value: Any, prefix: str) -> Iterable[str]:
 def _pdf(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
     from memory.ingest.pdf import extract_pdf
 
-    raws, pages = extract_pdf(data, shown)
+    raws, pages = extract_pdf(data, shown, max_bytes=max_bytes)
     record = {
         "library": "pdfminer.six",
         "version": package_version("pdfminer.six"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import re
 import statistics
+import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,74 @@ from memory.errors import IngestError
 _MARGIN = 0.06  # fraction of the page height treated as header/footer zone
 _TITLE_SIZE_RATIO = 1.15
 _PAGE_NUMBER = re.compile(r"(?i)^(page\s*)?\d{1,5}(\s*(of|/)\s*\d{1,5})?$")
+MAX_PAGES = 5000
+# Decompressed stream bytes one PDF may inflate to, as a multiple of the document limit (with a floor):
+# a few KiB of Flate can otherwise expand to gigabytes inside pdfminer.
+_INFLATE_FACTOR = 2
+_INFLATE_FLOOR = 64 * 1024 * 1024
+
+
+class _InflateBudget(threading.local):
+    left: int | None = None  # None: not inside extract_pdf (pdfminer used by someone else): unbounded
+
+
+_budget = _InflateBudget()
+
+
+class _BoundedZlib:
+    """Stands in for the ``zlib`` module inside ``pdfminer.pdftypes``: the same ``decompress`` and
+    ``decompressobj``, but the bytes they produce are charged to this thread's budget, and a stream that
+    would exceed it raises instead of filling memory."""
+
+    error = zlib.error
+
+    @staticmethod
+    def decompress(data: bytes, *args: Any) -> bytes:
+        d = _BoundedZlib.decompressobj()
+        out = d.decompress(data)
+        return out + d.flush()
+
+    @staticmethod
+    def decompressobj(*args: Any) -> Any:
+        return _BoundedDecompressor(zlib.decompressobj(*args))
+
+
+class _BoundedDecompressor:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        left = _budget.left
+        if left is None:
+            return self._inner.decompress(data, max_length)
+        out = self._inner.decompress(data, left + 1 if not max_length else min(max_length, left + 1))
+        _charge(len(out))
+        return out
+
+    def flush(self, *args: Any) -> bytes:
+        out = self._inner.flush(*args)
+        if _budget.left is not None:
+            _charge(len(out))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _InflateLimit(Exception):
+    pass
+
+
+def _charge(n: int) -> None:
+    _budget.left = (_budget.left or 0) - n
+    if _budget.left < 0:
+        raise _InflateLimit()
+
+
+def _install_bounded_zlib() -> None:
+    import pdfminer.pdftypes
+
+    pdfminer.pdftypes.zlib = _BoundedZlib  # type: ignore[assignment]
 
 
 @dataclass
@@ -30,8 +100,12 @@ class _Box:
     zone: str | None  # "top" | "bottom" | None
 
 
-def extract_pdf(data: bytes, shown: str) -> tuple[list[Any], int]:
+def extract_pdf(data: bytes, shown: str, *, max_bytes: int = 100 * 1024 * 1024,
+                max_pages: int = MAX_PAGES) -> tuple[list[Any], int]:
     """Return the raw elements (see ``memory.ingest.partition``) and the page count of a PDF.
+
+    Bounded: at most ``max_pages`` pages, and compressed streams inflate to at most twice ``max_bytes``
+    (at least 64 MiB) in all; past either bound the PDF is refused with a clear error.
 
     >>> extract_pdf(b"not a pdf", "'x.pdf'")
     Traceback (most recent call last):
@@ -43,7 +117,7 @@ def extract_pdf(data: bytes, shown: str) -> tuple[list[Any], int]:
         raise IngestError(f"{shown}: not a PDF file (no %PDF- header)")
     if b"%%EOF" not in data[-2048:]:
         raise IngestError(f"{shown}: truncated or corrupt PDF (no %%EOF marker at the end)")
-    boxes, pages = _layout(data, shown)
+    boxes, pages = _layout(data, shown, max(_INFLATE_FACTOR * max_bytes, _INFLATE_FLOOR), max_pages)
     body_sizes = [b.size for b in boxes if b.zone is None and b.size > 0]
     body = statistics.median(body_sizes) if body_sizes else 0.0
 
@@ -78,14 +152,18 @@ def extract_pdf(data: bytes, shown: str) -> tuple[list[Any], int]:
     return raws, pages
 
 
-def _layout(data: bytes, shown: str) -> tuple[list[_Box], int]:
+def _layout(data: bytes, shown: str, max_inflated: int, max_pages: int) -> tuple[list[_Box], int]:
     from pdfminer.high_level import extract_pages
     from pdfminer.layout import LAParams, LTChar, LTTextContainer, LTTextLine
 
+    _install_bounded_zlib()
     boxes: list[_Box] = []
     pages = 0
+    _budget.left = max_inflated
     try:
         for pages, page in enumerate(extract_pages(io.BytesIO(data), laparams=LAParams()), start=1):
+            if pages > max_pages:
+                raise IngestError(f"{shown}: the PDF has more than {max_pages:,} pages; split it first")
             height = float(page.height) or 1.0
             y_base = float(page.y0)
             for item in page:
@@ -103,12 +181,21 @@ def _layout(data: bytes, shown: str) -> tuple[list[_Box], int]:
                 boxes.append(_Box(text=text, page=pages, size=float(size), lines=len(lines), zone=zone))
     except IngestError:
         raise
+    except _InflateLimit:
+        raise IngestError(f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
+                          "(a decompression bomb?); refused") from None
     except Exception as exc:  # pdfminer raises many types (PDFSyntaxError, PSEOF, KeyError, ...)
         name = type(exc).__name__
         if "password" in name.lower() or "encrypt" in name.lower():
             raise IngestError(f"{shown}: the PDF is encrypted and needs a password; add a decrypted copy") from exc
         detail = str(exc).replace("\n", " ")[:200] or name
         raise IngestError(f"{shown}: cannot read this PDF (corrupt: {name}: {detail})") from exc
+    finally:
+        exceeded = (_budget.left or 0) < 0  # also when pdfminer swallowed the exception somewhere
+        _budget.left = None
+    if exceeded:
+        raise IngestError(f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
+                          "(a decompression bomb?); refused")
     if pages == 0:
         raise IngestError(f"{shown}: corrupt PDF (no pages could be read)")
     return boxes, pages

@@ -189,6 +189,16 @@ def _consider(p: Path, root: Path, scan: SourceScan, include_hidden: bool) -> No
         if not _inside(target, root.resolve()):
             scan.skipped.append(Skipped(p, "symbolic link that points outside the source root"))
             return
+    elif scan.kind == "glob":
+        # A glob walks through symbolic links to directories (``docs/*/*.txt`` matches docs/link/x.txt):
+        # what counts is where the file really is.
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = p
+        if not _inside(real, root.resolve()):
+            scan.skipped.append(Skipped(p, "reached through a symbolic link to a directory outside the source root"))
+            return
     try:
         mode = p.stat().st_mode
     except OSError as exc:

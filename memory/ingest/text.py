@@ -12,7 +12,13 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# Scripts written without spaces (CJK ideographs, kana, hangul, yi...): every character is a token or more.
+_DENSE_SCRIPT = "\u2e80-\u2fff\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7af\uf900-\ufaff"
+_LONG_WORD = 16  # characters: longer runs (base64, hashes, glued identifiers) are not one token
+# One match per token; the group captures the long runs, which count more (ASCII text: the fast path).
+_WORD = re.compile(rf"(\w{{{_LONG_WORD + 1},}})|\w+|[^\w\s]")
+_WORD_DENSE = re.compile(rf"[{_DENSE_SCRIPT}]|([^\W{_DENSE_SCRIPT}]{{{_LONG_WORD + 1},}})|[^\W{_DENSE_SCRIPT}]+|[^\w\s]")
+_CHARS_PER_TOKEN_LONG = 3  # what a BPE tokenizer makes of base64 and hex, roughly
 
 
 def normalize_text(text: str) -> str:
@@ -32,8 +38,17 @@ def content_hash(text: str) -> str:
 
 
 def approx_token_count(text: str) -> int:
-    """A fast tokenizer-free estimate (words and punctuation marks)."""
-    return len(_WORD.findall(text))
+    """A fast tokenizer-free estimate: words and punctuation marks, each character of a script written
+    without spaces (CJK...), and a run of over 16 word characters (base64, a hash) as one token per 3
+    characters, so that text without spaces is never one giant "token".
+
+    >>> approx_token_count("Refunds within 30 days."), approx_token_count("数据库文档")
+    (5, 5)
+    >>> approx_token_count("QUJD" * 30)  # 120 characters without a break
+    40
+    """
+    tokens = (_WORD if text.isascii() else _WORD_DENSE).findall(text)
+    return len(tokens) + sum(-(-len(w) // _CHARS_PER_TOKEN_LONG) - 1 for w in filter(None, tokens))
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,7 @@ def _char_windows(
 ) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     while s < e:
-        step = e - s
+        step = min(e - s, 8 * max_tokens)  # no need to count the whole rest of a huge run for each window
         while step > 1 and count(text[s:s + step]) > max_tokens:
             step = max(1, step // 2)
         out.append((s, s + step))

@@ -139,6 +139,19 @@ class Filter:
 
 
 
+def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int) -> dict[str, Any]:
+    """What a filter sees for a document (or any chunk of it): its metadata plus ``document_id`` and ``version``.
+
+    ``document_id`` and ``version`` always mean the document's id and the number of the version in
+    question (its current one), whatever the metadata holds under those names. Every path that filters
+    (search, get, delete, the parametric path, both integrations, both retrieval backends) uses this view.
+
+    >>> filter_fields({"lang": "en", "version": "draft"}, "faq", 3)
+    {'lang': 'en', 'version': 3, 'document_id': 'faq'}
+    """
+    return {**(metadata or {}), "document_id": document_id, "version": version}
+
+
 def compile_filter(flt: Mapping[str, Any] | None) -> Filter | None:
     """Validate ``flt`` and return a compiled :class:`Filter` (``None`` for no filter).
 
@@ -383,6 +396,7 @@ __all__ = [
     "RESERVED_FIELDS",
     "build_column",
     "compile_filter",
+    "filter_fields",
     "kind_of",
     "validate_filter",
 ]

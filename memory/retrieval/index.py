@@ -391,6 +391,17 @@ class VectorIndex:
             return copy.deepcopy(part.metadata[row])
 
     # ------------------------------------------------------------------ writes
+    def ids(self, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """The ids held in ``namespace``, in no particular order.
+
+        >>> idx = VectorIndex(dim=1); idx.add(["a"], [[1.0]], namespace="n"); idx.ids("n"), idx.ids("other")
+        (['a'], [])
+        """
+        _check_namespace(namespace)
+        with self._lock:
+            part = self._parts.get(namespace)
+            return list(part.ids) if part else []
+
     def add(
         self,
         ids: Sequence[str],

@@ -19,13 +19,13 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from memory.training import load_resume_state
 from memory.hyper.d2l import D2LConfig, D2LHypernetwork, document_features, save_checkpoint
 from memory.lora.apply import apply_lora_batched
 from memory.training.d2l_data import FactGenerator, Sample, heldout_set
@@ -205,7 +205,7 @@ def train(args: argparse.Namespace) -> Path:
     state_path = out / "state.pt"
     step, best, elapsed0 = 0, math.inf, 0.0
     if args.resume and state_path.exists():
-        st = torch.load(state_path, weights_only=False, map_location=device)
+        st = load_resume_state(state_path)  # on the CPU; load_state_dict moves tensors to the parameters' device
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step, best, elapsed0 = st["step"], st["best"], st["elapsed"]

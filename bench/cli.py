@@ -1,0 +1,47 @@
+"""``pmem bench``: added to the main CLI through the ``pmem.commands`` entry point (see pyproject.toml).
+
+>>> import typer
+>>> from bench.cli import register
+>>> cli = typer.Typer()
+>>> register(cli)
+>>> [c.name for c in cli.registered_commands]
+['bench']
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
+          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here.")] = None) -> None:
+    """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
+    from memory.cli import machine_info, run_module  # not at import: memory.cli loads this module as a plugin
+
+    names = BENCHES if name == "all" else (name,)
+    results: dict[str, Any] = {}
+    for n in names:
+        console.print(f"[bold]bench {n}[/bold]{' (quick)' if quick else ''} ...")
+        results[n] = run_module(f"bench.{n}", "bench", n, quick=quick)
+    doc = results[name] if name != "all" else {"bench": "all", **machine_info(), "results": results}
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(doc, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` to ``app``."""
+    app.command()(bench)

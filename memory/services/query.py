@@ -1,0 +1,224 @@
+"""Answering questions from memory: search, route, apply adapters, generate, check, log.
+
+:class:`QueryEngine` runs one query end to end. What to do is decided by :mod:`memory.router` (the mode,
+and the post-answer checks of ``auto``) under the engine's :class:`~memory.router.RouterConfig`, which is
+injected, not read from a global. Classic retrieval is the :class:`~memory.chunk_index.ChunkIndex` over the
+chunks of current versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from memory import router
+from memory.db import Namespace, QueryLog
+from memory.errors import NotFoundError, ValidationError
+from memory.services.adapters import AdapterRegistry
+from memory.services.models import ModelRuntime
+from memory.services.records import Records, check_count, validate_document_id
+from memory.services.skills import SkillLibrary
+from memory.types import AdapterInfo, QueryResult, SearchHit
+
+log = logging.getLogger(__name__)
+MAX_QUESTION_CHARS = 8192
+MAX_K = 100
+MAX_NEW_TOKENS = 2048
+
+
+class QueryEngine:
+    """Search, routing, generation and the query log.
+
+    Args:
+        records: the shared database and blob store.
+        registry: where the documents' current adapters are found and loaded.
+        runtime: the base model.
+        skills: skill adapters applied with ``skill=``.
+        router_config: thresholds of the ``auto`` router and its answer checks.
+        embedder: the embedding model of classic retrieval (anything :func:`memory.retrieval.as_embedder`
+            takes; ``None`` for the embedded default, loaded on first search).
+        home: the directory under which the in-process vector index is saved.
+        retrieval_backend: ``auto``, ``inprocess`` or ``pgvector`` (see :class:`~memory.chunk_index.ChunkIndex`).
+    """
+
+    def __init__(self, records: Records, registry: AdapterRegistry, runtime: ModelRuntime, skills: SkillLibrary,
+                 *, router_config: router.RouterConfig | None = None, embedder: Any = None, home: Path,
+                 retrieval_backend: str = "auto") -> None:
+        self.records = records
+        self.home = home
+        self.retrieval_backend = retrieval_backend
+        self.registry = registry
+        self.runtime = runtime
+        self.skills = skills
+        self.router_config = router_config or router.RouterConfig()
+        self._embedder_arg = embedder
+        self._chunk_index: Any = None
+
+    # ------------------------------------------------------------ classic retrieval
+    @property
+    def embedder(self) -> Any:
+        """The embedding model of classic retrieval (``memory.retrieval.Embedder``)."""
+        return self.chunk_index.embedder
+
+    @embedder.setter
+    def embedder(self, value: Any) -> None:
+        self._embedder_arg = value
+        self._chunk_index = None  # rebuilt (and chunks re-embedded) with the new model on next use
+
+    @property
+    def chunk_index(self) -> Any:
+        """The classic-retrieval index over current chunks (embedding model loaded on first use)."""
+        if self._chunk_index is None:
+            from memory.chunk_index import ChunkIndex, index_path
+            from memory.retrieval import as_embedder
+
+            embedder = as_embedder(self._embedder_arg)
+            path = index_path(self.home, self.records.engine.url.render_as_string(hide_password=True),
+                              f"{embedder.name}:{embedder.dim}")
+            self._chunk_index = ChunkIndex(self.records.sessions, embedder, backend=self.retrieval_backend,
+                                           path=path)
+        return self._chunk_index
+
+    def search(self, query: str, *, k: int = 4, namespace: str | None = None,
+               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+        """See :meth:`memory.api.ParametricMemory.search`."""
+        ns = self.records.namespace(namespace)
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must be a non-empty string")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValidationError(f"k must be a positive integer, got {k!r}")
+        return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
+
+    # ------------------------------------------------------------ query
+    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
+              document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
+              experiment: str | None = None, arm: str | None = None, skill: int | None = None) -> QueryResult:
+        """See :meth:`memory.api.ParametricMemory.query`."""
+        ns = self.records.namespace(namespace)
+        router.check_mode(mode)
+        if not isinstance(question, str) or not question.strip():
+            raise ValidationError("question must be a non-empty string")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValidationError(f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+        check_count("k", k, MAX_K)
+        check_count("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
+        cfg = self.router_config
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
+        scope = {"document_id": {"$in": sorted(named)}} if named else None
+        hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
+        timings["search_ms"] = (time.perf_counter() - t0) * 1000
+        ready = self.registry.current(ns, {h.document_id for h in hits} | (named or set()))
+        best: dict[str, float] = {}
+        for h in hits:
+            best[h.document_id] = max(best.get(h.document_id, -1.0), h.score)
+        for d in named or ():  # documents named by the caller count as relevant whatever their similarity
+            best[d] = 1.0
+        candidates = [router.Candidate(d, score, d in ready and ready[d].status == "ready",
+                                       ready[d].status if d in ready else None) for d, score in best.items()]
+        route = router.decide(question, mode, candidates, cfg)
+        adapter_infos = [ready[d] for d in route.adapter_documents]
+        if skill is not None:
+            adapter_infos.append(self.skills.get(skill, namespace=ns))
+        context = hits[:k] if route.mode in ("retrieval", "hybrid") else []
+        t1 = time.perf_counter()
+        lora = self.registry.compose(adapter_infos)
+        timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
+        base = self.runtime.base_model
+        mode_used, reason = route.mode, route.reason
+        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens)
+        check = None
+        if route.check_confidence and route.adapter_documents:
+            chosen = set(route.adapter_documents)
+            check = router.check_answer(gen.text, self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
+                                        [h.text for h in hits if h.document_id in chosen], question, cfg)
+            if check.doubt:
+                context = hits[:k]
+                skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents):])  # keep a skill
+                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens)
+                mode_used = "retrieval"
+                reason += f"; {check.doubt}, so it answered from the retrieved passages instead"
+        timings["generate_ms"] = gen.total_s * 1000
+        timings["total_ms"] = (time.perf_counter() - t0) * 1000
+        query_id = None
+        if log:
+            query_id = self._log(ns, question, mode_used, reason, experiment, arm, adapter_infos, context,
+                                 timings["total_ms"], gen.text)
+        return QueryResult(answer=gen.text.strip(), mode=mode_used, reason=reason, adapters=adapter_infos,
+                           chunks=context, timings_ms=timings, query_id=query_id,
+                           prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                           confidence=check.confidence if check else None, support=check.support if check else None)
+
+    @staticmethod
+    def _answer(base: Any, question: str, context: list[SearchHit], lora: Any,
+                max_new_tokens: int) -> tuple[Any, list[int], list[SearchHit]]:
+        """Generate the answer; passages that would push the prompt past the model's window are left out
+        (the least relevant first). Returns the generation, the prompt ids and the passages used."""
+        from memory import prompts
+
+        window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
+        context = list(context)
+        while True:
+            user = (prompts.context_prompt(question, [h.text for h in context]) if context
+                    else prompts.parametric_prompt(question))
+            prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
+            if not window or len(prompt_ids) + max_new_tokens <= window:
+                break
+            if not context:
+                raise ValidationError(
+                    f"the question takes {len(prompt_ids):,} tokens; with max_new_tokens={max_new_tokens} that is over "
+                    f"the model's window of {window:,} tokens"
+                )
+            context.pop()  # the least relevant passage goes first
+            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
+                     len(context))
+        gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora)[0]
+        return gen, prompt_ids, context
+
+    @staticmethod
+    def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
+        """Mean log-probability per answer token under the adapted model (the router's confidence signal)."""
+        import torch
+
+        if not answer_ids:
+            return float("-inf")
+        ids = torch.tensor([list(prompt_ids) + list(answer_ids)], device=base.device)
+        with torch.no_grad():
+            # Only the positions that predict the answer go through the vocabulary head (a long prompt's
+            # full-vocabulary logits would be prompt length x 49k floats).
+            logits = base.forward(ids, adapters=lora, logits_to_keep=len(answer_ids) + 1).logits[0, :-1].float()
+        target = torch.tensor(answer_ids, device=logits.device)[:, None]
+        return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
+
+    # ------------------------------------------------------------ query log
+    def _log(self, ns: str, question: str, mode: str, reason: str, experiment: str | None, arm: str | None,
+             adapters: list[AdapterInfo], chunks: list[SearchHit], latency_ms: float, answer: str) -> int:
+        def write(s: Session) -> int:
+            ns_row = self.records.namespace_row(s, ns, create=True)
+            assert ns_row is not None
+            row = QueryLog(namespace_id=ns_row.id, query=question, mode=mode, reason=reason, experiment=experiment,
+                           arm=arm, adapter_ids=[a.id for a in adapters], chunk_ids=[c.chunk_id for c in chunks],
+                           latency_ms=latency_ms, answer=answer)
+            s.add(row)
+            s.flush()
+            return row.id
+
+        return self.records.retrying(write)
+
+    def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
+        """See :meth:`memory.api.ParametricMemory.feedback`."""
+        ns = self.records.namespace(namespace)
+        if not isinstance(score, (int, float)) or score != score:
+            raise ValidationError(f"score must be a number, got {score!r}")
+        with self.records.tx() as s:
+            row = s.scalar(select(QueryLog).join(Namespace, QueryLog.namespace_id == Namespace.id)
+                           .where(QueryLog.id == query_id, Namespace.name == ns))
+            if row is None:
+                raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
+            row.feedback = float(score)

@@ -1,0 +1,244 @@
+"""The database and the blob store every service shares: transactions, retries, lookups, unreferenced blobs.
+
+A service gets one :class:`Records` and never opens an engine of its own. Lookups validate what they are
+given first (:func:`validate_namespace`, :func:`validate_document_id`), so a bad name fails with a message
+before any SQL runs.
+
+>>> validate_namespace("team-a")
+'team-a'
+>>> validate_document_id("docs/../etc")
+Traceback (most recent call last):
+...
+memory.errors.ValidationError: invalid document id 'docs/../etc': use 1-255 characters of letters, digits and _ . : @ / + = -, no empty, '.' or '..' path segments
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from memory.db import Adapter, Document, DocumentVersion, Namespace, lock_blobs, session_scope
+from memory.errors import ConflictError, NotFoundError, ValidationError
+from memory.storage import BlobStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
+_MAX_METADATA_BYTES = 64 * 1024
+RETRIES = 5  # attempts of a write that lost a unique-key race or found a stale row
+
+
+def validate_namespace(name: str) -> str:
+    """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
+        raise ValidationError(
+            f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def validate_document_id(doc_id: str) -> str:
+    """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
+    if (
+        not isinstance(doc_id, str)
+        or not _DOC_ID.fullmatch(doc_id)
+        or any(part in ("", ".", "..") for part in doc_id.split("/"))
+    ):
+        raise ValidationError(
+            f"invalid document id {doc_id!r}: use 1-255 characters of letters, digits and _ . : @ / + = -, "
+            "no empty, '.' or '..' path segments"
+        )
+    return doc_id
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata is a JSON object: string keys; values str, finite numbers, bools, None, lists and objects.
+
+    NaN and infinities are refused (JSON has no such numbers, and one such value breaks filtering and
+    search for its whole namespace), and so is anything JSON cannot represent exactly.
+    """
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
+
+    def check(value: Any, where: str) -> None:
+        if value is None or isinstance(value, (str, bool, int)):
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"metadata {where} is {value!r}: only finite numbers can be stored")
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for k, item in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check(item, f"{where}.{k}" if where else k)
+            return
+        raise ValidationError(
+            f"metadata {where or 'value'} is a {type(value).__name__}, which JSON cannot hold: use str, "
+            "numbers, bools, None, lists and dicts"
+        )
+
+    check(metadata, "")
+    size = len(json.dumps(metadata, allow_nan=False))
+    if size > _MAX_METADATA_BYTES:
+        raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
+    return metadata
+
+
+def check_count(name: str, value: Any, limit: int) -> int:
+    """``value`` if it is an integer from 1 to ``limit``, else a :class:`ValidationError` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise ValidationError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+    return value
+
+
+class Records:
+    """Sessions on one database, the blob store its rows reference, and the default namespace.
+
+    Args:
+        engine: the SQLAlchemy engine (already migrated).
+        sessions: a session factory bound to ``engine``.
+        blobs: the content-addressed store of document texts and adapter weights.
+        default_namespace: the namespace used when a call names none.
+    """
+
+    def __init__(self, engine: Engine, sessions: sessionmaker[Session], blobs: BlobStore,
+                 default_namespace: str) -> None:
+        self.engine = engine
+        self.sessions = sessions
+        self.blobs = blobs
+        self.default_namespace = default_namespace
+
+    def tx(self) -> AbstractContextManager[Session]:
+        """A transaction (commit on success, roll back on error)."""
+        return session_scope(self.sessions)
+
+    def retrying(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in a transaction; on a unique-key race or a stale row, start again from a fresh read."""
+        for attempt in range(RETRIES):
+            try:
+                with self.tx() as s:
+                    return fn(s)
+            except (sa_exc.IntegrityError, StaleDataError, sa_exc.OperationalError) as e:
+                if isinstance(e, sa_exc.OperationalError) and "lock" not in str(e).lower():
+                    raise
+                if attempt == RETRIES - 1:
+                    raise ConflictError(f"gave up after {RETRIES} concurrent-update retries: {e}") from e
+                log.debug("retrying after a concurrent update: %s", e)
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ lookups
+    def namespace(self, name: str | None) -> str:
+        """``name`` validated, or the default namespace."""
+        return validate_namespace(name if name is not None else self.default_namespace)
+
+    @staticmethod
+    def namespace_row(s: Session, name: str, create: bool) -> Namespace | None:
+        row = s.scalar(select(Namespace).where(Namespace.name == name))
+        if row is None and create:
+            row = Namespace(name=name)
+            s.add(row)
+            s.flush()
+        return row
+
+    @staticmethod
+    def document(s: Session, namespace: str, doc_id: str) -> Document:
+        validate_document_id(doc_id)
+        doc = s.scalar(
+            select(Document)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(Namespace.name == namespace, Document.key == doc_id)
+        )
+        if doc is None:
+            raise NotFoundError(f"no document {doc_id!r} in namespace {namespace!r}")
+        return doc
+
+    @staticmethod
+    def version(s: Session, doc: Document, number: int | None) -> DocumentVersion:
+        """Version ``number`` of ``doc`` (its current one for ``None``)."""
+        if number is None:
+            if doc.current_version_id is None:
+                raise NotFoundError(f"document {doc.key!r} has no current version")
+            v = s.get(DocumentVersion, doc.current_version_id)
+        else:
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise ValidationError(f"version must be a positive integer, got {number!r}")
+            v = s.scalar(select(DocumentVersion).where(DocumentVersion.document_id == doc.id,
+                                                       DocumentVersion.number == number))
+        if v is None:
+            raise NotFoundError(f"document {doc.key!r} has no version {number}")
+        return v
+
+    # ------------------------------------------------------------ blobs
+    def hold_blob(self, s: Session, sha: str, data: bytes) -> None:
+        """Under the blob lock, make sure the blob this transaction is about to reference exists.
+
+        A concurrent ``gc``/``delete`` may have swept it since our ``put`` (it was unreferenced then);
+        the lock keeps it from doing so again before this transaction commits.
+        """
+        lock_blobs(s)
+        if not self.blobs.exists(sha):
+            log.info("blob %s was swept before its row committed: writing it again", sha)
+            self.blobs.put(data)
+
+    @staticmethod
+    def referenced(s: Session, shas: list[str] | None = None) -> set[str]:
+        """The blobs among ``shas`` (all, for ``None``) that some row references (texts, adapter weights)."""
+        texts = select(DocumentVersion.content_sha256)
+        weights = select(Adapter.blob_sha256)
+        if shas is not None:
+            if not shas:
+                return set()
+            texts = texts.where(DocumentVersion.content_sha256.in_(shas))
+            weights = weights.where(Adapter.blob_sha256.in_(shas))
+        return set(s.scalars(texts)) | {b for b in s.scalars(weights) if b}
+
+    def drop_unreferenced(self, shas: list[str]) -> int:
+        """Delete those of ``shas`` that no row references any more (content is shared across documents)."""
+        if not shas:
+            return 0
+        with self.tx() as s:
+            lock_blobs(s, exclusive=True)  # no writer commits a reference to these while we look and delete
+            used = self.referenced(s, shas)
+            return sum(self.blobs.delete(sha) for sha in set(shas) - used)
+
+    def gc(self, *, dry_run: bool = False) -> list[str]:
+        """Remove every blob that no row references (left by a crash between blob write and commit).
+
+        Safe while other processes write: candidates are re-checked and deleted under the exclusive blob
+        lock, and temporary files of writes in flight are left alone (see ``BlobStore.sweep``).
+        """
+        with self.tx() as s:
+            referenced = self.referenced(s)
+        candidates = self.blobs.sweep(referenced, dry_run=True)
+        if dry_run:
+            return candidates
+        removed: list[str] = []
+        if candidates:
+            with self.tx() as s:
+                lock_blobs(s, exclusive=True)
+                used = self.referenced(s, candidates)
+                removed = [d for d in candidates if d not in used and self.blobs.delete(d)]
+        self.blobs.sweep_temporaries()
+        if removed:
+            log.info("gc removed %d unreferenced blob(s)", len(removed))
+        return removed

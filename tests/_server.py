@@ -1,0 +1,116 @@
+"""A real uvicorn process serving the memory server, for tests (``ServerProcess``) and its app factory.
+
+The served memory embeds with :class:`StableBagOfWords` (a tiny real embedder; no model to load) unless
+``PMEM_TEST_REAL_EMBEDDER=1``; queries still use the real base model. Settings come from ``PMEM_*``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StableBagOfWords:
+    """Hashed bag of words with a process-independent hash (crc32), so a restarted server agrees with itself."""
+
+    name = "bag-of-words-crc32"
+    dim = 512
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        for w in text.lower().replace(".", " ").replace("?", " ").replace(",", " ").split():
+            v[zlib.crc32(w.encode()) % self.dim] += 1.0
+        n = np.linalg.norm(v)
+        return v / n if n else v
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._vec(text)
+
+
+def make_app() -> Any:
+    """uvicorn factory: the app over a memory built from ``PMEM_*``, limits from ``PMEM_TEST_*``."""
+    from memory.api import ParametricMemory
+    from memory.config import Settings
+    from memory.server.app import ServerLimits, create_app
+
+    embedder = None if os.environ.get("PMEM_TEST_REAL_EMBEDDER") == "1" else StableBagOfWords()
+    roots = tuple(r for r in os.environ.get("PMEM_TEST_SOURCE_ROOTS", "").split(os.pathsep) if r)
+    limits = ServerLimits(max_body_bytes=int(os.environ.get("PMEM_TEST_MAX_BODY", 2 * 2**20)),
+                          max_upload_bytes=int(os.environ.get("PMEM_TEST_MAX_UPLOAD", 2**20)),
+                          max_k=50, max_new_tokens=256, source_roots=roots,
+                          max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)),
+                          query_timeout_s=600.0)  # a cold model start on a shared 2-core machine takes minutes
+    auth = os.environ.get("PMEM_TEST_NO_AUTH") != "1"
+    return create_app(ParametricMemory(Settings.from_env(), embedder=embedder), auth=auth, limits=limits)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m uvicorn _server:make_app --factory`` on 127.0.0.1 and a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("wb")
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "uvicorn", "_server:make_app", "--factory", "--app-dir", str(REPO / "tests"),
+               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 90) -> ServerProcess:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not up after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def server_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith("PMEM_TEST_")}
+    env.update(PMEM_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    if os.environ.get("PMEM_MODEL_CACHE"):
+        env["PMEM_MODEL_CACHE"] = os.environ["PMEM_MODEL_CACHE"]
+    env.update(extra)
+    return env
