@@ -187,7 +187,7 @@ def check_answer(answer: str, confidence: float, passages: list[str], question: 
     >>> check_answer("It is 1111.", -0.3, ["Vault code: 7342."], "What is the vault code?").doubt
     "the adapted answer is not supported by the retrieved passages (they lack '1111')"
     >>> check_answer("licorororororor", -0.1, ["licorice"], "What flavour?").doubt
-    "the adapted answer is degenerate ('or' repeated 5 times in a row)"
+    "the adapted answer is degenerate ('or' repeated 6 times in a row)"
     """
     supported = support(answer, passages, question)
     missing = unsupported_key_words(answer, passages, question)

@@ -121,3 +121,13 @@ def test_real_answers_are_not_degenerate():
     flagged = [a for a in answers if degenerate(a)]
     assert not flagged, flagged
     assert len(answers) > 40
+
+
+def test_auto_check_rejects_a_degenerate_answer_even_when_confident_and_supported():
+    from memory.router import check_answer
+
+    passages = ["The licorice stall sells 3333 sticks a year."]
+    assert check_answer("3333", -0.2, passages, "How many sticks?").doubt is None
+    for loop in ("3333333333333333", "licorice licorice licorice licorice licorice licorice"):
+        doubt = check_answer(loop, -0.05, passages, "How many sticks?").doubt
+        assert doubt and "degenerate" in doubt, (loop, doubt)
