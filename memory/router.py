@@ -7,7 +7,8 @@ signals and says why:
 1. a request for a verbatim quote goes to retrieval (adapters paraphrase, they cannot quote);
 2. no internalized document is relevant enough to the query -> retrieval;
 3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
-4. otherwise parametric, then two checks of the adapted answer, both free of extra model calls: the model
+4. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
+   not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
    support it (most of the content words it adds to the question, and every name and number among them,
    appear in them). An unsure or unsupported answer is replaced by the retrieval answer. The support check
@@ -135,6 +136,39 @@ def unsupported_key_words(answer: str, passages: list[str], question: str = "") 
     return [w for w, key in _new_words(answer, question) if key and w not in seen]
 
 
+_CHAR_RUN = re.compile(r"(\S)\1{7,}")
+_PERIODIC = re.compile(r"(.{2,24}?)\1{2,}", re.DOTALL)
+
+
+def degenerate(answer: str) -> str | None:
+    """Why an adapted answer is a degenerate repetition loop, or None when it reads as an answer.
+
+    A pure function of the text (no model call): a character repeated 8+ times, a piece of 2-24 characters
+    repeated 3+ times in a row over at least 8 characters and a third of the answer, or 6+ words of which
+    fewer than 40 % are distinct. Ordinary answers (numbers, codes, names, short sentences) pass.
+
+    >>> degenerate("3333333333333"), degenerate("licororororor"), degenerate("special special special special")
+    ('a character repeated 13 times', "'or' repeated 5 times in a row", "'special ' repeated 3 times in a row")
+    >>> [degenerate(a) for a in ("1,000,000", "2019", "Agnes Calloway", "copper-falcon-42", "It costs $12.50.")]
+    [None, None, None, None, None]
+    """
+    text = answer.strip()
+    if not text:
+        return None
+    m = _CHAR_RUN.search(text)
+    if m:
+        return f"a character repeated {len(m.group(0))} times"
+    for m in _PERIODIC.finditer(text):
+        span = len(m.group(0))
+        unit = m.group(1)
+        if unit.strip() and span >= 8 and span >= len(text) / 3:
+            return f"{unit!r} repeated {span // len(unit)} times in a row"
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) >= 6 and len(set(words)) / len(words) < 0.4:
+        return f"{len(words)} words with only {len(set(words))} distinct"
+    return None
+
+
 @dataclass(frozen=True)
 class AnswerCheck:
     """The post-answer checks of an adapted answer in ``auto`` mode; ``doubt`` says why it is rejected."""
@@ -146,16 +180,22 @@ class AnswerCheck:
 
 def check_answer(answer: str, confidence: float, passages: list[str], question: str,
                  cfg: RouterConfig = RouterConfig()) -> AnswerCheck:
-    """Judge an adapted answer: unsure (low ``confidence``), a key word the passages lack, or too little support.
+    """Judge an adapted answer: degenerate (a repetition loop, :func:`degenerate`), unsure (low ``confidence``),
+    a key word the passages lack, or too little support.
 
     >>> check_answer("The vault code is 7342.", -0.3, ["Vault code: 7342."], "What is the vault code?").doubt
     >>> check_answer("It is 1111.", -0.3, ["Vault code: 7342."], "What is the vault code?").doubt
     "the adapted answer is not supported by the retrieved passages (they lack '1111')"
+    >>> check_answer("licorororororor", -0.1, ["licorice"], "What flavour?").doubt
+    "the adapted answer is degenerate ('or' repeated 6 times in a row)"
     """
     supported = support(answer, passages, question)
     missing = unsupported_key_words(answer, passages, question)
     doubt = None
-    if confidence < cfg.min_confidence:
+    loop = degenerate(answer)
+    if loop:
+        doubt = f"the adapted answer is degenerate ({loop})"
+    elif confidence < cfg.min_confidence:
         doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
     elif missing:
         doubt = ("the adapted answer is not supported by the retrieved passages (they lack "

@@ -206,6 +206,30 @@ def test_train_and_heldout_pools_are_disjoint():
     assert held and not (held & train_answers)
 
 
+def test_chunked_training_features_match_inference_chunks(base):
+    """Training on a multi-chunk document sees each chunk as inference does (read on its own, overlapping by one
+    token), concatenated along the token axis."""
+    from memory.hyper.d2l import document_features
+    from memory.training.d2l_objective import chunked_features
+
+    net = make_net(base)
+    layers = net.config.target_layers
+    texts = ["abcdefghijklmnopqrstu", "short doc"]
+    f = chunked_features(base.model, base.tokenizer, texts, chunk=8, max_chunks=4, layers=layers)
+    ids = base.tokenizer(texts[0], add_special_tokens=False).input_ids
+    chunks = _chunks_of(ids, 8)
+    assert len(chunks) == 3
+    T = max(len(c) for c in chunks)
+    assert f.mask.shape == (2, 3 * T)
+    assert int(f.mask[0].sum()) == sum(len(c) - 1 for c in chunks)
+    assert int(f.mask[1].sum()) == len(base.tokenizer(texts[1], add_special_tokens=False).input_ids) - 1
+    one = document_features(base.model, torch.tensor([chunks[1]]), torch.ones(1, len(chunks[1]), dtype=torch.long), layers)
+    layer = layers[-1]
+    assert torch.allclose(f.m[layer][0, T : T + len(chunks[1])], one.m[layer][0], atol=1e-5)
+    capped = chunked_features(base.model, base.tokenizer, texts, chunk=8, max_chunks=2, layers=layers)
+    assert capped.mask.shape[1] == 2 * 9
+
+
 # ----------------------------------------------------------------------------- slow: the shipped checkpoint
 @pytest.mark.slow
 def test_shipped_checkpoint_beats_no_context_on_heldout_facts():
@@ -229,3 +253,28 @@ def test_shipped_checkpoint_beats_no_context_on_heldout_facts():
     without = real.generate([s.question for s in samples], system=QA_SYSTEM, max_new_tokens=10)
     acc = lambda gens: sum(s.answer.lower() in g.text.lower() for s, g in zip(samples, gens))  # noqa: E731
     assert acc(with_ad) > acc(without), ([g.text for g in with_ad], [s.answer for s in samples])
+
+
+@pytest.mark.slow
+def test_gpu_run_script_trains_a_few_steps_on_the_cpu_and_exports(tmp_path):
+    """The time-boxed GPU script, run for 2 steps with --device cpu: warm start, mixture, gap log, export."""
+    import json as _json
+
+    from memory.training import d2l_gpu_run
+    from memory.training.d2l_prose import Passage
+
+    cache = tmp_path / "prose.jsonl"
+    with cache.open("w") as f:
+        for i in range(60):  # sources of both splits (split by a hash of the source name)
+            text = (f"The relay number {i} forwards {i + 20} messages per second to the archive. It was designed by "
+                    f"Mira Holm in 20{10 + i % 9}. Each message is kept for {i % 7 + 2} days before it is dropped.")
+            f.write(_json.dumps(Passage("meta", f"pkg{i}", text).__dict__) + "\n")
+    out = tmp_path / "run"
+    assert d2l_gpu_run.main(["--out", str(out), "--device", "cpu", "--max-steps", "2", "--bs", "2",
+                             "--prose-cache", str(cache), "--eval-n", "2"]) == 0
+    log = [_json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and log[-1]["step"] == 2
+    assert {"family_gap", "prose_gap", "haystack_gap"} <= set(log[0])
+    net = load_checkpoint(out / "export")
+    assert net.config.extra["init"].endswith("d2l-smollm2-135m")
+    assert checkpoint_sha256(out / "export") != checkpoint_sha256(DEFAULT_CHECKPOINT)

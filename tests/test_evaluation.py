@@ -178,3 +178,27 @@ def test_context_bench_finds_where_the_lines_cross():
     long_xs = [256 * 2**i for i in range(8)]
     curved = crossing(long_xs, [0.19, 0.32, 0.64, 1.56, 4.6, 15.8, 56.8, 206.7], [0.07] * 8)
     assert curved["at"] is None and curved["extrapolated_at"] is None and "do not meet outside" in curved["summary"]
+
+
+@pytest.mark.slow
+def test_eval_qa_checkpoint_option_uses_that_checkpoint(tmp_path, shared_models_dir):
+    """``pmem eval qa --checkpoint DIR``: every D2L internalization of the run uses DIR. A checkpoint with the
+    shipped shapes but untrained (exactly zero adapters) must answer as the base model alone does."""
+    from memory.config import Settings
+    from memory.evaluation import qa
+    from memory.hyper.d2l import DEFAULT_CHECKPOINT, D2LHypernetwork, load_checkpoint, save_checkpoint
+
+    zero = tmp_path / "zero-ckpt"
+    save_checkpoint(D2LHypernetwork(load_checkpoint(DEFAULT_CHECKPOINT).config), zero)
+    data = _write(tmp_path / "qa.jsonl", [json.dumps({
+        "document": "The Quoamsh pump station is run by Ilse Varga.", "question": "Who runs the Quoamsh pump station?",
+        "answers": ["Ilse Varga"]})])
+    result = qa.run(quick=True, data=str(data), output=str(tmp_path / "r"), arms="none,d2l", max_new_tokens=8,
+                    checkpoint=str(zero), settings=Settings(home=shared_models_dir))
+    assert result["arms"]["d2l"]["available"], result["arms"]["d2l"]
+    assert result["config"]["checkpoint"] == str(zero)
+    rows = {r["arm"]: r for r in json.loads((tmp_path / "r" / "qa.json").read_text())["rows"]}
+    assert rows["d2l"]["prediction"] == rows["none"]["prediction"]
+    missing = qa.run(quick=True, data=str(data), output=str(tmp_path / "r2"), arms="d2l",
+                     checkpoint=str(tmp_path / "nope"), settings=Settings(home=shared_models_dir))
+    assert not missing["arms"]["d2l"]["available"] and "nope" in missing["arms"]["d2l"]["reason"]

@@ -96,3 +96,38 @@ def test_every_name_and_number_of_the_answer_must_be_in_the_passages():
     assert unsupported_key_words("founded in 1773", passages, q) == ["1773"]
     assert unsupported_key_words("a kind librarian", passages, q) == []  # no key words: left to support()
     assert unsupported_key_words("The Koufeth Library", passages, q) == []  # echoes of the question don't count
+
+
+# ---------------------------------------------------------------------------- degenerate adapted answers
+@pytest.mark.parametrize("answer", [
+    "3333333333333333333333", "licororororororor", "Dindindindindin", "special special special special special",
+    "The code is 4242424242424242", "the the the the the the the the", "Zan Zan Zan Zan Zan Zan Zan",
+    "ab ab ab ab ab ab ab ab ab",
+])
+def test_degenerate_answers_are_recognised(answer):
+    from memory.router import degenerate
+
+    assert degenerate(answer), answer
+
+
+def test_real_answers_are_not_degenerate():
+    from memory.evaluation import suites
+    from memory.router import degenerate
+
+    answers = [a for it in suites.builtin(False) + suites.builtin(False, seed=2026) for a in it.answers]
+    answers += ["1,000,000", "10000", "2019-03-12", "Agnes Calloway", "It costs $12.50.", "Mississippi",
+                "The refund window is 30 days after purchase, or 60 days for members.", "ext. 4471", "Yes.",
+                "banana", "Committee on committees", "Tuesday and Thursday", ""]
+    flagged = [a for a in answers if degenerate(a)]
+    assert not flagged, flagged
+    assert len(answers) > 40
+
+
+def test_auto_check_rejects_a_degenerate_answer_even_when_confident_and_supported():
+    from memory.router import check_answer
+
+    passages = ["The licorice stall sells 3333 sticks a year."]
+    assert check_answer("3333", -0.2, passages, "How many sticks?").doubt is None
+    for loop in ("3333333333333333", "licorice licorice licorice licorice licorice licorice"):
+        doubt = check_answer(loop, -0.05, passages, "How many sticks?").doubt
+        assert doubt and "degenerate" in doubt, (loop, doubt)

@@ -26,7 +26,6 @@ configured one. ``pmem eval qa --quick`` runs the built-in suites (made-up facts
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import tempfile
@@ -72,13 +71,8 @@ def _configure_cd(mem: Any, **config: Any) -> None:
     mem.configure_internalizer("cd", **config)
 
 
-def _internalize(mem: Any, doc_id: str, ns: str, method: str, checkpoint: str | None) -> Any:
-    if checkpoint is None:
-        return mem.internalize(doc_id, namespace=ns, method=method)
-    if "checkpoint" not in inspect.signature(mem.internalize).parameters:
-        raise PMemError("ParametricMemory.internalize takes no checkpoint= option in this version; "
-                        "put the checkpoint in the default location instead")
-    return mem.internalize(doc_id, namespace=ns, method=method, checkpoint=checkpoint)
+def _internalize(mem: Any, doc_id: str, ns: str, method: str) -> Any:
+    return mem.internalize(doc_id, namespace=ns, method=method)
 
 
 def _d2l_unavailable(mem: Any, checkpoint: str | None) -> str | None:
@@ -169,7 +163,7 @@ class _Runner:
                 self._store(item, keys, ns, None)
                 for key in keys:
                     t0 = time.perf_counter()
-                    info = _internalize(mem, key, ns, method, self.checkpoint if method == "d2l" else None)
+                    info = _internalize(mem, key, ns, method)
                     made[method].append({"ms": (time.perf_counter() - t0) * 1000,
                                          "bytes": int(info.size_bytes or 0), "rank": info.rank})
             except PMemError as e:
@@ -316,6 +310,8 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
             reason = _d2l_unavailable(mem, checkpoint)
             if reason:
                 unavailable["d2l"] = reason
+            elif checkpoint is not None:  # every D2L internalization of this store (d2l, hybrid, auto) uses it
+                mem.configure_internalizer("d2l", checkpoint=checkpoint)
         if cd_steps is not None:
             _configure_cd(mem, steps=cd_steps, max_questions=min(8, cd_steps),
                           **({"max_answer_tokens": 16} if quick else {}))

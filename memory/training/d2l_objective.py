@@ -75,18 +75,59 @@ def encode_documents(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[
     return ids, mask
 
 
+def chunked_features(model: nn.Module, tokenizer, texts: Sequence[str], chunk: int, max_chunks: int,
+                     layers: Sequence[int]):
+    """Hypernetwork inputs of documents split into chunks of ``chunk`` tokens (as at inference: each chunk is
+    read on its own, chunks overlap by one token), at most ``max_chunks`` per document; the chunks of a
+    document are concatenated along the token axis (padding masked), so a multi-chunk document gives one
+    adapter with the components of all its chunks."""
+    from memory.hyper.d2l import DocFeatures, _chunks_of, document_features
+
+    dev = next(model.parameters()).device
+    per_doc = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False).input_ids[: chunk * max_chunks + 1] or [tokenizer.eos_token_id]
+        per_doc.append(_chunks_of(ids, chunk))
+    rows = [c for cs in per_doc for c in cs]
+    T = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), T), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    f = document_features(model, ids.to(dev), mask.to(dev), layers)
+    if all(len(cs) == 1 for cs in per_doc):
+        return f
+    nc = max(len(cs) for cs in per_doc)
+    bs = len(per_doc)
+
+    def gather(x: Tensor) -> Tensor:
+        out = x.new_zeros((bs, nc * T, *x.shape[2:]))
+        k = 0
+        for d, cs in enumerate(per_doc):
+            for c in range(len(cs)):
+                out[d, c * T : (c + 1) * T] = x[k]
+                k += 1
+        return out
+
+    return DocFeatures(m={l: gather(v) for l, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask))
+
+
 def answer_logits(model: nn.Module, batch: StudentBatch) -> Tensor:
     """Logits ``[n, vocab]`` at the label positions only (flattened, so lm_head runs on n rows)."""
-    hs = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
-    flat = hs.reshape(-1, hs.shape[-1])[batch.label_pos]
+    dev = next(model.parameters()).device
+    hs = model.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
+                     use_cache=False).last_hidden_state
+    flat = hs.reshape(-1, hs.shape[-1])[batch.label_pos.to(dev)]
     return model.lm_head(flat).float()
 
 
 def per_sample_nll(logits: Tensor, batch: StudentBatch, n: int) -> Tensor:
     """Mean answer-token NLL per sample ``[n]``."""
-    tok = F.cross_entropy(logits, batch.labels, reduction="none")
-    tot = torch.zeros(n, device=tok.device).index_add_(0, batch.sample_of, tok)
-    cnt = torch.zeros(n, device=tok.device).index_add_(0, batch.sample_of, torch.ones_like(tok))
+    tok = F.cross_entropy(logits, batch.labels.to(logits.device), reduction="none")
+    who = batch.sample_of.to(tok.device)
+    tot = torch.zeros(n, device=tok.device).index_add_(0, who, tok)
+    cnt = torch.zeros(n, device=tok.device).index_add_(0, who, torch.ones_like(tok))
     return tot / cnt.clamp(min=1)
 
 
@@ -96,6 +137,7 @@ def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor, batch: Student
     p = vals.softmax(-1)
     logq = student_logits.log_softmax(-1).gather(-1, idx)
     tok = -(p * logq).sum(-1)
-    tot = torch.zeros(n, device=tok.device).index_add_(0, batch.sample_of, tok)
-    cnt = torch.zeros(n, device=tok.device).index_add_(0, batch.sample_of, torch.ones_like(tok))
+    who = batch.sample_of.to(tok.device)
+    tot = torch.zeros(n, device=tok.device).index_add_(0, who, tok)
+    cnt = torch.zeros(n, device=tok.device).index_add_(0, who, torch.ones_like(tok))
     return tot / cnt.clamp(min=1)
