@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from _fixtures_d2l import tiny_base
 
 from memory.errors import AdapterMismatchError, ModelError, ValidationError
 from memory.hyper.d2l import (
@@ -24,8 +25,6 @@ from memory.hyper.d2l import (
 )
 from memory.lora.apply import apply_lora
 from memory.training.d2l_data import FactGenerator, heldout_set
-
-from _fixtures_d2l import tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_batch_equals_one_by_one(base):
     docs = ["the sky is blue.", "a much longer document about many things, 42 of them."]
     together = internalize(base, docs, hypernet=net, dtype=torch.float32)
     alone = [internalize(base, [d], hypernet=net, dtype=torch.float32)[0] for d in docs]
-    for x, y in zip(together, alone):
+    for x, y in zip(together, alone, strict=True):
         for p in x.weights:
             torch.testing.assert_close(x.delta(p), y.delta(p), atol=1e-4, rtol=1e-3)
 
@@ -251,7 +250,7 @@ def test_shipped_checkpoint_beats_no_context_on_heldout_facts():
     ads = internalize(real, [s.document for s in samples], hypernet=net)
     with_ad = real.generate([s.question for s in samples], adapters=ads, system=QA_SYSTEM, max_new_tokens=10)
     without = real.generate([s.question for s in samples], system=QA_SYSTEM, max_new_tokens=10)
-    acc = lambda gens: sum(s.answer.lower() in g.text.lower() for s, g in zip(samples, gens))  # noqa: E731
+    acc = lambda gens: sum(s.answer.lower() in g.text.lower() for s, g in zip(samples, gens, strict=True))
     assert acc(with_ad) > acc(without), ([g.text for g in with_ad], [s.answer for s in samples])
 
 

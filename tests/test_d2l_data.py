@@ -130,7 +130,7 @@ def test_mixture_draws_every_kind_and_heldout_suites_use_heldout_sources():
     assert hay.answer in hay.document and len(hay.document.split()) > 60
     held = heldout_suites(train_ps, n=4)
     assert {s.kind for s in held} == set(KINDS)
-    assert parse_weights("family=1,prose=0.5") == {**{k: 0.0 for k in KINDS}, "family": 1.0, "prose": 0.5}
+    assert parse_weights("family=1,prose=0.5") == {**dict.fromkeys(KINDS, 0.0), "family": 1.0, "prose": 0.5}
     with pytest.raises(ValueError):
         parse_weights("bogus=1")
     assert TrainingMix(None, seed=0).sample().kind in ("fact", "niah", "family")

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
-
+from typing import Any
 
 from memory.hyper.d2l import DEFAULT_CHECKPOINT, checkpoint_sha256, internalize, load_checkpoint
 from memory.prompts import QA_SYSTEM, context_prompt, parametric_prompt
@@ -52,7 +52,7 @@ def _generate(base: Any, prompts: Sequence[str], adapters: Any = None, bs: int =
 
 
 def _acc(texts: Sequence[str], samples: Sequence[Sample]) -> float:
-    return sum(_correct(t, s.answer) for t, s in zip(texts, samples)) / max(1, len(samples))
+    return sum(_correct(t, s.answer) for t, s in zip(texts, samples, strict=True)) / max(1, len(samples))
 
 
 def _haystack(gen: FactGenerator, n_tokens: int, tokenizer: Any) -> Sample:
@@ -126,7 +126,7 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
             continue
         samples = suite_samples(kind, n, seed=31337, passages=passages)
         qs = [parametric_prompt(s.question) for s in samples]
-        ok = lambda texts: [_correct(t, s.answer) for t, s in zip(texts, samples)]  # noqa: E731
+        ok = lambda texts: [_correct(t, s.answer) for t, s in zip(texts, samples, strict=True)]
         none_t = _generate(base, qs)
         ctx_t = _generate(base, [context_prompt(s.question, [s.document]) for s in samples], bs=8)
         ads = internalize(base, [s.document for s in samples], hypernet=net)
@@ -136,7 +136,7 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
         block["degenerate"] = {"d2l": sum(bool(degenerate(t)) for t in d2l_t), "no_context": sum(bool(degenerate(t)) for t in none_t),
                                "n": len(samples)}
         block["examples"] = [{"q": s.question, "gold": s.answer, "d2l": t, "in_context": c}
-                             for s, t, c in list(zip(samples, d2l_t, ctx_t))[:4]]
+                             for s, t, c in list(zip(samples, d2l_t, ctx_t, strict=True))[:4]]
         if kind == "prose":
             block["sources"] = where
             block["n_sources"] = len({p.source for p in passages})
@@ -161,7 +161,7 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
             ads = internalize(base, [s.document for s in items], hypernet=net)
             texts = _generate(base, [parametric_prompt(s.question) for s in items], adapters=ads)
             toks = [len(base.tokenizer(s.document, add_special_tokens=False).input_ids) for s in items]
-            rows[f"{m}x"] = {"tokens_mean": sum(toks) / len(toks), **_ci([_correct(t, s.answer) for t, s in zip(texts, items)]),
+            rows[f"{m}x"] = {"tokens_mean": sum(toks) / len(toks), **_ci([_correct(t, s.answer) for t, s in zip(texts, items, strict=True)]),
                              "needles_per_doc": 3}
             log.info("d2l eval: prose niah %sx done at %.0f s: %s", m, time.perf_counter() - t0, rows[f"{m}x"])
         out["prose_niah"] = rows
@@ -198,7 +198,7 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
         texts = _generate(base, qs, adapters=ads)
         res[f"d2l_{tag}"] = _acc(texts, samples)
         result.setdefault("examples", []).extend(
-            {"q": s.question, "gold": s.answer, "d2l": t} for s, t in list(zip(samples, texts))[:3])
+            {"q": s.question, "gold": s.answer, "d2l": t} for s, t in list(zip(samples, texts, strict=True))[:3])
         return res
 
     result.update(block(facts, "fact"))
@@ -218,7 +218,8 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
         texts, t0 = [], time.perf_counter()
         cd_ads = []
         for s in sub:
-            ad, _info = distill_document(base, s.document, **({"steps": 8, "max_questions": 4} if quick else {}))
+            cd_options: dict[str, Any] = {"steps": 8, "max_questions": 4} if quick else {}
+            ad, _info = distill_document(base, s.document, **cd_options)
             cd_ads.append(ad)
         cd_s = (time.perf_counter() - t0) / len(sub)
         texts = _generate(base, [parametric_prompt(s.question) for s in sub], adapters=cd_ads)

@@ -26,12 +26,13 @@ configured one. ``pmem eval qa --quick`` runs the built-in suites (made-up facts
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,34 +174,34 @@ class _Runner:
             self.costs[method] += made[method]
             namespaces[method] = ns
             if method in arms:
-                self._record(item, method, lambda ns=ns: self._query(item, ns, "parametric", keys))
-        ns = namespaces.get(preferred or "")
-        if ns is None:
+                self._record(item, method, functools.partial(self._query, item, ns, "parametric", keys))
+        shared_ns = namespaces.get(preferred or "")  # the preferred method's namespace serves hybrid and auto
+        if shared_ns is None:
             return
         t0 = time.perf_counter()
-        self._warm_index(ns, item.question)
+        self._warm_index(shared_ns, item.question)
         index_ms = (time.perf_counter() - t0) * 1000 / len(keys)
         dim = self.mem.chunk_index.embedder.dim
-        for key, text, cost in zip(keys, item.documents, made[preferred or ""]):
-            chunks = self.mem.get(key, namespace=ns).version.chunk_count
+        for key, text, cost in zip(keys, item.documents, made[preferred or ""], strict=True):
+            chunks = self.mem.get(key, namespace=shared_ns).version.chunk_count
             for arm in ("hybrid", "auto"):  # both keep the adapter and the retrieval index of a document
                 self.costs[arm].append({"ms": cost["ms"] + index_ms,
                                         "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4})
         if "hybrid" in arms:
-            self._record(item, "hybrid", lambda: self._query(item, ns, "hybrid", keys))
+            self._record(item, "hybrid", functools.partial(self._query, item, shared_ns, "hybrid", keys))
         if "auto" in arms:
-            self._record(item, "auto", lambda: self._query(item, ns, "auto", None))
+            self._record(item, "auto", functools.partial(self._query, item, shared_ns, "auto", None))
 
     # ------------------------------------------------------------------ helpers
     def _store(self, item: suites.Item, keys: list[str], ns: str, index_cost_arm: str | None) -> str:
-        for key, text in zip(keys, item.documents):
+        for key, text in zip(keys, item.documents, strict=True):
             self.mem.add(text, document_id=key, namespace=ns)
         if index_cost_arm:
             t0 = time.perf_counter()
             self._warm_index(ns, item.question)
             ms = (time.perf_counter() - t0) * 1000
             dim = self.mem.chunk_index.embedder.dim
-            for key, text in zip(keys, item.documents):
+            for key, text in zip(keys, item.documents, strict=True):
                 chunks = self.mem.get(key, namespace=ns).version.chunk_count
                 self.costs[index_cost_arm].append({"ms": ms / len(keys),
                                                    "bytes": len(text.encode("utf-8")) + chunks * dim * 4})
@@ -298,7 +299,7 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
     cd_items = cd_items if cd_items is not None else (2 if quick else len(items))
     cd_steps = cd_steps if cd_steps is not None else (12 if quick else None)
     settings = settings or Settings.from_env()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     outdir = Path(output) if output is not None else settings.home / "eval" / f"qa-{stamp}"
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pmem-eval-") as tmp:

@@ -19,15 +19,17 @@ import json
 import logging
 import math
 import os
+import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from memory.training import load_resume_state
 from memory.hyper.d2l import D2LConfig, D2LHypernetwork, document_features, save_checkpoint
 from memory.lora.apply import apply_lora_batched
+from memory.training import load_resume_state
 from memory.training.d2l_data import FactGenerator, Sample, heldout_set
 from memory.training.d2l_mix import MixConfig, TrainingMix, heldout_suites, load_passages, parse_weights
 from memory.training.d2l_objective import (
@@ -211,7 +213,7 @@ def train(args: argparse.Namespace) -> Path:
         step, best, elapsed0 = st["step"], st["best"], st["elapsed"]
         gen.rng.setstate(st["rng"])
         if mix is not None and "mix_rng" in st:
-            for r, state in zip(_mix_rngs(mix), st["mix_rng"]):
+            for r, state in zip(_mix_rngs(mix), st["mix_rng"], strict=False):  # a resumed run may differ in prose
                 r.setstate(state)
         log.info("resumed at step %d", step)
     elif args.centre_keys and not args.init:
@@ -262,7 +264,7 @@ def train(args: argparse.Namespace) -> Path:
             cur = curriculum(step, args)
             samples = [gen.mixed(cur["max_facts"], cur["niah_prob"], cur["niah_tokens"]) for _ in range(args.bs)]
         lr_scale = min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps_est))))
-        for g, base_lr in zip(opt.param_groups, (args.lr, args.lr, args.lr * 10)):
+        for g, base_lr in zip(opt.param_groups, (args.lr, args.lr, args.lr * 10), strict=False):
             g["lr"] = base_lr * lr_scale
         if args.kl > 0:
             nll, gates, kl = kl_step(base, net, samples, args.chunk_tokens, max_chunks=args.max_chunks)

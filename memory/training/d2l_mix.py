@@ -19,9 +19,9 @@ True
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from memory.training.d2l_data import FactGenerator, Sample
 from memory.training.d2l_families import FamilyGenerator
@@ -47,7 +47,7 @@ def parse_weights(spec: str | None) -> dict[str, float]:
     """
     if not spec:
         return dict(DEFAULT_WEIGHTS)
-    out = {k: 0.0 for k in KINDS}
+    out = dict.fromkeys(KINDS, 0.0)
     for part in spec.split(","):
         k, _, v = part.partition("=")
         if k.strip() not in KINDS:
@@ -89,8 +89,8 @@ class TrainingMix:
         if kind == "niah":
             return self.facts.niah(self.rng.randint(32, 128))
         if kind == "family":
-            s = self.fam.sample(self.rng.randint(1, c.max_facts))
-            return Sample(s.document, s.question, s.answer, "family")
+            fs = self.fam.sample(self.rng.randint(1, c.max_facts))
+            return Sample(fs.document, fs.question, fs.answer, "family")
         assert self.prose is not None
         if kind in ("prose", "continue"):
             forms = ("continue",) if kind == "continue" else ("wh", "cloze")

@@ -10,8 +10,9 @@ with the document in its prompt) and an L1 penalty on the generated components.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ def student_batch(tokenizer, questions: Sequence[str], answers: Sequence[str],
     """Right-padded prompt+answer ids with the answer tokens (and the end-of-turn token) as labels."""
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     seqs, spans = [], []
-    for i, (q, a) in enumerate(zip(questions, answers)):
+    for i, (q, a) in enumerate(zip(questions, answers, strict=True)):
         p = prompt_ids(tokenizer, q, contexts[i] if contexts else None)
         ans = tokenizer(a, add_special_tokens=False).input_ids + [end]
         seqs.append(p + ans)
@@ -53,12 +54,12 @@ def student_batch(tokenizer, questions: Sequence[str], answers: Sequence[str],
     ids = torch.full((len(seqs), T), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     pos, lab, who = [], [], []
-    for i, (s, (p, n)) in enumerate(zip(seqs, spans)):
+    for i, (s, (start, n)) in enumerate(zip(seqs, spans, strict=True)):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
         for j in range(n):
-            pos.append(i * T + p + j - 1)
-            lab.append(s[p + j])
+            pos.append(i * T + start + j - 1)
+            lab.append(s[start + j])
             who.append(i)
     return StudentBatch(ids, mask, torch.tensor(pos), torch.tensor(lab), torch.tensor(who))
 
@@ -113,8 +114,10 @@ def chunked_features(model: nn.Module, tokenizer, texts: Sequence[str], chunk: i
     return DocFeatures(m={l: gather(v) for l, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask))
 
 
-def answer_logits(model: nn.Module, batch: StudentBatch) -> Tensor:
-    """Logits ``[n, vocab]`` at the label positions only (flattened, so lm_head runs on n rows)."""
+def answer_logits(model: Any, batch: StudentBatch) -> Tensor:
+    """Logits ``[n, vocab]`` at the label positions only (flattened, so lm_head runs on n rows).
+
+    ``model`` is a transformers causal LM: its ``model`` (the decoder) and ``lm_head`` are found by name."""
     dev = next(model.parameters()).device
     hs = model.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
                      use_cache=False).last_hidden_state

@@ -30,7 +30,6 @@ True
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
 import json
 import logging
@@ -39,9 +38,10 @@ import re
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def _docstring_passages(root: Path, family_root: str, max_files: int = 6000) -> 
     n = 0
     for f in sorted(root.rglob("*.py")):
         parts = f.relative_to(root).parts
-        if any(p in ("test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "dist-packages") or p.startswith("_")
-               and p != "__init__.py" for p in parts[:-1]):
+        if any(p in ("test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "dist-packages") or (p.startswith("_")
+               and p != "__init__.py") for p in parts[:-1]):
             continue
         n += 1
         if n > max_files:
