@@ -107,10 +107,10 @@ def test_prose_split_is_by_source_and_licences_are_dropped():
 
 
 def test_wh_questions_reword_and_answer_with_spans():
-    got = dict((a, q) for q, a in wh_questions("The first version was written by Ada Lovelace in 1843."))
+    got = {a: q for q, a in wh_questions("The first version was written by Ada Lovelace in 1843.")}
     assert "Ada Lovelace" in got and got["Ada Lovelace"].startswith("By whom")
     assert "1843" in got
-    got = dict((a, q) for q, a in wh_questions("The default timeout is thirty seconds for every request."))
+    got = {a: q for q, a in wh_questions("The default timeout is thirty seconds for every request.")}
     assert any(q.startswith("What is the default timeout") for q in got.values())
     p = Passage("meta", "demo", "The cache holds 512 entries per worker. It was designed by Mira Holm in 2019. "
                                 "Old entries are dropped first when the cache is full.")
@@ -131,7 +131,7 @@ def test_mixture_draws_every_kind_and_heldout_suites_use_heldout_sources():
     held = heldout_suites(train_ps, n=4)
     assert {s.kind for s in held} == set(KINDS)
     assert parse_weights("family=1,prose=0.5") == {**dict.fromkeys(KINDS, 0.0), "family": 1.0, "prose": 0.5}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown kind 'bogus'"):
         parse_weights("bogus=1")
     assert TrainingMix(None, seed=0).sample().kind in ("fact", "niah", "family")
     assert ProseGenerator(train_ps, seed=0).sample().answer

@@ -55,7 +55,7 @@ def test_paired_bootstrap_sees_a_consistent_gain_and_no_gain():
     assert better["diff"] == pytest.approx(0.5) and better["low"] > 0 and better["p_b_better"] > 0.99
     same = metrics.paired_bootstrap(a, a)
     assert same["diff"] == 0 and same["low"] == 0 == same["high"] and same["p_b_better"] == 0.5
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same length"):
         metrics.paired_bootstrap([1, 0], [1])
 
 

@@ -11,7 +11,7 @@ CFG = RouterConfig()
 
 
 def cand(doc, rel, ready=True, status="ready"):
-    return Candidate(doc, rel, ready, status if ready else status)
+    return Candidate(doc, rel, ready, status)
 
 
 def test_auto_uses_adapters_of_relevant_documents_only():

@@ -102,7 +102,7 @@ def suite_samples(kind: str, n: int, seed: int, passages: Sequence[Any] | None =
 
         pg = ProseGenerator(list(passages or []), seed=seed)
         out: list[Sample] = []
-        for i in range(n):
+        for _ in range(n):
             s = pg.sample(forms=("wh", "cloze"), weights=(0.5, 0.5))
             out.append(Sample(s.document, s.question, s.answer, "prose"))
         return out
@@ -126,7 +126,7 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
             continue
         samples = suite_samples(kind, n, seed=31337, passages=passages)
         qs = [parametric_prompt(s.question) for s in samples]
-        ok = lambda texts: [_correct(t, s.answer) for t, s in zip(texts, samples, strict=True)]
+        ok = lambda texts, samples=samples: [_correct(t, s.answer) for t, s in zip(texts, samples, strict=True)]
         none_t = _generate(base, qs)
         ctx_t = _generate(base, [context_prompt(s.question, [s.document]) for s in samples], bs=8)
         ads = internalize(base, [s.document for s in samples], hypernet=net)

@@ -138,7 +138,8 @@ class _Runner:
         doc_bytes = sum(len(d.encode("utf-8")) for d in item.documents)
         if "none" in arms:
             self._record(item, "none", lambda: dict(zip(("answer", "prompt_tokens", "completion_tokens"),
-                                                        self._direct(prompts.parametric_prompt(item.question)))))
+                                                        self._direct(prompts.parametric_prompt(item.question)),
+                                                        strict=True)))
         if "context" in arms:
             def context() -> dict[str, Any]:
                 text = "\n\n".join(d.strip() for d in item.documents)

@@ -67,7 +67,7 @@ def curriculum(step: int, args: argparse.Namespace) -> dict[str, Any]:
     """Data mix at ``step``: facts per document grow 1 -> ``max_facts`` and haystacks 32 -> ``niah_max`` tokens."""
     frac = min(1.0, step / max(1, args.ramp_steps))
     return {
-        "max_facts": 1 + int(round(frac * (args.max_facts - 1))),
+        "max_facts": 1 + round(frac * (args.max_facts - 1)),
         "niah_prob": args.niah_prob,
         "niah_tokens": (32, int(64 + frac * (args.niah_max - 64))),
     }
@@ -220,7 +220,7 @@ def train(args: argparse.Namespace) -> Path:
         warm = [gen.mixed(1, args.niah_prob) for _ in range(32)]
         ids, mask = encode_documents(base.tokenizer, [s.document for s in warm], args.chunk_tokens)
         net.init_key_centres(document_features(base.model, ids.to(device), mask.to(device), cfg.target_layers))
-    logf = open(out / "log.jsonl", "a")
+    logf = open(out / "log.jsonl", "a")  # noqa: SIM115 - written through the whole run, closed at its end
     t0 = time.time()
     budget = args.minutes * 60.0
     total_steps_est = args.total_steps

@@ -529,7 +529,7 @@ class FamilyGenerator:
         return out[0].upper() + out[1:]
 
     def _question(self, rel: Rel, ent: str) -> str:
-        _name, attr, syn, _vt, _verbal, vq = rel
+        _name, _attr, syn, _vt, _verbal, vq = rel
         r = self.rng
         if vq and r.random() < 0.45:
             q = r.choice(vq)
@@ -612,7 +612,7 @@ class FamilyGenerator:
             spread = len(rows) >= 2 and r.random() < 0.6
             if spread:
                 sentences.append(r.choice(_PRONOUN_OPENERS).replace("{E}", e))
-            for k, (rel, v) in enumerate(rows):
+            for rel, v in rows:
                 sentences.append(self._statement(rel, e, v, pronoun=spread and r.random() < 0.6))
             if r.random() < 0.3:
                 sentences.append(r.choice(_FILLER))

@@ -46,7 +46,7 @@ def student_batch(tokenizer, questions: Sequence[str], answers: Sequence[str],
     seqs, spans = [], []
     for i, (q, a) in enumerate(zip(questions, answers, strict=True)):
         p = prompt_ids(tokenizer, q, contexts[i] if contexts else None)
-        ans = tokenizer(a, add_special_tokens=False).input_ids + [end]
+        ans = [*tokenizer(a, add_special_tokens=False).input_ids, end]
         seqs.append(p + ans)
         spans.append((len(p), len(ans)))
     T = max(len(s) for s in seqs)
@@ -111,7 +111,7 @@ def chunked_features(model: nn.Module, tokenizer, texts: Sequence[str], chunk: i
                 k += 1
         return out
 
-    return DocFeatures(m={l: gather(v) for l, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask))
+    return DocFeatures(m={layer: gather(v) for layer, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask))
 
 
 def answer_logits(model: Any, batch: StudentBatch) -> Tensor:

@@ -112,10 +112,7 @@ def paragraphs(text: str) -> Iterator[str]:
 
 
 def _site_packages() -> list[Path]:
-    out = []
-    for p in sys.path:
-        if p.endswith("site-packages") and Path(p).is_dir():
-            out.append(Path(p))
+    out = [Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
     return out or [Path(sysconfig.get_paths()["purelib"])]
 
 
@@ -306,7 +303,7 @@ def questions(p: Passage, rng: random.Random, n_continue: int = 1) -> list[Prose
     """Every question this passage yields (wh, cloze, continue)."""
     sents = sentences(p.text)
     out: list[ProseSample] = []
-    for i, s in enumerate(sents):
+    for s in sents:
         words = s.split()
         if not 6 <= len(words) <= 45:
             continue
