@@ -24,10 +24,10 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory.db import Chunk, Document, DocumentVersion, Namespace
@@ -260,7 +260,7 @@ class ChunkIndex:
             with self._sessions() as s:
                 for i in batch:
                     # __table__ is the Table at run time; SQLAlchemy annotates it as a FromClause
-                    s.execute(Chunk.__table__.update().where(Chunk.id == rows[i].id)  # type: ignore[attr-defined]
+                    s.execute(cast(Table, Chunk.__table__).update().where(Chunk.id == rows[i].id)
                               .values(embedding=vector_to_bytes(out[i]), embedding_model=self.model_key))
                 s.commit()
         return out

@@ -22,7 +22,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -100,6 +100,10 @@ class CreatedKey:
         return f"CreatedKey(info={self.info!r}, secret='pmk_{self.info.key_id}_…')"
 
 
+@overload
+def _utc(ts: datetime) -> datetime: ...
+@overload
+def _utc(ts: None) -> None: ...
 def _utc(ts: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; they were written in UTC.
     return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
@@ -107,7 +111,7 @@ def _utc(ts: datetime | None) -> datetime | None:
 
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(key_id=row.key_id, name=row.name, role=row.role, namespaces=list(row.namespaces or []),
-                   created_at=_utc(row.created_at), last_used_at=_utc(row.last_used_at),  # type: ignore[arg-type]
+                   created_at=_utc(row.created_at), last_used_at=_utc(row.last_used_at),
                    revoked_at=_utc(row.revoked_at))
 
 
