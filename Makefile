@@ -10,7 +10,7 @@ export SCARF_NO_ANALYTICS := 1
 export UNSTRUCTURED_DISABLE_NOTICE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run lint test test-fast bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,15 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/pmem demo
 
-test: $(STAMP)
+# ruff (lint + format check) and mypy (memory/, integrations/, workers/), then the import contracts
+# (lint-imports): all configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def main(name: str, doc: str, run: Callable[[bool], dict[str, Any]], plot: Callable[[dict[str, Any], Any], None]) -> None:

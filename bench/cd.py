@@ -66,7 +66,7 @@ QUESTIONS: list[tuple[str, str]] = [
 def _accuracy(base: Any, prompts: list[list[int]], adapters: Any = None) -> tuple[float, list[str]]:
     gens = base.generate(prompts, max_new_tokens=40, adapters=adapters)
     texts = [g.text for g in gens]
-    hits = [key.lower() in t.lower() for (_, key), t in zip(QUESTIONS, texts)]
+    hits = [key.lower() in t.lower() for (_, key), t in zip(QUESTIONS, texts, strict=True)]
     return sum(hits) / len(hits), texts
 
 
@@ -100,7 +100,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     result["adapter_bytes"] = adapter.num_bytes
     acc, answers = _accuracy(base, plain, adapter)
     result["cd_accuracy"] = acc
-    result["cd_answers"] = {q: a for q, a in zip(plain, answers)}
+    result["cd_answers"] = dict(zip(plain, answers, strict=True))
     result["loadavg_end"] = round(os.getloadavg()[0], 2)
     return result
 

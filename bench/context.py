@@ -132,7 +132,7 @@ def crossing(xs: list[float], a: list[float], b: list[float]) -> dict[str, Any]:
     >>> crossing([256, 512, 1024], [1, 3, 9], [2, 2, 2])["at"]
     384.0
     """
-    d = [x - y for x, y in zip(a, b)]
+    d = [x - y for x, y in zip(a, b, strict=True)]
     if all(v >= 0 for v in d) or all(v < 0 for v in d):
         word = "more" if d[0] >= 0 else "less"
         out: dict[str, Any] = {"at": None,
@@ -256,7 +256,7 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     axes[1].plot(x, [p["context_kv_bytes"] / 2**20 for p in pts], "o-", label="KV cache of the document")
     axes[1].plot(x, [p["adapter_total_bytes"] / 2**20 for p in pts], "s-", label="adapter + KV of the question")
     axes[1].set_ylabel("MiB")
-    for ax, key in zip(axes, ("ttft", "memory")):
+    for ax, key in zip(axes, ("ttft", "memory"), strict=True):
         c = result["crossings"][key]
         if c["at"]:
             ax.axvline(c["at"], color="grey", ls=":", lw=1)

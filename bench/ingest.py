@@ -24,10 +24,11 @@ import platform
 import random
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from html import escape
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -121,13 +121,15 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
         mem.add(text, document_id=doc_id, namespace=NS)
     add_s = time.perf_counter() - t0
     mem.search("warm up the embedder", k=4, namespace=NS)  # embeds every chunk once (stored on the rows)
+    # Load (and on first use convert) the base model here first: the server then finds it converted.
+    mem.query(_question(0), namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
     key = KeyStore.for_memory(mem).create("bench", role="read", namespaces=[NS]).secret
 
     port = _free_port()
     env = {**os.environ, **env_home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = home / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "memory.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning", "--max-waiting", "256"],
+                             "--log-level", "warning", "--max-waiting", "256", "--query-timeout", "1800"],
                             env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
@@ -166,10 +168,9 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
             return {"question": _question(i % n_docs), "mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens,
                     "log": False}
 
-        # warm both sides: the server's embedder and model, the in-process model
+        # warm the server's embedder and model
         http_caller("/search", search_body)()(0)
         http_caller("/query", query_body)()(0)
-        mem.query(_question(0), namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
 
         def local(fn: Callable[[int], Any]) -> Callable[[], Callable[[int], None]]:
             return lambda: fn

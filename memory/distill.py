@@ -296,7 +296,7 @@ def distill_document(
             rng.shuffle(perm)
             order.extend(perm)
         batch = [order.pop(0) for _ in range(min(batch_size, n))]
-        with apply_lora(base.model, adapter):
+        with apply_lora(base, adapter):
             logits = _answer_logits(base, [s_prompts[i] for i in batch], [answers[i] for i in batch])
         logq = torch.log_softmax(logits, -1)
         t_lp = torch.cat([teacher[i][0] for i in batch]).to(logq.device)

@@ -48,14 +48,14 @@ class AdapterMismatchError(ModelError):
 
 
 __all__ = [
-    "PMemError",
+    "AdapterMismatchError",
     "ConfigError",
-    "ValidationError",
-    "NotFoundError",
     "ConflictError",
-    "IntegrityError",
     "DatabaseNotInitialisedError",
     "IngestError",
+    "IntegrityError",
     "ModelError",
-    "AdapterMismatchError",
+    "NotFoundError",
+    "PMemError",
+    "ValidationError",
 ]

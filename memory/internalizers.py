@@ -4,20 +4,19 @@
 - ``cd``: context distillation, the classic per-document gradient-descent baseline, and the fallback for a
   base model that has no trained hypernetwork.
 
-Each internalizer has an identity (kind, name, checkpoint hash, config) that is stored as a
-``Hypernetwork`` row, so that every adapter says exactly what made it.
+Each internalizer has an identity (kind, name, checkpoint hash, config; defined once, in
+``memory.hyper.identity``) that is stored as a ``Hypernetwork`` row, so that every adapter says exactly
+what made it, and that names the internalization jobs (:func:`planned_identity`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from memory.errors import ModelError, ValidationError
+from memory.hyper.identity import Identity, cd_identity, checkpoint_identity, is_compatible, trained_for
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +24,10 @@ CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_D2L = CHECKPOINTS / "d2l-smollm2-135m"
 DEFAULT_T2L = CHECKPOINTS / "t2l-smollm2-135m"
 METHODS = ("auto", "d2l", "cd")
+CD_DEFAULTS = {"method": "context-distillation", "version": 1}
 
-
-@dataclass(frozen=True)
-class Identity:
-    kind: str  # d2l | cd | t2l
-    name: str
-    checkpoint_sha256: str
-    config: dict[str, Any] = field(default_factory=dict)
-    eval_metrics: dict[str, Any] = field(default_factory=dict)
+__all__ = ["CDInternalizer", "D2LInternalizer", "Identity", "Internalizer", "T2LGenerator", "d2l_checkpoint_for",
+           "planned_identity", "resolve"]
 
 
 class Internalizer(Protocol):
@@ -56,12 +50,7 @@ class D2LInternalizer:
         self._d2l = d2l
         self.directory = Path(directory)
         self.net = d2l.load_checkpoint(self.directory, base)
-        card = self.directory / "eval.json"
-        metrics = json.loads(card.read_text()) if card.is_file() else {}
-        self.identity = Identity(
-            kind="d2l", name=self.directory.name, checkpoint_sha256=d2l.checkpoint_sha256(self.directory),
-            config=json.loads((self.directory / "config.json").read_text()), eval_metrics=metrics,
-        )
+        self.identity = checkpoint_identity("d2l", self.directory, metrics_file="eval.json")
 
     def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
         return self._d2l.internalize(base, [text], hypernet=self.net, progress=progress)[0]
@@ -71,10 +60,8 @@ class CDInternalizer:
     """Context distillation: a LoRA trained per chunk so the model without the text matches the model with it."""
 
     def __init__(self, base: Any, **config: Any) -> None:
-        self.config = {"method": "context-distillation", "version": 1, **config}
-        digest = hashlib.sha256(json.dumps({**self.config, "base": base.fingerprint}, sort_keys=True).encode())
-        self.identity = Identity(kind="cd", name="context-distillation", checkpoint_sha256=digest.hexdigest(),
-                                 config=self.config)
+        self.config = {**CD_DEFAULTS, **config}
+        self.identity = cd_identity(self.config, base.fingerprint)
 
     def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
         from memory.distill import distill_document
@@ -85,14 +72,6 @@ class CDInternalizer:
         return adapter
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class T2LGenerator:
     """The Text-to-LoRA hypernetwork of a checkpoint directory: a task description becomes a skill adapter."""
 
@@ -101,10 +80,7 @@ class T2LGenerator:
 
         self.directory = Path(directory) if directory else DEFAULT_T2L
         self.net = T2LHypernetwork.load(self.directory, base_fingerprint=base.fingerprint)
-        config = json.loads((self.directory / "config.json").read_text())
-        self.identity = Identity(kind="t2l", name=self.directory.name,
-                                 checkpoint_sha256=_file_sha256(self.directory / "model.safetensors"),
-                                 config=config)
+        self.identity = checkpoint_identity("t2l", self.directory)
 
     def generate(self, description: str) -> Any:
         return self.net.generate([description])[0]
@@ -112,18 +88,33 @@ class T2LGenerator:
 
 def d2l_checkpoint_for(base: Any, directory: str | Path | None = None) -> Path | None:
     """The D2L checkpoint directory to use for ``base``, or None when there is none for this base model."""
+    return _d2l_checkpoint(str(base.fingerprint), directory)
+
+
+def _d2l_checkpoint(base_fingerprint: str, directory: str | Path | None) -> Path | None:
     path = Path(directory) if directory else DEFAULT_D2L
     if not (path / "config.json").is_file():
         return None
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"D2L checkpoint config {path / 'config.json'} is unreadable: {e}") from e
-    want = str(cfg.get("base_model") or cfg.get("base_fingerprint") or "")
-    # The whole fingerprint: the name says which weights, the hash which architecture (see compute_fingerprint).
-    if want and want != str(base.fingerprint):
-        return None
-    return path
+    return path if is_compatible(trained_for(path), base_fingerprint) else None
+
+
+def planned_identity(method: str, base_fingerprint: str, *, checkpoint: str | Path | None = None) -> Identity:
+    """The identity :func:`resolve` gives ``method`` for this base model (default options), without loading any
+    model: what names an internalization job before a worker runs it.
+
+    >>> planned_identity("cd", "toy@0").kind
+    'cd'
+    """
+    if method not in METHODS:
+        raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
+    if method in ("auto", "d2l"):
+        path = _d2l_checkpoint(base_fingerprint, checkpoint)
+        if path is not None:
+            return checkpoint_identity("d2l", path, metrics_file="eval.json")
+        if method == "d2l":
+            raise ModelError(f"no Doc-to-LoRA checkpoint for base model {base_fingerprint!r} "
+                             f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'")
+    return cd_identity(CD_DEFAULTS, base_fingerprint)
 
 
 def resolve(method: str, base: Any, *, checkpoint: str | Path | None = None,

@@ -17,13 +17,14 @@ again (``attempts`` counts both). A job that already ``succeeded`` is not run ag
 
 from __future__ import annotations
 
+import builtins
 import logging
 import random
 import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import and_, func, or_, select
@@ -39,7 +40,6 @@ from memory.types import JobInfo
 log = logging.getLogger(__name__)
 
 JOB_KINDS = ("ingest", "internalize", "refresh")
-_ACTIVE = (JobState.queued, JobState.running, JobState.retrying)
 _TRANSITION_RETRIES = 8
 MAX_ERROR_CHARS = 8000
 
@@ -95,6 +95,10 @@ def backoff_seconds(retries: int, *, base: float = 2.0, cap: float = 300.0, jitt
     return delay / 2 + random.uniform(0, delay / 2) if jitter else delay
 
 
+@overload
+def _utc(ts: datetime) -> datetime: ...
+@overload
+def _utc(ts: None) -> None: ...
 def _utc(ts: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
     return ts.replace(tzinfo=timezone.utc) if ts is not None and ts.tzinfo is None else ts
@@ -230,7 +234,7 @@ class JobStore:
         with self._sessions() as s:
             return [_info(r) for r in s.scalars(q)]
 
-    def stale(self, older_than_s: float, *, now: datetime | None = None) -> list[JobInfo]:
+    def stale(self, older_than_s: float, *, now: datetime | None = None) -> builtins.list[JobInfo]:
         """Unfinished jobs untouched for more than ``older_than_s`` seconds, oldest first.
 
         ``queued`` since creation, or ``retrying``/``running`` since their last attempt began: a job

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -83,7 +83,7 @@ class RefreshReport:
 def _aware(ts: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes for timezone-aware columns; they were written in UTC.
     if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
+        return ts.replace(tzinfo=UTC)
     return ts
 
 
@@ -94,7 +94,7 @@ def due_sources(mem: Any, *, namespace: str | None = None, now: datetime | None 
     >>> [s.uri for s in due_sources(mem)]  # doctest: +SKIP
     ['/data/policies']
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     q = (select(Source, Namespace.name).join(Namespace, Source.namespace_id == Namespace.id)
          .where(Source.refresh_interval_s.is_not(None)).order_by(Source.id))
     if namespace is not None:
@@ -160,7 +160,7 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
     >>> refresh_sources(mem, force=True, enqueue=print).to_dict()["sources"]  # doctest: +SKIP
     1
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     report = RefreshReport()
     for src in due_sources(mem, namespace=namespace, now=now, force=force):
         sr = SourceReport(source=src.uri, namespace=src.namespace)
@@ -169,7 +169,7 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
                                      prune_missing=True)
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
             sr.removed = [r.source or "" for r in results if r.status == "removed"]
-        except Exception as e:  # noqa: BLE001 - one bad source must not stop the refresh of the others
+        except Exception as e:  # one bad source must not stop the refresh of the others
             if classify(e) == "transient":
                 raise  # the database or the network, not the source: the whole refresh is retried
             sr.error = describe(e)

@@ -31,6 +31,8 @@ from memory.errors import IntegrityError, NotFoundError, ValidationError
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# fsspec protocols whose single write is atomic and that have no rename.
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"}
 # A writer's temporary file lives for the milliseconds of one write; one this old was left by a crash.
 TEMP_GRACE_S = 3600.0
 
@@ -57,7 +59,10 @@ class BlobStore:
 
             self._fs, self._root = fsspec.core.url_to_fs(url)
             self._local = None
+            protocols = {self._fs.protocol} if isinstance(self._fs.protocol, str) else set(self._fs.protocol)
+            self._object_store = bool(protocols & _OBJECT_STORES)
         else:
+            self._object_store = False
             self._local = Path(url.removeprefix("file://")).expanduser()
             self._local.mkdir(parents=True, exist_ok=True)
             self._fs, self._root = None, str(self._local)
@@ -108,6 +113,11 @@ class BlobStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
             _fsync_dir(target.parent)  # the rename itself survives a power loss only once its directory is synced
+        elif self._object_store:
+            # One PUT is atomic on an object store (readers see the old object or the new one, never
+            # half of it); a temporary name plus a server-side copy would only double the traffic.
+            self._fs.pipe_file(path, data)
+            self._forget(path)
         else:
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             self._fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -118,6 +128,7 @@ class BlobStore:
                 if self._fs.exists(tmp):
                     self._fs.rm(tmp)
                 raise
+            self._forget(path)
 
     def get(self, digest: str) -> bytes:
         """Read a blob and verify its hash; raise :class:`IntegrityError` if it was changed or truncated."""
@@ -138,13 +149,24 @@ class BlobStore:
             )
         return data
 
+    def _forget(self, path: str) -> None:
+        """Drop fsspec's cached listing of ``path``: another process may have written or deleted it since."""
+        self._fs.invalidate_cache(path)
+        self._fs.invalidate_cache(path.rsplit("/", 1)[0])
+
     def exists(self, digest: str) -> bool:
         path = self._path(digest)
-        return Path(path).is_file() if self._local is not None else bool(self._fs.exists(path))
+        if self._local is not None:
+            return Path(path).is_file()
+        self._forget(path)
+        return bool(self._fs.exists(path))
 
     def size(self, digest: str) -> int:
         path = self._path(digest)
-        return Path(path).stat().st_size if self._local is not None else int(self._fs.size(path))
+        if self._local is not None:
+            return Path(path).stat().st_size
+        self._forget(path)
+        return int(self._fs.size(path))
 
     def delete(self, digest: str) -> bool:
         """Remove a blob; return whether it existed."""
@@ -155,10 +177,16 @@ class BlobStore:
                 return True
             except FileNotFoundError:
                 return False
-        if self._fs.exists(path):
+        self._forget(path)
+        if not self._fs.exists(path):  # (S3 deletes a missing key without complaint)
+            return False
+        try:
             self._fs.rm(path)
-            return True
-        return False
+        except FileNotFoundError:
+            return False
+        finally:
+            self._forget(path)
+        return True
 
     def __iter__(self) -> Iterator[str]:
         """Every stored blob name (temporary files excluded)."""
@@ -167,6 +195,7 @@ class BlobStore:
                 if _SHA256.fullmatch(p.name):
                     yield p.name
         else:
+            self._fs.invalidate_cache()
             for p in self._fs.find(self._root):
                 name = p.rsplit("/", 1)[-1]
                 if _SHA256.fullmatch(name):
@@ -202,6 +231,7 @@ class BlobStore:
                 except FileNotFoundError:  # its writer renamed it meanwhile
                     pass
             return
+        self._fs.invalidate_cache()
         for p, info in self._fs.find(self._root, detail=True).items():
             if ".tmp-" not in p.rsplit("/", 1)[-1]:
                 continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
 
 from memory.db.models import Base
 from memory.db.session import get_engine
@@ -14,7 +13,7 @@ target_metadata = Base.metadata
 _OPTIONAL_TABLES = frozenset({"chunk_vectors"})
 
 
-def include_name(name, type_, parent_names) -> bool:  # noqa: ANN001
+def include_name(name, type_, parent_names) -> bool:
     return not (type_ == "table" and name in _OPTIONAL_TABLES)
 
 

@@ -17,5 +17,4 @@ def tiny_base(seed: int = 0, layers: int = 4, name: str = "tiny") -> BaseModel:
     )
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     fp = compute_fingerprint(name, model)
-    model._pmem_fingerprint = fp
     return BaseModel(model=model, tokenizer=tiny_tokenizer(), name=name, fingerprint=fp)

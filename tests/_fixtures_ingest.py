@@ -17,7 +17,7 @@ from bench.ingest import pdf_bytes  # the valid-PDF writer is shared with the be
 # A line on a PDF page: (text, font size, x, y) in points; the page is US Letter (612 x 792).
 PdfLine = tuple[str, float, float, float]
 
-__all__ = ["pdf_bytes", "policy_pdf_pages", "docx_bytes", "eml_bytes", "write_corpus"]
+__all__ = ["docx_bytes", "eml_bytes", "pdf_bytes", "policy_pdf_pages", "write_corpus"]
 
 
 def policy_pdf_pages(n_pages: int = 3) -> list[list[PdfLine]]:
@@ -41,8 +41,8 @@ def policy_pdf_pages(n_pages: int = 3) -> list[list[PdfLine]]:
 def docx_bytes(page_break: bool = True) -> bytes:
     """A Word document: title, two headings, a list, a table, and (optionally) a rendered page break."""
     import docx
-    from docx.oxml.ns import qn
     from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
 
     d = docx.Document()
     d.add_heading("Employee Handbook", 0)

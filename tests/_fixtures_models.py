@@ -29,7 +29,6 @@ def tiny_base(seed: int = 0) -> BaseModel:
     )
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     fp = compute_fingerprint("tiny", model)
-    model._pmem_fingerprint = fp
     return BaseModel(model=model, tokenizer=tiny_tokenizer(), name="tiny", fingerprint=fp)
 
 

@@ -131,7 +131,15 @@ class WorkerProcess:
 
 
 def worker_env(home: Path, broker_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith("PMEM_TEST_")}
+    """The environment of a worker process. Converted base models are shared with the test process (as
+    conftest shares them between tests), and converted here first: submitting an internalization names the
+    base model's fingerprint, and a worker converting the GGUF itself would spend a test's timeout on it."""
+    from memory.models import base_fingerprint
+
+    keep = ("PMEM_TEST_", "PMEM_MODEL_CACHE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith(keep)}
+    if "PMEM_MODEL_CACHE" in env:
+        base_fingerprint()
     env.update({
         "PMEM_HOME": str(home),
         "PMEM_BROKER_URL": broker_url,

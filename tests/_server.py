@@ -51,7 +51,8 @@ def make_app() -> Any:
     limits = ServerLimits(max_body_bytes=int(os.environ.get("PMEM_TEST_MAX_BODY", 2 * 2**20)),
                           max_upload_bytes=int(os.environ.get("PMEM_TEST_MAX_UPLOAD", 2**20)),
                           max_k=50, max_new_tokens=256, source_roots=roots,
-                          max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)))
+                          max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)),
+                          query_timeout_s=600.0)  # a cold model start on a shared 2-core machine takes minutes
     auth = os.environ.get("PMEM_TEST_NO_AUTH") != "1"
     return create_app(ParametricMemory(Settings.from_env(), embedder=embedder), auth=auth, limits=limits)
 

@@ -9,14 +9,13 @@ import os
 
 import pytest
 import torch
+from _fixtures_models import tiny_base  # tests/ is on sys.path
 
 from memory.config import Settings
 from memory.distill import distill_document, make_questions, split_sentences, student_prompt, teacher_prompt
 from memory.errors import ValidationError
 from memory.lora import from_bytes, to_bytes
 from memory.models import load_base_model
-
-from _fixtures_models import tiny_base  # tests/ is on sys.path
 
 
 def test_split_sentences_and_questions():
@@ -33,7 +32,7 @@ def test_distill_trains_an_adapter_on_tiny_model():
     seen = []
     ad, info = distill_document(
         base, "abc def ghi jkl is mno. pqr stu vwx yz is abc.", questions=["what is abc?"], rank=4,
-        target_modules=("mlp.down_proj",), steps=12, lr=1e-2, progress=lambda s, n, l: seen.append((s, n, l)),
+        target_modules=("mlp.down_proj",), steps=12, lr=1e-2, progress=lambda s, n, loss: seen.append((s, n, loss)),
     )
     assert ad.rank == 4 and ad.target_modules == ["mlp.down_proj"] and ad.base_model == base.fingerprint
     assert info["questions"][0] == "what is abc?" and info["steps"] == 12 and len(seen) == 12

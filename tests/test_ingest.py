@@ -14,9 +14,9 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import _fixtures_ingest as fx
 import pytest
 
-import _fixtures_ingest as fx
 from memory.errors import IngestError, PMemError, ValidationError
 from memory.ingest import (
     ChunkSpec,
@@ -228,7 +228,7 @@ def test_encrypted_pdf(tmp_path, corpus):
         if ok:  # an empty user password is how "protected" PDFs usually come: readable
             assert partition_bytes(out.getvalue(), "open.pdf").page_count == 3
         else:
-            _raises(lambda: partition_bytes(out.getvalue(), "locked.pdf"), "locked.pdf", "encrypted", "password")
+            _raises(lambda out=out: partition_bytes(out.getvalue(), "locked.pdf"), "locked.pdf", "encrypted", "password")
 
 
 def test_pdf_without_text_is_an_error(tmp_path):
@@ -471,7 +471,7 @@ def test_large_csv_table_is_split_with_its_metadata(tmp_path):
 
 
 def test_chunk_elements_rejects_mismatched_text(parsed):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="do not match the text"):
         chunk_elements(parsed["md"].elements, 100, text="something else entirely")
 
 

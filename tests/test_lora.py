@@ -43,9 +43,7 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
         max_position_embeddings=64,
         tie_word_embeddings=True,
     )
-    m = LlamaForCausalLM(cfg).eval().requires_grad_(False)
-    m._pmem_fingerprint = FP  # what load_base_model attaches
-    return m
+    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
 
 
 def random_adapter(model: torch.nn.Module, rank: int, targets=TARGETS, seed: int = 1, layers=None, fp: str = FP) -> LoraAdapter:
@@ -213,9 +211,16 @@ def test_load_peft_made_by_peft_folds_alpha(model, ids, tmp_path):
 
 
 def test_error_cases(model, ids, tmp_path):
+    from _fixtures_models import tiny_tokenizer
+
+    from memory.models import BaseModel
+
+    base = BaseModel(model=tiny_model(), tokenizer=tiny_tokenizer(), name="tiny-llama", fingerprint=FP)
     with pytest.raises(AdapterMismatchError, match="another|made for"):
-        with apply_lora(model, random_adapter(model, 2, fp="other-model@123")):
+        with apply_lora(base, random_adapter(base.model, 2, fp="other-model@123")):
             pass
+    with apply_lora(model, random_adapter(model, 2, fp="other-model@123")):
+        pass  # a bare module has no fingerprint: only the shapes are checked
     bad = {"model.layers.0.mlp.down_proj": (torch.zeros(2, 5), torch.zeros(32, 2))}
     with pytest.raises(AdapterMismatchError, match="Linear"):
         LoraAdapter(bad, FP).validate_for(model)

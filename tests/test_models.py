@@ -15,8 +15,8 @@ import torch
 
 from memory.config import Settings
 from memory.errors import AdapterMismatchError, ConfigError, ModelError
-from memory.lora import LoraAdapter
-from memory.models import embedded_gguf_path, load_base_model, resolve_dtype
+from memory.lora import LoraAdapter, scale
+from memory.models import base_fingerprint, clear_model_cache, embedded_gguf_path, load_base_model, resolve_dtype
 from memory.models.loader import SOURCE_FILE
 
 from _fixtures_models import rand_adapter, tiny_base  # noqa: E402  (tests/ is on sys.path)
@@ -47,6 +47,20 @@ def test_corrupt_safetensors_and_incomplete_weights_raise(tmp_path):
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.raises(ModelError, match="corrupt|truncated"):
         load_base_model(str(d), settings=Settings(home=tmp_path / "h2"), dtype="float32")
+
+
+def test_base_fingerprint_needs_no_weights(tmp_path):
+    """What a job submitter names without loading the model equals what a load computes."""
+    base = tiny_base()
+    d = tmp_path / "tiny"
+    base.model.save_pretrained(d)
+    base.tokenizer.save_pretrained(d)
+    weights = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(b"not read")
+    clear_model_cache()
+    fp = base_fingerprint(str(d), settings=Settings(home=tmp_path / "h"))
+    (d / "model.safetensors").write_bytes(weights)
+    assert fp == load_base_model(str(d), settings=Settings(home=tmp_path / "h"), dtype="float32").fingerprint
 
 
 def test_corrupt_gguf_raises(tmp_path):
@@ -124,6 +138,7 @@ def test_real_model_loads_and_answers(real, shared_models_dir):
     # identical across the GGUF -> safetensors conversion (recorded from the GGUF-loaded weights)
     source = json.loads((real.path / SOURCE_FILE).read_text())
     assert source["fingerprint"] == real.fingerprint
+    assert base_fingerprint(settings=Settings(home=shared_models_dir)) == real.fingerprint  # what job keys name
     g = real.generate("What is the capital of France?", max_new_tokens=16)[0]
     assert "Paris" in g.text and g.finish_reason == "eos"
     assert real.count_tokens("hello world") == len(real.encode("hello world")) > 0
@@ -141,23 +156,33 @@ def test_real_fingerprint_same_in_another_process(real, shared_models_dir):
 
 
 def test_a_stream_can_be_consumed_from_other_threads():
-    """LangChain's async streaming runs each next() in an executor thread; the model lock must allow that."""
+    """LangChain's async streaming runs each next() in an executor thread: every step, in whichever thread,
+    runs with the stream's adapter, and none of it stays active in the consuming threads."""
     from concurrent.futures import ThreadPoolExecutor
 
     base = tiny_base()
+    ad = scale(rand_adapter(base, 4, seed=3), 0.1)
     prompt = base.encode("hi")
-    expected = "".join(base.stream(prompt, max_new_tokens=20))
-    assert len(expected) >= 4
-    it = base.stream(prompt, max_new_tokens=20)
+    expected = "".join(base.stream(prompt, max_new_tokens=20, adapters=ad))
+    assert len(expected) >= 4 and expected != "".join(base.stream(prompt, max_new_tokens=20))
+    it = base.stream(prompt, max_new_tokens=20, adapters=ad)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        plain = base.forward(ids).logits
     pieces: list[str] = []
+
+    def step() -> str | None:
+        piece = next(it, None)
+        with torch.inference_mode():  # the stream's adapter is not active here, between two items
+            assert torch.equal(base.forward(ids).logits, plain)
+        return piece
+
     with ThreadPoolExecutor(max_workers=1) as a, ThreadPoolExecutor(max_workers=1) as b:
         first = True
-        while True:  # the lock is taken in thread a (first next) and released in thread b (the last one)
-            piece = (a if first else b).submit(next, it, None).result()
+        while True:  # started in thread a (first next), continued and finished in thread b
+            piece = (a if first else b).submit(step).result()
             first = False
             if piece is None:
                 break
             pieces.append(piece)
     assert "".join(pieces) == expected
-    assert base.lock.acquire(timeout=1)  # released at the end of the stream
-    base.lock.release()

@@ -5,7 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_refresh.py -q -x
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ def test_due_sources_follow_each_interval(mem, tmp_path):
     mem.add_source(str(a.parent), refresh_interval_s=60)
     mem.add_source(str(b.parent), refresh_interval_s=3600, namespace="legal")
     mem.add_source(str(c.parent))  # no interval: never refreshed by the schedule
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert due_sources(mem, now=now) == []
     assert [s.uri for s in due_sources(mem, now=now + timedelta(seconds=61))] == [str(a.parent)]
     later = now + timedelta(seconds=3601)
@@ -50,7 +50,7 @@ def test_refresh_detects_changes_by_hash_and_enqueues_new_versions(mem, tmp_path
     _write(docs / "hours.txt", "Office hours are 9 to 6.\n")
     mem.add_source(str(docs), refresh_interval_s=60)
     enqueued: list[int] = []
-    future = datetime.now(timezone.utc) + timedelta(seconds=120)
+    future = datetime.now(UTC) + timedelta(seconds=120)
 
     # nothing changed: the source is checked, nothing is enqueued
     report = refresh_sources(mem, now=future, enqueue=enqueued.append)

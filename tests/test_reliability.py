@@ -516,3 +516,41 @@ def test_sqlite_write_lock_is_not_held_while_chunks_are_embedded(tmp_path):
         writer.join(timeout=60)
         searcher.join(timeout=120)
     assert took < 12.0, f"the other process's add waited {took:.1f} s for the embedding to finish"
+
+
+# ---------------------------------------------------------------- 14.15 resume without executing pickles
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_training_resume_refuses_a_state_that_runs_code(tmp_path):
+    import pathlib
+    import random
+
+    import torch
+
+    from memory.training import load_resume_state
+
+    net = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(net.parameters(), betas=(0.9, 0.99))
+    net(torch.ones(1, 4)).sum().backward()
+    opt.step()
+    good = tmp_path / "state.pt"
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": 3, "best": float("inf"), "elapsed": 1.5,
+                "rng": random.Random(1).getstate(), "args": {"out": pathlib.Path("/tmp/run"), "lr": 1e-3}}, good)
+    state = load_resume_state(good)
+    assert state["step"] == 3 and torch.equal(state["net"]["weight"], net.state_dict()["weight"])
+    opt.load_state_dict(state["opt"])
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"net": net.state_dict(), "step": _Payload(str(marker))}, evil)
+    with pytest.raises(ValidationError, match="run code"):
+        load_resume_state(evil)
+    assert not marker.exists()

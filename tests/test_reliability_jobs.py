@@ -10,7 +10,6 @@ import time
 import uuid
 
 import pytest
-
 from _fixtures_workers import (
     RedisServer,
     WorkerProcess,
@@ -76,10 +75,10 @@ def test_a_broker_blip_while_ingest_publishes_is_resent_by_the_retried_ingest(cl
     store = JobStore.for_memory(mem)
     ingest = submit_ingest(mem, str(docs), internalize=True)  # queued in Redis; run here instead of a worker
     cluster.redis.stop()  # the blip
-    with pytest.raises(Exception) as blip:
+    with pytest.raises(Exception) as blip:  # noqa: PT011 - any type: classify() decides below
         run_body(mem, store.get(ingest.id))
     assert classify(blip.value) == "transient"  # so the ingest job itself is retried
-    [child] = [j for j in store.list(kind="internalize")]
+    [child] = store.list(kind="internalize")
     assert child.state == "failed" and child.error.startswith(UNPUBLISHED)
 
     cluster.redis.start()  # the broker is back; the ingest job's retry runs its body again
@@ -127,3 +126,32 @@ def test_redis_restart_with_internalizations_queued_running_and_retrying(cluster
     assert _ready_documents(mem) == set(names)
     assert len(mem.adapters()) == len(names)  # one adapter per document: the re-sent jobs did not duplicate
     assert mem.gc(dry_run=True) == []
+
+
+def test_worker_ingests_only_under_its_allowed_roots(cluster, tmp_path):
+    import os
+
+    from memory.jobs import JobStore
+    from workers.tasks import submit_ingest
+
+    allowed, secret = tmp_path / "allowed", tmp_path / "secret"
+    allowed.mkdir()
+    secret.mkdir()
+    (allowed / "a.txt").write_text("Visitors park on level two.\n")
+    (secret / "key.txt").write_text("The signing key is 0xDEADBEEF.\n")
+    os.symlink(secret, allowed / "escape")
+    mem = cluster.memory()
+    store = JobStore.for_memory(mem)
+    cluster.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0", PMEM_INGEST_ROOTS=str(allowed)).wait_ready()
+    jobs = {spec: submit_ingest(mem, spec, internalize=False)
+            for spec in (str(allowed), str(secret / "key.txt"), str(allowed / "escape"), str(allowed / ".." / "secret"))}
+
+    def done():
+        return all(store.get(j.id).state in ("succeeded", "failed") for j in jobs.values())
+
+    wait_for(done, 90, "the ingest jobs")
+    states = {spec: (store.get(j.id).state, store.get(j.id).error or "") for spec, j in jobs.items()}
+    assert states[str(allowed)][0] == "succeeded"
+    for spec in list(jobs)[1:]:
+        assert states[spec][0] == "failed" and "outside" in states[spec][1], states
+    assert [d.id for d in mem.list()] == ["a.txt"]

@@ -5,6 +5,7 @@ Run: ``.venv/bin/python -m pytest tests/test_retrieval.py -q`` (``-m "not slow"`
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def brute_force(vectors: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | N
 def make_index(n: int, dim: int, *, backend: str = "exact", namespace: str = "ns", seed: int = 0) -> tuple[VectorIndex, np.ndarray]:
     x = clustered(n, dim, seed)
     idx = VectorIndex(dim, backend=backend)  # type: ignore[arg-type]
-    meta = [{"i": i, "parity": "even" if i % 2 == 0 else "odd", "tags": ["t%d" % (i % 7)]} for i in range(n)]
+    meta = [{"i": i, "parity": "even" if i % 2 == 0 else "odd", "tags": [f"t{i % 7}"]} for i in range(n)]
     idx.add([f"id{i}" for i in range(n)], x, meta, namespace=namespace)
     return idx, x
 
@@ -96,7 +97,7 @@ FILTER_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("flt", "expected"), FILTER_CASES)
+@pytest.mark.parametrize("flt, expected", FILTER_CASES)
 def test_filter_semantics(flt, expected):
     """Each operator matches the documented way on one metadata dict, row-wise and column-wise."""
     compiled = compile_filter(flt)
@@ -111,9 +112,7 @@ def test_column_evaluation_agrees_with_row_evaluation():
     rng = np.random.default_rng(0)
     ns = 1_700_000_000_000_000_000  # a nanosecond timestamp: beyond float64's exact integers
     pool = [True, False, 0, 1, 2, 1.0, 2.5, float("nan"), "a", "b", "1", None, ["a", 1], [True], {"x": 1}, ns, ns + 1, 10**400]
-    rows = []
-    for _ in range(400):
-        rows.append({f: pool[rng.integers(len(pool))] for f in ("f", "g") if rng.random() < 0.8})
+    rows = [{f: pool[rng.integers(len(pool))] for f in ("f", "g") if rng.random() < 0.8} for _ in range(400)]
     big_in = {"f": {"$in": [*range(30), "a"]}}
     for flt, _ in FILTER_CASES + [({"f": v}, None) for v in (True, 1, 1.0, "a", None)] + [
         ({"f": {"$gt": 0.5}}, None), ({"g": {"$lte": "a"}}, None), ({"f": {"$contains": 1}}, None),
@@ -150,7 +149,7 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("flt", "message"), MALFORMED)
+@pytest.mark.parametrize("flt, message", MALFORMED)
 def test_malformed_filter_is_rejected_with_a_clear_message(flt, message):
     """Unknown operators, wrong operand types and namespace keys raise ValidationError naming the problem."""
     with pytest.raises(ValidationError, match=message):
@@ -183,7 +182,7 @@ def test_exact_search_matches_brute_force():
         assert [h.id for h in hits] == [f"id{r}" for r in brute_force(x, q, 7)]
         expected_scores = x[[int(h.id[2:]) for h in hits]] @ (q / np.linalg.norm(q))
         np.testing.assert_allclose([h.score for h in hits], expected_scores, atol=1e-5)
-        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
         even = np.arange(0, 500, 2)
         hits = idx.search(q, k=7, namespace="ns", filter={"parity": "even"})
         assert [h.id for h in hits] == [f"id{r}" for r in brute_force(x, q, 7, even)]
@@ -240,7 +239,7 @@ def test_metadata_is_copied_in_and_out():
 
 
 @pytest.mark.parametrize(
-    ("call", "message"),
+    "call, message",
     [
         (lambda i: i.add(["a"], [[1.0, 2.0, 3.0]]), "dimension 3"),
         (lambda i: i.add(["a"], [[np.nan, 1.0]]), "NaN"),
@@ -530,7 +529,8 @@ def test_importing_and_wrapping_does_not_import_frameworks():
         "    def embed_documents(self, t): return [[1.0, 0.0] for _ in t]\n"
         "    def embed_query(self, t): return [0.0, 1.0]\n"
         "e = r.as_embedder(E()); e.embed_documents(['x']); r.MiniLMEmbedder().dim\n"
-        "bad = [m for m in ('langchain_core', 'llama_index', 'torch', 'transformers', 'sentence_transformers') if m in sys.modules]\n"
+        "heavy = ('langchain_core', 'llama_index', 'torch', 'transformers', 'sentence_transformers')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -586,7 +586,7 @@ def test_minilm_equals_sentence_transformers(minilm):
 
     from memory.retrieval.embeddings import minilm_model_dir
 
-    texts = FACTS + ["", "naïve café 日本語 ✓", "token " * 1000]
+    texts = [*FACTS, "", "naïve café 日本語 ✓", "token " * 1000]
     st = SentenceTransformer(str(minilm_model_dir()), device="cpu")
     ref = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=4)
     assert np.abs(minilm.embed_documents(texts) - ref).max() < 1e-4
@@ -607,7 +607,7 @@ def test_minilm_truncates_long_text_and_batches_consistently(minilm):
 
 
 def test_minilm_missing_model_dir_is_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="config.json"):
+    with pytest.raises(ModelError, match=r"config\.json"):
         MiniLMEmbedder(tmp_path)
 
 

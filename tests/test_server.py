@@ -49,7 +49,7 @@ class Served:
         headers = dict(kw.pop("headers", {}) or {})
         if key is not None:
             headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
-        return httpx.request(method, self.url + path, headers=headers, timeout=120, **kw)
+        return httpx.request(method, self.url + path, headers=headers, timeout=300, **kw)
 
 
 def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: str) -> Served:
@@ -541,6 +541,52 @@ def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
     assert denied[0] == "error" and "may not" in denied[1]
 
 
+def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None:
+    from _server import free_port
+    from mcp.client.client import Client
+
+    port = free_port()
+    env = {**os.environ, "PMEM_API_KEY": sqlite_served.keys["writer"], "PYTHONPATH": str(REPO),
+           "PMEM_HOME": str(tmp_path / "mcp-home")}
+    log = (tmp_path / "mcp.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", sqlite_served.url,
+                             "--transport", "streamable-http", "--port", str(port)], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    async def run() -> tuple[list[str], Any]:
+        deadline = time.monotonic() + 90
+        while True:  # wait for the port
+            try:
+                async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                    tools = sorted(t.name for t in (await client.list_tools()).tools)
+                    await client.call_tool("remember", {"text": "The lift is out of order on Fridays.",
+                                                        "document_id": "mcp-http-lift"})
+                    r = await client.call_tool("recall", {"query": "lift out of order", "k": 1})
+                    return tools, r.structured_content
+            except Exception:  # noqa: BLE001 - not listening yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    try:
+        tools, recalled = asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    assert "recall" in tools and "remember" in tools
+    assert recalled["result"][0]["document_id"] == "mcp-http-lift", (tmp_path / "mcp.log").read_text()[-2000:]
+
+
+def test_serve_refuses_no_auth_off_loopback() -> None:
+    from typer.testing import CliRunner
+
+    from memory.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "loopback" in r.output
+
+
 # ============================================================================ concurrency
 def test_50_concurrent_mixed_requests_without_the_model(sqlite_served: Served) -> None:
     """Adds, searches, gets and deletes at once: nothing lost, nothing duplicated, every answer well formed."""
@@ -555,6 +601,10 @@ def test_50_concurrent_mixed_requests_with_queries(sqlite_served: Served) -> Non
 def _concurrent_mix(srv: Served, *, queries: int) -> None:
     base = f"/v1/namespaces/{NS}"
     tag = f"c{queries}"
+    if queries:  # load the model first: the burst is about concurrency, not a cold start
+        warm = srv.call("POST", f"{base}/query", key="reader",
+                        json={"question": "warm up", "mode": "retrieval", "max_new_tokens": 1, "log": False})
+        assert warm.status_code == 200, warm.text
     for i in range(10):  # to be deleted concurrently
         srv.call("POST", f"{base}/documents", key="writer", json={"text": f"Doomed note {i} about {tag}.",
                                                                   "document_id": f"{tag}-doomed-{i}"})
@@ -705,7 +755,9 @@ def test_internalize_query_and_adapter_download(sqlite_served: Served, tmp_path:
     metrics = httpx.get(f"{sqlite_served.url}/metrics").text
     assert 'pmem_internalizations_total{outcome="succeeded"}' in metrics and "pmem_queries_total{mode=" in metrics
     # an experiment through the server, then its report
-    arm, res = mem.experiment_query("k-test", "What is the vault code?", arms=["retrieval"], user_key="u1")
-    assert arm == "retrieval" and res.mode == "retrieval"
-    report = mem.experiment_report("k-test")
-    assert report["arms"]["retrieval"]["queries"] == 1
+    arms = {"short": {"mode": "retrieval", "max_new_tokens": 4}, "long": {"mode": "retrieval", "max_new_tokens": 8}}
+    arm, res = mem.experiment_query("len-test", "What is the vault code?", arms=arms, user_key="u1")
+    assert arm in arms and res.mode == "retrieval" and res.completion_tokens <= arms[arm]["max_new_tokens"]
+    mem.feedback(res.query_id, 0.5)
+    report = mem.experiment_report("len-test")
+    assert report["arms"][arm]["queries"] == 1 and report["arms"][arm]["feedback"]["n"] == 1

@@ -143,7 +143,9 @@ def test_embedded_submit_finishes_a_job_left_running_by_a_dead_process(tmp_path,
     info = mem.add("The canteen opens at noon.", document_id="canteen")
     vid = version_id_for(mem, "default", "canteen", 1)
     store = JobStore.for_memory(mem)
-    key = internalize_key(info.document.version.content_sha256, vid, "auto", mem.settings.base_model)
+    from memory.models import base_fingerprint
+
+    key = internalize_key(info.document.version.content_sha256, vid, "auto", base_fingerprint(settings=mem.settings))
     orphan, _ = store.create("internalize", {"version_id": vid, "method": "auto"}, namespace="default",
                              idempotency_key=key)
     store.start(orphan.id)  # ... and the process died here
@@ -523,20 +525,27 @@ def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
 
 
 def test_internalize_key_names_the_version_and_the_hypernetwork(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
     import memory.internalizers as internalizers
+    from memory.hyper.identity import checkpoint_sha256
     from workers.tasks import internalize_key
 
-    sha = "ab" * 32
+    sha, fp = "ab" * 32, "smollm2-135m-instruct@6c31d45195a667e1"
     monkeypatch.setattr(internalizers, "DEFAULT_D2L", tmp_path / "d2l")
-    cd = internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
+    cd = internalize_key(sha, 7, "auto", fp)
     assert cd.startswith(f"internalize:{sha}:7:auto:cd-") and len(cd) <= 200
-    assert internalize_key(sha, 7, "auto", "other-model") != cd
-    # a D2L checkpoint appears: a new key (new job, new adapter row); a retrained checkpoint: another one
+    assert internalize_key(sha, 7, "auto", "other-model@0123456789abcdef") != cd
+    # a D2L checkpoint for this base model appears: a new key (new job, new adapter row); retrained: another one
     (tmp_path / "d2l").mkdir()
-    (tmp_path / "d2l" / "config.json").write_text("{}")
-    (tmp_path / "d2l" / "model.safetensors").write_bytes(b"weights-1")
-    d2l_1 = internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
-    assert ":auto:d2l-" in d2l_1 and d2l_1 == internalize_key(sha, 7, "auto", "smollm2-135m-instruct")
-    (tmp_path / "d2l" / "model.safetensors").write_bytes(b"weights-22")
-    assert internalize_key(sha, 7, "auto", "smollm2-135m-instruct") not in (d2l_1, cd)
-    assert ":cd:cd-" in internalize_key(sha, 7, "cd", "smollm2-135m-instruct")  # cd ignores the checkpoint
+    (tmp_path / "d2l" / "config.json").write_text(json.dumps({"kind": "d2l-fastweight", "base_model": fp}))
+    save_file({"w": torch.ones(3)}, str(tmp_path / "d2l" / "model.safetensors"))
+    d2l_1 = internalize_key(sha, 7, "auto", fp)
+    assert d2l_1.endswith(f":auto:d2l-{checkpoint_sha256(tmp_path / 'd2l')[:16]}")
+    assert d2l_1 == internalize_key(sha, 7, "auto", fp)
+    save_file({"w": torch.full((3,), 2.0)}, str(tmp_path / "d2l" / "model.safetensors"))
+    assert internalize_key(sha, 7, "auto", fp) not in (d2l_1, cd)
+    assert ":cd:cd-" in internalize_key(sha, 7, "cd", fp)  # cd ignores the checkpoint
+    # a checkpoint trained for another base model is not used: auto falls back to CD, as at run time
+    assert internalize_key(sha, 7, "auto", "smollm2-135m-instruct-tuned@6c31d45195a667e1").split(":")[-1].startswith("cd-")

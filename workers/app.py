@@ -24,6 +24,7 @@ in-process (embedded mode).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -40,7 +41,7 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 6 * 3600
 EMBEDDED_BROKER = "memory://"
 
 
-def _int_env(env: Any, name: str, default: int) -> int:
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
@@ -53,7 +54,7 @@ def _int_env(env: Any, name: str, default: int) -> int:
     return value
 
 
-def celery_config(settings: Settings, env: dict[str, str] | None = None) -> dict[str, Any]:
+def celery_config(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The Celery settings for ``settings`` (a plain dict, so tests can inspect it).
 
     >>> celery_config(Settings(broker_url="redis://localhost:6379/0"))["task_acks_late"]

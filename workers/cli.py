@@ -88,7 +88,7 @@ def jobs(
     limit: int = 50,
     resubmit_stale: Annotated[Optional[float], typer.Option(
         "--resubmit-stale", metavar="SECONDS",
-        help="first send the jobs queued for longer than SECONDS to the broker again (lost messages)")] = None,
+        help="first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS (lost messages)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""

@@ -5,7 +5,8 @@ Every task takes a ``Job`` id and nothing else; the job row holds the payload an
 the embedded mode (no ``PMEM_BROKER_URL``: :func:`memory.jobs.run_inline`) run the very same body.
 
 Idempotency: an internalization job is keyed by (version content hash, version id, method, hypernetwork:
-the D2L checkpoint hash, or CD for the base model), so submitting the same version twice gives one job;
+the identity its adapter row will name, from ``memory.hyper.identity``), so submitting the same version
+twice gives one job;
 the facade keeps one adapter per (version, hypernetwork), so a redelivered or duplicated message ends
 with the same single adapter.
 
@@ -22,7 +23,6 @@ the source).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -89,9 +89,34 @@ def _internalize_fn() -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------- job bodies
+def check_ingest_root(spec: str, roots: str | None) -> None:
+    """Refuse a source outside the worker's allowed roots (``PMEM_INGEST_ROOTS``, os.pathsep-separated).
+
+    The source's fixed part (a glob up to its first wildcard) is resolved through symbolic links first,
+    so neither ``..`` nor a link leads out; inside, scanning does not follow links out of the source root.
+
+    >>> check_ingest_root("/srv/docs/hr/*.md", "/srv/docs")
+    >>> check_ingest_root("/srv/docs/../../etc/passwd", "/srv/docs")
+    Traceback (most recent call last):
+    memory.errors.ValidationError: this worker ingests only under /srv/docs; '/srv/docs/../../etc/passwd' is outside
+    """
+    if not roots:
+        return
+    allowed = [os.path.realpath(os.path.expanduser(r)) for r in roots.split(os.pathsep) if r.strip()]
+    fixed = []
+    for part in spec.split("/"):
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    real = os.path.realpath("/".join(fixed) or "/")
+    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in allowed):
+        raise ValidationError(f"this worker ingests only under {os.pathsep.join(allowed)}; {spec!r} is outside")
+
+
 def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     p = job.payload
     ns = p["namespace"]
+    check_ingest_root(p["spec"], mem.settings.ingest_roots)
     results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"))
     changed, unchanged, failed = changed_versions(mem, results, ns)
     jobs = []
@@ -287,42 +312,26 @@ def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
     return out
 
 
-_CKPT_CACHE: dict[tuple[Any, ...], str] = {}
-
-
-def hypernetwork_tag(method: str, base_model: str) -> str:
-    """What will learn the version, without loading any model: the D2L checkpoint's sha256 (the same
-    digest as ``memory.hyper.d2l.checkpoint_sha256``, cached by file stat) when ``auto``/``d2l`` can use
-    the packaged checkpoint, else context distillation for this base model.
+def hypernetwork_tag(method: str, base_fingerprint: str) -> str:
+    """What will learn the version, without loading any model: the short form of the identity that the
+    adapter row will name (:func:`memory.internalizers.planned_identity`): the D2L checkpoint's when
+    ``auto``/``d2l`` has one trained for this base model, else context distillation's for it.
 
     A new checkpoint therefore gives every version a new job (and the facade a new adapter row), while
     re-submitting under the same checkpoint is a no-op.
     """
-    base = hashlib.sha256(base_model.encode()).hexdigest()[:12]
-    if method in ("auto", "d2l"):
-        from memory.internalizers import DEFAULT_D2L
+    from memory.internalizers import planned_identity
 
-        files = [DEFAULT_D2L / "config.json", DEFAULT_D2L / "model.safetensors"]
-        if all(f.is_file() for f in files):
-            stat = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-            key = (str(DEFAULT_D2L), stat)
-            if key not in _CKPT_CACHE:
-                h = hashlib.sha256()
-                for f in files:
-                    h.update(f.name.encode())
-                    h.update(f.read_bytes())
-                _CKPT_CACHE[key] = h.hexdigest()
-            return f"d2l-{_CKPT_CACHE[key][:16]}-{base}"
-    return f"cd-{base}"
+    return planned_identity(method, base_fingerprint).tag
 
 
-def internalize_key(content_sha256: str, version_id: int, method: str, base_model: str) -> str:
+def internalize_key(content_sha256: str, version_id: int, method: str, base_fingerprint: str) -> str:
     """The idempotency key of an internalization: what is learnt (the version) and what learns it.
 
-    >>> internalize_key("ab" * 32, 7, "cd", "smollm2-135m-instruct")[:24]
+    >>> internalize_key("ab" * 32, 7, "cd", "smollm2-135m-instruct@6c31d45195a667e1")[:24]
     'internalize:abababababab'
     """
-    return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_model)}"
+    return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_fingerprint)}"
 
 
 def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force: bool = False,
@@ -344,7 +353,9 @@ def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force
     if row is None:
         raise NotFoundError(f"no document version with id {version_id}")
     sha, ns = row
-    key = internalize_key(sha, version_id, method, mem.settings.base_model)
+    from memory.models import base_fingerprint
+
+    key = internalize_key(sha, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings))
     if force:
         key = f"{key}:force:{uuid.uuid4().hex[:12]}"
     return submit(mem, "internalize", {"version_id": version_id, "method": method, "force": force},
@@ -372,7 +383,7 @@ def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = Fals
 
 __all__ = [
     "BODIES", "MAX_RETRIES", "TASK_NAMES", "UNPUBLISHED", "app_for", "get_memory", "hypernetwork_tag", "ingest_source",
-    "internalize_key",
+    "internalize_key", "check_ingest_root",
     "internalize_version", "refresh_sources", "run_body", "submit", "submit_ingest", "submit_internalize",
     "submit_refresh",
 ]

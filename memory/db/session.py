@@ -47,7 +47,7 @@ def _create(url: str) -> Engine:
     engine = create_engine(url, future=True, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _pragmas(dbapi_conn, _record) -> None:
         # Let SQLAlchemy emit BEGIN itself so that BEGIN IMMEDIATE below takes the write lock up front.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -59,7 +59,7 @@ def _create(url: str) -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn) -> None:  # noqa: ANN001
+    def _begin(conn) -> None:
         # Writers serialise at BEGIN instead of failing with "database is locked" at the first write;
         # two processes adding the same content therefore see each other's committed rows.
         conn.exec_driver_sql("BEGIN IMMEDIATE")

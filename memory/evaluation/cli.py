@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -16,8 +16,8 @@ ab_app = typer.Typer(help="Online A/B experiments over query settings.", no_args
 @ab_app.command("report")
 def ab_report(
     name: str,
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n", help="Namespace of the experiment.")] = None,
-    control: Annotated[Optional[str], typer.Option(help="Arm the others are compared with.")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the experiment.")] = None,
+    control: Annotated[str | None, typer.Option(help="Arm the others are compared with.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Summarise experiment NAME: queries, feedback and its 95% CI per arm, differences from the control."""

@@ -61,7 +61,7 @@ def _normalise_arms(arms: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> di
 
 def _bucket(name: str, key: str) -> float:
     """A uniform number in [0, 1) fixed by the experiment name and the key."""
-    digest = hashlib.sha256(f"{name}\x00{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{name}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -75,8 +75,9 @@ class Experiment:
             "retrieval", "k": 8, "weight": 2}}``.
         namespace: where queries run and are logged (default: the memory's namespace).
 
-    >>> exp = Experiment(mem, "k-test", {"k2": {"mode": "retrieval", "k": 2}, "k8": {"mode": "retrieval", "k": 8}})  # doctest: +SKIP
-    >>> exp.assign("alice") == exp.assign("alice")                                     # doctest: +SKIP
+    >>> arms = {"k2": {"mode": "retrieval", "k": 2}, "k8": {"mode": "retrieval", "k": 8}}
+    >>> exp = Experiment(mem, "k-test", arms)  # doctest: +SKIP
+    >>> exp.assign("alice") == exp.assign("alice")  # doctest: +SKIP
     True
     """
 
@@ -166,13 +167,13 @@ def report(mem: Any, name: str, namespace: str | None = None, *, control: str | 
     out_arms: dict[str, Any] = {}
     for arm in sorted(arms):
         a = arms[arm]
-        fb = scores.get(arm, [])
-        mean, low, high = metrics.bootstrap_ci(fb, confidence=confidence, n_boot=n_boot, seed=seed)
+        arm_scores = scores.get(arm, [])
+        mean, low, high = metrics.bootstrap_ci(arm_scores, confidence=confidence, n_boot=n_boot, seed=seed)
         lat = np.asarray(a["latencies"], dtype=float)
         out_arms[arm] = {
             "queries": a["queries"],
-            "feedback": {"n": len(fb), "mean": mean if fb else None, "low": low if fb else None,
-                         "high": high if fb else None},
+            "feedback": {"n": len(arm_scores), "mean": mean if arm_scores else None,
+                         "low": low if arm_scores else None, "high": high if arm_scores else None},
             "latency_ms": {"mean": float(lat.mean()), "p50": float(np.median(lat)),
                            "p95": float(np.quantile(lat, 0.95))} if lat.size else None,
             "modes_used": a["modes_used"],

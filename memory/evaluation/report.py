@@ -34,8 +34,8 @@ def _plots(result: dict[str, Any], outdir: Path) -> list[str]:
     width = 0.27
     for j, metric in enumerate(("exact_match", "f1", "contains")):
         means = [arms[a][metric]["mean"] for a in names]
-        err = [[m - arms[a][metric]["low"] for a, m in zip(names, means)],
-               [arms[a][metric]["high"] - m for a, m in zip(names, means)]]
+        err = [[m - arms[a][metric]["low"] for a, m in zip(names, means, strict=True)],
+               [arms[a][metric]["high"] - m for a, m in zip(names, means, strict=True)]]
         ax.bar([i + (j - 1) * width for i in x], means, width, yerr=err, capsize=3, label=metric)
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
@@ -83,13 +83,17 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
     lines = [
         f"# QA evaluation: {result['suite']}",
         "",
-        f"{result['items']} items; base model `{cfg['base_model']}`; k={cfg['k']}; max_new_tokens="
-        f"{cfg['max_new_tokens']}; context window {cfg['window_tokens']} tokens; chunk_tokens {cfg['chunk_tokens']}; "
-        f"context distillation on {cfg['cd_items']} item(s), steps {cfg['cd_steps'] or 'default'}; "
-        f"run took {result['run_seconds']} s.",
+        (
+            f"{result['items']} items; base model `{cfg['base_model']}`; k={cfg['k']}; max_new_tokens="
+            f"{cfg['max_new_tokens']}; context window {cfg['window_tokens']} tokens; "
+            f"chunk_tokens {cfg['chunk_tokens']}; context distillation on {cfg['cd_items']} item(s), "
+            f"steps {cfg['cd_steps'] or 'default'}; run took {result['run_seconds']} s."
+        ),
         "",
-        "| arm | n | exact match | token F1 | contains | prefill ms | total ms | prompt tokens | KV cache KiB "
-        "| peak RSS MiB | internalize ms/doc | bytes stored/doc |",
+        (
+            "| arm | n | exact match | token F1 | contains | prefill ms | total ms | prompt tokens | KV cache KiB "
+            "| peak RSS MiB | internalize ms/doc | bytes stored/doc |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     unavailable = []
@@ -103,10 +107,11 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             f"| {s['kv_cache_bytes']['mean'] / 1024:.0f} | {s['peak_rss_mb']:.0f} "
             f"| {s['internalize_ms_per_document']:.0f} | {s['bytes_stored_per_document']:,.0f} |"
         )
-    lines += ["", "Scores are means with 95% percentile-bootstrap intervals. Prefill and total are per query; "
-              "internalization (adapter making, or chunk embedding for `rag`) is paid once per document. Bytes stored: "
-              "`context` the text; `rag` text + chunk embeddings; `d2l`/`cd` the adapter blob; `hybrid`/`auto` "
-              "adapter + text + embeddings. KV cache = (prompt + answer tokens) x bytes per token.", ""]
+    lines += ["", ("Scores are means with 95% percentile-bootstrap intervals. Prefill and total are per query; "
+                   "internalization (adapter making, or chunk embedding for `rag`) is paid once per document. "
+                   "Bytes stored: `context` the text; `rag` text + chunk embeddings; `d2l`/`cd` the adapter blob; "
+                   "`hybrid`/`auto` adapter + text + embeddings. KV cache = (prompt + answer tokens) x bytes per "
+                   "token."), ""]
     if unavailable:
         lines += ["Unavailable arms:", "", *unavailable, ""]
     notes = []
@@ -115,14 +120,14 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             notes.append(f"- `{arm}` answered with modes {s['modes_used']}")
         if s.get("truncated"):
             notes.append(f"- `{arm}`: {s['truncated']} document(s) truncated to the window")
-        for f in s.get("failures", [])[:5]:
-            notes.append(f"- `{arm}` failed on {f}")
+        notes.extend(f"- `{arm}` failed on {f}" for f in s.get("failures", [])[:5])
     if notes:
         lines += ["Notes:", "", *notes, ""]
     vs = [c for c in result["comparisons"] if c["metric"] == "contains" and "rag" in (c["a"], c["b"])]
     if vs:
         lines += ["## Against retrieval (answer contained, paired bootstrap on shared items)", "",
-                  "| arm | n | arm − rag | 95% CI | P(arm better) |", "|---|---|---|---|---|"]
+                  "| arm | n | arm − rag | 95% CI | P(arm better) |",  # noqa: RUF001 - a typographic minus
+                  "|---|---|---|---|---|"]
         for c in vs:
             sign, other = (1, c["b"]) if c["a"] == "rag" else (-1, c["a"])
             low, high = (c["low"], c["high"]) if sign == 1 else (-c["high"], -c["low"])

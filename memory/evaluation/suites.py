@@ -66,7 +66,9 @@ def parse_item(obj: Any, default_id: str) -> Item:
         answers = [answers]
     if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
         raise ValidationError("'answers' must be a non-empty list of strings")
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
+    meta = obj.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
     return Item(id=str(obj.get("id", default_id)), documents=docs, question=question, answers=answers, meta=meta)
 
 
@@ -196,12 +198,13 @@ def builtin(quick: bool, suite: str = "builtin", seed: int | None = None) -> lis
     if suite not in SUITES:
         raise ValidationError(f"suite must be one of {SUITES}, got {suite!r}")
     n_facts, n_needle = (3, 2) if quick else (24, 12)
-    seeds = {} if seed is None else {"facts": {"seed": seed}, "needle": {"seed": seed + 1}}
     out: list[Item] = []
     if suite in ("facts", "builtin"):
-        out += made_up_facts(n_facts, **seeds.get("facts", {}))
+        out += made_up_facts(n_facts) if seed is None else made_up_facts(n_facts, seed=seed)
     if suite in ("needle", "builtin"):
-        out += needle_in_haystack(n_needle, haystack_tokens=300 if quick else 1500, **seeds.get("needle", {}))
+        haystack_tokens = 300 if quick else 1500
+        out += (needle_in_haystack(n_needle, haystack_tokens=haystack_tokens) if seed is None
+                else needle_in_haystack(n_needle, haystack_tokens=haystack_tokens, seed=seed + 1))
     if seed is not None:
         out = [replace(i, id=f"s{seed}-{i.id}") for i in out]
     return out

@@ -30,7 +30,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memory.errors import AdapterMismatchError, ModelError, ValidationError
+from memory.hyper import identity
 from memory.lora.adapter import LoraAdapter, concat
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,8 @@ class D2LHypernetwork(nn.Module):
         super().__init__()
         self.config = config
         self.writers = nn.ModuleDict({str(layer): _LayerWriter(config) for layer in config.target_layers})
+        # the identity of the checkpoint it was loaded from (memory.hyper.identity); "" when not loaded from one
+        self.checkpoint_sha256 = ""
 
     def forward(self, feats: DocFeatures) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
         """Per target layer: ``A [bs,T,in]`` (rows), ``B [bs,T,out]`` (rows, i.e. B transposed), gates ``[bs,T]``."""
@@ -258,19 +260,11 @@ class D2LHypernetwork(nn.Module):
 
 # ---------------------------------------------------------------------------- checkpoints
 def checkpoint_sha256(directory: str | Path) -> str:
-    """SHA-256 over the checkpoint's config and weights files (the hypernetwork's identity in provenance).
+    """The checkpoint's identity in provenance: :func:`memory.hyper.identity.checkpoint_sha256`.
 
     >>> # checkpoint_sha256("memory/checkpoints/d2l-smollm2-135m")
     """
-    d = Path(directory)
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        p = d / name
-        if not p.is_file():
-            raise ModelError(f"{p} is missing; a D2L checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        h.update(name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+    return identity.checkpoint_sha256(directory)
 
 
 def save_checkpoint(net: D2LHypernetwork, directory: str | Path, dtype: torch.dtype = torch.float32) -> str:
@@ -325,8 +319,7 @@ def load_checkpoint(directory: str | Path, base: Any | None = None) -> D2LHypern
     except RuntimeError as e:
         raise ModelError(f"D2L checkpoint at {d} does not match its config: {e}") from e
     net.eval().requires_grad_(False)
-    net.checkpoint_dir = str(d)  # type: ignore[attr-defined]
-    net.checkpoint_sha256 = checkpoint_sha256(d)  # type: ignore[attr-defined]
+    net.checkpoint_sha256 = checkpoint_sha256(d)
     return net
 
 
@@ -340,16 +333,8 @@ def _check_base(cfg: D2LConfig, base: Any) -> None:
             "use a checkpoint trained for this base model (`pmem train d2l`)"
         )
     fp = getattr(base, "fingerprint", None)
-    if cfg.base_model and fp and _fp_family(fp) != _fp_family(cfg.base_model):
-        raise AdapterMismatchError(
-            f"the D2L checkpoint was trained for base model {cfg.base_model!r}, not {fp!r}; "
-            "use a checkpoint trained for this base model (`pmem train d2l`)"
-        )
-
-
-def _fp_family(fingerprint: str) -> str:
-    """The architecture hash of a fingerprint (``name@hash``): the same weights layout under any name."""
-    return fingerprint.rsplit("@", 1)[-1]
+    if fp:
+        identity.check_compatible("the D2L checkpoint", cfg.base_model, fp)
 
 
 # ---------------------------------------------------------------------------- internalization
@@ -457,7 +442,7 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
             if progress is not None:
                 progress(done, total)
     elapsed = time.perf_counter() - t0
-    sha = getattr(net, "checkpoint_sha256", "")
+    sha = net.checkpoint_sha256
     adapters = []
     for d, buf in enumerate(buffers):
         doc_w = {cfg.module_path(layer): got for layer in cfg.target_layers if (got := buf.weights(layer)) is not None}

@@ -29,7 +29,6 @@ a learned per-module gate that starts at 0). The generated B carries the LoRA sc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,7 +40,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from memory.errors import AdapterMismatchError, ModelError, ValidationError
+from memory.errors import ModelError, ValidationError
+from memory.hyper import identity
 from memory.hyper.t2l_text import EMBED_DIM, ENCODER_NAME, DescriptionEncoder, check_descriptions
 from memory.lora import LoraAdapter
 
@@ -133,7 +133,7 @@ class T2LConfig:
         missing = [t for t in targets if t not in dims]
         if missing:
             raise ModelError(f"the base model has no nn.Linear modules named {missing}")
-        fp = getattr(base, "fingerprint", None) or getattr(module, "_pmem_fingerprint", None) or "unknown"
+        fp = getattr(base, "fingerprint", None) or "unknown"
         return cls(n_layers=n_layers, module_dims=dims, base_model=fp, layer_prefix=prefix, **kw)
 
     def to_json(self) -> dict[str, Any]:
@@ -157,6 +157,7 @@ class T2LHypernetwork(nn.Module):
     def __init__(self, config: T2LConfig) -> None:
         super().__init__()
         self.config = c = config
+        self._fingerprint: tuple[tuple[int, ...], str] | None = None  # (parameter versions, fingerprint)
         q = c.latent // 4
         self.task_encoder = nn.Sequential(nn.Linear(EMBED_DIM, c.latent // 2), nn.LayerNorm(c.latent // 2))
         self.layer_emb = nn.Sequential(nn.Embedding(c.n_layers, q), nn.LayerNorm(q))
@@ -285,12 +286,14 @@ class T2LHypernetwork(nn.Module):
         }
 
     def fingerprint(self) -> str:
-        """SHA-256 (first 16 hex) of the config and weights: names the hypernetwork in adapter provenance."""
-        h = hashlib.sha256(json.dumps(self.config.to_json(), sort_keys=True).encode())
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """The first 16 hex of the network's identity (``memory.hyper.identity``: config and weights, the same
+        digest as its checkpoint's once saved or loaded): names the hypernetwork in adapter provenance."""
+        state = {k: v.detach().float() for k, v in self.state_dict().items()}  # saved as float32
+        versions = tuple(v._version for v in self.state_dict().values())  # bumped by every in-place update
+        if self._fingerprint is None or self._fingerprint[0] != versions:
+            sha = identity.state_sha256({"kind": "t2l", "config": self.config.to_json()}, state)
+            self._fingerprint = (versions, sha[:16])
+        return self._fingerprint[1]
 
     @torch.no_grad()
     def generate(self, descriptions: list[str], *, encoder: DescriptionEncoder | None = None) -> list[LoraAdapter]:
@@ -310,7 +313,7 @@ class T2LHypernetwork(nn.Module):
             weights = self.batched_weights(emb.to(next(self.parameters()).device))
         finally:
             self.train(was_training)
-        fp = self._fp_cache if getattr(self, "_fp_cache", None) else self.fingerprint()
+        fp = self.fingerprint()
         adapters = []
         for row, desc in enumerate(descriptions):
             w = {p: (a[row].float().cpu().contiguous(), b[row].float().cpu().contiguous()) for p, (a, b) in weights.items()}
@@ -347,18 +350,14 @@ class T2LHypernetwork(nn.Module):
         if payload.get("kind") != "t2l":
             raise ModelError(f"{d / CONFIG_FILE} is not a T2L config (kind={payload.get('kind')!r})")
         config = T2LConfig(**payload["config"])
-        if base_fingerprint is not None and config.base_model != base_fingerprint:
-            raise AdapterMismatchError(
-                f"T2L checkpoint {d} was trained for base model {config.base_model!r}, not {base_fingerprint!r}; "
-                "train one for this model with `pmem train t2l`"
-            )
+        if base_fingerprint is not None:
+            identity.check_compatible(f"T2L checkpoint {d}", config.base_model, base_fingerprint)
         net = cls(config)
         try:
             net.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
         except Exception as e:  # noqa: BLE001 - safetensors and torch raise several kinds
             raise ModelError(f"T2L weights in {d} are corrupt or do not match its config: {e}") from e
         net.eval()
-        net._fp_cache = net.fingerprint()
         return net
 
     def num_parameters(self) -> int:

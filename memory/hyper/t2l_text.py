@@ -63,7 +63,7 @@ def check_descriptions(descriptions: list[str]) -> list[str]:
 class DescriptionEncoder:
     """Sentence embeddings (384-d, L2-normalised) of task descriptions."""
 
-    _shared: "DescriptionEncoder | None" = None
+    _shared: DescriptionEncoder | None = None
     _lock = threading.Lock()
 
     def __init__(self, path: Path | None = None) -> None:
@@ -79,7 +79,7 @@ class DescriptionEncoder:
             p.requires_grad_(False)
 
     @classmethod
-    def load(cls) -> "DescriptionEncoder":
+    def load(cls) -> DescriptionEncoder:
         """The process-wide encoder (loaded once)."""
         with cls._lock:
             if cls._shared is None:

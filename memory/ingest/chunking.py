@@ -17,7 +17,8 @@ index into the document text.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from memory.ingest.partition import Element, ParsedDocument
 from memory.ingest.text import ChunkSpec, approx_token_count, chunk_text
@@ -135,7 +136,7 @@ def tokenizer_counter(tokenizer: Any) -> Callable[[str], int]:
 def _layout(elements: list[Element], text: str | None) -> tuple[str, list[tuple[int, int]]]:
     spans = [(e.start_char, e.end_char) for e in elements]
     if text is not None:
-        for e, (s, end) in zip(elements, spans):
+        for e, (s, end) in zip(elements, spans, strict=True):
             if text[s:end] != e.text:
                 raise ValueError(
                     f"element offsets {s}:{end} do not match the text ({e.text[:40]!r}); pass the "
@@ -163,7 +164,7 @@ def _trailing_titles(elements: list[Element], idx: list[int], *, allow_all: bool
 
 
 def _metadata(els: list[Element]) -> dict[str, Any]:
-    pages = [e.metadata.get("page_number") for e in els if e.metadata.get("page_number") is not None]
+    pages = [p for e in els if (p := e.metadata.get("page_number")) is not None]
     sections: list[str] = []
     categories: list[str] = []
     for e in els:

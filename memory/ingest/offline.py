@@ -88,7 +88,7 @@ def ensure_unstructured() -> None:
                 f"patches; install unstructured=={UNSTRUCTURED_VERSION}"
             )
         tokenize._SPACY_MODEL_NAME = SPACY_MODEL  # type: ignore[misc]
-        tokenize._install_spacy_model = _refuse_download  # type: ignore[assignment]
+        tokenize._install_spacy_model = _refuse_download
         tokenize._get_nlp.cache_clear()
         _ready = True
 

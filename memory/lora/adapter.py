@@ -128,18 +128,17 @@ class LoraAdapter:
         """Raise :class:`AdapterMismatchError` unless every module path exists in ``model`` as an
         ``nn.Linear`` with matching shapes, and the fingerprint matches (when ``model`` has one).
 
-        ``model`` is a ``BaseModel`` or a plain ``nn.Module``; a module loaded by ``load_base_model``
-        carries its fingerprint as ``_pmem_fingerprint``.
+        ``model`` is a ``BaseModel`` (shapes and fingerprint checked) or a plain ``nn.Module`` (shapes only:
+        a bare module has no fingerprint).
 
         >>> import torch
         >>> lin = torch.nn.Sequential(torch.nn.Linear(3, 5))
         >>> LoraAdapter({"0": (torch.ones(1, 3), torch.ones(5, 1))}, "t@0").validate_for(lin)
         """
-        fp = getattr(model, "fingerprint", None)
         module = getattr(model, "model", None) if not isinstance(model, nn.Module) else model
         if not isinstance(module, nn.Module):
             raise ValidationError(f"validate_for needs a BaseModel or nn.Module, got {type(model).__name__}")
-        fp = fp if isinstance(fp, str) else getattr(module, "_pmem_fingerprint", None)
+        fp = None if isinstance(model, nn.Module) else getattr(model, "fingerprint", None)
         if fp is not None and fp != self.base_model:
             raise AdapterMismatchError(
                 f"adapter was made for base model {self.base_model!r} but the loaded model is {fp!r}; "

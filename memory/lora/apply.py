@@ -1,16 +1,24 @@
-"""Apply LoRA adapters to a loaded model without touching its weights.
+"""Apply LoRA adapters per call, the way PEFT does: wrap each ``nn.Linear`` once, choose adapters per call.
 
-``apply_lora`` patches the ``forward`` of each targeted ``nn.Linear`` *instance* (the class and the
-weights are untouched) so that ``y = base(x) + (x @ A^T) @ B^T``, and restores it on exit. Patches
-nest: applying a knowledge adapter inside a skill adapter's context adds both deltas. Exit contexts in
-LIFO order (``with`` does this for you).
+A model's ``nn.Linear`` modules are replaced, once, by :class:`LoraLinear` (the same ``Parameter``
+objects, the same ``state_dict`` keys, bit-identical output while no adapter is active); ``BaseModel``
+does this when it is built, and ``apply_lora`` on any other module wraps the modules it targets on first
+use. Which adapters a forward pass adds is *not* stored on the modules: it is a stack held in a
+``contextvars.ContextVar``, so it belongs to the calling thread (threads start with an empty context)
+or asyncio task. Two threads sharing one base model each compute exactly what they would alone, and the
+model is the base model again as soon as a ``with`` block ends, whatever the order of exits.
 
 - One adapter: applied to every batch row.
 - A sequence: adapter ``i`` applies to batch row ``i`` (``None`` = base model for that row). Ranks are
   zero-padded to the largest rank per module, and rows that lack a module get zeros, so one pair of
   ``bmm`` calls per module serves the whole batch at every decode step.
+- Nesting adds deltas: a knowledge adapter inside a skill adapter's block gives both.
 - Differentiable: when A/B require grad, the delta is rebuilt inside each forward so gradients reach
   them (and any hypernetwork that produced them), even across several backward passes.
+
+Generators: a ``with apply_lora(...)`` block that spans a ``yield`` would leave the adapter active in
+the consumer's context between items (and a consumer in another thread would not see it). Bind once
+with :func:`bind_lora` and activate around each forward instead, as ``BaseModel`` does when it streams.
 
 >>> import torch
 >>> from memory.lora.adapter import LoraAdapter
@@ -22,19 +30,88 @@ LIFO order (``with`` does this for you).
 
 from __future__ import annotations
 
-import contextlib
+import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memory.errors import AdapterMismatchError, ValidationError
 from memory.lora.adapter import LoraAdapter
 
-__all__ = ["apply_lora", "apply_lora_batched"]
+__all__ = ["LoraBinding", "LoraLinear", "apply_lora", "apply_lora_batched", "bind_lora", "bind_lora_batched", "wrap_linears"]
 
 _Builder = Callable[[], tuple[Tensor, Tensor]]
+_Delta = Callable[[Tensor, Tensor], Tensor]  # (x, base output y) -> y + delta(x)
+_Deltas = Mapping["LoraLinear", _Delta]
+
+# The adapters active in this context, innermost last; each entry maps wrapped modules to their delta.
+_STACK: ContextVar[tuple[_Deltas, ...]] = ContextVar("pmem_lora_stack", default=())
+_WRAP_LOCK = threading.Lock()
+
+
+class LoraLinear(nn.Linear):
+    """An ``nn.Linear`` that adds the deltas of the adapters active in the caller's context.
+
+    It shares the wrapped layer's ``weight`` and ``bias`` (no copy; tied weights stay tied) and keeps its
+    ``state_dict`` keys, so fingerprints, PEFT export and checkpoints see the same model.
+
+    >>> lin = LoraLinear(torch.nn.Linear(2, 3))
+    >>> lin(torch.ones(1, 2)).shape
+    torch.Size([1, 3])
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        nn.Module.__init__(self)  # not nn.Linear.__init__: that would allocate new weights
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.train(base.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        for deltas in _STACK.get():
+            delta = deltas.get(self)
+            if delta is not None:
+                y = delta(x, y)
+        return y
+
+
+def wrap_linears(module: nn.Module, paths: Sequence[str] | None = None) -> None:
+    """Replace the ``nn.Linear`` modules at ``paths`` (all of them when ``None``) by :class:`LoraLinear`.
+
+    Idempotent and thread-safe. The output is unchanged while no adapter is active. Hooks registered on
+    a module before it is wrapped stay on the old object, so wrap before registering hooks (``BaseModel``
+    wraps when it is built).
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> wrap_linears(net); type(net[0]).__name__
+    'LoraLinear'
+    """
+    with _WRAP_LOCK:
+        if paths is None:
+            paths = [n for n, m in module.named_modules() if type(m) is nn.Linear]
+        for path in paths:
+            sub = _submodule(module, path)
+            if isinstance(sub, LoraLinear):
+                continue
+            if type(sub) is not nn.Linear:
+                kind = "not an nn.Linear" if not isinstance(sub, nn.Linear) else "a subclass of nn.Linear, which LoRA cannot wrap"
+                raise AdapterMismatchError(f"module {path!r} is a {type(sub).__name__}, {kind}")
+            if not path:
+                raise AdapterMismatchError("the model itself is an nn.Linear; put it in a container (nn.Sequential) to adapt it")
+            parent, _, name = path.rpartition(".")
+            setattr(module.get_submodule(parent), name, LoraLinear(sub))
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        raise AdapterMismatchError(f"module {path!r} does not exist in {type(module).__name__}") from None
 
 
 def _as_module(model: Any) -> nn.Module:
@@ -46,14 +123,36 @@ def _as_module(model: Any) -> nn.Module:
     raise ValidationError(f"apply_lora needs a BaseModel or an nn.Module, got {type(model).__name__}")
 
 
-def _linear(module: nn.Module, path: str) -> nn.Linear:
-    try:
-        sub = module.get_submodule(path)
-    except AttributeError:
-        raise AdapterMismatchError(f"module {path!r} does not exist in {type(module).__name__}") from None
-    if not isinstance(sub, nn.Linear):
-        raise AdapterMismatchError(f"module {path!r} is a {type(sub).__name__}, not an nn.Linear")
-    return sub
+def _wrapped(module: nn.Module, paths: Sequence[str]) -> dict[str, LoraLinear]:
+    """The :class:`LoraLinear` at each path, wrapping the plain ``nn.Linear`` ones first."""
+    if any(not isinstance(_submodule(module, p), LoraLinear) for p in paths):
+        wrap_linears(module, paths)
+    return {p: module.get_submodule(p) for p in paths}  # type: ignore[misc]
+
+
+class LoraBinding:
+    """Adapters prepared for one model (cast, transposed, stacked): activate them around forward calls.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> lora = bind_lora(net, LoraAdapter({"0": (torch.ones(1, 2), torch.ones(2, 1))}, "toy@0"))
+    >>> with lora.active():
+    ...     y = net(torch.ones(1, 2))
+    """
+
+    def __init__(self, deltas: dict[LoraLinear, _Delta]) -> None:
+        self._deltas = deltas
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Add these adapters to the forward passes of this thread (or task) for the ``with`` block."""
+        if not self._deltas:
+            yield
+            return
+        token = _STACK.set(_STACK.get() + (self._deltas,))
+        try:
+            yield
+        finally:
+            _STACK.reset(token)
 
 
 def _needs_grad(tensors: Sequence[Tensor]) -> bool:
@@ -68,27 +167,7 @@ def _cached(build: _Builder, lazy: bool) -> _Builder:
     return lambda: value
 
 
-def _patch(lin: nn.Linear, delta: Callable[[Tensor, Tensor], Tensor], stack: contextlib.ExitStack) -> None:
-    """Wrap ``lin.forward`` (instance attribute) with ``delta(x, y)``; undo on ``stack`` close."""
-    had_own = "forward" in lin.__dict__
-    previous = lin.__dict__.get("forward")
-    inner = lin.forward
-
-    def forward(x: Tensor) -> Tensor:
-        return delta(x, inner(x))
-
-    lin.forward = forward  # type: ignore[method-assign]
-
-    def restore() -> None:
-        if had_own:
-            lin.forward = previous  # type: ignore[method-assign]
-        else:
-            lin.__dict__.pop("forward", None)
-
-    stack.callback(restore)
-
-
-def _shared_delta(get: _Builder, lazy: bool) -> Callable[[Tensor, Tensor], Tensor]:
+def _shared_delta(get: _Builder, lazy: bool) -> _Delta:
     if lazy:  # training: rebuild (cast/transposes) inside the graph of every forward
 
         def delta_grad(x: Tensor, y: Tensor) -> Tensor:
@@ -110,7 +189,7 @@ def _shared_delta(get: _Builder, lazy: bool) -> Callable[[Tensor, Tensor], Tenso
     return delta
 
 
-def _batched_delta(get: _Builder, bs: int) -> Callable[[Tensor, Tensor], Tensor]:
+def _batched_delta(get: _Builder, bs: int) -> _Delta:
     def delta(x: Tensor, y: Tensor) -> Tensor:
         at, bt = get()  # [bs, in, r], [bs, r, out]
         n = x.shape[0]
@@ -132,12 +211,60 @@ def _batched_delta(get: _Builder, bs: int) -> Callable[[Tensor, Tensor], Tensor]
     return delta
 
 
+def bind_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] | None) -> LoraBinding:
+    """Prepare one adapter for every row, or adapter ``i`` for batch row ``i``; see :func:`apply_lora`.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    >>> with bind_lora(net, None).active():
+    ...     y = net(torch.ones(1, 2))
+    """
+    module = _as_module(model)
+    if adapters is None:
+        return LoraBinding({})
+    deltas: dict[LoraLinear, _Delta] = {}
+    if isinstance(adapters, LoraAdapter):
+        adapters.validate_for(model)
+        mods = _wrapped(module, list(adapters.weights))
+        for path, (a, b) in adapters.weights.items():
+            lin = mods[path]
+            dt, dev = lin.weight.dtype, lin.weight.device
+
+            def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
+                return a.to(dev, dt).t(), b.to(dev, dt).t()
+
+            lazy = _needs_grad((a, b))
+            deltas[lin] = _shared_delta(_cached(build, lazy), lazy)
+        return LoraBinding(deltas)
+    rows = list(adapters)
+    if not rows:
+        raise ValidationError("apply_lora got an empty adapter sequence; pass None for no adapter")
+    for ad in rows:
+        if ad is not None:
+            if not isinstance(ad, LoraAdapter):
+                raise ValidationError(f"apply_lora rows must be LoraAdapter or None, got {type(ad).__name__}")
+            ad.validate_for(model)
+    paths: list[str] = []
+    for ad in rows:
+        if ad is not None:
+            paths.extend(p for p in ad.weights if p not in paths)
+    mods = _wrapped(module, paths)
+    for path in paths:
+        lin = mods[path]
+        pairs = [ad.weights.get(path) if ad is not None else None for ad in rows]
+        flat = [t for pr in pairs if pr is not None for t in pr]
+        deltas[lin] = _batched_delta(_cached(_row_stacker(lin, pairs), _needs_grad(flat)), len(rows))
+    return LoraBinding(deltas)
+
+
 @contextmanager
 def apply_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] | None) -> Iterator[None]:
     """Apply one adapter to every row, or adapter ``i`` to batch row ``i``, for the ``with`` block.
 
+    Only forward passes of the calling thread (or asyncio task) inside the block see the adapters.
+
     Args:
-        model: a ``BaseModel`` or an ``nn.Module`` (module paths are relative to it).
+        model: a ``BaseModel`` (its fingerprint is checked) or an ``nn.Module`` (module paths are
+            relative to it).
         adapters: ``None`` (no-op), one ``LoraAdapter``, or a sequence with one entry per batch row
             (``None`` entries run the base model).
 
@@ -151,40 +278,7 @@ def apply_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] 
     >>> with apply_lora(net, [ad, None]):
     ...     out = net(torch.ones(2, 2))
     """
-    module = _as_module(model)
-    if adapters is None:
-        yield
-        return
-    with contextlib.ExitStack() as stack:
-        if isinstance(adapters, LoraAdapter):
-            adapters.validate_for(model)
-            for path, (a, b) in adapters.weights.items():
-                lin = _linear(module, path)
-                dt, dev = lin.weight.dtype, lin.weight.device
-
-                def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
-                    return a.to(dev, dt).t(), b.to(dev, dt).t()
-
-                lazy = _needs_grad((a, b))
-                _patch(lin, _shared_delta(_cached(build, lazy), lazy), stack)
-        else:
-            rows = list(adapters)
-            if not rows:
-                raise ValidationError("apply_lora got an empty adapter sequence; pass None for no adapter")
-            for ad in rows:
-                if ad is not None:
-                    if not isinstance(ad, LoraAdapter):
-                        raise ValidationError(f"apply_lora rows must be LoraAdapter or None, got {type(ad).__name__}")
-                    ad.validate_for(model)
-            paths: list[str] = []
-            for ad in rows:
-                if ad is not None:
-                    paths.extend(p for p in ad.weights if p not in paths)
-            for path in paths:
-                lin = _linear(module, path)
-                pairs = [ad.weights.get(path) if ad is not None else None for ad in rows]
-                flat = [t for pr in pairs if pr is not None for t in pr]
-                _patch(lin, _batched_delta(_cached(_row_stacker(lin, pairs), _needs_grad(flat)), len(rows)), stack)
+    with bind_lora(model, adapters).active():
         yield
 
 
@@ -212,6 +306,40 @@ def _row_stacker(lin: nn.Linear, pairs: list[tuple[Tensor, Tensor] | None]) -> _
     return build
 
 
+def bind_lora_batched(model: Any, weights: dict[str, tuple[Tensor, Tensor]]) -> LoraBinding:
+    """Prepare raw per-row tensors; see :func:`apply_lora_batched`.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5))
+    >>> lora = bind_lora_batched(net, {"0": (torch.randn(2, 4, 3), torch.zeros(2, 5, 4))})
+    """
+    module = _as_module(model)
+    mods = _wrapped(module, list(weights))
+    deltas: dict[LoraLinear, _Delta] = {}
+    bs_seen: int | None = None
+    for path, (a, b) in weights.items():
+        lin = mods[path]
+        if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[1] != b.shape[2]:
+            raise AdapterMismatchError(
+                f"batched weights for {path!r} have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; "
+                "expected A [bs, r, in_features] and B [bs, out_features, r]"
+            )
+        if a.shape[2] != lin.in_features or b.shape[1] != lin.out_features:
+            raise AdapterMismatchError(
+                f"batched weights for {path!r} do not fit Linear({lin.in_features} -> {lin.out_features}): "
+                f"A {tuple(a.shape)}, B {tuple(b.shape)}"
+            )
+        if bs_seen is not None and a.shape[0] != bs_seen:
+            raise AdapterMismatchError(f"batched weights disagree on batch size: {bs_seen} vs {a.shape[0]} at {path!r}")
+        bs_seen = a.shape[0]
+        dt, dev = lin.weight.dtype, lin.weight.device
+
+        def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
+            return a.to(dev, dt).transpose(1, 2), b.to(dev, dt).transpose(1, 2)
+
+        deltas[lin] = _batched_delta(_cached(build, _needs_grad((a, b))), a.shape[0])
+    return LoraBinding(deltas)
+
+
 @contextmanager
 def apply_lora_batched(model: Any, weights: dict[str, tuple[Tensor, Tensor]]) -> Iterator[None]:
     """Apply raw per-row tensors: ``path -> (A [bs, r, in], B [bs, out, r])``; row ``i`` of the batch
@@ -223,28 +351,5 @@ def apply_lora_batched(model: Any, weights: dict[str, tuple[Tensor, Tensor]]) ->
     >>> with apply_lora_batched(net, w):
     ...     net(torch.ones(2, 7, 3)).sum().backward()
     """
-    module = _as_module(model)
-    with contextlib.ExitStack() as stack:
-        bs_seen: int | None = None
-        for path, (a, b) in weights.items():
-            lin = _linear(module, path)
-            if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[1] != b.shape[2]:
-                raise AdapterMismatchError(
-                    f"batched weights for {path!r} have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; "
-                    "expected A [bs, r, in_features] and B [bs, out_features, r]"
-                )
-            if a.shape[2] != lin.in_features or b.shape[1] != lin.out_features:
-                raise AdapterMismatchError(
-                    f"batched weights for {path!r} do not fit Linear({lin.in_features} -> {lin.out_features}): "
-                    f"A {tuple(a.shape)}, B {tuple(b.shape)}"
-                )
-            if bs_seen is not None and a.shape[0] != bs_seen:
-                raise AdapterMismatchError(f"batched weights disagree on batch size: {bs_seen} vs {a.shape[0]} at {path!r}")
-            bs_seen = a.shape[0]
-            dt, dev = lin.weight.dtype, lin.weight.device
-
-            def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
-                return a.to(dev, dt).transpose(1, 2), b.to(dev, dt).transpose(1, 2)
-
-            _patch(lin, _batched_delta(_cached(build, _needs_grad((a, b))), a.shape[0]), stack)
+    with bind_lora_batched(model, weights).active():
         yield

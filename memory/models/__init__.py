@@ -9,6 +9,7 @@ Hugging Face causal LM; chat prompts, batched generation with per-row LoRA adapt
 
 from memory.models.base import BaseModel, Generation
 from memory.models.loader import (
+    base_fingerprint,
     clear_model_cache,
     compute_fingerprint,
     cpu_has_native_bf16,
@@ -21,6 +22,7 @@ from memory.models.loader import (
 __all__ = [
     "BaseModel",
     "Generation",
+    "base_fingerprint",
     "clear_model_cache",
     "compute_fingerprint",
     "cpu_has_native_bf16",

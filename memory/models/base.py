@@ -15,7 +15,6 @@ turn; models without a chat template get the raw text.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 
 from memory.errors import ValidationError
 from memory.lora.adapter import LoraAdapter
-from memory.lora.apply import apply_lora
+from memory.lora.apply import apply_lora, bind_lora, wrap_linears
 
 __all__ = ["BaseModel", "Generation"]
 
@@ -76,11 +75,11 @@ class BaseModel:
     fingerprint: str
     path: Path | None = None
     _eos_ids: set[int] = field(default_factory=set, repr=False)
-    # Adapters patch the shared modules. A plain Lock (not an RLock): a stream may be consumed from other
-    # threads (LangChain runs each next() in an executor), and only a Lock can be released by another thread.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        # Every Linear is wrapped once, here, before anyone registers hooks on it; adapters are then chosen
+        # per call (memory.lora.apply), so concurrent calls with different adapters need no lock.
+        wrap_linears(self.model)
         eos: set[int] = set()
         for src in (self.tokenizer.eos_token_id, getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)):
             if isinstance(src, int):
@@ -186,7 +185,7 @@ class BaseModel:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with apply_lora(self.model, adapters):
+        with apply_lora(self, adapters):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, **kw)
 
     # ----------------------------------------------------------------- generation
@@ -214,9 +213,8 @@ class BaseModel:
         """
         batch = self._as_batch(prompts)
         gens = [None] * len(batch)
-        with self.lock:
-            for row, gen in self._run(batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=None):
-                gens[row] = gen
+        for row, gen in self._run(batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=None):
+            gens[row] = gen
         return gens  # type: ignore[return-value]
 
     def stream(
@@ -235,10 +233,9 @@ class BaseModel:
 
         >>> "".join(base.stream("Hi", max_new_tokens=8))   # doctest: +SKIP
         """
-        with self.lock:  # held while the caller consumes the stream
-            for piece in self._run([prompt], max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=0):
-                if isinstance(piece, str):
-                    yield piece
+        for piece in self._run([prompt], max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=0):
+            if isinstance(piece, str):
+                yield piece
 
     def _as_batch(self, prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
         if isinstance(prompts, str):
@@ -273,40 +270,44 @@ class BaseModel:
         reason = ["length"] * bs
         streamed = 0
         eos = torch.tensor(sorted(self._eos_ids) or [-1], device=self.device)
+        # Bound once, activated around each forward only: this generator yields between forwards, maybe to
+        # a consumer in another thread, and the adapters must not stay active in the consumer's context.
+        lora = bind_lora(self, adapters)
         t0 = time.perf_counter()
-        with apply_lora(self.model, adapters):
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with lora.active():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            prefill_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            cache = getattr(out, self._cache_kw)
-            for step in range(max_new_tokens):
-                logits = out.logits[:, -1, :].float()
-                nxt = _pick(logits, temperature, top_p, gen)  # [bs]
-                is_eos = torch.isin(nxt, eos).tolist()
-                toks = nxt.tolist()
-                for i in range(bs):
-                    if done[i]:
-                        continue
-                    if is_eos[i]:
-                        done[i], reason[i] = True, "eos"
-                        continue
-                    out_ids[i].append(toks[i])
-                    if stop or i == stream_row:
-                        texts[i] = self.decode(out_ids[i])
-                        cut = _find_stop(texts[i], stop)
-                        if cut is not None:
-                            texts[i], done[i], reason[i] = texts[i][:cut], True, "stop"
-                if stream_row is not None:
-                    safe = texts[0] if done[0] else _stream_safe(texts[0], stop)
-                    if len(safe) > streamed:
-                        yield safe[streamed:]
-                        streamed = len(safe)
-                if all(done) or step == max_new_tokens - 1:
-                    break
-                feed = torch.tensor([pad if done[i] else toks[i] for i in range(bs)], device=self.device)[:, None]
-                mask = torch.cat([mask, mask.new_ones(bs, 1)], dim=1)
-                pos = pos[:, -1:] + 1
+        prefill_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        cache = getattr(out, self._cache_kw)
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()
+            nxt = _pick(logits, temperature, top_p, gen)  # [bs]
+            is_eos = torch.isin(nxt, eos).tolist()
+            toks = nxt.tolist()
+            for i in range(bs):
+                if done[i]:
+                    continue
+                if is_eos[i]:
+                    done[i], reason[i] = True, "eos"
+                    continue
+                out_ids[i].append(toks[i])
+                if stop or i == stream_row:
+                    texts[i] = self.decode(out_ids[i])
+                    cut = _find_stop(texts[i], stop)
+                    if cut is not None:
+                        texts[i], done[i], reason[i] = texts[i][:cut], True, "stop"
+            if stream_row is not None:
+                safe = texts[0] if done[0] else _stream_safe(texts[0], stop)
+                if len(safe) > streamed:
+                    yield safe[streamed:]
+                    streamed = len(safe)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            feed = torch.tensor([pad if done[i] else toks[i] for i in range(bs)], device=self.device)[:, None]
+            mask = torch.cat([mask, mask.new_ones(bs, 1)], dim=1)
+            pos = pos[:, -1:] + 1
+            with lora.active():
                 out = self.model(input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
         decode_s = time.perf_counter() - t1
         for i in range(bs):

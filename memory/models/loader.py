@@ -44,6 +44,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "embedded_gguf_path",
     "compute_fingerprint",
+    "base_fingerprint",
     "clear_model_cache",
 ]
 
@@ -311,11 +312,57 @@ def load_base_model(
         t0 = time.perf_counter()
         model, tokenizer = _load_hf_dir(path, dev, dt)
         fingerprint = compute_fingerprint(display, model)
-        model._pmem_fingerprint = fingerprint  # lets apply_lora(model, adapter) check adapters on a bare module
         base = BaseModel(model=model, tokenizer=tokenizer, name=display, fingerprint=fingerprint, path=path)
         log.info("loaded %s (%s, %s, %s) in %.2f s", display, fingerprint, dev, dt, time.perf_counter() - t0)
         _CACHE[key] = base
         return base
+
+
+_FP_ONLY: dict[tuple[str, str], str] = {}
+
+
+def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, settings: Settings | None = None) -> str:
+    """The fingerprint :func:`load_base_model` gives, without loading weights (the architecture is built on
+    the meta device): what a job submitter needs to name the hypernetwork that will learn a version.
+
+    Like a load, the first call for the embedded default converts its GGUF once per PMEM_HOME.
+
+    >>> base_fingerprint()                            # doctest: +SKIP
+    'smollm2-135m-instruct@6c31d45195a667e1'
+    """
+    settings = settings or Settings.from_env()
+    name = str(name_or_path) if name_or_path is not None else settings.base_model
+    with _CACHE_LOCK:
+        for key, base in _CACHE.items():
+            if key[0].split("|", 1)[0] in (name, str(Path(name).expanduser().resolve())) and key[0].endswith(f"|{settings.models_dir}"):
+                return base.fingerprint
+        cached = _FP_ONLY.get((name, str(settings.models_dir)))
+        if cached is not None:
+            return cached
+        display, path = _resolve(name, settings)
+        recorded = _recorded_fingerprint(path, display)
+        if recorded:  # a converted GGUF: the fingerprint was computed on the converted model and recorded
+            _FP_ONLY[(name, str(settings.models_dir))] = recorded
+            return recorded
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        try:
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+        except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+            raise ModelError(f"cannot read the model config in {path} ({type(e).__name__}: {e})") from e
+        fingerprint = compute_fingerprint(display, skeleton)
+        _FP_ONLY[(name, str(settings.models_dir))] = fingerprint
+        return fingerprint
+
+
+def _recorded_fingerprint(path: Path, display: str) -> str | None:
+    try:
+        source = json.loads((path / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    fp = source.get("fingerprint") if isinstance(source, dict) else None
+    return fp if isinstance(fp, str) and fp.startswith(f"{display}@") else None
 
 
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
@@ -350,3 +397,4 @@ def clear_model_cache() -> None:
     """Forget every loaded model (tests; freeing memory)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _FP_ONLY.clear()

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from memory.training import load_resume_state
 from memory.hyper.d2l import D2LConfig, D2LHypernetwork, document_features, save_checkpoint
 from memory.lora.apply import apply_lora_batched
 from memory.training.d2l_data import FactGenerator, Sample, heldout_set
@@ -150,7 +151,7 @@ def train(args: argparse.Namespace) -> Path:
     state_path = out / "state.pt"
     step, best, elapsed0 = 0, math.inf, 0.0
     if args.resume and state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = load_resume_state(state_path)
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         step, best, elapsed0 = st["step"], st["best"], st["elapsed"]

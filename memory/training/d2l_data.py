@@ -158,7 +158,7 @@ class FactGenerator:
             k = self.rng.choice(kinds)
             ent = self.person() if k in ("job", "pet") else self.entity()
             facts.append(self._fact(k, ent))
-        sent, q, a = self.rng.choice(facts)
+        _, q, a = self.rng.choice(facts)
         return Sample(" ".join(f[0] for f in facts), q, a, "fact")
 
     def niah(self, n_tokens_hint: int = 128) -> Sample:

@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from memory.training import load_resume_state
 from memory.errors import ValidationError
 from memory.hyper.t2l import DEFAULT_TARGETS, T2LConfig, T2LHypernetwork
 from memory.hyper.t2l_text import DescriptionEncoder
@@ -223,7 +224,7 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     step, elapsed = 0, 0.0
     state_path = out / "state.pt"
     if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        state = load_resume_state(state_path)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed"]

@@ -7,9 +7,7 @@ Create Date: 2026-11-28 18:43:51.488875
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = '0002'
 down_revision: str | None = '0001'
