@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,8 +24,10 @@ BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
-          output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the JSON here.")] = None) -> None:
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")]
+
+
+def bench(name: str, quick: bool = False, as_json: JsonOpt = False, output: OutputOpt = None) -> None:
     """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
     from memory.cli import machine_info, run_module  # not at import: memory.cli loads this module as a plugin
 
@@ -44,4 +46,4 @@ def bench(name: str, quick: bool = False, as_json: JsonOpt = False,
 
 def register(app: typer.Typer) -> None:
     """Add ``bench`` to ``app``."""
-    app.command()(bench)
+    app.command("bench")(bench)
