@@ -198,8 +198,8 @@ def chat_prompt_ids(base: BaseModel, turns: Sequence[tuple[str, str]]) -> list[i
 
 
 __all__ = [
-    "DocumentHit",
     "MODES",
+    "DocumentHit",
     "chat_prompt_ids",
     "check_mode",
     "document_adapter",

@@ -257,7 +257,7 @@ class ParametricMemory:
                                        skill=skill, filter=filter, on_token=on_token)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:  # noqa: A002 - public keyword
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
@@ -297,7 +297,8 @@ class ParametricMemory:
     def experiment(self, name: str, *, arms: Any, namespace: str | None = None) -> Any:
         """An online A/B experiment: each query key is assigned to an arm by a stable hash and logged.
 
-        >>> exp = mem.experiment("policy-qa", arms={"adapter": {"mode": "parametric"}, "rag": {"mode": "retrieval"}})  # doctest: +SKIP
+        >>> arms = {"adapter": {"mode": "parametric"}, "rag": {"mode": "retrieval"}}
+        >>> exp = mem.experiment("policy-qa", arms=arms)  # doctest: +SKIP
         >>> r = exp.query("How many days of leave?", user_key="user-42")  # doctest: +SKIP
         """
         from memory.evaluation.experiments import Experiment

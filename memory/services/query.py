@@ -86,7 +86,7 @@ class QueryEngine:
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> list[SearchHit]:  # noqa: A002 - the facade's keyword
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         if not isinstance(query, str) or not query.strip():
@@ -125,7 +125,7 @@ class QueryEngine:
         cfg = self.router_config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        named = set(validate_document_id(d) for d in document_ids) if document_ids is not None else None
+        named = {validate_document_id(d) for d in document_ids} if document_ids is not None else None
         scope = {"document_id": {"$in": sorted(named)}} if named else None
         if filter is not None:  # only documents it matches are searched and can lend their adapters
             scope = {"$and": [scope, filter]} if scope else filter
