@@ -257,7 +257,7 @@ class ParametricMemory:
                                        skill=skill, filter=filter, on_token=on_token)
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:  # public keyword
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP

@@ -25,7 +25,7 @@ torch.set_num_threads(1)  # the CPU is shared; OpenMP spinning on 2 threads is s
 CHECKPOINT = Path(__file__).resolve().parent.parent / "memory" / "checkpoints" / "t2l-smollm2-135m"
 
 
-def tiny(size: str = "L", **kw) -> T2LHypernetwork:  # noqa: ANN003
+def tiny(size: str = "L", **kw) -> T2LHypernetwork:
     torch.manual_seed(0)
     return T2LHypernetwork(T2LConfig(n_layers=3, module_dims=TINY_DIMS, size=size, rank=4, base_model="toy@1", **kw))
 
@@ -67,7 +67,8 @@ def test_offset_lora_is_shared_by_every_description() -> None:
 
 @pytest.mark.parametrize("size", ["L", "M", "S"])
 def test_training_moves_away_from_zero(size: str) -> None:
-    """Gradients reach the head: one optimiser step on a loss through B @ A gives a non-zero, description-dependent delta."""
+    """Gradients reach the head: one optimiser step on a loss through B @ A gives a non-zero,
+    description-dependent delta."""
     net = tiny(size, dropout=0.0)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     emb = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
@@ -212,13 +213,24 @@ def test_eval_arms_validation_and_plot(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown t2l arms"):
         _arms("t2l,gpt4")
     paired = {"diff": 0.1, "low": -0.05, "high": 0.2, "p_b_better": 0.8, "n": 10}
-    split = {"n": 10, "tasks": ["a", "b"], "mean": {"base": 0.1, "mt_lora": 0.3, "t2l": 0.4},
-             "paired": {"t2l_minus_base": paired, "t2l_minus_mt_lora": paired},
-             "ceiling": {"tasks": ["a"], "n": 5, "mean": {"base": 0.0, "mt_lora": 0.2, "t2l": 0.2, "task_lora": 0.9}}}
-    curve = {"steps": {"100": {s: {"t2l": 0.2, "mt_lora": 0.1} for s in ("interpolation", "composition", "unseen_family")},
-                       "200": {s: {"t2l": 0.3, "mt_lora": 0.2} for s in ("interpolation", "composition", "unseen_family")}}}
-    result = {"trained_steps": 200, "splits": {s: split for s in ("interpolation", "composition", "unseen_family")},
-              "curve": curve}
+    split = {
+        "n": 10,
+        "tasks": ["a", "b"],
+        "mean": {"base": 0.1, "mt_lora": 0.3, "t2l": 0.4},
+        "paired": {"t2l_minus_base": paired, "t2l_minus_mt_lora": paired},
+        "ceiling": {"tasks": ["a"], "n": 5, "mean": {"base": 0.0, "mt_lora": 0.2, "t2l": 0.2, "task_lora": 0.9}},
+    }
+    curve = {
+        "steps": {
+            "100": {s: {"t2l": 0.2, "mt_lora": 0.1} for s in ("interpolation", "composition", "unseen_family")},
+            "200": {s: {"t2l": 0.3, "mt_lora": 0.2} for s in ("interpolation", "composition", "unseen_family")},
+        }
+    }
+    result = {
+        "trained_steps": 200,
+        "splits": dict.fromkeys(("interpolation", "composition", "unseen_family"), split),
+        "curve": curve,
+    }
     path = plot(result, tmp_path / "t2l_eval.png")
     assert path.stat().st_size > 10_000 and (tmp_path / "t2l_eval_curve.png").stat().st_size > 10_000
 
@@ -231,8 +243,15 @@ def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     from memory.training.t2l import TrainArgs, load_lora, train
 
     base = load_base_model()
-    args = TrainArgs(out=tmp_path / "run", size="S", max_steps=1, minutes=5, tasks_per_step=2, examples_per_task=1,
-                     descriptions_per_task=1)
+    args = TrainArgs(
+        out=tmp_path / "run",
+        size="S",
+        max_steps=1,
+        minutes=5,
+        tasks_per_step=2,
+        examples_per_task=1,
+        descriptions_per_task=1,
+    )
     train(args, base=base)
     args.max_steps, args.resume = 2, True
     model_dir = train(args, base=base)
@@ -244,32 +263,66 @@ def test_trainer_smoke_and_resume(tmp_path: Path) -> None:
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
     # --init-from: a new run starts from the artefact's weights and counts its steps on top.
-    warm = TrainArgs(out=tmp_path / "warm", size="S", max_steps=0, minutes=5, init_from=model_dir,
-                     descriptions_per_task=1)
+    warm = TrainArgs(
+        out=tmp_path / "warm", size="S", max_steps=0, minutes=5, init_from=model_dir, descriptions_per_task=1
+    )
     warm_dir = train(warm, base=base)
     assert json.loads((warm_dir / "config.json").read_text())["training"]["trained_steps"] == 2
     again = T2LHypernetwork.load(warm_dir)
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=False))
 
     # The LoRA arms warm-start from an adapter file (the scale folded into B is undone and redone exactly).
-    mt = TrainArgs(out=tmp_path / "mt", arm="mt-lora", size="S", max_steps=1, minutes=5, tasks_per_step=2,
-                   examples_per_task=1, descriptions_per_task=1)
+    mt = TrainArgs(
+        out=tmp_path / "mt",
+        arm="mt-lora",
+        size="S",
+        max_steps=1,
+        minutes=5,
+        tasks_per_step=2,
+        examples_per_task=1,
+        descriptions_per_task=1,
+    )
     first = load_lora(train(mt, base=base))
-    mt_warm = load_lora(train(TrainArgs(out=tmp_path / "mt2", arm="mt-lora", max_steps=0, minutes=5,
-                                        init_from=tmp_path / "mt" / "model" / "adapter.safetensors"), base=base))
+    mt_warm = load_lora(
+        train(
+            TrainArgs(
+                out=tmp_path / "mt2",
+                arm="mt-lora",
+                max_steps=0,
+                minutes=5,
+                init_from=tmp_path / "mt" / "model" / "adapter.safetensors",
+            ),
+            base=base,
+        )
+    )
     assert mt_warm.metadata["steps"] == "1"
     for path, (a, b) in first.weights.items():
         assert torch.allclose(mt_warm.weights[path][0], a) and torch.allclose(mt_warm.weights[path][1], b, atol=1e-6)
-    offset_dir = train(TrainArgs(out=tmp_path / "offset", size="S", max_steps=1, minutes=5, init_from=model_dir,
-                                 offset_rank=2, tasks_per_step=2, examples_per_task=1, descriptions_per_task=1),
-                       base=base)
+    offset_dir = train(
+        TrainArgs(
+            out=tmp_path / "offset",
+            size="S",
+            max_steps=1,
+            minutes=5,
+            init_from=model_dir,
+            offset_rank=2,
+            tasks_per_step=2,
+            examples_per_task=1,
+            descriptions_per_task=1,
+        ),
+        base=base,
+    )
     with_offset = T2LHypernetwork.load(offset_dir)
     assert with_offset.config.offset_rank == 2
     [ad] = with_offset.generate(["Reply in capitals."])
     assert ad.rank == with_offset.config.rank + 2
     with pytest.raises(ValidationError, match="config differs"):
-        train(TrainArgs(out=tmp_path / "bad", size="L", max_steps=0, minutes=5, init_from=model_dir,
-                        descriptions_per_task=1), base=base)
+        train(
+            TrainArgs(
+                out=tmp_path / "bad", size="L", max_steps=0, minutes=5, init_from=model_dir, descriptions_per_task=1
+            ),
+            base=base,
+        )
 
 
 def test_paired_comparison_of_arms() -> None:
@@ -312,8 +365,19 @@ def test_train_all_then_eval_reports_three_splits(tmp_path: Path) -> None:
     from memory.training.t2l import TrainArgs, train
 
     base = load_base_model()
-    args = TrainArgs(out=tmp_path / "run", arm="all", size="S", max_steps=2, minutes=5, tasks_per_step=1,
-                     examples_per_task=1, ceiling_per_split=1, ceiling_steps=1, snapshot_every=1, save_every=1)
+    args = TrainArgs(
+        out=tmp_path / "run",
+        arm="all",
+        size="S",
+        max_steps=2,
+        minutes=5,
+        tasks_per_step=1,
+        examples_per_task=1,
+        ceiling_per_split=1,
+        ceiling_steps=1,
+        snapshot_every=1,
+        save_every=1,
+    )
     ck = train(args, base=base)
     assert ck == tmp_path / "run" / "checkpoint"
     assert json.loads((ck / "config.json").read_text())["training"]["trained_steps"] == 2
@@ -321,14 +385,28 @@ def test_train_all_then_eval_reports_three_splits(tmp_path: Path) -> None:
     assert mt_meta["trained_steps"] == 2 and mt_meta["library"]["train"] > 1000
     ceilings = sorted(p.name for p in (ck / "baselines").glob("task-lora-*.safetensors"))
     assert len(ceilings) == 3
-    assert sorted(p.name for p in (tmp_path / "run" / "t2l" / "snapshots").iterdir()) == ["step-0000001", "step-0000002"]
+    assert sorted(p.name for p in (tmp_path / "run" / "t2l" / "snapshots").iterdir()) == [
+        "step-0000001",
+        "step-0000002",
+    ]
 
-    res = run(checkpoint=ck, output=tmp_path / "eval", limit=1, per_task=1, seen_tasks=0, ceiling_per_split=1,
-              progress=False, base=base)
+    res = run(
+        checkpoint=ck,
+        output=tmp_path / "eval",
+        limit=1,
+        per_task=1,
+        seen_tasks=0,
+        ceiling_per_split=1,
+        progress=False,
+        base=base,
+    )
     assert set(res["splits"]) == {"interpolation", "composition", "unseen_family"}
     for split in res["splits"].values():
         assert split["n"] == 1 and set(split["mean"]) == {"base", "mt_lora", "t2l"}
-        assert set(split["paired"]) == {"t2l_minus_base", "t2l_minus_mt_lora"} and split["paired"]["t2l_minus_base"]["n"] == 1
+        assert (
+            set(split["paired"]) == {"t2l_minus_base", "t2l_minus_mt_lora"}
+            and split["paired"]["t2l_minus_base"]["n"] == 1
+        )
         assert split["ceiling"]["n"] == 1 and "task_lora" in split["ceiling"]["mean"]
     assert res["trained_steps"] == 2 and res["curve"]["steps"].keys() == {"1", "2"}
     assert (tmp_path / "eval" / "t2l_eval.png").exists() and (tmp_path / "eval" / "t2l_eval_curve.png").exists()

@@ -80,7 +80,7 @@ def test_checker_accepts_reference_and_rejects_perturbed(task: Task) -> None:
             perturbed.append(e.output[:-1])
         if task.check_mode != "ci" and any(c.isalpha() for c in e.output):
             i = next(i for i, c in enumerate(e.output) if c.isalpha())
-            perturbed.append(e.output[:i] + e.output[i].swapcase() + e.output[i + 1:])
+            perturbed.append(e.output[:i] + e.output[i].swapcase() + e.output[i + 1 :])
         if task.check_mode == "number":
             perturbed.append(str(Decimal(e.output) + 1))
         perturbed += [x.output for x in examples if normalise_answer(x.output) != normalise_answer(e.output)][:3]
@@ -128,10 +128,12 @@ def test_determinism_by_seed_across_processes() -> None:
     hash seed."""
     t = get_task("filter_longer.n4+join.pipe")
     assert t.example(5) == t.example(5) and t.example(5) != t.example(6)
-    code = ("import json; from memory.training.tasks import library\n"
-            "lib = library()\n"
-            "print(json.dumps({s: [t.name for t in lib.split(s)] for s in ('train', 'interpolation', 'composition', "
-            "'unseen_family')} | {'ex': [t.example(1000001).output for t in lib.composition[:30]]}))")
+    code = (
+        "import json; from memory.training.tasks import library\n"
+        "lib = library()\n"
+        "print(json.dumps({s: [t.name for t in lib.split(s)] for s in ('train', 'interpolation', 'composition', "
+        "'unseen_family')} | {'ex': [t.example(1000001).output for t in lib.composition[:30]]}))"
+    )
     here = {s: [t.name for t in LIB.split(s)] for s in ("train", *SPLITS)}
     here["ex"] = [t.example(1_000_001).output for t in LIB.composition[:30]]
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -144,7 +146,7 @@ def _steps(t: Task) -> set[tuple[str, str]]:
 
 
 def _pairs(t: Task) -> set[tuple[str, str]]:
-    return set(zip(t.families, t.families[1:]))
+    return set(zip(t.families, t.families[1:], strict=False))
 
 
 def test_splits_are_disjoint_in_their_stated_sense() -> None:
@@ -209,8 +211,9 @@ def test_lookup_errors_and_train_list() -> None:
 def test_paraphrase_and_normalise() -> None:
     out = paraphrase(["Count the words.", "Count the words."])
     assert len(out) == len(set(out)) and "Count the words." in out
-    assert not any(d.startswith("Please which") or d.startswith("Please step") for d in paraphrase(
-        ["Which is it?", "Step 1: do it."]))
+    assert not any(
+        d.startswith(("Please which", "Please step")) for d in paraphrase(["Which is it?", "Step 1: do it."])
+    )
     assert normalise_answer("Answer: 42.\nbla") == "42"
     assert normalise_answer("\n\n  yes  ") == "yes"
     assert normalise_answer("") == ""

@@ -27,8 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from memory.errors import ModelError, ValidationError
 from memory.hyper.t2l import T2LHypernetwork
@@ -61,11 +63,10 @@ Row = tuple[Task, str, Example]
 
 def cases(tasks: Sequence[Task], per_task: int) -> list[Row]:
     """(task, evaluation description, example) rows; descriptions rotate through the task's evaluation set."""
-    rows = []
+    rows: list[Row] = []
     for t in tasks:
         descs = t.eval_descriptions
-        for i in range(per_task):
-            rows.append((t, descs[(i * 7) % len(descs)], t.example(EVAL_SEED_START + i)))
+        rows.extend((t, descs[(i * 7) % len(descs)], t.example(EVAL_SEED_START + i)) for i in range(per_task))
     return rows
 
 
@@ -78,8 +79,14 @@ class Bar:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self._task = self._progress.add_task("t2l eval", total=total)
             self._progress.start()
 
@@ -92,8 +99,14 @@ class Bar:
             self._progress.stop()
 
 
-def _score(base: Any, rows: list[Row], adapters: list[LoraAdapter | None] | LoraAdapter | None, prompt_mode: str,
-           samples: dict[str, str] | None = None, tick: Callable[[int], None] | None = None) -> list[bool]:
+def _score(
+    base: Any,
+    rows: list[Row],
+    adapters: Sequence[LoraAdapter | None] | LoraAdapter | None,
+    prompt_mode: str,
+    samples: dict[str, str] | None = None,
+    tick: Callable[[int], None] | None = None,
+) -> list[bool]:
     """Greedy generation for every row (batched, per-row adapters), checked by each task's checker.
 
     The first generation of each task is recorded in ``samples`` (task -> text) when given.
@@ -104,9 +117,9 @@ def _score(base: Any, rows: list[Row], adapters: list[LoraAdapter | None] | Lora
         prompts = [base.chat_ids(build_prompt(d, ex.input, prompt_mode), system=SYSTEM) for _, d, ex in chunk]
         ads = adapters[s : s + BATCH] if isinstance(adapters, list) else adapters
         gens = base.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, stop=["\n"], adapters=ads)
-        ok.extend(t.check_output(ex, g.text) for (t, _, ex), g in zip(chunk, gens))
+        ok.extend(t.check_output(ex, g.text) for (t, _, ex), g in zip(chunk, gens, strict=False))
         if samples is not None:
-            for (t, d, ex), g in zip(chunk, gens):
+            for (t, d, ex), g in zip(chunk, gens, strict=False):
                 samples.setdefault(t.name, f"{d!r} | {ex.input!r} -> {g.text!r} (gold {ex.output!r})")
         if tick:
             tick(len(chunk))
@@ -115,7 +128,7 @@ def _score(base: Any, rows: list[Row], adapters: list[LoraAdapter | None] | Lora
 
 def _per_task(rows: list[Row], ok: list[bool]) -> dict[str, float]:
     acc: dict[str, list[bool]] = {}
-    for (t, _, _), v in zip(rows, ok):
+    for (t, _, _), v in zip(rows, ok, strict=False):
         acc.setdefault(t.name, []).append(v)
     return {k: round(sum(v) / len(v), 4) for k, v in acc.items()}
 
@@ -145,8 +158,21 @@ def ceiling_lora(task: str, checkpoint: Path, base: Any, *, steps: int, cache: P
             return from_bytes(f.read_bytes())
     log.info("training the per-task LoRA ceiling for %s (%d steps)", task, steps)
     run_dir = cache / f"run-{task}"
-    train(TrainArgs(out=run_dir, arm="task-lora", task=task, max_steps=steps, minutes=60, lr=1e-3, warmup=5,
-                    tasks_per_step=1, examples_per_task=8, save_every=10_000), base=base)
+    train(
+        TrainArgs(
+            out=run_dir,
+            arm="task-lora",
+            task=task,
+            max_steps=steps,
+            minutes=60,
+            lr=1e-3,
+            warmup=5,
+            tasks_per_step=1,
+            examples_per_task=8,
+            save_every=10_000,
+        ),
+        base=base,
+    )
     ad = load_lora(run_dir / "model")
     cache.mkdir(parents=True, exist_ok=True)
     (cache / f"task-lora-{task}.safetensors").write_bytes(to_bytes(ad))
@@ -161,10 +187,21 @@ def _arms(arms: str | Sequence[str] | None) -> list[str]:
     return [a for a in ARMS if a in chosen]
 
 
-def run(quick: bool = False, checkpoint: str | Path | None = None, output: str | Path | None = None,
-        limit: int | None = None, per_task: int | None = None, seen_tasks: int | None = None,
-        ceiling_per_split: int | None = None, ceiling_steps: int | None = None, arms: str | Sequence[str] | None = None,
-        progress: bool = True, base: Any | None = None, curve: bool = True, **_: Any) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    checkpoint: str | Path | None = None,
+    output: str | Path | None = None,
+    limit: int | None = None,
+    per_task: int | None = None,
+    seen_tasks: int | None = None,
+    ceiling_per_split: int | None = None,
+    ceiling_steps: int | None = None,
+    arms: str | Sequence[str] | None = None,
+    progress: bool = True,
+    base: Any | None = None,
+    curve: bool = True,
+    **_: Any,
+) -> dict[str, Any]:
     """Evaluate the arms on each held-out split; with ``output`` (a directory), write ``t2l_eval.json`` and
     ``t2l_eval.png`` there.
 
@@ -224,22 +261,28 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         per_row = {}
         for arm in model_arms:
             adapters = {"base": None, "mt_lora": mt, "t2l": ads}[arm]
-            per_row[arm] = _score(base, rs, adapters, mode, samples[arm] if keep else None,
-                                  tick=lambda n, arm=arm: bar.step(n, f"{label}, {arm}"))
+            per_row[arm] = _score(
+                base,
+                rs,
+                adapters,
+                mode,
+                samples[arm] if keep else None,
+                tick=partial(bar.step, label=f"{label}, {arm}"),
+            )
             log.info("t2l eval: %s %s done (%.0f s)", label, arm, time.perf_counter() - t_start)
         return per_row, gen_ms
 
     try:
         per_row, gen_ms = arms_on(rows, keep=True, label="held-out")
-        task_lora: dict[str, bool] = {}
+        task_lora: dict[int, bool] = {}
         if "task_lora" in chosen:
             for s in SPLITS:
                 for task in ceilings[s]:
                     ad = ceiling_lora(task.name, ckpt, base, steps=ceiling_steps or (60 if quick else 150), cache=cache)
                     rs = [r for r in ceiling_rows if r[0] == task]
-                    oks = _score(base, rs, ad, mode, samples["task_lora"], tick=lambda n: bar.step(n, "ceilings"))
-                    task_lora.update({id(r): v for r, v in zip(rs, oks)})
-        seen_ok, _ = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
+                    oks = _score(base, rs, ad, mode, samples["task_lora"], tick=partial(bar.step, label="ceilings"))
+                    task_lora.update({id(r): v for r, v in zip(rs, oks, strict=False)})
+        seen_ok, _seen_ms = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
     finally:
         bar.close()
 
@@ -252,8 +295,9 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
         ceil_idx = [i for i, r in enumerate(rs) if r[0] in ceilings[s]]
         ceiling: dict[str, Any] = {"tasks": [t.name for t in ceilings[s]], "n": len(ceil_idx)}
         if "task_lora" in chosen and ceil_idx:
-            ceiling["mean"] = {arm: _mean([ok[arm][i] for i in ceil_idx]) for arm in ok}
-            ceiling["mean"]["task_lora"] = _mean([task_lora[id(rs[i])] for i in ceil_idx])
+            means = {arm: _mean([ok[arm][i] for i in ceil_idx]) for arm in ok}
+            means["task_lora"] = _mean([task_lora[id(rs[i])] for i in ceil_idx])
+            ceiling["mean"] = means
         splits[s] = {
             "tasks": [t.name for t in split_tasks[s]],
             "available_tasks": len(heldout_tasks(s)),
@@ -282,13 +326,21 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     }
     if seen_rows:
         result["seen_tasks_unseen_descriptions"] = {
-            "n": len(seen_rows), "mean": {arm: _mean(v) for arm, v in seen_ok.items()}, "paired": _paired(seen_ok)}
+            "n": len(seen_rows),
+            "mean": {arm: _mean(v) for arm, v in seen_ok.items()},
+            "paired": _paired(seen_ok),
+        }
     snapshots = ckpt.parent / "t2l" / "snapshots"
     if curve and snapshots.is_dir() and "t2l" in chosen:
         q = SIZES["quick"]
-        result["curve"] = curve_over_steps(ckpt.parent, base, limit=min(n_tasks, q["tasks"]),
-                                           per_task=min(per_task, q["per_task"]),
-                                           progress=progress, prompt_mode=mode)
+        result["curve"] = curve_over_steps(
+            ckpt.parent,
+            base,
+            limit=min(n_tasks, q["tasks"]),
+            per_task=min(per_task, q["per_task"]),
+            progress=progress,
+            prompt_mode=mode,
+        )
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     if output is not None:
         out = Path(output)
@@ -298,8 +350,15 @@ def run(quick: bool = False, checkpoint: str | Path | None = None, output: str |
     return result
 
 
-def curve_over_steps(run_dir: str | Path, base: Any, *, limit: int, per_task: int, progress: bool = True,
-                     prompt_mode: str = "description+input") -> dict[str, Any]:
+def curve_over_steps(
+    run_dir: str | Path,
+    base: Any,
+    *,
+    limit: int,
+    per_task: int,
+    progress: bool = True,
+    prompt_mode: str = "description+input",
+) -> dict[str, Any]:
     """Per-split accuracy of T2L and the multi-task LoRA at every training snapshot of an ``--arm all`` run.
 
     Snapshots are ``run_dir/t2l/snapshots/step-N`` and ``run_dir/mt-lora/snapshots/step-N``; a step missing for
@@ -325,14 +384,17 @@ def curve_over_steps(run_dir: str | Path, base: Any, *, limit: int, per_task: in
         for d in t2l_steps:
             net = T2LHypernetwork.load(d, base_fingerprint=base.fingerprint)
             ads = net.generate([desc for _, desc, _ in rows])
-            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=lambda n: bar.step(n, d.name)))
+            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=partial(bar.step, label=d.name)))
         for d in mt_steps:
             mt = load_lora(d)
-            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=lambda n: bar.step(n, d.name)))
+            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=partial(bar.step, label=d.name)))
     finally:
         bar.close()
-    return {"tasks_per_split": limit, "examples_per_task": per_task,
-            "steps": {str(k): points[k] for k in sorted(points)}}
+    return {
+        "tasks_per_split": limit,
+        "examples_per_task": per_task,
+        "steps": {str(k): points[k] for k in sorted(points)},
+    }
 
 
 COLORS = {"base": "#999999", "mt_lora": "#4c72b0", "t2l": "#dd8452", "task_lora": "#55a868"}
@@ -350,7 +412,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     splits = list(result["splits"])
     fig, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 4.2), sharey=True)
-    for ax, s in zip(axes, splits):
+    for ax, s in zip(axes, splits, strict=False):
         d = result["splits"][s]
         arms = list(d["mean"])
         bars = ax.bar(arms, [d["mean"][a] for a in arms], color=[COLORS[a] for a in arms])
@@ -385,7 +447,7 @@ def plot_curve(curve: dict[str, Any], path: str | Path) -> Path:
 
     steps = sorted(curve["steps"], key=int)
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(4.2 * len(SPLITS), 3.6), sharey=True)
-    for ax, s in zip(axes, SPLITS):
+    for ax, s in zip(axes, SPLITS, strict=False):
         for arm in ("mt_lora", "t2l"):
             xs = [int(k) for k in steps if arm in curve["steps"][k].get(s, {})]
             ax.plot(xs, [curve["steps"][str(x)][s][arm] for x in xs], marker="o", color=COLORS[arm], label=arm)

@@ -86,7 +86,7 @@ class QueryEngine:
         return self._chunk_index
 
     def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> list[SearchHit]:
+               filter: dict[str, Any] | None = None) -> list[SearchHit]:  # the facade's keyword
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         if not isinstance(query, str) or not query.strip():

@@ -9,7 +9,7 @@ before any SQL runs.
 >>> validate_document_id("docs/../etc")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-memory.errors.ValidationError: invalid document id 'docs/../etc': use 1-255 characters ... path segments
+memory.errors.ValidationError: invalid document id 'docs/../etc': ... no empty, '.' or '..' path segments
 """
 
 from __future__ import annotations

@@ -40,18 +40,19 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from memory.training import load_resume_state
 from memory.errors import ValidationError
 from memory.hyper.t2l import DEFAULT_TARGETS, T2LConfig, T2LHypernetwork
 from memory.hyper.t2l_text import DescriptionEncoder
 from memory.lora import LoraAdapter, apply_lora_batched, from_bytes, to_bytes
+from memory.training import load_resume_state
 from memory.training.tasks import SPLITS, Example, Task, get_task, heldout_tasks, library, sample, train_tasks
 
 log = logging.getLogger(__name__)
@@ -117,15 +118,15 @@ class Row:
     example: Example
 
 
-def sample_rows(rng: random.Random, tasks: Sequence[Task], n_tasks: int, per_task: int,
-                descriptions_per_task: int | None = None) -> list[Row]:
+def sample_rows(
+    rng: random.Random, tasks: Sequence[Task], n_tasks: int, per_task: int, descriptions_per_task: int | None = None
+) -> list[Row]:
     """``n_tasks`` distinct tasks x ``per_task`` examples; one training description per task
     (drawn from the first ``descriptions_per_task`` paraphrases; all when ``None``)."""
-    rows = []
+    rows: list[Row] = []
     for task in rng.sample(list(tasks), min(n_tasks, len(tasks))):
         desc = rng.choice(task.train_descriptions[:descriptions_per_task])
-        for _ in range(per_task):
-            rows.append(Row(task, desc, task.example(rng.randrange(1_000_000))))
+        rows.extend(Row(task, desc, task.example(rng.randrange(1_000_000))) for _ in range(per_task))
     return rows
 
 
@@ -156,8 +157,10 @@ class LoraParams(nn.Module):
 
     def to_adapter(self, metadata: dict[str, str] | None = None) -> LoraAdapter:
         s = self.config.scaling
-        w = {p: (self.a[k].detach().float().cpu().clone(), (self.b[k] * s).detach().float().cpu().clone())
-             for p, k in self._paths()}
+        w = {
+            p: (self.a[k].detach().float().cpu().clone(), (self.b[k] * s).detach().float().cpu().clone())
+            for p, k in self._paths()
+        }
         return LoraAdapter(w, self.config.base_model, metadata or {})
 
 
@@ -204,7 +207,7 @@ class DescriptionCache:
     def __call__(self, descriptions: list[str]) -> Tensor:
         new = sorted({d for d in descriptions if d not in self._cache})
         if new:
-            for d, e in zip(new, self.encoder.encode(new)):
+            for d, e in zip(new, self.encoder.encode(new), strict=False):
                 self._cache[d] = e.to(self.device)
         return torch.stack([self._cache[d] for d in descriptions])
 
@@ -236,8 +239,14 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     dev = base.device
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
     tasks = train_tasks() if args.arm != "task-lora" else [get_task(_need(args.task))]
-    cfg = T2LConfig.for_model(base, DEFAULT_TARGETS, size=args.size, rank=args.rank, prompt_mode=args.prompt_mode,
-                              offset_rank=args.offset_rank if args.arm == "t2l" else 0)
+    cfg = T2LConfig.for_model(
+        base,
+        DEFAULT_TARGETS,
+        size=args.size,
+        rank=args.rank,
+        prompt_mode=args.prompt_mode,
+        offset_rank=args.offset_rank if args.arm == "t2l" else 0,
+    )
 
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
@@ -252,7 +261,9 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
     net.train()
     offset = [p for n, p in net.named_parameters() if n.startswith("offset_")]
     rest = [p for n, p in net.named_parameters() if not n.startswith("offset_")]
-    groups = [{"params": rest, "base_lr": args.lr}] + ([{"params": offset, "base_lr": args.offset_lr}] if offset else [])
+    groups = [{"params": rest, "base_lr": args.lr}] + (
+        [{"params": offset, "base_lr": args.offset_lr}] if offset else []
+    )
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-2)
     step, elapsed = 0, 0.0
     state_path = out / "state.pt"
@@ -272,8 +283,17 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
 
     def save() -> None:
         tmp = out / "state.pt.tmp"
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": time.perf_counter() - t0,
-                    "rng": rng.getstate(), "args": {k: str(v) for k, v in vars(args).items()}}, tmp)
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "elapsed": time.perf_counter() - t0,
+                "rng": rng.getstate(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            tmp,
+        )
         tmp.replace(state_path)
         export(net, args, out / "model", prior_steps + step)
         if args.snapshot_every and step % args.snapshot_every == 0:
@@ -281,7 +301,10 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
 
     while time.perf_counter() - t0 < budget and (args.max_steps is None or step < args.max_steps):
         rows = sample_rows(rng, tasks, args.tasks_per_step, args.examples_per_task, args.descriptions_per_task)
-        enc = [encode_example(base, build_prompt(r.description, r.example.input, args.prompt_mode), r.example.output) for r in rows]
+        enc = [
+            encode_example(base, build_prompt(r.description, r.example.input, args.prompt_mode), r.example.output)
+            for r in rows
+        ]
         ids, mask, labels = (x.to(dev) for x in collate(enc, pad))
         warm = min(1.0, (step + 1) / max(1, args.warmup))
         lr = args.lr * warm
@@ -304,8 +327,13 @@ def train(args: TrainArgs, base: Any | None = None) -> Path:
         step += 1
         losses.append(loss.item())
         if step % 5 == 0 or step == 1:
-            rec = {"step": step, "loss": sum(losses) / len(losses), "lr": lr, "minutes": (time.perf_counter() - t0) / 60,
-                   "arm": args.arm}
+            rec = {
+                "step": step,
+                "loss": sum(losses) / len(losses),
+                "lr": lr,
+                "minutes": (time.perf_counter() - t0) / 60,
+                "arm": args.arm,
+            }
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             log.info("step %d loss %.4f", step, rec["loss"])
@@ -335,9 +363,19 @@ def train_all(args: TrainArgs, base: Any | None = None) -> Path:
     steps = int(json.loads((t2l_dir / "config.json").read_text())["training"]["trained_steps"])
     log.info("T2L trained for %d steps; the multi-task LoRA gets the same", steps)
     # Equal steps, not equal time: the LoRA's steps are cheaper, its wall-clock budget is only a guard.
-    mt_dir = train(replace(args, arm="mt-lora", out=out / "mt-lora", lr=args.mt_lr, max_steps=steps,
-                           minutes=max(args.minutes * 3, 1.0), init_from=None, snapshot_every=args.snapshot_every),
-                   base=base)
+    mt_dir = train(
+        replace(
+            args,
+            arm="mt-lora",
+            out=out / "mt-lora",
+            lr=args.mt_lr,
+            max_steps=steps,
+            minutes=max(args.minutes * 3, 1.0),
+            init_from=None,
+            snapshot_every=args.snapshot_every,
+        ),
+        base=base,
+    )
     ck = out / "checkpoint"
     (ck / "baselines").mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
@@ -351,10 +389,23 @@ def train_all(args: TrainArgs, base: Any | None = None) -> Path:
             if target.exists():
                 continue
             log.info("per-task LoRA ceiling (%s): %s, %d steps", split, task.name, args.ceiling_steps)
-            run_dir = train(replace(args, arm="task-lora", task=task.name, out=out / "ceilings" / task.name,
-                                    max_steps=args.ceiling_steps, minutes=max(args.minutes, 10.0), lr=args.mt_lr,
-                                    warmup=5, tasks_per_step=1, examples_per_task=8, init_from=None,
-                                    snapshot_every=0), base=base)
+            run_dir = train(
+                replace(
+                    args,
+                    arm="task-lora",
+                    task=task.name,
+                    out=out / "ceilings" / task.name,
+                    max_steps=args.ceiling_steps,
+                    minutes=max(args.minutes, 10.0),
+                    lr=args.mt_lr,
+                    warmup=5,
+                    tasks_per_step=1,
+                    examples_per_task=8,
+                    init_from=None,
+                    snapshot_every=0,
+                ),
+                base=base,
+            )
             shutil.copy2(run_dir / "adapter.safetensors", target)
     return ck
 
@@ -389,10 +440,18 @@ def _warm_start(net: nn.Module, source: Path) -> int:
 
 def export(net: nn.Module, args: TrainArgs, directory: Path, step: int) -> Path:
     """Write the artefact a run produces (hypernetwork checkpoint or LoRA safetensors)."""
-    meta = {"trained_steps": step, "arm": args.arm, "train_tasks": len(train_tasks()), "lr": args.lr,
-            "library": library().counts(), "device": args.device,
-            "offset_rank": args.offset_rank if args.arm == "t2l" else 0, "offset_lr": args.offset_lr,
-            "tasks_per_step": args.tasks_per_step, "examples_per_task": args.examples_per_task}
+    meta = {
+        "trained_steps": step,
+        "arm": args.arm,
+        "train_tasks": len(train_tasks()),
+        "lr": args.lr,
+        "library": library().counts(),
+        "device": args.device,
+        "offset_rank": args.offset_rank if args.arm == "t2l" else 0,
+        "offset_lr": args.offset_lr,
+        "tasks_per_step": args.tasks_per_step,
+        "examples_per_task": args.examples_per_task,
+    }
     if isinstance(net, T2LHypernetwork):
         return net.save(directory, metadata={"training": meta})
     assert isinstance(net, LoraParams)
@@ -421,8 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     """``pmem train t2l``: train the T2L hypernetwork (or a LoRA baseline), resumably."""
     p = argparse.ArgumentParser(prog="pmem train t2l", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="run directory (state.pt, log.jsonl, model/)")
-    p.add_argument("--arm", choices=["t2l", "mt-lora", "task-lora", "all"], default="t2l",
-                   help="all: T2L, the multi-task LoRA at equal steps, and per-task ceilings (DIR/checkpoint)")
+    p.add_argument(
+        "--arm",
+        choices=["t2l", "mt-lora", "task-lora", "all"],
+        default="t2l",
+        help="all: T2L, the multi-task LoRA at equal steps, and per-task ceilings (DIR/checkpoint)",
+    )
     p.add_argument("--task", help="task name for --arm task-lora")
     p.add_argument("--size", choices=["L", "M", "S"], default="L")
     p.add_argument("--rank", type=int, default=8)
@@ -454,7 +517,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["TrainArgs", "train", "train_all", "ceiling_tasks", "DescriptionCache", "main", "build_prompt", "encode_example", "collate", "answer_loss", "LoraParams", "load_lora"]
+__all__ = [
+    "DescriptionCache",
+    "LoraParams",
+    "TrainArgs",
+    "answer_loss",
+    "build_prompt",
+    "ceiling_tasks",
+    "collate",
+    "encode_example",
+    "load_lora",
+    "main",
+    "train",
+    "train_all",
+]
 
 
 if __name__ == "__main__":

@@ -50,14 +50,14 @@ def all_tasks() -> list[Task]:
 
 __all__ = [
     "EVAL_SEED_START",
-    "Example",
     "FAMILIES",
+    "SPLITS",
+    "UNSEEN_FAMILIES",
+    "Example",
     "Family",
     "Library",
     "Param",
-    "SPLITS",
     "Task",
-    "UNSEEN_FAMILIES",
     "all_tasks",
     "family",
     "get_task",

@@ -26,10 +26,11 @@ import datetime as dt
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 CheckMode = Literal["exact", "ci", "raw", "number", "json"]
 
@@ -38,8 +39,20 @@ CheckMode = Literal["exact", "ci", "raw", "number", "json"]
 TYPES = ("words", "nums", "word", "num", "record", "date", "text", "quantity", "bool", "str")
 ANY = "any"  # an input type: accepts every type, as :class:`Typed`
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 MAX_INPUT_CHARS = 200
 MAX_OUTPUT_CHARS = 60
 MAX_TRIES = 400
@@ -71,7 +84,7 @@ CORES_PER_TASK = 8  # training cores kept per composed task (a fixed, seeded sam
 _TRAILING = re.compile(r"[\s.!]+$")
 
 
-class NotApplicable(Exception):
+class NotApplicable(Exception):  # a control-flow signal (redraw), not an error
     """A step cannot apply to this value (e.g. the third word of a two-word list); the example is redrawn."""
 
 
@@ -231,8 +244,16 @@ def check(mode: CheckMode, gold: str, output: str) -> bool:
     raise ValueError(f"unknown check mode {mode!r}")
 
 
-DEFAULT_CHECK: dict[str, CheckMode] = {"words": "exact", "nums": "exact", "word": "exact", "str": "raw",
-                                       "num": "number", "bool": "ci", "date": "exact", "record": "exact"}
+DEFAULT_CHECK: dict[str, CheckMode] = {
+    "words": "exact",
+    "nums": "exact",
+    "word": "exact",
+    "str": "raw",
+    "num": "number",
+    "bool": "ci",
+    "date": "exact",
+    "record": "exact",
+}
 
 
 @dataclass(frozen=True)
@@ -351,10 +372,7 @@ class Task:
             return fam.wordings(p, evaluation=evaluation)
         conns = CONNECTORS[-CONNECTORS_EVAL:] if evaluation else CONNECTORS[:-CONNECTORS_EVAL]
         per_step = [f.wordings(p, evaluation=evaluation) for f, p in self.steps]
-        out = []
-        for conn in conns:
-            for combo in _product(per_step):
-                out.append(_connect(conn, combo))
+        out = [_connect(conn, combo) for conn in conns for combo in _product(per_step)]
         if evaluation or len(out) <= CORES_PER_TASK:
             return out
         return random.Random(f"cores:{self.name}").sample(out, CORES_PER_TASK)
@@ -466,6 +484,23 @@ def _connect(conn: tuple[str, str, str], parts: Sequence[str]) -> str:
     return " ".join(pieces)
 
 
-__all__ = ["ANY", "CONNECTORS", "Example", "Family", "NotApplicable", "Param", "Step", "Task", "Text", "Typed",
-           "check", "first_line", "fmt_date", "fmt_num", "normalise_answer", "paraphrase", "render",
-           "to_json_value"]
+__all__ = [
+    "ANY",
+    "CONNECTORS",
+    "Example",
+    "Family",
+    "NotApplicable",
+    "Param",
+    "Step",
+    "Task",
+    "Text",
+    "Typed",
+    "check",
+    "first_line",
+    "fmt_date",
+    "fmt_num",
+    "normalise_answer",
+    "paraphrase",
+    "render",
+    "to_json_value",
+]

@@ -16,6 +16,7 @@ short example), which also drops chains whose steps cannot meet (a yes/no answer
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
@@ -34,6 +35,7 @@ MIN_ACCEPTANCE = 0.2
 SPLITS = ("interpolation", "composition", "unseen_family")
 
 _BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
+Pair = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,9 @@ def parse_task(name: str) -> Task:
 
 def _chains(first: Family, second: Family, params: str = "params") -> list[tuple[Param, Param]]:
     """Parameter pairs under which ``second`` can take what ``first`` gives."""
-    return [(p, q) for p in getattr(first, params) for q in getattr(second, params)
-            if second.accepts(first.output_type(p))]
+    return [
+        (p, q) for p in getattr(first, params) for q in getattr(second, params) if second.accepts(first.output_type(p))
+    ]
 
 
 def _viable(task: Task) -> bool:
@@ -93,8 +96,9 @@ def _viable(task: Task) -> bool:
 
 
 def _chainable(f: Family, g: Family) -> bool:
-    return f is not g and f.group != g.group and (g.in_type == ANY or any(
-        g.accepts(f.output_type(p)) for p in f.params))
+    return (
+        f is not g and f.group != g.group and (g.in_type == ANY or any(g.accepts(f.output_type(p)) for p in f.params))
+    )
 
 
 @lru_cache(maxsize=1)
@@ -136,16 +140,24 @@ def library() -> Library:
         after.setdefault(a, []).append(b)
 
     # Triples: training ones chain two training pairs; held-out ones include at least one held-out pair.
-    def triples(want: int, accept: callable) -> list[Task]:  # type: ignore[valid-type]
-        cands = [(a, b, c) for (a, b) in sorted(pair_tasks) for c in after.get(b, ())
-                 if c != a and len({family(a).group, family(b).group, family(c).group}) == 3
-                 and accept((a, b), (b, c))]
+    def triples(want: int, accept: Callable[[Pair, Pair], bool]) -> list[Task]:
+        cands = [
+            (a, b, c)
+            for (a, b) in sorted(pair_tasks)
+            for c in after.get(b, ())
+            if c != a and len({family(a).group, family(b).group, family(c).group}) == 3 and accept((a, b), (b, c))
+        ]
         rng.shuffle(cands)
         out: list[Task] = []
         for a, b, c in cands:
             fa, fb, fc = family(a), family(b), family(c)
-            options = [(p, q, r) for p in fa.params for q in fb.params for r in fc.params
-                       if fb.accepts(fa.output_type(p)) and fc.accepts(fb.output_type(q))]
+            options = [
+                (p, q, r)
+                for p in fa.params
+                for q in fb.params
+                for r in fc.params
+                if fb.accepts(fa.output_type(p)) and fc.accepts(fb.output_type(q))
+            ]
             p, q, r = rng.choice(options)
             t = Task(((fa, p), (fb, q), (fc, r)))
             if _viable(t):
@@ -183,4 +195,4 @@ def sample(tasks: tuple[Task, ...] | list[Task], n: int, seed: int = 0) -> list[
     return out
 
 
-__all__ = ["Library", "SPLITS", "family", "library", "parse_task", "sample"]
+__all__ = ["SPLITS", "Library", "family", "library", "parse_task", "sample"]

@@ -11,7 +11,8 @@ WORDS: tuple[str, ...] = tuple(
     quick little bright gentle quiet brave cold warm dark light""".split()
 )
 ANIMALS: tuple[str, ...] = tuple(
-    "cat dog horse tiger lion rabbit mouse eagle shark whale zebra monkey snake frog bear wolf goat sheep duck owl".split()
+    "cat dog horse tiger lion rabbit mouse eagle shark whale zebra monkey snake frog bear wolf goat sheep duck "
+    "owl".split()
 )
 FRUITS: tuple[str, ...] = tuple(
     "apple banana cherry grape lemon mango orange peach pear plum melon kiwi lime papaya apricot fig".split()
@@ -25,10 +26,12 @@ CITIES: tuple[str, ...] = tuple(
 )
 DOMAINS: tuple[str, ...] = tuple("example mail shop news cloud music travel garden books photo".split())
 TLDS: tuple[str, ...] = ("com", "org", "net", "io")
-NUMBER_WORDS: tuple[str, ...] = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty"
-).split()
+NUMBER_WORDS: tuple[str, ...] = tuple(
+    (
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen twenty"
+    ).split()
+)
 VOWELS = "aeiou"
 POSITIVE: tuple[str, ...] = ("loved", "enjoyed", "adored", "was delighted by", "really liked", "was thrilled with")
 NEGATIVE: tuple[str, ...] = ("hated", "disliked", "was disappointed by", "could not stand", "regretted buying")
@@ -57,7 +60,9 @@ TOPICS: dict[str, tuple[str, ...]] = {
     ),
 }
 # Words of varied length for the list families (length filters and sorts need 3- to 10-letter words).
-SHORT_WORDS: tuple[str, ...] = tuple("cat sun map key box pen cup hat egg ink jam log net owl rug toy van web fox bee".split())
+SHORT_WORDS: tuple[str, ...] = tuple(
+    "cat sun map key box pen cup hat egg ink jam log net owl rug toy van web fox bee".split()
+)
 LONG_WORDS: tuple[str, ...] = tuple(
     """adventure blanket calendar elephant festival mushroom notebook painting sandwich triangle volcano whistle
     keyboard lantern harvest compass dolphin library pyramid sunflower""".split()
