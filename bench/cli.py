@@ -23,12 +23,20 @@ console = Console(stderr=True)
 BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")]
-BackendOpt = Annotated[str | None, typer.Option(help="retrieval: inprocess | pgvector | both (database-backed section only).")]
+BackendOpt = Annotated[
+    str | None, typer.Option(help="retrieval: inprocess | pgvector | both (database-backed section only).")
+]
 SizesOpt = Annotated[str | None, typer.Option(help="retrieval: chunk counts with --backend, e.g. 100000,1000000.")]
 
 
-def bench(name: str, quick: bool = False, as_json: JsonOpt = False, output: OutputOpt = None,
-          backend: BackendOpt = None, sizes: SizesOpt = None) -> None:
+def bench(
+    name: str,
+    quick: bool = False,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    backend: BackendOpt = None,
+    sizes: SizesOpt = None,
+) -> None:
     """Run a benchmark (``all`` runs each); the last line printed is one JSON object."""
     from memory.cli import machine_info, run_module  # not at import: memory.cli loads this module as a plugin
 

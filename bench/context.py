@@ -62,8 +62,12 @@ def _d2l_shape(base: Any) -> tuple[list[str], int, int, int]:
         from memory.hyper.d2l import D2LConfig
 
         cfg = D2LConfig.for_model(base.config)
-        return ([cfg.module_path(layer) for layer in cfg.target_layers], cfg.rank, cfg.bias_rank,
-                int(getattr(cfg, "chunk_tokens", 512)))
+        return (
+            [cfg.module_path(layer) for layer in cfg.target_layers],
+            cfg.rank,
+            cfg.bias_rank,
+            int(getattr(cfg, "chunk_tokens", 512)),
+        )
     except Exception as e:  # noqa: BLE001 - the hypernetwork module may be absent; keep its documented defaults
         log.warning("D2L config unavailable (%s); using 4 upper down_proj layers, rank 32 + 8 per 512 tokens", e)
         n = base.num_layers
@@ -135,8 +139,10 @@ def crossing(xs: list[float], a: list[float], b: list[float]) -> dict[str, Any]:
     d = [x - y for x, y in zip(a, b, strict=True)]
     if all(v >= 0 for v in d) or all(v < 0 for v in d):
         word = "more" if d[0] >= 0 else "less"
-        out: dict[str, Any] = {"at": None,
-                               "summary": f"context costs {word} at every length ({xs[0]:g}..{xs[-1]:g} tokens)"}
+        out: dict[str, Any] = {
+            "at": None,
+            "summary": f"context costs {word} at every length ({xs[0]:g}..{xs[-1]:g} tokens)",
+        }
         if len(xs) >= 2:  # where straight-line fits of both would meet, outside the measured range
             (sa, ia), (sb, ib) = np.polyfit(xs, a, 1), np.polyfit(xs, b, 1)
             at = (ib - ia) / (sa - sb) if sa != sb else -1.0
@@ -186,15 +192,21 @@ def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None 
         n_reps = reps if n <= LONG else 1
         ctx_kv, how = _kv_bytes(base, c_ids, measure=n <= LONG)
         ad_kv, _ = _kv_bytes(base, q_ids, adapter)
-        point.update({
-            "context_prompt_tokens": len(c_ids), "adapter_prompt_tokens": len(q_ids),
-            "adapter_kind": "d2l" if d2l is not None else "d2l-shape (random)", "adapter_rank": adapter.rank,
-            "reps": n_reps,
-            "context_ttft_ms": _ttft_ms(base, c_ids, None, n_reps),
-            "adapter_ttft_ms": _ttft_ms(base, q_ids, adapter, n_reps),
-            "context_kv_bytes": ctx_kv, "adapter_kv_bytes": ad_kv, "adapter_bytes": _adapter_bytes(adapter),
-            "kv_measurement": how,
-        })
+        point.update(
+            {
+                "context_prompt_tokens": len(c_ids),
+                "adapter_prompt_tokens": len(q_ids),
+                "adapter_kind": "d2l" if d2l is not None else "d2l-shape (random)",
+                "adapter_rank": adapter.rank,
+                "reps": n_reps,
+                "context_ttft_ms": _ttft_ms(base, c_ids, None, n_reps),
+                "adapter_ttft_ms": _ttft_ms(base, q_ids, adapter, n_reps),
+                "context_kv_bytes": ctx_kv,
+                "adapter_kv_bytes": ad_kv,
+                "adapter_bytes": _adapter_bytes(adapter),
+                "kv_measurement": how,
+            }
+        )
         point["adapter_total_bytes"] = point["adapter_bytes"] + ad_kv
         if "d2l_internalize_ms" in point:
             saved = point["context_ttft_ms"] - point["adapter_ttft_ms"]
@@ -202,8 +214,12 @@ def run(quick: bool = False, reps: int | None = None, lengths: list[int] | None 
         points.append(point)
         log.info("context bench: %s", point)
     result: dict[str, Any] = {
-        "base_model": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
-        "threads": __import__("torch").get_num_threads(), "chunk_tokens": chunk, "reps": reps,
+        "base_model": base.fingerprint,
+        "device": str(base.device),
+        "dtype": str(base.dtype),
+        "threads": __import__("torch").get_num_threads(),
+        "chunk_tokens": chunk,
+        "reps": reps,
         "d2l_checkpoint": d2l.identity.name if d2l is not None else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "points": points,
@@ -224,8 +240,9 @@ def crossings(points: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "memory": crossing(xs, [p["context_kv_bytes"] for p in points], [p["adapter_total_bytes"] for p in points]),
     }
     if points and all("d2l_internalize_ms" in p for p in points):
-        first = crossing(xs, [p["context_ttft_ms"] for p in points],
-                         [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in points])
+        first = crossing(
+            xs, [p["context_ttft_ms"] for p in points], [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in points]
+        )
         first["summary"] = "first query (internalization included): " + first["summary"]
         out["first_query"] = first
     return out
@@ -244,13 +261,23 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     axes[0].plot(x, [p["context_ttft_ms"] for p in pts], "o-", label="document in context")
     axes[0].plot(x, [p["adapter_ttft_ms"] for p in pts], "s-", label="adapter (D2L)")
     if all("d2l_internalize_ms" in p for p in pts):
-        axes[0].plot(x, [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in pts], "^--", color="grey",
-                     label="first query with the adapter (internalization + TTFT)")
+        axes[0].plot(
+            x,
+            [p["d2l_internalize_ms"] + p["adapter_ttft_ms"] for p in pts],
+            "^--",
+            color="grey",
+            label="first query with the adapter (internalization + TTFT)",
+        )
         first = result["crossings"].get("first_query", {})
         if first.get("at"):
             axes[0].axvline(first["at"], color="grey", ls=":", lw=1)
-            axes[0].annotate(f"pays off on the first query\nfrom ~{first['at']:.0f} tokens", (first["at"], 0.5),
-                             xycoords=("data", "axes fraction"), fontsize=7, ha="left")
+            axes[0].annotate(
+                f"pays off on the first query\nfrom ~{first['at']:.0f} tokens",
+                (first["at"], 0.5),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                ha="left",
+            )
     axes[0].set_yscale("log")
     axes[0].set_ylabel("time to first token, ms")
     axes[1].plot(x, [p["context_kv_bytes"] / 2**20 for p in pts], "o-", label="KV cache of the document")

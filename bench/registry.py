@@ -38,9 +38,11 @@ def _text(rng: random.Random, i: int) -> str:
     from memory.evaluation.suites import invented_name
 
     name, person, town = invented_name(rng), f"{invented_name(rng)} {invented_name(rng)}", invented_name(rng, 3)
-    return (f"Record {i}: the {name} cooperative was founded in {rng.randint(1400, 1990)} by {person}. "
-            f"It trades in {rng.choice(['wool', 'salt', 'tin', 'amber', 'rice'])} from the town of {town}, "
-            f"and its ledger number is {rng.randint(10**6, 10**7)}.")
+    return (
+        f"Record {i}: the {name} cooperative was founded in {rng.randint(1400, 1990)} by {person}. "
+        f"It trades in {rng.choice(['wool', 'salt', 'tin', 'amber', 'rice'])} from the town of {town}, "
+        f"and its ledger number is {rng.randint(10**6, 10**7)}."
+    )
 
 
 def _dir_bytes(path: Path) -> int:
@@ -73,18 +75,40 @@ def _add_adapters(mem: Any, ns: str, since_id: int) -> int:
     with Session(mem.engine) as s:
         h = s.scalar(select(Hypernetwork).where(Hypernetwork.name == "bench-registry"))
         if h is None:
-            h = Hypernetwork(kind="d2l", name="bench-registry", base_model="bench@0", checkpoint_sha256="0" * 64,
-                             config={}, training_run={}, eval_metrics={})
+            h = Hypernetwork(
+                kind="d2l",
+                name="bench-registry",
+                base_model="bench@0",
+                checkpoint_sha256="0" * 64,
+                config={},
+                training_run={},
+                eval_metrics={},
+            )
             s.add(h)
             s.flush()
-        rows = s.execute(select(DocumentVersion.id, Document.namespace_id)
-                         .join(Document, Document.current_version_id == DocumentVersion.id)
-                         .join(Namespace, Document.namespace_id == Namespace.id)
-                         .where(Namespace.name == ns, DocumentVersion.id > since_id)).all()
-        s.add_all(Adapter(namespace_id=nsid, version_id=vid, hypernetwork_id=h.id, base_model="bench@0",
-                          target_modules=["mlp.down_proj"], rank=40, chunk_count=1,
-                          blob_sha256=f"{vid:064x}", size_bytes=540_000, latency_ms=1.0,
-                          status=AdapterStatus.ready, meta={}) for vid, nsid in rows)
+        rows = s.execute(
+            select(DocumentVersion.id, Document.namespace_id)
+            .join(Document, Document.current_version_id == DocumentVersion.id)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(Namespace.name == ns, DocumentVersion.id > since_id)
+        ).all()
+        s.add_all(
+            Adapter(
+                namespace_id=nsid,
+                version_id=vid,
+                hypernetwork_id=h.id,
+                base_model="bench@0",
+                target_modules=["mlp.down_proj"],
+                rank=40,
+                chunk_count=1,
+                blob_sha256=f"{vid:064x}",
+                size_bytes=540_000,
+                latency_ms=1.0,
+                status=AdapterStatus.ready,
+                meta={},
+            )
+            for vid, nsid in rows
+        )
         s.commit()
         return max((vid for vid, _ in rows), default=since_id)
 
@@ -100,14 +124,20 @@ def _select_latency(mem: Any, ns: str, keys: list[str], rng: random.Random) -> d
         scores = sorted((rng.uniform(0.2, 0.8) for _ in picked), reverse=True)
         t0 = time.perf_counter()
         ready = mem.adapter_registry.current(ns, picked)
-        cands = [router.Candidate(d, s, d in ready and ready[d].status == "ready",
-                                  ready[d].status if d in ready else None) for d, s in zip(picked, scores, strict=True)]
+        cands = [
+            router.Candidate(d, s, d in ready and ready[d].status == "ready", ready[d].status if d in ready else None)
+            for d, s in zip(picked, scores, strict=True)
+        ]
         route = router.decide("When was the cooperative founded?", "auto", cands, cfg)
         ms.append((time.perf_counter() - t0) * 1000)
         chosen += len(route.adapter_documents)
     a = np.asarray(ms)
-    return {"p50_ms": float(np.median(a)), "p95_ms": float(np.quantile(a, 0.95)), "mean_ms": float(a.mean()),
-            "adapters_chosen_per_query": chosen / QUERIES}
+    return {
+        "p50_ms": float(np.median(a)),
+        "p95_ms": float(np.quantile(a, 0.95)),
+        "mean_ms": float(a.mean()),
+        "adapters_chosen_per_query": chosen / QUERIES,
+    }
 
 
 def run(quick: bool = False, n: int | None = None) -> dict[str, Any]:
@@ -136,20 +166,29 @@ def run(quick: bool = False, n: int | None = None) -> dict[str, Any]:
             added_s += batch_s
             last_version = _add_adapters(mem, ns, last_version)
             db_bytes, wal_bytes, blob_bytes = _store_bytes(mem, home)
-            points.append({
-                "documents": mark,
-                "add_docs_per_s": round((mark - (points[-1]["documents"] if points else 0)) / batch_s, 1),
-                "select": _select_latency(mem, ns, keys, rng),
-                "db_bytes": db_bytes, "wal_bytes": wal_bytes, "blob_bytes": blob_bytes,
-                "bytes_per_document": round((db_bytes + blob_bytes - empty[0] - empty[2]) / mark, 1),
-            })
+            points.append(
+                {
+                    "documents": mark,
+                    "add_docs_per_s": round((mark - (points[-1]["documents"] if points else 0)) / batch_s, 1),
+                    "select": _select_latency(mem, ns, keys, rng),
+                    "db_bytes": db_bytes,
+                    "wal_bytes": wal_bytes,
+                    "blob_bytes": blob_bytes,
+                    "bytes_per_document": round((db_bytes + blob_bytes - empty[0] - empty[2]) / mark, 1),
+                }
+            )
             log.info("registry: %s", points[-1])
         mem.engine.dispose()
-    return {"documents": n, "candidates_per_query": CANDIDATES, "queries": QUERIES,
-            "empty_store_bytes": empty[0] + empty[2],
-            "add_docs_per_s": round(n / added_s, 1), "points": points,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "note": "adapter rows are registry entries without weights; selection = one SQL lookup + routing"}
+    return {
+        "documents": n,
+        "candidates_per_query": CANDIDATES,
+        "queries": QUERIES,
+        "empty_store_bytes": empty[0] + empty[2],
+        "add_docs_per_s": round(n / added_s, 1),
+        "points": points,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "note": "adapter rows are registry entries without weights; selection = one SQL lookup + routing",
+    }
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:

@@ -81,7 +81,9 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
 
 
-def _time_queries(idx: VectorIndex, qs: np.ndarray, *, exact: bool, flt: dict[str, Any] | None = None) -> tuple[dict[str, float], list[list[str]]]:
+def _time_queries(
+    idx: VectorIndex, qs: np.ndarray, *, exact: bool, flt: dict[str, Any] | None = None
+) -> tuple[dict[str, float], list[list[str]]]:
     ms, ids = [], []
     idx.search(qs[0], k=K, namespace="bench", filter=flt, exact=exact)  # warm-up
     for q in qs:
@@ -132,8 +134,28 @@ def bench_size(n: int, n_queries: int, n_filtered: int, threads: int) -> dict[st
 
 
 # ---------------------------------------------------------------------------- real embeddings
-_PRODUCTS = ["router", "laptop", "printer", "monitor", "keyboard", "headset", "webcam", "tablet", "phone", "speaker",
-             "camera", "drone", "scanner", "projector", "charger", "modem", "smartwatch", "e-reader", "console", "mouse"]
+_PRODUCTS = [
+    "router",
+    "laptop",
+    "printer",
+    "monitor",
+    "keyboard",
+    "headset",
+    "webcam",
+    "tablet",
+    "phone",
+    "speaker",
+    "camera",
+    "drone",
+    "scanner",
+    "projector",
+    "charger",
+    "modem",
+    "smartwatch",
+    "e-reader",
+    "console",
+    "mouse",
+]
 _CITIES = ["Lisbon", "Oslo", "Nairobi", "Osaka", "Lima", "Quebec", "Tallinn", "Perth", "Cusco", "Porto"]
 _COLOURS = ["red", "blue", "green", "black", "white", "silver", "orange", "purple"]
 
@@ -144,7 +166,11 @@ def real_corpus(n: int, seed: int = SEED) -> tuple[list[str], list[str], list[in
     facts, questions = [], []
     for i in range(n):
         p = f"{_COLOURS[rng.integers(len(_COLOURS))]} {_PRODUCTS[i % len(_PRODUCTS)]} model {i}"
-        city, price, year = _CITIES[rng.integers(len(_CITIES))], int(rng.integers(20, 2000)), int(rng.integers(2001, 2025))
+        city, price, year = (
+            _CITIES[rng.integers(len(_CITIES))],
+            int(rng.integers(20, 2000)),
+            int(rng.integers(2001, 2025)),
+        )
         facts.append(f"The {p} costs {price} dollars, ships from our {city} warehouse and was released in {year}.")
         questions.append(f"Where does the {p} ship from?")
     return facts, questions, list(range(n))

@@ -51,7 +51,7 @@ class SyntheticEmbedder:
 
     def _vec(self, text: str) -> np.ndarray:
         if text.startswith(_QUERY_PREFIX) and self.queries is not None:
-            return self.queries[int(text[len(_QUERY_PREFIX):])]
+            return self.queries[int(text[len(_QUERY_PREFIX) :])]
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
         v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
         return v / np.linalg.norm(v)
@@ -83,25 +83,66 @@ def fill(url: str, x: np.ndarray, topics: np.ndarray, pgvector: bool) -> float:
     md.reflect(engine, only=["namespaces", "documents", "document_versions", "chunks"])
     ns_t, doc_t, ver_t, chunk_t = (md.tables[t] for t in ("namespaces", "documents", "document_versions", "chunks"))
     with engine.begin() as conn:
-        ns_id = conn.execute(ns_t.insert().values(name=NAMESPACE, index_stamp=new_stamp(),
-                                                  created_at=sa.func.now())).inserted_primary_key[0]
+        ns_id = conn.execute(
+            ns_t.insert().values(name=NAMESPACE, index_stamp=new_stamp(), created_at=sa.func.now())
+        ).inserted_primary_key[0]
         for start in range(0, docs, 5_000):
             rows = range(start, min(docs, start + 5_000))
-            conn.execute(doc_t.insert(), [
-                {"id": j + 1, "namespace_id": ns_id, "key": f"d{j}", "metadata": {"topic": int(topics[j * CHUNKS_PER_DOC])},
-                 "row_version": 1, "index_stamp": new_stamp(), "created_at": _now(), "updated_at": _now()} for j in rows])
-            conn.execute(ver_t.insert(), [
-                {"id": j + 1, "document_id": j + 1, "number": 1, "content_sha256": hashlib.sha256(b"%d" % j).hexdigest(),
-                 "byte_count": 100, "token_count": 100, "chunk_count": CHUNKS_PER_DOC, "parser": {}, "created_at": _now()}
-                for j in rows])
-            conn.execute(doc_t.update().where(doc_t.c.id == sa.bindparam("did")).values(current_version_id=sa.bindparam("vid")),
-                         [{"did": j + 1, "vid": j + 1} for j in rows])
-            conn.execute(chunk_t.insert(), [
-                {"id": i + 1, "version_id": i // CHUNKS_PER_DOC + 1, "ordinal": i % CHUNKS_PER_DOC,
-                 "text": f"chunk {i}",
-                 "start_char": 0, "end_char": 10, "token_count": 3, "metadata": {},
-                 "embedding": x[i].astype("<f4").tobytes(), "embedding_model": MODEL_KEY}
-                for i in range(start * CHUNKS_PER_DOC, min(docs, start + 5_000) * CHUNKS_PER_DOC)])
+            conn.execute(
+                doc_t.insert(),
+                [
+                    {
+                        "id": j + 1,
+                        "namespace_id": ns_id,
+                        "key": f"d{j}",
+                        "metadata": {"topic": int(topics[j * CHUNKS_PER_DOC])},
+                        "row_version": 1,
+                        "index_stamp": new_stamp(),
+                        "created_at": _now(),
+                        "updated_at": _now(),
+                    }
+                    for j in rows
+                ],
+            )
+            conn.execute(
+                ver_t.insert(),
+                [
+                    {
+                        "id": j + 1,
+                        "document_id": j + 1,
+                        "number": 1,
+                        "content_sha256": hashlib.sha256(b"%d" % j).hexdigest(),
+                        "byte_count": 100,
+                        "token_count": 100,
+                        "chunk_count": CHUNKS_PER_DOC,
+                        "parser": {},
+                        "created_at": _now(),
+                    }
+                    for j in rows
+                ],
+            )
+            conn.execute(
+                doc_t.update().where(doc_t.c.id == sa.bindparam("did")).values(current_version_id=sa.bindparam("vid")),
+                [{"did": j + 1, "vid": j + 1} for j in rows],
+            )
+            conn.execute(
+                chunk_t.insert(),
+                [
+                    {
+                        "id": i + 1,
+                        "version_id": i // CHUNKS_PER_DOC + 1,
+                        "ordinal": i % CHUNKS_PER_DOC,
+                        "text": f"chunk {i}",
+                        "start_char": 0,
+                        "end_char": 10,
+                        "token_count": 3,
+                        "metadata": {},
+                        "embedding": x[i].astype("<f4").tobytes(),
+                        "embedding_model": MODEL_KEY,
+                    }
+                    for i in range(start * CHUNKS_PER_DOC, min(docs, start + 5_000) * CHUNKS_PER_DOC)
+                ],
+            )
         if engine.dialect.name == "postgresql":
             for t in ("documents", "document_versions", "chunks"):
                 conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT max(id) FROM {t}))"))
@@ -150,8 +191,12 @@ def _new_process(url: str, home: str, backend: str, queries: np.ndarray, out: An
     before = _rss_mb()
     t0 = time.perf_counter()
     engine = get_engine(url)
-    idx = ChunkIndex(session_factory(engine), SyntheticEmbedder(queries), backend=backend,
-                     path=index_path(Path(home), engine.url.render_as_string(hide_password=True), MODEL_KEY))
+    idx = ChunkIndex(
+        session_factory(engine),
+        SyntheticEmbedder(queries),
+        backend=backend,
+        path=index_path(Path(home), engine.url.render_as_string(hide_password=True), MODEL_KEY),
+    )
     idx.search(f"{_QUERY_PREFIX}0", k=K, ns=NAMESPACE, filter=None)
     out.put({"first_search_s": round(time.perf_counter() - t0, 3), "rss_growth_mb": round(_rss_mb() - before, 1)})
 
@@ -180,8 +225,12 @@ def bench_backend(backend: str, n: int, url: str, home: str, n_queries: int) -> 
         with engine.begin() as conn:
             conn.execute(sa.text("SET maintenance_work_mem = '4GB'"))
             conn.execute(sa.text("ANALYZE"))
-            conn.execute(sa.text("CREATE INDEX ix_chunk_vectors_hnsw_384 ON chunk_vectors USING hnsw "
-                                 "((embedding::vector(384)) vector_cosine_ops) WHERE dim = 384"))
+            conn.execute(
+                sa.text(
+                    "CREATE INDEX ix_chunk_vectors_hnsw_384 ON chunk_vectors USING hnsw "
+                    "((embedding::vector(384)) vector_cosine_ops) WHERE dim = 384"
+                )
+            )
     idx = ChunkIndex(session_factory(engine), SyntheticEmbedder(qs), backend=backend, path=path)
     idx.search(f"{_QUERY_PREFIX}0", k=K, ns=NAMESPACE, filter=None)
     if backend == "inprocess":
@@ -229,9 +278,13 @@ def bench_backend(backend: str, n: int, url: str, home: str, n_queries: int) -> 
     mem.search(f"{_QUERY_PREFIX}3", k=K, namespace=NAMESPACE)
     after_s = time.perf_counter() - t0
     found = mem.search("Paragraph 0", k=K, namespace=NAMESPACE, filter={"document_id": "new-doc"})
-    out["add_one_document"] = {"chunks": r.document.version.chunk_count, "add_ms": round(add_s * 1000, 1),
-                               "next_search_ms": round(search_s * 1000, 1),
-                               "search_after_that_ms": round(after_s * 1000, 1), "found": bool(found)}
+    out["add_one_document"] = {
+        "chunks": r.document.version.chunk_count,
+        "add_ms": round(add_s * 1000, 1),
+        "next_search_ms": round(search_s * 1000, 1),
+        "search_after_that_ms": round(after_s * 1000, 1),
+        "found": bool(found),
+    }
     out["index_file_mb"] = round(path.stat().st_size / 2**20, 1) if path.is_file() else None
     return out
 
@@ -248,8 +301,9 @@ class _PgServer:
         import pgserver
 
         self.server = pgserver.get_server(Path(root) / "pg", cleanup_mode="stop")
-        self.server.psql("ALTER SYSTEM SET shared_buffers = '2GB'; "
-                         "ALTER SYSTEM SET max_parallel_maintenance_workers = 2;")
+        self.server.psql(
+            "ALTER SYSTEM SET shared_buffers = '2GB'; ALTER SYSTEM SET max_parallel_maintenance_workers = 2;"
+        )
         self.server.psql("SELECT pg_reload_conf();")
         socket_dir = self.server.get_uri().split("host=", 1)[1]
         self.base = f"postgresql+psycopg://postgres@/%s?host={socket_dir}"
@@ -277,8 +331,7 @@ def run_store(backends: list[str], sizes: list[int], n_queries: int = 200) -> li
             for n in sizes:
                 for backend in backends:
                     home = Path(root) / f"{backend}-{n}"
-                    url = (f"sqlite:///{home / 'pmem.db'}" if backend == "inprocess"
-                           else pg.database(f"bench_{n}"))  # type: ignore[union-attr]
+                    url = f"sqlite:///{home / 'pmem.db'}" if backend == "inprocess" else pg.database(f"bench_{n}")  # type: ignore[union-attr]
                     log.info("retrieval store bench: %s, %d chunks", backend, n)
                     t0 = time.perf_counter()
                     result = bench_backend(backend, n, url, str(home), n_queries)

@@ -42,7 +42,10 @@ def _random_chunk_adapter(base: Any, targets: tuple[str, ...], rank: int, seed: 
     w = {}
     for p in base.linear_paths(targets):
         lin = base.model.get_submodule(p)
-        w[p] = (torch.randn(rank, lin.in_features, generator=g) * 0.01, torch.randn(lin.out_features, rank, generator=g) * 0.01)
+        w[p] = (
+            torch.randn(rank, lin.in_features, generator=g) * 0.01,
+            torch.randn(lin.out_features, rank, generator=g) * 0.01,
+        )
     return LoraAdapter(w, base.fingerprint).to(base.dtype)
 
 
@@ -91,7 +94,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         base = load_base_model(settings=settings)
         result["load_converted_s"] = round(time.perf_counter() - t0, 3)
         result["load_converted_cpu_s"] = round(time.process_time() - c0, 3)
-        result.update(model=base.name, fingerprint=base.fingerprint, device=str(base.device), dtype=str(base.dtype).removeprefix("torch."))
+        result.update(
+            model=base.name,
+            fingerprint=base.fingerprint,
+            device=str(base.device),
+            dtype=str(base.dtype).removeprefix("torch."),
+        )
 
         n_prefill = 256 if quick else 512
         pre, pre_cpu = _prefill_s(base, n_prefill, 3 if quick else 5)

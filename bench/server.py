@@ -40,8 +40,16 @@ _THINGS = ["door", "locker", "badge", "printer", "bicycle", "kettle", "server ra
 
 def facts(n: int) -> list[tuple[str, str]]:
     """``n`` short documents ``(id, text)`` and nothing else: one fact each."""
-    return [(f"fact-{i}", (f"The {_THINGS[i % len(_THINGS)]} in room {100 + i} is {_COLOURS[(i * 7) % len(_COLOURS)]} "
-                           f"and its code is {1000 + (i * 37) % 9000}.")) for i in range(n)]
+    return [
+        (
+            f"fact-{i}",
+            (
+                f"The {_THINGS[i % len(_THINGS)]} in room {100 + i} is {_COLOURS[(i * 7) % len(_COLOURS)]} "
+                f"and its code is {1000 + (i * 37) % 9000}."
+            ),
+        )
+        for i in range(n)
+    ]
 
 
 def _question(i: int) -> str:
@@ -50,8 +58,13 @@ def _question(i: int) -> str:
 
 def _stats(latencies: list[float], wall_s: float) -> dict[str, Any]:
     a = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "rps": round(len(latencies) / wall_s, 2), "p50_ms": round(float(np.median(a)), 1),
-            "p95_ms": round(float(np.quantile(a, 0.95)), 1), "wall_s": round(wall_s, 2)}
+    return {
+        "requests": len(latencies),
+        "rps": round(len(latencies) / wall_s, 2),
+        "p50_ms": round(float(np.median(a)), 1),
+        "p95_ms": round(float(np.quantile(a, 0.95)), 1),
+        "wall_s": round(wall_s, 2),
+    }
 
 
 def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
@@ -128,14 +141,36 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
     port = _free_port()
     env = {**os.environ, **env_home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = home / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "memory.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning", "--max-waiting", "256", "--query-timeout", "1800"],
-                            env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memory.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--max-waiting",
+            "256",
+            "--query-timeout",
+            "1800",
+        ],
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
-    result: dict[str, Any] = {"documents": n_docs, "add_docs_per_s": round(n_docs / add_s, 1),
-                              "query": {"mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens},
-                              "clients": list(CLIENTS), "load_avg_before": list(os.getloadavg())}
+    result: dict[str, Any] = {
+        "documents": n_docs,
+        "add_docs_per_s": round(n_docs / add_s, 1),
+        "query": {"mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens},
+        "clients": list(CLIENTS),
+        "load_avg_before": list(os.getloadavg()),
+    }
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -165,8 +200,13 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
             return {"query": _question(i % n_docs), "k": 4}
 
         def query_body(i: int) -> dict[str, Any]:
-            return {"question": _question(i % n_docs), "mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens,
-                    "log": False}
+            return {
+                "question": _question(i % n_docs),
+                "mode": "retrieval",
+                "k": 2,
+                "max_new_tokens": max_new_tokens,
+                "log": False,
+            }
 
         # warm the server's embedder and model
         http_caller("/search", search_body)()(0)
@@ -179,13 +219,25 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
         in_process: dict[str, Any] = {"search": {}, "query": {}}
         for c in CLIENTS:
             server["search"][str(c)] = _drive(c, search_requests[c], http_caller("/search", search_body))
-            in_process["search"][str(c)] = _drive(c, search_requests[c], local(
-                lambda i: mem.search(_question(i % n_docs), k=4, namespace=NS)))
+            in_process["search"][str(c)] = _drive(
+                c, search_requests[c], local(lambda i: mem.search(_question(i % n_docs), k=4, namespace=NS))
+            )
         for c in CLIENTS:
             server["query"][str(c)] = _drive(c, query_requests[c], http_caller("/query", query_body))
-            in_process["query"][str(c)] = _drive(c, query_requests[c], local(
-                lambda i: mem.query(_question(i % n_docs), namespace=NS, mode="retrieval", k=2,
-                                    max_new_tokens=max_new_tokens, log=False)))
+            in_process["query"][str(c)] = _drive(
+                c,
+                query_requests[c],
+                local(
+                    lambda i: mem.query(
+                        _question(i % n_docs),
+                        namespace=NS,
+                        mode="retrieval",
+                        k=2,
+                        max_new_tokens=max_new_tokens,
+                        log=False,
+                    )
+                ),
+            )
         result.update(server=server, in_process=in_process, load_avg_after=list(os.getloadavg()))
     finally:
         proc.terminate()

@@ -26,16 +26,30 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TOPICS = ["leave", "refunds", "travel", "security", "onboarding", "expenses", "hardware", "parking",
-          "remote work", "training", "overtime", "holidays"]
+TOPICS = [
+    "leave",
+    "refunds",
+    "travel",
+    "security",
+    "onboarding",
+    "expenses",
+    "hardware",
+    "parking",
+    "remote work",
+    "training",
+    "overtime",
+    "holidays",
+]
 
 
 def _doc(i: int) -> str:
     topic = TOPICS[i % len(TOPICS)]
-    return (f"# {topic.title()} policy {i}\n\n"
-            f"The {topic} policy number {i} applies to every employee of the Example company. "
-            f"Requests about {topic} go to the desk on floor {i % 7 + 1} and are answered within {i % 5 + 2} days. "
-            f"The contact person for {topic} is employee number {1000 + 37 * i}.\n")
+    return (
+        f"# {topic.title()} policy {i}\n\n"
+        f"The {topic} policy number {i} applies to every employee of the Example company. "
+        f"Requests about {topic} go to the desk on floor {i % 7 + 1} and are answered within {i % 5 + 2} days. "
+        f"The contact person for {topic} is employee number {1000 + 37 * i}.\n"
+    )
 
 
 def _redis_url() -> str | None:
@@ -98,8 +112,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     prefix = f"pmem-bench-{uuid.uuid4().hex[:8]}:"
     threads = str(user.threads or min(4, os.cpu_count() or 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_")}
-    env.update({"PMEM_HOME": str(home), "PMEM_BASE_MODEL": user.base_model, "PMEM_THREADS": threads,
-                "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(
+        {
+            "PMEM_HOME": str(home),
+            "PMEM_BASE_MODEL": user.base_model,
+            "PMEM_THREADS": threads,
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
     worker = None
     log_path = work / "worker.log"
     saved_prefix = os.environ.get("PMEM_BROKER_KEYPREFIX")
@@ -110,10 +132,32 @@ def run(quick: bool = False) -> dict[str, Any]:
             t0 = time.perf_counter()
             with open(log_path, "wb") as log:
                 worker = subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-c", "1",
-                     "-Q", "ingest,internalize", "-n", f"bench-{prefix[11:19]}@%h", "-l", "info",
-                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
-                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.app",
+                        "worker",
+                        "--pool",
+                        "solo",
+                        "-c",
+                        "1",
+                        "-Q",
+                        "ingest,internalize",
+                        "-n",
+                        f"bench-{prefix[11:19]}@%h",
+                        "-l",
+                        "info",
+                        "--without-gossip",
+                        "--without-mingle",
+                        "--without-heartbeat",
+                    ],
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             while b" ready." not in log_path.read_bytes():
                 if worker.poll() is not None or time.perf_counter() - t0 > 180:
                     raise RuntimeError(f"the worker did not start:\n{log_path.read_text()[-3000:]}")

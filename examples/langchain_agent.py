@@ -37,8 +37,7 @@ def build_memory(home: str | None = None) -> ParametricMemoryVectorStore:
     """The handbook in a memory (under ``home``), its vault page internalized into an adapter (idempotent)."""
     mem = ParametricMemory(home=home or tempfile.mkdtemp(prefix="pmem-example-"))
     store = ParametricMemoryVectorStore(mem, namespace=NAMESPACE)
-    store.add_texts([t for t, _ in HANDBOOK.values()], metadatas=[m for _, m in HANDBOOK.values()],
-                    ids=list(HANDBOOK))
+    store.add_texts([t for t, _ in HANDBOOK.values()], metadatas=[m for _, m in HANDBOOK.values()], ids=list(HANDBOOK))
     for doc_id in INTERNALIZED:
         mem.internalize(doc_id, namespace=NAMESPACE)
     return store
@@ -48,15 +47,24 @@ def plan(messages: list[BaseMessage]) -> AIMessage:
     """The agent's policy: answer a new user question by asking the memory; answer with the tool's result."""
     last = messages[-1]
     if isinstance(last, HumanMessage):
-        call = {"name": "parametric_memory", "args": {"question": last.text}, "id": f"call-{uuid.uuid4().hex[:8]}",
-                "type": "tool_call"}
+        call = {
+            "name": "parametric_memory",
+            "args": {"question": last.text},
+            "id": f"call-{uuid.uuid4().hex[:8]}",
+            "type": "tool_call",
+        }
         return AIMessage(content="", tool_calls=[call])
     assert isinstance(last, ToolMessage)
     return AIMessage(content=last.text)
 
 
-def main(question: str = "What is the office vault code?", *, home: str | None = None, mode: str = "auto",
-         max_new_tokens: int = 24) -> dict[str, Any]:
+def main(
+    question: str = "What is the office vault code?",
+    *,
+    home: str | None = None,
+    mode: str = "auto",
+    max_new_tokens: int = 24,
+) -> dict[str, Any]:
     """Run the agent on ``question``; returns the answer, the mode and reason of the memory, and the transcript."""
     store = build_memory(home)
     tool = store.as_tool(mode=mode, max_new_tokens=max_new_tokens)
@@ -71,9 +79,13 @@ def main(question: str = "What is the office vault code?", *, home: str | None =
             result = tool.invoke(call)  # a ToolMessage: content for the model, artifact for the program
             artifact = result.artifact
             messages.append(result)
-    return {"answer": artifact["answer"], "mode": artifact["mode"], "reason": artifact["reason"],
-            "adapters": [a["document_id"] for a in artifact["adapters"]],
-            "transcript": [f"{m.type}: {m.text or m.tool_calls}" for m in messages]}
+    return {
+        "answer": artifact["answer"],
+        "mode": artifact["mode"],
+        "reason": artifact["reason"],
+        "adapters": [a["document_id"] for a in artifact["adapters"]],
+        "transcript": [f"{m.type}: {m.text or m.tool_calls}" for m in messages],
+    }
 
 
 if __name__ == "__main__":

@@ -42,28 +42,43 @@ def build_memory(home: str | None = None) -> ParametricMemory:
     """
     mem = ParametricMemory(home=home or tempfile.mkdtemp(prefix="pmem-example-"))
     store = ParametricMemoryVectorStore(mem, namespace=NAMESPACE)
-    nodes = [TextNode(id_=page, text=text, metadata=meta,
-                      relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=page)})
-             for page, (text, meta) in HANDBOOK.items()]
-    VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store),
-                     embed_model=DeferredEmbedding())
+    nodes = [
+        TextNode(
+            id_=page, text=text, metadata=meta, relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=page)}
+        )
+        for page, (text, meta) in HANDBOOK.items()
+    ]
+    VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=DeferredEmbedding()
+    )
     for page in INTERNALIZED:
         mem.internalize(page, namespace=NAMESPACE)
     return mem
 
 
-def main(question: str = "What is the office vault code?", *, home: str | None = None, mode: str = "auto",
-         max_new_tokens: int = 24) -> dict[str, Any]:
+def main(
+    question: str = "What is the office vault code?",
+    *,
+    home: str | None = None,
+    mode: str = "auto",
+    max_new_tokens: int = 24,
+) -> dict[str, Any]:
     """Ask ``question`` through the query engine; returns the answer and the memory's mode and reason."""
     mem = build_memory(home)
-    retriever = ParametricMemoryRetriever(mem, namespace=NAMESPACE, mode=mode, similarity_top_k=2,
-                                          max_new_tokens=max_new_tokens)
-    engine = RetrieverQueryEngine.from_args(retriever, llm=ParametricLLM(memory=mem, max_new_tokens=max_new_tokens),
-                                            response_mode="compact")
+    retriever = ParametricMemoryRetriever(
+        mem, namespace=NAMESPACE, mode=mode, similarity_top_k=2, max_new_tokens=max_new_tokens
+    )
+    engine = RetrieverQueryEngine.from_args(
+        retriever, llm=ParametricLLM(memory=mem, max_new_tokens=max_new_tokens), response_mode="compact"
+    )
     response = engine.query(question)
     meta = response.source_nodes[0].node.metadata if response.source_nodes else {"mode": "none", "reason": "no source"}
-    return {"answer": str(response).strip(), "mode": meta["mode"], "reason": meta["reason"],
-            "sources": [n.node.get_content()[:80] for n in response.source_nodes]}
+    return {
+        "answer": str(response).strip(),
+        "mode": meta["mode"],
+        "reason": meta["reason"],
+        "sources": [n.node.get_content()[:80] for n in response.source_nodes],
+    }
 
 
 if __name__ == "__main__":

@@ -75,8 +75,7 @@ def documents_by_id(memory: ParametricMemory, namespace: str | None, ids: Sequen
             continue
 
 
-def matching_document_ids(memory: ParametricMemory, namespace: str | None,
-                          flt: Mapping[str, Any] | None) -> list[str]:
+def matching_document_ids(memory: ParametricMemory, namespace: str | None, flt: Mapping[str, Any] | None) -> list[str]:
     """Ids of the documents of ``namespace`` that ``flt`` matches (validated first; all for None).
 
     The filter means what it means in a search: metadata plus ``document_id`` and ``version``.

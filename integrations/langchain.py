@@ -88,15 +88,24 @@ def _chunk_document(hit: SearchHit, mode: str, reason: str) -> Document:
     return Document(
         id=f"{hit.document_id}#{hit.ordinal}",
         page_content=hit.text,
-        metadata={**hit.metadata, "document_id": hit.document_id, "version": hit.version,
-                  "chunk_id": hit.chunk_id, "ordinal": hit.ordinal, "score": hit.score,
-                  "mode": mode, "reason": reason},
+        metadata={
+            **hit.metadata,
+            "document_id": hit.document_id,
+            "version": hit.version,
+            "chunk_id": hit.chunk_id,
+            "ordinal": hit.ordinal,
+            "score": hit.score,
+            "mode": mode,
+            "reason": reason,
+        },
     )
 
 
 def _adapter_refs(result: QueryResult) -> list[dict[str, Any]]:
-    return [{"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
-            for a in result.adapters]
+    return [
+        {"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
+        for a in result.adapters
+    ]
 
 
 def result_documents(result: QueryResult) -> list[Document]:
@@ -107,11 +116,18 @@ def result_documents(result: QueryResult) -> list[Document]:
     """
     docs = []
     if result.mode in ("parametric", "hybrid"):
-        docs.append(Document(
-            page_content=result.answer,
-            metadata={"mode": result.mode, "reason": result.reason, "adapters": _adapter_refs(result),
-                      "query_id": result.query_id, "source": "parametric-memory recollection"},
-        ))
+        docs.append(
+            Document(
+                page_content=result.answer,
+                metadata={
+                    "mode": result.mode,
+                    "reason": result.reason,
+                    "adapters": _adapter_refs(result),
+                    "query_id": result.query_id,
+                    "source": "parametric-memory recollection",
+                },
+            )
+        )
     if result.mode in ("retrieval", "hybrid"):
         docs.extend(_chunk_document(h, result.mode, result.reason) for h in result.chunks)
     return docs
@@ -204,10 +220,14 @@ class ParametricMemoryVectorStore(VectorStore):
             try:
                 json.dumps(metadata, allow_nan=False)
             except (TypeError, ValueError) as e:
-                raise ValidationError(f"metadata of text {i} cannot be stored ({e}); use JSON values: str, number, "
-                                      "bool, None, lists and dicts of them") from None
-        out = [validate_document_id(str(ids[i])) if ids is not None and ids[i] else uuid.uuid4().hex
-               for i in range(len(texts))]
+                raise ValidationError(
+                    f"metadata of text {i} cannot be stored ({e}); use JSON values: str, number, "
+                    "bool, None, lists and dicts of them"
+                ) from None
+        out = [
+            validate_document_id(str(ids[i])) if ids is not None and ids[i] else uuid.uuid4().hex
+            for i in range(len(texts))
+        ]
         for text, doc_id, metadata in zip(texts, out, metas, strict=True):
             self.memory.add(text, document_id=doc_id, namespace=self.namespace, metadata=metadata)
         if self.internalize:
@@ -232,8 +252,10 @@ class ParametricMemoryVectorStore(VectorStore):
     # ------------------------------------------------------------------ read
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The documents with these ids (missing ones are left out), with their current text and metadata."""
-        return [Document(id=info.id, page_content=info.text or "", metadata=dict(info.metadata))
-                for info in documents_by_id(self.memory, self.namespace, ids)]
+        return [
+            Document(id=info.id, page_content=info.text or "", metadata=dict(info.metadata))
+            for info in documents_by_id(self.memory, self.namespace, ids)
+        ]
 
     def similarity_search_with_score(
         self, query: str, k: int = DEFAULT_K, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -246,8 +268,13 @@ class ParametricMemoryVectorStore(VectorStore):
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)} for similarity search")
         hits = search_documents(self.memory, query, k=k, namespace=self.namespace, flt=filter)
-        return [(Document(id=h.document.id, page_content=h.document.text or "", metadata=dict(h.document.metadata)),
-                 h.score) for h in hits]
+        return [
+            (
+                Document(id=h.document.id, page_content=h.document.text or "", metadata=dict(h.document.metadata)),
+                h.score,
+            )
+            for h in hits
+        ]
 
     def similarity_search(
         self, query: str, k: int = DEFAULT_K, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -344,8 +371,9 @@ class ParametricMemoryRetriever(BaseRetriever):
         if mode == "retrieval":
             hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
-        result = self.memory.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
-                                   max_new_tokens=max_new_tokens)
+        result = self.memory.query(
+            query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens
+        )
         return result_documents(result)
 
     async def _aget_relevant_documents(
@@ -358,8 +386,9 @@ class ParametricMemoryRetriever(BaseRetriever):
         if mode == "retrieval":
             hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
-        result = await amem.query(query, namespace=self.namespace, mode=mode, k=k, filter=flt,
-                                  max_new_tokens=max_new_tokens)
+        result = await amem.query(
+            query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens
+        )
         return result_documents(result)
 
     def _arguments(self, kwargs: dict[str, Any]) -> tuple[int, str, Any, int]:
@@ -379,8 +408,9 @@ _ROLES: dict[type, str] = {SystemMessage: "system", HumanMessage: "user", AIMess
 def _turns(messages: Sequence[BaseMessage]) -> list[tuple[str, str]]:
     out = []
     for m in messages:
-        role = m.role if isinstance(m, ChatMessage) else next(
-            (r for cls, r in _ROLES.items() if isinstance(m, cls)), None)
+        role = (
+            m.role if isinstance(m, ChatMessage) else next((r for cls, r in _ROLES.items() if isinstance(m, cls)), None)
+        )
         if role is None:
             raise ValidationError(f"unsupported message type {type(m).__name__}")
         out.append((role, message_text(m.content)))
@@ -445,8 +475,13 @@ class ParametricChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self._resolved_name(), "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "namespace": self.namespace, "document_ids": self.document_ids}
+        return {
+            "model_name": self._resolved_name(),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "namespace": self.namespace,
+            "document_ids": self.document_ids,
+        }
 
     def _resolved_name(self, override: str | None = None) -> str:
         return override or self.model_name or self._settings().base_model
@@ -459,8 +494,12 @@ class ParametricChatModel(BaseChatModel):
         return Settings.from_env()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(ls_provider=PROVIDER, ls_model_name=self._resolved_name(kwargs.get("model")),
-                                 ls_model_type="chat", ls_temperature=kwargs.get("temperature", self.temperature))
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=self._resolved_name(kwargs.get("model")),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+        )
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             params["ls_max_tokens"] = max_tokens
@@ -504,8 +543,9 @@ class ParametricChatModel(BaseChatModel):
 
     @staticmethod
     def _usage(prompt_tokens: int, completion_tokens: int) -> UsageMetadata:
-        return UsageMetadata(input_tokens=prompt_tokens, output_tokens=completion_tokens,
-                             total_tokens=prompt_tokens + completion_tokens)
+        return UsageMetadata(
+            input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        )
 
     def _generate(
         self,
@@ -520,8 +560,7 @@ class ParametricChatModel(BaseChatModel):
             for c in chunks[1:]:
                 full = full + c.message
             usage = full.usage_metadata if isinstance(full, AIMessageChunk) else None
-            msg = AIMessage(content=full.content, usage_metadata=usage,
-                            response_metadata=full.response_metadata)
+            msg = AIMessage(content=full.content, usage_metadata=usage, response_metadata=full.response_metadata)
             return ChatResult(generations=[ChatGeneration(message=msg)])
         opts = self._options(stop, kwargs)
         base = self._base(kwargs.get("model"))
@@ -553,10 +592,14 @@ class ParametricChatModel(BaseChatModel):
         # the stream yields text only: the completion's token count is re-counted from it
         completion = base.count_tokens("".join(pieces))
         finish = "length" if completion >= opts["max_new_tokens"] else "stop"
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", usage_metadata=self._usage(len(ids), completion),
-            response_metadata={"model_name": base.name, "finish_reason": finish}, chunk_position="last",
-        ))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=self._usage(len(ids), completion),
+                response_metadata={"model_name": base.name, "finish_reason": finish},
+                chunk_position="last",
+            )
+        )
 
     async def _astream(
         self,
@@ -625,7 +668,8 @@ def memory_tool(
     return StructuredTool.from_function(
         func=answer,
         name=name,
-        description=description or (
+        description=description
+        or (
             f"Answers questions from the documents stored in the '{ns}' memory (policies, notes, manuals). "
             "Input: a self-contained question."
         ),

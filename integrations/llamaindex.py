@@ -102,8 +102,14 @@ def to_memory_filter(filters: MetadataFilters | dict[str, Any] | None) -> dict[s
 
 
 _OPS = {
-    FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.GTE: "$gte",
-    FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in", FilterOperator.NIN: "$nin",
+    FilterOperator.EQ: "$eq",
+    FilterOperator.NE: "$ne",
+    FilterOperator.GT: "$gt",
+    FilterOperator.GTE: "$gte",
+    FilterOperator.LT: "$lt",
+    FilterOperator.LTE: "$lte",
+    FilterOperator.IN: "$in",
+    FilterOperator.NIN: "$nin",
     FilterOperator.CONTAINS: "$contains",
 }
 
@@ -264,8 +270,9 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
         """Delete every node whose source document is ``ref_doc_id``."""
         self._delete_ids(matching_document_ids(self._memory, self.namespace, {"ref_doc_id": ref_doc_id}))
 
-    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                     **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
+    ) -> None:
         """Delete nodes by id and/or filter (both: the intersection; neither: nothing)."""
         if node_ids is None and filters is None:
             return
@@ -291,7 +298,8 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
         return [
             self._node(info.text or "", info.metadata, info.id)
             for info in documents_by_id(self._memory, self.namespace, node_ids)
-            if pred is None or pred(filter_fields(info.metadata, info.id, info.version.number if info.version else None))
+            if pred is None
+            or pred(filter_fields(info.metadata, info.id, info.version.number if info.version else None))
         ]
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
@@ -305,20 +313,34 @@ class ParametricMemoryVectorStore(BasePydanticVectorStore):
             by_doc = {"ref_doc_id": {"$in": list(query.doc_ids)}}
             flt = {"$and": [flt, by_doc]} if flt else by_doc
         allowed = set(query.node_ids) if query.node_ids else None
-        hits = search_documents(self._memory, query.query_str, k=query.similarity_top_k, namespace=self.namespace,
-                                flt=flt, allowed=allowed)
+        hits = search_documents(
+            self._memory, query.query_str, k=query.similarity_top_k, namespace=self.namespace, flt=flt, allowed=allowed
+        )
         nodes = [self._node(h.document.text or "", h.document.metadata, h.document.id) for h in hits]
-        return VectorStoreQueryResult(nodes=nodes, similarities=[h.score for h in hits],
-                                      ids=[h.document.id for h in hits])
+        return VectorStoreQueryResult(
+            nodes=nodes, similarities=[h.score for h in hits], ids=[h.document.id for h in hits]
+        )
 
 
 # ============================================================================ retriever
 def _chunk_node(hit: SearchHit, mode: str, reason: str) -> NodeWithScore:
     metadata = {k: v for k, v in hit.metadata.items() if k not in _NODE_KEYS}
-    metadata.update(document_id=hit.document_id, version=hit.version, chunk_id=hit.chunk_id, ordinal=hit.ordinal,
-                    score=hit.score, mode=mode, reason=reason)
-    node = TextNode(id_=f"{hit.document_id}#{hit.ordinal}", text=hit.text, metadata=metadata,
-                    excluded_llm_metadata_keys=list(_PROVENANCE), excluded_embed_metadata_keys=list(_PROVENANCE))
+    metadata.update(
+        document_id=hit.document_id,
+        version=hit.version,
+        chunk_id=hit.chunk_id,
+        ordinal=hit.ordinal,
+        score=hit.score,
+        mode=mode,
+        reason=reason,
+    )
+    node = TextNode(
+        id_=f"{hit.document_id}#{hit.ordinal}",
+        text=hit.text,
+        metadata=metadata,
+        excluded_llm_metadata_keys=list(_PROVENANCE),
+        excluded_embed_metadata_keys=list(_PROVENANCE),
+    )
     return NodeWithScore(node=node, score=hit.score)
 
 
@@ -326,13 +348,21 @@ def result_nodes(result: QueryResult) -> list[NodeWithScore]:
     """The nodes a query engine should see for a :class:`~memory.types.QueryResult` (recollection and/or chunks)."""
     out = []
     if result.mode in ("parametric", "hybrid"):
-        adapters = [{"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
-                    for a in result.adapters]
+        adapters = [
+            {"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
+            for a in result.adapters
+        ]
         node = TextNode(
             text=result.answer,
-            metadata={"mode": result.mode, "reason": result.reason, "adapters": adapters, "query_id": result.query_id,
-                      "source": "parametric-memory recollection"},
-            excluded_llm_metadata_keys=[*_PROVENANCE, "source"], excluded_embed_metadata_keys=[*_PROVENANCE, "source"],
+            metadata={
+                "mode": result.mode,
+                "reason": result.reason,
+                "adapters": adapters,
+                "query_id": result.query_id,
+                "source": "parametric-memory recollection",
+            },
+            excluded_llm_metadata_keys=[*_PROVENANCE, "source"],
+            excluded_embed_metadata_keys=[*_PROVENANCE, "source"],
         )
         out.append(NodeWithScore(node=node, score=None))
     if result.mode in ("retrieval", "hybrid"):
@@ -385,8 +415,14 @@ class ParametricMemoryRetriever(BaseRetriever):
         if self.mode == "retrieval":
             hits = self.memory.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
-        result = self.memory.query(query, namespace=self.namespace, mode=self.mode, k=self.similarity_top_k,
-                                   filter=self.filters, max_new_tokens=self.max_new_tokens)
+        result = self.memory.query(
+            query,
+            namespace=self.namespace,
+            mode=self.mode,
+            k=self.similarity_top_k,
+            filter=self.filters,
+            max_new_tokens=self.max_new_tokens,
+        )
         return result_nodes(result)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -395,14 +431,26 @@ class ParametricMemoryRetriever(BaseRetriever):
         if self.mode == "retrieval":
             hits = await amem.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
-        result = await amem.query(query, namespace=self.namespace, mode=self.mode, k=self.similarity_top_k,
-                                  filter=self.filters, max_new_tokens=self.max_new_tokens)
+        result = await amem.query(
+            query,
+            namespace=self.namespace,
+            mode=self.mode,
+            k=self.similarity_top_k,
+            filter=self.filters,
+            max_new_tokens=self.max_new_tokens,
+        )
         return result_nodes(result)
 
 
 # ============================================================================ LLM
-_LI_ROLES = {MessageRole.SYSTEM: "system", MessageRole.USER: "user", MessageRole.ASSISTANT: "assistant",
-             MessageRole.TOOL: "tool", MessageRole.FUNCTION: "tool", MessageRole.DEVELOPER: "system"}
+_LI_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+    MessageRole.DEVELOPER: "system",
+}
 
 
 class ParametricLLM(CustomLLM):
@@ -452,8 +500,13 @@ class ParametricLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens, is_chat_model=True,
-                           is_function_calling_model=False, model_name=self.model_name or "")
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=True,
+            is_function_calling_model=False,
+            model_name=self.model_name or "",
+        )
 
     def _base(self) -> Any:
         from memory.models import load_base_model
@@ -462,9 +515,12 @@ class ParametricLLM(CustomLLM):
 
     def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         adapters = document_adapter(self.memory, self.namespace, self.document_ids) if self.document_ids else None
-        return {"max_new_tokens": int(kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))),
-                "temperature": float(kwargs.get("temperature", self.temperature)),
-                "stop": list(kwargs.get("stop") or []), "adapters": adapters}
+        return {
+            "max_new_tokens": int(kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))),
+            "temperature": float(kwargs.get("temperature", self.temperature)),
+            "stop": list(kwargs.get("stop") or []),
+            "adapters": adapters,
+        }
 
     def _turns(self, turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if self.system is not None and not any(r == "system" for r, _ in turns):
@@ -482,10 +538,14 @@ class ParametricLLM(CustomLLM):
 
     def _complete_ids(self, base: Any, ids: list[int], kwargs: dict[str, Any]) -> CompletionResponse:
         gen = base.generate([ids], **self._opts(kwargs))[0]
-        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                 "total_tokens": gen.prompt_tokens + gen.completion_tokens}
-        return CompletionResponse(text=gen.text, raw={"finish_reason": gen.finish_reason, "usage": usage},
-                                  additional_kwargs=usage)
+        usage = {
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        }
+        return CompletionResponse(
+            text=gen.text, raw={"finish_reason": gen.finish_reason, "usage": usage}, additional_kwargs=usage
+        )
 
     def _stream_ids(self, base: Any, ids: list[int], kwargs: dict[str, Any]) -> CompletionResponseGen:
         text = ""
@@ -507,8 +567,11 @@ class ParametricLLM(CustomLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         base = self._base()
         resp = self._complete_ids(base, chat_prompt_ids(base, self._turns(self._chat_turns(messages))), kwargs)
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=resp.text), raw=resp.raw,
-                            additional_kwargs=resp.additional_kwargs)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=resp.text),
+            raw=resp.raw,
+            additional_kwargs=resp.additional_kwargs,
+        )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -548,20 +611,24 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
 
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.memory, memory_classes()):
-            raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(self.memory).__name__}")
+            raise ValidationError(
+                f"memory must be a ParametricMemory or a RemoteMemory, got {type(self.memory).__name__}"
+            )
         check_mode(self.mode)
 
     def recall(self, question: str) -> QueryResult:
         """Answer ``question`` from memory (what :meth:`aget` does natively async)."""
-        return self.memory.query(question, namespace=self.namespace, mode=self.mode, k=self.k,
-                                 max_new_tokens=self.max_new_tokens)
+        return self.memory.query(
+            question, namespace=self.namespace, mode=self.mode, k=self.k, max_new_tokens=self.max_new_tokens
+        )
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         question = next((m.content for m in reversed(messages or []) if m.role == MessageRole.USER and m.content), None)
         if not question:
             return ""
-        result = await shared_async(self.memory).query(question, namespace=self.namespace, mode=self.mode, k=self.k,
-                                                       max_new_tokens=self.max_new_tokens)
+        result = await shared_async(self.memory).query(
+            question, namespace=self.namespace, mode=self.mode, k=self.k, max_new_tokens=self.max_new_tokens
+        )
         return f"{result.answer}\n(mode: {result.mode}; reason: {result.reason})"
 
     def remember(self, messages: Sequence[ChatMessage]) -> str | None:
@@ -571,8 +638,13 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
             return None
         text = "\n".join(lines)
         doc_id = f"conversation-{content_hash(text)[:16]}"
-        sessions = sorted({str(m.additional_kwargs["session_id"]) for m in messages
-                           if m.additional_kwargs.get("session_id") is not None})
+        sessions = sorted(
+            {
+                str(m.additional_kwargs["session_id"])
+                for m in messages
+                if m.additional_kwargs.get("session_id") is not None
+            }
+        )
         metadata: dict[str, Any] = {"kind": "conversation"}
         if sessions:
             metadata["session_id"] = sessions[0] if len(sessions) == 1 else sessions

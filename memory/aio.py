@@ -77,8 +77,7 @@ class AsyncParametricMemory:
         max_waiting: model calls that may wait; more raise :class:`BusyError`.
     """
 
-    def __init__(self, memory: Any = None, *, max_concurrent: int = 1, max_waiting: int = 64,
-                 **overrides: Any) -> None:
+    def __init__(self, memory: Any = None, *, max_concurrent: int = 1, max_waiting: int = 64, **overrides: Any) -> None:
         if memory is None:
             from memory.api import ParametricMemory
 

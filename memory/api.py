@@ -67,33 +67,56 @@ class ParametricMemory:
     ``ingestor``, ``runtime``, ``internalization``, ``skills``, ``query_engine`` (see README, "Layout").
     """
 
-    def __init__(self, settings: Settings | None = None, *, embedder: Any = None,
-                 router_config: RouterConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        embedder: Any = None,
+        router_config: RouterConfig | None = None,
+        **overrides: Any,
+    ) -> None:
         self.settings = cfg = settings.with_(**overrides) if settings else Settings.from_env(**overrides)
         url = cfg.resolved_database_url
         ensure_schema(url, auto_migrate=cfg.should_auto_migrate)
         self.engine = get_engine(url)
         self.blobs = BlobStore(cfg.resolved_blob_url)
         self.records = Records(self.engine, session_factory(self.engine), self.blobs, cfg.namespace)
-        self.documents = DocumentStore(self.records, max_document_bytes=cfg.max_document_bytes,
-                                       chunk_tokens=cfg.chunk_tokens)
+        self.documents = DocumentStore(
+            self.records, max_document_bytes=cfg.max_document_bytes, chunk_tokens=cfg.chunk_tokens
+        )
         self.adapter_registry = AdapterRegistry(self.records, cache_size=cfg.adapter_cache_size)
         self.ingestor = SourceIngestor(self.records, self.documents)
         self.runtime = ModelRuntime(cfg)
         self.internalization = Internalization(self.records, self.adapter_registry, self.runtime)
         self.skills = SkillLibrary(self.records, self.adapter_registry, self.runtime)
-        self.query_engine = QueryEngine(self.records, self.adapter_registry, self.runtime, self.skills,
-                                        router_config=router_config, embedder=embedder, home=cfg.home,
-                                        retrieval_backend=cfg.retrieval_backend)
+        self.query_engine = QueryEngine(
+            self.records,
+            self.adapter_registry,
+            self.runtime,
+            self.skills,
+            router_config=router_config,
+            embedder=embedder,
+            home=cfg.home,
+            retrieval_backend=cfg.retrieval_backend,
+        )
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
         return f"ParametricMemory(database={url!r}, blobs={self.blobs.url!r})"
 
     # ------------------------------------------------------------ documents
-    def add(self, text: str | bytes, *, document_id: str | None = None, namespace: str | None = None,
-            title: str | None = None, metadata: dict[str, Any] | None = None, parser: dict[str, Any] | None = None,
-            source: str | None = None, chunks: builtins.list[Any] | None = None) -> AddResult:
+    def add(
+        self,
+        text: str | bytes,
+        *,
+        document_id: str | None = None,
+        namespace: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        parser: dict[str, Any] | None = None,
+        source: str | None = None,
+        chunks: builtins.list[Any] | None = None,
+    ) -> AddResult:
         """Store a document's text as a new version (deduplicated by the hash of its normalised text).
 
         Same content as the current version: nothing changes (``status="unchanged"``). Same content as an
@@ -103,21 +126,32 @@ class ParametricMemory:
         >>> mem.add("Policy v1", document_id="policy").status  # doctest: +SKIP
         'created'
         """
-        return self.documents.add(text, document_id=document_id, namespace=namespace, title=title,
-                                  metadata=metadata, parser=parser, source=source, chunks=chunks)
+        return self.documents.add(
+            text,
+            document_id=document_id,
+            namespace=namespace,
+            title=title,
+            metadata=metadata,
+            parser=parser,
+            source=source,
+            chunks=chunks,
+        )
 
-    def get(self, document_id: str, *, namespace: str | None = None, with_text: bool = False,
-            version: int | None = None) -> DocumentInfo:
+    def get(
+        self, document_id: str, *, namespace: str | None = None, with_text: bool = False, version: int | None = None
+    ) -> DocumentInfo:
         """Return a document (its current version, or ``version``), optionally with its verified text."""
         return self.documents.get(document_id, namespace=namespace, with_text=with_text, version=version)
 
-    def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
-             prefix: str | None = None) -> builtins.list[DocumentInfo]:
+    def list(
+        self, *, namespace: str | None = None, limit: int = 100, offset: int = 0, prefix: str | None = None
+    ) -> builtins.list[DocumentInfo]:
         """List documents in a namespace, ordered by id."""
         return self.documents.find(namespace=namespace, limit=limit, offset=offset, prefix=prefix)
 
-    def chunks(self, document_id: str, *, namespace: str | None = None,
-               version: int | None = None) -> builtins.list[ChunkInfo]:
+    def chunks(
+        self, document_id: str, *, namespace: str | None = None, version: int | None = None
+    ) -> builtins.list[ChunkInfo]:
         """The chunks of the current version (or ``version``) of a document."""
         return self.documents.chunks(document_id, namespace=namespace, version=version)
 
@@ -129,8 +163,9 @@ class ParametricMemory:
         """Every version of a document, oldest first, with the current one marked."""
         return self.documents.history(document_id, namespace=namespace)
 
-    def diff(self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None,
-             context: int = 2) -> str:
+    def diff(
+        self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None, context: int = 2
+    ) -> str:
         """A unified diff between two versions' texts (``new`` defaults to the current version)."""
         return self.documents.diff(document_id, old, new, namespace=namespace, context=context)
 
@@ -147,9 +182,16 @@ class ParametricMemory:
         return self.documents.gc(dry_run=dry_run)
 
     # ------------------------------------------------------------ sources
-    def add_source(self, spec: str, *, namespace: str | None = None, document_id: str | None = None,
-                   title: str | None = None, refresh_interval_s: int | None = None,
-                   prune_missing: bool = False) -> builtins.list[AddResult]:
+    def add_source(
+        self,
+        spec: str,
+        *,
+        namespace: str | None = None,
+        document_id: str | None = None,
+        title: str | None = None,
+        refresh_interval_s: int | None = None,
+        prune_missing: bool = False,
+    ) -> builtins.list[AddResult]:
         """Parse a file, a directory or a glob with Unstructured and add each file as a document.
 
         Each file becomes the document ``document_key(path, root)`` (or ``document_id`` for a single file);
@@ -163,8 +205,14 @@ class ParametricMemory:
         >>> [r.status for r in mem.add_source("policies/")]  # doctest: +SKIP
         ['created', 'created', 'failed']
         """
-        return self.ingestor.add_source(spec, namespace=namespace, document_id=document_id, title=title,
-                                        refresh_interval_s=refresh_interval_s, prune_missing=prune_missing)
+        return self.ingestor.add_source(
+            spec,
+            namespace=namespace,
+            document_id=document_id,
+            title=title,
+            refresh_interval_s=refresh_interval_s,
+            prune_missing=prune_missing,
+        )
 
     def sources(self, *, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         """Registered sources with their refresh interval, last check and last error."""
@@ -185,8 +233,15 @@ class ParametricMemory:
         (context distillation's options are those of :func:`memory.distill.distill_document`)."""
         return self.runtime.configure_internalizer(method, **options)
 
-    def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
-                    method: str = "auto", force: bool = False) -> AdapterInfo:
+    def internalize(
+        self,
+        document_id: str,
+        *,
+        namespace: str | None = None,
+        version: int | None = None,
+        method: str = "auto",
+        force: bool = False,
+    ) -> AdapterInfo:
         """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
 
         ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation) or ``auto`` (D2L when a
@@ -195,11 +250,13 @@ class ParametricMemory:
         >>> mem.internalize("vault").status  # doctest: +SKIP
         'ready'
         """
-        return self.internalization.internalize(document_id, namespace=namespace, version=version, method=method,
-                                                force=force)
+        return self.internalization.internalize(
+            document_id, namespace=namespace, version=version, method=method, force=force
+        )
 
-    def internalize_version(self, version_id: int, *, method: str = "auto", force: bool = False,
-                            progress: Any = None) -> AdapterInfo:
+    def internalize_version(
+        self, version_id: int, *, method: str = "auto", force: bool = False, progress: Any = None
+    ) -> AdapterInfo:
         """Worker entry point: internalize a version by its database id (idempotent by version and hypernetwork).
 
         Two callers racing on the same version end with one adapter: the blob is content-addressed and the row
@@ -208,8 +265,9 @@ class ParametricMemory:
         return self.internalization.internalize_version(version_id, method=method, force=force, progress=progress)
 
     # ------------------------------------------------------------ adapters and skills
-    def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
-                 status: str | None = None) -> builtins.list[AdapterInfo]:
+    def adapters(
+        self, *, namespace: str | None = None, document_id: str | None = None, status: str | None = None
+    ) -> builtins.list[AdapterInfo]:
         """List adapters with their provenance, newest first."""
         return self.adapter_registry.find(namespace=namespace, document_id=document_id, status=status)
 
@@ -217,8 +275,9 @@ class ParametricMemory:
         """Decode a stored adapter (hash-verified, LRU-cached)."""
         return self.adapter_registry.load(info)
 
-    def specialize(self, description: str, *, namespace: str | None = None,
-                   checkpoint: str | None = None) -> AdapterInfo:
+    def specialize(
+        self, description: str, *, namespace: str | None = None, checkpoint: str | None = None
+    ) -> AdapterInfo:
         """Turn a plain-language task description into a stored skill adapter (Text-to-LoRA, one forward pass).
 
         The same description in the same namespace gives the same adapter row (idempotent).
@@ -233,11 +292,22 @@ class ParametricMemory:
         return self.skills.get(adapter_id, namespace=namespace)
 
     # ------------------------------------------------------------ query
-    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-              document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
-              filter: dict[str, Any] | None = None,
-              on_token: Callable[[str], None] | None = None) -> QueryResult:
+    def query(
+        self,
+        question: str,
+        *,
+        namespace: str | None = None,
+        mode: str = "auto",
+        k: int = 4,
+        document_ids: builtins.list[str] | None = None,
+        max_new_tokens: int = 64,
+        log: bool = True,
+        experiment: str | None = None,
+        arm: str | None = None,
+        skill: int | None = None,
+        filter: dict[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> QueryResult:
         """Answer a question from memory: ``parametric`` (adapters), ``retrieval``, ``hybrid`` or ``auto``.
 
         Only the adapters of the documents relevant to the question are applied (or of ``document_ids``).
@@ -252,12 +322,24 @@ class ParametricMemory:
         >>> r.answer, r.mode  # doctest: +SKIP
         ('7342', 'parametric')
         """
-        return self.query_engine.query(question, namespace=namespace, mode=mode, k=k, document_ids=document_ids,
-                                       max_new_tokens=max_new_tokens, log=log, experiment=experiment, arm=arm,
-                                       skill=skill, filter=filter, on_token=on_token)
+        return self.query_engine.query(
+            question,
+            namespace=namespace,
+            mode=mode,
+            k=k,
+            document_ids=document_ids,
+            max_new_tokens=max_new_tokens,
+            log=log,
+            experiment=experiment,
+            arm=arm,
+            skill=skill,
+            filter=filter,
+            on_token=on_token,
+        )
 
-    def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:  # public keyword
+    def search(
+        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
+    ) -> builtins.list[SearchHit]:  # public keyword
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
@@ -265,7 +347,9 @@ class ParametricMemory:
         """
         return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
 
-    def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> builtins.list[str]:
+    def document_ids_matching(
+        self, filter: dict[str, Any] | None, *, namespace: str | None = None
+    ) -> builtins.list[str]:
         """Ids of the documents a search ``filter`` matches (metadata, ``document_id``, current ``version``).
 
         Selected by query, a page at a time, on any namespace size; a malformed filter raises

@@ -76,7 +76,8 @@ def choose_backend(requested: str, engine: Any) -> str:
         raise ConfigError(
             "retrieval_backend='pgvector' needs PostgreSQL with the vector extension and the chunk_vectors table: "
             "run `CREATE EXTENSION vector` as a superuser, then `pmem db downgrade 0002 && pmem db upgrade`, "
-            "or set retrieval_backend='inprocess'")
+            "or set retrieval_backend='inprocess'"
+        )
     return "inprocess"
 
 
@@ -90,8 +91,14 @@ class ChunkIndex:
         path: where the in-process index is saved and loaded (``None``: never saved).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], embedder: Embedder, *, backend: str = "auto",
-                 path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        embedder: Embedder,
+        *,
+        backend: str = "auto",
+        path: str | Path | None = None,
+    ) -> None:
         self._sessions = sessions
         self.embedder = embedder
         # Stored on each chunk: an embedding is reused only for the same model and dimension.
@@ -131,8 +138,9 @@ class ChunkIndex:
         """pgvector: embed the current chunks of the documents whose stamp changed since this process last
         looked (all of them the first time)."""
         with self._sessions() as s:
-            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
-                                    .where(Namespace.name == ns)).all())
+            stamps = dict(
+                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
+            )
         seen = self._doc_stamps.get(ns)
         if seen is None:
             self._embed_missing(ns)
@@ -149,10 +157,13 @@ class ChunkIndex:
 
         cv = pgvector.chunk_vectors
         chunks = _current_chunks(ns) if documents is None else _current_chunks(ns).where(Document.id.in_(documents))
-        missing = (chunks.outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
-                   .where(cv.c.chunk_id.is_(None))
-                   .with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
-                   .order_by(Chunk.id).limit(_EMBED_BATCH))
+        missing = (
+            chunks.outerjoin(cv, (cv.c.chunk_id == Chunk.id) & (cv.c.model == self.model_key))
+            .where(cv.c.chunk_id.is_(None))
+            .with_only_columns(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model)
+            .order_by(Chunk.id)
+            .limit(_EMBED_BATCH)
+        )
         done = 0
         while True:
             with self._sessions() as s:
@@ -161,9 +172,18 @@ class ChunkIndex:
                 return done
             vectors = self._vectors(rows)
             with self._sessions() as s:
-                s.execute(pgvector.upsert_statement(), [
-                    {"chunk_id": r.id, "model": self.model_key, "dim": self.embedder.dim,
-                     "embedding": pgvector.vector_literal(v)} for r, v in zip(rows, vectors, strict=True)])
+                s.execute(
+                    pgvector.upsert_statement(),
+                    [
+                        {
+                            "chunk_id": r.id,
+                            "model": self.model_key,
+                            "dim": self.embedder.dim,
+                            "embedding": pgvector.vector_literal(v),
+                        }
+                        for r, v in zip(rows, vectors, strict=True)
+                    ],
+                )
                 s.commit()
             done += len(rows)
 
@@ -190,14 +210,16 @@ class ChunkIndex:
         """
         assert self.index is not None
         with self._sessions() as s:
-            stamps = dict(s.execute(select(Document.id, Document.index_stamp).join(Namespace)
-                                    .where(Namespace.name == ns)).all())
+            stamps = dict(
+                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
+            )
         seen = self._doc_stamps.get(ns)
         keys_of = self._doc_keys.setdefault(ns, {})
         if seen is None:  # full diff
             with self._sessions() as s:
-                rows = s.execute(_current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"),
-                                                                          Document.index_stamp)).all()
+                rows = s.execute(
+                    _current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
+                ).all()
             keys_of.clear()
             current: dict[str, int] = {}
             for cid, doc, stamp in rows:
@@ -208,14 +230,18 @@ class ChunkIndex:
             gone = [key for key in indexed if key not in current]
             new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
         else:
-            changed = sorted(d for d in set(seen) | set(stamps)
-                             if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
+            changed = sorted(
+                d for d in set(seen) | set(stamps) if seen.get(d) != stamps.get(d) or stamps.get(d) is None
+            )
             gone = [key for d in changed for key in keys_of.pop(d, [])]
             new = []
             for start in range(0, len(changed), _FETCH_BATCH):
                 with self._sessions() as s:
-                    rows = s.execute(_current_chunks(ns).where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
-                                     .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)).all()
+                    rows = s.execute(
+                        _current_chunks(ns)
+                        .where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
+                        .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
+                    ).all()
                 for cid, doc, stamp in rows:
                     key = f"{cid}/{stamp}"
                     new.append((cid, key))
@@ -229,8 +255,15 @@ class ChunkIndex:
             key_of = dict(batch)
             with self._sessions() as s:
                 rows = s.execute(
-                    select(Chunk.id, Chunk.text, Chunk.embedding, Chunk.embedding_model, Document.key,
-                           Document.meta.label("doc_meta"), DocumentVersion.number)
+                    select(
+                        Chunk.id,
+                        Chunk.text,
+                        Chunk.embedding,
+                        Chunk.embedding_model,
+                        Document.key,
+                        Document.meta.label("doc_meta"),
+                        DocumentVersion.number,
+                    )
                     .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
                     .join(Document, Document.id == DocumentVersion.document_id)
                     .where(Chunk.id.in_(list(key_of)))
@@ -260,8 +293,12 @@ class ChunkIndex:
             with self._sessions() as s:
                 for i in batch:
                     # __table__ is the Table at run time; SQLAlchemy annotates it as a FromClause
-                    s.execute(cast(Table, Chunk.__table__).update().where(Chunk.id == rows[i].id)
-                              .values(embedding=vector_to_bytes(out[i]), embedding_model=self.model_key))
+                    s.execute(
+                        cast(Table, Chunk.__table__)
+                        .update()
+                        .where(Chunk.id == rows[i].id)
+                        .values(embedding=vector_to_bytes(out[i]), embedding_model=self.model_key)
+                    )
                 s.commit()
         return out
 
@@ -296,28 +333,48 @@ class ChunkIndex:
         self.sync(ns)
         qvec = np.asarray(self.embedder.embed_query(query), dtype=np.float32)
         if self.index is not None:
-            found = [(int(h.id.split("/", 1)[0]), h.score) for h in
-                     self.index.search(qvec, k=k, namespace=ns, filter=filter)]
+            found = [
+                (int(h.id.split("/", 1)[0]), h.score) for h in self.index.search(qvec, k=k, namespace=ns, filter=filter)
+            ]
         else:
             found = self._pg_search(qvec, k, ns, pred)
         if not found:
             return []
         with self._sessions() as s:
-            rows = {r.id: r for r in s.execute(
-                select(Chunk.id, Chunk.text, Chunk.ordinal, Chunk.meta, Document.key, Document.meta.label("doc_meta"),
-                       DocumentVersion.number)
-                .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
-                .join(Document, Document.id == DocumentVersion.document_id)
-                .where(Chunk.id.in_([cid for cid, _ in found]))
-            )}
+            rows = {
+                r.id: r
+                for r in s.execute(
+                    select(
+                        Chunk.id,
+                        Chunk.text,
+                        Chunk.ordinal,
+                        Chunk.meta,
+                        Document.key,
+                        Document.meta.label("doc_meta"),
+                        DocumentVersion.number,
+                    )
+                    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
+                    .join(Document, Document.id == DocumentVersion.document_id)
+                    .where(Chunk.id.in_([cid for cid, _ in found]))
+                )
+            }
         out = []
         # Ties (same score to 6 decimals) by chunk id, so both backends give one order.
         for cid, score in sorted(found, key=lambda f: (-round(f[1], 6), f[0])):
             r = rows.get(cid)
             if r is None:  # deleted between the index sync and now
                 continue
-            out.append(SearchHit(chunk_id=r.id, document_id=r.key, version=r.number, ordinal=r.ordinal, text=r.text,
-                                 score=float(score), metadata={**(r.doc_meta or {}), **(r.meta or {})}))
+            out.append(
+                SearchHit(
+                    chunk_id=r.id,
+                    document_id=r.key,
+                    version=r.number,
+                    ordinal=r.ordinal,
+                    text=r.text,
+                    score=float(score),
+                    metadata={**(r.doc_meta or {}), **(r.meta or {})},
+                )
+            )
         return out
 
     def _pg_search(self, qvec: np.ndarray, k: int, ns: str, pred: Any) -> list[tuple[int, float]]:
@@ -332,16 +389,20 @@ class ChunkIndex:
             raise ValidationError("the query embedding is zero or not finite")
         cv = pgvector.chunk_vectors
         dist = pgvector.distance(self.embedder.dim, qvec / norm)
-        own = (cv.c.model == self.model_key,
-               cv.c.dim == sa.literal_column(str(int(self.embedder.dim))))  # literal: the partial index's predicate
+        own = (
+            cv.c.model == self.model_key,
+            cv.c.dim == sa.literal_column(str(int(self.embedder.dim))),
+        )  # literal: the partial index's predicate
         where = pgvector.sql_filter(pred, _document_field)
 
         def current(stmt: Any, chunk_id: Any) -> Any:  # chunks of current versions in ns, through the filter
-            stmt = (stmt.join(Chunk, Chunk.id == chunk_id)
-                    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
-                    .join(Document, Document.current_version_id == DocumentVersion.id)
-                    .join(Namespace, Document.namespace_id == Namespace.id)
-                    .where(Namespace.name == ns))
+            stmt = (
+                stmt.join(Chunk, Chunk.id == chunk_id)
+                .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
+                .join(Document, Document.current_version_id == DocumentVersion.id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns)
+            )
             return stmt if where is None else stmt.where(where)
 
         # The graph walk runs alone (ORDER BY the distance, LIMIT: the form an HNSW index serves), over-fetching
@@ -376,8 +437,9 @@ def _document_field(field: str) -> Any:
     return sa.cast(Document.__table__.c.metadata, JSONB).op("->")(sa.bindparam(None, field, type_=sa.Text))
 
 
-def matching_document_ids(sessions: sessionmaker[Session], ns: str, flt: dict[str, Any] | None, *,
-                          page: int = 1_000) -> list[str]:
+def matching_document_ids(
+    sessions: sessionmaker[Session], ns: str, flt: dict[str, Any] | None, *, page: int = 1_000
+) -> list[str]:
     """Ids of the documents of ``ns`` that ``flt`` matches (every one for ``None``), in id order.
 
     The filter sees what search sees (:func:`~memory.retrieval.filters.filter_fields`: the metadata, the
@@ -388,10 +450,14 @@ def matching_document_ids(sessions: sessionmaker[Session], ns: str, flt: dict[st
 
     pred = compile_filter(flt)
     in_sql = pred is not None and sessions.kw["bind"].dialect.name == "postgresql"
-    base = (select(Document.id, Document.key, Document.meta, DocumentVersion.number)
-            .join(Namespace, Document.namespace_id == Namespace.id)
-            .outerjoin(DocumentVersion, Document.current_version_id == DocumentVersion.id)
-            .where(Namespace.name == ns).order_by(Document.id).limit(page))
+    base = (
+        select(Document.id, Document.key, Document.meta, DocumentVersion.number)
+        .join(Namespace, Document.namespace_id == Namespace.id)
+        .outerjoin(DocumentVersion, Document.current_version_id == DocumentVersion.id)
+        .where(Namespace.name == ns)
+        .order_by(Document.id)
+        .limit(page)
+    )
     clause = pgvector.sql_filter(pred, _document_field) if in_sql else None
     if clause is not None:
         base = base.where(clause)

@@ -23,14 +23,17 @@ from rich.table import Table
 from memory.config import Settings, redact
 from memory.errors import PMemError, ValidationError
 
-app = typer.Typer(help="parametric-memory: documents stored in model weights.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="parametric-memory: documents stored in model weights.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 out = Console()
 
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -110,7 +113,9 @@ def _engine(url: str):
 @app.command()
 def add(
     source: Annotated[str, typer.Argument(help="A file, a directory, a glob, or '-' for standard input.")],
-    document_id: Annotated[str | None, typer.Option("--id", help="Document id (default: from the file path or content hash).")] = None,
+    document_id: Annotated[
+        str | None, typer.Option("--id", help="Document id (default: from the file path or content hash).")
+    ] = None,
     title: Annotated[str | None, typer.Option(help="Document title.")] = None,
     namespace: NamespaceOpt = None,
     as_json: JsonOpt = False,
@@ -166,16 +171,26 @@ def ls(namespace: NamespaceOpt = None, limit: int = 100, prefix: str | None = No
     table = Table("id", "version", "versions", "tokens", "chunks", "adapter", "updated")
     for d in docs:
         v = d.version
-        table.add_row(d.id, str(v.number if v else "-"), str(d.version_count), str(v.token_count if v else 0),
-                      str(v.chunk_count if v else 0), (v.adapter_status or "-") if v else "-",
-                      d.updated_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            d.id,
+            str(v.number if v else "-"),
+            str(d.version_count),
+            str(v.token_count if v else 0),
+            str(v.chunk_count if v else 0),
+            (v.adapter_status or "-") if v else "-",
+            d.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     out.print(table)
 
 
 @app.command()
-def show(document_id: str, namespace: NamespaceOpt = None, version: int | None = None,
-         text: Annotated[bool, typer.Option("--text", help="Include the full text.")] = False,
-         as_json: JsonOpt = False) -> None:
+def show(
+    document_id: str,
+    namespace: NamespaceOpt = None,
+    version: int | None = None,
+    text: Annotated[bool, typer.Option("--text", help="Include the full text.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Show one document (its current version, or --version N)."""
     try:
         d = _memory().get(document_id, namespace=namespace, version=version, with_text=text)
@@ -198,19 +213,26 @@ def rm(document_id: str, namespace: NamespaceOpt = None, as_json: JsonOpt = Fals
         _fail(e)
     _print_json(r.to_dict()) if as_json else out.print(
         f"deleted {r.document}: {r.versions} versions, {r.chunks} chunks, {r.adapters} adapters, "
-        f"{r.blobs_removed} blobs")
+        f"{r.blobs_removed} blobs"
+    )
 
 
 @app.command()
-def history(document_id: str, namespace: NamespaceOpt = None,
-            diff: Annotated[bool, typer.Option("--diff", help="Show what changed between consecutive versions.")] = False,
-            as_json: JsonOpt = False) -> None:
+def history(
+    document_id: str,
+    namespace: NamespaceOpt = None,
+    diff: Annotated[bool, typer.Option("--diff", help="Show what changed between consecutive versions.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """List the versions of a document."""
     try:
         mem = _memory()
         versions = mem.history(document_id, namespace=namespace)
-        diffs = {v.number: mem.diff(document_id, v.number - 1, v.number, namespace=namespace)
-                 for v in versions[1:]} if diff else {}
+        diffs = (
+            {v.number: mem.diff(document_id, v.number - 1, v.number, namespace=namespace) for v in versions[1:]}
+            if diff
+            else {}
+        )
     except PMemError as e:
         _fail(e)
     if as_json:
@@ -218,8 +240,15 @@ def history(document_id: str, namespace: NamespaceOpt = None,
         return
     table = Table("version", "current", "sha256", "tokens", "chunks", "adapter", "created")
     for v in versions:
-        table.add_row(str(v.number), "*" if v.is_current else "", v.content_sha256[:12], str(v.token_count),
-                      str(v.chunk_count), v.adapter_status or "-", v.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+        table.add_row(
+            str(v.number),
+            "*" if v.is_current else "",
+            v.content_sha256[:12],
+            str(v.token_count),
+            str(v.chunk_count),
+            v.adapter_status or "-",
+            v.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
     out.print(table)
     for number, text in diffs.items():
         out.print(f"[bold]v{number - 1} -> v{number}[/bold]")
@@ -241,7 +270,8 @@ def gc(dry_run: bool = False, as_json: JsonOpt = False) -> None:
     """Remove blobs that no row references."""
     removed = _memory().gc(dry_run=dry_run)
     _print_json({"removed": removed, "dry_run": dry_run}) if as_json else out.print(
-        f"{'would remove' if dry_run else 'removed'} {len(removed)} blob(s)")
+        f"{'would remove' if dry_run else 'removed'} {len(removed)} blob(s)"
+    )
 
 
 # ---------------------------------------------------------------- adapters and questions
@@ -267,12 +297,17 @@ def internalize(
         _fail(e)
     _print_json(info.to_dict()) if as_json else out.print(
         f"{info.status}: adapter {info.id} for {info.document_id} v{info.version} by {info.hypernetwork} "
-        f"(rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms)")
+        f"(rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms)"
+    )
 
 
 @app.command()
-def adapters(namespace: NamespaceOpt = None, document_id: Annotated[str | None, typer.Option("--id")] = None,
-             status: str | None = None, as_json: JsonOpt = False) -> None:
+def adapters(
+    namespace: NamespaceOpt = None,
+    document_id: Annotated[str | None, typer.Option("--id")] = None,
+    status: str | None = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List adapters with their provenance."""
     try:
         rows = _memory().adapters(namespace=namespace, document_id=document_id, status=status)
@@ -283,8 +318,17 @@ def adapters(namespace: NamespaceOpt = None, document_id: Annotated[str | None, 
         return
     table = Table("id", "document", "version", "method", "hypernetwork", "rank", "bytes", "ms", "status")
     for a in rows:
-        table.add_row(str(a.id), a.document_id or "-", str(a.version or "-"), a.method, a.hypernetwork, str(a.rank),
-                      str(a.size_bytes or "-"), f"{a.latency_ms:.0f}" if a.latency_ms else "-", a.status)
+        table.add_row(
+            str(a.id),
+            a.document_id or "-",
+            str(a.version or "-"),
+            a.method,
+            a.hypernetwork,
+            str(a.rank),
+            str(a.size_bytes or "-"),
+            f"{a.latency_ms:.0f}" if a.latency_ms else "-",
+            a.status,
+        )
     out.print(table)
 
 
@@ -299,14 +343,20 @@ def search(query: str, k: int = 4, namespace: NamespaceOpt = None, as_json: Json
         _print_json([h.to_dict() for h in hits])
         return
     for h in hits:
-        out.print(f"[bold]{h.score:.3f}[/bold] {h.document_id} v{h.version} #{h.ordinal}: {h.text[:200]}",
-                  highlight=False)
+        out.print(
+            f"[bold]{h.score:.3f}[/bold] {h.document_id} v{h.version} #{h.ordinal}: {h.text[:200]}", highlight=False
+        )
 
 
 @app.command()
-def ask(question: str, namespace: NamespaceOpt = None,
-        mode: Annotated[str, typer.Option(help="auto | parametric | retrieval | hybrid")] = "auto",
-        k: int = 4, max_new_tokens: int = 64, as_json: JsonOpt = False) -> None:
+def ask(
+    question: str,
+    namespace: NamespaceOpt = None,
+    mode: Annotated[str, typer.Option(help="auto | parametric | retrieval | hybrid")] = "auto",
+    k: int = 4,
+    max_new_tokens: int = 64,
+    as_json: JsonOpt = False,
+) -> None:
     """Answer a question from memory; says which mode answered and why."""
     try:
         r = _memory().query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
@@ -323,16 +373,30 @@ def ask(question: str, namespace: NamespaceOpt = None,
 def machine_info() -> dict[str, Any]:
     """The machine and the commit, for every JSON result of ``pmem eval`` and ``pmem bench``."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     import torch
 
-    return {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "cuda": torch.cuda.is_available()},
-            "commit": commit}
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "commit": commit,
+    }
 
 
 def run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, Any]:
@@ -350,19 +414,31 @@ def run_module(module: str, what: str, name: str, **kwargs: Any) -> dict[str, An
 
 
 @app.command("eval")
-def eval_(suite: str, quick: bool = False, as_json: JsonOpt = False,
-          checkpoint: Annotated[str | None, typer.Option(help="Checkpoint directory to evaluate.")] = None,
-          output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None,
-          data: Annotated[Path | None, typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
-          arms: Annotated[str | None, typer.Option(help="qa: comma-separated arms to run.")] = None,
-          limit: Annotated[int | None, typer.Option(help="qa: at most this many items.")] = None,
-          cd_items: Annotated[int | None, typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
-          cd_steps: Annotated[int | None, typer.Option(help="qa: context-distillation steps per document.")] = None,
-          seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None) -> None:
+def eval_(
+    suite: str,
+    quick: bool = False,
+    as_json: JsonOpt = False,
+    checkpoint: Annotated[str | None, typer.Option(help="Checkpoint directory to evaluate.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for the JSON and plots.")] = None,
+    data: Annotated[Path | None, typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
+    arms: Annotated[str | None, typer.Option(help="qa: comma-separated arms to run.")] = None,
+    limit: Annotated[int | None, typer.Option(help="qa: at most this many items.")] = None,
+    cd_items: Annotated[int | None, typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
+    cd_steps: Annotated[int | None, typer.Option(help="qa: context-distillation steps per document.")] = None,
+    seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None,
+) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
     kwargs: dict[str, Any] = {"quick": quick}
-    for key, value in {"checkpoint": checkpoint, "output": output, "data": data, "arms": arms, "limit": limit,
-                       "cd_items": cd_items, "cd_steps": cd_steps, "seed": seed}.items():
+    for key, value in {
+        "checkpoint": checkpoint,
+        "output": output,
+        "data": data,
+        "arms": arms,
+        "limit": limit,
+        "cd_items": cd_items,
+        "cd_steps": cd_steps,
+        "seed": seed,
+    }.items():
         if value is not None:
             kwargs[key] = str(value) if isinstance(value, Path) else value
     doc = run_module(f"memory.evaluation.{suite}", "eval", suite, **kwargs)

@@ -68,8 +68,12 @@ def _error(code: str, message: str, status: int) -> PMemError:
 
 
 _BY_CODE: dict[str, type[PMemError]] = {
-    "not_found": NotFoundError, "invalid_input": ValidationError, "unknown_field": ValidationError,
-    "malformed_json": ValidationError, "unreadable_file": IngestError, "conflict": ConflictError,
+    "not_found": NotFoundError,
+    "invalid_input": ValidationError,
+    "unknown_field": ValidationError,
+    "malformed_json": ValidationError,
+    "unreadable_file": IngestError,
+    "conflict": ConflictError,
 }
 
 
@@ -93,8 +97,14 @@ def _version(d: dict[str, Any] | None) -> VersionInfo | None:
 def _document(d: dict[str, Any] | None) -> DocumentInfo | None:
     if d is None:
         return None
-    return DocumentInfo(**{**d, "version": _version(d.get("version")), "created_at": _dt(d["created_at"]),
-                           "updated_at": _dt(d["updated_at"])})
+    return DocumentInfo(
+        **{
+            **d,
+            "version": _version(d.get("version")),
+            "created_at": _dt(d["created_at"]),
+            "updated_at": _dt(d["updated_at"]),
+        }
+    )
 
 
 def _adapter(d: dict[str, Any]) -> AdapterInfo:
@@ -111,8 +121,9 @@ def _add_result(d: dict[str, Any]) -> AddResult:
 
 def _query_result(d: dict[str, Any]) -> QueryResult:
     fields = {k: v for k, v in d.items() if k != "arm"}
-    return QueryResult(**{**fields, "adapters": [_adapter(a) for a in d["adapters"]],
-                          "chunks": [SearchHit(**h) for h in d["chunks"]]})
+    return QueryResult(
+        **{**fields, "adapters": [_adapter(a) for a in d["adapters"]], "chunks": [SearchHit(**h) for h in d["chunks"]]}
+    )
 
 
 class RemoteMemory:
@@ -126,13 +137,22 @@ class RemoteMemory:
         transport: an ``httpx`` transport (tests; an ASGI app in-process).
     """
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *, namespace: str | None = None,
-                 timeout: float = 300.0, transport: Any = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        namespace: str | None = None,
+        timeout: float = 300.0,
+        transport: Any = None,
+    ) -> None:
         import httpx
 
         url = url or os.environ.get("PMEM_SERVER_URL")
         if not url:
-            raise ValidationError("RemoteMemory needs the server's url (or PMEM_SERVER_URL), e.g. http://127.0.0.1:8000")
+            raise ValidationError(
+                "RemoteMemory needs the server's url (or PMEM_SERVER_URL), e.g. http://127.0.0.1:8000"
+            )
         from memory.api import validate_namespace
 
         ns = validate_namespace(namespace or os.environ.get("PMEM_NAMESPACE") or "default")
@@ -173,8 +193,11 @@ class RemoteMemory:
         return r.json() if r.status_code != 204 else None
 
     def _unreachable(self, e: Exception) -> RemoteError:
-        return RemoteError(f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}",
-                           code="unreachable", status=0)
+        return RemoteError(
+            f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}",
+            code="unreachable",
+            status=0,
+        )
 
     def _ns(self, namespace: str | None) -> str:
         from urllib.parse import quote
@@ -190,8 +213,15 @@ class RemoteMemory:
         return quote(validate_document_id(document_id), safe="/:@+=")  # '/' kept: ids may hold path segments
 
     # ------------------------------------------------------------ documents
-    def add(self, text: str | bytes, *, document_id: str | None = None, namespace: str | None = None,
-            title: str | None = None, metadata: dict[str, Any] | None = None) -> AddResult:
+    def add(
+        self,
+        text: str | bytes,
+        *,
+        document_id: str | None = None,
+        namespace: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AddResult:
         """Store a text as a new document or version (see :meth:`ParametricMemory.add`)."""
         if isinstance(text, (bytes, bytearray)):
             try:
@@ -199,40 +229,56 @@ class RemoteMemory:
             except UnicodeDecodeError:
                 raise ValidationError("document bytes are not UTF-8 text; use add_file for binary formats") from None
         body = {"text": text, "document_id": document_id, "title": title, "metadata": metadata}
-        return _add_result(self._request("POST", f"{self._ns(namespace)}/documents",
-                                         json={k: v for k, v in body.items() if v is not None}))
+        return _add_result(
+            self._request(
+                "POST", f"{self._ns(namespace)}/documents", json={k: v for k, v in body.items() if v is not None}
+            )
+        )
 
-    def add_file(self, path: str | os.PathLike[str], *, document_id: str | None = None,
-                 namespace: str | None = None, title: str | None = None) -> AddResult:
+    def add_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        document_id: str | None = None,
+        namespace: str | None = None,
+        title: str | None = None,
+    ) -> AddResult:
         """Upload a file (Markdown, text, HTML, DOCX, PDF...); the server parses it."""
         p = Path(path)
         form = {k: v for k, v in {"document_id": document_id, "title": title}.items() if v is not None}
         with p.open("rb") as f:
-            return _add_result(self._request("POST", f"{self._ns(namespace)}/documents/upload",
-                                             files={"file": (p.name, f)}, data=form))
+            return _add_result(
+                self._request("POST", f"{self._ns(namespace)}/documents/upload", files={"file": (p.name, f)}, data=form)
+            )
 
-    def get(self, document_id: str, *, namespace: str | None = None, with_text: bool = False,
-            version: int | None = None) -> DocumentInfo:
+    def get(
+        self, document_id: str, *, namespace: str | None = None, with_text: bool = False, version: int | None = None
+    ) -> DocumentInfo:
         params: dict[str, Any] = {"with_text": with_text}
         if version is not None:
             params["version"] = version
-        doc = _document(self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}",
-                                      params=params))
+        doc = _document(
+            self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}", params=params)
+        )
         assert doc is not None
         return doc
 
-    def list(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
-             prefix: str | None = None) -> list[DocumentInfo]:
+    def list(
+        self, *, namespace: str | None = None, limit: int = 100, offset: int = 0, prefix: str | None = None
+    ) -> list[DocumentInfo]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if prefix:
             params["prefix"] = prefix
         data = self._request("GET", f"{self._ns(namespace)}/documents", params=params)
         return [d for d in map(_document, data["documents"]) if d is not None]
 
-    def chunks(self, document_id: str, *, namespace: str | None = None, version: int | None = None) -> builtins.list[ChunkInfo]:
+    def chunks(
+        self, document_id: str, *, namespace: str | None = None, version: int | None = None
+    ) -> builtins.list[ChunkInfo]:
         params = {"version": version} if version is not None else {}
-        data = self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/chunks",
-                             params=params)
+        data = self._request(
+            "GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/chunks", params=params
+        )
         return [ChunkInfo(**c) for c in data["chunks"]]
 
     def namespaces(self) -> builtins.list[str]:
@@ -245,12 +291,20 @@ class RemoteMemory:
 
     def diff(self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None) -> str:
         params = {"old": old, **({"new": new} if new is not None else {})}
-        return str(self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/diff",
-                                 params=params)["diff"])
+        return str(
+            self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/diff", params=params)[
+                "diff"
+            ]
+        )
 
     def rollback(self, document_id: str, version: int, *, namespace: str | None = None) -> DocumentInfo:
-        doc = _document(self._request("POST", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/rollback",
-                                      json={"version": version}))
+        doc = _document(
+            self._request(
+                "POST",
+                f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/rollback",
+                json={"version": version},
+            )
+        )
         assert doc is not None
         return doc
 
@@ -258,30 +312,56 @@ class RemoteMemory:
         return DeleteResult(**self._request("DELETE", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}"))
 
     # ------------------------------------------------------------ search and query
-    def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> builtins.list[SearchHit]:
+    def search(
+        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
+    ) -> builtins.list[SearchHit]:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter is not None:
             body["filter"] = filter
         return [SearchHit(**h) for h in self._request("POST", f"{self._ns(namespace)}/search", json=body)["hits"]]
 
-    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-              document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              skill: int | None = None, experiment: str | None = None, arm: str | None = None) -> QueryResult:
+    def query(
+        self,
+        question: str,
+        *,
+        namespace: str | None = None,
+        mode: str = "auto",
+        k: int = 4,
+        document_ids: builtins.list[str] | None = None,
+        max_new_tokens: int = 64,
+        log: bool = True,
+        skill: int | None = None,
+        experiment: str | None = None,
+        arm: str | None = None,
+    ) -> QueryResult:
         """Answer from memory on the server (see :meth:`ParametricMemory.query`)."""
         if experiment is not None or arm is not None:
             raise ValidationError("remote experiments go through experiment_query(name, question, arms=...)")
-        body: dict[str, Any] = {"question": question, "mode": mode, "k": k, "max_new_tokens": max_new_tokens,
-                                "log": log}
+        body: dict[str, Any] = {
+            "question": question,
+            "mode": mode,
+            "k": k,
+            "max_new_tokens": max_new_tokens,
+            "log": log,
+        }
         if document_ids is not None:
             body["document_ids"] = list(document_ids)
         if skill is not None:
             body["skill"] = skill
         return _query_result(self._request("POST", f"{self._ns(namespace)}/query", json=body))
 
-    def stream_query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-                     document_ids: builtins.list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-                     skill: int | None = None) -> Iterator[str | QueryResult]:
+    def stream_query(
+        self,
+        question: str,
+        *,
+        namespace: str | None = None,
+        mode: str = "auto",
+        k: int = 4,
+        document_ids: builtins.list[str] | None = None,
+        max_new_tokens: int = 64,
+        log: bool = True,
+        skill: int | None = None,
+    ) -> Iterator[str | QueryResult]:
         """:meth:`query` streamed (server-sent events): yields the answer's pieces (``str``) as the server
         generates them, then the :class:`QueryResult`, whose ``answer`` the pieces join to.
 
@@ -290,15 +370,22 @@ class RemoteMemory:
         """
         import httpx
 
-        body: dict[str, Any] = {"question": question, "mode": mode, "k": k, "max_new_tokens": max_new_tokens,
-                                "log": log, "stream": True}
+        body: dict[str, Any] = {
+            "question": question,
+            "mode": mode,
+            "k": k,
+            "max_new_tokens": max_new_tokens,
+            "log": log,
+            "stream": True,
+        }
         if document_ids is not None:
             body["document_ids"] = list(document_ids)
         if skill is not None:
             body["skill"] = skill
         try:
-            with self._http.stream("POST", f"{self._ns(namespace)}/query", json=body,
-                                   headers={"Accept": "text/event-stream"}) as r:
+            with self._http.stream(
+                "POST", f"{self._ns(namespace)}/query", json=body, headers={"Accept": "text/event-stream"}
+            ) as r:
                 if r.status_code >= 400:
                     r.read()
                     try:
@@ -330,33 +417,42 @@ class RemoteMemory:
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
         self._request("POST", f"{self._ns(namespace)}/feedback", json={"query_id": query_id, "score": score})
 
-    def experiment_query(self, name: str, question: str, *, arms: Any, user_key: str | None = None,
-                         namespace: str | None = None) -> tuple[str, QueryResult]:
+    def experiment_query(
+        self, name: str, question: str, *, arms: Any, user_key: str | None = None, namespace: str | None = None
+    ) -> tuple[str, QueryResult]:
         """Answer with the arm ``user_key`` is assigned to; returns ``(arm, result)``."""
         from urllib.parse import quote
 
-        data = self._request("POST", f"{self._ns(namespace)}/experiments/{quote(name, safe='')}/query",
-                             json={"question": question, "arms": arms, "user_key": user_key})
+        data = self._request(
+            "POST",
+            f"{self._ns(namespace)}/experiments/{quote(name, safe='')}/query",
+            json={"question": question, "arms": arms, "user_key": user_key},
+        )
         return str(data["arm"]), _query_result(data)
 
-    def experiment_report(self, name: str, *, namespace: str | None = None, control: str | None = None) -> dict[str, Any]:
+    def experiment_report(
+        self, name: str, *, namespace: str | None = None, control: str | None = None
+    ) -> dict[str, Any]:
         from urllib.parse import quote
 
         params = {"control": control} if control else {}
-        return dict(self._request("GET", f"{self._ns(namespace)}/experiments/{quote(name, safe='')}/report",
-                                  params=params))
+        return dict(
+            self._request("GET", f"{self._ns(namespace)}/experiments/{quote(name, safe='')}/report", params=params)
+        )
 
     # ------------------------------------------------------------ jobs and adapters
     def job(self, job_id: int, *, namespace: str | None = None) -> JobInfo:
         return _job(self._request("GET", f"{self._ns(namespace)}/jobs/{int(job_id)}"))
 
-    def jobs(self, *, namespace: str | None = None, kind: str | None = None, state: str | None = None,
-             limit: int = 50) -> builtins.list[JobInfo]:
+    def jobs(
+        self, *, namespace: str | None = None, kind: str | None = None, state: str | None = None, limit: int = 50
+    ) -> builtins.list[JobInfo]:
         params = {k: v for k, v in {"kind": kind, "state": state, "limit": limit}.items() if v is not None}
         return [_job(j) for j in self._request("GET", f"{self._ns(namespace)}/jobs", params=params)["jobs"]]
 
-    def wait(self, job: JobInfo, *, namespace: str | None = None, timeout: float = 600.0,
-             poll_s: float = 0.25) -> JobInfo:
+    def wait(
+        self, job: JobInfo, *, namespace: str | None = None, timeout: float = 600.0, poll_s: float = 0.25
+    ) -> JobInfo:
         """Poll a job until it succeeded or failed (or ``timeout`` seconds passed: then it is returned as is)."""
         deadline = time.monotonic() + timeout
         while job.state not in ("succeeded", "failed") and time.monotonic() < deadline:
@@ -364,37 +460,61 @@ class RemoteMemory:
             job = self.job(job.id, namespace=namespace)
         return job
 
-    def submit_internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
-                           method: str = "auto", force: bool = False) -> JobInfo:
+    def submit_internalize(
+        self,
+        document_id: str,
+        *,
+        namespace: str | None = None,
+        version: int | None = None,
+        method: str = "auto",
+        force: bool = False,
+    ) -> JobInfo:
         """Ask the server to internalize a version; returns the job at once (202)."""
         body: dict[str, Any] = {"method": method, "force": force}
         if version is not None:
             body["version"] = version
-        data = self._request("POST", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/internalize",
-                             json=body)
+        data = self._request(
+            "POST", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/internalize", json=body
+        )
         return _job(data["job"])
 
-    def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
-                    method: str = "auto", force: bool = False, timeout: float = 600.0) -> AdapterInfo:
+    def internalize(
+        self,
+        document_id: str,
+        *,
+        namespace: str | None = None,
+        version: int | None = None,
+        method: str = "auto",
+        force: bool = False,
+        timeout: float = 600.0,
+    ) -> AdapterInfo:
         """Internalize and wait for the adapter (as :meth:`ParametricMemory.internalize` does in-process)."""
-        job = self.wait(self.submit_internalize(document_id, namespace=namespace, version=version, method=method,
-                                                force=force), namespace=namespace, timeout=timeout)
+        job = self.wait(
+            self.submit_internalize(document_id, namespace=namespace, version=version, method=method, force=force),
+            namespace=namespace,
+            timeout=timeout,
+        )
         if job.state != "succeeded":
-            raise RemoteError(f"internalization job {job.id} is {job.state}: {job.error or 'still running'}",
-                              code="job_" + job.state, status=0)
+            raise RemoteError(
+                f"internalization job {job.id} is {job.state}: {job.error or 'still running'}",
+                code="job_" + job.state,
+                status=0,
+            )
         adapter_id = (job.result or {}).get("adapter_id")
         for a in self.adapters(namespace=namespace, document_id=document_id):
             if a.id == adapter_id:
                 return a
         raise NotFoundError(f"adapter {adapter_id} of job {job.id} is gone (the document was deleted?)")
 
-    def adapters(self, *, namespace: str | None = None, document_id: str | None = None,
-                 status: str | None = None) -> builtins.list[AdapterInfo]:
+    def adapters(
+        self, *, namespace: str | None = None, document_id: str | None = None, status: str | None = None
+    ) -> builtins.list[AdapterInfo]:
         params = {k: v for k, v in {"document_id": document_id, "status": status}.items() if v is not None}
         return [_adapter(a) for a in self._request("GET", f"{self._ns(namespace)}/adapters", params=params)["adapters"]]
 
-    def download_adapter(self, adapter_id: int, directory: str | os.PathLike[str], *,
-                         namespace: str | None = None) -> Path:
+    def download_adapter(
+        self, adapter_id: int, directory: str | os.PathLike[str], *, namespace: str | None = None
+    ) -> Path:
         """Save an adapter as a PEFT directory under ``directory``; returns that directory."""
         import io
         import zipfile
@@ -409,8 +529,15 @@ class RemoteMemory:
         return out / f"adapter-{int(adapter_id)}"
 
     # ------------------------------------------------------------ sources
-    def add_source(self, spec: str, *, namespace: str | None = None, refresh_interval_s: int | None = None,
-                   internalize: bool = False, method: str = "auto") -> JobInfo:
+    def add_source(
+        self,
+        spec: str,
+        *,
+        namespace: str | None = None,
+        refresh_interval_s: int | None = None,
+        internalize: bool = False,
+        method: str = "auto",
+    ) -> JobInfo:
         """Register a file, directory or glob *on the server* (under its source roots); returns the ingest job."""
         body: dict[str, Any] = {"spec": spec, "internalize": internalize, "method": method}
         if refresh_interval_s is not None:

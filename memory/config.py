@@ -31,8 +31,10 @@ def _default_home() -> Path:
 
 # ``scheme://user:password@host`` and ``password=...``/``secret=...``-style query parameters.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)")
-_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|key|access_key|secret_key)=)"
-                           r"(?P<secret>[^&;\s]+)")
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|key|access_key|secret_key)=)"
+    r"(?P<secret>[^&;\s]+)"
+)
 
 
 def redact(text: str) -> str:
@@ -88,8 +90,11 @@ class Settings:
     def __repr__(self) -> str:
         """Like the dataclass repr, with URL passwords masked (settings reach LangChain tracers and logs)."""
         shown = ((f.name, getattr(self, f.name)) for f in fields(self))
-        return "Settings(" + ", ".join(
-            f"{name}={(redact(value) if isinstance(value, str) else value)!r}" for name, value in shown) + ")"
+        return (
+            "Settings("
+            + ", ".join(f"{name}={(redact(value) if isinstance(value, str) else value)!r}" for name, value in shown)
+            + ")"
+        )
 
     # ----------------------------------------------------------------- derived
     @property

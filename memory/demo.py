@@ -46,23 +46,44 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     restored = mem.rollback("travel-policy", 2, namespace=ns)
     say("internalizing vault-facts (loads the base model on first use) ...")
     adapter = mem.internalize("vault-facts", namespace=ns)
-    say(f"adapter {adapter.id}: {adapter.method} via {adapter.hypernetwork}, rank {adapter.rank}, "
-        f"{adapter.size_bytes} bytes, {adapter.latency_ms:.0f} ms")
+    say(
+        f"adapter {adapter.id}: {adapter.method} via {adapter.hypernetwork}, rank {adapter.rank}, "
+        f"{adapter.size_bytes} bytes, {adapter.latency_ms:.0f} ms"
+    )
     answers = []
     for question, mode in [(QUESTION, "parametric"), (QUESTION, "auto"), ("What is the daily meal allowance?", "auto")]:
         r = mem.query(question, namespace=ns, mode=mode, max_new_tokens=24)
         say(f"[{mode} -> {r.mode}] {question} -> {r.answer!r}  ({r.reason})")
-        answers.append({"question": question, "requested": mode, "mode": r.mode, "answer": r.answer,
-                        "reason": r.reason, "ms": round(r.timings_ms.get("total_ms", 0))})
+        answers.append(
+            {
+                "question": question,
+                "requested": mode,
+                "mode": r.mode,
+                "answer": r.answer,
+                "reason": r.reason,
+                "ms": round(r.timings_ms.get("total_ms", 0)),
+            }
+        )
     docs = mem.list(namespace=ns)
     return {
-        "adapter": {"method": adapter.method, "hypernetwork": adapter.hypernetwork, "rank": adapter.rank,
-                    "bytes": adapter.size_bytes, "latency_ms": round(adapter.latency_ms or 0)},
+        "adapter": {
+            "method": adapter.method,
+            "hypernetwork": adapter.hypernetwork,
+            "rank": adapter.rank,
+            "bytes": adapter.size_bytes,
+            "latency_ms": round(adapter.latency_ms or 0),
+        },
         "answers": answers,
         "namespace": ns,
-        "documents": [{"id": d.id, "version": d.version.number if d.version else None,
-                       "versions": d.version_count, "chunks": d.version.chunk_count if d.version else 0}
-                      for d in docs],
+        "documents": [
+            {
+                "id": d.id,
+                "version": d.version.number if d.version else None,
+                "versions": d.version_count,
+                "chunks": d.version.chunk_count if d.version else 0,
+            }
+            for d in docs
+        ],
         "travel_policy_current": restored.version.number if restored.version else None,
         "diff_lines": len(diff.splitlines()),
     }

@@ -58,8 +58,36 @@ _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n{2,}")
 _COPULA = re.compile(r"^(?P<subj>.{3,120}?)\s+(?P<verb>is|are|was|were)\s+(?P<rest>.+?)[.!?]?$")
 _CAPS = re.compile(r"\b[A-Z][\w-]*(?:'s)?(?:\s+(?:of\s+)?[A-Z][\w-]*(?:'s)?)*")
 _NOT_NAMES = {
-    "The", "A", "An", "It", "In", "On", "At", "This", "That", "These", "Those", "He", "She", "They", "We", "I",
-    "Its", "His", "Her", "Our", "Their", "Every", "Each", "Some", "Most", "All", "Many", "When", "After", "Before",
+    "The",
+    "A",
+    "An",
+    "It",
+    "In",
+    "On",
+    "At",
+    "This",
+    "That",
+    "These",
+    "Those",
+    "He",
+    "She",
+    "They",
+    "We",
+    "I",
+    "Its",
+    "His",
+    "Her",
+    "Our",
+    "Their",
+    "Every",
+    "Each",
+    "Some",
+    "Most",
+    "All",
+    "Many",
+    "When",
+    "After",
+    "Before",
 }
 
 
@@ -117,7 +145,11 @@ def make_questions(text: str, *, max_questions: int = 24, seed: int = 0) -> list
         m = _COPULA.match(sent)
         if m and len(m.group("subj").split()) <= 12:
             subj = m.group("subj")
-            subj = subj[0].lower() + subj[1:] if subj.split()[0] in {"The", "A", "An", "This", "That", "These", "Its", "Their"} else subj
+            subj = (
+                subj[0].lower() + subj[1:]
+                if subj.split()[0] in {"The", "A", "An", "This", "That", "These", "Its", "Their"}
+                else subj
+            )
             qs.append(f"What {m.group('verb')} {subj}?")
             qs.append(f"What do you know about {subj.rstrip('.,;:')}?")
         qs.extend(f"What does the document say about {e}?" for e in _entities(sent)[:2])
@@ -281,13 +313,18 @@ def distill_document(
         lin = base.model.get_submodule(p)
         bound = 1.0 / math.sqrt(lin.in_features)
         lora_a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
-        weights[p] = (lora_a.to(base.device).requires_grad_(), torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True))
+        weights[p] = (
+            lora_a.to(base.device).requires_grad_(),
+            torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True),
+        )
     params = [t for pair in weights.values() for t in pair]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge", "method": "context_distillation"})
     n = len(answers)
     steps = steps if steps is not None else int(min(96, max(16, 2 * n)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    )
 
     # 4. train: KL(teacher || student) on the teacher's top-k support, teacher-forced answers
     losses: list[float] = []
@@ -319,7 +356,13 @@ def distill_document(
     final = LoraAdapter(
         {p: (a.detach().to(base.dtype), b.detach().to(base.dtype)) for p, (a, b) in weights.items()},
         base.fingerprint,
-        {"kind": "knowledge", "method": "context_distillation", "rank": str(rank), "steps": str(steps), "questions": str(n)},
+        {
+            "kind": "knowledge",
+            "method": "context_distillation",
+            "rank": str(rank),
+            "steps": str(steps),
+            "questions": str(n),
+        },
     )
     info = {
         "seconds": time.perf_counter() - t_start,

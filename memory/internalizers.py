@@ -27,8 +27,16 @@ DEFAULT_T2L = CHECKPOINTS / "t2l-smollm2-135m"
 METHODS = ("auto", "d2l", "cd")
 CD_DEFAULTS = {"method": "context-distillation", "version": 1}
 
-__all__ = ["CDInternalizer", "D2LInternalizer", "Identity", "Internalizer", "T2LGenerator", "d2l_checkpoint_for",
-           "planned_identity", "resolve"]
+__all__ = [
+    "CDInternalizer",
+    "D2LInternalizer",
+    "Identity",
+    "Internalizer",
+    "T2LGenerator",
+    "d2l_checkpoint_for",
+    "planned_identity",
+    "resolve",
+]
 
 
 class Internalizer(Protocol):
@@ -69,7 +77,8 @@ class CDInternalizer:
 
         kwargs = {k: v for k, v in self.config.items() if k not in ("method", "version")}
         adapter, _stats = distill_document(
-            base, text, progress=(lambda step, steps, _loss: progress(step, steps)) if progress else None, **kwargs)
+            base, text, progress=(lambda step, steps, _loss: progress(step, steps)) if progress else None, **kwargs
+        )
         return adapter
 
 
@@ -113,13 +122,16 @@ def planned_identity(method: str, base_fingerprint: str, *, checkpoint: str | Pa
         if path is not None:
             return checkpoint_identity("d2l", path, metrics_file="eval.json")
         if method == "d2l":
-            raise ModelError(f"no Doc-to-LoRA checkpoint for base model {base_fingerprint!r} "
-                             f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'")
+            raise ModelError(
+                f"no Doc-to-LoRA checkpoint for base model {base_fingerprint!r} "
+                f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'"
+            )
     return cd_identity(CD_DEFAULTS, base_fingerprint)
 
 
-def resolve(method: str, base: Any, *, checkpoint: str | Path | None = None,
-            cache: dict[str, Any] | None = None) -> Internalizer:
+def resolve(
+    method: str, base: Any, *, checkpoint: str | Path | None = None, cache: dict[str, Any] | None = None
+) -> Internalizer:
     """The internalizer for ``method`` (``auto``: D2L when a checkpoint fits the base model, else CD)."""
     if method not in METHODS:
         raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
@@ -134,8 +146,10 @@ def resolve(method: str, base: Any, *, checkpoint: str | Path | None = None,
                 cache[key] = D2LInternalizer(path, base)
             return cache[key]
         if method == "d2l":
-            raise ModelError(f"no Doc-to-LoRA checkpoint for base model {base.fingerprint!r} "
-                             f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'")
+            raise ModelError(
+                f"no Doc-to-LoRA checkpoint for base model {base.fingerprint!r} "
+                f"(looked in {checkpoint or DEFAULT_D2L}); train one with `pmem train d2l` or use method='cd'"
+            )
         log.info("no D2L checkpoint for %s: falling back to context distillation", base.fingerprint)
     if "cd" not in cache:
         cache["cd"] = CDInternalizer(base)

@@ -74,14 +74,29 @@ def classify(exc: BaseException) -> Fault:
     >>> classify(ConnectionResetError()), classify(ValidationError("empty file"))
     ('transient', 'permanent')
     """
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.TimeoutError,
-                        StaleDataError, ConflictError, ConnectionError, TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            sa_exc.OperationalError,
+            sa_exc.DisconnectionError,
+            sa_exc.TimeoutError,
+            StaleDataError,
+            ConflictError,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return "transient"
     # Broker and Redis client errors, without importing either library here.
     for cls in type(exc).__mro__:
         mod = cls.__module__ or ""
-        if (mod.startswith(("kombu", "redis", "amqp")) and cls.__name__ in
-                {"OperationalError", "ConnectionError", "TimeoutError", "BusyLoadingError", "ChannelError"}):
+        if mod.startswith(("kombu", "redis", "amqp")) and cls.__name__ in {
+            "OperationalError",
+            "ConnectionError",
+            "TimeoutError",
+            "BusyLoadingError",
+            "ChannelError",
+        }:
             return "transient"
     return "permanent"
 
@@ -107,9 +122,16 @@ def _utc(ts: datetime | None) -> datetime | None:
 
 def _info(row: Job) -> JobInfo:
     return JobInfo(
-        id=row.id, kind=row.kind, state=row.state.value, attempts=row.attempts, celery_id=row.celery_id,
-        payload=dict(row.payload or {}), result=dict(row.result) if row.result is not None else None,
-        error=row.error, created_at=_utc(row.created_at), started_at=_utc(row.started_at),
+        id=row.id,
+        kind=row.kind,
+        state=row.state.value,
+        attempts=row.attempts,
+        celery_id=row.celery_id,
+        payload=dict(row.payload or {}),
+        result=dict(row.result) if row.result is not None else None,
+        error=row.error,
+        created_at=_utc(row.created_at),
+        started_at=_utc(row.started_at),
         finished_at=_utc(row.finished_at),
     )
 
@@ -162,8 +184,9 @@ class JobStore:
         raise ConflictError(f"job {job_id}: gave up after {_TRANSITION_RETRIES} concurrent updates")
 
     # ------------------------------------------------------------ create / read
-    def create(self, kind: str, payload: dict[str, Any], *, namespace: str | None = None,
-               idempotency_key: str | None = None) -> tuple[JobInfo, bool]:
+    def create(
+        self, kind: str, payload: dict[str, Any], *, namespace: str | None = None, idempotency_key: str | None = None
+    ) -> tuple[JobInfo, bool]:
         """Insert a ``queued`` job, or return the existing job with this ``idempotency_key``.
 
         Returns ``(job, created)``.
@@ -189,8 +212,14 @@ class JobStore:
                         session.add(ns)
                         session.flush()
                     ns_id = ns.id
-                row = Job(kind=kind, payload=payload, namespace_id=ns_id, idempotency_key=idempotency_key,
-                          state=JobState.queued, attempts=0)
+                row = Job(
+                    kind=kind,
+                    payload=payload,
+                    namespace_id=ns_id,
+                    idempotency_key=idempotency_key,
+                    state=JobState.queued,
+                    attempts=0,
+                )
                 session.add(row)
                 session.commit()
                 return _info(row), True
@@ -212,8 +241,15 @@ class JobStore:
             row = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
             return _info(row) if row is not None else None
 
-    def list(self, *, kind: str | None = None, state: str | None = None, namespace: str | None = None,
-             limit: int = 50, offset: int = 0) -> list[JobInfo]:
+    def list(
+        self,
+        *,
+        kind: str | None = None,
+        state: str | None = None,
+        namespace: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobInfo]:
         """Jobs, newest first, optionally filtered by kind, state and namespace.
 
         >>> [j.state for j in store.list(kind="internalize", limit=3)]  # doctest: +SKIP
@@ -229,7 +265,8 @@ class JobStore:
                 q = q.where(Job.state == JobState(state))
             except ValueError:
                 raise ValidationError(
-                    f"unknown job state {state!r}; known: {', '.join(s.value for s in JobState)}") from None
+                    f"unknown job state {state!r}; known: {', '.join(s.value for s in JobState)}"
+                ) from None
         if namespace is not None:
             q = q.join(Namespace, Job.namespace_id == Namespace.id).where(Namespace.name == namespace)
         with self._sessions() as s:
@@ -251,11 +288,19 @@ class JobStore:
         if older_than_s < 0:
             raise ValidationError("older_than_s must be >= 0")
         cutoff = (now or _now()) - timedelta(seconds=older_than_s)
-        q = select(Job).where(or_(
-            and_(Job.state == JobState.queued, Job.created_at <= cutoff),
-            and_(Job.state.in_([JobState.retrying, JobState.running]),
-                 func.coalesce(Job.started_at, Job.created_at) <= cutoff),
-        )).order_by(Job.id)
+        q = (
+            select(Job)
+            .where(
+                or_(
+                    and_(Job.state == JobState.queued, Job.created_at <= cutoff),
+                    and_(
+                        Job.state.in_([JobState.retrying, JobState.running]),
+                        func.coalesce(Job.started_at, Job.created_at) <= cutoff,
+                    ),
+                )
+            )
+            .order_by(Job.id)
+        )
         with self._sessions() as s:
             return [_info(r) for r in s.scalars(q)]
 
@@ -272,12 +317,14 @@ class JobStore:
 
         A ``running`` job is started again: its previous worker died (redelivery after a crash).
         """
+
         def change(row: Job) -> bool:
             if row.state == JobState.succeeded:
                 return False
             if row.state == JobState.running:
-                log.warning("job %s was still running (attempt %s): redelivered after a lost worker",
-                            row.id, row.attempts)
+                log.warning(
+                    "job %s was still running (attempt %s): redelivered after a lost worker", row.id, row.attempts
+                )
             row.state = JobState.running
             row.attempts = (row.attempts or 0) + 1
             row.started_at = _now()
@@ -293,6 +340,7 @@ class JobStore:
 
         A job that another delivery already completed keeps its first result.
         """
+
         def change(row: Job) -> bool:
             if row.state == JobState.succeeded:
                 return False
@@ -306,6 +354,7 @@ class JobStore:
 
     def fail(self, job_id: int, error: str) -> JobInfo:
         """Mark failed for good (a permanent fault, or retries exhausted)."""
+
         def change(row: Job) -> bool:
             if row.state == JobState.succeeded:
                 return False
@@ -318,6 +367,7 @@ class JobStore:
 
     def retrying(self, job_id: int, error: str) -> JobInfo:
         """An attempt hit a transient fault; another attempt is scheduled."""
+
         def change(row: Job) -> bool:
             if row.state == JobState.succeeded:
                 return False
@@ -329,6 +379,7 @@ class JobStore:
 
     def requeue(self, job_id: int) -> JobInfo:
         """Put a ``failed`` job back to ``queued`` (its attempts are kept); other states are left alone."""
+
         def change(row: Job) -> bool:
             if row.state != JobState.failed:
                 return False
@@ -343,8 +394,9 @@ class JobStore:
 Body = Callable[[JobInfo], "tuple[dict[str, Any], str | None] | dict[str, Any]"]
 
 
-def execute(store: JobStore, job_id: int, body: Body, *, celery_id: str | None = None,
-            last_attempt: bool = True) -> JobInfo:
+def execute(
+    store: JobStore, job_id: int, body: Body, *, celery_id: str | None = None, last_attempt: bool = True
+) -> JobInfo:
     """Run one attempt of a job: start it, call ``body(job)``, record the outcome.
 
     ``body`` returns a result dict, or ``(result, error)`` when part of the work failed alone. A permanent
@@ -374,8 +426,9 @@ def execute(store: JobStore, job_id: int, body: Body, *, celery_id: str | None =
     return store.succeed(job_id, result, error=error)
 
 
-def run_inline(store: JobStore, job_id: int, body: Body, *, max_retries: int = 3,
-               base_delay: float = 0.5, max_delay: float = 10.0) -> JobInfo:
+def run_inline(
+    store: JobStore, job_id: int, body: Body, *, max_retries: int = 3, base_delay: float = 0.5, max_delay: float = 10.0
+) -> JobInfo:
     """Embedded mode: run a job in this process, retrying transient faults with exponential backoff.
 
     >>> job, _ = store.create("refresh", {})  # doctest: +SKIP
@@ -391,6 +444,12 @@ def run_inline(store: JobStore, job_id: int, body: Body, *, max_retries: int = 3
 
 
 __all__ = [
-    "JOB_KINDS", "JobStore", "TransientJobError", "backoff_seconds", "classify", "describe", "execute",
+    "JOB_KINDS",
+    "JobStore",
+    "TransientJobError",
+    "backoff_seconds",
+    "classify",
+    "describe",
+    "execute",
     "run_inline",
 ]

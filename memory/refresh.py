@@ -73,12 +73,18 @@ class RefreshReport:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [f for s in self.checked for f in s.failed] + [
-            {"source": s.source, "error": s.error} for s in self.checked if s.error]
+            {"source": s.source, "error": s.error} for s in self.checked if s.error
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": len(self.checked), "changed": self.changed, "removed": self.removed, "failed": self.failed,
-                "unchanged": sum(s.unchanged for s in self.checked),
-                "checked": [asdict(s) for s in self.checked]}
+        return {
+            "sources": len(self.checked),
+            "changed": self.changed,
+            "removed": self.removed,
+            "failed": self.failed,
+            "unchanged": sum(s.unchanged for s in self.checked),
+            "checked": [asdict(s) for s in self.checked],
+        }
 
 
 def _aware(ts: datetime | None) -> datetime | None:
@@ -88,16 +94,21 @@ def _aware(ts: datetime | None) -> datetime | None:
     return ts
 
 
-def due_sources(mem: Any, *, namespace: str | None = None, now: datetime | None = None,
-                force: bool = False) -> list[DueSource]:
+def due_sources(
+    mem: Any, *, namespace: str | None = None, now: datetime | None = None, force: bool = False
+) -> list[DueSource]:
     """Sources with a refresh interval that is due at ``now`` (all sources with an interval if ``force``).
 
     >>> [s.uri for s in due_sources(mem)]  # doctest: +SKIP
     ['/data/policies']
     """
     now = now or datetime.now(UTC)
-    q = (select(Source, Namespace.name).join(Namespace, Source.namespace_id == Namespace.id)
-         .where(Source.refresh_interval_s.is_not(None)).order_by(Source.id))
+    q = (
+        select(Source, Namespace.name)
+        .join(Namespace, Source.namespace_id == Namespace.id)
+        .where(Source.refresh_interval_s.is_not(None))
+        .order_by(Source.id)
+    )
     if namespace is not None:
         q = q.where(Namespace.name == namespace)
     out = []
@@ -125,8 +136,9 @@ def version_id_for(mem: Any, namespace: str, document_id: str, number: int) -> i
     return vid
 
 
-def changed_versions(mem: Any, results: list[AddResult], namespace: str) -> tuple[list[dict[str, Any]], int,
-                                                                                  list[dict[str, Any]]]:
+def changed_versions(
+    mem: Any, results: list[AddResult], namespace: str
+) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
     """Split ``add_source`` results into changed versions (with their ids), an unchanged count and failures."""
     changed, failed, unchanged = [], [], 0
     for r in results:
@@ -136,9 +148,17 @@ def changed_versions(mem: Any, results: list[AddResult], namespace: str) -> tupl
             failed.append({"source": r.source, "error": r.error or "failed"})
         elif r.status in CHANGED:
             v = r.document.version
-            changed.append({"document": r.document.id, "namespace": namespace, "version": v.number,
-                            "version_id": version_id_for(mem, namespace, r.document.id, v.number),
-                            "content_sha256": v.content_sha256, "status": r.status, "source": r.source})
+            changed.append(
+                {
+                    "document": r.document.id,
+                    "namespace": namespace,
+                    "version": v.number,
+                    "version_id": version_id_for(mem, namespace, r.document.id, v.number),
+                    "content_sha256": v.content_sha256,
+                    "status": r.status,
+                    "source": r.source,
+                }
+            )
         else:
             unchanged += 1
     return changed, unchanged, failed
@@ -152,8 +172,15 @@ def _mark_checked(mem: Any, source_id: int, now: datetime, error: str) -> None:
             src.last_error = error
 
 
-def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = False, now: datetime | None = None,
-                    enqueue: Enqueue | None = None, roots: str | None = None) -> RefreshReport:
+def refresh_sources(
+    mem: Any,
+    *,
+    namespace: str | None = None,
+    force: bool = False,
+    now: datetime | None = None,
+    enqueue: Enqueue | None = None,
+    roots: str | None = None,
+) -> RefreshReport:
     """Re-read every due source; hand each new version to ``enqueue(version_id)``.
 
     ``roots`` (a worker's ``PMEM_INGEST_ROOTS``): a source outside them fails with that error instead.
@@ -169,8 +196,9 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
         sr = SourceReport(source=src.uri, namespace=src.namespace)
         try:
             check_ingest_root(src.uri, roots)
-            results = mem.add_source(src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s,
-                                     prune_missing=True)
+            results = mem.add_source(
+                src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s, prune_missing=True
+            )
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
             sr.removed = [r.source or "" for r in results if r.status == "removed"]
         except Exception as e:  # one bad source must not stop the refresh of the others
@@ -183,8 +211,14 @@ def refresh_sources(mem: Any, *, namespace: str | None = None, force: bool = Fal
         if enqueue is not None:
             for c in sr.changed:
                 c["job"] = _job_ref(enqueue(c["version_id"]))
-        log.info("refreshed %s: %d changed, %d unchanged, %d removed, %d failed", src.uri, len(sr.changed),
-                 sr.unchanged, len(sr.removed), len(sr.failed))
+        log.info(
+            "refreshed %s: %d changed, %d unchanged, %d removed, %d failed",
+            src.uri,
+            len(sr.changed),
+            sr.unchanged,
+            len(sr.removed),
+            len(sr.failed),
+        )
         report.checked.append(sr)
     return report
 
@@ -193,5 +227,13 @@ def _job_ref(job: Any) -> Any:
     return getattr(job, "id", job)
 
 
-__all__ = ["CHANGED", "DueSource", "RefreshReport", "SourceReport", "changed_versions", "due_sources",
-           "refresh_sources", "version_id_for"]
+__all__ = [
+    "CHANGED",
+    "DueSource",
+    "RefreshReport",
+    "SourceReport",
+    "changed_versions",
+    "due_sources",
+    "refresh_sources",
+    "version_id_for",
+]

@@ -79,7 +79,8 @@ _WORD = re.compile(r"[\w]+(?:[-'][\w]+)*", re.UNICODE)
 _STOP = frozenset(
     "a an the is are was were be been being of to in on at by for with from as and or but not no it its this that "
     "these those there here he she they we you i me my your our their his her them us do does did has have had "
-    "will would can could should may might must shall what which who whom whose when where why how answer".split())
+    "will would can could should may might must shall what which who whom whose when where why how answer".split()
+)
 
 
 def content_words(text: str) -> list[str]:
@@ -178,8 +179,9 @@ class AnswerCheck:
     doubt: str | None  # None: the answer stands
 
 
-def check_answer(answer: str, confidence: float, passages: list[str], question: str,
-                 cfg: RouterConfig = RouterConfig()) -> AnswerCheck:
+def check_answer(
+    answer: str, confidence: float, passages: list[str], question: str, cfg: RouterConfig = RouterConfig()
+) -> AnswerCheck:
     """Judge an adapted answer: degenerate (a repetition loop, :func:`degenerate`), unsure (low ``confidence``),
     a key word the passages lack, or too little support.
 
@@ -198,11 +200,15 @@ def check_answer(answer: str, confidence: float, passages: list[str], question: 
     elif confidence < cfg.min_confidence:
         doubt = f"the adapted model was unsure (mean log-prob {confidence:.2f} < {cfg.min_confidence})"
     elif missing:
-        doubt = ("the adapted answer is not supported by the retrieved passages (they lack "
-                 f"{', '.join(repr(w) for w in missing[:3])})")
+        doubt = (
+            "the adapted answer is not supported by the retrieved passages (they lack "
+            f"{', '.join(repr(w) for w in missing[:3])})"
+        )
     elif supported < cfg.min_support:
-        doubt = (f"the adapted answer is not supported by the retrieved passages ({supported:.0%} of its "
-                 f"content words found < {cfg.min_support:.0%})")
+        doubt = (
+            f"the adapted answer is not supported by the retrieved passages ({supported:.0%} of its "
+            f"content words found < {cfg.min_support:.0%})"
+        )
     return AnswerCheck(confidence, supported, doubt)
 
 
@@ -237,11 +243,22 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
     if not relevant:
         best = max((c.relevance for c in candidates), default=None)
         shown = f"{best:.2f}" if best is not None else "none"
-        return Route("retrieval", f"no document is relevant enough (best similarity {shown} < "
-                                  f"{cfg.relevance_threshold}); answering from retrieved passages")
+        return Route(
+            "retrieval",
+            f"no document is relevant enough (best similarity {shown} < "
+            f"{cfg.relevance_threshold}); answering from retrieved passages",
+        )
     top = relevant[0]
     if not top.adapter_ready:
-        return Route("retrieval", f"the most relevant document {top.document_id!r} has no current ready adapter "
-                                  f"(status {top.adapter_status or 'none'}); using retrieval")
-    return Route("parametric", f"{len(docs)} relevant internalized document(s) ({', '.join(docs)}; best similarity "
-                               f"{top.relevance:.2f}) with current adapters", docs, check_confidence=True)
+        return Route(
+            "retrieval",
+            f"the most relevant document {top.document_id!r} has no current ready adapter "
+            f"(status {top.adapter_status or 'none'}); using retrieval",
+        )
+    return Route(
+        "parametric",
+        f"{len(docs)} relevant internalized document(s) ({', '.join(docs)}; best similarity "
+        f"{top.relevance:.2f}) with current adapters",
+        docs,
+        check_confidence=True,
+    )

@@ -199,8 +199,9 @@ class BlobStore:
                 if _SHA256.fullmatch(name):
                     yield name
 
-    def sweep(self, referenced: Iterable[str], *, dry_run: bool = False,
-              temp_grace_s: float = TEMP_GRACE_S) -> list[str]:
+    def sweep(
+        self, referenced: Iterable[str], *, dry_run: bool = False, temp_grace_s: float = TEMP_GRACE_S
+    ) -> list[str]:
         """Delete every blob whose name is not in ``referenced``; return the names removed.
 
         Also removes temporary files left by a crashed writer: only those older than ``temp_grace_s``, so

@@ -30,8 +30,14 @@ def policy_pdf_pages(n_pages: int = 3) -> list[list[PdfLine]]:
         for k in range(3):
             text = f"Paragraph {k + 1} of chapter {p} explains the rules that employees must follow."
             lines.append((text, 11, 72, y))
-            lines.append((f"The policy applies to every employee and it was approved by the board in {2020 + p}.",
-                          11, 72, y - 14))
+            lines.append(
+                (
+                    f"The policy applies to every employee and it was approved by the board in {2020 + p}.",
+                    11,
+                    72,
+                    y - 14,
+                )
+            )
             y -= 48
         lines.append((str(p), 9, 300, 30))
         pages.append(lines)
@@ -74,8 +80,10 @@ def eml_bytes(attachment: tuple[str, bytes] | None = _NOTE) -> bytes:
     m["To"] = "bob@example.com"
     m["Subject"] = "Travel policy update"
     m["Date"] = "Mon, 02 Mar 2026 10:00:00 +0000"
-    m.set_content("Hello team,\n\nThe travel policy changed. Economy class is required for flights under six hours.\n\n"
-                  "Regards,\nAlice\n")
+    m.set_content(
+        "Hello team,\n\nThe travel policy changed. Economy class is required for flights under six hours.\n\n"
+        "Regards,\nAlice\n"
+    )
     if attachment:
         name, data = attachment
         m.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)

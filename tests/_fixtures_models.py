@@ -24,8 +24,15 @@ def tiny_base(seed: int = 0) -> BaseModel:
     torch.set_num_threads(1)  # tiny matrices: a second thread only adds OpenMP contention
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(CHARS) + 2, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, eos_token_id=1, pad_token_id=0,
+        vocab_size=len(CHARS) + 2,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(cfg).eval().requires_grad_(False)
     fp = compute_fingerprint("tiny", model)

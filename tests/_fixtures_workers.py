@@ -33,9 +33,12 @@ class SlowStubInternalizer:
     def __init__(self) -> None:
         from memory.internalizers import Identity
 
-        self.identity = Identity(kind="cd", name="test-slow-stub",
-                                 checkpoint_sha256=hashlib.sha256(b"test-slow-stub/1").hexdigest(),
-                                 config={"test_double": True})
+        self.identity = Identity(
+            kind="cd",
+            name="test-slow-stub",
+            checkpoint_sha256=hashlib.sha256(b"test-slow-stub/1").hexdigest(),
+            config={"test_double": True},
+        )
 
     def internalize(self, base: Any, text: str | list[str], progress: Any = None) -> Any:
         import torch
@@ -89,16 +92,42 @@ class WorkerProcess:
     """``celery -A workers.app worker --pool solo`` (or prefork) in a subprocess sharing the test's PMEM_HOME and
     Redis prefix."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "ingest,internalize",
-                 name: str | None = None, beat: bool = False, pool: str = "solo") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        queues: str = "ingest,internalize",
+        name: str | None = None,
+        beat: bool = False,
+        pool: str = "solo",
+    ) -> None:
         self.log_path = log_path
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
-        cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", pool, "-c", "1",
-               "-Q", queues, "-n", f"{self.name}@%h", "-l", "info", "--without-gossip", "--without-mingle",
-               "--without-heartbeat"] + (["-B"] if beat else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "--pool",
+            pool,
+            "-c",
+            "1",
+            "-Q",
+            queues,
+            "-n",
+            f"{self.name}@%h",
+            "-l",
+            "info",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ] + (["-B"] if beat else [])
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -141,16 +170,20 @@ def worker_env(home: Path, broker_url: str, prefix: str, **extra: str) -> dict[s
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith(keep)}
     if "PMEM_MODEL_CACHE" in env:
         base_fingerprint()
-    env.update({
-        "PMEM_HOME": str(home),
-        "PMEM_BROKER_URL": broker_url,
-        "PMEM_BROKER_KEYPREFIX": prefix,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PMEM_THREADS": "1",
-    })
+    env.update(
+        {
+            "PMEM_HOME": str(home),
+            "PMEM_BROKER_URL": broker_url,
+            "PMEM_BROKER_KEYPREFIX": prefix,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep
+            ),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "PMEM_THREADS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -200,9 +233,23 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_for(self.ping, 20, f"redis-server on port {self.port}", every=0.1)
 
     def ping(self) -> bool:

@@ -48,11 +48,15 @@ def make_app() -> Any:
 
     embedder = None if os.environ.get("PMEM_TEST_REAL_EMBEDDER") == "1" else StableBagOfWords()
     roots = tuple(r for r in os.environ.get("PMEM_TEST_SOURCE_ROOTS", "").split(os.pathsep) if r)
-    limits = ServerLimits(max_body_bytes=int(os.environ.get("PMEM_TEST_MAX_BODY", 2 * 2**20)),
-                          max_upload_bytes=int(os.environ.get("PMEM_TEST_MAX_UPLOAD", 2**20)),
-                          max_k=50, max_new_tokens=256, source_roots=roots,
-                          max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)),
-                          query_timeout_s=600.0)  # a cold model start on a shared 2-core machine takes minutes
+    limits = ServerLimits(
+        max_body_bytes=int(os.environ.get("PMEM_TEST_MAX_BODY", 2 * 2**20)),
+        max_upload_bytes=int(os.environ.get("PMEM_TEST_MAX_UPLOAD", 2**20)),
+        max_k=50,
+        max_new_tokens=256,
+        source_roots=roots,
+        max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)),
+        query_timeout_s=600.0,
+    )  # a cold model start on a shared 2-core machine takes minutes
     auth = os.environ.get("PMEM_TEST_NO_AUTH") != "1"
     return create_app(ParametricMemory(Settings.from_env(), embedder=embedder), auth=auth, limits=limits)
 
@@ -71,8 +75,21 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("wb")
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "uvicorn", "_server:make_app", "--factory", "--app-dir", str(REPO / "tests"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "_server:make_app",
+            "--factory",
+            "--app-dir",
+            str(REPO / "tests"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90) -> ServerProcess:
@@ -108,8 +125,13 @@ class ServerProcess:
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_") or k.startswith("PMEM_TEST_")}
-    env.update(PMEM_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.update(
+        PMEM_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     if os.environ.get("PMEM_MODEL_CACHE"):
         env["PMEM_MODEL_CACHE"] = os.environ["PMEM_MODEL_CACHE"]
     env.update(extra)

@@ -129,8 +129,9 @@ def retrieval_settings(request, tmp_path):
     from memory.config import Settings
 
     if request.param == "pgvector":
-        return Settings.from_env(home=tmp_path / "home", database_url=request.getfixturevalue("pgvector_url"),
-                                 retrieval_backend="pgvector")
+        return Settings.from_env(
+            home=tmp_path / "home", database_url=request.getfixturevalue("pgvector_url"), retrieval_backend="pgvector"
+        )
     if request.param == "sqlite":
         return Settings.from_env(home=tmp_path / "home", retrieval_backend="inprocess")
     url = request.getfixturevalue("pg_url")

@@ -31,11 +31,17 @@ def test_add_creates_document_version_and_chunks(mem):
     r = mem.add(POLICY, document_id="policy", title="Policy", metadata={"team": "support"})
     assert r.status == "created"
     d = r.document
-    assert (d.id, d.title, d.metadata, d.version.number, d.version_count) == ("policy", "Policy", {"team": "support"}, 1, 1)
+    assert (d.id, d.title, d.metadata, d.version.number, d.version_count) == (
+        "policy",
+        "Policy",
+        {"team": "support"},
+        1,
+        1,
+    )
     chunks = mem.chunks("policy")
     text = mem.get("policy", with_text=True).text
     assert text == POLICY
-    assert chunks and all(text[c.start_char:c.end_char] == c.text for c in chunks)
+    assert chunks and all(text[c.start_char : c.end_char] == c.text for c in chunks)
     assert "30 days" in chunks[0].text and "50 euros" in chunks[-1].text
     assert _blob_files(mem) == {d.version.content_sha256}
 

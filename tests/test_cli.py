@@ -14,8 +14,9 @@ PMEM = str(Path(sys.executable).parent / "pmem")
 
 
 def run(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PMEM, *args], input=input, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [PMEM, *args], input=input, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def last_json(proc: subprocess.CompletedProcess):
@@ -46,8 +47,9 @@ def test_namespaces_on_the_command_line():
     assert [d["id"] for d in last_json(run("ls", "-n", "alpha", "--json"))] == ["x"]
 
 
-@pytest.mark.parametrize("args", [("show", "missing"), ("rm", "missing"), ("ls", "-n", "BAD NS"),
-                                  ("rollback", "missing", "1")])
+@pytest.mark.parametrize(
+    "args", [("show", "missing"), ("rm", "missing"), ("ls", "-n", "BAD NS"), ("rollback", "missing", "1")]
+)
 def test_errors_are_clear_and_nonzero(args):
     proc = run(*args)
     assert proc.returncode == 2
@@ -103,14 +105,18 @@ def test_outer_packages_add_their_commands_through_entry_points():
     from memory.cli import PLUGINS
 
     assert {e.name: e.value for e in entry_points(group=PLUGINS)} == {
-        "bench": "bench.cli:register", "workers": "workers.cli:register"}
+        "bench": "bench.cli:register",
+        "workers": "workers.cli:register",
+    }
     proc = run("--help")
     assert proc.returncode == 0 and all(f" {c} " in proc.stdout for c in ("bench", "worker", "jobs", "refresh"))
 
 
 def test_the_core_imports_no_outer_package_or_framework():
-    code = ("import sys, memory, memory.api, memory.router, memory.services.query; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'integrations', 'workers', 'bench', "
-            "'langchain_core', 'llama_index', 'celery', 'kombu', 'redis', 'fastapi', 'uvicorn', 'mcp'}))")
+    code = (
+        "import sys, memory, memory.api, memory.router, memory.services.query; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'integrations', 'workers', 'bench', "
+        "'langchain_core', 'llama_index', 'celery', 'kombu', 'redis', 'fastapi', 'uvicorn', 'mcp'}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -34,8 +34,9 @@ def base():
 
 
 def make_net(base, trained: bool = False, **kw) -> D2LHypernetwork:
-    cfg = D2LConfig.for_model(base.model.config, rank=3, bias_rank=2, key_rank=4, chunk_tokens=8,
-                              base_model=base.fingerprint, **kw)
+    cfg = D2LConfig.for_model(
+        base.model.config, rank=3, bias_rank=2, key_rank=4, chunk_tokens=8, base_model=base.fingerprint, **kw
+    )
     net = D2LHypernetwork(cfg)
     if trained:  # stand-in for training: move every parameter off its (partly zero) init
         g = torch.Generator().manual_seed(1)
@@ -222,7 +223,9 @@ def test_chunked_training_features_match_inference_chunks(base):
     assert f.mask.shape == (2, 3 * T)
     assert int(f.mask[0].sum()) == sum(len(c) - 1 for c in chunks)
     assert int(f.mask[1].sum()) == len(base.tokenizer(texts[1], add_special_tokens=False).input_ids) - 1
-    one = document_features(base.model, torch.tensor([chunks[1]]), torch.ones(1, len(chunks[1]), dtype=torch.long), layers)
+    one = document_features(
+        base.model, torch.tensor([chunks[1]]), torch.ones(1, len(chunks[1]), dtype=torch.long), layers
+    )
     layer = layers[-1]
     assert torch.allclose(f.m[layer][0, T : T + len(chunks[1])], one.m[layer][0], atol=1e-5)
     capped = chunked_features(base.model, base.tokenizer, texts, chunk=8, max_chunks=2, layers=layers)
@@ -265,12 +268,31 @@ def test_gpu_run_script_trains_a_few_steps_on_the_cpu_and_exports(tmp_path):
     cache = tmp_path / "prose.jsonl"
     with cache.open("w") as f:
         for i in range(60):  # sources of both splits (split by a hash of the source name)
-            text = (f"The relay number {i} forwards {i + 20} messages per second to the archive. It was designed by "
-                    f"Mira Holm in 20{10 + i % 9}. Each message is kept for {i % 7 + 2} days before it is dropped.")
+            text = (
+                f"The relay number {i} forwards {i + 20} messages per second to the archive. It was designed by "
+                f"Mira Holm in 20{10 + i % 9}. Each message is kept for {i % 7 + 2} days before it is dropped."
+            )
             f.write(_json.dumps(Passage("meta", f"pkg{i}", text).__dict__) + "\n")
     out = tmp_path / "run"
-    assert d2l_gpu_run.main(["--out", str(out), "--device", "cpu", "--max-steps", "2", "--bs", "2",
-                             "--prose-cache", str(cache), "--eval-n", "2"]) == 0
+    assert (
+        d2l_gpu_run.main(
+            [
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--max-steps",
+                "2",
+                "--bs",
+                "2",
+                "--prose-cache",
+                str(cache),
+                "--eval-n",
+                "2",
+            ]
+        )
+        == 0
+    )
     log = [_json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and log[-1]["step"] == 2
     assert {"family_gap", "prose_gap", "haystack_gap"} <= set(log[0])

@@ -37,8 +37,7 @@ def _builtin_entities_and_templates() -> tuple[set[str], list[str]]:
         text = " ".join(it.documents) + " " + it.question
         ents.update(a for a in it.answers if not a.isdigit())
         ents.update(w for w in re.findall(r"[A-Z][a-z]{3,}", text) if w not in _ENGLISH)
-    templates = ["was founded in", "is located in the town of", "official colour", "secret passphrase",
-                 *suites._FILLER]
+    templates = ["was founded in", "is located in the town of", "official colour", "secret passphrase", *suites._FILLER]
     return ents, templates
 
 
@@ -97,11 +96,15 @@ def test_invented_words_cannot_collide_with_builtin_names():
 
 def test_prose_split_is_by_source_and_licences_are_dropped():
     assert source_split("meta", "numpy") == source_split("meta", "NumPy")
-    lic = ("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
-           "associated documentation files, to deal in the Software without restriction, subject to the "
-           "following conditions. THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND.")
-    prose = ("The scheduler keeps a queue of pending jobs and starts the oldest one whenever a worker becomes free. "
-             "Each job records its start time, its owner and the number of retries it is allowed before it fails.")
+    lic = (
+        "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+        "associated documentation files, to deal in the Software without restriction, subject to the "
+        "following conditions. THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND."
+    )
+    prose = (
+        "The scheduler keeps a queue of pending jobs and starts the oldest one whenever a worker becomes free. "
+        "Each job records its start time, its owner and the number of retries it is allowed before it fails."
+    )
     assert list(paragraphs(lic)) == []
     assert list(paragraphs(prose)) == [prose]
 
@@ -112,17 +115,27 @@ def test_wh_questions_reword_and_answer_with_spans():
     assert "1843" in got
     got = {a: q for q, a in wh_questions("The default timeout is thirty seconds for every request.")}
     assert any(q.startswith("What is the default timeout") for q in got.values())
-    p = Passage("meta", "demo", "The cache holds 512 entries per worker. It was designed by Mira Holm in 2019. "
-                                "Old entries are dropped first when the cache is full.")
+    p = Passage(
+        "meta",
+        "demo",
+        "The cache holds 512 entries per worker. It was designed by Mira Holm in 2019. "
+        "Old entries are dropped first when the cache is full.",
+    )
     qs = questions(p, random.Random(0))
     assert {q.form for q in qs} >= {"wh", "continue"}
     assert all(q.answer and q.answer.lower() in p.text.lower() for q in qs)
 
 
 def test_mixture_draws_every_kind_and_heldout_suites_use_heldout_sources():
-    train_ps = [Passage("meta", f"src{i}", f"The tool number {i} reads {i + 3} files per second from the disk. "
-                                           f"It was written by Mira Holm in 20{10 + i % 9}. Output goes to a log.")
-                for i in range(40)]
+    train_ps = [
+        Passage(
+            "meta",
+            f"src{i}",
+            f"The tool number {i} reads {i + 3} files per second from the disk. "
+            f"It was written by Mira Holm in 20{10 + i % 9}. Output goes to a log.",
+        )
+        for i in range(40)
+    ]
     mix = TrainingMix(train_ps, seed=0)
     kinds = {mix.sample().kind for _ in range(300)}
     assert kinds == set(KINDS)

@@ -20,7 +20,11 @@ from memory.models import load_base_model
 
 def test_split_sentences_and_questions():
     text = "Marisol Tenby's cat is called Biscuit. The starship Calloway carried 218 crew members.\n\nShort."
-    assert split_sentences(text) == ["Marisol Tenby's cat is called Biscuit.", "The starship Calloway carried 218 crew members.", "Short."]
+    assert split_sentences(text) == [
+        "Marisol Tenby's cat is called Biscuit.",
+        "The starship Calloway carried 218 crew members.",
+        "Short.",
+    ]
     qs = make_questions(text)
     assert "What is Marisol Tenby's cat?" in qs
     assert any("Calloway" in q for q in qs) and any(q.startswith("Complete this sentence") for q in qs)
@@ -31,8 +35,14 @@ def test_distill_trains_an_adapter_on_tiny_model():
     base = tiny_base()
     seen = []
     ad, info = distill_document(
-        base, "abc def ghi jkl is mno. pqr stu vwx yz is abc.", questions=["what is abc?"], rank=4,
-        target_modules=("mlp.down_proj",), steps=12, lr=1e-2, progress=lambda s, n, loss: seen.append((s, n, loss)),
+        base,
+        "abc def ghi jkl is mno. pqr stu vwx yz is abc.",
+        questions=["what is abc?"],
+        rank=4,
+        target_modules=("mlp.down_proj",),
+        steps=12,
+        lr=1e-2,
+        progress=lambda s, n, loss: seen.append((s, n, loss)),
     )
     assert ad.rank == 4 and ad.target_modules == ["mlp.down_proj"] and ad.base_model == base.fingerprint
     assert info["questions"][0] == "what is abc?" and info["steps"] == 12 and len(seen) == 12

@@ -12,13 +12,16 @@ from memory.evaluation import metrics, suites
 
 
 # ---------------------------------------------------------------------------- metrics
-@pytest.mark.parametrize("pred, answers, em, contains", [
-    ("The Eiffel Tower.", ["Eiffel Tower"], 1.0, 1.0),
-    ("It is the Eiffel Tower in Paris", ["Eiffel Tower"], 0.0, 1.0),
-    ("Eiffel", ["Eiffel Tower"], 0.0, 0.0),
-    ("jade-famo-70", ["jade famo 70"], 1.0, 1.0),
-    ("", ["x"], 0.0, 0.0),
-])
+@pytest.mark.parametrize(
+    "pred, answers, em, contains",
+    [
+        ("The Eiffel Tower.", ["Eiffel Tower"], 1.0, 1.0),
+        ("It is the Eiffel Tower in Paris", ["Eiffel Tower"], 0.0, 1.0),
+        ("Eiffel", ["Eiffel Tower"], 0.0, 0.0),
+        ("jade-famo-70", ["jade famo 70"], 1.0, 1.0),
+        ("", ["x"], 0.0, 0.0),
+    ],
+)
 def test_exact_match_and_contains(pred, answers, em, contains):
     assert metrics.exact_match(pred, answers) == em
     assert metrics.contains_answer(pred, answers) == contains
@@ -72,17 +75,23 @@ def _write(path, lines):
 
 
 def test_malformed_lines_are_reported_with_their_number_and_the_rest_loads(tmp_path):
-    good = {"document": "The Beves vault code is jade-famo-70.", "question": "What is the code?",
-            "answers": ["jade-famo-70"]}
-    path = _write(tmp_path / "qa.jsonl", [
-        json.dumps(good),
-        "{not json",
-        json.dumps({"question": "no documents", "answers": ["x"]}),
-        "",
-        json.dumps({"documents": ["a", "b"], "question": "q?", "answers": "single answer", "id": "two"}),
-        json.dumps({"document": "text", "question": "", "answers": ["x"]}),
-        json.dumps([1, 2]),
-    ])
+    good = {
+        "document": "The Beves vault code is jade-famo-70.",
+        "question": "What is the code?",
+        "answers": ["jade-famo-70"],
+    }
+    path = _write(
+        tmp_path / "qa.jsonl",
+        [
+            json.dumps(good),
+            "{not json",
+            json.dumps({"question": "no documents", "answers": ["x"]}),
+            "",
+            json.dumps({"documents": ["a", "b"], "question": "q?", "answers": "single answer", "id": "two"}),
+            json.dumps({"document": "text", "question": "", "answers": ["x"]}),
+            json.dumps([1, 2]),
+        ],
+    )
     loaded = suites.load_jsonl(path)
     assert [i.id for i in loaded.items] == ["line1", "two"]
     assert loaded.items[1].documents == ["a", "b"] and loaded.items[1].answers == ["single answer"]
@@ -133,14 +142,28 @@ def test_eval_qa_on_a_jsonl_file_runs_every_arm_and_writes_the_report(tmp_path, 
     from memory.config import Settings
     from memory.evaluation import qa
 
-    data = _write(tmp_path / "qa.jsonl", [
-        json.dumps({"document": "The Koufeth Library was founded in 1970 by Trandma Zounend.",
-                    "question": "Who founded the Koufeth Library?", "answers": ["Trandma Zounend"]}),
-        '{"document": "broken line", ',
-    ])
+    data = _write(
+        tmp_path / "qa.jsonl",
+        [
+            json.dumps(
+                {
+                    "document": "The Koufeth Library was founded in 1970 by Trandma Zounend.",
+                    "question": "Who founded the Koufeth Library?",
+                    "answers": ["Trandma Zounend"],
+                }
+            ),
+            '{"document": "broken line", ',
+        ],
+    )
     out = tmp_path / "report"
-    result = qa.run(quick=True, data=str(data), output=str(out), max_new_tokens=8, cd_steps=2,
-                    settings=Settings(home=shared_models_dir))
+    result = qa.run(
+        quick=True,
+        data=str(data),
+        output=str(out),
+        max_new_tokens=8,
+        cd_steps=2,
+        settings=Settings(home=shared_models_dir),
+    )
     assert result["errors"] == [{"line": 2, "error": result["errors"][0]["error"]}]
     assert set(result["arms"]) == set(qa.ARMS)
     for arm, s in result["arms"].items():
@@ -190,15 +213,37 @@ def test_eval_qa_checkpoint_option_uses_that_checkpoint(tmp_path, shared_models_
 
     zero = tmp_path / "zero-ckpt"
     save_checkpoint(D2LHypernetwork(load_checkpoint(DEFAULT_CHECKPOINT).config), zero)
-    data = _write(tmp_path / "qa.jsonl", [json.dumps({
-        "document": "The Quoamsh pump station is run by Ilse Varga.", "question": "Who runs the Quoamsh pump station?",
-        "answers": ["Ilse Varga"]})])
-    result = qa.run(quick=True, data=str(data), output=str(tmp_path / "r"), arms="none,d2l", max_new_tokens=8,
-                    checkpoint=str(zero), settings=Settings(home=shared_models_dir))
+    data = _write(
+        tmp_path / "qa.jsonl",
+        [
+            json.dumps(
+                {
+                    "document": "The Quoamsh pump station is run by Ilse Varga.",
+                    "question": "Who runs the Quoamsh pump station?",
+                    "answers": ["Ilse Varga"],
+                }
+            )
+        ],
+    )
+    result = qa.run(
+        quick=True,
+        data=str(data),
+        output=str(tmp_path / "r"),
+        arms="none,d2l",
+        max_new_tokens=8,
+        checkpoint=str(zero),
+        settings=Settings(home=shared_models_dir),
+    )
     assert result["arms"]["d2l"]["available"], result["arms"]["d2l"]
     assert result["config"]["checkpoint"] == str(zero)
     rows = {r["arm"]: r for r in json.loads((tmp_path / "r" / "qa.json").read_text())["rows"]}
     assert rows["d2l"]["prediction"] == rows["none"]["prediction"]
-    missing = qa.run(quick=True, data=str(data), output=str(tmp_path / "r2"), arms="d2l",
-                     checkpoint=str(tmp_path / "nope"), settings=Settings(home=shared_models_dir))
+    missing = qa.run(
+        quick=True,
+        data=str(data),
+        output=str(tmp_path / "r2"),
+        arms="d2l",
+        checkpoint=str(tmp_path / "nope"),
+        settings=Settings(home=shared_models_dir),
+    )
     assert not missing["arms"]["d2l"]["available"] and "nope" in missing["arms"]["d2l"]["reason"]

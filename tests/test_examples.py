@@ -65,8 +65,9 @@ def test_same_question_through_langchain_and_llamaindex(memory, mode: str) -> No
     from integrations.llamaindex import ParametricMemoryRetriever as LIRetriever
 
     docs = LCRetriever(memory=memory, namespace="handbook", mode=mode, k=2, max_new_tokens=TOKENS).invoke(QUESTION)
-    nodes = LIRetriever(memory, namespace="handbook", mode=mode, similarity_top_k=2,
-                        max_new_tokens=TOKENS).retrieve(QUESTION)
+    nodes = LIRetriever(memory, namespace="handbook", mode=mode, similarity_top_k=2, max_new_tokens=TOKENS).retrieve(
+        QUESTION
+    )
     assert docs and nodes
     lc_meta, li_meta = docs[0].metadata, nodes[0].node.metadata
     assert (lc_meta["mode"], lc_meta["reason"]) == (li_meta["mode"], li_meta["reason"])

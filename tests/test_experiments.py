@@ -29,13 +29,16 @@ def test_weights_shift_traffic():
     assert 0.70 < arms.count("b") / len(arms) < 0.80
 
 
-@pytest.mark.parametrize("arms, match", [
-    (["auto"], "at least two arms"),
-    ({"a": {"mode": "telepathy"}, "b": {}}, "mode"),
-    ({"a": {"temperature": 1}, "b": {}}, "unknown setting"),
-    ({"a": {"weight": 0}, "b": {}}, "weight"),
-    ("auto", "list of modes"),
-])
+@pytest.mark.parametrize(
+    "arms, match",
+    [
+        (["auto"], "at least two arms"),
+        ({"a": {"mode": "telepathy"}, "b": {}}, "mode"),
+        ({"a": {"temperature": 1}, "b": {}}, "unknown setting"),
+        ({"a": {"weight": 0}, "b": {}}, "weight"),
+        ("auto", "list of modes"),
+    ],
+)
 def test_bad_arms_are_refused(arms, match):
     with pytest.raises(ValidationError, match=match):
         Experiment(None, "x", arms)
@@ -56,8 +59,18 @@ def _log(mem, arm, experiment="exp", latency=100.0, mode="retrieval"):
             ns = Namespace(name="default")
             s.add(ns)
             s.flush()
-        row = QueryLog(namespace_id=ns.id, query="q", mode=mode, reason="r", experiment=experiment, arm=arm,
-                       adapter_ids=[], chunk_ids=[], latency_ms=latency, answer="a")
+        row = QueryLog(
+            namespace_id=ns.id,
+            query="q",
+            mode=mode,
+            reason="r",
+            experiment=experiment,
+            arm=arm,
+            adapter_ids=[],
+            chunk_ids=[],
+            latency_ms=latency,
+            answer="a",
+        )
         s.add(row)
         s.commit()
         return row.id
@@ -119,11 +132,17 @@ def test_experiment_query_logs_experiment_and_arm(tmp_path, shared_models_dir):
     from memory.api import ParametricMemory
     from memory.config import Settings
 
-    mem = ParametricMemory(Settings(home=shared_models_dir).with_(database_url=f"sqlite:///{tmp_path}/e.db",
-                                                                  blob_url=str(tmp_path / "blobs")))
+    mem = ParametricMemory(
+        Settings(home=shared_models_dir).with_(
+            database_url=f"sqlite:///{tmp_path}/e.db", blob_url=str(tmp_path / "blobs")
+        )
+    )
     mem.add("The Orlan vault passphrase is copper-falcon-42.", document_id="vault")
-    exp = Experiment(mem, "k-test", {"k1": {"mode": "retrieval", "k": 1, "max_new_tokens": 4},
-                                     "none": {"mode": "parametric", "max_new_tokens": 4}})
+    exp = Experiment(
+        mem,
+        "k-test",
+        {"k1": {"mode": "retrieval", "k": 1, "max_new_tokens": 4}, "none": {"mode": "parametric", "max_new_tokens": 4}},
+    )
     r = exp.query("What is the Orlan vault passphrase?", user_key="alice")
     assert r.query_id is not None
     exp.feedback(r.query_id, 1.0)

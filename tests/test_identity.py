@@ -28,8 +28,14 @@ def base():
 
 
 def d2l_checkpoint(base, directory: Path, base_model: str | None = None) -> str:
-    cfg = d2l.D2LConfig.for_model(base.model.config, rank=3, bias_rank=2, key_rank=4, chunk_tokens=8,
-                                  base_model=base.fingerprint if base_model is None else base_model)
+    cfg = d2l.D2LConfig.for_model(
+        base.model.config,
+        rank=3,
+        bias_rank=2,
+        key_rank=4,
+        chunk_tokens=8,
+        base_model=base.fingerprint if base_model is None else base_model,
+    )
     net = d2l.D2LHypernetwork(cfg)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -87,7 +93,11 @@ def test_cd_identity_is_the_same_for_rows_and_jobs(base, tmp_path, monkeypatch):
     monkeypatch.setattr(internalizers, "DEFAULT_D2L", tmp_path / "none")
     cd = internalizers.CDInternalizer(base).identity
     assert internalizers.resolve("auto", base).identity == cd
-    assert internalizers.planned_identity("auto", base.fingerprint) == cd == internalizers.planned_identity("cd", base.fingerprint)
+    assert (
+        internalizers.planned_identity("auto", base.fingerprint)
+        == cd
+        == internalizers.planned_identity("cd", base.fingerprint)
+    )
     assert internalize_key("ab" * 32, 1, "cd", base.fingerprint).endswith(f":{cd.tag}")
     assert cd != internalizers.CDInternalizer(SimpleNamespace(fingerprint="other@1")).identity
     assert cd != internalizers.CDInternalizer(base, steps=3).identity

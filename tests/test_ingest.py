@@ -62,7 +62,7 @@ def test_every_type_partitions_with_consistent_offsets_and_provenance(parsed, ki
     assert doc.elements and doc.text
     assert normalize_text(doc.text) == doc.text  # the content hash is of exactly this text
     for e in doc.elements:
-        assert doc.text[e.start_char:e.end_char] == e.text
+        assert doc.text[e.start_char : e.end_char] == e.text
         assert {"page_number", "section", "section_path"} <= set(e.metadata)
     assert doc.parser["strategy"] == "fast"
     assert doc.parser["filetype"] == kind
@@ -176,8 +176,10 @@ def test_encodings_are_detected(tmp_path):
         doc = partition_bytes(data, name)
         assert doc.text == text, name
     assert partition_bytes(text.encode("cp1252"), "x.txt").parser["encoding"] == "cp1252"
-    html = ('<html><head><meta charset="iso-8859-1"></head>'
-            "<body><p>Gr\xfc\xdfe aus M\xfcnchen, sch\xf6ne Tage!</p></body></html>")
+    html = (
+        '<html><head><meta charset="iso-8859-1"></head>'
+        "<body><p>Gr\xfc\xdfe aus M\xfcnchen, sch\xf6ne Tage!</p></body></html>"
+    )
     assert "Grüße aus München" in partition_bytes(html.encode("latin-1"), "x.html").text
 
 
@@ -228,7 +230,9 @@ def test_encrypted_pdf(tmp_path, corpus):
         if ok:  # an empty user password is how "protected" PDFs usually come: readable
             assert partition_bytes(out.getvalue(), "open.pdf").page_count == 3
         else:
-            _raises(lambda out=out: partition_bytes(out.getvalue(), "locked.pdf"), "locked.pdf", "encrypted", "password")
+            _raises(
+                lambda out=out: partition_bytes(out.getvalue(), "locked.pdf"), "locked.pdf", "encrypted", "password"
+            )
 
 
 def test_pdf_without_text_is_an_error(tmp_path):
@@ -242,7 +246,7 @@ def test_binary_with_a_txt_name(tmp_path):
     png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(2000))
     _raises(lambda: partition_path(png), "photo.txt", "binary")
     no_nul = tmp_path / "blob.txt"
-    no_nul.write_bytes(bytes(b for b in os.urandom(4000) if b) )
+    no_nul.write_bytes(bytes(b for b in os.urandom(4000) if b))
     _raises(lambda: partition_path(no_nul), "blob.txt", "binary")
     md = tmp_path / "tricky.md"
     md.write_bytes(b"# Title\n\nsome text\x00\x01\x02 with NULs")
@@ -394,7 +398,7 @@ def test_chunks_follow_sections_and_offsets(parsed):
     assert chunks[1].text.startswith("Exceptions")
     for c in chunks:
         assert isinstance(c, ChunkSpec)
-        assert doc.text[c.start_char:c.end_char] == c.text
+        assert doc.text[c.start_char : c.end_char] == c.text
         assert c.token_count <= 200
     assert chunks[1].metadata["section_path"] == ["Refund Policy", "Exceptions"]
     assert chunk_elements(doc.elements, 200) == chunks  # offsets are rebuilt from the elements alone
@@ -418,7 +422,7 @@ def test_chunks_are_token_bounded_with_a_custom_counter(parsed):
     for limit in (16, 40, 90):
         chunks = chunk_document(doc, max_tokens=limit, count_tokens=by_chars)
         assert all(c.token_count == by_chars(c.text) <= limit for c in chunks)
-        assert all(doc.text[c.start_char:c.end_char] == c.text for c in chunks)
+        assert all(doc.text[c.start_char : c.end_char] == c.text for c in chunks)
         covered = "".join(c.text for c in chunks).replace(" ", "").replace("\n", "")
         assert covered == doc.text.replace(" ", "").replace("\n", "")  # nothing lost
         assert all(c.metadata["page_start"] is not None for c in chunks)
@@ -439,7 +443,7 @@ def test_chunks_are_bounded_by_the_base_model_tokenizer(parsed):
         assert len(chunks) >= (2 if kind != "csv" else 1)
         for c in chunks:
             assert c.token_count == count(c.text) <= 48
-            assert doc.text[c.start_char:c.end_char] == c.text
+            assert doc.text[c.start_char : c.end_char] == c.text
 
 
 def test_headings_move_with_their_text_and_big_elements_split():
@@ -455,8 +459,12 @@ def test_headings_move_with_their_text_and_big_elements_split():
     assert all(c.token_count <= 20 for c in chunks)
     assert chunks[1].metadata["part"] == 1 and chunks[1].metadata["parts"] == 2
     assert texts[-1].startswith("Details\n\nbeta")
-    els2 = [Element("Head", "Title"), Element("a b c d e f g h", "NarrativeText"),
-            Element("Next", "Title"), Element("i j k l m n o p", "NarrativeText")]
+    els2 = [
+        Element("Head", "Title"),
+        Element("a b c d e f g h", "NarrativeText"),
+        Element("Next", "Title"),
+        Element("i j k l m n o p", "NarrativeText"),
+    ]
     chunks2 = chunk_elements(els2, max_tokens=10)
     assert [c.text for c in chunks2] == ["Head\n\na b c d e f g h", "Next\n\ni j k l m n o p"]
 
@@ -536,8 +544,17 @@ def test_document_keys_are_safe(tmp_path):
     k1 = document_key(root / "bad\nname.txt", root)
     k2 = document_key(root / "bad\rname.txt", root)
     assert k1.startswith("bad_name-") and k1.endswith(".txt") and k1 != k2
-    names = ["Travel policy (v2).pdf", "Grüße.md", "-dash.txt", ".env.md", "a/../b.txt", "x" * 300,
-             "x" * 200 + "/" + "y" * 200 + ".md", "naïve café/menu.html", "semi;colon&amp.txt"]
+    names = [
+        "Travel policy (v2).pdf",
+        "Grüße.md",
+        "-dash.txt",
+        ".env.md",
+        "a/../b.txt",
+        "x" * 300,
+        "x" * 200 + "/" + "y" * 200 + ".md",
+        "naïve café/menu.html",
+        "semi;colon&amp.txt",
+    ]
     keys = [document_key(root / n, root) for n in names]
     for key in keys:
         assert validate_document_id(key) == key and len(key) <= 255
@@ -583,10 +600,12 @@ print(json.dumps({"original": original, "cats": [e.category for e in doc.element
 def test_spacy_fix_works_offline_without_network():
     """A fresh interpreter with sockets disabled: the private constant exists, the patched model loads."""
     env = {k: v for k, v in os.environ.items() if k not in {"UNSTRUCTURED_DISABLE_NOTICE", "DO_NOT_TRACK"}}
-    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), http_proxy="http://127.0.0.1:9",
-               https_proxy="http://127.0.0.1:9")
-    out = subprocess.run([sys.executable, "-c", _OFFLINE_SCRIPT], capture_output=True, text=True, timeout=180,
-                         env=env, cwd=REPO)
+    env.update(
+        HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT], capture_output=True, text=True, timeout=180, env=env, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout  # no banner printed

@@ -144,7 +144,7 @@ def test_classify_and_backoff():
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     for i in range(5):
         d = backoff_seconds(i, base=1.0, cap=100.0)
-        assert 2 ** i / 2 <= d <= 2 ** i
+        assert 2**i / 2 <= d <= 2**i
 
 
 def test_execute_records_permanent_failure_once(store):

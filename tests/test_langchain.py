@@ -62,8 +62,14 @@ class TestVectorStoreStandard(VectorStoreIntegrationTests):
 @cache
 def _seeded_memory() -> ParametricMemory:
     mem = _memory("fake")
-    for i, text in enumerate(["Turtles can live for over 150 years.", "The vault code is 7342.",
-                              "Paris is the capital of France.", "Leave is 20 days per year."]):
+    for i, text in enumerate(
+        [
+            "Turtles can live for over 150 years.",
+            "The vault code is 7342.",
+            "Paris is the capital of France.",
+            "Leave is 20 days per year.",
+        ]
+    ):
         mem.add(text, document_id=f"doc{i}", namespace="retriever-suite", metadata={"i": i})
     return mem
 
@@ -209,16 +215,18 @@ def test_namespaces_are_isolated() -> None:
 def test_upsert_makes_a_new_version_and_keeps_metadata(store: ParametricMemoryVectorStore) -> None:
     store.add_texts(["Refunds within 30 days."], metadatas=[{"v": 1}], ids=["refund"])
     store.add_texts(["Refunds within 60 days."], metadatas=[{"v": 2}], ids=["refund"])
-    assert store.get_by_ids(["refund"]) == [Document(id="refund", page_content="Refunds within 60 days.",
-                                                     metadata={"v": 2})]
+    assert store.get_by_ids(["refund"]) == [
+        Document(id="refund", page_content="Refunds within 60 days.", metadata={"v": 2})
+    ]
     info = store.memory.get("refund", namespace=store.namespace)
     assert info.version is not None and info.version.number == 2 and info.version_count == 2
 
 
 def test_from_texts_and_as_retriever(tmp_path) -> None:
     emb = DeterministicFakeEmbedding(size=FAKE_DIM)
-    store = ParametricMemoryVectorStore.from_texts(["alpha fact", "beta fact"], emb, metadatas=[{"n": 1}, {"n": 2}],
-                                                   ids=["a", "b"], home=str(tmp_path / "h"))
+    store = ParametricMemoryVectorStore.from_texts(
+        ["alpha fact", "beta fact"], emb, metadatas=[{"n": 1}, {"n": 2}], ids=["a", "b"], home=str(tmp_path / "h")
+    )
     got = store.as_retriever(search_kwargs={"k": 1, "filter": {"n": 2}}).invoke("fact")
     assert [d.id for d in got] == ["b"]
     with pytest.raises(ValidationError, match="embeds with"):
@@ -260,7 +268,11 @@ def test_unstorable_metadata_is_a_clear_error(store: ParametricMemoryVectorStore
     import datetime
 
     with pytest.raises(ValidationError, match="metadata of text 1 cannot be stored"):
-        store.add_texts(["ok", "bad"], metadatas=[{"a": 1}, {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}], ids=["x", "y"])
+        store.add_texts(
+            ["ok", "bad"],
+            metadatas=[{"a": 1}, {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}],
+            ids=["x", "y"],
+        )
     assert store.get_by_ids(["x", "y"]) == []  # nothing was written
     with pytest.raises(ValidationError, match="got 1 ids for 2 texts"):
         store.add_texts(["a", "b"], ids=["only-one"])
@@ -272,8 +284,10 @@ def test_langchain_indexing_api_reindexes_only_changes(store: ParametricMemoryVe
 
     records = InMemoryRecordManager(namespace=store.namespace)
     records.create_schema()
-    docs = [Document(page_content="Refunds within 30 days.", metadata={"source": "refund.md"}),
-            Document(page_content="Laptops every 3 years.", metadata={"source": "it.md"})]
+    docs = [
+        Document(page_content="Refunds within 30 days.", metadata={"source": "refund.md"}),
+        Document(page_content="Laptops every 3 years.", metadata={"source": "it.md"}),
+    ]
     first = index(docs, records, store, cleanup="incremental", source_id_key="source", key_encoder="sha256")
     assert (first["num_added"], first["num_skipped"]) == (2, 0)
     changed = [Document(page_content="Refunds within 60 days.", metadata={"source": "refund.md"}), docs[1]]
@@ -283,19 +297,22 @@ def test_langchain_indexing_api_reindexes_only_changes(store: ParametricMemoryVe
     assert texts == ["Laptops every 3 years.", "Refunds within 60 days."]
 
 
-def test_document_id_and_version_filters_mean_what_they_mean_everywhere(store: ParametricMemoryVectorStore,
-                                                                        monkeypatch) -> None:
+def test_document_id_and_version_filters_mean_what_they_mean_everywhere(
+    store: ParametricMemoryVectorStore, monkeypatch
+) -> None:
     """Issue 14.7: ``document_id``/``version`` are the document's id and current version on every path."""
     from memory.retrieval import filters
 
     store.add_documents(_docs(), ids=["keep", "drop1", "drop2"])
-    store.add_documents([Document(page_content="Laptops are replaced every 4 years.", metadata={"team": "it"})],
-                        ids=["drop1"])  # version 2
+    store.add_documents(
+        [Document(page_content="Laptops are replaced every 4 years.", metadata={"team": "it"})], ids=["drop1"]
+    )  # version 2
     not_keep = {"document_id": {"$ne": "keep"}}
     assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter=not_keep)} == {"drop1", "drop2"}
     assert {d.id for d in store.similarity_search("refunds laptops", k=5, filter={"version": 2})} == {"drop1"}
     assert store.memory.document_ids_matching(not_keep, namespace=store.namespace) == ["drop1", "drop2"]
     monkeypatch.setattr(filters, "MAX_IN_LIST", 1)  # a broad filter is never turned into an id list
-    retriever = ParametricMemoryRetriever(memory=store.memory, namespace=store.namespace, mode="retrieval", k=5,
-                                          filter=not_keep)
+    retriever = ParametricMemoryRetriever(
+        memory=store.memory, namespace=store.namespace, mode="retrieval", k=5, filter=not_keep
+    )
     assert {d.metadata["document_id"] for d in retriever.invoke("refunds laptops")} == {"drop1", "drop2"}

@@ -107,26 +107,57 @@ def test_query_top_k_scores_and_ids(store: ParametricMemoryVectorStore) -> None:
         (MetadataFilters(filters=[MetadataFilter(key="year", value=2024, operator=FilterOperator.GTE)]), {"n1", "n2"}),
         (MetadataFilters(filters=[MetadataFilter(key="year", value=2024, operator=FilterOperator.LT)]), {"n3"}),
         (MetadataFilters(filters=[MetadataFilter(key="team", value="it", operator=FilterOperator.NE)]), {"n1", "n2"}),
-        (MetadataFilters(filters=[MetadataFilter(key="year", value=[2022, 2025], operator=FilterOperator.IN)]),
-         {"n2", "n3"}),
-        (MetadataFilters(filters=[MetadataFilter(key="year", value=[2022], operator=FilterOperator.NIN)]),
-         {"n1", "n2"}),
-        (MetadataFilters(filters=[MetadataFilter(key="tags", value="legal", operator=FilterOperator.CONTAINS)]),
-         {"n1"}),
-        (MetadataFilters(filters=[MetadataFilter(key="tags", value=["legal", "hardware"],
-                                                 operator=FilterOperator.ANY)]), {"n1", "n3"}),
-        (MetadataFilters(filters=[MetadataFilter(key="tags", value=["money", "legal"],
-                                                 operator=FilterOperator.ALL)]), {"n1"}),
-        (MetadataFilters(filters=[MetadataFilter(key="owner", value=None, operator=FilterOperator.IS_EMPTY)]),
-         {"n1", "n2", "n3"}),
-        (MetadataFilters(filters=[MetadataFilter(key="team", value="it"), MetadataFilter(key="year", value=2025)],
-                         condition=FilterCondition.OR), {"n2", "n3"}),
-        (MetadataFilters(filters=[MetadataFilter(key="team", value="it")], condition=FilterCondition.NOT),
-         {"n1", "n2"}),
-        (MetadataFilters(filters=[MetadataFilter(key="team", value="sales"),
-                                  MetadataFilters(filters=[MetadataFilter(key="year", value=2024),
-                                                           MetadataFilter(key="year", value=2022)],
-                                                  condition=FilterCondition.OR)]), {"n1"}),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="year", value=[2022, 2025], operator=FilterOperator.IN)]),
+            {"n2", "n3"},
+        ),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="year", value=[2022], operator=FilterOperator.NIN)]),
+            {"n1", "n2"},
+        ),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="tags", value="legal", operator=FilterOperator.CONTAINS)]),
+            {"n1"},
+        ),
+        (
+            MetadataFilters(
+                filters=[MetadataFilter(key="tags", value=["legal", "hardware"], operator=FilterOperator.ANY)]
+            ),
+            {"n1", "n3"},
+        ),
+        (
+            MetadataFilters(
+                filters=[MetadataFilter(key="tags", value=["money", "legal"], operator=FilterOperator.ALL)]
+            ),
+            {"n1"},
+        ),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="owner", value=None, operator=FilterOperator.IS_EMPTY)]),
+            {"n1", "n2", "n3"},
+        ),
+        (
+            MetadataFilters(
+                filters=[MetadataFilter(key="team", value="it"), MetadataFilter(key="year", value=2025)],
+                condition=FilterCondition.OR,
+            ),
+            {"n2", "n3"},
+        ),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="team", value="it")], condition=FilterCondition.NOT),
+            {"n1", "n2"},
+        ),
+        (
+            MetadataFilters(
+                filters=[
+                    MetadataFilter(key="team", value="sales"),
+                    MetadataFilters(
+                        filters=[MetadataFilter(key="year", value=2024), MetadataFilter(key="year", value=2022)],
+                        condition=FilterCondition.OR,
+                    ),
+                ]
+            ),
+            {"n1"},
+        ),
         ({"year": {"$gt": 2023}}, {"n1", "n2"}),
     ],
 )
@@ -142,16 +173,22 @@ def test_query_doc_ids_and_node_ids(store: ParametricMemoryVectorStore) -> None:
     store.add(_nodes())
     assert set(store.query(VectorStoreQuery(query_str="x", similarity_top_k=10, doc_ids=["it-handbook"])).ids) == {"n3"}
     assert set(store.query(VectorStoreQuery(query_str="x", similarity_top_k=10, node_ids=["n1", "n3"])).ids) == {
-        "n1", "n3"}
+        "n1",
+        "n3",
+    }
 
 
 @pytest.mark.parametrize(
     "filters, words",
     [
-        (MetadataFilters(filters=[MetadataFilter(key="team", value="sal", operator=FilterOperator.TEXT_MATCH)]),
-         "not supported"),
-        (MetadataFilters(filters=[MetadataFilter(key="tags", value="x", operator=FilterOperator.ANY)]),
-         "non-empty list"),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="team", value="sal", operator=FilterOperator.TEXT_MATCH)]),
+            "not supported",
+        ),
+        (
+            MetadataFilters(filters=[MetadataFilter(key="tags", value="x", operator=FilterOperator.ANY)]),
+            "non-empty list",
+        ),
         (MetadataFilters(filters=[MetadataFilter(key="namespace", value="other")]), "namespace"),
         ({"year": {"$between": [1, 2]}}, "unknown operator"),
     ],
@@ -186,11 +223,16 @@ def test_namespaces_are_isolated() -> None:
         a.add(_nodes())
         b.add([_node("secret", "The vault code is 7342.", "vault", team="sales")])
         everything = MetadataFilters(filters=[MetadataFilter(key="team", value="nobody", operator=FilterOperator.NE)])
-        assert set(a.query(VectorStoreQuery(query_str="vault code", similarity_top_k=10, filters=everything)).ids) \
-            == {"n1", "n2", "n3"}
+        assert set(a.query(VectorStoreQuery(query_str="vault code", similarity_top_k=10, filters=everything)).ids) == {
+            "n1",
+            "n2",
+            "n3",
+        }
         assert a.get_nodes(["secret"]) == []
-        assert set(a.query(VectorStoreQuery(query_str="vault", similarity_top_k=10, node_ids=["secret"])).ids or []) \
+        assert (
+            set(a.query(VectorStoreQuery(query_str="vault", similarity_top_k=10, node_ids=["secret"])).ids or [])
             == set()
+        )
         a.delete("vault")
         a.delete_nodes(["secret"])
         assert [n.node_id for n in b.get_nodes()] == ["secret"]
@@ -206,16 +248,19 @@ def test_vector_store_index_end_to_end() -> None:
     store = ParametricMemoryVectorStore(_memory("minilm"), namespace=f"e2e-{uuid.uuid4().hex[:8]}")
     try:
         index = VectorStoreIndex.from_documents(
-            [Document(text="Turtles can live for over 150 years.", doc_id="turtles", metadata={"topic": "animals"}),
-             Document(text="The office vault code is 7342.", doc_id="vault", metadata={"topic": "security"}),
-             Document(text="Paris is the capital of France.", doc_id="paris", metadata={"topic": "geography"})],
+            [
+                Document(text="Turtles can live for over 150 years.", doc_id="turtles", metadata={"topic": "animals"}),
+                Document(text="The office vault code is 7342.", doc_id="vault", metadata={"topic": "security"}),
+                Document(text="Paris is the capital of France.", doc_id="paris", metadata={"topic": "geography"}),
+            ],
             storage_context=StorageContext.from_defaults(vector_store=store),
             embed_model=DeferredEmbedding(),
         )
         hits = index.as_retriever(similarity_top_k=1).retrieve("How old can a turtle get?")
         assert hits[0].node.ref_doc_id == "turtles" and "150 years" in hits[0].node.get_content()
-        geo = index.as_retriever(similarity_top_k=3, filters=MetadataFilters(
-            filters=[MetadataFilter(key="topic", value="geography")])).retrieve("turtles")
+        geo = index.as_retriever(
+            similarity_top_k=3, filters=MetadataFilters(filters=[MetadataFilter(key="topic", value="geography")])
+        ).retrieve("turtles")
         assert [h.node.ref_doc_id for h in geo] == ["paris"]
         # a second index over the same store (from_vector_store) sees the same nodes
         again = store.as_index().as_retriever(similarity_top_k=1).retrieve("What is the vault code?")
@@ -223,8 +268,10 @@ def test_vector_store_index_end_to_end() -> None:
         answer = index.as_query_engine(llm=MockLLM(max_tokens=4), similarity_top_k=1).query("vault code?")
         assert answer.source_nodes and answer.source_nodes[0].node.ref_doc_id == "vault"
         index.delete_ref_doc("vault")
-        assert all(h.node.ref_doc_id != "vault"
-                   for h in index.as_retriever(similarity_top_k=3).retrieve("What is the vault code?"))
+        assert all(
+            h.node.ref_doc_id != "vault"
+            for h in index.as_retriever(similarity_top_k=3).retrieve("What is the vault code?")
+        )
     finally:
         store.clear()
 
@@ -232,8 +279,13 @@ def test_vector_store_index_end_to_end() -> None:
 # ============================================================================ retriever, LLM, memory block
 def test_retriever_retrieval_mode_reports_mode_and_reason(store: ParametricMemoryVectorStore) -> None:
     store.add(_nodes())
-    r = ParametricMemoryRetriever(store.memory, namespace=store.namespace, mode="retrieval", similarity_top_k=2,
-                                  filters=MetadataFilters(filters=[MetadataFilter(key="team", value="sales")]))
+    r = ParametricMemoryRetriever(
+        store.memory,
+        namespace=store.namespace,
+        mode="retrieval",
+        similarity_top_k=2,
+        filters=MetadataFilters(filters=[MetadataFilter(key="team", value="sales")]),
+    )
     got = r.retrieve("refund")
     assert {n.node.metadata["document_id"] for n in got} == {"n1", "n2"}
     assert all(n.node.metadata["mode"] == "retrieval" and n.node.metadata["reason"] for n in got)
@@ -247,9 +299,10 @@ def test_retriever_retrieval_mode_reports_mode_and_reason(store: ParametricMemor
 
 
 def test_filter_translation() -> None:
-    f = MetadataFilters(filters=[MetadataFilter(key="a", value=1), MetadataFilter(key="b", value=[1, 2],
-                                                                                   operator=FilterOperator.IN)],
-                        condition=FilterCondition.OR)
+    f = MetadataFilters(
+        filters=[MetadataFilter(key="a", value=1), MetadataFilter(key="b", value=[1, 2], operator=FilterOperator.IN)],
+        condition=FilterCondition.OR,
+    )
     assert to_memory_filter(f) == {"$or": [{"a": {"$eq": 1}}, {"b": {"$in": [1, 2]}}]}
     assert to_memory_filter(None) is None
     with pytest.raises(ValidationError, match="MetadataFilters or a dict"):
@@ -267,8 +320,10 @@ def test_llm_metadata_without_loading_the_model() -> None:
 
 def test_memory_block_stores_flushed_conversation(store: ParametricMemoryVectorStore) -> None:
     block = ParametricMemoryBlock(memory=store.memory, namespace=store.namespace)
-    msgs = [ChatMessage(role=MessageRole.USER, content="My locker number is 42."),
-            ChatMessage(role=MessageRole.ASSISTANT, content="Noted: locker 42.")]
+    msgs = [
+        ChatMessage(role=MessageRole.USER, content="My locker number is 42."),
+        ChatMessage(role=MessageRole.ASSISTANT, content="Noted: locker 42."),
+    ]
     asyncio.run(block.aput(msgs, from_short_term_memory=True, session_id="s1"))
     (doc,) = [d for d in store.memory.list(namespace=store.namespace) if d.metadata.get("kind") == "conversation"]
     assert doc.metadata["session_id"] == "s1"
@@ -295,8 +350,12 @@ def test_llm_complete_stream_and_chat(model_home: str, monkeypatch) -> None:
     pieces = list(llm.stream_complete("What is the capital of France?"))
     assert pieces[-1].text == done.text  # greedy: streaming yields the same completion
     assert "".join(p.delta or "" for p in pieces) == done.text
-    chat = llm.chat([ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
-                     ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
+    chat = llm.chat(
+        [
+            ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
+            ChatMessage(role=MessageRole.USER, content="What is the capital of France?"),
+        ]
+    )
     assert chat.message.role == MessageRole.ASSISTANT and chat.message.content
 
 
@@ -306,8 +365,9 @@ def test_memory_block_in_agent_memory_receives_flushed_messages() -> None:
 
     ns = f"agent-{uuid.uuid4().hex[:8]}"
     block = ParametricMemoryBlock(memory=_memory("fake"), namespace=ns)
-    chat_memory = Memory.from_defaults(session_id="s1", token_limit=60, chat_history_token_ratio=0.5,
-                                       token_flush_size=20, memory_blocks=[block])
+    chat_memory = Memory.from_defaults(
+        session_id="s1", token_limit=60, chat_history_token_ratio=0.5, token_flush_size=20, memory_blocks=[block]
+    )
     for i in range(6):
         chat_memory.put(ChatMessage(role=MessageRole.USER, content=f"Fact {i}: my locker is {40 + i}."))
         chat_memory.put(ChatMessage(role=MessageRole.ASSISTANT, content=f"Noted fact {i}."))
@@ -338,9 +398,13 @@ _NOT_KEEP = MetadataFilters(filters=[MetadataFilter(key="document_id", value="ke
 
 
 def _keep_and_others(store: ParametricMemoryVectorStore) -> None:
-    store.add([_node("keep", "Refunds are accepted within 30 days.", "policy", team="sales"),
-               _node("drop1", "Refund requests need the receipt.", "policy", team="sales"),
-               _node("drop2", "Laptops are replaced every 3 years.", "it-handbook", team="it")])
+    store.add(
+        [
+            _node("keep", "Refunds are accepted within 30 days.", "policy", team="sales"),
+            _node("drop1", "Refund requests need the receipt.", "policy", team="sales"),
+            _node("drop2", "Laptops are replaced every 3 years.", "it-handbook", team="it"),
+        ]
+    )
 
 
 def test_document_id_filter_means_the_same_in_query_get_and_delete(store: ParametricMemoryVectorStore) -> None:
@@ -359,8 +423,9 @@ def test_a_broad_filter_selects_by_query_not_by_an_id_list(store: ParametricMemo
 
     _keep_and_others(store)
     monkeypatch.setattr(filters, "MAX_IN_LIST", 1)  # any id list built from the 2 matches would now be refused
-    retriever = ParametricMemoryRetriever(store.memory, namespace=store.namespace, mode="retrieval",
-                                          filters=_NOT_KEEP, similarity_top_k=5)
+    retriever = ParametricMemoryRetriever(
+        store.memory, namespace=store.namespace, mode="retrieval", filters=_NOT_KEEP, similarity_top_k=5
+    )
     assert {n.node.metadata["document_id"] for n in retriever.retrieve("refunds")} == {"drop1", "drop2"}
     store.delete_nodes(filters=_NOT_KEEP)
     assert [n.node_id for n in store.get_nodes()] == ["keep"]
@@ -373,8 +438,9 @@ def test_parametric_path_filter_excludes_documents(store: ParametricMemoryVector
 
     _keep_and_others(store)
     monkeypatch.setattr(filters, "MAX_IN_LIST", 1)
-    retriever = ParametricMemoryRetriever(store.memory, namespace=store.namespace, mode="hybrid",
-                                          filters=_NOT_KEEP, similarity_top_k=3)
+    retriever = ParametricMemoryRetriever(
+        store.memory, namespace=store.namespace, mode="hybrid", filters=_NOT_KEEP, similarity_top_k=3
+    )
     nodes = retriever.retrieve("How long are refunds accepted?")
     chunk_docs = {n.node.metadata["document_id"] for n in nodes if "document_id" in n.node.metadata}
     assert chunk_docs and "keep" not in chunk_docs

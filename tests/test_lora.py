@@ -46,7 +46,9 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval().requires_grad_(False)
 
 
-def random_adapter(model: torch.nn.Module, rank: int, targets=TARGETS, seed: int = 1, layers=None, fp: str = FP) -> LoraAdapter:
+def random_adapter(
+    model: torch.nn.Module, rank: int, targets=TARGETS, seed: int = 1, layers=None, fp: str = FP
+) -> LoraAdapter:
     g = torch.Generator().manual_seed(seed)
     weights = {}
     for name, mod in model.named_modules():
@@ -118,7 +120,8 @@ def test_mixed_batch_equals_rows_one_by_one(model, ids):
 def test_apply_lora_batched_equals_per_row_objects(model, ids):
     ads = [random_adapter(model, 4, seed=s) for s in (7, 8, 9)]
     stacked = {
-        p: (torch.stack([ad.weights[p][0] for ad in ads]), torch.stack([ad.weights[p][1] for ad in ads])) for p in ads[0].weights
+        p: (torch.stack([ad.weights[p][0] for ad in ads]), torch.stack([ad.weights[p][1] for ad in ads]))
+        for p in ads[0].weights
     }
     with torch.no_grad(), apply_lora_batched(model, stacked):
         out = model(input_ids=ids).logits
@@ -186,7 +189,9 @@ def test_bytes_round_trip_and_corruption(model, ids):
 def test_peft_round_trip_identical_logits(model, ids, tmp_path):
     from peft import PeftModel
 
-    ad = concat([random_adapter(model, 4, seed=21), random_adapter(model, 2, targets=("mlp.down_proj",), seed=22, layers={0})])
+    ad = concat(
+        [random_adapter(model, 4, seed=21), random_adapter(model, 2, targets=("mlp.down_proj",), seed=22, layers={0})]
+    )
     save_peft(ad, tmp_path, "tiny-llama")
     pm = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path)).eval()
     with torch.no_grad():
@@ -220,7 +225,7 @@ def test_error_cases(model, ids, tmp_path):
         pytest.raises(AdapterMismatchError, match=r"another|made for"),
         apply_lora(base, random_adapter(base.model, 2, fp="other-model@123")),
     ):
-            pass
+        pass
     with apply_lora(model, random_adapter(model, 2, fp="other-model@123")):
         pass  # a bare module has no fingerprint: only the shapes are checked
     bad = {"model.layers.0.mlp.down_proj": (torch.zeros(2, 5), torch.zeros(32, 2))}

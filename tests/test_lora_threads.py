@@ -66,8 +66,8 @@ def test_interleaved_contexts_do_not_leak_into_each_other():
     for t in threads:
         t.join(10)
     assert not errors, errors
-    assert torch.equal(got["a"], alone[1]), (got["a"] - alone[1])
-    assert torch.equal(got["b"], alone[3]), (got["b"] - alone[3])
+    assert torch.equal(got["a"], alone[1]), got["a"] - alone[1]
+    assert torch.equal(got["b"], alone[3]), got["b"] - alone[3]
     assert torch.equal(net(x), base_out), f"leftover delta {(net(x) - base_out).abs().max().item()}"
 
 

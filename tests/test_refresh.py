@@ -104,7 +104,8 @@ def test_a_file_removed_from_a_refreshed_directory_loses_its_document(mem, tmp_p
     assert [f["source"] for f in report.failed] == [str(broken)]
     assert sorted(d.id for d in mem.list()) == ["current.md", "manual.md", "sub/notes.txt"]
     assert [h.document_id for h in mem.search("first class travel", k=5)] != [] and all(
-        h.document_id != "old-policy.md" for h in mem.search("first class travel", k=5))
+        h.document_id != "old-policy.md" for h in mem.search("first class travel", k=5)
+    )
     assert mem.gc(dry_run=True) == []  # its blobs went with it
     assert refresh_sources(mem, force=True, enqueue=lambda vid: None).removed == []  # nothing left to remove
 
@@ -147,6 +148,7 @@ def test_refresh_reinternalizes_and_rollback_restores_the_old_adapter(mem, tmp_p
     # the file still says v2: the next refresh makes v2 current again, reusing its adapter (no new job)
     job = submit_refresh(mem, force=True)
     assert [(c["document"], c["version"], c["status"]) for c in job.result["changed"]] == [
-        ("refunds.md", 2, "restored")]
+        ("refunds.md", 2, "restored")
+    ]
     adapters = {a.version: a for a in mem.adapters(document_id="refunds.md")}
     assert adapters[2].status == "ready" and len(adapters) == 2

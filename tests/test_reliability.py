@@ -102,10 +102,18 @@ def test_re_adding_the_text_repairs_a_corrupt_blob(mem):
 
 
 # ---------------------------------------------------------------- 14.4 metadata that JSON cannot hold
-@pytest.mark.parametrize("bad", [
-    {"score": float("nan")}, {"score": float("inf")}, {"nested": {"x": [1, float("-inf")]}},
-    {"tags": {"a", "b"}}, {"raw": b"bytes"}, {1: "int key"}, {"when": object()},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"score": float("nan")},
+        {"score": float("inf")},
+        {"nested": {"x": [1, float("-inf")]}},
+        {"tags": {"a", "b"}},
+        {"raw": b"bytes"},
+        {1: "int key"},
+        {"when": object()},
+    ],
+)
 def test_metadata_json_cannot_hold_is_refused_and_search_keeps_working(backend_settings, bad):
     mem = ParametricMemory(backend_settings, embedder=BagOfWords())
     mem.add("Refunds are accepted within 30 days.", document_id="ok", metadata={"team": "support"})
@@ -153,9 +161,12 @@ def secret_settings(pg_url, tmp_path):
 
     url = pg_url.replace("postgres@", f"postgres:{SECRET}@")
     migrate.upgrade(url)
-    return Settings.from_env(home=tmp_path / "h", database_url=url,
-                             broker_url=f"redis://:{SECRET}@127.0.0.1:6399/0",
-                             blob_url=str(tmp_path / "blobs"))
+    return Settings.from_env(
+        home=tmp_path / "h",
+        database_url=url,
+        broker_url=f"redis://:{SECRET}@127.0.0.1:6399/0",
+        blob_url=str(tmp_path / "blobs"),
+    )
 
 
 def test_chat_model_and_llm_never_show_the_urls_passwords(secret_settings):
@@ -168,10 +179,19 @@ def test_chat_model_and_llm_never_show_the_urls_passwords(secret_settings):
 
     mem = ParametricMemory(secret_settings)
     assert SECRET not in repr(secret_settings) and "***" in repr(secret_settings)
-    for obj in (ParametricChatModel(memory=mem, settings=secret_settings, max_tokens=8),
-                ParametricChatModel(settings=secret_settings)):
-        shown = [repr(obj), str(obj), str(obj.model_dump()), json.dumps(dumpd(obj), default=str), dumps(obj),
-                 obj.model_dump_json(), str(obj._identifying_params)]
+    for obj in (
+        ParametricChatModel(memory=mem, settings=secret_settings, max_tokens=8),
+        ParametricChatModel(settings=secret_settings),
+    ):
+        shown = [
+            repr(obj),
+            str(obj),
+            str(obj.model_dump()),
+            json.dumps(dumpd(obj), default=str),
+            dumps(obj),
+            obj.model_dump_json(),
+            str(obj._identifying_params),
+        ]
         assert not [s for s in shown if SECRET in s]
     llm = ParametricLLM(memory=mem, settings=secret_settings)
     shown = [repr(llm), str(llm), str(llm.model_dump()), llm.model_dump_json(), llm.to_json(), str(llm.metadata)]
@@ -207,8 +227,9 @@ def _pmem(*args: str, input: bytes | None = None, env: dict | None = None):
     from pathlib import Path
 
     exe = str(Path(sys.executable).parent / "pmem")
-    return subprocess.run([exe, *args], input=input, capture_output=True, timeout=180,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [exe, *args], input=input, capture_output=True, timeout=180, env={**os.environ, **(env or {})}
+    )
 
 
 def test_pmem_add_dir_reports_failed_files_and_exits_1(tmp_path):
@@ -240,9 +261,13 @@ def test_pmem_add_stdin_is_bounded(tmp_path):
 
     endless = subprocess.Popen(["yes", "word"], stdout=subprocess.PIPE)
     try:
-        p = subprocess.run([str(Path(sys.executable).parent / "pmem"), "add", "-", "--id", "big"],
-                           stdin=endless.stdout, capture_output=True, timeout=90,
-                           env={**os.environ, "PMEM_MAX_DOCUMENT_BYTES": "100000"})
+        p = subprocess.run(
+            [str(Path(sys.executable).parent / "pmem"), "add", "-", "--id", "big"],
+            stdin=endless.stdout,
+            capture_output=True,
+            timeout=90,
+            env={**os.environ, "PMEM_MAX_DOCUMENT_BYTES": "100000"},
+        )
     finally:
         endless.kill()
         endless.wait()
@@ -259,8 +284,9 @@ def test_pmem_ingest_json_with_the_broker_down_is_a_json_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp_path / "a.txt").write_text("Visitors park on level two.\n")
-    p = _pmem("ingest", str(tmp_path / "a.txt"), "--json",
-              env={"PMEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{port}/0"})
+    p = _pmem(
+        "ingest", str(tmp_path / "a.txt"), "--json", env={"PMEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{port}/0"}
+    )
     assert p.returncode == 2 and b"Traceback" not in p.stderr, p.stderr[-2000:]
     err = json.loads(p.stdout.splitlines()[-1])
     assert "unreachable" in err["error"] and SECRET not in p.stdout.decode() + p.stderr.decode()
@@ -334,8 +360,10 @@ def _flate_pdf(pages: list[bytes]) -> bytes:
     for content in pages:
         z = zlib.compress(content, 9)
         objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(z) + z + b"\nendstream")
-        objects.append(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 1 0 R >> >>"
-                       b" /Contents %d 0 R >>" % (pages_id, len(objects)))
+        objects.append(
+            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 1 0 R >> >>"
+            b" /Contents %d 0 R >>" % (pages_id, len(objects))
+        )
         kids.append(len(objects))
     objects.append(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids)))
     objects.append(b"<< /Type /Catalog /Pages %d 0 R >>" % len(objects))
@@ -349,7 +377,9 @@ def _flate_pdf(pages: list[bytes]) -> bytes:
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for off in offsets:
         out.write(b"%010d 00000 n \n" % off)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, len(objects), xref))
+    out.write(
+        b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, len(objects), xref)
+    )
     return out.getvalue()
 
 
@@ -434,11 +464,17 @@ def tiny_mem(tmp_path):
     return mem
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"question": "x" * 100_000}, "question is"),
-    ({"k": 0}, "k must be"), ({"k": 10**6}, "k must be"), ({"k": True}, "k must be"),
-    ({"max_new_tokens": 10**7}, "max_new_tokens must be"), ({"max_new_tokens": 0}, "max_new_tokens must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"question": "x" * 100_000}, "question is"),
+        ({"k": 0}, "k must be"),
+        ({"k": 10**6}, "k must be"),
+        ({"k": True}, "k must be"),
+        ({"max_new_tokens": 10**7}, "max_new_tokens must be"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be"),
+    ],
+)
 def test_query_bounds_question_k_and_max_new_tokens(tiny_mem, kwargs, match):
     args = {"question": "what opens the vault?", **kwargs}
     with pytest.raises(ValidationError, match=match):
@@ -470,7 +506,7 @@ def test_mean_logprob_runs_the_vocabulary_head_on_the_answer_positions_only(tiny
         hook.remove()
     assert rows == [len(answer) + 1]
     with torch.no_grad():  # the reference: every position's logits
-        logits = base.forward(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1].float()
+        logits = base.forward(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1].float()
     want = float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(answer)[:, None]).mean())
     assert got == pytest.approx(want, abs=1e-5)
 
@@ -542,8 +578,18 @@ def test_training_resume_refuses_a_state_that_runs_code(tmp_path):
     net(torch.ones(1, 4)).sum().backward()
     opt.step()
     good = tmp_path / "state.pt"
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": 3, "best": float("inf"), "elapsed": 1.5,
-                "rng": random.Random(1).getstate(), "args": {"out": pathlib.Path("/tmp/run"), "lr": 1e-3}}, good)
+    torch.save(
+        {
+            "net": net.state_dict(),
+            "opt": opt.state_dict(),
+            "step": 3,
+            "best": float("inf"),
+            "elapsed": 1.5,
+            "rng": random.Random(1).getstate(),
+            "args": {"out": pathlib.Path("/tmp/run"), "lr": 1e-3},
+        },
+        good,
+    )
     state = load_resume_state(good)
     assert state["step"] == 3 and torch.equal(state["net"]["weight"], net.state_dict()["weight"])
     opt.load_state_dict(state["opt"])

@@ -104,15 +104,19 @@ def test_redis_restart_with_internalizations_queued_running_and_retrying(cluster
     for i, name in enumerate(names):
         mem.add(f"Fact number {i}: locker {i} opens with code {1000 + i}.", document_id=name)
     marks = tmp_path / "marks"
-    first = cluster.worker(PMEM_WORKER_INTERNALIZER=FLAKY, PMEM_TEST_SLEEP_S="600", PMEM_RETRY_BASE_S="60",
-                           PMEM_TEST_MARKERS=str(marks)).wait_ready()
+    first = cluster.worker(
+        PMEM_WORKER_INTERNALIZER=FLAKY, PMEM_TEST_SLEEP_S="600", PMEM_RETRY_BASE_S="60", PMEM_TEST_MARKERS=str(marks)
+    ).wait_ready()
     jobs = [submit_internalize(mem, version_id_for(mem, "default", n, 1)) for n in names]
 
     def states() -> list[str]:
         return [store.get(j.id).state for j in jobs]
 
-    wait_for(lambda: "retrying" in states() and "running" in states() and markers(marks), 90,
-             "one job retrying and one running")
+    wait_for(
+        lambda: "retrying" in states() and "running" in states() and markers(marks),
+        90,
+        "one job retrying and one running",
+    )
     first.kill()
     cluster.redis.restart()  # queued, unacknowledged and scheduled messages: all gone
     assert sorted(states()) == ["queued", "queued", "retrying", "running"]
@@ -143,8 +147,10 @@ def test_worker_ingests_only_under_its_allowed_roots(cluster, tmp_path):
     mem = cluster.memory()
     store = JobStore.for_memory(mem)
     cluster.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0", PMEM_INGEST_ROOTS=str(allowed)).wait_ready()
-    jobs = {spec: submit_ingest(mem, spec, internalize=False)
-            for spec in (str(allowed), str(secret / "key.txt"), str(allowed / "escape"), str(allowed / ".." / "secret"))}
+    jobs = {
+        spec: submit_ingest(mem, spec, internalize=False)
+        for spec in (str(allowed), str(secret / "key.txt"), str(allowed / "escape"), str(allowed / ".." / "secret"))
+    }
 
     def done():
         return all(store.get(j.id).state in ("succeeded", "failed") for j in jobs.values())

@@ -48,7 +48,9 @@ def brute_force(vectors: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | N
     return [int(rows[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-def make_index(n: int, dim: int, *, backend: str = "exact", namespace: str = "ns", seed: int = 0) -> tuple[VectorIndex, np.ndarray]:
+def make_index(
+    n: int, dim: int, *, backend: str = "exact", namespace: str = "ns", seed: int = 0
+) -> tuple[VectorIndex, np.ndarray]:
     x = clustered(n, dim, seed)
     idx = VectorIndex(dim, backend=backend)  # type: ignore[arg-type]
     meta = [{"i": i, "parity": "even" if i % 2 == 0 else "odd", "tags": [f"t{i % 7}"]} for i in range(n)]
@@ -111,14 +113,44 @@ def test_column_evaluation_agrees_with_row_evaluation():
     """On mixed-type metadata (missing fields, bools, ints, floats, strings, lists, None) both evaluators agree."""
     rng = np.random.default_rng(0)
     ns = 1_700_000_000_000_000_000  # a nanosecond timestamp: beyond float64's exact integers
-    pool = [True, False, 0, 1, 2, 1.0, 2.5, float("nan"), "a", "b", "1", None, ["a", 1], [True], {"x": 1}, ns, ns + 1, 10**400]
+    pool = [
+        True,
+        False,
+        0,
+        1,
+        2,
+        1.0,
+        2.5,
+        float("nan"),
+        "a",
+        "b",
+        "1",
+        None,
+        ["a", 1],
+        [True],
+        {"x": 1},
+        ns,
+        ns + 1,
+        10**400,
+    ]
     rows = [{f: pool[rng.integers(len(pool))] for f in ("f", "g") if rng.random() < 0.8} for _ in range(400)]
     big_in = {"f": {"$in": [*range(30), "a"]}}
-    for flt, _ in FILTER_CASES + [({"f": v}, None) for v in (True, 1, 1.0, "a", None)] + [
-        ({"f": {"$gt": 0.5}}, None), ({"g": {"$lte": "a"}}, None), ({"f": {"$contains": 1}}, None),
-        ({"$or": [{"f": {"$ne": 1}}, {"g": {"$nin": ["a", None]}}]}, None), (big_in, None), ({"$not": big_in}, None),
-        ({"f": {"$gt": ns}}, None), ({"f": {"$lte": ns}}, None), ({"g": ns + 1}, None), ({"f": {"$gte": 10**300}}, None),
-    ]:
+    for flt, _ in (
+        FILTER_CASES
+        + [({"f": v}, None) for v in (True, 1, 1.0, "a", None)]
+        + [
+            ({"f": {"$gt": 0.5}}, None),
+            ({"g": {"$lte": "a"}}, None),
+            ({"f": {"$contains": 1}}, None),
+            ({"$or": [{"f": {"$ne": 1}}, {"g": {"$nin": ["a", None]}}]}, None),
+            (big_in, None),
+            ({"$not": big_in}, None),
+            ({"f": {"$gt": ns}}, None),
+            ({"f": {"$lte": ns}}, None),
+            ({"g": ns + 1}, None),
+            ({"f": {"$gte": 10**300}}, None),
+        ]
+    ):
         compiled = compile_filter(flt)
         expected = [compiled(md) for md in rows]
         assert compiled.mask(lambda f: build_column(rows, f), len(rows)).tolist() == expected, flt
@@ -322,7 +354,9 @@ def test_ann_with_filters_overfetch_and_fallback(monkeypatch):
         assert len(hits) == 5 and all(h.metadata["parity"] == 1 for h in hits)
         recall.append(len({h.id for h in hits} & {f"id{r}" for r in brute_force(x, q, 5, odd)}) / 5)
         rare = {"i": {"$in": [7, 1234, 2999]}}  # 3 of 3000 rows: exact scan of the subset
-        assert [h.id for h in idx.search(q, k=5, filter=rare)] == [f"id{r}" for r in brute_force(x, q, 5, np.array([7, 1234, 2999]))]
+        assert [h.id for h in idx.search(q, k=5, filter=rare)] == [
+            f"id{r}" for r in brute_force(x, q, 5, np.array([7, 1234, 2999]))
+        ]
     assert calls and calls[0] == 5 * idx.ann_params.overfetch * 2  # k * overfetch / selectivity (1/2)
     assert len(calls) >= 10 and np.mean(recall) >= 0.9
     # the graph cannot find matches hidden far away: over-fetch runs dry and the exact subset scan answers

@@ -15,8 +15,12 @@ def cand(doc, rel, ready=True, status="ready"):
 
 
 def test_auto_uses_adapters_of_relevant_documents_only():
-    route = decide("What is the vault code?", "auto",
-                   [cand("vault", 0.7), cand("cat", 0.1), cand("policy", 0.62), cand("misc", 0.3)], CFG)
+    route = decide(
+        "What is the vault code?",
+        "auto",
+        [cand("vault", 0.7), cand("cat", 0.1), cand("policy", 0.62), cand("misc", 0.3)],
+        CFG,
+    )
     assert route.mode == "parametric" and route.check_confidence
     assert route.adapter_documents == ["vault", "policy"]  # cat is irrelevant, misc far below the best
     assert "vault" in route.reason and "0.70" in route.reason
@@ -57,8 +61,9 @@ def test_unknown_mode_is_an_error():
         decide("q", "psychic", [], CFG)
 
 
-@pytest.mark.parametrize("q", ["Give me the verbatim text of section 2", "What exactly does the policy say? Quote it.",
-                               "cite the clause"])
+@pytest.mark.parametrize(
+    "q", ["Give me the verbatim text of section 2", "What exactly does the policy say? Quote it.", "cite the clause"]
+)
 def test_verbatim_detection(q):
     assert wants_verbatim(q)
 
@@ -99,11 +104,19 @@ def test_every_name_and_number_of_the_answer_must_be_in_the_passages():
 
 
 # ---------------------------------------------------------------------------- degenerate adapted answers
-@pytest.mark.parametrize("answer", [
-    "3333333333333333333333", "licororororororor", "Dindindindindin", "special special special special special",
-    "The code is 4242424242424242", "the the the the the the the the", "Zan Zan Zan Zan Zan Zan Zan",
-    "ab ab ab ab ab ab ab ab ab",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "3333333333333333333333",
+        "licororororororor",
+        "Dindindindindin",
+        "special special special special special",
+        "The code is 4242424242424242",
+        "the the the the the the the the",
+        "Zan Zan Zan Zan Zan Zan Zan",
+        "ab ab ab ab ab ab ab ab ab",
+    ],
+)
 def test_degenerate_answers_are_recognised(answer):
     from memory.router import degenerate
 
@@ -115,9 +128,21 @@ def test_real_answers_are_not_degenerate():
     from memory.router import degenerate
 
     answers = [a for it in suites.builtin(False) + suites.builtin(False, seed=2026) for a in it.answers]
-    answers += ["1,000,000", "10000", "2019-03-12", "Agnes Calloway", "It costs $12.50.", "Mississippi",
-                "The refund window is 30 days after purchase, or 60 days for members.", "ext. 4471", "Yes.",
-                "banana", "Committee on committees", "Tuesday and Thursday", ""]
+    answers += [
+        "1,000,000",
+        "10000",
+        "2019-03-12",
+        "Agnes Calloway",
+        "It costs $12.50.",
+        "Mississippi",
+        "The refund window is 30 days after purchase, or 60 days for members.",
+        "ext. 4471",
+        "Yes.",
+        "banana",
+        "Committee on committees",
+        "Tuesday and Thursday",
+        "",
+    ]
     flagged = [a for a in answers if degenerate(a)]
     assert not flagged, flagged
     assert len(answers) > 40

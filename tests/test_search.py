@@ -101,7 +101,8 @@ def test_delete_then_add_reusing_row_ids_is_not_served_stale(mem):
     assert mem.search("quarterly report", filter={"acl": "public"}) == []
     hits = mem.search("quarterly", k=5)
     assert [(h.document_id, h.metadata.get("acl"), h.text) for h in hits] == [
-        ("priv", "private", "quarterly salaries secret")]
+        ("priv", "private", "quarterly salaries secret")
+    ]
 
 
 def test_another_process_sees_every_change_at_its_next_search(mem):
@@ -132,9 +133,11 @@ def test_bad_queries(mem):
 def test_changing_the_embedder_re_embeds(mem):
     mem.add("the vault code", document_id="v")
     assert mem.search("vault")
+
     class Wider(BagOfWords):
         name = "bag-of-words"
         dim = 32
+
     mem.embedder = Wider()
     hits = mem.search("vault")
     assert hits and mem.embedder.dim == 32
@@ -190,8 +193,9 @@ def test_a_new_process_loads_the_saved_index_instead_of_rebuilding(local, monkey
     assert len(other.chunk_index.index) == 20  # loaded from disk
     added = []
     real_add = other.chunk_index.index.add
-    monkeypatch.setattr(other.chunk_index.index, "add",
-                        lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
+    monkeypatch.setattr(
+        other.chunk_index.index, "add", lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw))
+    )
     assert "f20" in exact_matches(other, "fact number 20")
     assert len(added) == 1  # only the missing document, not a rebuild
 
@@ -217,12 +221,29 @@ _KINDS = {
     "big": {"n": 2**60 + 1, "version": "draft", "document_id": "spoof"},
 }
 _FILTERS = [
-    {"n": 1}, {"n": {"$ne": 1}}, {"n": True}, {"n": None}, {"n": "1"}, {"n": {"$exists": False}},
-    {"n": {"$gt": 0.5}}, {"n": {"$gte": 2**60}}, {"n": {"$lt": float("inf")}}, {"n": {"$gt": float("-inf")}},
-    {"n": {"$in": [1, "1"]}}, {"n": {"$nin": [1, None]}}, {"s": {"$gt": "a"}}, {"s": {"$lte": "B"}},
-    {"tags": {"$contains": 1}}, {"tags": {"$contains": "y"}}, {"$not": {"n": 1}}, {"$or": [{"n": None}, {"s": "b"}]},
-    {"document_id": {"$in": ["big", "none"]}}, {"document_id": {"$ne": "int"}}, {"version": 1},
-    {"version": {"$gte": 2}}, {"$and": [{"n": {"$exists": True}}, {"$not": {"document_id": "list"}}]},
+    {"n": 1},
+    {"n": {"$ne": 1}},
+    {"n": True},
+    {"n": None},
+    {"n": "1"},
+    {"n": {"$exists": False}},
+    {"n": {"$gt": 0.5}},
+    {"n": {"$gte": 2**60}},
+    {"n": {"$lt": float("inf")}},
+    {"n": {"$gt": float("-inf")}},
+    {"n": {"$in": [1, "1"]}},
+    {"n": {"$nin": [1, None]}},
+    {"s": {"$gt": "a"}},
+    {"s": {"$lte": "B"}},
+    {"tags": {"$contains": 1}},
+    {"tags": {"$contains": "y"}},
+    {"$not": {"n": 1}},
+    {"$or": [{"n": None}, {"s": "b"}]},
+    {"document_id": {"$in": ["big", "none"]}},
+    {"document_id": {"$ne": "int"}},
+    {"version": 1},
+    {"version": {"$gte": 2}},
+    {"$and": [{"n": {"$exists": True}}, {"$not": {"document_id": "list"}}]},
 ]
 
 
@@ -252,10 +273,15 @@ def test_a_document_added_by_another_process_is_found_without_a_rebuild(mem, mon
     if idx is not None:  # in-process: count what the next search adds to the index
         real_add = idx.add
         monkeypatch.setattr(idx, "add", lambda ids, *a, **kw: (added.extend(ids), real_add(ids, *a, **kw)))
-    code = ("import sys; from memory.api import ParametricMemory; from memory.config import Settings; "
-            "m = ParametricMemory(Settings.from_env(home=sys.argv[1], database_url=sys.argv[2])); "
-            "m.add('the new agenda of the budget meeting', document_id='agenda')")
-    subprocess.run([sys.executable, "-c", code, str(mem.settings.home), mem.settings.resolved_database_url],
-                   check=True, timeout=300)
+    code = (
+        "import sys; from memory.api import ParametricMemory; from memory.config import Settings; "
+        "m = ParametricMemory(Settings.from_env(home=sys.argv[1], database_url=sys.argv[2])); "
+        "m.add('the new agenda of the budget meeting', document_id='agenda')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(mem.settings.home), mem.settings.resolved_database_url],
+        check=True,
+        timeout=300,
+    )
     assert "agenda" in {h.document_id for h in mem.search("budget meeting agenda", k=2)}
     assert len(added) == (1 if idx is not None else 0)  # one new chunk, no rebuild

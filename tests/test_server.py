@@ -65,8 +65,13 @@ def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: 
     else:
         ensure_schema(url, auto_migrate=True)
     store = KeyStore.for_url(url)
-    specs = {"admin": ("admin", ["*"]), "writer": ("write", [NS, MCP_NS, REMOTE_NS]), "reader": ("read", [NS]),
-             "other": ("write", [OTHER]), "revoked": ("write", [NS])}
+    specs = {
+        "admin": ("admin", ["*"]),
+        "writer": ("write", [NS, MCP_NS, REMOTE_NS]),
+        "reader": ("read", [NS]),
+        "other": ("write", [OTHER]),
+        "revoked": ("write", [NS]),
+    }
     created = {name: store.create(name, role=role, namespaces=nss) for name, (role, nss) in specs.items()}
     store.revoke(created["revoked"].info.key_id)
     root = tmp / "sources"
@@ -77,8 +82,15 @@ def _start(tmp: Path, model_cache: str, database_url: str | None = None, **env: 
     if database_url:
         extra["PMEM_DATABASE_URL"] = database_url
     proc = ServerProcess(server_env(home, **extra), tmp / "server.log").wait_ready()
-    return Served(proc.url, {k: c.secret for k, c in created.items()},
-                  {k: c.info.key_id for k, c in created.items()}, home, url, proc, root)
+    return Served(
+        proc.url,
+        {k: c.secret for k, c in created.items()},
+        {k: c.info.key_id for k, c in created.items()},
+        home,
+        url,
+        proc,
+        root,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -125,25 +137,44 @@ def test_every_resource(served: Served) -> None:
     assert served.call("GET", "/v1/me", key="writer").json()["role"] == "write"
 
     # documents: add, dedupe, new version, upload
-    r = served.call("POST", f"{base}/documents", key="writer",
-                    json={"text": "Leave policy: 20 days a year.", "document_id": "policy", "metadata": {"dept": "hr"}})
+    r = served.call(
+        "POST",
+        f"{base}/documents",
+        key="writer",
+        json={"text": "Leave policy: 20 days a year.", "document_id": "policy", "metadata": {"dept": "hr"}},
+    )
     assert r.status_code == 201 and r.json()["status"] == "created"
-    r = served.call("POST", f"{base}/documents", key="writer", json={"text": "Leave policy: 20 days a year.",
-                                                                     "document_id": "policy"})
+    r = served.call(
+        "POST",
+        f"{base}/documents",
+        key="writer",
+        json={"text": "Leave policy: 20 days a year.", "document_id": "policy"},
+    )
     assert r.json()["status"] == "unchanged"
-    r = served.call("POST", f"{base}/documents", key="writer", json={"text": "Leave policy: 25 days a year.",
-                                                                     "document_id": "policy"})
+    r = served.call(
+        "POST",
+        f"{base}/documents",
+        key="writer",
+        json={"text": "Leave policy: 25 days a year.", "document_id": "policy"},
+    )
     assert r.json()["status"] == "new_version" and r.json()["document"]["version"]["number"] == 2
-    r = served.call("POST", f"{base}/documents/upload", key="writer", data={"document_id": "guides/onboarding"},
-                    files={"file": ("onboarding.md", b"# Onboarding\n\nBadges are collected at the front desk.\n")})
+    r = served.call(
+        "POST",
+        f"{base}/documents/upload",
+        key="writer",
+        data={"document_id": "guides/onboarding"},
+        files={"file": ("onboarding.md", b"# Onboarding\n\nBadges are collected at the front desk.\n")},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["document"]["metadata"]["filetype"] == "md" and r.json()["document"]["id"] == "guides/onboarding"
 
     # list with paging and prefix; get; versions; diff; chunks; rollback
     page = served.call("GET", f"{base}/documents", key="reader", params={"limit": 1, "offset": 0}).json()
     assert len(page["documents"]) == 1
-    assert [d["id"] for d in served.call("GET", f"{base}/documents", key="reader",
-                                         params={"prefix": "guides/"}).json()["documents"]] == ["guides/onboarding"]
+    assert [
+        d["id"]
+        for d in served.call("GET", f"{base}/documents", key="reader", params={"prefix": "guides/"}).json()["documents"]
+    ] == ["guides/onboarding"]
     doc = served.call("GET", f"{base}/documents/policy", key="reader", params={"with_text": True}).json()
     assert doc["text"] == "Leave policy: 25 days a year." and doc["version"]["number"] == 2
     old = served.call("GET", f"{base}/documents/policy", key="reader", params={"version": 1}).json()
@@ -159,10 +190,13 @@ def test_every_resource(served: Served) -> None:
     assert r.status_code == 200 and r.json()["version"]["number"] == 1
 
     # search (with a metadata filter)
-    hits = served.call("POST", f"{base}/search", key="reader", json={"query": "leave policy days", "k": 3}).json()["hits"]
+    hits = served.call("POST", f"{base}/search", key="reader", json={"query": "leave policy days", "k": 3}).json()[
+        "hits"
+    ]
     assert hits[0]["document_id"] == "policy" and hits[0]["text"] == "Leave policy: 20 days a year."
-    hits = served.call("POST", f"{base}/search", key="reader",
-                       json={"query": "leave policy", "k": 5, "filter": {"dept": "hr"}}).json()["hits"]
+    hits = served.call(
+        "POST", f"{base}/search", key="reader", json={"query": "leave policy", "k": 5, "filter": {"dept": "hr"}}
+    ).json()["hits"]
     assert {h["document_id"] for h in hits} == {"policy"}
 
     # sources (admin, under the source root) -> ingest job; refresh job; jobs
@@ -198,11 +232,17 @@ def test_every_resource(served: Served) -> None:
     # namespaces, metrics, OpenAPI
     assert NS in served.call("GET", "/v1/namespaces").json()["namespaces"]
     metrics = served.call("GET", "/metrics", key=None).text
-    assert 'pmem_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{namespace}/documents"' in metrics
+    assert (
+        'pmem_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{namespace}/documents"' in metrics
+    )
     assert 'pmem_jobs{state="succeeded"}' in metrics and "pmem_generation_queue_depth" in metrics
     paths = served.call("GET", "/openapi.json", key=None).json()["paths"]
-    for p in ("/v1/namespaces/{namespace}/query", "/v1/namespaces/{namespace}/search",
-              "/v1/namespaces/{namespace}/adapters/{adapter_id}/peft", "/v1/namespaces/{namespace}/jobs/{job_id}"):
+    for p in (
+        "/v1/namespaces/{namespace}/query",
+        "/v1/namespaces/{namespace}/search",
+        "/v1/namespaces/{namespace}/adapters/{adapter_id}/peft",
+        "/v1/namespaces/{namespace}/jobs/{job_id}",
+    ):
         assert p in paths
 
 
@@ -210,9 +250,12 @@ def test_every_resource(served: Served) -> None:
 def test_auth_matrix(served: Served) -> None:
     base = f"/v1/namespaces/{NS}"
     served.call("POST", f"{base}/documents", key="admin", json={"text": "Auth matrix doc.", "document_id": "auth-doc"})
-    probes = [("GET", f"{base}/documents", {}), ("POST", f"{base}/search", {"json": {"query": "doc"}}),
-              ("POST", f"{base}/documents", {"json": {"text": "x y z", "document_id": "auth-new"}}),
-              ("DELETE", f"{base}/documents/auth-doc", {})]
+    probes = [
+        ("GET", f"{base}/documents", {}),
+        ("POST", f"{base}/search", {"json": {"query": "doc"}}),
+        ("POST", f"{base}/documents", {"json": {"text": "x y z", "document_id": "auth-new"}}),
+        ("DELETE", f"{base}/documents/auth-doc", {}),
+    ]
     for method, path, kw in probes:
         for key in (None, "pmk_000000000000_" + "A" * 43, "not-a-key", "revoked"):
             r = served.call(method, path, key=key, **kw)
@@ -221,14 +264,23 @@ def test_auth_matrix(served: Served) -> None:
     # read key: reads yes, writes no
     assert served.call("GET", f"{base}/documents", key="reader").status_code == 200
     assert served.call("POST", f"{base}/search", key="reader", json={"query": "doc"}).status_code == 200
-    for method, path, kw in [*probes[2:], ("POST", f"{base}/documents/auth-doc/rollback", {"json": {"version": 1}}),
-                             ("POST", f"{base}/feedback", {"json": {"query_id": 1, "score": 1}})]:
+    for method, path, kw in [
+        *probes[2:],
+        ("POST", f"{base}/documents/auth-doc/rollback", {"json": {"version": 1}}),
+        ("POST", f"{base}/feedback", {"json": {"query_id": 1, "score": 1}}),
+    ]:
         r = served.call(method, path, key="reader", **kw)
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (method, path)
     # write key: writes yes, admin-only sources no, other namespaces no
-    assert served.call("POST", f"{base}/documents", key="writer",
-                       json={"text": "written by the writer", "document_id": "auth-w"}).status_code == 201
-    assert served.call("POST", f"{base}/sources", key="writer", json={"spec": str(served.source_root)}).status_code == 403
+    assert (
+        served.call(
+            "POST", f"{base}/documents", key="writer", json={"text": "written by the writer", "document_id": "auth-w"}
+        ).status_code
+        == 201
+    )
+    assert (
+        served.call("POST", f"{base}/sources", key="writer", json={"spec": str(served.source_root)}).status_code == 403
+    )
     assert served.call("POST", "/v1/admin/gc", key="writer").status_code == 403
     assert served.call("GET", f"/v1/namespaces/{OTHER}/documents", key="writer").status_code == 403
     assert served.call("GET", f"{base}/documents", key="other").status_code == 403
@@ -259,9 +311,16 @@ def test_cross_namespace_probes_learn_nothing(served: Served) -> None:
     _wait_job(served, job["id"])
     # a key for another namespace: the same 403 whether the namespace, document or job exists or not
     answers = set()
-    for path in (f"{base}/documents/secret", f"{base}/documents/no-such-doc", "/v1/namespaces/no-such-ns/documents/secret",
-                 f"{base}/jobs/{job['id']}", f"{base}/jobs/99999999", f"{base}/adapters/1/peft",
-                 f"{base}/documents/secret/versions", f"{base}/documents/no-such-doc/versions"):
+    for path in (
+        f"{base}/documents/secret",
+        f"{base}/documents/no-such-doc",
+        "/v1/namespaces/no-such-ns/documents/secret",
+        f"{base}/jobs/{job['id']}",
+        f"{base}/jobs/99999999",
+        f"{base}/adapters/1/peft",
+        f"{base}/documents/secret/versions",
+        f"{base}/documents/no-such-doc/versions",
+    ):
         r = served.call("GET", path, key="other")
         answers.add((r.status_code, r.text))
     r = served.call("DELETE", f"{base}/documents/secret", key="other")
@@ -272,12 +331,17 @@ def test_cross_namespace_probes_learn_nothing(served: Served) -> None:
     mine = served.call("GET", f"/v1/namespaces/{OTHER}/jobs/{job['id']}", key="other")
     never = served.call("GET", f"/v1/namespaces/{OTHER}/jobs/99999999", key="other")
     assert mine.status_code == never.status_code == 404
-    assert mine.json()["error"]["message"].replace(str(job["id"]), "N") == \
-        never.json()["error"]["message"].replace("99999999", "N")
+    assert mine.json()["error"]["message"].replace(str(job["id"]), "N") == never.json()["error"]["message"].replace(
+        "99999999", "N"
+    )
     assert NS not in served.call("GET", "/v1/namespaces", key="other").json()["namespaces"]
     # search with a filter that names another namespace is refused, not widened
-    r = served.call("POST", f"/v1/namespaces/{OTHER}/search", key="other",
-                    json={"query": "secret plans", "filter": {"namespace": NS}})
+    r = served.call(
+        "POST",
+        f"/v1/namespaces/{OTHER}/search",
+        key="other",
+        json={"query": "secret plans", "filter": {"namespace": NS}},
+    )
     assert r.status_code == 422
 
 
@@ -288,43 +352,120 @@ def test_bad_input_gets_4xx_and_changes_nothing(served: Served) -> None:
     def state() -> tuple[Any, ...]:
         docs = served.call("GET", f"{base}/documents", params={"limit": 500}).json()["documents"]
         jobs = served.call("GET", f"{base}/jobs", params={"limit": 500}).json()["jobs"]
-        return (sorted((d["id"], d["version"]["number"]) for d in docs), len(jobs), _blob_count(served),
-                served.call("GET", "/v1/namespaces").json()["namespaces"])
+        return (
+            sorted((d["id"], d["version"]["number"]) for d in docs),
+            len(jobs),
+            _blob_count(served),
+            served.call("GET", "/v1/namespaces").json()["namespaces"],
+        )
 
     before = state()
     cases = [
-        ("oversized upload", "POST", f"{base}/documents/upload",
-         {"files": {"file": ("big.txt", b"word " * 300_000)}}, 413, "payload_too_large"),
-        ("oversized body", "POST", f"{base}/documents", {"json": {"text": "x" * (3 * 2**20)}}, 413, "payload_too_large"),
-        ("binary junk upload", "POST", f"{base}/documents/upload",
-         {"files": {"file": ("junk.txt", os.urandom(4096))}}, 422, None),
-        ("binary junk with a known type", "POST", f"{base}/documents/upload",
-         {"files": {"file": ("junk.pdf", os.urandom(4096))}}, 422, "unreadable_file"),
+        (
+            "oversized upload",
+            "POST",
+            f"{base}/documents/upload",
+            {"files": {"file": ("big.txt", b"word " * 300_000)}},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "oversized body",
+            "POST",
+            f"{base}/documents",
+            {"json": {"text": "x" * (3 * 2**20)}},
+            413,
+            "payload_too_large",
+        ),
+        (
+            "binary junk upload",
+            "POST",
+            f"{base}/documents/upload",
+            {"files": {"file": ("junk.txt", os.urandom(4096))}},
+            422,
+            None,
+        ),
+        (
+            "binary junk with a known type",
+            "POST",
+            f"{base}/documents/upload",
+            {"files": {"file": ("junk.pdf", os.urandom(4096))}},
+            422,
+            "unreadable_file",
+        ),
         ("empty upload", "POST", f"{base}/documents/upload", {"files": {"file": ("empty.md", b"")}}, 422, None),
         ("NUL bytes in text", "POST", f"{base}/documents", {"json": {"text": "a\x00b" * 100}}, 422, "invalid_input"),
         ("whitespace text", "POST", f"{base}/documents", {"json": {"text": "   \n  "}}, 422, "invalid_input"),
-        ("malformed JSON", "POST", f"{base}/documents",
-         {"content": b'{"text": "abc"', "headers": {"content-type": "application/json"}}, 400, "malformed_json"),
-        ("unknown field", "POST", f"{base}/documents", {"json": {"text": "fine text", "colour": "red"}}, 422,
-         "unknown_field"),
+        (
+            "malformed JSON",
+            "POST",
+            f"{base}/documents",
+            {"content": b'{"text": "abc"', "headers": {"content-type": "application/json"}},
+            400,
+            "malformed_json",
+        ),
+        (
+            "unknown field",
+            "POST",
+            f"{base}/documents",
+            {"json": {"text": "fine text", "colour": "red"}},
+            422,
+            "unknown_field",
+        ),
         ("wrong type", "POST", f"{base}/documents", {"json": {"text": 42}}, 422, "invalid_input"),
-        ("malicious id", "POST", f"{base}/documents", {"json": {"text": "fine text", "document_id": "../etc/passwd"}},
-         422, "invalid_input"),
-        ("bad namespace", "POST", "/v1/namespaces/Bad%20NS!/documents", {"json": {"text": "fine text"}}, 422,
-         "invalid_input"),
+        (
+            "malicious id",
+            "POST",
+            f"{base}/documents",
+            {"json": {"text": "fine text", "document_id": "../etc/passwd"}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "bad namespace",
+            "POST",
+            "/v1/namespaces/Bad%20NS!/documents",
+            {"json": {"text": "fine text"}},
+            422,
+            "invalid_input",
+        ),
         ("huge k search", "POST", f"{base}/search", {"json": {"query": "leave", "k": 10**9}}, 422, "invalid_input"),
         ("huge k query", "POST", f"{base}/query", {"json": {"question": "leave?", "k": 10**6}}, 422, "invalid_input"),
-        ("huge max_new_tokens", "POST", f"{base}/query", {"json": {"question": "leave?", "max_new_tokens": 10**6}},
-         422, "invalid_input"),
-        ("unknown mode", "POST", f"{base}/query", {"json": {"question": "leave?", "mode": "psychic"}}, 422,
-         "invalid_input"),
+        (
+            "huge max_new_tokens",
+            "POST",
+            f"{base}/query",
+            {"json": {"question": "leave?", "max_new_tokens": 10**6}},
+            422,
+            "invalid_input",
+        ),
+        (
+            "unknown mode",
+            "POST",
+            f"{base}/query",
+            {"json": {"question": "leave?", "mode": "psychic"}},
+            422,
+            "invalid_input",
+        ),
         ("empty question", "POST", f"{base}/query", {"json": {"question": ""}}, 422, "invalid_input"),
-        ("hostile filter", "POST", f"{base}/search", {"json": {"query": "x", "filter": {"$where": "1"}}}, 422,
-         "invalid_input"),
+        (
+            "hostile filter",
+            "POST",
+            f"{base}/search",
+            {"json": {"query": "x", "filter": {"$where": "1"}}},
+            422,
+            "invalid_input",
+        ),
         ("page too large", "GET", f"{base}/documents", {"params": {"limit": 10**6}}, 422, "invalid_input"),
         ("source outside the roots", "POST", f"{base}/sources", {"json": {"spec": "/etc"}}, 403, "forbidden"),
-        ("NaN score", "POST", f"{base}/feedback",
-         {"content": b'{"query_id": 1, "score": NaN}', "headers": {"content-type": "application/json"}}, 422, None),
+        (
+            "NaN score",
+            "POST",
+            f"{base}/feedback",
+            {"content": b'{"query_id": 1, "score": NaN}', "headers": {"content-type": "application/json"}},
+            422,
+            None,
+        ),
         ("unknown route", "GET", "/v1/nothing-here", {}, 404, "not_found"),
     ]
     for name, method, path, kw, status, code in cases:
@@ -362,10 +503,17 @@ def celery_served(tmp_path, model_cache, redis_url, pg_server_url) -> Any:
     srv = worker = None
     try:
         srv = _start(tmp_path, model_cache, db_url, PMEM_BROKER_URL=redis_url, PMEM_BROKER_KEYPREFIX=prefix)
-        worker = WorkerProcess(worker_env(srv.home, redis_url, prefix, PMEM_DATABASE_URL=db_url,
-                                          PMEM_MODEL_CACHE=model_cache,
-                                          PMEM_WORKER_INTERNALIZER="_fixtures_workers:stub_internalize"),
-                               tmp_path / "worker.log").wait_ready()
+        worker = WorkerProcess(
+            worker_env(
+                srv.home,
+                redis_url,
+                prefix,
+                PMEM_DATABASE_URL=db_url,
+                PMEM_MODEL_CACHE=model_cache,
+                PMEM_WORKER_INTERNALIZER="_fixtures_workers:stub_internalize",
+            ),
+            tmp_path / "worker.log",
+        ).wait_ready()
         yield srv
     finally:
         if worker is not None:
@@ -395,7 +543,9 @@ def test_internalize_and_ingest_through_celery(celery_served: Served) -> None:
     assert done["state"] == "succeeded", done
     adapters = srv.call("GET", f"{base}/adapters", key="reader").json()["adapters"]
     assert [(a["document_id"], a["version"], a["status"]) for a in adapters] == [("v", 1, "ready")]
-    assert adapters[0]["id"] == done["result"]["adapter_id"] and adapters[0]["hypernetwork"].startswith("test-slow-stub@")
+    assert adapters[0]["id"] == done["result"]["adapter_id"] and adapters[0]["hypernetwork"].startswith(
+        "test-slow-stub@"
+    )
     r = srv.call("POST", f"{base}/sources", key="admin", json={"spec": str(srv.source_root / "notes")})
     ingest = _wait_job(srv, r.json()["job"]["id"])
     assert ingest["state"] == "succeeded" and ingest["celery_id"], ingest
@@ -416,8 +566,9 @@ sys.meta_path.insert(0, _NoTorch())
 
 def _run_without_torch(code: str, **env: str) -> dict[str, Any]:
     script = _NO_TORCH + textwrap.dedent(code)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=240, env={**os.environ, **env}
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -433,7 +584,8 @@ def test_client_imports_without_torch() -> None:
 
 
 def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served: Served) -> None:
-    out = _run_without_torch("""
+    out = _run_without_torch(
+        """
         import json, os, sys
         from memory.client import RemoteMemory, AuthError
         from memory.errors import NotFoundError
@@ -488,7 +640,12 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
             out["read_key_write"] = e.code
         out["torch_loaded"] = "torch" in sys.modules
         print(json.dumps(out))
-    """, URL=sqlite_served.url, KEY=sqlite_served.keys["writer"], READ_KEY=sqlite_served.keys["reader"], NS=REMOTE_NS)
+    """,
+        URL=sqlite_served.url,
+        KEY=sqlite_served.keys["writer"],
+        READ_KEY=sqlite_served.keys["reader"],
+        NS=REMOTE_NS,
+    )
     assert out["repr_has_key"] is False
     assert out["lc_ids"] == ["lc-vault", "lc-cat"]
     assert out["lc_search"] == ["The vault code is 7342."]
@@ -507,9 +664,16 @@ def _mcp_session(srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]])
     from mcp.client.stdio import StdioServerParameters
 
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", srv.url],
-        env={"PMEM_API_KEY": srv.keys[key], "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-             "PMEM_HOME": str(srv.home / "mcp-home")}, cwd=str(REPO))
+        command=sys.executable,
+        args=["-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", srv.url],
+        env={
+            "PMEM_API_KEY": srv.keys[key],
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "PMEM_HOME": str(srv.home / "mcp-home"),
+        },
+        cwd=str(REPO),
+    )
 
     async def run() -> tuple[list[str], list[Any]]:
         async with Client(params) as client:
@@ -530,15 +694,19 @@ def _mcp_session(srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]])
 def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
     note = tmp_path / "mcp-note.md"
     note.write_text("# Parking\n\nVisitors park on level minus two.\n")
-    tools, results = _mcp_session(sqlite_served, "writer", [
-        ("remember", {"text": "The wifi password is orchid-42.", "document_id": "mcp-wifi"}),
-        ("remember_file", {"path": str(note), "document_id": "mcp-parking"}),
-        ("recall", {"query": "wifi password", "k": 1}),
-        ("list_documents", {"prefix": "mcp-"}),
-        ("forget", {"document_id": "mcp-wifi"}),
-        ("list_documents", {"prefix": "mcp-"}),
-        ("forget", {"document_id": "mcp-wifi"}),
-    ])
+    tools, results = _mcp_session(
+        sqlite_served,
+        "writer",
+        [
+            ("remember", {"text": "The wifi password is orchid-42.", "document_id": "mcp-wifi"}),
+            ("remember_file", {"path": str(note), "document_id": "mcp-parking"}),
+            ("recall", {"query": "wifi password", "k": 1}),
+            ("list_documents", {"prefix": "mcp-"}),
+            ("forget", {"document_id": "mcp-wifi"}),
+            ("list_documents", {"prefix": "mcp-"}),
+            ("forget", {"document_id": "mcp-wifi"}),
+        ],
+    )
     assert tools == ["ask", "forget", "list_documents", "recall", "remember", "remember_file"]
     remembered, filed, recalled, listed, forgot, listed_after, forgot_again = results
     assert remembered == {"status": "created", "document_id": "mcp-wifi", "version": 1}
@@ -561,12 +729,33 @@ def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None
     from mcp.client.client import Client
 
     port = free_port()
-    env = {**os.environ, "PMEM_API_KEY": sqlite_served.keys["writer"], "PYTHONPATH": str(REPO),
-           "PMEM_HOME": str(tmp_path / "mcp-home")}
+    env = {
+        **os.environ,
+        "PMEM_API_KEY": sqlite_served.keys["writer"],
+        "PYTHONPATH": str(REPO),
+        "PMEM_HOME": str(tmp_path / "mcp-home"),
+    }
     log = (tmp_path / "mcp.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "memory.cli", "mcp", "--namespace", MCP_NS, "--url", sqlite_served.url,
-                             "--transport", "streamable-http", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memory.cli",
+            "mcp",
+            "--namespace",
+            MCP_NS,
+            "--url",
+            sqlite_served.url,
+            "--transport",
+            "streamable-http",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
     async def run() -> tuple[list[str], Any]:
         deadline = time.monotonic() + 90
@@ -574,8 +763,9 @@ def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None
             try:
                 async with Client(f"http://127.0.0.1:{port}/mcp") as client:
                     tools = sorted(t.name for t in (await client.list_tools()).tools)
-                    await client.call_tool("remember", {"text": "The lift is out of order on Fridays.",
-                                                        "document_id": "mcp-http-lift"})
+                    await client.call_tool(
+                        "remember", {"text": "The lift is out of order on Fridays.", "document_id": "mcp-http-lift"}
+                    )
                     r = await client.call_tool("recall", {"query": "lift out of order", "k": 1})
                     return tools, r.structured_content
             except Exception:  # not listening yet
@@ -617,24 +807,49 @@ def _concurrent_mix(srv: Served, *, queries: int) -> None:
     base = f"/v1/namespaces/{NS}"
     tag = f"c{queries}"
     if queries:  # load the model first: the burst is about concurrency, not a cold start
-        warm = srv.call("POST", f"{base}/query", key="reader",
-                        json={"question": "warm up", "mode": "retrieval", "max_new_tokens": 1, "log": False})
+        warm = srv.call(
+            "POST",
+            f"{base}/query",
+            key="reader",
+            json={"question": "warm up", "mode": "retrieval", "max_new_tokens": 1, "log": False},
+        )
         assert warm.status_code == 200, warm.text
     for i in range(10):  # to be deleted concurrently
-        srv.call("POST", f"{base}/documents", key="writer", json={"text": f"Doomed note {i} about {tag}.",
-                                                                  "document_id": f"{tag}-doomed-{i}"})
+        srv.call(
+            "POST",
+            f"{base}/documents",
+            key="writer",
+            json={"text": f"Doomed note {i} about {tag}.", "document_id": f"{tag}-doomed-{i}"},
+        )
     ops: list[tuple[str, str, dict[str, Any]]] = []
     n_adds = 50 - 10 - 10 - queries - 5
     for i in range(n_adds):
-        ops.append(("POST", f"{base}/documents", {"json": {"text": f"Fact {i}: the {tag} colour is number {i}.",
-                                                           "document_id": f"{tag}-fact-{i}"}}))
+        ops.append(
+            (
+                "POST",
+                f"{base}/documents",
+                {"json": {"text": f"Fact {i}: the {tag} colour is number {i}.", "document_id": f"{tag}-fact-{i}"}},
+            )
+        )
     for i in range(10):
         ops.append(("DELETE", f"{base}/documents/{tag}-doomed-{i}", {}))
     for i in range(10):
         ops.append(("POST", f"{base}/search", {"json": {"query": f"{tag} colour number {i}", "k": 3}}))
     for i in range(queries):
-        ops.append(("POST", f"{base}/query", {"json": {"question": f"What is the {tag} colour {i}?",
-                                                       "mode": "retrieval", "k": 2, "max_new_tokens": 4}}))
+        ops.append(
+            (
+                "POST",
+                f"{base}/query",
+                {
+                    "json": {
+                        "question": f"What is the {tag} colour {i}?",
+                        "mode": "retrieval",
+                        "k": 2,
+                        "max_new_tokens": 4,
+                    }
+                },
+            )
+        )
     for _ in range(5):
         ops.append(("GET", f"{base}/documents", {"params": {"prefix": f"{tag}-", "limit": 100}}))
     assert len(ops) == 50
@@ -702,8 +917,13 @@ def test_async_api_does_not_block_the_loop_and_bounds_the_queue(tmp_path: Path) 
         await asyncio.gather(*running[1:])
         stop.set()
         await t
-        return {"status": added.status, "hit": hits[0].document_id, "ticks": ticks, "depth": busy_depth,
-                "after": amem.generation.depth}
+        return {
+            "status": added.status,
+            "hit": hits[0].document_id,
+            "ticks": ticks,
+            "depth": busy_depth,
+            "after": amem.generation.depth,
+        }
 
     out = asyncio.run(main())
     assert out["status"] == "created" and out["hit"] == "vault"
@@ -790,8 +1010,13 @@ def test_stream_query_errors_before_the_stream_are_plain_errors(sqlite_served: S
             list(mem.stream_query("What is the vault code?", k=10_000))
         with pytest.raises(ValidationError):
             list(mem.stream_query("What is the vault code?", max_new_tokens=10**6))
-    r = sqlite_served.call("POST", f"/v1/namespaces/{NS}/query", key=None, headers={"Accept": "text/event-stream"},
-                           json={"question": "What is the vault code?", "stream": True})
+    r = sqlite_served.call(
+        "POST",
+        f"/v1/namespaces/{NS}/query",
+        key=None,
+        headers={"Accept": "text/event-stream"},
+        json={"question": "What is the vault code?", "stream": True},
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
 
@@ -806,10 +1031,13 @@ def test_stream_query_sends_tokens_then_the_answer(sqlite_served: Served) -> Non
     question = "Who built the lighthouse on Corran Point, and when?"
     # raw SSE: event names and order, as any client sees them
     events: list[tuple[str, Any]] = []
-    with httpx.stream("POST", f"{sqlite_served.url}/v1/namespaces/{NS}/query", timeout=300,
-                      headers={"Authorization": f"Bearer {sqlite_served.keys['reader']}"},
-                      json={"question": question, "mode": "retrieval", "max_new_tokens": 24, "stream": True,
-                            "log": False}) as r:
+    with httpx.stream(
+        "POST",
+        f"{sqlite_served.url}/v1/namespaces/{NS}/query",
+        timeout=300,
+        headers={"Authorization": f"Bearer {sqlite_served.keys['reader']}"},
+        json={"question": question, "mode": "retrieval", "max_new_tokens": 24, "stream": True, "log": False},
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         event = None
         for line in r.iter_lines():

@@ -117,10 +117,18 @@ def test_soak_four_processes_leave_a_whole_store(backend_settings):
         shas |= {b for b in s.scalars(select(Adapter.blob_sha256)) if b}
         # 3. no orphan or half-written rows
         assert s.scalar(select(func.count()).select_from(Document).where(Document.current_version_id.is_(None))) == 0
-        assert s.scalar(select(func.count()).select_from(DocumentVersion).where(
-            ~DocumentVersion.document_id.in_(select(Document.id)))) == 0
-        assert s.scalar(select(func.count()).select_from(Chunk).where(
-            ~Chunk.version_id.in_(select(DocumentVersion.id)))) == 0
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(DocumentVersion)
+                .where(~DocumentVersion.document_id.in_(select(Document.id)))
+            )
+            == 0
+        )
+        assert (
+            s.scalar(select(func.count()).select_from(Chunk).where(~Chunk.version_id.in_(select(DocumentVersion.id))))
+            == 0
+        )
         for v in s.scalars(select(DocumentVersion)):
             n = s.scalar(select(func.count()).select_from(Chunk).where(Chunk.version_id == v.id))
             assert n == v.chunk_count > 0, (v.id, n, v.chunk_count)

@@ -29,8 +29,10 @@ def test_app_routes_queues_and_reliability(monkeypatch):
     from memory.config import Settings
     from workers.app import celery_config, create_app
 
-    conf = celery_config(Settings(broker_url="redis://localhost:6379/5"),
-                         env={"PMEM_VISIBILITY_TIMEOUT_S": "7200", "PMEM_BROKER_KEYPREFIX": "t1:"})
+    conf = celery_config(
+        Settings(broker_url="redis://localhost:6379/5"),
+        env={"PMEM_VISIBILITY_TIMEOUT_S": "7200", "PMEM_BROKER_KEYPREFIX": "t1:"},
+    )
     assert conf["task_routes"]["workers.tasks.internalize_version"]["queue"] == "internalize"
     assert conf["task_routes"]["workers.tasks.ingest_source"]["queue"] == "ingest"
     assert conf["task_routes"]["workers.tasks.refresh_sources"]["queue"] == "ingest"
@@ -144,8 +146,9 @@ def test_embedded_submit_finishes_a_job_left_running_by_a_dead_process(tmp_path,
     from memory.models import base_fingerprint
 
     key = internalize_key(info.document.version.content_sha256, vid, "auto", base_fingerprint(settings=mem.settings))
-    orphan, _ = store.create("internalize", {"version_id": vid, "method": "auto"}, namespace="default",
-                             idempotency_key=key)
+    orphan, _ = store.create(
+        "internalize", {"version_id": vid, "method": "auto"}, namespace="default", idempotency_key=key
+    )
     store.start(orphan.id)  # ... and the process died here
     job = submit_internalize(mem, vid)
     assert job.id == orphan.id and job.state == "succeeded" and job.attempts == 2
@@ -282,8 +285,12 @@ def test_sigkilled_worker_job_is_redelivered_and_completes(broker, tmp_path, mon
     mem = broker.memory()
     mem.add("Refunds are paid within 14 days of the request.", document_id="refunds")
     vid = version_id_for(mem, "default", "refunds", 1)
-    first = broker.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="600", PMEM_TEST_MARKERS=str(marks),
-                          PMEM_VISIBILITY_TIMEOUT_S=vt).wait_ready()
+    first = broker.worker(
+        PMEM_WORKER_INTERNALIZER=STUB,
+        PMEM_TEST_SLEEP_S="600",
+        PMEM_TEST_MARKERS=str(marks),
+        PMEM_VISIBILITY_TIMEOUT_S=vt,
+    ).wait_ready()
     job = submit_internalize(mem, vid)
     assert job.state == "queued" and job.celery_id
     store = JobStore.for_memory(mem)
@@ -293,8 +300,12 @@ def test_sigkilled_worker_job_is_redelivered_and_completes(broker, tmp_path, mon
     first.kill()
     assert mem.adapters() == [] and _orphans(mem) == []  # it died mid-compute: no adapter, no blob
 
-    second = broker.worker(PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="0.2", PMEM_TEST_MARKERS=str(marks),
-                           PMEM_VISIBILITY_TIMEOUT_S=vt).wait_ready()
+    second = broker.worker(
+        PMEM_WORKER_INTERNALIZER=STUB,
+        PMEM_TEST_SLEEP_S="0.2",
+        PMEM_TEST_MARKERS=str(marks),
+        PMEM_VISIBILITY_TIMEOUT_S=vt,
+    ).wait_ready()
     done = wait_for(lambda: _job_done(store, job.id), 90, "the redelivered job to finish")
     assert done.state == "succeeded", (done.error, second.log())
     assert done.attempts == 2 and done.celery_id == job.celery_id  # the same message, delivered twice
@@ -324,10 +335,16 @@ def test_a_job_whose_message_was_lost_is_resubmitted(broker, tmp_path):
     mem.add("Visitors park on level two.", document_id="parking")
     store = JobStore.for_memory(mem)
     # Jobs created but never published, as after a broker restart that lost its queue.
-    lost, _ = store.create("internalize", {"version_id": version_id_for(mem, "default", "lockers", 1),
-                                           "method": "auto", "force": False}, namespace="default")
-    fresh, _ = store.create("internalize", {"version_id": version_id_for(mem, "default", "parking", 1),
-                                            "method": "auto", "force": False}, namespace="default")
+    lost, _ = store.create(
+        "internalize",
+        {"version_id": version_id_for(mem, "default", "lockers", 1), "method": "auto", "force": False},
+        namespace="default",
+    )
+    fresh, _ = store.create(
+        "internalize",
+        {"version_id": version_id_for(mem, "default", "parking", 1), "method": "auto", "force": False},
+        namespace="default",
+    )
     with session_factory(mem.engine)() as s, s.begin():
         s.execute(update(Job).where(Job.id == lost.id).values(created_at=lost.created_at - timedelta(hours=2)))
     assert [j.id for j in store.stale(3600)] == [lost.id]
@@ -355,8 +372,13 @@ def test_prefork_child_killed_is_requeued_at_once(broker, tmp_path):
     mem = broker.memory()
     mem.add("Guests sign in at the front desk.", document_id="guests")
     vid = version_id_for(mem, "default", "guests", 1)
-    w = broker.worker(pool="prefork", PMEM_WORKER_INTERNALIZER=STUB, PMEM_TEST_SLEEP_S="600",
-                      PMEM_TEST_SLEEP_FIRST_ONLY="1", PMEM_TEST_MARKERS=str(marks)).wait_ready()
+    w = broker.worker(
+        pool="prefork",
+        PMEM_WORKER_INTERNALIZER=STUB,
+        PMEM_TEST_SLEEP_S="600",
+        PMEM_TEST_SLEEP_FIRST_ONLY="1",
+        PMEM_TEST_MARKERS=str(marks),
+    ).wait_ready()
     job = submit_internalize(mem, vid)
     [first] = wait_for(lambda: markers(marks), 60, "a child to start the internalization")
     child = int(first.name.split("-")[1])
@@ -410,8 +432,9 @@ def test_worker_retries_transient_faults_and_fails_permanent_ones_at_once(broker
     mem.add("Lockers are emptied every Friday.", document_id="lockers")
     vid = version_id_for(mem, "default", "lockers", 1)
     store = JobStore.for_memory(mem)
-    flaky = broker.worker(PMEM_WORKER_INTERNALIZER="_fixtures_workers:flaky_internalize",
-                          PMEM_RETRY_BASE_S="0.5").wait_ready()
+    flaky = broker.worker(
+        PMEM_WORKER_INTERNALIZER="_fixtures_workers:flaky_internalize", PMEM_RETRY_BASE_S="0.5"
+    ).wait_ready()
     job = submit_internalize(mem, vid)
     done = wait_for(lambda: _job_done(store, job.id), 60, "the retried job")
     assert done.state == "succeeded" and done.attempts == 2, (done.error, flaky.log())
@@ -481,8 +504,9 @@ def test_real_worker_directory_refresh_and_rollback(shared_home, tmp_path):
     # method "auto": the packaged D2L checkpoint when it fits the base model, else the real context
     # distillation with fewer questions and steps than its default (minutes per document on a shared CPU)
     cd_options = json.dumps({"steps": 6, "max_questions": 3, "max_answer_tokens": 12})
-    worker = broker.worker(PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2",
-                           PMEM_WORKER_CD_OPTIONS=cd_options).wait_ready(timeout=120)
+    worker = broker.worker(
+        PMEM_VISIBILITY_TIMEOUT_S="3600", PMEM_THREADS="2", OMP_NUM_THREADS="2", PMEM_WORKER_CD_OPTIONS=cd_options
+    ).wait_ready(timeout=120)
     store = JobStore.for_memory(mem)
 
     job = submit_ingest(mem, str(docs), refresh_interval_s=3600)
@@ -546,4 +570,6 @@ def test_internalize_key_names_the_version_and_the_hypernetwork(tmp_path, monkey
     assert internalize_key(sha, 7, "auto", fp) not in (d2l_1, cd)
     assert ":cd:cd-" in internalize_key(sha, 7, "cd", fp)  # cd ignores the checkpoint
     # a checkpoint trained for another base model is not used: auto falls back to CD, as at run time
-    assert internalize_key(sha, 7, "auto", "smollm2-135m-instruct-tuned@6c31d45195a667e1").split(":")[-1].startswith("cd-")
+    assert (
+        internalize_key(sha, 7, "auto", "smollm2-135m-instruct-tuned@6c31d45195a667e1").split(":")[-1].startswith("cd-")
+    )

@@ -25,7 +25,9 @@ from memory.errors import PMemError
 console = Console(stderr=True)
 out = Console()
 
-NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="Namespace (default: PMEM_NAMESPACE or 'default').")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 _DONE = ("succeeded", "failed")
 
@@ -51,20 +53,30 @@ def _fail(e: Exception, as_json: bool = False) -> None:
 
 
 def worker(
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues: ingest (CPU), internalize (GPU).")] = "ingest,internalize",
+    queues: Annotated[
+        str, typer.Option("--queues", "-Q", help="Comma-separated queues: ingest (CPU), internalize (GPU).")
+    ] = "ingest,internalize",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Processes (1 per GPU).")] = 1,
-    pool: Annotated[str, typer.Option("--pool", "-P", help="solo (GPU: no fork after CUDA), prefork, threads.")] = "solo",
+    pool: Annotated[
+        str, typer.Option("--pool", "-P", help="solo (GPU: no fork after CUDA), prefork, threads.")
+    ] = "solo",
     loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "info",
     hostname: Annotated[str | None, typer.Option("--hostname", help="Worker name, e.g. gpu0@%h.")] = None,
-    beat: Annotated[bool, typer.Option("--beat", help="Also run the refresh schedule (exactly one per broker).")] = False,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="Also run the refresh schedule (exactly one per broker).")
+    ] = False,
 ) -> None:
     """Start a Celery worker on PMEM_BROKER_URL (a GPU worker: ``--queues internalize --pool solo``)."""
     from workers.app import QUEUES
 
     settings = Settings.from_env()
     if not settings.broker_url:
-        _fail(PMemError("PMEM_BROKER_URL is not set: start Redis and set PMEM_BROKER_URL=redis://HOST:6379/0 "
-                        "(without a broker, jobs run in-process and no worker is needed)"))
+        _fail(
+            PMemError(
+                "PMEM_BROKER_URL is not set: start Redis and set PMEM_BROKER_URL=redis://HOST:6379/0 "
+                "(without a broker, jobs run in-process and no worker is needed)"
+            )
+        )
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(names) - set(QUEUES))
     if not names or unknown:
@@ -86,10 +98,16 @@ def jobs(
     kind: Annotated[str | None, typer.Option(help="ingest | internalize | refresh")] = None,
     state: Annotated[str | None, typer.Option(help="queued | running | retrying | succeeded | failed")] = None,
     limit: int = 50,
-    resubmit_stale: Annotated[float | None, typer.Option(
-        "--resubmit-stale", metavar="SECONDS",
-        help=("first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS "
-              "(lost messages)"))] = None,
+    resubmit_stale: Annotated[
+        float | None,
+        typer.Option(
+            "--resubmit-stale",
+            metavar="SECONDS",
+            help=(
+                "first send again the unfinished jobs (queued, retrying, running) untouched for SECONDS (lost messages)"
+            ),
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
@@ -111,8 +129,15 @@ def jobs(
     table = Table("id", "kind", "state", "attempts", "created", "seconds", "error")
     for j in rows:
         secs = (j.finished_at - j.started_at).total_seconds() if j.finished_at and j.started_at else None
-        table.add_row(str(j.id), j.kind, j.state, str(j.attempts), j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      f"{secs:.1f}" if secs is not None else "", (j.error or "")[:80])
+        table.add_row(
+            str(j.id),
+            j.kind,
+            j.state,
+            str(j.attempts),
+            j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{secs:.1f}" if secs is not None else "",
+            (j.error or "")[:80],
+        )
     out.print(table)
 
 
@@ -124,8 +149,13 @@ def _wait(mem: Any, job_ids: list[int], timeout_s: float) -> list[Any]:
     while True:
         rows = [store.get(i) for i in job_ids]
         children = [c for j in rows if j.kind == "ingest" and j.result for c in j.result.get("internalize_jobs", [])]
-        children += [c["job"] for j in rows if j.kind == "refresh" and j.result
-                     for c in j.result.get("changed", []) if isinstance(c.get("job"), int)]
+        children += [
+            c["job"]
+            for j in rows
+            if j.kind == "refresh" and j.result
+            for c in j.result.get("changed", [])
+            if isinstance(c.get("job"), int)
+        ]
         rows += [store.get(i) for i in children if i not in job_ids]
         if all(j.state in _DONE for j in rows) or time.monotonic() > deadline:
             return rows
@@ -136,7 +166,10 @@ def refresh(
     namespace: NamespaceOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-read every source with an interval, due or not.")] = False,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
-    wait: Annotated[float | None, typer.Option("--wait", help="With a broker: wait up to N seconds for the refresh and its internalizations.")] = None,
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", help="With a broker: wait up to N seconds for the refresh and its internalizations."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-read the due sources now; new versions are internalized (by the workers, or here without a broker)."""
@@ -159,8 +192,10 @@ def refresh(
     if as_json:
         _print_json({"job": job.to_dict(), **result})
         return
-    console.print(f"job {job.id} {job.state}: {result.get('sources', 0)} source(s) checked, "
-                  f"{len(result.get('changed', []))} changed, {len(result.get('failed', []))} failed")
+    console.print(
+        f"job {job.id} {job.state}: {result.get('sources', 0)} source(s) checked, "
+        f"{len(result.get('changed', []))} changed, {len(result.get('failed', []))} failed"
+    )
     for c in result.get("changed", []):
         out.print(f"  {c['document']} -> v{c['version']} ({c['status']})")
     for f in result.get("failed", []):
@@ -172,7 +207,9 @@ def refresh(
 def ingest(
     spec: Annotated[str, typer.Argument(help="A file, a directory or a glob.")],
     namespace: NamespaceOpt = None,
-    refresh_interval: Annotated[int | None, typer.Option("--refresh-interval", min=1, help="Re-read every N seconds (beat).")] = None,
+    refresh_interval: Annotated[
+        int | None, typer.Option("--refresh-interval", min=1, help="Re-read every N seconds (beat).")
+    ] = None,
     method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
     internalize: Annotated[bool, typer.Option("--internalize/--no-internalize")] = True,
     wait: Annotated[float | None, typer.Option("--wait", help="Wait up to N seconds for the jobs to finish.")] = None,
@@ -184,8 +221,9 @@ def ingest(
 
     try:
         mem = _memory()
-        job = submit_ingest(mem, spec, namespace=namespace, refresh_interval_s=refresh_interval, method=method,
-                            internalize=internalize)
+        job = submit_ingest(
+            mem, spec, namespace=namespace, refresh_interval_s=refresh_interval, method=method, internalize=internalize
+        )
         rows = _wait(mem, [job.id], wait) if wait else [job]
     except PMemError as e:
         _fail(e, as_json)

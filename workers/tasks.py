@@ -103,10 +103,20 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
         for r in results:
             if r.status != "failed" and r.document is not None and r.document.version is not None:
                 vid = version_id_for(mem, ns, r.document.id, r.document.version.number)
-                jobs.append(submit_internalize(mem, vid, method=p.get("method", "auto"),
-                                               retry_failed=r.status != "unchanged").id)
-    result = {"spec": p["spec"], "namespace": ns, "files": len(results), "changed": changed,
-              "unchanged": unchanged, "failed": failed, "internalize_jobs": jobs}
+                jobs.append(
+                    submit_internalize(
+                        mem, vid, method=p.get("method", "auto"), retry_failed=r.status != "unchanged"
+                    ).id
+                )
+    result = {
+        "spec": p["spec"],
+        "namespace": ns,
+        "files": len(results),
+        "changed": changed,
+        "unchanged": unchanged,
+        "failed": failed,
+        "internalize_jobs": jobs,
+    }
     error = "; ".join(f["error"] for f in failed) or None
     if failed and not changed and not unchanged:
         raise IngestError(f"every file of {p['spec']!r} failed: {error}")
@@ -132,21 +142,34 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
     _configure(mem)
     info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False))
-    return {"adapter_id": info.id, "status": info.status, "document": info.document_id, "version": info.version,
-            "method": info.method, "hypernetwork": info.hypernetwork, "blob_sha256": info.blob_sha256,
-            "latency_ms": info.latency_ms}
+    return {
+        "adapter_id": info.id,
+        "status": info.status,
+        "document": info.document_id,
+        "version": info.version,
+        "method": info.method,
+        "hypernetwork": info.hypernetwork,
+        "blob_sha256": info.blob_sha256,
+        "latency_ms": info.latency_ms,
+    }
 
 
 def _refresh_body(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
-    report = _refresh(mem, namespace=p.get("namespace"), force=p.get("force", False), roots=mem.settings.ingest_roots,
-                      enqueue=lambda vid: submit_internalize(mem, vid, method=p.get("method", "auto"),
-                                                             retry_failed=True))
+    report = _refresh(
+        mem,
+        namespace=p.get("namespace"),
+        force=p.get("force", False),
+        roots=mem.settings.ingest_roots,
+        enqueue=lambda vid: submit_internalize(mem, vid, method=p.get("method", "auto"), retry_failed=True),
+    )
     return report.to_dict()
 
 
 BODIES: dict[str, Callable[[Any, JobInfo], Any]] = {
-    "ingest": _ingest, "internalize": _internalize, "refresh": _refresh_body,
+    "ingest": _ingest,
+    "internalize": _internalize,
+    "refresh": _refresh_body,
 }
 
 
@@ -160,8 +183,13 @@ def _run(task: Task, job_id: int) -> dict[str, Any]:
     base = float(os.environ.get("PMEM_RETRY_BASE_S") or 2.0)
     try:
         mem = get_memory()
-        job = execute(JobStore.for_memory(mem), job_id, partial(run_body, mem), celery_id=task.request.id,
-                      last_attempt=task.request.retries >= task.max_retries)
+        job = execute(
+            JobStore.for_memory(mem),
+            job_id,
+            partial(run_body, mem),
+            celery_id=task.request.id,
+            last_attempt=task.request.retries >= task.max_retries,
+        )
     except NotFoundError as e:
         log.error("dropping message for job %s: %s", job_id, e)  # another database, or the job was deleted
         return {"job_id": job_id, "state": "missing"}
@@ -177,8 +205,12 @@ def _run(task: Task, job_id: int) -> dict[str, Any]:
     return {"job_id": job.id, "state": job.state, "attempts": job.attempts}
 
 
-_TASK_OPTIONS: dict[str, Any] = {"bind": True, "max_retries": MAX_RETRIES, "acks_late": True,
-                                 "reject_on_worker_lost": True}
+_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "max_retries": MAX_RETRIES,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+}
 
 
 @app.task(name=TASK_NAMES["ingest"], **_TASK_OPTIONS)
@@ -225,8 +257,15 @@ def app_for(settings: Settings) -> Celery:
     return _apps[key]
 
 
-def submit(mem: Any, kind: str, payload: dict[str, Any], *, namespace: str | None = None,
-           key: str | None = None, retry_failed: bool = False) -> JobInfo:
+def submit(
+    mem: Any,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    namespace: str | None = None,
+    key: str | None = None,
+    retry_failed: bool = False,
+) -> JobInfo:
     """Create the job (or find it by ``key``) and send it to the broker, or run it here in embedded mode.
 
     An existing job with the same key is returned as it is (queued, running or done), unless it failed
@@ -284,8 +323,9 @@ def resubmit_stale(mem: Any, older_than_s: float) -> list[JobInfo]:
             out.append(run_inline(store, job.id, partial(run_body, mem)))
             continue
         out.append(_publish(mem, store, job))
-        log.info("re-sent stale job %s (%s, %s since %s)", job.id, job.kind, job.state,
-                 job.started_at or job.created_at)
+        log.info(
+            "re-sent stale job %s (%s, %s since %s)", job.id, job.kind, job.state, job.started_at or job.created_at
+        )
     return out
 
 
@@ -311,8 +351,9 @@ def internalize_key(content_sha256: str, version_id: int, method: str, base_fing
     return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_fingerprint)}"
 
 
-def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force: bool = False,
-                       retry_failed: bool = False) -> JobInfo:
+def submit_internalize(
+    mem: Any, version_id: int, *, method: str = "auto", force: bool = False, retry_failed: bool = False
+) -> JobInfo:
     """Submit the internalization of a version by id (one job per version, method and base model).
 
     >>> submit_internalize(mem, 7).kind  # doctest: +SKIP
@@ -323,10 +364,12 @@ def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force
     from memory.db import Document, DocumentVersion, Namespace, session_factory
 
     with session_factory(mem.engine)() as s:
-        row = s.execute(select(DocumentVersion.content_sha256, Namespace.name)
-                        .join(Document, DocumentVersion.document_id == Document.id)
-                        .join(Namespace, Document.namespace_id == Namespace.id)
-                        .where(DocumentVersion.id == version_id)).first()
+        row = s.execute(
+            select(DocumentVersion.content_sha256, Namespace.name)
+            .join(Document, DocumentVersion.document_id == Document.id)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(DocumentVersion.id == version_id)
+        ).first()
     if row is None:
         raise NotFoundError(f"no document version with id {version_id}")
     sha, ns = row
@@ -335,12 +378,25 @@ def submit_internalize(mem: Any, version_id: int, *, method: str = "auto", force
     key = internalize_key(sha, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings))
     if force:
         key = f"{key}:force:{uuid.uuid4().hex[:12]}"
-    return submit(mem, "internalize", {"version_id": version_id, "method": method, "force": force},
-                  namespace=ns, key=key, retry_failed=retry_failed)
+    return submit(
+        mem,
+        "internalize",
+        {"version_id": version_id, "method": method, "force": force},
+        namespace=ns,
+        key=key,
+        retry_failed=retry_failed,
+    )
 
 
-def submit_ingest(mem: Any, spec: str, *, namespace: str | None = None, refresh_interval_s: int | None = None,
-                  method: str = "auto", internalize: bool = True) -> JobInfo:
+def submit_ingest(
+    mem: Any,
+    spec: str,
+    *,
+    namespace: str | None = None,
+    refresh_interval_s: int | None = None,
+    method: str = "auto",
+    internalize: bool = True,
+) -> JobInfo:
     """Submit the ingestion of a file, directory or glob (its path made absolute: workers run elsewhere)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValidationError("a source is a file, a directory or a glob, got an empty string")
@@ -348,12 +404,21 @@ def submit_ingest(mem: Any, spec: str, *, namespace: str | None = None, refresh_
 
     ns = validate_namespace(namespace if namespace is not None else mem.settings.namespace)
     spec = os.path.abspath(os.path.expanduser(spec))
-    return submit(mem, "ingest", {"spec": spec, "namespace": ns, "refresh_interval_s": refresh_interval_s,
-                                  "method": method, "internalize": internalize}, namespace=ns)
+    return submit(
+        mem,
+        "ingest",
+        {
+            "spec": spec,
+            "namespace": ns,
+            "refresh_interval_s": refresh_interval_s,
+            "method": method,
+            "internalize": internalize,
+        },
+        namespace=ns,
+    )
 
 
-def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = False,
-                   method: str = "auto") -> JobInfo:
+def submit_refresh(mem: Any, *, namespace: str | None = None, force: bool = False, method: str = "auto") -> JobInfo:
     """Submit a one-shot refresh of the due sources (every source with an interval if ``force``)."""
     return submit(mem, "refresh", {"namespace": namespace, "force": force, "method": method}, namespace=namespace)
 

@@ -19,7 +19,22 @@ from memory.db.models import (
 from memory.db.session import dispose_engines, get_engine, lock_blobs, session_factory, session_scope
 
 __all__ = [
-    "Adapter", "AdapterStatus", "ApiKey", "Base", "Chunk", "Document", "DocumentVersion", "Hypernetwork", "Job",
-    "JobState", "Namespace", "QueryLog", "Source", "dispose_engines", "get_engine", "lock_blobs", "session_factory",
+    "Adapter",
+    "AdapterStatus",
+    "ApiKey",
+    "Base",
+    "Chunk",
+    "Document",
+    "DocumentVersion",
+    "Hypernetwork",
+    "Job",
+    "JobState",
+    "Namespace",
+    "QueryLog",
+    "Source",
+    "dispose_engines",
+    "get_engine",
+    "lock_blobs",
+    "session_factory",
     "session_scope",
 ]

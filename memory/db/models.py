@@ -69,8 +69,14 @@ class JobState(str, enum.Enum):
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
     # Stored as VARCHAR + CHECK on every backend (no native PG enum: simpler migrations).
-    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=16,
-                values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
+    )
 
 
 class Namespace(Base):
@@ -131,9 +137,7 @@ class Document(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
-    current_version: Mapped[DocumentVersion | None] = relationship(
-        foreign_keys=[current_version_id], post_update=True
-    )
+    current_version: Mapped[DocumentVersion | None] = relationship(foreign_keys=[current_version_id], post_update=True)
 
 
 class DocumentVersion(Base):
@@ -217,8 +221,7 @@ class Adapter(Base):
     blob_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     latency_ms: Mapped[float | None] = mapped_column(Float)
-    status: Mapped[AdapterStatus] = mapped_column(_enum(AdapterStatus, "adapter_status"),
-                                                  default=AdapterStatus.pending)
+    status: Mapped[AdapterStatus] = mapped_column(_enum(AdapterStatus, "adapter_status"), default=AdapterStatus.pending)
     error: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = _ts()

@@ -53,6 +53,10 @@ def _stamp_changes(session: Session, _ctx: Any, _instances: Any) -> None:
     conn = session.connection()  # the flush's own transaction; no autoflush from here
     if documents:
         namespaces.update(conn.scalars(select(Document.namespace_id).where(Document.id.in_(sorted(documents)))))
-        conn.execute(update(Document).where(Document.id.in_(sorted(documents))).values(index_stamp=new_stamp())
-                     .execution_options(synchronize_session=False))
+        conn.execute(
+            update(Document)
+            .where(Document.id.in_(sorted(documents)))
+            .values(index_stamp=new_stamp())
+            .execution_options(synchronize_session=False)
+        )
     conn.execute(update(Namespace).where(Namespace.id.in_(sorted(namespaces))).values(index_stamp=new_stamp()))

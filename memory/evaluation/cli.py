@@ -40,8 +40,9 @@ def ab_report(
     if not doc["queries"]:
         console.print(f"no queries logged for experiment {name!r}")
         return
-    table = Table("arm", "queries", "feedback n", "mean feedback [95% CI]", "p50 ms", "modes",
-                  title=f"experiment {name}")
+    table = Table(
+        "arm", "queries", "feedback n", "mean feedback [95% CI]", "p50 ms", "modes", title=f"experiment {name}"
+    )
     for arm, a in doc["arms"].items():
         fb = a["feedback"]
         ci = f"{fb['mean']:.3f} [{fb['low']:.3f}, {fb['high']:.3f}]" if fb["n"] else "-"
@@ -49,8 +50,10 @@ def ab_report(
         table.add_row(arm, str(a["queries"]), str(fb["n"]), ci, lat, json.dumps(a["modes_used"]))
     console.print(table)
     for c in doc["comparisons"]:
-        console.print(f"{c['arm']} - {c['control']}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
-                      f"P({c['arm']} better) = {c['p_b_better']:.2f}")
+        console.print(
+            f"{c['arm']} - {c['control']}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
+            f"P({c['arm']} better) = {c['p_b_better']:.2f}"
+        )
 
 
 def register(app: Any) -> None:

@@ -95,8 +95,10 @@ def suite_samples(kind: str, n: int, seed: int, passages: Sequence[Any] | None =
         from memory.training.d2l_families import FamilyGenerator
 
         g = FamilyGenerator("heldout", seed=seed)
-        return [Sample(s.document, s.question, s.answer, "family")
-                for s in (g.sample(n_facts=g.rng.randint(3, 10)) for _ in range(n))]
+        return [
+            Sample(s.document, s.question, s.answer, "family")
+            for s in (g.sample(n_facts=g.rng.randint(3, 10)) for _ in range(n))
+        ]
     if kind == "prose":
         from memory.training.d2l_prose import ProseGenerator
 
@@ -109,8 +111,13 @@ def suite_samples(kind: str, n: int, seed: int, passages: Sequence[Any] | None =
     raise ValueError(kind)
 
 
-def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
-               sections: Sequence[str] = ("many_fact", "prose", "prose_niah")) -> dict[str, Any]:
+def new_suites(
+    base: Any,
+    net: Any,
+    quick: bool,
+    log_start: float | None = None,
+    sections: Sequence[str] = ("many_fact", "prose", "prose_niah"),
+) -> dict[str, Any]:
     """The suites of issue 12 (see the module docstring) for one hypernetwork; JSON-able."""
     from memory.router import degenerate
     from memory.training.d2l_families import FamilyGenerator
@@ -133,16 +140,27 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
         d2l_t = _generate(base, qs, adapters=ads)
         block: dict[str, Any] = {"no_context": _ci(ok(none_t)), "in_context": _ci(ok(ctx_t)), "d2l": _ci(ok(d2l_t))}
         block["d2l_over_in_context"] = block["d2l"]["acc"] / max(block["in_context"]["acc"], 1e-9)
-        block["degenerate"] = {"d2l": sum(bool(degenerate(t)) for t in d2l_t), "no_context": sum(bool(degenerate(t)) for t in none_t),
-                               "n": len(samples)}
-        block["examples"] = [{"q": s.question, "gold": s.answer, "d2l": t, "in_context": c}
-                             for s, t, c in list(zip(samples, d2l_t, ctx_t, strict=True))[:4]]
+        block["degenerate"] = {
+            "d2l": sum(bool(degenerate(t)) for t in d2l_t),
+            "no_context": sum(bool(degenerate(t)) for t in none_t),
+            "n": len(samples),
+        }
+        block["examples"] = [
+            {"q": s.question, "gold": s.answer, "d2l": t, "in_context": c}
+            for s, t, c in list(zip(samples, d2l_t, ctx_t, strict=True))[:4]
+        ]
         if kind == "prose":
             block["sources"] = where
             block["n_sources"] = len({p.source for p in passages})
         out[kind] = block
-        log.info("d2l eval: %s done at %.0f s: d2l %.2f in-context %.2f none %.2f", kind, time.perf_counter() - t0,
-                 block["d2l"]["acc"], block["in_context"]["acc"], block["no_context"]["acc"])
+        log.info(
+            "d2l eval: %s done at %.0f s: d2l %.2f in-context %.2f none %.2f",
+            kind,
+            time.perf_counter() - t0,
+            block["d2l"]["acc"],
+            block["in_context"]["acc"],
+            block["no_context"]["acc"],
+        )
     if "prose_niah" in sections and passages:
         chunk = net.config.chunk_tokens
         pg = ProseGenerator(passages, seed=4711)
@@ -161,8 +179,11 @@ def new_suites(base: Any, net: Any, quick: bool, log_start: float | None = None,
             ads = internalize(base, [s.document for s in items], hypernet=net)
             texts = _generate(base, [parametric_prompt(s.question) for s in items], adapters=ads)
             toks = [len(base.tokenizer(s.document, add_special_tokens=False).input_ids) for s in items]
-            rows[f"{m}x"] = {"tokens_mean": sum(toks) / len(toks), **_ci([_correct(t, s.answer) for t, s in zip(texts, items, strict=True)]),
-                             "needles_per_doc": 3}
+            rows[f"{m}x"] = {
+                "tokens_mean": sum(toks) / len(toks),
+                **_ci([_correct(t, s.answer) for t, s in zip(texts, items, strict=True)]),
+                "needles_per_doc": 3,
+            }
             log.info("d2l eval: prose niah %sx done at %.0f s: %s", m, time.perf_counter() - t0, rows[f"{m}x"])
         out["prose_niah"] = rows
     return out
@@ -183,22 +204,31 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
     n_fact, n_multi = (16, 0) if quick else (100, 40)
     facts = heldout_set(n_fact, 0, max_facts=1, seed=777)
     multi = [FactGenerator("heldout", seed=778).sample(n_facts=3) for _ in range(n_multi)]
-    result: dict[str, Any] = {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "quick": quick,
-                              "n_fact": n_fact, "n_multi_fact": n_multi, "chunk_tokens": chunk}
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": checkpoint_sha256(ckpt),
+        "quick": quick,
+        "n_fact": n_fact,
+        "n_multi_fact": n_multi,
+        "chunk_tokens": chunk,
+    }
 
     def block(samples: list[Sample], tag: str) -> dict[str, float]:
         if not samples:
             return {}
         qs = [parametric_prompt(s.question) for s in samples]
         res = {f"no_context_{tag}": _acc(_generate(base, qs), samples)}
-        res[f"in_context_{tag}"] = _acc(_generate(base, [context_prompt(s.question, [s.document]) for s in samples]), samples)
+        res[f"in_context_{tag}"] = _acc(
+            _generate(base, [context_prompt(s.question, [s.document]) for s in samples]), samples
+        )
         t0 = time.perf_counter()
         ads = internalize(base, [s.document for s in samples], hypernet=net)
         res[f"d2l_internalize_s_per_doc_{tag}"] = (time.perf_counter() - t0) / len(samples)
         texts = _generate(base, qs, adapters=ads)
         res[f"d2l_{tag}"] = _acc(texts, samples)
         result.setdefault("examples", []).extend(
-            {"q": s.question, "gold": s.answer, "d2l": t} for s, t in list(zip(samples, texts, strict=True))[:3])
+            {"q": s.question, "gold": s.answer, "d2l": t} for s, t in list(zip(samples, texts, strict=True))[:3]
+        )
         return res
 
     result.update(block(facts, "fact"))
@@ -227,9 +257,14 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
         d2l_ads = internalize(base, [s.document for s in sub], hypernet=net)
         d2l_s = (time.perf_counter() - t0) / len(sub)
         d2l_texts = _generate(base, [parametric_prompt(s.question) for s in sub], adapters=d2l_ads)
-        result["context_distillation"] = {"n": len(sub), "acc": _acc(texts, sub), "seconds_per_doc": cd_s,
-                                          "d2l_acc_same_subset": _acc(d2l_texts, sub), "d2l_seconds_per_doc": d2l_s,
-                                          "speedup": cd_s / max(d2l_s, 1e-9)}
+        result["context_distillation"] = {
+            "n": len(sub),
+            "acc": _acc(texts, sub),
+            "seconds_per_doc": cd_s,
+            "d2l_acc_same_subset": _acc(d2l_texts, sub),
+            "d2l_seconds_per_doc": d2l_s,
+            "speedup": cd_s / max(d2l_s, 1e-9),
+        }
         log.info("d2l eval: context distillation done at %.0f s", time.perf_counter() - t_start)
 
     # needle in a haystack, by length (multiples of the training chunk length)
@@ -241,10 +276,16 @@ def run(quick: bool = False, checkpoint: str | None = None, **_: Any) -> dict[st
         n_tok = m * chunk
         hay = [_haystack(gen, n_tok, base.tokenizer) for _ in range(n_per if m <= 8 else max(4, n_per // 4))]
         ads = internalize(base, [s.document for s in hay], hypernet=net)
-        row: dict[str, Any] = {"tokens": n_tok, "n": len(hay), "chunks": int(ads[0].metadata["chunks"]),
-                               "d2l": _acc(_generate(base, [parametric_prompt(s.question) for s in hay], adapters=ads), hay)}
+        row: dict[str, Any] = {
+            "tokens": n_tok,
+            "n": len(hay),
+            "chunks": int(ads[0].metadata["chunks"]),
+            "d2l": _acc(_generate(base, [parametric_prompt(s.question) for s in hay], adapters=ads), hay),
+        }
         if (m == 1 or not quick) and n_tok + 64 <= 8192:
-            row["in_context"] = _acc(_generate(base, [context_prompt(s.question, [s.document]) for s in hay], bs=4), hay)
+            row["in_context"] = _acc(
+                _generate(base, [context_prompt(s.question, [s.document]) for s in hay], bs=4), hay
+            )
         elif n_tok + 64 > 8192:
             row["in_context"] = None  # does not fit the 8192-token window
         niah[f"{m}x"] = row

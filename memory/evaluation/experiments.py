@@ -81,8 +81,9 @@ class Experiment:
     True
     """
 
-    def __init__(self, mem: Any, name: str, arms: Mapping[str, Mapping[str, Any]] | Sequence[str],
-                 namespace: str | None = None) -> None:
+    def __init__(
+        self, mem: Any, name: str, arms: Mapping[str, Mapping[str, Any]] | Sequence[str], namespace: str | None = None
+    ) -> None:
         if not isinstance(name, str) or not name.strip() or len(name) > _NAME_MAX:
             raise ValidationError(f"experiment name must be 1-{_NAME_MAX} characters, got {name!r}")
         self.mem = mem
@@ -115,8 +116,7 @@ class Experiment:
         for forbidden in ("log", "experiment", "arm"):
             settings.pop(forbidden, None)
         log.debug("experiment %s: %r -> arm %s", self.name, user_key, arm)
-        return self.mem.query(question, namespace=self.namespace, log=True, experiment=self.name, arm=arm,
-                              **settings)
+        return self.mem.query(question, namespace=self.namespace, log=True, experiment=self.name, arm=arm, **settings)
 
     def feedback(self, query_id: int, score: float) -> None:
         """Record a user score for a query of this experiment."""
@@ -137,14 +137,25 @@ def _rows(mem: Any, ns: str, name: str) -> list[tuple[str, float | None, float |
     from memory.db import Namespace, QueryLog
 
     with Session(mem.engine) as s:
-        q = (select(QueryLog.arm, QueryLog.feedback, QueryLog.latency_ms, QueryLog.mode)
-             .join(Namespace, QueryLog.namespace_id == Namespace.id)
-             .where(QueryLog.experiment == name, Namespace.name == ns).order_by(QueryLog.id))
+        q = (
+            select(QueryLog.arm, QueryLog.feedback, QueryLog.latency_ms, QueryLog.mode)
+            .join(Namespace, QueryLog.namespace_id == Namespace.id)
+            .where(QueryLog.experiment == name, Namespace.name == ns)
+            .order_by(QueryLog.id)
+        )
         return [(r[0] or "?", r[1], r[2], r[3]) for r in s.execute(q)]
 
 
-def report(mem: Any, name: str, namespace: str | None = None, *, control: str | None = None,
-           confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def report(
+    mem: Any,
+    name: str,
+    namespace: str | None = None,
+    *,
+    control: str | None = None,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Summarise an experiment from ``QueryLog``: per arm the query and feedback counts, the mean feedback
     with a bootstrap CI, latency, modes used; and each arm's difference from ``control`` (default: the
     first arm by name with feedback) with a bootstrap CI and the probability it is better.
@@ -172,10 +183,19 @@ def report(mem: Any, name: str, namespace: str | None = None, *, control: str | 
         lat = np.asarray(a["latencies"], dtype=float)
         out_arms[arm] = {
             "queries": a["queries"],
-            "feedback": {"n": len(arm_scores), "mean": mean if arm_scores else None,
-                         "low": low if arm_scores else None, "high": high if arm_scores else None},
-            "latency_ms": {"mean": float(lat.mean()), "p50": float(np.median(lat)),
-                           "p95": float(np.quantile(lat, 0.95))} if lat.size else None,
+            "feedback": {
+                "n": len(arm_scores),
+                "mean": mean if arm_scores else None,
+                "low": low if arm_scores else None,
+                "high": high if arm_scores else None,
+            },
+            "latency_ms": {
+                "mean": float(lat.mean()),
+                "p50": float(np.median(lat)),
+                "p95": float(np.quantile(lat, 0.95)),
+            }
+            if lat.size
+            else None,
             "modes_used": a["modes_used"],
         }
     with_fb = [a for a in sorted(scores) if scores[a]]
@@ -188,9 +208,17 @@ def report(mem: Any, name: str, namespace: str | None = None, *, control: str | 
         for arm in with_fb:
             if arm == control:
                 continue
-            d = metrics.unpaired_bootstrap(scores[control], scores[arm], confidence=confidence, n_boot=n_boot,
-                                           seed=seed)
+            d = metrics.unpaired_bootstrap(
+                scores[control], scores[arm], confidence=confidence, n_boot=n_boot, seed=seed
+            )
             comparisons.append({"arm": arm, "control": control, **d})
-    return {"experiment": name, "namespace": namespace, "queries": len(rows),
-            "with_feedback": sum(len(v) for v in scores.values()), "confidence": confidence,
-            "arms": out_arms, "control": control, "comparisons": comparisons}
+    return {
+        "experiment": name,
+        "namespace": namespace,
+        "queries": len(rows),
+        "with_feedback": sum(len(v) for v in scores.values()),
+        "confidence": confidence,
+        "arms": out_arms,
+        "control": control,
+        "comparisons": comparisons,
+    }

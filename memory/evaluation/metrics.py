@@ -67,8 +67,9 @@ def score(prediction: str, answers: Sequence[str]) -> dict[str, float]:
     return {name: fn(prediction, answers) for name, fn in METRICS.items()}
 
 
-def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean and its percentile-bootstrap confidence interval.
 
     >>> mean, low, high = bootstrap_ci([0, 1, 1, 0, 1, 1, 1, 0])
@@ -84,8 +85,9 @@ def bootstrap_ci(values: Sequence[float], *, confidence: float = 0.95, n_boot: i
     return float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000,
-                     seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Mean of ``b - a`` over the same items, its bootstrap CI, and how often a resample has ``b`` better.
 
     ``p_b_better`` is the share of resamples where the mean difference is > 0 (ties count half).
@@ -104,12 +106,18 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, confidence: floa
     means = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
     alpha = (1 - confidence) / 2
     better = float(((means > 0).sum() + 0.5 * (means == 0).sum()) / n_boot)
-    return {"diff": float(d.mean()), "low": float(np.quantile(means, alpha)),
-            "high": float(np.quantile(means, 1 - alpha)), "p_b_better": better, "n": int(d.size)}
+    return {
+        "diff": float(d.mean()),
+        "low": float(np.quantile(means, alpha)),
+        "high": float(np.quantile(means, 1 - alpha)),
+        "p_b_better": better,
+        "n": int(d.size),
+    }
 
 
-def unpaired_bootstrap(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000,
-                       seed: int = 0) -> dict[str, float]:
+def unpaired_bootstrap(
+    a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Difference of means ``mean(b) - mean(a)`` of two independent samples, with a bootstrap CI.
 
     >>> d = unpaired_bootstrap([0, 0, 0, 1], [1, 1, 1, 0])
@@ -125,5 +133,9 @@ def unpaired_bootstrap(a: Sequence[float], b: Sequence[float], *, confidence: fl
     diffs = my - mx
     alpha = (1 - confidence) / 2
     better = float(((diffs > 0).sum() + 0.5 * (diffs == 0).sum()) / n_boot)
-    return {"diff": float(y.mean() - x.mean()), "low": float(np.quantile(diffs, alpha)),
-            "high": float(np.quantile(diffs, 1 - alpha)), "p_b_better": better}
+    return {
+        "diff": float(y.mean() - x.mean()),
+        "low": float(np.quantile(diffs, alpha)),
+        "high": float(np.quantile(diffs, 1 - alpha)),
+        "p_b_better": better,
+    }

@@ -85,16 +85,17 @@ def _d2l_unavailable(mem: Any, checkpoint: str | None) -> str | None:
     except PMemError as e:
         return str(e)
     if path is None:
-        return (f"no Doc-to-LoRA checkpoint for base model {mem.base_model.fingerprint!r} in "
-                f"{checkpoint or DEFAULT_D2L}; train one with `pmem train d2l`")
+        return (
+            f"no Doc-to-LoRA checkpoint for base model {mem.base_model.fingerprint!r} in "
+            f"{checkpoint or DEFAULT_D2L}; train one with `pmem train d2l`"
+        )
     return None
 
 
 class _Runner:
     """Runs the arms of one item after another and collects one row per (item, arm)."""
 
-    def __init__(self, mem: Any, *, k: int, max_new_tokens: int, window: int,
-                 checkpoint: str | None) -> None:
+    def __init__(self, mem: Any, *, k: int, max_new_tokens: int, window: int, checkpoint: str | None) -> None:
         self.mem = mem
         self.base = mem.base_model
         self.k = k
@@ -123,31 +124,48 @@ class _Runner:
         answer = out.pop("answer")
         prompt_tokens = out.pop("prompt_tokens")
         completion = out.pop("completion_tokens")
-        row = {"item": item.id, "arm": arm, "question": item.question, "answers": item.answers,
-               "prediction": answer, **metrics.score(answer, item.answers),
-               "prompt_tokens": prompt_tokens, "completion_tokens": completion,
-               "prefill_ms": m.prefill_ms, "total_ms": m.total_ms,
-               "kv_cache_bytes": (prompt_tokens + completion) * self.kv_per_token,
-               "peak_rss_bytes": m.peak_rss_bytes, **out}
+        row = {
+            "item": item.id,
+            "arm": arm,
+            "question": item.question,
+            "answers": item.answers,
+            "prediction": answer,
+            **metrics.score(answer, item.answers),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "prefill_ms": m.prefill_ms,
+            "total_ms": m.total_ms,
+            "kv_cache_bytes": (prompt_tokens + completion) * self.kv_per_token,
+            "peak_rss_bytes": m.peak_rss_bytes,
+            **out,
+        }
         self.rows.append(row)
 
-    def run_item(self, i: int, item: suites.Item, arms: list[str], methods: list[str],
-                 preferred: str | None) -> None:
+    def run_item(self, i: int, item: suites.Item, arms: list[str], methods: list[str], preferred: str | None) -> None:
         mem = self.mem
         keys = [_doc_key(item.id, j) for j in range(len(item.documents))]
         doc_bytes = sum(len(d.encode("utf-8")) for d in item.documents)
         if "none" in arms:
-            self._record(item, "none", lambda: dict(zip(("answer", "prompt_tokens", "completion_tokens"),
-                                                        self._direct(prompts.parametric_prompt(item.question)),
-                                                        strict=True)))
+            self._record(
+                item,
+                "none",
+                lambda: dict(
+                    zip(
+                        ("answer", "prompt_tokens", "completion_tokens"),
+                        self._direct(prompts.parametric_prompt(item.question)),
+                        strict=True,
+                    )
+                ),
+            )
         if "context" in arms:
+
             def context() -> dict[str, Any]:
                 text = "\n\n".join(d.strip() for d in item.documents)
                 budget = self.window - self.base.count_tokens(item.question) - 48
                 ids = self.base.encode(text)
                 truncated = len(ids) > budget
                 if truncated:
-                    text = self.base.decode(ids[:max(budget, 0)])
+                    text = self.base.decode(ids[: max(budget, 0)])
                 answer, pt, ct = self._direct(prompts.context_prompt(item.question, [text]))
                 return {"answer": answer, "prompt_tokens": pt, "completion_tokens": ct, "truncated": truncated}
 
@@ -166,8 +184,9 @@ class _Runner:
                 for key in keys:
                     t0 = time.perf_counter()
                     info = _internalize(mem, key, ns, method)
-                    made[method].append({"ms": (time.perf_counter() - t0) * 1000,
-                                         "bytes": int(info.size_bytes or 0), "rank": info.rank})
+                    made[method].append(
+                        {"ms": (time.perf_counter() - t0) * 1000, "bytes": int(info.size_bytes or 0), "rank": info.rank}
+                    )
             except PMemError as e:
                 log.warning("item %s: internalizing with %s failed: %s", item.id, method, e)
                 self.failures[method].append(f"{item.id}: {e}")
@@ -186,8 +205,9 @@ class _Runner:
         for key, text, cost in zip(keys, item.documents, made[preferred or ""], strict=True):
             chunks = self.mem.get(key, namespace=shared_ns).version.chunk_count
             for arm in ("hybrid", "auto"):  # both keep the adapter and the retrieval index of a document
-                self.costs[arm].append({"ms": cost["ms"] + index_ms,
-                                        "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4})
+                self.costs[arm].append(
+                    {"ms": cost["ms"] + index_ms, "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4}
+                )
         if "hybrid" in arms:
             self._record(item, "hybrid", functools.partial(self._query, item, shared_ns, "hybrid", keys))
         if "auto" in arms:
@@ -204,8 +224,9 @@ class _Runner:
             dim = self.mem.chunk_index.embedder.dim
             for key, text in zip(keys, item.documents, strict=True):
                 chunks = self.mem.get(key, namespace=ns).version.chunk_count
-                self.costs[index_cost_arm].append({"ms": ms / len(keys),
-                                                   "bytes": len(text.encode("utf-8")) + chunks * dim * 4})
+                self.costs[index_cost_arm].append(
+                    {"ms": ms / len(keys), "bytes": len(text.encode("utf-8")) + chunks * dim * 4}
+                )
         return ns
 
     def _warm_index(self, ns: str, question: str) -> None:
@@ -213,10 +234,24 @@ class _Runner:
         self.mem.search(question, k=1, namespace=ns)
 
     def _query(self, item: suites.Item, ns: str, mode: str, keys: list[str] | None) -> dict[str, Any]:
-        r = self.mem.query(item.question, namespace=ns, mode=mode, k=self.k, document_ids=keys,
-                           max_new_tokens=self.max_new_tokens, log=False)
-        return {"answer": r.answer, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "mode": r.mode, "reason": r.reason, "adapters": len(r.adapters), "chunks": len(r.chunks)}
+        r = self.mem.query(
+            item.question,
+            namespace=ns,
+            mode=mode,
+            k=self.k,
+            document_ids=keys,
+            max_new_tokens=self.max_new_tokens,
+            log=False,
+        )
+        return {
+            "answer": r.answer,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "mode": r.mode,
+            "reason": r.reason,
+            "adapters": len(r.adapters),
+            "chunks": len(r.chunks),
+        }
 
 
 # ---------------------------------------------------------------------------- summaries
@@ -255,18 +290,32 @@ def compare(rows: list[dict[str, Any]], arms: list[str], *, n_boot: int = 2000) 
             if not shared:
                 continue
             for name in METRIC_NAMES:
-                d = metrics.paired_bootstrap([by[a][i][name] for i in shared], [by[b][i][name] for i in shared],
-                                             n_boot=n_boot)
+                d = metrics.paired_bootstrap(
+                    [by[a][i][name] for i in shared], [by[b][i][name] for i in shared], n_boot=n_boot
+                )
                 out.append({"a": a, "b": b, "metric": name, **d})
     return out
 
 
-def run(quick: bool = False, data: str | Path | None = None, output: str | Path | None = None,
-        arms: Sequence[str] | str | None = None, *, suite: str = "builtin", k: int = 2,
-        max_new_tokens: int | None = None, context_tokens: int | None = None, cd_items: int | None = None,
-        cd_steps: int | None = None, checkpoint: str | None = None, limit: int | None = None,
-        seed: int | None = None, n_boot: int = 2000, settings: Settings | None = None,
-        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    data: str | Path | None = None,
+    output: str | Path | None = None,
+    arms: Sequence[str] | str | None = None,
+    *,
+    suite: str = "builtin",
+    k: int = 2,
+    max_new_tokens: int | None = None,
+    context_tokens: int | None = None,
+    cd_items: int | None = None,
+    cd_steps: int | None = None,
+    checkpoint: str | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    n_boot: int = 2000,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Run the QA comparison and write ``qa.json``, ``report.md`` and plots into ``output``.
 
     Args:
@@ -315,15 +364,20 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
             elif checkpoint is not None:  # every D2L internalization of this store (d2l, hybrid, auto) uses it
                 mem.configure_internalizer("d2l", checkpoint=checkpoint)
         if cd_steps is not None:
-            _configure_cd(mem, steps=cd_steps, max_questions=min(8, cd_steps),
-                          **({"max_answer_tokens": 16} if quick else {}))
+            _configure_cd(
+                mem, steps=cd_steps, max_questions=min(8, cd_steps), **({"max_answer_tokens": 16} if quick else {})
+            )
         preferred = "d2l" if "d2l" not in unavailable else "cd"
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)
         runner._direct("Hello")  # warm-up: the first generation pays one-off kernel and cache set-up
         for i, item in enumerate(items):
-            methods = [m for m in ADAPTER_ARMS if m not in unavailable
-                       and (m in arm_list or (m == preferred and {"hybrid", "auto"} & set(arm_list)))
-                       and (m != "cd" or i < cd_items)]
+            methods = [
+                m
+                for m in ADAPTER_ARMS
+                if m not in unavailable
+                and (m in arm_list or (m == preferred and {"hybrid", "auto"} & set(arm_list)))
+                and (m != "cd" or i < cd_items)
+            ]
             runner.run_item(i, item, arm_list, methods, preferred if preferred in methods else None)
             if progress:
                 progress(i + 1, len(items))
@@ -339,8 +393,7 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
             continue
         if not arm_rows:
             fails = runner.failures.get(arm) or runner.failures.get(preferred) or []
-            summary[arm] = {"available": False,
-                            "reason": "; ".join(fails[:3]) or "no item ran on this arm"}
+            summary[arm] = {"available": False, "reason": "; ".join(fails[:3]) or "no item ran on this arm"}
             continue
         summary[arm] = {"available": True, **_summary(arm_rows, runner.costs.get(arm, []), n_boot)}
         if arm in ("hybrid", "auto"):
@@ -348,11 +401,22 @@ def run(quick: bool = False, data: str | Path | None = None, output: str | Path 
         if runner.failures.get(arm):
             summary[arm]["failures"] = runner.failures[arm]
     result: dict[str, Any] = {
-        "suite": source, "items": len(items), "errors": errors, "arms": summary,
+        "suite": source,
+        "items": len(items),
+        "errors": errors,
+        "arms": summary,
         "comparisons": compare(rows, arm_list, n_boot=n_boot),
-        "config": {"quick": quick, "k": k, "max_new_tokens": max_new_tokens, "window_tokens": window,
-                   "cd_items": cd_items, "cd_steps": cd_steps, "chunk_tokens": settings.chunk_tokens,
-                   "base_model": fingerprint, "checkpoint": checkpoint},
+        "config": {
+            "quick": quick,
+            "k": k,
+            "max_new_tokens": max_new_tokens,
+            "window_tokens": window,
+            "cd_items": cd_items,
+            "cd_steps": cd_steps,
+            "chunk_tokens": settings.chunk_tokens,
+            "base_model": fingerprint,
+            "checkpoint": checkpoint,
+        },
         "run_seconds": round(seconds, 1),
         "output": str(outdir),
     }

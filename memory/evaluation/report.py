@@ -34,8 +34,10 @@ def _plots(result: dict[str, Any], outdir: Path) -> list[str]:
     width = 0.27
     for j, metric in enumerate(("exact_match", "f1", "contains")):
         means = [arms[a][metric]["mean"] for a in names]
-        err = [[m - arms[a][metric]["low"] for a, m in zip(names, means, strict=True)],
-               [arms[a][metric]["high"] - m for a, m in zip(names, means, strict=True)]]
+        err = [
+            [m - arms[a][metric]["low"] for a, m in zip(names, means, strict=True)],
+            [arms[a][metric]["high"] - m for a, m in zip(names, means, strict=True)],
+        ]
         ax.bar([i + (j - 1) * width for i in x], means, width, yerr=err, capsize=3, label=metric)
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1.05)
@@ -64,8 +66,13 @@ def _plots(result: dict[str, Any], outdir: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for a in names:
         ax.scatter(arms[a]["total_ms"]["mean"], arms[a]["contains"]["mean"], s=40)
-        ax.annotate(a, (arms[a]["total_ms"]["mean"], arms[a]["contains"]["mean"]), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            a,
+            (arms[a]["total_ms"]["mean"], arms[a]["contains"]["mean"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xlabel("total ms per query (mean)")
     ax.set_ylabel("answer contained (mean)")
     ax.set_ylim(-0.05, 1.05)
@@ -107,11 +114,17 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             f"| {s['kv_cache_bytes']['mean'] / 1024:.0f} | {s['peak_rss_mb']:.0f} "
             f"| {s['internalize_ms_per_document']:.0f} | {s['bytes_stored_per_document']:,.0f} |"
         )
-    lines += ["", ("Scores are means with 95% percentile-bootstrap intervals. Prefill and total are per query; "
-                   "internalization (adapter making, or chunk embedding for `rag`) is paid once per document. "
-                   "Bytes stored: `context` the text; `rag` text + chunk embeddings; `d2l`/`cd` the adapter blob; "
-                   "`hybrid`/`auto` adapter + text + embeddings. KV cache = (prompt + answer tokens) x bytes per "
-                   "token."), ""]
+    lines += [
+        "",
+        (
+            "Scores are means with 95% percentile-bootstrap intervals. Prefill and total are per query; "
+            "internalization (adapter making, or chunk embedding for `rag`) is paid once per document. "
+            "Bytes stored: `context` the text; `rag` text + chunk embeddings; `d2l`/`cd` the adapter blob; "
+            "`hybrid`/`auto` adapter + text + embeddings. KV cache = (prompt + answer tokens) x bytes per "
+            "token."
+        ),
+        "",
+    ]
     if unavailable:
         lines += ["Unavailable arms:", "", *unavailable, ""]
     notes = []
@@ -125,9 +138,12 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
         lines += ["Notes:", "", *notes, ""]
     vs = [c for c in result["comparisons"] if c["metric"] == "contains" and "rag" in (c["a"], c["b"])]
     if vs:
-        lines += ["## Against retrieval (answer contained, paired bootstrap on shared items)", "",
-                  "| arm | n | arm − rag | 95% CI | P(arm better) |",  # noqa: RUF001 - a typographic minus
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Against retrieval (answer contained, paired bootstrap on shared items)",
+            "",
+            "| arm | n | arm − rag | 95% CI | P(arm better) |",  # noqa: RUF001 - a typographic minus
+            "|---|---|---|---|---|",
+        ]
         for c in vs:
             sign, other = (1, c["b"]) if c["a"] == "rag" else (-1, c["a"])
             low, high = (c["low"], c["high"]) if sign == 1 else (-c["high"], -c["low"])

@@ -91,4 +91,3 @@ def kv_bytes_per_token(base: Any) -> int:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     elem = base.dtype.itemsize if hasattr(base.dtype, "itemsize") else 4
     return int(2 * cfg.num_hidden_layers * kv_heads * head_dim * elem)
-

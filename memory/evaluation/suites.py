@@ -131,8 +131,10 @@ def made_up_facts(n: int, *, seed: int = 7) -> list[Item]:
         city = invented_name(rng, 3)
         year = str(rng.randint(1400, 1990))
         colour = rng.choice(_COLOURS)
-        doc = (f"{entity[0].upper()}{entity[1:]} was founded in {year} by {founder}. "
-               f"It is located in the town of {city}. Its official colour is {colour}.")
+        doc = (
+            f"{entity[0].upper()}{entity[1:]} was founded in {year} by {founder}. "
+            f"It is located in the town of {city}. Its official colour is {colour}."
+        )
         which = i % 3
         if which == 0:
             q, a = f"Who founded {entity}?", [founder]
@@ -158,8 +160,9 @@ _FILLER = [
 ]
 
 
-def needle_in_haystack(n: int, *, haystack_tokens: int = 400, seed: int = 11,
-                       depths: tuple[float, ...] = (0.1, 0.5, 0.9)) -> list[Item]:
+def needle_in_haystack(
+    n: int, *, haystack_tokens: int = 400, seed: int = 11, depths: tuple[float, ...] = (0.1, 0.5, 0.9)
+) -> list[Item]:
     """``n`` items: one invented fact (the needle) at a depth of ``depths`` in ~``haystack_tokens`` of filler."""
     rng = random.Random(seed)
     items = []
@@ -175,11 +178,15 @@ def needle_in_haystack(n: int, *, haystack_tokens: int = 400, seed: int = 11,
         needle = f"The secret passphrase for the {vault} vault is {code}."
         depth = depths[i % len(depths)]
         sentences.insert(int(depth * len(sentences)), needle)
-        items.append(Item(
-            id=f"needle{i:03d}", documents=[" ".join(sentences)],
-            question=f"What is the secret passphrase for the {vault} vault?", answers=[code],
-            meta={"suite": "needle", "depth": depth, "haystack_tokens": haystack_tokens},
-        ))
+        items.append(
+            Item(
+                id=f"needle{i:03d}",
+                documents=[" ".join(sentences)],
+                question=f"What is the secret passphrase for the {vault} vault?",
+                answers=[code],
+                meta={"suite": "needle", "depth": depth, "haystack_tokens": haystack_tokens},
+            )
+        )
     return items
 
 
@@ -203,8 +210,11 @@ def builtin(quick: bool, suite: str = "builtin", seed: int | None = None) -> lis
         out += made_up_facts(n_facts) if seed is None else made_up_facts(n_facts, seed=seed)
     if suite in ("needle", "builtin"):
         haystack_tokens = 300 if quick else 1500
-        out += (needle_in_haystack(n_needle, haystack_tokens=haystack_tokens) if seed is None
-                else needle_in_haystack(n_needle, haystack_tokens=haystack_tokens, seed=seed + 1))
+        out += (
+            needle_in_haystack(n_needle, haystack_tokens=haystack_tokens)
+            if seed is None
+            else needle_in_haystack(n_needle, haystack_tokens=haystack_tokens, seed=seed + 1)
+        )
     if seed is not None:
         out = [replace(i, id=f"s{seed}-{i.id}") for i in out]
     return out

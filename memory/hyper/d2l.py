@@ -94,7 +94,9 @@ class D2LConfig:
         if not self.target_layers or any(not 0 <= x < self.num_layers for x in self.target_layers):
             raise ValidationError(f"target_layers must be within [0, {self.num_layers}), got {self.target_layers!r}")
         if self.rank < 1 or self.bias_rank < 0 or self.key_rank < 1:
-            raise ValidationError(f"rank/bias_rank/key_rank must be positive, got {self.rank}/{self.bias_rank}/{self.key_rank}")
+            raise ValidationError(
+                f"rank/bias_rank/key_rank must be positive, got {self.rank}/{self.bias_rank}/{self.key_rank}"
+            )
         if self.chunk_tokens < 2:
             raise ValidationError(f"chunk_tokens must be >= 2, got {self.chunk_tokens!r}")
         if self.max_rank is not None and self.max_rank < 1:
@@ -114,8 +116,12 @@ class D2LConfig:
         n = int(hf_config.num_hidden_layers)
         default = tuple(sorted({max(0, n - 1 - 3 * k) for k in range(4)})) if n >= 12 else tuple(range(n // 4, n))
         kw.setdefault("target_layers", default)
-        return cls(hidden_size=int(hf_config.hidden_size), intermediate_size=int(hf_config.intermediate_size),
-                   num_layers=n, **kw)
+        return cls(
+            hidden_size=int(hf_config.hidden_size),
+            intermediate_size=int(hf_config.intermediate_size),
+            num_layers=n,
+            **kw,
+        )
 
 
 @dataclass
@@ -133,7 +139,9 @@ class DocFeatures:
 
 
 @torch.no_grad()
-def document_features(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]) -> DocFeatures:
+def document_features(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: Sequence[int]
+) -> DocFeatures:
     """Run the frozen base model over token chunks and collect the hypernetwork's inputs.
 
     ``model`` is a transformers causal LM (``model.model.layers[i].mlp.down_proj`` must exist). The LM head
@@ -208,13 +216,13 @@ class _LayerWriter(nn.Module):
 class D2LHypernetwork(nn.Module):
     """Doc-to-LoRA hypernetwork (fast-weight writer). See the module docstring for the maths.
 
-    >>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
->>> cfg = D2LConfig(**sizes, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
-    >>> net = D2LHypernetwork(cfg)
-    >>> f = DocFeatures({1: torch.randn(1, 5, 16)}, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool))
-    >>> A, B, g = net(f)[1]
-    >>> float((B @ A.transpose(1, 2)).abs().max())  # zero delta at init
-    0.0
+        >>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
+    >>> cfg = D2LConfig(**sizes, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
+        >>> net = D2LHypernetwork(cfg)
+        >>> f = DocFeatures({1: torch.randn(1, 5, 16)}, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool))
+        >>> A, B, g = net(f)[1]
+        >>> float((B @ A.transpose(1, 2)).abs().max())  # zero delta at init
+        0.0
     """
 
     def __init__(self, config: D2LConfig) -> None:
@@ -226,7 +234,9 @@ class D2LHypernetwork(nn.Module):
 
     def forward(self, feats: DocFeatures) -> dict[int, tuple[Tensor, Tensor, Tensor]]:
         """Per target layer: ``A [bs,T,in]`` (rows), ``B [bs,T,out]`` (rows, i.e. B transposed), gates ``[bs,T]``."""
-        return {layer: self.writer(layer)(feats.m[layer], feats.next_emb, feats.mask) for layer in self.config.target_layers}
+        return {
+            layer: self.writer(layer)(feats.m[layer], feats.next_emb, feats.mask) for layer in self.config.target_layers
+        }
 
     def writer(self, layer: int) -> _LayerWriter:
         """The writer of one target layer (``writers`` is keyed by the layer number as a string)."""
@@ -312,7 +322,9 @@ def load_checkpoint(directory: str | Path, base: Any | None = None) -> D2LHypern
     except FileNotFoundError as e:
         raise ModelError(f"no D2L checkpoint at {d}: {e.filename} is missing") from e
     except Exception as e:  # corrupt JSON or safetensors
-        raise ModelError(f"D2L checkpoint at {d} is unreadable ({e}); restore it or retrain with `pmem train d2l`") from e
+        raise ModelError(
+            f"D2L checkpoint at {d} is unreadable ({e}); restore it or retrain with `pmem train d2l`"
+        ) from e
     raw.pop("kind", None)
     try:
         cfg = D2LConfig(**raw)
@@ -402,9 +414,18 @@ class _DocBuffer:
         return torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).transpose(0, 1).contiguous()
 
 
-def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, chunk_tokens: int | None,
-                      rank: int | None, max_rank: int | None, batch_chunks: int, dtype: torch.dtype,
-                      progress: Callable[[int, int], None] | None) -> list[LoraAdapter]:
+def _internalize_with(
+    net: D2LHypernetwork,
+    base: Any,
+    texts: Sequence[str],
+    *,
+    chunk_tokens: int | None,
+    rank: int | None,
+    max_rank: int | None,
+    batch_chunks: int,
+    dtype: torch.dtype,
+    progress: Callable[[int, int], None] | None,
+) -> list[LoraAdapter]:
     cfg = net.config
     size = int(chunk_tokens or cfg.chunk_tokens)
     k = int(rank or cfg.rank)
@@ -423,7 +444,9 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
             raise ValidationError(f"document {i} has no tokens after tokenisation")
         docs.append(_chunks_of(ids, size))
     # one queue of (doc, chunk) ordered by length so that a batch pads little
-    order = sorted(((d, c) for d, chunks in enumerate(docs) for c in range(len(chunks))), key=lambda dc: -len(docs[dc[0]][dc[1]]))
+    order = sorted(
+        ((d, c) for d, chunks in enumerate(docs) for c in range(len(chunks))), key=lambda dc: -len(docs[dc[0]][dc[1]])
+    )
     total = len(order)
     buffers = [_DocBuffer(max_rank) for _ in docs]
     dev = next(model.parameters()).device
@@ -453,23 +476,42 @@ def _internalize_with(net: D2LHypernetwork, base: Any, texts: Sequence[str], *, 
     adapters = []
     for d, buf in enumerate(buffers):
         doc_w = {cfg.module_path(layer): got for layer in cfg.target_layers if (got := buf.weights(layer)) is not None}
-        bias_w = {cfg.module_path(layer): tuple(t.detach().to("cpu", dtype) for t in net.bias(layer))
-                  for layer in cfg.target_layers}
+        bias_w = {
+            cfg.module_path(layer): tuple(t.detach().to("cpu", dtype) for t in net.bias(layer))
+            for layer in cfg.target_layers
+        }
         ad = concat([LoraAdapter(doc_w, fingerprint), LoraAdapter(bias_w, fingerprint)])  # type: ignore[arg-type]
-        ad.metadata.update({
-            "kind": "d2l", "hypernetwork_sha256": sha, "chunks": str(len(docs[d])), "chunk_tokens": str(size),
-            "rank_per_chunk": str(k), "max_rank": str(max_rank), "bias_rank": str(cfg.bias_rank),
-            "tokens": str(sum(len(c) for c in docs[d]) - len(docs[d]) + 1), "batch_seconds": f"{elapsed:.4f}",
-        })
+        ad.metadata.update(
+            {
+                "kind": "d2l",
+                "hypernetwork_sha256": sha,
+                "chunks": str(len(docs[d])),
+                "chunk_tokens": str(size),
+                "rank_per_chunk": str(k),
+                "max_rank": str(max_rank),
+                "bias_rank": str(cfg.bias_rank),
+                "tokens": str(sum(len(c) for c in docs[d]) - len(docs[d]) + 1),
+                "batch_seconds": f"{elapsed:.4f}",
+            }
+        )
         adapters.append(ad)
     log.debug("internalized %d documents (%d chunks) in %.3f s", len(texts), total, elapsed)
     return adapters
 
 
-def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | None = None,
-                checkpoint: str | Path | None = None, chunk_tokens: int | None = None, rank: int | None = None,
-                max_rank: int | None = None, batch_chunks: int = 8, dtype: torch.dtype = torch.bfloat16,
-                progress: Callable[[int, int], None] | None = None) -> list[LoraAdapter]:
+def internalize(
+    base: Any,
+    texts: Sequence[str],
+    *,
+    hypernet: D2LHypernetwork | None = None,
+    checkpoint: str | Path | None = None,
+    chunk_tokens: int | None = None,
+    rank: int | None = None,
+    max_rank: int | None = None,
+    batch_chunks: int = 8,
+    dtype: torch.dtype = torch.bfloat16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LoraAdapter]:
     """Turn documents into LoRA adapters for ``base`` in batched forward passes (no gradient steps).
 
     Documents longer than ``chunk_tokens`` are split; each chunk contributes ``rank`` components per target
@@ -504,6 +546,14 @@ def internalize(base: Any, texts: Sequence[str], *, hypernet: D2LHypernetwork | 
         _check_base(hypernet.config, base)
     if max_rank is None:
         max_rank = hypernet.config.max_rank
-    return _internalize_with(hypernet, base, texts, chunk_tokens=chunk_tokens, rank=rank, max_rank=max_rank,
-                             batch_chunks=batch_chunks,
-                             dtype=dtype, progress=progress)
+    return _internalize_with(
+        hypernet,
+        base,
+        texts,
+        chunk_tokens=chunk_tokens,
+        rank=rank,
+        max_rank=max_rank,
+        batch_chunks=batch_chunks,
+        dtype=dtype,
+        progress=progress,
+    )

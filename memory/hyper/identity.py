@@ -108,7 +108,9 @@ def _read_config(directory: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{path} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}") from None
+        raise ModelError(
+            f"{path} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path} is unreadable ({e}); restore the checkpoint or train it again") from e
 
@@ -118,7 +120,9 @@ def _safetensors_tensors(path: Path) -> list[tuple[str, str, list[int], memoryvi
     try:
         raw = memoryview(path.read_bytes())
     except FileNotFoundError:
-        raise ModelError(f"{path} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}") from None
+        raise ModelError(
+            f"{path} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        ) from None
     try:
         (n,) = struct.unpack("<Q", raw[:8])
         header = json.loads(bytes(raw[8 : 8 + n]))
@@ -133,7 +137,9 @@ def _safetensors_tensors(path: Path) -> list[tuple[str, str, list[int], memoryvi
             out.append((name, str(info["dtype"]), [int(x) for x in info["shape"]], body[start:end]))
         return out
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"{path} is not a readable safetensors file ({e}); restore the checkpoint or train it again") from e
+        raise ModelError(
+            f"{path} is not a readable safetensors file ({e}); restore the checkpoint or train it again"
+        ) from e
 
 
 _CACHE: dict[tuple[Any, ...], str] = {}
@@ -152,7 +158,9 @@ def checkpoint_sha256(directory: str | Path) -> str:
     try:
         stats = tuple((s.st_mtime_ns, s.st_size, s.st_ino) for s in (f.stat() for f in files))
     except FileNotFoundError as e:
-        raise ModelError(f"{e.filename} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}") from None
+        raise ModelError(
+            f"{e.filename} is missing; a hypernetwork checkpoint directory holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+        ) from None
     key = (str(d.resolve()), stats)
     with _CACHE_LOCK:
         if key in _CACHE:
@@ -174,8 +182,16 @@ def state_sha256(config: Any, state: Mapping[str, torch.Tensor]) -> str:
     import torch  # here, not at the top: job submission computes identities without loading torch
 
     st_dtypes = {
-        torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+        torch.float64: "F64",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
     }
     tensors = []
     for name, t in state.items():
@@ -211,8 +227,9 @@ def checkpoint_identity(kind: str, directory: str | Path, *, metrics_file: str |
             metrics = json.loads((d / metrics_file).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             metrics = {}
-    return Identity(kind=kind, name=d.name, checkpoint_sha256=checkpoint_sha256(d), config=_read_config(d),
-                    eval_metrics=metrics)
+    return Identity(
+        kind=kind, name=d.name, checkpoint_sha256=checkpoint_sha256(d), config=_read_config(d), eval_metrics=metrics
+    )
 
 
 # ----------------------------------------------------------------------------- compatibility

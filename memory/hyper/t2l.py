@@ -95,7 +95,9 @@ class T2LConfig:
         if self.size not in ("L", "M", "S"):
             raise ValidationError(f"size must be 'L', 'M' or 'S', got {self.size!r}")
         if self.rank < 1 or self.n_layers < 1 or self.latent % 4:
-            raise ValidationError(f"need rank >= 1, n_layers >= 1, latent % 4 == 0; got {self.rank}, {self.n_layers}, {self.latent}")
+            raise ValidationError(
+                f"need rank >= 1, n_layers >= 1, latent % 4 == 0; got {self.rank}, {self.n_layers}, {self.latent}"
+            )
         if not self.module_dims:
             raise ValidationError("module_dims is empty; name at least one target module")
         if self.offset_rank < 0:
@@ -145,7 +147,9 @@ class T2LConfig:
 class _ResBlock(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
@@ -162,7 +166,9 @@ class T2LHypernetwork(nn.Module):
         self.task_encoder = nn.Sequential(nn.Linear(EMBED_DIM, c.latent // 2), nn.LayerNorm(c.latent // 2))
         self.layer_emb = nn.Sequential(nn.Embedding(c.n_layers, q), nn.LayerNorm(q))
         self.module_emb = nn.Sequential(nn.Embedding(len(c.modules), q), nn.LayerNorm(q))
-        self.mixer = nn.Sequential(nn.Linear(c.latent, 4 * c.latent), nn.SiLU(), nn.Dropout(c.dropout), nn.Linear(4 * c.latent, c.latent))
+        self.mixer = nn.Sequential(
+            nn.Linear(c.latent, 4 * c.latent), nn.SiLU(), nn.Dropout(c.dropout), nn.Linear(4 * c.latent, c.latent)
+        )
         self.blocks = nn.Sequential(_ResBlock(c.latent, c.dropout), _ResBlock(c.latent, c.dropout))
         self.to_head = nn.Sequential(nn.LayerNorm(c.latent), nn.Linear(c.latent, c.head_in), nn.SiLU())
         if c.size == "L":
@@ -177,11 +183,20 @@ class T2LHypernetwork(nn.Module):
             if c.size == "S":
                 self.rank_emb = nn.Parameter(torch.randn(c.rank, c.latent) * 0.02)
         if c.offset_rank:  # per layer: Kaiming-uniform A, zero B (zero delta at init)
-            self.offset_a = nn.ParameterDict({
-                _key(m): nn.Parameter(torch.empty(c.n_layers, c.offset_rank, i).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i)))
-                for m, (i, o) in c.module_dims.items()})
-            self.offset_b = nn.ParameterDict({
-                _key(m): nn.Parameter(torch.zeros(c.n_layers, o, c.offset_rank)) for m, (i, o) in c.module_dims.items()})
+            self.offset_a = nn.ParameterDict(
+                {
+                    _key(m): nn.Parameter(
+                        torch.empty(c.n_layers, c.offset_rank, i).uniform_(-1 / math.sqrt(i), 1 / math.sqrt(i))
+                    )
+                    for m, (i, o) in c.module_dims.items()
+                }
+            )
+            self.offset_b = nn.ParameterDict(
+                {
+                    _key(m): nn.Parameter(torch.zeros(c.n_layers, o, c.offset_rank))
+                    for m, (i, o) in c.module_dims.items()
+                }
+            )
         self.reset_heads()
 
     # ------------------------------------------------------------------ init
@@ -316,7 +331,10 @@ class T2LHypernetwork(nn.Module):
         fp = self.fingerprint()
         adapters = []
         for row, desc in enumerate(descriptions):
-            w = {p: (a[row].float().cpu().contiguous(), b[row].float().cpu().contiguous()) for p, (a, b) in weights.items()}
+            w = {
+                p: (a[row].float().cpu().contiguous(), b[row].float().cpu().contiguous())
+                for p, (a, b) in weights.items()
+            }
             meta = {"kind": "t2l", "description": desc[:1000], "hypernetwork": fp, "size": self.config.size}
             adapters.append(LoraAdapter(w, self.config.base_model, meta))
         return adapters
@@ -345,7 +363,9 @@ class T2LHypernetwork(nn.Module):
         """
         d = Path(directory)
         if not (d / CONFIG_FILE).exists() or not (d / WEIGHTS_FILE).exists():
-            raise ModelError(f"{d} is not a T2L checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with `pmem train t2l`")
+            raise ModelError(
+                f"{d} is not a T2L checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with `pmem train t2l`"
+            )
         payload = json.loads((d / CONFIG_FILE).read_text())
         if payload.get("kind") != "t2l":
             raise ModelError(f"{d / CONFIG_FILE} is not a T2L config (kind={payload.get('kind')!r})")

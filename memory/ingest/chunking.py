@@ -54,14 +54,21 @@ def chunk_elements(
     chunks: list[ChunkSpec] = []
 
     def tokens(i0: int, i1: int) -> int:
-        return count(source[spans[i0][0]:spans[i1][1]])
+        return count(source[spans[i0][0] : spans[i1][1]])
 
     def flush(idx: list[int]) -> None:
         if idx:
             start, end = spans[idx[0]][0], spans[idx[-1]][1]
-            chunks.append(ChunkSpec(ordinal=len(chunks), text=source[start:end], start_char=start, end_char=end,
-                                    token_count=count(source[start:end]),
-                                    metadata=_metadata([elements[i] for i in idx])))
+            chunks.append(
+                ChunkSpec(
+                    ordinal=len(chunks),
+                    text=source[start:end],
+                    start_char=start,
+                    end_char=end,
+                    token_count=count(source[start:end]),
+                    metadata=_metadata([elements[i] for i in idx]),
+                )
+            )
 
     cur: list[int] = []
     for i, el in enumerate(elements):
@@ -78,14 +85,22 @@ def chunk_elements(
                 start, end = base + part.start_char, base + part.end_char
                 group = [el]
                 if k == 0 and carry:  # the heading goes with the first part when it fits, else alone
-                    if count(source[spans[carry[0]][0]:end]) <= max_tokens:
+                    if count(source[spans[carry[0]][0] : end]) <= max_tokens:
                         start, group = spans[carry[0]][0], [elements[j] for j in carry] + [el]
                     else:
                         flush(carry)
                 meta = _metadata(group)
                 meta.update(part=k + 1, parts=len(parts))
-                chunks.append(ChunkSpec(ordinal=len(chunks), text=source[start:end], start_char=start,
-                                        end_char=end, token_count=count(source[start:end]), metadata=meta))
+                chunks.append(
+                    ChunkSpec(
+                        ordinal=len(chunks),
+                        text=source[start:end],
+                        start_char=start,
+                        end_char=end,
+                        token_count=count(source[start:end]),
+                        metadata=meta,
+                    )
+                )
             cur = []
             continue
         if cur and tokens(cur[0], i) > max_tokens:

@@ -40,7 +40,9 @@ def decode_text(data: bytes, name: str = "<bytes>") -> tuple[str, str]:
             try:
                 return _checked(data.decode(encoding), name), encoding
             except UnicodeDecodeError as exc:
-                raise IngestError(f"{name}: starts with a {encoding} byte-order mark but is not {encoding}: {exc}") from exc
+                raise IngestError(
+                    f"{name}: starts with a {encoding} byte-order mark but is not {encoding}: {exc}"
+                ) from exc
     if b"\x00" in data:
         raise IngestError(f"{name}: binary content (NUL bytes) in a file that should be text")
     try:

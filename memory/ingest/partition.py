@@ -145,8 +145,9 @@ def partition_path(
     if filetype is None and ext and ext not in EXTENSIONS:  # refuse before reading anything
         resolve_filetype(b"", os.fspath(path), shown=shown)
     data = read_bounded(path, max_bytes=max_bytes)
-    return partition_bytes(data, os.fspath(path), strategy=strategy, max_bytes=max_bytes, filetype=filetype,
-                           _shown=shown)
+    return partition_bytes(
+        data, os.fspath(path), strategy=strategy, max_bytes=max_bytes, filetype=filetype, _shown=shown
+    )
 
 
 def partition_bytes(
@@ -308,8 +309,9 @@ def assemble(raws: Iterable[_Raw], filetype: str, parser: dict[str, Any], page_c
                 meta[key] = value
         if parts:
             pos += 2
-        elements.append(Element(text=text, category=raw.category, metadata=meta, start_char=pos,
-                                end_char=pos + len(text)))
+        elements.append(
+            Element(text=text, category=raw.category, metadata=meta, start_char=pos, end_char=pos + len(text))
+        )
         parts.append(text)
         pos += len(text)
     full = "\n\n".join(parts)
@@ -356,8 +358,7 @@ def _check_limit(max_bytes: int) -> None:
 
 
 def _unstructured_record(partitioner: str) -> dict[str, Any]:
-    return {"library": "unstructured", "version": unstructured_version(), "partitioner": partitioner,
-            **spacy_info()}
+    return {"library": "unstructured", "version": unstructured_version(), "partitioner": partitioner, **spacy_info()}
 
 
 def _from_unstructured(elements: Iterable[Any]) -> list[_Raw]:
@@ -420,8 +421,12 @@ def rst_to_markdown(text: str) -> str:
     while i < len(lines):
         line = lines[i]
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if line.strip() and not _RST_ADORNMENT.fullmatch(line) and _RST_ADORNMENT.fullmatch(nxt) \
-                and len(nxt.rstrip()) >= len(line.strip()):
+        if (
+            line.strip()
+            and not _RST_ADORNMENT.fullmatch(line)
+            and _RST_ADORNMENT.fullmatch(nxt)
+            and len(nxt.rstrip()) >= len(line.strip())
+        ):
             over = bool(out) and _RST_ADORNMENT.fullmatch(out[-1]) is not None and out[-1].strip()[0] == nxt.strip()[0]
             if over:
                 out.pop()
@@ -463,8 +468,7 @@ def _xml(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
     # Re-encoded as UTF-8 and told so: the declaration may name the original encoding. Entities are
     # not resolved by unstructured's parser (no XXE).
     payload = re.sub(r"^\s*<\?xml[^>]*\?>", "", text, count=1).encode("utf-8")
-    els = _wrap(shown, "XML",
-                lambda: partition_xml(file=io.BytesIO(payload), encoding="utf-8"))
+    els = _wrap(shown, "XML", lambda: partition_xml(file=io.BytesIO(payload), encoding="utf-8"))
     return _from_unstructured(els), {**_unstructured_record("partition_xml"), "encoding": enc}, None
 
 
@@ -475,18 +479,28 @@ def _docx(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
             infos = zf.infolist()
             names = {i.filename for i in infos}
             unzipped = sum(i.file_size for i in infos)
-            bomb = next((i for i in infos if i.file_size > _UNZIP_RATIO_FROM
-                         and i.file_size > _MAX_UNZIP_RATIO * max(i.compress_size, 1)), None)
+            bomb = next(
+                (
+                    i
+                    for i in infos
+                    if i.file_size > _UNZIP_RATIO_FROM and i.file_size > _MAX_UNZIP_RATIO * max(i.compress_size, 1)
+                ),
+                None,
+            )
     except zipfile.BadZipFile as exc:
         raise IngestError(f"{shown}: not a valid .docx file (not a zip archive: {exc})") from None
     if "word/document.xml" not in names:
         raise IngestError(f"{shown}: not a Word document (the archive has no word/document.xml)")
     if unzipped > 2 * max_bytes:
-        raise IngestError(f"{shown}: unpacks to {unzipped:,} bytes (a zip bomb?); the limit is "
-                          f"{2 * max_bytes:,} (twice the document limit)")
+        raise IngestError(
+            f"{shown}: unpacks to {unzipped:,} bytes (a zip bomb?); the limit is "
+            f"{2 * max_bytes:,} (twice the document limit)"
+        )
     if bomb is not None:
-        raise IngestError(f"{shown}: {bomb.filename} inflates {bomb.file_size / max(bomb.compress_size, 1):,.0f}x "
-                          f"to {bomb.file_size:,} bytes (a zip bomb?); refused")
+        raise IngestError(
+            f"{shown}: {bomb.filename} inflates {bomb.file_size / max(bomb.compress_size, 1):,.0f}x "
+            f"to {bomb.file_size:,} bytes (a zip bomb?); refused"
+        )
     ensure_unstructured()
     from unstructured.partition.docx import partition_docx
 
@@ -503,8 +517,7 @@ def _eml(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int):
     ensure_unstructured()
     from unstructured.partition.email import partition_email
 
-    els = _wrap(shown, "email",
-                lambda: partition_email(file=io.BytesIO(data), process_attachments=False))
+    els = _wrap(shown, "email", lambda: partition_email(file=io.BytesIO(data), process_attachments=False))
     raws: list[_Raw] = []
     subject = _header(msg, "Subject")
     if subject:
@@ -578,8 +591,12 @@ def _csv(data: bytes, shown: str, strategy: str, max_bytes: int, depth: int, *, 
     meta: dict[str, Any] = {"rows": len(rows), "columns": max(len(r) for r in rows)}
     if len(rows) * meta["columns"] <= _MAX_HTML_CELLS:
         meta["text_as_html"] = _table_html(rows)
-    record = {"library": "python-csv", "version": _python_version(), "encoding": enc,
-              "delimiter": getattr(dialect, "delimiter", ",")}
+    record = {
+        "library": "python-csv",
+        "version": _python_version(),
+        "encoding": enc,
+        "delimiter": getattr(dialect, "delimiter", ","),
+    }
     return [_Raw(text=body, category="Table", meta=meta)], record, None
 
 

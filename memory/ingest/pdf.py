@@ -100,8 +100,9 @@ class _Box:
     zone: str | None  # "top" | "bottom" | None
 
 
-def extract_pdf(data: bytes, shown: str, *, max_bytes: int = 100 * 1024 * 1024,
-                max_pages: int = MAX_PAGES) -> tuple[list[Any], int]:
+def extract_pdf(
+    data: bytes, shown: str, *, max_bytes: int = 100 * 1024 * 1024, max_pages: int = MAX_PAGES
+) -> tuple[list[Any], int]:
     """Return the raw elements (see ``memory.ingest.partition``) and the page count of a PDF.
 
     Bounded: at most ``max_pages`` pages, and compressed streams inflate to at most twice ``max_bytes``
@@ -182,8 +183,10 @@ def _layout(data: bytes, shown: str, max_inflated: int, max_pages: int) -> tuple
     except IngestError:
         raise
     except _InflateLimit:
-        raise IngestError(f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
-                          "(a decompression bomb?); refused") from None
+        raise IngestError(
+            f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
+            "(a decompression bomb?); refused"
+        ) from None
     except Exception as exc:  # pdfminer raises many types (PDFSyntaxError, PSEOF, KeyError, ...)
         name = type(exc).__name__
         if "password" in name.lower() or "encrypt" in name.lower():
@@ -194,8 +197,10 @@ def _layout(data: bytes, shown: str, max_inflated: int, max_pages: int) -> tuple
         exceeded = (_budget.left or 0) < 0  # also when pdfminer swallowed the exception somewhere
         _budget.left = None
     if exceeded:
-        raise IngestError(f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
-                          "(a decompression bomb?); refused")
+        raise IngestError(
+            f"{shown}: the PDF's compressed streams inflate to over {max_inflated:,} bytes "
+            "(a decompression bomb?); refused"
+        )
     if pages == 0:
         raise IngestError(f"{shown}: corrupt PDF (no pages could be read)")
     return boxes, pages

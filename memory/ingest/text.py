@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Scripts written without spaces (CJK ideographs, kana, hangul, yi...): every character is a token or more.
-_DENSE_SCRIPT = "\u2e80-\u2fff\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7af\uf900-\ufaff"
+_DENSE_SCRIPT = (
+    "\u2e80-\u2fff\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7af\uf900-\ufaff"
+)
 _LONG_WORD = 16  # characters: longer runs (base64, hashes, glued identifiers) are not one token
 # One match per token; the group captures the long runs, which count more (ASCII text: the fast path).
 _WORD = re.compile(rf"(\w{{{_LONG_WORD + 1},}})|\w+|[^\w\s]")
-_WORD_DENSE = re.compile(rf"[{_DENSE_SCRIPT}]|([^\W{_DENSE_SCRIPT}]{{{_LONG_WORD + 1},}})|[^\W{_DENSE_SCRIPT}]+|[^\w\s]")
+_WORD_DENSE = re.compile(
+    rf"[{_DENSE_SCRIPT}]|([^\W{_DENSE_SCRIPT}]{{{_LONG_WORD + 1},}})|[^\W{_DENSE_SCRIPT}]+|[^\w\s]"
+)
 _CHARS_PER_TOKEN_LONG = 3  # what a BPE tokenizer makes of base64 and hex, roughly
 
 
@@ -112,7 +116,7 @@ def _bounded_units(
                     cur = None
                 out.extend(_char_windows(text, ws, we, max_tokens, count))
                 continue
-            if cur is not None and count(text[cur[0]:we]) > max_tokens:
+            if cur is not None and count(text[cur[0] : we]) > max_tokens:
                 out.append(cur)
                 cur = None
             cur = (cur[0] if cur else ws, we)
@@ -121,13 +125,11 @@ def _bounded_units(
     return out
 
 
-def _char_windows(
-    text: str, s: int, e: int, max_tokens: int, count: Callable[[str], int]
-) -> list[tuple[int, int]]:
+def _char_windows(text: str, s: int, e: int, max_tokens: int, count: Callable[[str], int]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     while s < e:
         step = min(e - s, 8 * max_tokens)  # no need to count the whole rest of a huge run for each window
-        while step > 1 and count(text[s:s + step]) > max_tokens:
+        while step > 1 and count(text[s : s + step]) > max_tokens:
             step = max(1, step // 2)
         out.append((s, s + step))
         s += step

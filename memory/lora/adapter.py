@@ -110,7 +110,10 @@ class LoraAdapter:
         >>> LoraAdapter({"l.0.q": (torch.ones(1, 2), torch.ones(2, 1))}, "t@0").to(torch.bfloat16).dtype
         torch.bfloat16
         """
-        moved = {p: (a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)) for p, (a, b) in self.weights.items()}
+        moved = {
+            p: (a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype))
+            for p, (a, b) in self.weights.items()
+        }
         return LoraAdapter(moved, self.base_model, dict(self.metadata))
 
     def delta(self, path: str) -> Tensor:
@@ -185,7 +188,9 @@ def concat(adapters: Sequence[LoraAdapter]) -> LoraAdapter:
     base = adapters[0].base_model
     for ad in adapters[1:]:
         if ad.base_model != base:
-            raise AdapterMismatchError(f"cannot concatenate adapters for different base models: {base!r} and {ad.base_model!r}")
+            raise AdapterMismatchError(
+                f"cannot concatenate adapters for different base models: {base!r} and {ad.base_model!r}"
+            )
     paths: list[str] = []
     for ad in adapters:
         paths.extend(p for p in ad.weights if p not in paths)
@@ -213,7 +218,9 @@ def zeros_like(adapter: LoraAdapter) -> LoraAdapter:
     0.0
     """
     return LoraAdapter(
-        {p: (a.clone(), torch.zeros_like(b)) for p, (a, b) in adapter.weights.items()}, adapter.base_model, dict(adapter.metadata)
+        {p: (a.clone(), torch.zeros_like(b)) for p, (a, b) in adapter.weights.items()},
+        adapter.base_model,
+        dict(adapter.metadata),
     )
 
 
@@ -225,4 +232,6 @@ def scale(adapter: LoraAdapter, s: float) -> LoraAdapter:
     >>> float(scale(x, 0.5).delta("l.0.q")[0, 0])
     0.5
     """
-    return LoraAdapter({p: (a, b * s) for p, (a, b) in adapter.weights.items()}, adapter.base_model, dict(adapter.metadata))
+    return LoraAdapter(
+        {p: (a, b * s) for p, (a, b) in adapter.weights.items()}, adapter.base_model, dict(adapter.metadata)
+    )

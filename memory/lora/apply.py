@@ -43,7 +43,15 @@ from torch import Tensor, nn
 from memory.errors import AdapterMismatchError, ValidationError
 from memory.lora.adapter import LoraAdapter
 
-__all__ = ["LoraBinding", "LoraLinear", "apply_lora", "apply_lora_batched", "bind_lora", "bind_lora_batched", "wrap_linears"]
+__all__ = [
+    "LoraBinding",
+    "LoraLinear",
+    "apply_lora",
+    "apply_lora_batched",
+    "bind_lora",
+    "bind_lora_batched",
+    "wrap_linears",
+]
 
 _Builder = Callable[[], tuple[Tensor, Tensor]]
 _Delta = Callable[[Tensor, Tensor], Tensor]  # (x, base output y) -> y + delta(x)
@@ -100,10 +108,16 @@ def wrap_linears(module: nn.Module, paths: Sequence[str] | None = None) -> None:
             if isinstance(sub, LoraLinear):
                 continue
             if type(sub) is not nn.Linear:
-                kind = "not an nn.Linear" if not isinstance(sub, nn.Linear) else "a subclass of nn.Linear, which LoRA cannot wrap"
+                kind = (
+                    "not an nn.Linear"
+                    if not isinstance(sub, nn.Linear)
+                    else "a subclass of nn.Linear, which LoRA cannot wrap"
+                )
                 raise AdapterMismatchError(f"module {path!r} is a {type(sub).__name__}, {kind}")
             if not path:
-                raise AdapterMismatchError("the model itself is an nn.Linear; put it in a container (nn.Sequential) to adapt it")
+                raise AdapterMismatchError(
+                    "the model itself is an nn.Linear; put it in a container (nn.Sequential) to adapt it"
+                )
             parent, _, name = path.rpartition(".")
             setattr(module.get_submodule(parent), name, LoraLinear(sub))
 

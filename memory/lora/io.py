@@ -82,7 +82,11 @@ def _save_deterministic(tensors: dict[str, torch.Tensor], metadata: dict[str, st
         if t.dtype not in _ST_DTYPES:
             raise ValidationError(f"adapter tensor {name!r} has unsupported dtype {t.dtype}")
         raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -120,7 +124,9 @@ def from_bytes(data: bytes) -> LoraAdapter:
     if meta.get("pmem.format") != "lora":
         raise IntegrityError("bytes are a safetensors file but not a parametric-memory LoRA adapter blob")
     if meta.get("pmem.version") != FORMAT_VERSION:
-        raise IntegrityError(f"adapter blob format version {meta.get('pmem.version')!r} is not supported (want {FORMAT_VERSION})")
+        raise IntegrityError(
+            f"adapter blob format version {meta.get('pmem.version')!r} is not supported (want {FORMAT_VERSION})"
+        )
     try:
         tensors = st_load(bytes(data))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -133,7 +139,9 @@ def from_bytes(data: bytes) -> LoraAdapter:
     return LoraAdapter(weights, meta["pmem.base_model"], user_meta)
 
 
-def _pair_up(tensors: dict[str, torch.Tensor], a_suffix: str, b_suffix: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _pair_up(
+    tensors: dict[str, torch.Tensor], a_suffix: str, b_suffix: str
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     a_keys = {k[: -len(a_suffix)]: k for k in tensors if k.endswith(a_suffix)}
     b_keys = {k[: -len(b_suffix)]: k for k in tensors if k.endswith(b_suffix)}
     if set(a_keys) != set(b_keys):
@@ -187,7 +195,11 @@ def save_peft(adapter: LoraAdapter, directory: str | os.PathLike[str], base_mode
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    file_meta = {"format": "pt", "pmem.base_model": adapter.base_model, "pmem.metadata": json.dumps(adapter.metadata, sort_keys=True)}
+    file_meta = {
+        "format": "pt",
+        "pmem.base_model": adapter.base_model,
+        "pmem.metadata": json.dumps(adapter.metadata, sort_keys=True),
+    }
     save_file(tensors, str(out / PEFT_WEIGHTS), metadata=file_meta)
     (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
@@ -211,7 +223,11 @@ def load_peft(directory: str | os.PathLike[str], base_model: Any = None) -> Lora
     if not cfg_path.exists():
         raise ModelError(f"{d} is not a PEFT adapter directory: {PEFT_CONFIG} not found")
     if not w_path.exists():
-        hint = " (legacy adapter_model.bin is not supported; re-save with safetensors)" if (d / "adapter_model.bin").exists() else ""
+        hint = (
+            " (legacy adapter_model.bin is not supported; re-save with safetensors)"
+            if (d / "adapter_model.bin").exists()
+            else ""
+        )
         raise ModelError(f"{d} has no {PEFT_WEIGHTS}{hint}")
     try:
         cfg = json.loads(cfg_path.read_text())
@@ -232,7 +248,9 @@ def load_peft(directory: str | os.PathLike[str], base_model: Any = None) -> Lora
     stripped = {}
     for k, v in tensors.items():
         key = k[len(_PEFT_PREFIX) :] if k.startswith(_PEFT_PREFIX) else k
-        key = key.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight", ".lora_B.weight")
+        key = key.replace(".lora_A.default.weight", ".lora_A.weight").replace(
+            ".lora_B.default.weight", ".lora_B.weight"
+        )
         stripped[key] = v
     try:
         pairs = _pair_up(stripped, ".lora_A.weight", ".lora_B.weight")

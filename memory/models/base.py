@@ -82,7 +82,10 @@ class BaseModel:
         # per call (memory.lora.apply), so concurrent calls with different adapters need no lock.
         wrap_linears(self.model)
         eos: set[int] = set()
-        for src in (self.tokenizer.eos_token_id, getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)):
+        for src in (
+            self.tokenizer.eos_token_id,
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+        ):
             if isinstance(src, int):
                 eos.add(src)
             elif isinstance(src, (list, tuple)):
@@ -126,7 +129,9 @@ class BaseModel:
         ['model.layers.0.mlp.down_proj']
         """
         return [
-            n for n, m in self.model.named_modules() if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)
+            n
+            for n, m in self.model.named_modules()
+            if isinstance(m, nn.Linear) and any(n == t or n.endswith("." + t) for t in targets)
         ]
 
     # ----------------------------------------------------------------- tokens
@@ -156,7 +161,9 @@ class BaseModel:
                 text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             except Exception:  # noqa: BLE001 - templates without a system role raise
                 merged = f"{system}\n\n{user}" if system else user
-                text = tok.apply_chat_template([{"role": "user", "content": merged}], tokenize=False, add_generation_prompt=True)
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": merged}], tokenize=False, add_generation_prompt=True
+                )
             return self.encode(text + assistant_prefix)
         text = f"{system}\n\n{user}\n" if system else f"{user}\n"
         return list(tok(text + assistant_prefix)["input_ids"])  # base models: plain text, tokenizer's own BOS
@@ -181,7 +188,9 @@ class BaseModel:
             mask[i, width - len(x) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, adapters: Adapters = None, **kw: Any) -> Any:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, adapters: Adapters = None, **kw: Any
+    ) -> Any:
         """Run the model once (position ids derived from the mask, so left padding is exact)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -218,7 +227,9 @@ class BaseModel:
         batch = self._as_batch(prompts)
         gens = [None] * len(batch)
         stream_row = 0 if on_text is not None else None
-        for item in self._run(batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=stream_row):
+        for item in self._run(
+            batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=stream_row
+        ):
             if isinstance(item, str):
                 on_text(item)  # type: ignore[misc]
                 continue
@@ -242,7 +253,9 @@ class BaseModel:
 
         >>> "".join(base.stream("Hi", max_new_tokens=8))   # doctest: +SKIP
         """
-        for piece in self._run([prompt], max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=0):
+        for piece in self._run(
+            [prompt], max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=0
+        ):
             if isinstance(piece, str):
                 yield piece
 
@@ -317,20 +330,25 @@ class BaseModel:
             mask = torch.cat([mask, mask.new_ones(bs, 1)], dim=1)
             pos = pos[:, -1:] + 1
             with lora.active():
-                out = self.model(input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
+                out = self.model(
+                    input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache}
+                )
         decode_s = time.perf_counter() - t1
         for i in range(bs):
             text = texts[i] if reason[i] == "stop" else self.decode(out_ids[i])
             if stream_row is not None and i == stream_row and len(text) > streamed:
                 yield text[streamed:]
-            yield i, Generation(
-                text=text,
-                token_ids=out_ids[i],
-                prompt_tokens=len(prompt_ids[i]),
-                completion_tokens=len(out_ids[i]),
-                finish_reason=reason[i],
-                prefill_s=prefill_s,
-                decode_s=decode_s,
+            yield (
+                i,
+                Generation(
+                    text=text,
+                    token_ids=out_ids[i],
+                    prompt_tokens=len(prompt_ids[i]),
+                    completion_tokens=len(out_ids[i]),
+                    finish_reason=reason[i],
+                    prefill_s=prefill_s,
+                    decode_s=decode_s,
+                ),
             )
 
     # ----------------------------------------------------------------- hidden states
@@ -356,7 +374,9 @@ class BaseModel:
             ids[i, : len(e)] = torch.tensor(e)
             mask[i, : len(e)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False, logits_to_keep=1
+        )
         hs = out.hidden_states
         sel = range(len(hs)) if layers is None else [i if i >= 0 else len(hs) + i for i in layers]
         return torch.stack([hs[i] for i in sel]), mask

@@ -211,9 +211,13 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
         try:
             with _no_progress_bars():
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                loaded = AutoModelForCausalLM.from_pretrained(
+                    str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+                )
         except Exception as e:  # gguf-py/transformers raise many kinds
-            raise ModelError(f"cannot read GGUF file {gguf} ({type(e).__name__}: {e}); the file may be corrupt or truncated") from e
+            raise ModelError(
+                f"cannot read GGUF file {gguf} ({type(e).__name__}: {e}); the file may be corrupt or truncated"
+            ) from e
         cfg = loaded.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config  # transformers refuses to save a "gguf-quantized" model
@@ -307,7 +311,13 @@ def load_base_model(
     dt = resolve_dtype(dtype if dtype is not None else settings.dtype, dev)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    key_name = name if name == DEFAULT_BASE_MODEL else str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
+    key_name = (
+        name
+        if name == DEFAULT_BASE_MODEL
+        else str(Path(name).expanduser().resolve())
+        if Path(name).expanduser().exists()
+        else name
+    )
     key = (f"{key_name}|{settings.models_dir}", str(dev), str(dt))
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
@@ -339,7 +349,9 @@ def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, sett
     name = str(name_or_path) if name_or_path is not None else settings.base_model
     with _CACHE_LOCK:
         for key, base in _CACHE.items():
-            if key[0].split("|", 1)[0] in (name, str(Path(name).expanduser().resolve())) and key[0].endswith(f"|{settings.models_dir}"):
+            if key[0].split("|", 1)[0] in (name, str(Path(name).expanduser().resolve())) and key[0].endswith(
+                f"|{settings.models_dir}"
+            ):
                 return base.fingerprint
         cached = _FP_ONLY.get((name, str(settings.models_dir)))
         if cached is not None:
@@ -383,7 +395,11 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[
             f"cannot load model weights from {path} ({type(e).__name__}: {e}). A weight file may be corrupt or "
             f"truncated; for a converted copy under the models dir, delete {path} to convert it again"
         ) from e
-    missing = sorted(set(info.get("missing_keys") or []) - {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set(info.get("missing_keys") or []))
+    missing = sorted(
+        set(info.get("missing_keys") or []) - {"lm_head.weight"}
+        if getattr(model.config, "tie_word_embeddings", False)
+        else set(info.get("missing_keys") or [])
+    )
     if missing or info.get("mismatched_keys"):
         bad = missing or [str(k) for k in info.get("mismatched_keys")]
         raise ModelError(

@@ -287,7 +287,11 @@ class _WrappedEmbedder:
         if isinstance(own, str) and own:
             return own
         model = next(
-            (getattr(self.obj, a) for a in ("model_name", "model", "model_id") if isinstance(getattr(self.obj, a, None), str)),
+            (
+                getattr(self.obj, a)
+                for a in ("model_name", "model", "model_id")
+                if isinstance(getattr(self.obj, a, None), str)
+            ),
             None,
         )
         cls = type(self.obj)

@@ -65,7 +65,6 @@ _EXACT_FLOAT = float(2**53)
 K_MISSING, K_NONE, K_BOOL, K_NUM, K_STR, K_OTHER = range(6)
 
 
-
 class Column(NamedTuple):
     """One metadata field over all rows of a namespace, prepared for vectorised filtering."""
 
@@ -136,7 +135,6 @@ class Filter:
     def fields(self) -> set[str]:
         """The metadata fields this filter reads."""
         raise NotImplementedError
-
 
 
 def filter_fields(metadata: Mapping[str, Any] | None, document_id: str, version: int | None) -> dict[str, Any]:
@@ -304,7 +302,9 @@ def _key_in(value: Any, keys: set[tuple[int, Any]]) -> bool:
 
 # ------------------------------------------------------------------ compilation
 def _fail(where: str, message: str) -> ValidationError:
-    return ValidationError(f"invalid metadata filter at {where}: {message}. Filter syntax: see memory.retrieval.filters")
+    return ValidationError(
+        f"invalid metadata filter at {where}: {message}. Filter syntax: see memory.retrieval.filters"
+    )
 
 
 def _compile(flt: Any, where: str, depth: int) -> Filter:
@@ -357,7 +357,9 @@ def _compile_field(field: str, spec: Any, where: str) -> Filter:
         if any(isinstance(k, str) and k.startswith("$") for k in spec):
             ops = [_compile_op(field, op, arg, f"{where}.{op}") for op, arg in spec.items()]
             return ops[0] if len(ops) == 1 else _And(ops)
-        raise _fail(where, f"equality against a dict is not supported; use operators such as {{'$eq': ...}}, got {spec!r}")
+        raise _fail(
+            where, f"equality against a dict is not supported; use operators such as {{'$eq': ...}}, got {spec!r}"
+        )
     _check_scalar(spec, where)
     return _Op(field, "$eq", spec)
 

@@ -331,8 +331,10 @@ class VectorIndex:
             return sum(p.n for p in self._parts.values())
 
     def __repr__(self) -> str:
-        return (f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, "
-                f"namespaces={len(self._parts)}, vectors={len(self)})")
+        return (
+            f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, "
+            f"namespaces={len(self._parts)}, vectors={len(self)})"
+        )
 
     def count(self, namespace: str = DEFAULT_NAMESPACE) -> int:
         """Number of vectors in ``namespace`` (0 for an unknown namespace).
@@ -572,7 +574,13 @@ class VectorIndex:
                 if has_ann:
                     arrays[f"a{i}"] = np.frombuffer(bytes(part.ann.save()), dtype=np.uint8)
                 spaces.append(
-                    {"namespace": ns, "ids": part.ids, "metadata": part.metadata, "next_key": part.next_key, "ann": has_ann}
+                    {
+                        "namespace": ns,
+                        "ids": part.ids,
+                        "metadata": part.metadata,
+                        "next_key": part.next_key,
+                        "ann": has_ann,
+                    }
                 )
             header = {
                 "format": "pmem-vector-index",
@@ -643,7 +651,9 @@ class VectorIndex:
                         part.ann = _restore_graph(bytes(data[f"a{i}"]), part.n)
                     idx._parts[space["namespace"]] = part
         except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError) as e:
-            raise IntegrityError(f"vector index file {path} is corrupt or truncated ({e}); rebuild it from the database") from e
+            raise IntegrityError(
+                f"vector index file {path} is corrupt or truncated ({e}); rebuild it from the database"
+            ) from e
         return idx
 
 

@@ -82,8 +82,7 @@ def _op(node: _Op, v: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
         found = _true(v == sa.any_(options))  # one bound array, however long the list
         return sa.not_(found) if op == "$nin" else found
     if op == "$contains":
-        return _true(sa.and_(sa.func.jsonb_typeof(v) == "array",
-                             v.op("@>")(sa.func.jsonb_build_array(_json(arg)))))
+        return _true(sa.and_(sa.func.jsonb_typeof(v) == "array", v.op("@>")(sa.func.jsonb_build_array(_json(arg)))))
     compare = {"$gt": "__gt__", "$gte": "__ge__", "$lt": "__lt__", "$lte": "__le__"}[op]
     if isinstance(arg, str):
         text = sa.func.jsonb_build_array(v).op("->>")(sa.literal(0)).collate("C")  # the string, unquoted
@@ -122,14 +121,21 @@ def ensure_dim_index(engine: Engine, dim: int) -> None:
             return
         try:
             with conn.begin_nested():
-                conn.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} USING hnsw "
-                                     f"((embedding::vector({dim})) vector_cosine_ops) WHERE dim = {dim}"))
+                conn.execute(
+                    sa.text(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON {TABLE} USING hnsw "
+                        f"((embedding::vector({dim})) vector_cosine_ops) WHERE dim = {dim}"
+                    )
+                )
         except sa.exc.DBAPIError as e:  # no privilege: exact scans, still correct
             log.warning("could not create the HNSW index for %d-d vectors (%s); searches scan exactly", dim, e)
 
 
 chunk_vectors = sa.table(
-    TABLE, sa.column("chunk_id", sa.Integer), sa.column("model", sa.String), sa.column("dim", sa.Integer),
+    TABLE,
+    sa.column("chunk_id", sa.Integer),
+    sa.column("model", sa.String),
+    sa.column("dim", sa.Integer),
 )
 
 

@@ -12,7 +12,6 @@ stable codes (:data:`ERROR_CODES`). Model work goes through a bounded generation
 >>> # uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
-
 import asyncio
 import io
 import logging
@@ -93,8 +92,9 @@ class ApiError(Exception):
 
 
 def _error(code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=ERROR_CODES[code],
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **extra}}, status_code=ERROR_CODES[code], headers=headers
+    )
 
 
 def _pmem_error_code(e: PMemError) -> str:
@@ -168,8 +168,9 @@ def _query_body(cap_k: int, cap_tokens: int) -> type[BaseModel]:
         max_new_tokens: int = Field(default=64, ge=1, le=cap_tokens)
         skill: int | None = Field(default=None, description="A skill adapter id (from specialize).")
         log: bool = True
-        stream: bool = Field(default=False, description="Answer with server-sent events (as does "
-                                                        "`Accept: text/event-stream`).")
+        stream: bool = Field(
+            default=False, description="Answer with server-sent events (as does `Accept: text/event-stream`)."
+        )
 
     return QueryRequest
 
@@ -196,16 +197,25 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.latency = Histogram("pmem_http_request_duration_seconds", "HTTP request latency by route.",
-                                 ["method", "route", "status"], registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.queries = Counter("pmem_queries_total", "Queries answered, by the mode that answered.", ["mode"],
-                               registry=self.registry)
-        self.internalizations = Counter("pmem_internalizations_total",
-                                        "Internalization jobs, by outcome (submitted, succeeded, failed).",
-                                        ["outcome"], registry=self.registry)
-        self.jobs = Gauge("pmem_jobs", "Jobs in the database by state (read at scrape time).", ["state"],
-                          registry=self.registry)
+        self.latency = Histogram(
+            "pmem_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.queries = Counter(
+            "pmem_queries_total", "Queries answered, by the mode that answered.", ["mode"], registry=self.registry
+        )
+        self.internalizations = Counter(
+            "pmem_internalizations_total",
+            "Internalization jobs, by outcome (submitted, succeeded, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "pmem_jobs", "Jobs in the database by state (read at scrape time).", ["state"], registry=self.registry
+        )
         self.queue = Gauge("pmem_generation_queue_depth", "Model calls running or waiting.", registry=self.registry)
 
 
@@ -224,12 +234,15 @@ def _is_loopback(host: str) -> bool:
 def check_no_auth(host: str) -> None:
     """``--no-auth`` is allowed only on a loopback address: anyone who can connect could do anything."""
     if not _is_loopback(host):
-        raise ConfigError(f"--no-auth needs a loopback host (127.0.0.1, ::1, localhost), got {host!r}; "
-                          "create API keys with `pmem keys create` instead")
+        raise ConfigError(
+            f"--no-auth needs a loopback host (127.0.0.1, ::1, localhost), got {host!r}; "
+            "create API keys with `pmem keys create` instead"
+        )
 
 
-def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | None = None,
-               **overrides: Any) -> FastAPI:
+def create_app(
+    memory: Any = None, *, auth: bool = True, limits: ServerLimits | None = None, **overrides: Any
+) -> FastAPI:
     """The ASGI app over ``memory`` (or a new :class:`~memory.api.ParametricMemory` from ``overrides``).
 
     Args:
@@ -242,8 +255,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
 
         memory = ParametricMemory(**overrides)
     lim = limits or ServerLimits()
-    amem = AsyncParametricMemory(memory, max_concurrent=lim.max_concurrent_generations,
-                                 max_waiting=lim.max_waiting_generations)
+    amem = AsyncParametricMemory(
+        memory, max_concurrent=lim.max_concurrent_generations, max_waiting=lim.max_waiting_generations
+    )
     keys = KeyStore.for_memory(memory)
     metrics = _Metrics()
     background: set[asyncio.Task[Any]] = set()
@@ -252,7 +266,7 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         title="parametric-memory",
         version=_version(),
         description="Documents stored in model weights (Doc-to-LoRA), with provenance, versions and classic "
-                    "retrieval. Send `Authorization: Bearer <key>` (keys: `pmem keys create`).",
+        "retrieval. Send `Authorization: Bearer <key>` (keys: `pmem keys create`).",
     )
     app.state.memory, app.state.amem, app.state.keys, app.state.limits = memory, amem, keys, lim
     app.state.metrics, app.state.background = metrics, background
@@ -273,8 +287,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
-        details = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-                   for err in errors]  # never echo the input: it may be huge or secret
+        details = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")} for err in errors
+        ]  # never echo the input: it may be huge or secret
         types = {d["type"] for d in details}
         if "json_invalid" in types:
             return _error("malformed_json", "the request body is not valid JSON", details=details)
@@ -287,8 +302,14 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                415: "unsupported_media_type", 401: "unauthorized", 403: "forbidden"}.get(e.status_code)
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+            401: "unauthorized",
+            403: "forbidden",
+        }.get(e.status_code)
         if code is None:
             code = "invalid_input" if 400 <= e.status_code < 500 else "internal"
         return _error(code, str(e.detail) if e.status_code != 404 else "no such resource")
@@ -307,8 +328,10 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
             if not length.isdigit():
                 return _error("invalid_input", "Content-Length is not a number")
             if int(length) > lim.max_body_bytes:
-                return _error("payload_too_large",
-                              f"request body is {int(length):,} bytes, over the limit of {lim.max_body_bytes:,}")
+                return _error(
+                    "payload_too_large",
+                    f"request body is {int(length):,} bytes, over the limit of {lim.max_body_bytes:,}",
+                )
         elif request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get("transfer-encoding", ""):
             body = b""
             async for part in request.stream():
@@ -318,8 +341,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
             request._body = body  # starlette reads the already-received body from here
         response = await call_next(request)
         route = request.scope.get("route")
-        metrics.latency.labels(request.method, getattr(route, "path", "unmatched"),
-                               str(response.status_code)).observe(time.perf_counter() - t0)
+        metrics.latency.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+            time.perf_counter() - t0
+        )
         return response
 
     # ------------------------------------------------------------ auth
@@ -330,12 +354,14 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         key = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
         challenge = {"WWW-Authenticate": "Bearer"}
         if not key:
-            raise ApiError("unauthorized", "an API key is required: send 'Authorization: Bearer <key>'",
-                           headers=challenge)
+            raise ApiError(
+                "unauthorized", "an API key is required: send 'Authorization: Bearer <key>'", headers=challenge
+            )
         principal = await asyncio.to_thread(keys.verify, key)
         if principal is None:
-            raise ApiError("unauthorized", "the API key is not valid (unknown, malformed or revoked)",
-                           headers=challenge)
+            raise ApiError(
+                "unauthorized", "the API key is not valid (unknown, malformed or revoked)", headers=challenge
+            )
         return principal
 
     Caller = Annotated[Principal, Depends(caller)]
@@ -377,7 +403,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         """The database, the blob store and (when configured) the broker answer."""
         checks = await asyncio.to_thread(_readiness, memory)
         ok = all(c["ok"] for c in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
@@ -408,14 +436,18 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
     @app.post(f"{ns_prefix}/documents", status_code=201, tags=["documents"])
     async def add_document(ns: Write, body: AddDocument) -> dict[str, Any]:
         """Add a text as a new document or a new version (deduplicated by content hash)."""
-        r = await amem.add(body.text, document_id=body.document_id, namespace=ns, title=body.title,
-                           metadata=body.metadata)
+        r = await amem.add(
+            body.text, document_id=body.document_id, namespace=ns, title=body.title, metadata=body.metadata
+        )
         return r.to_dict()
 
     @app.post(f"{ns_prefix}/documents/upload", status_code=201, tags=["documents"])
-    async def upload_document(ns: Write, file: Annotated[UploadFile, File()],
-                              document_id: Annotated[str | None, Form()] = None,
-                              title: Annotated[str | None, Form()] = None) -> dict[str, Any]:
+    async def upload_document(
+        ns: Write,
+        file: Annotated[UploadFile, File()],
+        document_id: Annotated[str | None, Form()] = None,
+        title: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
         """Add a file (Markdown, text, HTML, DOCX, PDF...), parsed with Unstructured."""
         data = await file.read(lim.max_upload_bytes + 1)
         if len(data) > lim.max_upload_bytes:
@@ -437,8 +469,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         return {"versions": [v.to_dict() for v in await amem.history(document_id, namespace=ns)]}
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}/diff", tags=["documents"])
-    async def diff(ns: Read, document_id: str, old: Annotated[int, Query(ge=1)],
-                   new: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+    async def diff(
+        ns: Read, document_id: str, old: Annotated[int, Query(ge=1)], new: Annotated[int | None, Query(ge=1)] = None
+    ) -> dict[str, Any]:
         """A unified diff between two versions (``new`` defaults to the current one)."""
         return {"diff": await amem.diff(document_id, old, new, namespace=ns)}
 
@@ -458,8 +491,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         return {"job": job.to_dict()}
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}", tags=["documents"])
-    async def get_document(ns: Read, document_id: str, version: Annotated[int | None, Query(ge=1)] = None,
-                           with_text: bool = False) -> dict[str, Any]:
+    async def get_document(
+        ns: Read, document_id: str, version: Annotated[int | None, Query(ge=1)] = None, with_text: bool = False
+    ) -> dict[str, Any]:
         """A document (its current version, or ``version``), optionally with its text."""
         return (await amem.get(document_id, namespace=ns, version=version, with_text=with_text)).to_dict()
 
@@ -491,8 +525,7 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         if memory.settings.broker_url:
             from workers.tasks import submit as submit_to_broker
 
-            return await amem.run_io(submit_to_broker, memory, kind, payload, namespace=ns, key=key,
-                                     retry_failed=True)
+            return await amem.run_io(submit_to_broker, memory, kind, payload, namespace=ns, key=key, retry_failed=True)
         store = JobStore.for_memory(memory)
         job, created = await amem.run_io(store.create, kind, payload, namespace=ns, idempotency_key=key)
         if not created and job.state == "failed":
@@ -520,8 +553,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         return job
 
     @app.get(f"{ns_prefix}/jobs", tags=["jobs"])
-    async def list_jobs(ns: Read, kind: str | None = None, state: str | None = None, limit: int = 50,
-                        offset: int = 0) -> dict[str, Any]:
+    async def list_jobs(
+        ns: Read, kind: str | None = None, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
         """Jobs of this namespace, newest first."""
         from memory.jobs import JobStore
 
@@ -542,29 +576,49 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         rows = await amem.adapters(namespace=ns, document_id=document_id, status=status)
         return {"adapters": [a.to_dict() for a in rows]}
 
-    @app.get(f"{ns_prefix}/adapters/{{adapter_id}}/peft", tags=["adapters"],
-             response_class=Response, responses={200: {"content": {"application/zip": {}}}})
+    @app.get(
+        f"{ns_prefix}/adapters/{{adapter_id}}/peft",
+        tags=["adapters"],
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}}},
+    )
     async def download_adapter(ns: Read, adapter_id: int) -> Response:
         """The adapter as a PEFT directory (``adapter_config.json`` + ``adapter_model.safetensors``) in a zip."""
         data = await amem.run_io(_peft_zip, memory, ns, adapter_id)
-        return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="adapter-{adapter_id}.zip"'})
+        return Response(
+            data,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="adapter-{adapter_id}.zip"'},
+        )
 
     # ------------------------------------------------------------ sources
     @app.post(f"{ns_prefix}/sources", status_code=202, tags=["sources"])
     async def add_source(ns: Admin, body: AddSource) -> dict[str, Any]:
         """Register a server-side file, directory or glob (under a configured source root) and ingest it."""
         spec = _check_source(body.spec, lim.source_roots)
-        job = await submit("ingest", {"spec": spec, "namespace": ns, "refresh_interval_s": body.refresh_interval_s,
-                                      "method": body.method, "internalize": body.internalize}, ns)
+        job = await submit(
+            "ingest",
+            {
+                "spec": spec,
+                "namespace": ns,
+                "refresh_interval_s": body.refresh_interval_s,
+                "method": body.method,
+                "internalize": body.internalize,
+            },
+            ns,
+        )
         return {"job": job.to_dict()}
 
     @app.get(f"{ns_prefix}/sources", tags=["sources"])
     async def sources(ns: Read) -> dict[str, Any]:
         """Registered sources with their refresh interval, last check and last error."""
         rows = await amem.sources(namespace=ns)
-        return {"sources": [{**r, "last_checked_at": r["last_checked_at"].isoformat() if r["last_checked_at"] else None}
-                            for r in rows]}
+        return {
+            "sources": [
+                {**r, "last_checked_at": r["last_checked_at"].isoformat() if r["last_checked_at"] else None}
+                for r in rows
+            ]
+        }
 
     @app.post(f"{ns_prefix}/sources/refresh", status_code=202, tags=["sources"])
     async def refresh(ns: Admin, body: Refresh) -> dict[str, Any]:
@@ -589,10 +643,22 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         except TimeoutError:
             raise ApiError("timeout", f"no answer within {lim.query_timeout_s:g} s; the model is overloaded") from None
 
-    @app.post(f"{ns_prefix}/query", tags=["query"], response_model=None, responses={200: {"content": {
-        "text/event-stream": {"description": "With `stream`: `token` events (`{\"text\": ...}`, the answer's "
-                              "pieces as generated), then one `answer` event (the JSON answer) or one `error` "
-                              "event (`{\"code\", \"message\"}`)."}}}})
+    @app.post(
+        f"{ns_prefix}/query",
+        tags=["query"],
+        response_model=None,
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "description": 'With `stream`: `token` events (`{"text": ...}`, the answer\'s '
+                        "pieces as generated), then one `answer` event (the JSON answer) or one `error` "
+                        'event (`{"code", "message"}`).'
+                    }
+                }
+            }
+        },
+    )
     async def query(ns: Read, body: QueryBody, request: Request) -> Any:  # type: ignore[valid-type]
         """Answer from memory: the answer, the mode that answered and why, the adapters and chunks used.
 
@@ -602,8 +668,15 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         (in one piece, or streamed from the retrieval answer that replaces a doubted one).
         """
         b: Any = body
-        kwargs = {"namespace": ns, "mode": b.mode, "k": b.k, "document_ids": b.document_ids,
-                  "max_new_tokens": b.max_new_tokens, "skill": b.skill, "log": b.log}
+        kwargs = {
+            "namespace": ns,
+            "mode": b.mode,
+            "k": b.k,
+            "document_ids": b.document_ids,
+            "max_new_tokens": b.max_new_tokens,
+            "skill": b.skill,
+            "log": b.log,
+        }
         if b.stream or "text/event-stream" in request.headers.get("accept", ""):
             return await stream_answer(amem.stream_query(b.question, **kwargs))
         r = await bounded(amem.query(b.question, **kwargs))
@@ -633,12 +706,15 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
                     return
                 except Exception as e:  # the stream has started: report the failure in it
                     log.exception("streamed query failed")
-                    yield _sse("error", {"code": "internal",
-                                         "message": f"internal error ({type(e).__name__}); see the server log"})
+                    yield _sse(
+                        "error",
+                        {"code": "internal", "message": f"internal error ({type(e).__name__}); see the server log"},
+                    )
                     return
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # ------------------------------------------------------------ experiments and feedback
     @app.post(f"{ns_prefix}/experiments/{{name}}/query", tags=["experiments"])
@@ -649,8 +725,9 @@ def create_app(memory: Any = None, *, auth: bool = True, limits: ServerLimits | 
         overrides = {k: v for k, v in (("k", b.k), ("max_new_tokens", b.max_new_tokens)) if v is not None}
         for arm in exp.arms.values():  # arms may not lift the request caps
             if int(arm.get("k", 0)) > lim.max_k or int(arm.get("max_new_tokens", 0)) > lim.max_new_tokens:
-                raise ApiError("invalid_input", f"an arm asks for more than k={lim.max_k} or "
-                                                f"max_new_tokens={lim.max_new_tokens}")
+                raise ApiError(
+                    "invalid_input", f"an arm asks for more than k={lim.max_k} or max_new_tokens={lim.max_new_tokens}"
+                )
         arm_name = exp.assign(b.user_key if b.user_key is not None else b.question)
         r = await bounded(amem.run_model(exp.query, b.question, user_key=b.user_key, **overrides))
         metrics.queries.labels(r.mode).inc()
@@ -743,8 +820,11 @@ def _job_in(mem: Any, ns: str, job_id: int) -> Any:
     from memory.jobs import JobStore
 
     with session_factory(mem.engine)() as s:
-        found = s.scalar(select(Job.id).join(Namespace, Job.namespace_id == Namespace.id)
-                         .where(Job.id == job_id, Namespace.name == ns))
+        found = s.scalar(
+            select(Job.id)
+            .join(Namespace, Job.namespace_id == Namespace.id)
+            .where(Job.id == job_id, Namespace.name == ns)
+        )
     if found is None:
         raise NotFoundError(f"no job {job_id} in namespace {ns!r}")
     return JobStore.for_memory(mem).get(job_id)
@@ -762,8 +842,15 @@ def _add_file(mem: Any, data: bytes, filename: str, ns: str, document_id: str | 
         chunks = chunk_document(parsed, mem.settings.chunk_tokens)
     else:  # offsets would not match the stored text
         chunks = chunk_text(normalised, mem.settings.chunk_tokens)
-    return mem.add(normalised, document_id=document_id, namespace=ns, title=title, parser=parsed.parser,
-                   chunks=chunks, metadata={"filename": filename, "filetype": parsed.filetype})
+    return mem.add(
+        normalised,
+        document_id=document_id,
+        namespace=ns,
+        title=title,
+        parser=parsed.parser,
+        chunks=chunks,
+        metadata={"filename": filename, "filetype": parsed.filetype},
+    )
 
 
 def _peft_zip(mem: Any, ns: str, adapter_id: int) -> bytes:

@@ -83,10 +83,15 @@ class KeyInfo:
     revoked_at: datetime | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key_id": self.key_id, "name": self.name, "role": self.role, "namespaces": list(self.namespaces),
-                "created_at": self.created_at.isoformat(),
-                "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
-                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "role": self.role,
+            "namespaces": list(self.namespaces),
+            "created_at": self.created_at.isoformat(),
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,15 @@ def _utc(ts: datetime | None) -> datetime | None:
 
 
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(key_id=row.key_id, name=row.name, role=row.role, namespaces=list(row.namespaces or []),
-                   created_at=_utc(row.created_at), last_used_at=_utc(row.last_used_at),
-                   revoked_at=_utc(row.revoked_at))
+    return KeyInfo(
+        key_id=row.key_id,
+        name=row.name,
+        role=row.role,
+        namespaces=list(row.namespaces or []),
+        created_at=_utc(row.created_at),
+        last_used_at=_utc(row.last_used_at),
+        revoked_at=_utc(row.revoked_at),
+    )
 
 
 def _check_namespaces(namespaces: Any) -> list[str]:
@@ -151,8 +162,7 @@ class KeyStore:
         scope = _check_namespaces(namespaces)
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         with session_scope(self._sessions) as s:
-            row = ApiKey(key_id=key_id, secret_sha256=_digest(secret), name=name.strip(), role=role,
-                         namespaces=scope)
+            row = ApiKey(key_id=key_id, secret_sha256=_digest(secret), name=name.strip(), role=role, namespaces=scope)
             s.add(row)
             s.flush()
             info = _info(row)

@@ -24,8 +24,9 @@ from memory.errors import PMemError
 
 console = Console(stderr=True)
 out = Console()
-keys_app = typer.Typer(help="API keys of the memory server (stored hashed; scoped to namespaces, with a role).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of the memory server (stored hashed; scoped to namespaces, with a role).", no_args_is_help=True
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -54,12 +55,25 @@ def serve(
     host: Annotated[str, typer.Option(envvar="PMEM_SERVER_HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PMEM_SERVER_PORT", help="Port to bind.")] = 8000,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys (loopback hosts only).")] = False,
-    source_root: Annotated[list[str] | None, typer.Option("--source-root", help="A server directory that sources may come from (repeatable).")] = None,
-    max_concurrent: Annotated[int, typer.Option(envvar="PMEM_SERVER_GENERATIONS", min=1, help="Model calls at once.")] = 1,
-    max_waiting: Annotated[int, typer.Option(envvar="PMEM_SERVER_QUEUE", min=0, help="Model calls that may wait; more get 503.")] = 32,
-    query_timeout: Annotated[float, typer.Option(envvar="PMEM_SERVER_QUERY_TIMEOUT_S", help="Seconds before a query gets 504.")] = 120.0,
-    max_body_mb: Annotated[float, typer.Option(envvar="PMEM_SERVER_MAX_BODY_MB", help="Largest request body (MiB).")] = 32.0,
-    max_upload_mb: Annotated[float, typer.Option(envvar="PMEM_SERVER_MAX_UPLOAD_MB", help="Largest uploaded file (MiB).")] = 16.0,
+    source_root: Annotated[
+        list[str] | None,
+        typer.Option("--source-root", help="A server directory that sources may come from (repeatable)."),
+    ] = None,
+    max_concurrent: Annotated[
+        int, typer.Option(envvar="PMEM_SERVER_GENERATIONS", min=1, help="Model calls at once.")
+    ] = 1,
+    max_waiting: Annotated[
+        int, typer.Option(envvar="PMEM_SERVER_QUEUE", min=0, help="Model calls that may wait; more get 503.")
+    ] = 32,
+    query_timeout: Annotated[
+        float, typer.Option(envvar="PMEM_SERVER_QUERY_TIMEOUT_S", help="Seconds before a query gets 504.")
+    ] = 120.0,
+    max_body_mb: Annotated[
+        float, typer.Option(envvar="PMEM_SERVER_MAX_BODY_MB", help="Largest request body (MiB).")
+    ] = 32.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(envvar="PMEM_SERVER_MAX_UPLOAD_MB", help="Largest uploaded file (MiB).")
+    ] = 16.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the HTTP API (OpenAPI docs at /docs) over this memory; jobs go to PMEM_BROKER_URL when set."""
@@ -69,20 +83,30 @@ def serve(
         from memory.api import ParametricMemory
         from memory.server.app import ServerLimits, check_no_auth, create_app
     except ImportError as e:
-        _fail(PMemError(f"the server needs the 'server' extra ({e.name} is missing): "
-                        "pip install 'parametric-memory[server]'"))
+        _fail(
+            PMemError(
+                f"the server needs the 'server' extra ({e.name} is missing): pip install 'parametric-memory[server]'"
+            )
+        )
     try:
         if no_auth:
             check_no_auth(host)
-        limits = ServerLimits(max_body_bytes=int(max_body_mb * 2**20), max_upload_bytes=int(max_upload_mb * 2**20),
-                              max_concurrent_generations=max_concurrent, max_waiting_generations=max_waiting,
-                              query_timeout_s=query_timeout, source_roots=tuple(source_root or ()))
+        limits = ServerLimits(
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            max_concurrent_generations=max_concurrent,
+            max_waiting_generations=max_waiting,
+            query_timeout_s=query_timeout,
+            source_roots=tuple(source_root or ()),
+        )
         app = create_app(ParametricMemory(Settings.from_env()), auth=not no_auth, limits=limits)
     except PMemError as e:
         _fail(e)
     if not no_auth and not app.state.keys.list():
-        console.print("[yellow]no API keys yet:[/yellow] every /v1 request will get 401; "
-                      "create one with `pmem keys create NAME --role write --namespace NS`")
+        console.print(
+            "[yellow]no API keys yet:[/yellow] every /v1 request will get 401; "
+            "create one with `pmem keys create NAME --role write --namespace NS`"
+        )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -90,7 +114,10 @@ def serve(
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for (e.g. 'support-agent').")],
     role: Annotated[str, typer.Option(help="read | write | admin")] = "read",
-    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="A namespace the key covers (repeatable); '*' for all.")] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="A namespace the key covers (repeatable); '*' for all."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; the key itself is printed once and never stored (only its hash is)."""
@@ -102,13 +129,16 @@ def keys_create(
         _print_json({**created.info.to_dict(), "key": created.secret})
         return
     out.print(created.secret, markup=False, highlight=False)
-    console.print(f"key {created.info.key_id} ({created.info.role} on {', '.join(created.info.namespaces)}); "
-                  "store it now: it cannot be shown again")
+    console.print(
+        f"key {created.info.key_id} ({created.info.role} on {', '.join(created.info.namespaces)}); "
+        "store it now: it cannot be shown again"
+    )
 
 
 @keys_app.command("list")
-def keys_list(all_: Annotated[bool, typer.Option("--all", help="Also revoked keys.")] = False,
-              as_json: JsonOpt = False) -> None:
+def keys_list(
+    all_: Annotated[bool, typer.Option("--all", help="Also revoked keys.")] = False, as_json: JsonOpt = False
+) -> None:
     """List keys (ids, names, roles, namespaces; never the secrets)."""
     try:
         rows = _key_store().list(include_revoked=all_)
@@ -119,15 +149,22 @@ def keys_list(all_: Annotated[bool, typer.Option("--all", help="Also revoked key
         return
     table = Table("key id", "name", "role", "namespaces", "created", "last used", "revoked")
     for k in rows:
-        table.add_row(k.key_id, k.name, k.role, ", ".join(k.namespaces), f"{k.created_at:%Y-%m-%d %H:%M}",
-                      f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "-",
-                      f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-")
+        table.add_row(
+            k.key_id,
+            k.name,
+            k.role,
+            ", ".join(k.namespaces),
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "-",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-",
+        )
     out.print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `pmem keys list`).")],
-                as_json: JsonOpt = False) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (from `pmem keys list`).")], as_json: JsonOpt = False
+) -> None:
     """Revoke a key: requests with it get 401 from now on."""
     try:
         info = _key_store().revoke(key_id)
@@ -137,9 +174,15 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `pm
 
 
 def mcp(
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="The namespace the tools work in (default: PMEM_NAMESPACE).")] = None,
-    url: Annotated[str | None, typer.Option(envvar="PMEM_SERVER_URL", help="A memory server to go through (else in-process).")] = None,
-    key: Annotated[str | None, typer.Option(envvar="PMEM_API_KEY", help="The server's API key (prefer the env var).")] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="The namespace the tools work in (default: PMEM_NAMESPACE).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(envvar="PMEM_SERVER_URL", help="A memory server to go through (else in-process).")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="PMEM_API_KEY", help="The server's API key (prefer the env var).")
+    ] = None,
     transport: Annotated[str, typer.Option(help="stdio | streamable-http")] = "stdio",
     host: Annotated[str, typer.Option(help="streamable-http: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="streamable-http: port to bind.")] = 8765,

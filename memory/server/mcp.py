@@ -46,8 +46,11 @@ def build_server(memory: Any, *, namespace: str, name: str = "parametric-memory"
         """Store a text in memory; an existing document_id gets a new version. Returns the status and id."""
         r = guarded(memory.add, text, document_id=document_id, namespace=ns, title=title)
         doc = r.document
-        return {"status": r.status, "document_id": doc.id if doc else None,
-                "version": doc.version.number if doc and doc.version else None}
+        return {
+            "status": r.status,
+            "document_id": doc.id if doc else None,
+            "version": doc.version.number if doc and doc.version else None,
+        }
 
     @server.tool()
     def remember_file(path: str, document_id: str | None = None) -> dict[str, Any]:
@@ -63,24 +66,38 @@ def build_server(memory: Any, *, namespace: str, name: str = "parametric-memory"
             if r.status == "failed":
                 raise ToolError(r.error or f"{path} could not be read")
         doc = r.document
-        return {"status": r.status, "document_id": doc.id if doc else None,
-                "version": doc.version.number if doc and doc.version else None}
+        return {
+            "status": r.status,
+            "document_id": doc.id if doc else None,
+            "version": doc.version.number if doc and doc.version else None,
+        }
 
     @server.tool()
     def recall(query: str, k: int = 4) -> list[dict[str, Any]]:
         """The k stored passages most similar to the query, best first, with their document ids and scores."""
         hits = guarded(memory.search, query, k=k, namespace=ns)
-        return [{"document_id": h.document_id, "version": h.version, "text": h.text, "score": round(h.score, 4)}
-                for h in hits]
+        return [
+            {"document_id": h.document_id, "version": h.version, "text": h.text, "score": round(h.score, 4)}
+            for h in hits
+        ]
 
     @server.tool()
-    def ask(question: str, mode: Literal["auto", "parametric", "retrieval", "hybrid"] = "auto",
-            k: int = 4, max_new_tokens: int = 64) -> dict[str, Any]:
+    def ask(
+        question: str,
+        mode: Literal["auto", "parametric", "retrieval", "hybrid"] = "auto",
+        k: int = 4,
+        max_new_tokens: int = 64,
+    ) -> dict[str, Any]:
         """Answer a question from memory; says which mode answered and why, and which documents it used."""
         r = guarded(memory.query, question, namespace=ns, mode=mode, k=k, max_new_tokens=max_new_tokens)
-        return {"answer": r.answer, "mode": r.mode, "reason": r.reason, "query_id": r.query_id,
-                "adapters": [{"document_id": a.document_id, "version": a.version} for a in r.adapters],
-                "passages": [{"document_id": h.document_id, "text": h.text} for h in r.chunks]}
+        return {
+            "answer": r.answer,
+            "mode": r.mode,
+            "reason": r.reason,
+            "query_id": r.query_id,
+            "adapters": [{"document_id": a.document_id, "version": a.version} for a in r.adapters],
+            "passages": [{"document_id": h.document_id, "text": h.text} for h in r.chunks],
+        }
 
     @server.tool()
     def forget(document_id: str) -> dict[str, Any]:
@@ -92,14 +109,14 @@ def build_server(memory: Any, *, namespace: str, name: str = "parametric-memory"
     def list_documents(limit: int = 50, offset: int = 0, prefix: str | None = None) -> list[dict[str, Any]]:
         """Stored documents (id, title, current version), ordered by id."""
         docs = guarded(memory.list, namespace=ns, limit=limit, offset=offset, prefix=prefix)
-        return [{"document_id": d.id, "title": d.title,
-                 "version": d.version.number if d.version else None} for d in docs]
+        return [
+            {"document_id": d.id, "title": d.title, "version": d.version.number if d.version else None} for d in docs
+        ]
 
     return server
 
 
-def serve(memory: Any, *, namespace: str, transport: str = "stdio", host: str = "127.0.0.1",
-          port: int = 8765) -> None:
+def serve(memory: Any, *, namespace: str, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the MCP server until its client hangs up (stdio) or the process is stopped (HTTP)."""
     server = build_server(memory, namespace=namespace)
     if transport == "stdio":

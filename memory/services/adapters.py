@@ -25,20 +25,37 @@ from memory.types import AdapterInfo
 log = logging.getLogger(__name__)
 
 
-def adapter_info(s: Session, a: Adapter, v: DocumentVersion | None = None, doc: Document | None = None,
-                 ns: Namespace | None = None, h: Hypernetwork | None = None) -> AdapterInfo:
+def adapter_info(
+    s: Session,
+    a: Adapter,
+    v: DocumentVersion | None = None,
+    doc: Document | None = None,
+    ns: Namespace | None = None,
+    h: Hypernetwork | None = None,
+) -> AdapterInfo:
     """An adapter with its provenance; rows already loaded by a joined query are passed in, others fetched."""
     v = v or (s.get(DocumentVersion, a.version_id) if a.version_id else None)
     doc = doc or (s.get(Document, v.document_id) if v else None)
     ns = ns or s.get(Namespace, a.namespace_id)
     h = h or s.get(Hypernetwork, a.hypernetwork_id)
     return AdapterInfo(
-        id=a.id, namespace=ns.name if ns else "?", document_id=doc.key if doc else None,
-        version=v.number if v else None, task_description=a.task_description, method=h.kind if h else "?",
-        hypernetwork=f"{h.name}@{h.checkpoint_sha256[:12]}" if h else "?", base_model=a.base_model,
-        target_modules=list(a.target_modules or []), rank=a.rank, chunk_count=a.chunk_count,
-        blob_sha256=a.blob_sha256, size_bytes=a.size_bytes, latency_ms=a.latency_ms, status=a.status.value,
-        error=a.error, created_at=a.created_at,
+        id=a.id,
+        namespace=ns.name if ns else "?",
+        document_id=doc.key if doc else None,
+        version=v.number if v else None,
+        task_description=a.task_description,
+        method=h.kind if h else "?",
+        hypernetwork=f"{h.name}@{h.checkpoint_sha256[:12]}" if h else "?",
+        base_model=a.base_model,
+        target_modules=list(a.target_modules or []),
+        rank=a.rank,
+        chunk_count=a.chunk_count,
+        blob_sha256=a.blob_sha256,
+        size_bytes=a.size_bytes,
+        latency_ms=a.latency_ms,
+        status=a.status.value,
+        error=a.error,
+        created_at=a.created_at,
     )
 
 
@@ -48,9 +65,14 @@ def hypernetwork_row(s: Session, ident: Any, base_fingerprint: str) -> int:
     if row is None:
         try:
             with s.begin_nested():
-                row = Hypernetwork(kind=ident.kind, name=ident.name, base_model=base_fingerprint,
-                                   checkpoint_sha256=ident.checkpoint_sha256, config=ident.config,
-                                   eval_metrics=ident.eval_metrics)
+                row = Hypernetwork(
+                    kind=ident.kind,
+                    name=ident.name,
+                    base_model=base_fingerprint,
+                    checkpoint_sha256=ident.checkpoint_sha256,
+                    config=ident.config,
+                    eval_metrics=ident.eval_metrics,
+                )
                 s.add(row)
                 s.flush()
         except sa_exc.IntegrityError:  # registered concurrently
@@ -72,8 +94,9 @@ class AdapterRegistry:
         self.cache_size = cache_size
         self._cache: Any = None  # torch is imported only when adapters are loaded
 
-    def find(self, *, namespace: str | None = None, document_id: str | None = None,
-             status: str | None = None) -> list[AdapterInfo]:
+    def find(
+        self, *, namespace: str | None = None, document_id: str | None = None, status: str | None = None
+    ) -> list[AdapterInfo]:
         """See :meth:`memory.api.ParametricMemory.adapters`."""
         rec = self.records
         ns = rec.namespace(namespace)
@@ -81,12 +104,15 @@ class AdapterRegistry:
             raise ValidationError(f"status must be one of {[m.value for m in AdapterStatus]}, got {status!r}")
         with rec.tx() as s:
             # One joined query for the adapters and their provenance (skill adapters have no version/document).
-            q = (select(Adapter, DocumentVersion, Document, Namespace, Hypernetwork)
-                 .join(Namespace, Adapter.namespace_id == Namespace.id)
-                 .join(Hypernetwork, Adapter.hypernetwork_id == Hypernetwork.id)
-                 .outerjoin(DocumentVersion, Adapter.version_id == DocumentVersion.id)
-                 .outerjoin(Document, DocumentVersion.document_id == Document.id)
-                 .where(Namespace.name == ns).order_by(Adapter.id.desc()))
+            q = (
+                select(Adapter, DocumentVersion, Document, Namespace, Hypernetwork)
+                .join(Namespace, Adapter.namespace_id == Namespace.id)
+                .join(Hypernetwork, Adapter.hypernetwork_id == Hypernetwork.id)
+                .outerjoin(DocumentVersion, Adapter.version_id == DocumentVersion.id)
+                .outerjoin(Document, DocumentVersion.document_id == Document.id)
+                .where(Namespace.name == ns)
+                .order_by(Adapter.id.desc())
+            )
             if document_id is not None:
                 doc = rec.document(s, ns, document_id)
                 q = q.where(DocumentVersion.document_id == doc.id)
@@ -94,8 +120,9 @@ class AdapterRegistry:
                 q = q.where(Adapter.status == AdapterStatus(status))
             return [adapter_info(s, a, v, d, n, h) for a, v, d, n, h in s.execute(q)]
 
-    def current(self, namespace: str | None, document_ids: Iterable[str], *,
-                ready_only: bool = False) -> dict[str, AdapterInfo]:
+    def current(
+        self, namespace: str | None, document_ids: Iterable[str], *, ready_only: bool = False
+    ) -> dict[str, AdapterInfo]:
         """For each document, the adapter of its current version: the newest ready one when there is one,
         else (unless ``ready_only``) the oldest of the others, whose status says why it cannot be used."""
         ids = sorted(set(document_ids))
@@ -165,16 +192,20 @@ class AdapterRegistry:
             rec.drop_unreferenced([sha])
         return info
 
-    def record_failure(self, version_id: int, hyper_id: int, namespace_id: int, base_model: str,
-                       error: str) -> None:
+    def record_failure(self, version_id: int, hyper_id: int, namespace_id: int, base_model: str, error: str) -> None:
         """Mark the adapter of (version, hypernetwork) failed with ``error`` (unless a ready one exists)."""
 
         def write(s: Session) -> None:
-            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
-                                                 Adapter.hypernetwork_id == hyper_id))
+            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id, Adapter.hypernetwork_id == hyper_id))
             if row is None:
-                row = Adapter(namespace_id=namespace_id, version_id=version_id, hypernetwork_id=hyper_id,
-                              base_model=base_model, rank=0, target_modules=[])
+                row = Adapter(
+                    namespace_id=namespace_id,
+                    version_id=version_id,
+                    hypernetwork_id=hyper_id,
+                    base_model=base_model,
+                    rank=0,
+                    target_modules=[],
+                )
                 s.add(row)
             if row.status != AdapterStatus.ready:
                 row.status = AdapterStatus.failed

@@ -67,9 +67,15 @@ def check_text(text: Any, max_bytes: int) -> str:
 
 def version_info(v: DocumentVersion, current_id: int | None, adapter_status: str | None = None) -> VersionInfo:
     return VersionInfo(
-        number=v.number, content_sha256=v.content_sha256, is_current=v.id == current_id,
-        byte_count=v.byte_count, token_count=v.token_count, chunk_count=v.chunk_count,
-        parser=dict(v.parser or {}), created_at=v.created_at, adapter_status=adapter_status,
+        number=v.number,
+        content_sha256=v.content_sha256,
+        is_current=v.id == current_id,
+        byte_count=v.byte_count,
+        token_count=v.token_count,
+        chunk_count=v.chunk_count,
+        parser=dict(v.parser or {}),
+        created_at=v.created_at,
+        adapter_status=adapter_status,
     )
 
 
@@ -78,8 +84,9 @@ def _adapter_statuses(s: Session, version_ids: Sequence[int]) -> dict[int, str]:
     if not version_ids:
         return {}
     out: dict[int, str] = {}
-    for vid, status in s.execute(select(Adapter.version_id, Adapter.status)
-                                 .where(Adapter.version_id.in_(list(version_ids))).order_by(Adapter.id)):
+    for vid, status in s.execute(
+        select(Adapter.version_id, Adapter.status).where(Adapter.version_id.in_(list(version_ids))).order_by(Adapter.id)
+    ):
         if vid is not None:
             out[vid] = status.value  # ascending ids: the newest wins
     return out
@@ -90,11 +97,11 @@ def make_current(s: Session, doc: Document, version: DocumentVersion) -> None:
     old = doc.current_version_id
     doc.current_version_id = version.id
     if old is not None and old != version.id:
-        for a in s.scalars(select(Adapter).where(Adapter.version_id == old,
-                                                 Adapter.status == AdapterStatus.ready)):
+        for a in s.scalars(select(Adapter).where(Adapter.version_id == old, Adapter.status == AdapterStatus.ready)):
             a.status = AdapterStatus.superseded
-    for a in s.scalars(select(Adapter).where(Adapter.version_id == version.id,
-                                             Adapter.status == AdapterStatus.superseded)):
+    for a in s.scalars(
+        select(Adapter).where(Adapter.version_id == version.id, Adapter.status == AdapterStatus.superseded)
+    ):
         a.status = AdapterStatus.ready
 
 
@@ -118,33 +125,61 @@ class DocumentStore:
         if not docs:
             return []
         current_ids = [d.current_version_id for d in docs if d.current_version_id]
-        current = {v.id: v for v in s.scalars(select(DocumentVersion)
-                                               .where(DocumentVersion.id.in_(current_ids)))} if current_ids else {}
-        counts = dict(s.execute(select(DocumentVersion.document_id, func.count())
-                                .where(DocumentVersion.document_id.in_([d.id for d in docs]))
-                                .group_by(DocumentVersion.document_id)).tuples().all())
+        current = (
+            {v.id: v for v in s.scalars(select(DocumentVersion).where(DocumentVersion.id.in_(current_ids)))}
+            if current_ids
+            else {}
+        )
+        counts = dict(
+            s.execute(
+                select(DocumentVersion.document_id, func.count())
+                .where(DocumentVersion.document_id.in_([d.id for d in docs]))
+                .group_by(DocumentVersion.document_id)
+            )
+            .tuples()
+            .all()
+        )
         source_ids = {d.source_id for d in docs if d.source_id}
-        sources = dict(s.execute(select(Source.id, Source.uri).where(Source.id.in_(source_ids)))
-                       .tuples().all()) if source_ids else {}
+        sources = (
+            dict(s.execute(select(Source.id, Source.uri).where(Source.id.in_(source_ids))).tuples().all())
+            if source_ids
+            else {}
+        )
         statuses = _adapter_statuses(s, current_ids)
         out = []
         for doc in docs:
             cur = current.get(doc.current_version_id) if doc.current_version_id else None
-            out.append(DocumentInfo(
-                id=doc.key, namespace=namespace, title=doc.title, metadata=dict(doc.meta or {}),
-                version=version_info(cur, doc.current_version_id, statuses.get(cur.id)) if cur else None,
-                version_count=counts.get(doc.id, 0), source=sources.get(doc.source_id) if doc.source_id else None,
-                created_at=doc.created_at, updated_at=doc.updated_at,
-            ))
+            out.append(
+                DocumentInfo(
+                    id=doc.key,
+                    namespace=namespace,
+                    title=doc.title,
+                    metadata=dict(doc.meta or {}),
+                    version=version_info(cur, doc.current_version_id, statuses.get(cur.id)) if cur else None,
+                    version_count=counts.get(doc.id, 0),
+                    source=sources.get(doc.source_id) if doc.source_id else None,
+                    created_at=doc.created_at,
+                    updated_at=doc.updated_at,
+                )
+            )
         return out
 
     def info(self, s: Session, doc: Document, namespace: str) -> DocumentInfo:
         return self.infos(s, [doc], namespace)[0]
 
     # ------------------------------------------------------------ write
-    def add(self, text: str | bytes, *, document_id: str | None = None, namespace: str | None = None,
-            title: str | None = None, metadata: dict[str, Any] | None = None, parser: dict[str, Any] | None = None,
-            source: str | None = None, chunks: list[Any] | None = None) -> AddResult:
+    def add(
+        self,
+        text: str | bytes,
+        *,
+        document_id: str | None = None,
+        namespace: str | None = None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        parser: dict[str, Any] | None = None,
+        source: str | None = None,
+        chunks: list[Any] | None = None,
+    ) -> AddResult:
         """See :meth:`memory.api.ParametricMemory.add`."""
         rec = self.records
         ns = rec.namespace(namespace)
@@ -188,26 +223,39 @@ class DocumentStore:
                     s.flush()
                 doc.source_id = src.id
             existing = s.scalar(
-                select(DocumentVersion).where(DocumentVersion.document_id == doc.id,
-                                              DocumentVersion.content_sha256 == sha)
+                select(DocumentVersion).where(
+                    DocumentVersion.document_id == doc.id, DocumentVersion.content_sha256 == sha
+                )
             )
             if existing is not None:
                 if existing.id == doc.current_version_id:
                     return AddResult("unchanged", self.info(s, doc, ns))
                 make_current(s, doc, existing)
                 return AddResult("restored", self.info(s, doc, ns))
-            number = (s.scalar(select(func.max(DocumentVersion.number)).where(
-                DocumentVersion.document_id == doc.id)) or 0) + 1
+            number = (
+                s.scalar(select(func.max(DocumentVersion.number)).where(DocumentVersion.document_id == doc.id)) or 0
+            ) + 1
             version = DocumentVersion(
-                document_id=doc.id, number=number, content_sha256=sha, byte_count=len(data),
-                token_count=sum(c.token_count for c in specs), chunk_count=len(specs),
+                document_id=doc.id,
+                number=number,
+                content_sha256=sha,
+                byte_count=len(data),
+                token_count=sum(c.token_count for c in specs),
+                chunk_count=len(specs),
                 parser=parser or {"name": "text", "version": "1"},
             )
             s.add(version)
             s.flush()
             s.add_all(
-                Chunk(version_id=version.id, ordinal=c.ordinal, text=c.text, start_char=c.start_char,
-                      end_char=c.end_char, token_count=c.token_count, meta=dict(c.metadata))
+                Chunk(
+                    version_id=version.id,
+                    ordinal=c.ordinal,
+                    text=c.text,
+                    start_char=c.start_char,
+                    end_char=c.end_char,
+                    token_count=c.token_count,
+                    meta=dict(c.metadata),
+                )
                 for c in specs
             )
             make_current(s, doc, version)
@@ -220,8 +268,13 @@ class DocumentStore:
             if not blob_existed:
                 rec.drop_unreferenced([sha])
             raise
-        log.info("add %s/%s: %s (v%s)", ns, doc_id, result.status,
-                 result.document.version.number if result.document and result.document.version else "?")
+        log.info(
+            "add %s/%s: %s (v%s)",
+            ns,
+            doc_id,
+            result.status,
+            result.document.version.number if result.document and result.document.version else "?",
+        )
         return result
 
     def rollback(self, document_id: str, version: int, *, namespace: str | None = None) -> DocumentInfo:
@@ -245,18 +298,24 @@ class DocumentStore:
         def write(s: Session) -> tuple[DeleteResult, list[str]]:
             doc = rec.document(s, ns, document_id)
             version_ids = list(s.scalars(select(DocumentVersion.id).where(DocumentVersion.document_id == doc.id)))
-            shas = list(s.scalars(select(DocumentVersion.content_sha256)
-                                  .where(DocumentVersion.id.in_(version_ids))))
-            adapter_shas = [b for b in s.scalars(select(Adapter.blob_sha256)
-                                                  .where(Adapter.version_id.in_(version_ids))) if b]
+            shas = list(s.scalars(select(DocumentVersion.content_sha256).where(DocumentVersion.id.in_(version_ids))))
+            adapter_shas = [
+                b for b in s.scalars(select(Adapter.blob_sha256).where(Adapter.version_id.in_(version_ids))) if b
+            ]
             n_chunks = s.scalar(select(func.count()).where(Chunk.version_id.in_(version_ids))) or 0
             n_adapters = s.scalar(select(func.count()).where(Adapter.version_id.in_(version_ids))) or 0
             doc.current_version_id = None
             s.flush()
             s.delete(doc)
             s.flush()
-            return DeleteResult(document=document_id, namespace=ns, versions=len(version_ids), chunks=n_chunks,
-                                adapters=n_adapters, blobs_removed=0), shas + adapter_shas
+            return DeleteResult(
+                document=document_id,
+                namespace=ns,
+                versions=len(version_ids),
+                chunks=n_chunks,
+                adapters=n_adapters,
+                blobs_removed=0,
+            ), shas + adapter_shas
 
         result, blobs = rec.retrying(write)
         removed = rec.drop_unreferenced(blobs)
@@ -267,8 +326,9 @@ class DocumentStore:
         return self.records.gc(dry_run=dry_run)
 
     # ------------------------------------------------------------ read
-    def get(self, document_id: str, *, namespace: str | None = None, with_text: bool = False,
-            version: int | None = None) -> DocumentInfo:
+    def get(
+        self, document_id: str, *, namespace: str | None = None, with_text: bool = False, version: int | None = None
+    ) -> DocumentInfo:
         """See :meth:`memory.api.ParametricMemory.get`."""
         rec = self.records
         ns = rec.namespace(namespace)
@@ -283,29 +343,44 @@ class DocumentStore:
             info = DocumentInfo(**{**info.__dict__, "text": text})
         return info
 
-    def find(self, *, namespace: str | None = None, limit: int = 100, offset: int = 0,
-             prefix: str | None = None) -> list[DocumentInfo]:
+    def find(
+        self, *, namespace: str | None = None, limit: int = 100, offset: int = 0, prefix: str | None = None
+    ) -> list[DocumentInfo]:
         """See :meth:`memory.api.ParametricMemory.list`."""
         ns = self.records.namespace(namespace)
         if limit < 0 or offset < 0:
             raise ValidationError("limit and offset must be >= 0")
         with self.records.tx() as s:
-            q = (select(Document).join(Namespace, Document.namespace_id == Namespace.id)
-                 .where(Namespace.name == ns).order_by(Document.key).limit(limit).offset(offset))
+            q = (
+                select(Document)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns)
+                .order_by(Document.key)
+                .limit(limit)
+                .offset(offset)
+            )
             if prefix:
                 q = q.where(Document.key.startswith(prefix, autoescape=True))
             return self.infos(s, list(s.scalars(q)), ns)
 
-    def chunks(self, document_id: str, *, namespace: str | None = None,
-               version: int | None = None) -> list[ChunkInfo]:
+    def chunks(self, document_id: str, *, namespace: str | None = None, version: int | None = None) -> list[ChunkInfo]:
         """See :meth:`memory.api.ParametricMemory.chunks`."""
         rec = self.records
         ns = rec.namespace(namespace)
         with rec.tx() as s:
             v = rec.version(s, rec.document(s, ns, document_id), version)
-            return [ChunkInfo(id=c.id, ordinal=c.ordinal, text=c.text, token_count=c.token_count,
-                              start_char=c.start_char, end_char=c.end_char, metadata=dict(c.meta or {}))
-                    for c in s.scalars(select(Chunk).where(Chunk.version_id == v.id).order_by(Chunk.ordinal))]
+            return [
+                ChunkInfo(
+                    id=c.id,
+                    ordinal=c.ordinal,
+                    text=c.text,
+                    token_count=c.token_count,
+                    start_char=c.start_char,
+                    end_char=c.end_char,
+                    metadata=dict(c.meta or {}),
+                )
+                for c in s.scalars(select(Chunk).where(Chunk.version_id == v.id).order_by(Chunk.ordinal))
+            ]
 
     def namespaces(self) -> list[str]:
         with self.records.tx() as s:
@@ -317,18 +392,30 @@ class DocumentStore:
         ns = rec.namespace(namespace)
         with rec.tx() as s:
             doc = rec.document(s, ns, document_id)
-            versions = list(s.scalars(select(DocumentVersion).where(DocumentVersion.document_id == doc.id)
-                                      .order_by(DocumentVersion.number)))
+            versions = list(
+                s.scalars(
+                    select(DocumentVersion)
+                    .where(DocumentVersion.document_id == doc.id)
+                    .order_by(DocumentVersion.number)
+                )
+            )
             statuses = _adapter_statuses(s, [v.id for v in versions])
             return [version_info(v, doc.current_version_id, statuses.get(v.id)) for v in versions]
 
-    def diff(self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None,
-             context: int = 2) -> str:
+    def diff(
+        self, document_id: str, old: int, new: int | None = None, *, namespace: str | None = None, context: int = 2
+    ) -> str:
         """See :meth:`memory.api.ParametricMemory.diff`."""
         a = self.get(document_id, namespace=namespace, version=old, with_text=True)
         b = self.get(document_id, namespace=namespace, version=new, with_text=True)
         assert a.text is not None and b.text is not None and a.version and b.version
-        return "\n".join(difflib.unified_diff(
-            a.text.splitlines(), b.text.splitlines(), lineterm="",
-            fromfile=f"{document_id}@v{a.version.number}", tofile=f"{document_id}@v{b.version.number}", n=context,
-        ))
+        return "\n".join(
+            difflib.unified_diff(
+                a.text.splitlines(),
+                b.text.splitlines(),
+                lineterm="",
+                fromfile=f"{document_id}@v{a.version.number}",
+                tofile=f"{document_id}@v{b.version.number}",
+                n=context,
+            )
+        )

@@ -32,8 +32,15 @@ class Internalization:
         self.registry = registry
         self.runtime = runtime
 
-    def internalize(self, document_id: str, *, namespace: str | None = None, version: int | None = None,
-                    method: str = "auto", force: bool = False) -> AdapterInfo:
+    def internalize(
+        self,
+        document_id: str,
+        *,
+        namespace: str | None = None,
+        version: int | None = None,
+        method: str = "auto",
+        force: bool = False,
+    ) -> AdapterInfo:
         """See :meth:`memory.api.ParametricMemory.internalize`."""
         rec = self.records
         ns = rec.namespace(namespace)
@@ -41,8 +48,9 @@ class Internalization:
             version_id = rec.version(s, rec.document(s, ns, document_id), version).id
         return self.internalize_version(version_id, method=method, force=force)
 
-    def internalize_version(self, version_id: int, *, method: str = "auto", force: bool = False,
-                            progress: Any = None) -> AdapterInfo:
+    def internalize_version(
+        self, version_id: int, *, method: str = "auto", force: bool = False, progress: Any = None
+    ) -> AdapterInfo:
         """See :meth:`memory.api.ParametricMemory.internalize_version`."""
         from memory.lora import to_bytes
 
@@ -54,10 +62,14 @@ class Internalization:
             if v is None:
                 raise NotFoundError(f"no document version with id {version_id}")
             hyper_id = hypernetwork_row(s, ident, runtime.base_model.fingerprint)
-            existing = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
-                                                      Adapter.hypernetwork_id == hyper_id))
-            if existing is not None and existing.status in (AdapterStatus.ready, AdapterStatus.superseded) \
-                    and not force:
+            existing = s.scalar(
+                select(Adapter).where(Adapter.version_id == version_id, Adapter.hypernetwork_id == hyper_id)
+            )
+            if (
+                existing is not None
+                and existing.status in (AdapterStatus.ready, AdapterStatus.superseded)
+                and not force
+            ):
                 return adapter_info(s, existing)
             content_sha, chunk_count = v.content_sha256, v.chunk_count
             namespace_id = v.document.namespace_id
@@ -70,8 +82,9 @@ class Internalization:
             self.registry.record_failure(version_id, hyper_id, namespace_id, runtime.base_model.fingerprint, str(e))
             raise
         except Exception as e:  # a bug or a resource fault: record it on the row, then re-raise
-            self.registry.record_failure(version_id, hyper_id, namespace_id, runtime.base_model.fingerprint,
-                                         f"{type(e).__name__}: {e}")
+            self.registry.record_failure(
+                version_id, hyper_id, namespace_id, runtime.base_model.fingerprint, f"{type(e).__name__}: {e}"
+            )
             raise
         latency_ms = (time.perf_counter() - t0) * 1000
 
@@ -79,8 +92,7 @@ class Internalization:
             v = s.get(DocumentVersion, version_id)
             if v is None:
                 raise NotFoundError(f"document version {version_id} was deleted while it was internalized")
-            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id,
-                                                 Adapter.hypernetwork_id == hyper_id))
+            row = s.scalar(select(Adapter).where(Adapter.version_id == version_id, Adapter.hypernetwork_id == hyper_id))
             if row is not None and row.status in (AdapterStatus.ready, AdapterStatus.superseded) and not force:
                 return adapter_info(s, row)  # another worker won the race
             current = v.document.current_version_id == version_id
@@ -103,6 +115,12 @@ class Internalization:
             return adapter_info(s, row)
 
         info = self.registry.store(blob, write)
-        log.info("internalized version %s with %s in %.0f ms (rank %s, %s bytes)", version_id, ident.kind,
-                 latency_ms, info.rank, info.size_bytes)
+        log.info(
+            "internalized version %s with %s in %.0f ms (rank %s, %s bytes)",
+            version_id,
+            ident.kind,
+            latency_ms,
+            info.rank,
+            info.size_bytes,
+        )
         return info

@@ -47,8 +47,9 @@ class ModelRuntime:
             if options:
                 raise ValidationError(f"d2l takes only a checkpoint option, got {sorted(options)}")
             self._internalizers.pop("d2l-default", None)
-            self._internalizers["d2l-default"] = internalizers.resolve("d2l", self.base_model, checkpoint=path,
-                                                                       cache={})
+            self._internalizers["d2l-default"] = internalizers.resolve(
+                "d2l", self.base_model, checkpoint=path, cache={}
+            )
         else:
             raise ValidationError(f"method must be 'cd' or 'd2l', got {method!r}")
         return self.internalizer(method)

@@ -47,9 +47,18 @@ class QueryEngine:
         retrieval_backend: ``auto``, ``inprocess`` or ``pgvector`` (see :class:`~memory.chunk_index.ChunkIndex`).
     """
 
-    def __init__(self, records: Records, registry: AdapterRegistry, runtime: ModelRuntime, skills: SkillLibrary,
-                 *, router_config: router.RouterConfig | None = None, embedder: Any = None, home: Path,
-                 retrieval_backend: str = "auto") -> None:
+    def __init__(
+        self,
+        records: Records,
+        registry: AdapterRegistry,
+        runtime: ModelRuntime,
+        skills: SkillLibrary,
+        *,
+        router_config: router.RouterConfig | None = None,
+        embedder: Any = None,
+        home: Path,
+        retrieval_backend: str = "auto",
+    ) -> None:
         self.records = records
         self.home = home
         self.retrieval_backend = retrieval_backend
@@ -79,14 +88,17 @@ class QueryEngine:
             from memory.retrieval import as_embedder
 
             embedder = as_embedder(self._embedder_arg)
-            path = index_path(self.home, self.records.engine.url.render_as_string(hide_password=True),
-                              f"{embedder.name}:{embedder.dim}")
-            self._chunk_index = ChunkIndex(self.records.sessions, embedder, backend=self.retrieval_backend,
-                                           path=path)
+            path = index_path(
+                self.home,
+                self.records.engine.url.render_as_string(hide_password=True),
+                f"{embedder.name}:{embedder.dim}",
+            )
+            self._chunk_index = ChunkIndex(self.records.sessions, embedder, backend=self.retrieval_backend, path=path)
         return self._chunk_index
 
-    def search(self, query: str, *, k: int = 4, namespace: str | None = None,
-               filter: dict[str, Any] | None = None) -> list[SearchHit]:  # the facade's keyword
+    def search(
+        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
+    ) -> list[SearchHit]:  # the facade's keyword
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         if not isinstance(query, str) or not query.strip():
@@ -102,11 +114,22 @@ class QueryEngine:
         return matching_document_ids(self.records.sessions, self.records.namespace(namespace), filter)
 
     # ------------------------------------------------------------ query
-    def query(self, question: str, *, namespace: str | None = None, mode: str = "auto", k: int = 4,
-              document_ids: list[str] | None = None, max_new_tokens: int = 64, log: bool = True,
-              experiment: str | None = None, arm: str | None = None, skill: int | None = None,
-              filter: dict[str, Any] | None = None,
-              on_token: Callable[[str], None] | None = None) -> QueryResult:
+    def query(
+        self,
+        question: str,
+        *,
+        namespace: str | None = None,
+        mode: str = "auto",
+        k: int = 4,
+        document_ids: list[str] | None = None,
+        max_new_tokens: int = 64,
+        log: bool = True,
+        experiment: str | None = None,
+        arm: str | None = None,
+        skill: int | None = None,
+        filter: dict[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> QueryResult:
         """See :meth:`memory.api.ParametricMemory.query`.
 
         ``on_token`` receives the answer piece by piece as it is generated; the pieces join to the returned
@@ -137,8 +160,12 @@ class QueryEngine:
             best[h.document_id] = max(best.get(h.document_id, -1.0), h.score)
         for d in named or ():  # documents named by the caller count as relevant whatever their similarity
             best[d] = 1.0
-        candidates = [router.Candidate(d, score, d in ready and ready[d].status == "ready",
-                                       ready[d].status if d in ready else None) for d, score in best.items()]
+        candidates = [
+            router.Candidate(
+                d, score, d in ready and ready[d].status == "ready", ready[d].status if d in ready else None
+            )
+            for d, score in best.items()
+        ]
         route = router.decide(question, mode, candidates, cfg)
         adapter_infos = [ready[d] for d in route.adapter_documents]
         if skill is not None:
@@ -151,18 +178,25 @@ class QueryEngine:
         mode_used, reason = route.mode, route.reason
         checked = bool(route.check_confidence and route.adapter_documents)
         emit = _AnswerPieces(on_token) if on_token is not None else None
-        gen, prompt_ids, context = self._answer(base, question, context, lora, max_new_tokens,
-                                                None if checked or emit is None else emit.feed)
+        gen, prompt_ids, context = self._answer(
+            base, question, context, lora, max_new_tokens, None if checked or emit is None else emit.feed
+        )
         check = None
         if checked:
             chosen = set(route.adapter_documents)
-            check = router.check_answer(gen.text, self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
-                                        [h.text for h in hits if h.document_id in chosen], question, cfg)
+            check = router.check_answer(
+                gen.text,
+                self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
+                [h.text for h in hits if h.document_id in chosen],
+                question,
+                cfg,
+            )
             if check.doubt:
                 context = hits[:k]
-                skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents):])  # keep a skill
-                gen, prompt_ids, context = self._answer(base, question, context, skill_only, max_new_tokens,
-                                                        emit.feed if emit is not None else None)
+                skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents) :])  # keep a skill
+                gen, prompt_ids, context = self._answer(
+                    base, question, context, skill_only, max_new_tokens, emit.feed if emit is not None else None
+                )
                 mode_used = "retrieval"
                 reason += f"; {check.doubt}, so it answered from the retrieved passages instead"
             elif emit is not None:
@@ -171,16 +205,32 @@ class QueryEngine:
         timings["total_ms"] = (time.perf_counter() - t0) * 1000
         query_id = None
         if log:
-            query_id = self._log(ns, question, mode_used, reason, experiment, arm, adapter_infos, context,
-                                 timings["total_ms"], gen.text)
-        return QueryResult(answer=gen.text.strip(), mode=mode_used, reason=reason, adapters=adapter_infos,
-                           chunks=context, timings_ms=timings, query_id=query_id,
-                           prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                           confidence=check.confidence if check else None, support=check.support if check else None)
+            query_id = self._log(
+                ns, question, mode_used, reason, experiment, arm, adapter_infos, context, timings["total_ms"], gen.text
+            )
+        return QueryResult(
+            answer=gen.text.strip(),
+            mode=mode_used,
+            reason=reason,
+            adapters=adapter_infos,
+            chunks=context,
+            timings_ms=timings,
+            query_id=query_id,
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            confidence=check.confidence if check else None,
+            support=check.support if check else None,
+        )
 
     @staticmethod
-    def _answer(base: Any, question: str, context: list[SearchHit], lora: Any, max_new_tokens: int,
-                on_text: Callable[[str], None] | None = None) -> tuple[Any, list[int], list[SearchHit]]:
+    def _answer(
+        base: Any,
+        question: str,
+        context: list[SearchHit],
+        lora: Any,
+        max_new_tokens: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> tuple[Any, list[int], list[SearchHit]]:
         """Generate the answer; passages that would push the prompt past the model's window are left out
         (the least relevant first). Returns the generation, the prompt ids and the passages used."""
         from memory import prompts
@@ -188,8 +238,11 @@ class QueryEngine:
         window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
         context = list(context)
         while True:
-            user = (prompts.context_prompt(question, [h.text for h in context]) if context
-                    else prompts.parametric_prompt(question))
+            user = (
+                prompts.context_prompt(question, [h.text for h in context])
+                if context
+                else prompts.parametric_prompt(question)
+            )
             prompt_ids = base.chat_ids(user, system=prompts.QA_SYSTEM)
             if not window or len(prompt_ids) + max_new_tokens <= window:
                 break
@@ -199,8 +252,7 @@ class QueryEngine:
                     f"the model's window of {window:,} tokens"
                 )
             context.pop()  # the least relevant passage goes first
-            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window,
-                     len(context))
+            log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window, len(context))
         gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
         return gen, prompt_ids, context
 
@@ -220,14 +272,34 @@ class QueryEngine:
         return float(torch.log_softmax(logits, -1).gather(-1, target).mean())
 
     # ------------------------------------------------------------ query log
-    def _log(self, ns: str, question: str, mode: str, reason: str, experiment: str | None, arm: str | None,
-             adapters: list[AdapterInfo], chunks: list[SearchHit], latency_ms: float, answer: str) -> int:
+    def _log(
+        self,
+        ns: str,
+        question: str,
+        mode: str,
+        reason: str,
+        experiment: str | None,
+        arm: str | None,
+        adapters: list[AdapterInfo],
+        chunks: list[SearchHit],
+        latency_ms: float,
+        answer: str,
+    ) -> int:
         def write(s: Session) -> int:
             ns_row = self.records.namespace_row(s, ns, create=True)
             assert ns_row is not None
-            row = QueryLog(namespace_id=ns_row.id, query=question, mode=mode, reason=reason, experiment=experiment,
-                           arm=arm, adapter_ids=[a.id for a in adapters], chunk_ids=[c.chunk_id for c in chunks],
-                           latency_ms=latency_ms, answer=answer)
+            row = QueryLog(
+                namespace_id=ns_row.id,
+                query=question,
+                mode=mode,
+                reason=reason,
+                experiment=experiment,
+                arm=arm,
+                adapter_ids=[a.id for a in adapters],
+                chunk_ids=[c.chunk_id for c in chunks],
+                latency_ms=latency_ms,
+                answer=answer,
+            )
             s.add(row)
             s.flush()
             return row.id
@@ -240,8 +312,11 @@ class QueryEngine:
         if not isinstance(score, (int, float)) or score != score:
             raise ValidationError(f"score must be a number, got {score!r}")
         with self.records.tx() as s:
-            row = s.scalar(select(QueryLog).join(Namespace, QueryLog.namespace_id == Namespace.id)
-                           .where(QueryLog.id == query_id, Namespace.name == ns))
+            row = s.scalar(
+                select(QueryLog)
+                .join(Namespace, QueryLog.namespace_id == Namespace.id)
+                .where(QueryLog.id == query_id, Namespace.name == ns)
+            )
             if row is None:
                 raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
             row.feedback = float(score)
@@ -263,6 +338,6 @@ class _AnswerPieces:
             self.started = True
         text = self.held + piece
         body = text.rstrip()
-        self.held = text[len(body):]
+        self.held = text[len(body) :]
         if body:
             self.sink(body)

@@ -120,8 +120,9 @@ class Records:
         default_namespace: the namespace used when a call names none.
     """
 
-    def __init__(self, engine: Engine, sessions: sessionmaker[Session], blobs: BlobStore,
-                 default_namespace: str) -> None:
+    def __init__(
+        self, engine: Engine, sessions: sessionmaker[Session], blobs: BlobStore, default_namespace: str
+    ) -> None:
         self.engine = engine
         self.sessions = sessions
         self.blobs = blobs
@@ -182,8 +183,9 @@ class Records:
         else:
             if not isinstance(number, int) or isinstance(number, bool) or number < 1:
                 raise ValidationError(f"version must be a positive integer, got {number!r}")
-            v = s.scalar(select(DocumentVersion).where(DocumentVersion.document_id == doc.id,
-                                                       DocumentVersion.number == number))
+            v = s.scalar(
+                select(DocumentVersion).where(DocumentVersion.document_id == doc.id, DocumentVersion.number == number)
+            )
         if v is None:
             raise NotFoundError(f"document {doc.key!r} has no version {number}")
         return v

@@ -25,8 +25,9 @@ class SkillLibrary:
         self.registry = registry
         self.runtime = runtime
 
-    def specialize(self, description: str, *, namespace: str | None = None,
-                   checkpoint: str | None = None) -> AdapterInfo:
+    def specialize(
+        self, description: str, *, namespace: str | None = None, checkpoint: str | None = None
+    ) -> AdapterInfo:
         """See :meth:`memory.api.ParametricMemory.specialize`."""
         from memory.lora import to_bytes
 
@@ -40,8 +41,13 @@ class SkillLibrary:
             ns_row = rec.namespace_row(s, ns, create=True)
             assert ns_row is not None
             hyper_id = hypernetwork_row(s, generator.identity, self.runtime.base_model.fingerprint)
-            row = s.scalar(select(Adapter).where(Adapter.namespace_id == ns_row.id, Adapter.task_sha256 == task_sha,
-                                                 Adapter.hypernetwork_id == hyper_id))
+            row = s.scalar(
+                select(Adapter).where(
+                    Adapter.namespace_id == ns_row.id,
+                    Adapter.task_sha256 == task_sha,
+                    Adapter.hypernetwork_id == hyper_id,
+                )
+            )
             if row is not None and row.status == AdapterStatus.ready:
                 return adapter_info(s, row)
             namespace_id = ns_row.id
@@ -51,8 +57,13 @@ class SkillLibrary:
         blob = to_bytes(adapter)
 
         def write(s: Session, sha: str) -> AdapterInfo:
-            row = s.scalar(select(Adapter).where(Adapter.namespace_id == namespace_id,
-                                                 Adapter.task_sha256 == task_sha, Adapter.hypernetwork_id == hyper_id))
+            row = s.scalar(
+                select(Adapter).where(
+                    Adapter.namespace_id == namespace_id,
+                    Adapter.task_sha256 == task_sha,
+                    Adapter.hypernetwork_id == hyper_id,
+                )
+            )
             if row is not None and row.status == AdapterStatus.ready:
                 return adapter_info(s, row)
             new = row is None
@@ -74,8 +85,11 @@ class SkillLibrary:
         """A skill adapter of this namespace by id."""
         ns = self.records.namespace(namespace)
         with self.records.tx() as s:
-            row = s.scalar(select(Adapter).join(Namespace, Adapter.namespace_id == Namespace.id)
-                           .where(Adapter.id == adapter_id, Namespace.name == ns, Adapter.task_sha256.is_not(None)))
+            row = s.scalar(
+                select(Adapter)
+                .join(Namespace, Adapter.namespace_id == Namespace.id)
+                .where(Adapter.id == adapter_id, Namespace.name == ns, Adapter.task_sha256.is_not(None))
+            )
             if row is None:
                 raise NotFoundError(f"no skill adapter {adapter_id} in namespace {ns!r}")
             return adapter_info(s, row)

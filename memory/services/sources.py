@@ -32,9 +32,16 @@ class SourceIngestor:
         self.records = records
         self.documents = documents
 
-    def add_source(self, spec: str, *, namespace: str | None = None, document_id: str | None = None,
-                   title: str | None = None, refresh_interval_s: int | None = None,
-                   prune_missing: bool = False) -> list[AddResult]:
+    def add_source(
+        self,
+        spec: str,
+        *,
+        namespace: str | None = None,
+        document_id: str | None = None,
+        title: str | None = None,
+        refresh_interval_s: int | None = None,
+        prune_missing: bool = False,
+    ) -> list[AddResult]:
         """See :meth:`memory.api.ParametricMemory.add_source`."""
         from memory.ingest import chunk_document, document_key, partition_path, scan_source
 
@@ -62,11 +69,18 @@ class SourceIngestor:
                     chunks = chunk_text(normalised, docs.chunk_tokens)
                 key = document_id or document_key(path, scan.root)
                 self._check_key_owner(ns, key, uri)
-                results.append(docs.add(
-                    normalised, document_id=key, namespace=ns, title=title, parser=parsed.parser,
-                    source=uri, chunks=chunks,
-                    metadata={"source_path": shown, "filetype": parsed.filetype},
-                ))
+                results.append(
+                    docs.add(
+                        normalised,
+                        document_id=key,
+                        namespace=ns,
+                        title=title,
+                        parser=parsed.parser,
+                        source=uri,
+                        chunks=chunks,
+                        metadata={"source_path": shown, "filetype": parsed.filetype},
+                    )
+                )
             except PMemError as e:
                 log.warning("ingest of %s failed: %s", shown, e)
                 errors.append(str(e))  # ingest errors already name the file
@@ -78,10 +92,15 @@ class SourceIngestor:
         elif prune_missing and scan.kind != "file":
             present = {document_key(path, scan.root) for path in scan.files}
             with self.records.tx() as s:
-                gone = list(s.scalars(
-                    select(Document.key).join(Source, Document.source_id == Source.id)
-                    .join(Namespace, Document.namespace_id == Namespace.id)
-                    .where(Namespace.name == ns, Source.uri == uri).order_by(Document.key)))
+                gone = list(
+                    s.scalars(
+                        select(Document.key)
+                        .join(Source, Document.source_id == Source.id)
+                        .join(Namespace, Document.namespace_id == Namespace.id)
+                        .where(Namespace.name == ns, Source.uri == uri)
+                        .order_by(Document.key)
+                    )
+                )
             for key in (k for k in gone if k not in present):
                 docs.delete(key, namespace=ns)
                 log.info("%s is gone from %s: document deleted", key, uri)
@@ -98,9 +117,11 @@ class SourceIngestor:
         """
         with self.records.tx() as s:
             owner = s.scalar(
-                select(Source.uri).join(Document, Document.source_id == Source.id)
+                select(Source.uri)
+                .join(Document, Document.source_id == Source.id)
                 .join(Namespace, Document.namespace_id == Namespace.id)
-                .where(Namespace.name == ns, Document.key == key))
+                .where(Namespace.name == ns, Document.key == key)
+            )
         if owner is not None and os.path.abspath(os.path.expanduser(owner)) != uri:  # (older rows: relative)
             raise ValidationError(
                 f"document {key!r} in namespace {ns!r} already comes from the source {owner}; add this source to "
@@ -123,8 +144,12 @@ class SourceIngestor:
                 src.refresh_interval_s = refresh_interval_s
             src.last_checked_at = utcnow()
             src.last_error = "\n".join(errors)[:20000] or None
-            src.parser = {"library": "unstructured", "version": unstructured_version(), "strategy": "fast",
-                          "spacy": spacy_info()}
+            src.parser = {
+                "library": "unstructured",
+                "version": unstructured_version(),
+                "strategy": "fast",
+                "spacy": spacy_info(),
+            }
 
         self.records.retrying(write)
 
@@ -132,8 +157,20 @@ class SourceIngestor:
         """See :meth:`memory.api.ParametricMemory.sources`."""
         ns = self.records.namespace(namespace)
         with self.records.tx() as s:
-            rows = s.scalars(select(Source).join(Namespace, Source.namespace_id == Namespace.id)
-                             .where(Namespace.name == ns).order_by(Source.uri))
-            return [{"uri": r.uri, "kind": r.kind, "refresh_interval_s": r.refresh_interval_s,
-                     "last_checked_at": r.last_checked_at, "last_error": r.last_error, "parser": r.parser}
-                    for r in rows]
+            rows = s.scalars(
+                select(Source)
+                .join(Namespace, Source.namespace_id == Namespace.id)
+                .where(Namespace.name == ns)
+                .order_by(Source.uri)
+            )
+            return [
+                {
+                    "uri": r.uri,
+                    "kind": r.kind,
+                    "refresh_interval_s": r.refresh_interval_s,
+                    "last_checked_at": r.last_checked_at,
+                    "last_error": r.last_error,
+                    "parser": r.parser,
+                }
+                for r in rows
+            ]

@@ -53,8 +53,9 @@ def load_base(base_dir: str | None = None, dtype: str | None = None) -> Any:
 
         tok = AutoTokenizer.from_pretrained(base_dir)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype or "bfloat16"))
-        return SimpleNamespace(model=model.eval().requires_grad_(False), tokenizer=tok,
-                               fingerprint="smollm2-135m-instruct@local")
+        return SimpleNamespace(
+            model=model.eval().requires_grad_(False), tokenizer=tok, fingerprint="smollm2-135m-instruct@local"
+        )
     from memory.models import load_base_model
 
     base = load_base_model(dtype=dtype)
@@ -78,8 +79,9 @@ def _features(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk:
         dev = next(base.model.parameters()).device
         ids, mask = encode_documents(base.tokenizer, [s.document for s in samples], chunk)
         return document_features(base.model, ids.to(dev), mask.to(dev), net.config.target_layers)
-    return chunked_features(base.model, base.tokenizer, [s.document for s in samples], chunk, max_chunks,
-                            net.config.target_layers)
+    return chunked_features(
+        base.model, base.tokenizer, [s.document for s in samples], chunk, max_chunks, net.config.target_layers
+    )
 
 
 def _autocast(base: Any):
@@ -89,8 +91,16 @@ def _autocast(base: Any):
     return contextlib.nullcontext()
 
 
-def nll_pair(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, *, grad: bool = False,
-             shuffled: bool = False, max_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def nll_pair(
+    base: Any,
+    net: D2LHypernetwork,
+    samples: Sequence[Sample],
+    chunk: int,
+    *,
+    grad: bool = False,
+    shuffled: bool = False,
+    max_chunks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample answer NLL with each sample's own adapter (and, if ``shuffled``, with the next sample's)."""
     tok, model = base.tokenizer, base.model
     feats = _features(base, net, samples, chunk, max_chunks)
@@ -107,8 +117,9 @@ def nll_pair(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: 
     return matched, other
 
 
-def kl_step(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int,
-            max_chunks: int = 1) -> tuple[torch.Tensor, ...]:
+def kl_step(
+    base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, max_chunks: int = 1
+) -> tuple[torch.Tensor, ...]:
     """Gold-answer NLL, gates and the distillation term: cross-entropy to the teacher's top-16 distribution
     (the base model with the document in its prompt) at the answer tokens."""
     tok, model = base.tokenizer, base.model
@@ -127,8 +138,9 @@ def kl_step(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: i
 
 
 @torch.no_grad()
-def evaluate_gap(base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, bs: int = 16,
-                 max_chunks: int = 1) -> dict[str, float]:
+def evaluate_gap(
+    base: Any, net: D2LHypernetwork, samples: Sequence[Sample], chunk: int, bs: int = 16, max_chunks: int = 1
+) -> dict[str, float]:
     """Held-out matched vs shuffled answer NLL, split by kind (fact, niah, family, prose, continue, haystack).
 
     Batches hold one kind each, so the shuffled adapter is another document of the same kind."""
@@ -174,9 +186,14 @@ def _init_net(args: argparse.Namespace, base: Any) -> D2LHypernetwork:
         net.config.chunk_tokens = args.chunk_tokens
         net.config.extra = {"init": str(args.init), "init_step": net.config.extra.get("step")}
         return net
-    cfg = D2LConfig.for_model(base.model.config, rank=args.rank, key_rank=args.key_rank, chunk_tokens=args.chunk_tokens,
-                              base_model=base.fingerprint,
-                              **({"target_layers": tuple(args.layers)} if args.layers else {}))
+    cfg = D2LConfig.for_model(
+        base.model.config,
+        rank=args.rank,
+        key_rank=args.key_rank,
+        chunk_tokens=args.chunk_tokens,
+        base_model=base.fingerprint,
+        **({"target_layers": tuple(args.layers)} if args.layers else {}),
+    )
     return D2LHypernetwork(cfg)
 
 
@@ -196,14 +213,25 @@ def train(args: argparse.Namespace) -> Path:
     mix: TrainingMix | None = None
     if args.mix:
         weights = parse_weights(None if args.mix == "default" else args.mix)
-        mix = TrainingMix(load_passages(args.prose_cache, "train", args.prose_max_words), seed=args.seed,
-                          config=MixConfig(weights, max_facts=args.max_facts,
-                                           haystack_words=(60, max(80, int(args.chunk_tokens * args.max_chunks * 0.7)))))
-        held = heldout_suites(load_passages(args.prose_cache, "heldout", args.prose_max_words), n=args.eval_n,
-                              haystack_words=(int(args.chunk_tokens * 0.7), max(100, int(args.chunk_tokens * args.max_chunks * 0.7))))
+        mix = TrainingMix(
+            load_passages(args.prose_cache, "train", args.prose_max_words),
+            seed=args.seed,
+            config=MixConfig(
+                weights,
+                max_facts=args.max_facts,
+                haystack_words=(60, max(80, int(args.chunk_tokens * args.max_chunks * 0.7))),
+            ),
+        )
+        held = heldout_suites(
+            load_passages(args.prose_cache, "heldout", args.prose_max_words),
+            n=args.eval_n,
+            haystack_words=(int(args.chunk_tokens * 0.7), max(100, int(args.chunk_tokens * args.max_chunks * 0.7))),
+        )
         held += heldout_set(args.eval_facts, args.eval_niah, max_facts=4, niah_tokens=min(args.niah_max, 128))
     else:
-        held = heldout_set(args.eval_facts, args.eval_niah, max_facts=args.max_facts, niah_tokens=min(args.niah_max, 128))
+        held = heldout_set(
+            args.eval_facts, args.eval_niah, max_facts=args.max_facts, niah_tokens=min(args.niah_max, 128)
+        )
     state_path = out / "state.pt"
     step, best, elapsed0 = 0, math.inf, 0.0
     if args.resume and state_path.exists():
@@ -228,9 +256,19 @@ def train(args: argparse.Namespace) -> Path:
 
     def save_state() -> None:
         tmp = out / "state.pt.tmp"
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
-                    "elapsed": elapsed0 + time.time() - t0, "rng": gen.rng.getstate(), "args": vars(args),
-                    "mix_rng": [r.getstate() for r in _mix_rngs(mix)] if mix is not None else None}, tmp)
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "best": best,
+                "elapsed": elapsed0 + time.time() - t0,
+                "rng": gen.rng.getstate(),
+                "args": vars(args),
+                "mix_rng": [r.getstate() for r in _mix_rngs(mix)] if mix is not None else None,
+            },
+            tmp,
+        )
         os.replace(tmp, state_path)
         save_checkpoint(net, out / "last")
 
@@ -244,9 +282,12 @@ def train(args: argparse.Namespace) -> Path:
         score = sum(res.get(f"{k}_matched", 0.0) for k in score_kinds)
         if score < best:
             best = score
-            net.config.extra = {**{k: v for k, v in net.config.extra.items() if k.startswith("init")},
-                                "step": step, "heldout": res,
-                                "train_minutes": round((elapsed0 + time.time() - t0) / 60, 1)}
+            net.config.extra = {
+                **{k: v for k, v in net.config.extra.items() if k.startswith("init")},
+                "step": step,
+                "heldout": res,
+                "train_minutes": round((elapsed0 + time.time() - t0) / 60, 1),
+            }
             save_checkpoint(net, out / "best")
         return res
 
@@ -263,7 +304,9 @@ def train(args: argparse.Namespace) -> Path:
         else:
             cur = curriculum(step, args)
             samples = [gen.mixed(cur["max_facts"], cur["niah_prob"], cur["niah_tokens"]) for _ in range(args.bs)]
-        lr_scale = min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps_est))))
+        lr_scale = min(1.0, (step + 1) / args.warmup) * (
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps_est)))
+        )
         for g, base_lr in zip(opt.param_groups, (args.lr, args.lr, args.lr * 10), strict=False):
             g["lr"] = base_lr * lr_scale
         if args.kl > 0:
@@ -281,9 +324,15 @@ def train(args: argparse.Namespace) -> Path:
         tr_loss += float(nll.mean().detach())
         tr_n += 1
         if step % args.log_every == 0:
-            rec = {"step": step, "elapsed_s": round(elapsed0 + time.time() - t0, 1), "train_nll": tr_loss / tr_n,
-                   "grad_norm": float(gn), "gate_mean": float(gates.mean().detach()), "s_per_step": (time.time() - t_last) / tr_n,
-                   **cur}
+            rec = {
+                "step": step,
+                "elapsed_s": round(elapsed0 + time.time() - t0, 1),
+                "train_nll": tr_loss / tr_n,
+                "grad_norm": float(gn),
+                "gate_mean": float(gates.mean().detach()),
+                "s_per_step": (time.time() - t_last) / tr_n,
+                **cur,
+            }
             if args.kl > 0:
                 rec["train_kl"] = tr_kl / tr_n
             if step % args.eval_every == 0:
@@ -296,7 +345,9 @@ def train(args: argparse.Namespace) -> Path:
             save_state()
     save_state()
     res = do_eval()
-    logf.write(json.dumps({"step": step, "elapsed_s": round(elapsed0 + time.time() - t0, 1), "final": True, **res}) + "\n")
+    logf.write(
+        json.dumps({"step": step, "elapsed_s": round(elapsed0 + time.time() - t0, 1), "final": True, **res}) + "\n"
+    )
     logf.close()
     return out
 
@@ -308,8 +359,9 @@ def _mix_rngs(mix: TrainingMix) -> list[random.Random]:
     return rngs
 
 
-def export(run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: int | None = 32,
-           max_rank: int | None = 64) -> str:
+def export(
+    run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: int | None = 32, max_rank: int | None = 64
+) -> str:
     """Copy a run's checkpoint (``best`` or ``last``) into ``dest`` in bf16 with the inference-time ``rank``
     (components per chunk) and ``max_rank`` (per document); returns its sha256.
 
@@ -327,9 +379,15 @@ def export(run_dir: str | Path, dest: str | Path, which: str = "best", *, rank: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pmem train d2l", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="run directory (log.jsonl, state.pt, best/); with --export: the destination")
-    p.add_argument("--export", metavar="RUN_DIR", default=None,
-                   help="instead of training, copy RUN_DIR/best into --out in bf16 (e.g. memory/checkpoints/d2l-smollm2-135m)")
+    p.add_argument(
+        "--out", required=True, help="run directory (log.jsonl, state.pt, best/); with --export: the destination"
+    )
+    p.add_argument(
+        "--export",
+        metavar="RUN_DIR",
+        default=None,
+        help="instead of training, copy RUN_DIR/best into --out in bf16 (e.g. memory/checkpoints/d2l-smollm2-135m)",
+    )
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
     p.add_argument("--resume", action="store_true", help="continue from DIR/state.pt")
     p.add_argument("--base-dir", default=None, help="a local HF model directory instead of the embedded default")
@@ -341,10 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--wd", type=float, default=0.01)
     p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--l1", type=float, default=0.01,
-                   help="L1 on the salience gates, i.e. on the norms of the generated A rows (keys are unit vectors)")
-    p.add_argument("--kl", type=float, default=0.0,
-                   help="weight of the distillation term (teacher = base model with the document in its prompt)")
+    p.add_argument(
+        "--l1",
+        type=float,
+        default=0.01,
+        help="L1 on the salience gates, i.e. on the norms of the generated A rows (keys are unit vectors)",
+    )
+    p.add_argument(
+        "--kl",
+        type=float,
+        default=0.0,
+        help="weight of the distillation term (teacher = base model with the document in its prompt)",
+    )
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--total-steps", type=int, default=3000, help="cosine schedule length")
     p.add_argument("--max-steps", type=int, default=0)
@@ -357,20 +423,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is far faster than 2 on a contended 2-core box)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is far faster than 2 on a contended 2-core box)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, metavar="CKPT",
-                   help="warm-start from a checkpoint directory (e.g. memory/checkpoints/d2l-smollm2-135m)")
-    p.add_argument("--mix", default=None,
-                   help="train on the mixture of memory.training.d2l_mix: 'default' or weights like "
-                        "'family=0.4,prose=0.3,haystack=0.2,fact=0.1' (without it: the original facts/NIAH curriculum)")
-    p.add_argument("--prose-cache", default=None,
-                   help="JSONL of real prose passages (build it with `python -m memory.training.d2l_prose OUT`)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="warm-start from a checkpoint directory (e.g. memory/checkpoints/d2l-smollm2-135m)",
+    )
+    p.add_argument(
+        "--mix",
+        default=None,
+        help="train on the mixture of memory.training.d2l_mix: 'default' or weights like "
+        "'family=0.4,prose=0.3,haystack=0.2,fact=0.1' (without it: the original facts/NIAH curriculum)",
+    )
+    p.add_argument(
+        "--prose-cache",
+        default=None,
+        help="JSONL of real prose passages (build it with `python -m memory.training.d2l_prose OUT`)",
+    )
     p.add_argument("--max-chunks", type=int, default=1, help="training documents up to this many chunks")
     p.add_argument("--eval-n", type=int, default=24, help="held-out samples per kind of the mixture")
-    p.add_argument("--dtype", default=None,
-                   help="base model dtype while training (default: the configured one; bfloat16 is ~3x faster on this CPU)")
-    p.add_argument("--prose-max-words", type=int, default=130, help="training/eval prose passages up to this many words")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="base model dtype while training (default: the configured one; bfloat16 is ~3x faster on this CPU)",
+    )
+    p.add_argument(
+        "--prose-max-words", type=int, default=130, help="training/eval prose passages up to this many words"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ... (cuda: bf16 autocast)")
     p.add_argument("--centre-keys", action="store_true", help="start the key centres at the data mean")
     return p

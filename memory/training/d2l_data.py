@@ -20,41 +20,178 @@ from typing import Literal
 
 Split = Literal["train", "heldout"]
 
-_ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gl", "h", "k", "l", "m", "n", "p", "qu", "r", "s", "sk",
-           "st", "t", "tr", "v", "w", "z", "th", "sh", "ch", "pl", "gr", "fl"]
+_ONSETS = [
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gl",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "qu",
+    "r",
+    "s",
+    "sk",
+    "st",
+    "t",
+    "tr",
+    "v",
+    "w",
+    "z",
+    "th",
+    "sh",
+    "ch",
+    "pl",
+    "gr",
+    "fl",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "io", "y"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "x", "m", "nd", "rk", "st"]
 
-_COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "silver", "golden", "black", "white", "pink",
-            "brown", "grey", "teal", "crimson", "violet", "amber", "navy", "olive", "maroon", "turquoise",
-            "indigo", "scarlet", "beige", "ivory", "bronze", "copper", "lavender", "magenta", "cyan"]
-_JOBS = ["baker", "pilot", "surgeon", "carpenter", "librarian", "chemist", "farmer", "painter", "sailor",
-         "lawyer", "plumber", "dentist", "architect", "tailor", "butcher", "journalist", "engineer", "nurse",
-         "teacher", "gardener", "astronomer", "jeweler", "potter", "blacksmith", "florist", "mechanic",
-         "translator", "violinist", "cartographer", "beekeeper"]
-_ANIMALS = ["cat", "dog", "parrot", "rabbit", "hamster", "turtle", "ferret", "goat", "horse", "owl",
-            "lizard", "goldfish", "tortoise", "snake", "pony", "donkey", "duck", "goose", "llama", "hedgehog",
-            "raccoon", "fox", "canary", "iguana", "frog", "squirrel", "alpaca", "otter", "badger", "pigeon"]
+_COLOURS = [
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "purple",
+    "orange",
+    "silver",
+    "golden",
+    "black",
+    "white",
+    "pink",
+    "brown",
+    "grey",
+    "teal",
+    "crimson",
+    "violet",
+    "amber",
+    "navy",
+    "olive",
+    "maroon",
+    "turquoise",
+    "indigo",
+    "scarlet",
+    "beige",
+    "ivory",
+    "bronze",
+    "copper",
+    "lavender",
+    "magenta",
+    "cyan",
+]
+_JOBS = [
+    "baker",
+    "pilot",
+    "surgeon",
+    "carpenter",
+    "librarian",
+    "chemist",
+    "farmer",
+    "painter",
+    "sailor",
+    "lawyer",
+    "plumber",
+    "dentist",
+    "architect",
+    "tailor",
+    "butcher",
+    "journalist",
+    "engineer",
+    "nurse",
+    "teacher",
+    "gardener",
+    "astronomer",
+    "jeweler",
+    "potter",
+    "blacksmith",
+    "florist",
+    "mechanic",
+    "translator",
+    "violinist",
+    "cartographer",
+    "beekeeper",
+]
+_ANIMALS = [
+    "cat",
+    "dog",
+    "parrot",
+    "rabbit",
+    "hamster",
+    "turtle",
+    "ferret",
+    "goat",
+    "horse",
+    "owl",
+    "lizard",
+    "goldfish",
+    "tortoise",
+    "snake",
+    "pony",
+    "donkey",
+    "duck",
+    "goose",
+    "llama",
+    "hedgehog",
+    "raccoon",
+    "fox",
+    "canary",
+    "iguana",
+    "frog",
+    "squirrel",
+    "alpaca",
+    "otter",
+    "badger",
+    "pigeon",
+]
 
 _FILLER = [
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.",
-    "The river flows slowly past the old mill.", "A light breeze moved through the tall trees.",
-    "Clouds gathered over the distant hills.", "The market opened early on most mornings.",
-    "Children played in the square until dusk.", "The library smelled of old paper and dust.",
-    "Rain fell softly on the tiled roofs.", "A cart rolled down the cobbled street.",
-    "The baker set out fresh loaves by the window.", "Boats rocked gently in the harbour.",
-    "The clock in the tower struck noon.", "Birds sang in the hedges along the lane.",
-    "The road wound through fields of wheat.", "Snow covered the peaks in winter.",
-    "Lanterns glowed along the quiet canal.", "The wind carried the smell of salt.",
-    "A dog barked somewhere in the valley.", "The bridge creaked under heavy wagons.",
-    "Travellers rested at the inn by the crossroads.", "The orchard was full of ripe apples.",
-    "Fog rolled in from the sea each evening.", "The old stone wall was covered in moss.",
-    "Farmers brought their goods to the fair.", "A small stream ran behind the chapel.",
-    "The stars were bright on clear nights.", "Leaves turned red and gold in autumn.",
-    "The ferry crossed the lake twice a day.", "Smoke rose from the chimneys of the village.",
-    "The meadow was dotted with wild flowers.", "Bells rang out across the rooftops.",
-    "The path climbed steeply toward the ridge.", "Fishermen mended their nets on the pier.",
-    "The forest was silent after the storm.", "A kettle whistled in the kitchen.",
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+    "The river flows slowly past the old mill.",
+    "A light breeze moved through the tall trees.",
+    "Clouds gathered over the distant hills.",
+    "The market opened early on most mornings.",
+    "Children played in the square until dusk.",
+    "The library smelled of old paper and dust.",
+    "Rain fell softly on the tiled roofs.",
+    "A cart rolled down the cobbled street.",
+    "The baker set out fresh loaves by the window.",
+    "Boats rocked gently in the harbour.",
+    "The clock in the tower struck noon.",
+    "Birds sang in the hedges along the lane.",
+    "The road wound through fields of wheat.",
+    "Snow covered the peaks in winter.",
+    "Lanterns glowed along the quiet canal.",
+    "The wind carried the smell of salt.",
+    "A dog barked somewhere in the valley.",
+    "The bridge creaked under heavy wagons.",
+    "Travellers rested at the inn by the crossroads.",
+    "The orchard was full of ripe apples.",
+    "Fog rolled in from the sea each evening.",
+    "The old stone wall was covered in moss.",
+    "Farmers brought their goods to the fair.",
+    "A small stream ran behind the chapel.",
+    "The stars were bright on clear nights.",
+    "Leaves turned red and gold in autumn.",
+    "The ferry crossed the lake twice a day.",
+    "Smoke rose from the chimneys of the village.",
+    "The meadow was dotted with wild flowers.",
+    "Bells rang out across the rooftops.",
+    "The path climbed steeply toward the ridge.",
+    "Fishermen mended their nets on the pier.",
+    "The forest was silent after the storm.",
+    "A kettle whistled in the kitchen.",
     "The festival lasted for three days.",
 ]
 
@@ -101,8 +238,9 @@ class FactGenerator:
     # ----------------------------------------------------------------- pools
     def _word(self, syllables: int) -> str:
         while True:
-            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
-                        for _ in range(syllables)).capitalize()
+            w = "".join(
+                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)
+            ).capitalize()
             if _in_split(w, self.split):
                 return w
 
@@ -176,7 +314,9 @@ class FactGenerator:
         return self.sample(n_facts=self.rng.randint(1, max_facts))
 
 
-def heldout_set(n_fact: int, n_niah: int, *, max_facts: int = 1, niah_tokens: int = 128, seed: int = 12345) -> list[Sample]:
+def heldout_set(
+    n_fact: int, n_niah: int, *, max_facts: int = 1, niah_tokens: int = 128, seed: int = 12345
+) -> list[Sample]:
     """A fixed held-out evaluation set: ``n_fact`` fact questions then ``n_niah`` haystacks.
 
     >>> len(heldout_set(3, 2))

@@ -63,19 +63,61 @@ def main(argv: list[str] | None = None) -> int:
     bs = args.bs or (64 if cuda else 8)
     eval_n = args.eval_n or (48 if cuda else 4)
     targs = [
-        "--out", str(out), "--minutes", str(args.minutes), "--resume", "--init", args.init, "--mix", MIX,
-        "--prose-cache", str(cache), "--max-chunks", "4" if cuda else "2", "--chunk-tokens", "128",
-        "--bs", str(bs), "--kl", "0.3", "--lr", "3e-4", "--warmup", "20", "--total-steps", "3000" if cuda else "800",
-        "--eval-n", str(eval_n), "--eval-facts", str(eval_n // 2), "--eval-niah", str(max(2, eval_n // 4)),
-        "--eval-every", "100" if cuda else "2", "--log-every", "10" if cuda else "1", "--save-every", "100" if cuda else "2",
-        "--threads", str(os.cpu_count() if cuda else 1), "--device", args.device,
-        "--dtype", "bfloat16", "--max-steps", str(args.max_steps),
+        "--out",
+        str(out),
+        "--minutes",
+        str(args.minutes),
+        "--resume",
+        "--init",
+        args.init,
+        "--mix",
+        MIX,
+        "--prose-cache",
+        str(cache),
+        "--max-chunks",
+        "4" if cuda else "2",
+        "--chunk-tokens",
+        "128",
+        "--bs",
+        str(bs),
+        "--kl",
+        "0.3",
+        "--lr",
+        "3e-4",
+        "--warmup",
+        "20",
+        "--total-steps",
+        "3000" if cuda else "800",
+        "--eval-n",
+        str(eval_n),
+        "--eval-facts",
+        str(eval_n // 2),
+        "--eval-niah",
+        str(max(2, eval_n // 4)),
+        "--eval-every",
+        "100" if cuda else "2",
+        "--log-every",
+        "10" if cuda else "1",
+        "--save-every",
+        "100" if cuda else "2",
+        "--threads",
+        str(os.cpu_count() if cuda else 1),
+        "--device",
+        args.device,
+        "--dtype",
+        "bfloat16",
+        "--max-steps",
+        str(args.max_steps),
     ]
     d2l.train(d2l.build_parser().parse_args(targs))
     dest = Path(args.export_to) if args.export_to else out / "export"
     sha = d2l.export(out, dest)
-    summary = {"run": str(out), "export": str(dest), "sha256": sha,
-               "last_log": (out / "log.jsonl").read_text().strip().splitlines()[-1]}
+    summary = {
+        "run": str(out),
+        "export": str(dest),
+        "sha256": sha,
+        "last_log": (out / "log.jsonl").read_text().strip().splitlines()[-1],
+    }
     print(json.dumps(summary))
     return 0
 

@@ -67,8 +67,9 @@ def _needle(fam: FamilyGenerator) -> tuple[str, str, str]:
 class TrainingMix:
     """Draws training (or held-out) samples of every kind from one split."""
 
-    def __init__(self, passages: Sequence[Passage] | None, seed: int = 0, split: str = "train",
-                 config: MixConfig | None = None) -> None:
+    def __init__(
+        self, passages: Sequence[Passage] | None, seed: int = 0, split: str = "train", config: MixConfig | None = None
+    ) -> None:
         self.cfg = config or MixConfig(dict(DEFAULT_WEIGHTS))
         self.rng = random.Random(f"mix-{split}-{seed}")
         self.facts = FactGenerator(split, seed=seed)  # type: ignore[arg-type]
@@ -103,11 +104,13 @@ class TrainingMix:
         raise ValueError(f"unknown kind {kind!r}")
 
 
-def heldout_suites(passages: Sequence[Passage] | None, n: int = 24, seed: int = 4242,
-                   haystack_words: tuple[int, int] = (150, 320)) -> list[Sample]:
+def heldout_suites(
+    passages: Sequence[Passage] | None, n: int = 24, seed: int = 4242, haystack_words: tuple[int, int] = (150, 320)
+) -> list[Sample]:
     """A fixed held-out set with ``n`` samples of each kind (``n // 2`` for fact/niah/continue)."""
-    mix = TrainingMix(passages, seed=seed, split="heldout",
-                      config=MixConfig(dict(DEFAULT_WEIGHTS), haystack_words=haystack_words))
+    mix = TrainingMix(
+        passages, seed=seed, split="heldout", config=MixConfig(dict(DEFAULT_WEIGHTS), haystack_words=haystack_words)
+    )
     out: list[Sample] = []
     for kind in KINDS:
         if kind in mix.kinds:

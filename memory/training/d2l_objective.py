@@ -39,8 +39,9 @@ def prompt_ids(tokenizer, question: str, context: str | None = None) -> list[int
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
 
-def student_batch(tokenizer, questions: Sequence[str], answers: Sequence[str],
-                  contexts: Sequence[str | None] | None = None) -> StudentBatch:
+def student_batch(
+    tokenizer, questions: Sequence[str], answers: Sequence[str], contexts: Sequence[str | None] | None = None
+) -> StudentBatch:
     """Right-padded prompt+answer ids with the answer tokens (and the end-of-turn token) as labels."""
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     seqs, spans = [], []
@@ -76,8 +77,9 @@ def encode_documents(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[
     return ids, mask
 
 
-def chunked_features(model: nn.Module, tokenizer, texts: Sequence[str], chunk: int, max_chunks: int,
-                     layers: Sequence[int]):
+def chunked_features(
+    model: nn.Module, tokenizer, texts: Sequence[str], chunk: int, max_chunks: int, layers: Sequence[int]
+):
     """Hypernetwork inputs of documents split into chunks of ``chunk`` tokens (as at inference: each chunk is
     read on its own, chunks overlap by one token), at most ``max_chunks`` per document; the chunks of a
     document are concatenated along the token axis (padding masked), so a multi-chunk document gives one
@@ -111,7 +113,9 @@ def chunked_features(model: nn.Module, tokenizer, texts: Sequence[str], chunk: i
                 k += 1
         return out
 
-    return DocFeatures(m={layer: gather(v) for layer, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask))
+    return DocFeatures(
+        m={layer: gather(v) for layer, v in f.m.items()}, next_emb=gather(f.next_emb), mask=gather(f.mask)
+    )
 
 
 def answer_logits(model: Any, batch: StudentBatch) -> Tensor:
@@ -119,8 +123,9 @@ def answer_logits(model: Any, batch: StudentBatch) -> Tensor:
 
     ``model`` is a transformers causal LM: its ``model`` (the decoder) and ``lm_head`` are found by name."""
     dev = next(model.parameters()).device
-    hs = model.model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                     use_cache=False).last_hidden_state
+    hs = model.model(
+        input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev), use_cache=False
+    ).last_hidden_state
     flat = hs.reshape(-1, hs.shape[-1])[batch.label_pos.to(dev)]
     return model.lm_head(flat).float()
 
@@ -134,7 +139,9 @@ def per_sample_nll(logits: Tensor, batch: StudentBatch, n: int) -> Tensor:
     return tot / cnt.clamp(min=1)
 
 
-def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor, batch: StudentBatch, n: int, top_k: int = 16) -> Tensor:
+def kl_to_teacher(
+    student_logits: Tensor, teacher_logits: Tensor, batch: StudentBatch, n: int, top_k: int = 16
+) -> Tensor:
     """Per-sample cross-entropy to the teacher's top-k distribution at the answer tokens (D2L's KD loss)."""
     vals, idx = teacher_logits.float().topk(top_k, dim=-1)
     p = vals.softmax(-1)

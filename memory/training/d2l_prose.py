@@ -103,8 +103,9 @@ def paragraphs(text: str) -> Iterator[str]:
     """Prose paragraphs of a text (blank-line separated; markup, lists and code blocks skipped)."""
     for block in re.split(r"\n\s*\n", text):
         lines = [ln for ln in block.splitlines() if ln.strip()]
-        if not lines or any(ln.lstrip().startswith(("-", "*", "+", ">", "|", "#", "..", "    ", "\t", "=", "~"))
-                            for ln in lines):
+        if not lines or any(
+            ln.lstrip().startswith(("-", "*", "+", ">", "|", "#", "..", "    ", "\t", "=", "~")) for ln in lines
+        ):
             continue
         par = _clean(" ".join(lines))
         if _is_prose(par):
@@ -151,8 +152,11 @@ def _docstring_passages(root: Path, family_root: str, max_files: int = 6000) -> 
     n = 0
     for f in sorted(root.rglob("*.py")):
         parts = f.relative_to(root).parts
-        if any(p in ("test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "dist-packages") or (p.startswith("_")
-               and p != "__init__.py") for p in parts[:-1]):
+        if any(
+            p in ("test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "dist-packages")
+            or (p.startswith("_") and p != "__init__.py")
+            for p in parts[:-1]
+        ):
             continue
         n += 1
         if n > max_files:
@@ -178,8 +182,13 @@ def _man_passages(max_pages: int = 600) -> Iterator[Passage]:
     for page in pages[:max_pages]:
         name = page.name.split(".")[0]
         try:
-            out = subprocess.run(["man", "-P", "cat", str(page)], capture_output=True, text=True, timeout=10,
-                                 env={"MANWIDTH": "2000", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}).stdout
+            out = subprocess.run(
+                ["man", "-P", "cat", str(page)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                env={"MANWIDTH": "2000", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             continue
         text = re.sub(r".\x08", "", out)
@@ -238,15 +247,19 @@ def load_cache(path: str | Path, split: Split | None = None) -> list[Passage]:
 
 
 # ---------------------------------------------------------------------------- questions
-_STOP = set("a an the of to in on at by for with from as and or but not no it its this that these those is are was "
-            "were be been being has have had do does did can could may might will would should shall must than then "
-            "which who whom whose what when where why how also only such other some any each all more most very you "
-            "your we our they their he she his her i if so into about over under after before".split())
+_STOP = set(
+    "a an the of to in on at by for with from as and or but not no it its this that these those is are was "
+    "were be been being has have had do does did can could may might will would should shall must than then "
+    "which who whom whose what when where why how also only such other some any each all more most very you "
+    "your we our they their he she his her i if so into about over under after before".split()
+)
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _NAME = re.compile(r"\b([A-Z][a-z]+(?:\s+(?:van|von|de|da|del)?\s*[A-Z][a-z]+){1,2})\b")
 _NUM = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s+([a-z]{3,15}))?")
 _YEAR = re.compile(r"\bin ((?:1[6-9]|20)\d\d)\b")
-_COPULA = re.compile(r"^((?:The|A|An) [a-z][\w-]*(?: [\w-]+){0,4}?) (is|are|was|were) ((?:a|an|the) )?([\w-]+(?: [\w-]+){0,3})")
+_COPULA = re.compile(
+    r"^((?:The|A|An) [a-z][\w-]*(?: [\w-]+){0,4}?) (is|are|was|were) ((?:a|an|the) )?([\w-]+(?: [\w-]+){0,3})"
+)
 _BY = re.compile(r"^(.{3,60}?) (is|are|was|were) (\w+(?:ed|en)) by ((?:[A-Z][\w.-]*)(?: [A-Z][\w.-]*){0,3})")
 _DEFAULT = re.compile(r"(?:defaults? to|default (?:value )?is|by default,? (?:is|uses)) (`?[\w.-]+`?)", re.IGNORECASE)
 
@@ -282,7 +295,7 @@ def wh_questions(sent: str) -> list[tuple[str, str]]:
             out.append((f"What {m.group(2)} {subj[0].lower() + subj[1:]}?", ans))
     m = _YEAR.search(s)
     if m:
-        rest = (s[: m.start()] + s[m.end():]).strip().rstrip(",")
+        rest = (s[: m.start()] + s[m.end() :]).strip().rstrip(",")
         if len(rest.split()) >= 3:
             out.append((f"In what year: {rest[0].lower() + rest[1:]}?", m.group(1)))
     m = _DEFAULT.search(s)
@@ -291,7 +304,7 @@ def wh_questions(sent: str) -> list[tuple[str, str]]:
         if subj:
             out.append((f"What is the default for {subj.rstrip(',')}, according to the text?", m.group(1).strip("`")))
     for m in _NUM.finditer(s):
-        if m.group(2) and m.group(2) not in _STOP and not _YEAR.search(s[max(0, m.start() - 3): m.end()]):
+        if m.group(2) and m.group(2) not in _STOP and not _YEAR.search(s[max(0, m.start() - 3) : m.end()]):
             ctx = " ".join(s[: m.start()].split()[-6:])
             if len(ctx.split()) >= 2:
                 out.append((f"How many {m.group(2)}: {ctx} ...?", m.group(1)))
@@ -314,19 +327,32 @@ def questions(p: Passage, rng: random.Random, n_continue: int = 1) -> list[Prose
         if spans and rng.random() < 0.7:
             a = rng.choice(spans)
             blank = s.replace(a, "___", 1)
-            out.append(ProseSample(p.text, f'Fill in the blank from the text: "{blank}"', a, "prose", "cloze", p.source))
+            out.append(
+                ProseSample(p.text, f'Fill in the blank from the text: "{blank}"', a, "prose", "cloze", p.source)
+            )
         else:
             k = rng.randint(1, 3)
             tail = _short(" ".join(words[-k:]), 3)
             head = " ".join(words[: len(words) - k])
             if tail and any(w.lower() not in _STOP for w in tail.split()) and tail in s:
-                out.append(ProseSample(p.text, f'Complete this sentence from the text: "{head} ..."', tail, "prose",
-                                       "cloze", p.source))
+                out.append(
+                    ProseSample(
+                        p.text, f'Complete this sentence from the text: "{head} ..."', tail, "prose", "cloze", p.source
+                    )
+                )
     conts = [(i, s) for i, s in enumerate(sents[:-1]) if len(s.split()) >= 5]
     for i, s in rng.sample(conts, min(n_continue, len(conts))):
         nxt = " ".join(sents[i + 1].split()[:14])
-        out.append(ProseSample(p.text, f'What comes right after this sentence in the text? "{s}"', nxt, "continue",
-                               "continue", p.source))
+        out.append(
+            ProseSample(
+                p.text,
+                f'What comes right after this sentence in the text? "{s}"',
+                nxt,
+                "continue",
+                "continue",
+                p.source,
+            )
+        )
     return out
 
 
@@ -344,14 +370,19 @@ class ProseGenerator:
         self.passages = passages
         self.rng = random.Random(f"prose-{seed}")
 
-    def sample(self, forms: tuple[str, ...] = ("wh", "cloze", "continue"), weights: tuple[float, ...] = (0.5, 0.3, 0.2)) -> ProseSample:
+    def sample(
+        self, forms: tuple[str, ...] = ("wh", "cloze", "continue"), weights: tuple[float, ...] = (0.5, 0.3, 0.2)
+    ) -> ProseSample:
         form = self.rng.choices(forms, weights=weights)[0]
         for _ in range(50):
             p = self.rng.choice(self.passages)
             qs = [q for q in questions(p, self.rng) if q.form == form]
             if qs:
                 return self.rng.choice(qs)
-        return self.rng.choice(questions(p, self.rng) or [ProseSample(p.text, "What is this text about?", p.text.split()[0], "prose", "cloze", p.source)])
+        return self.rng.choice(
+            questions(p, self.rng)
+            or [ProseSample(p.text, "What is this text about?", p.text.split()[0], "prose", "cloze", p.source)]
+        )
 
     def haystack(self, needles: list[tuple[str, str, str]], n_words: int) -> tuple[str, str, str]:
         """Real prose of about ``n_words`` words with ``needles`` ((sentence, question, answer)) at random depths;

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0004'
-down_revision: str | None = '0003'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -43,16 +43,18 @@ PGVECTOR_DDL = (
 
 def _stamp_all(table: str) -> None:
     conn = op.get_bind()
-    t = sa.table(table, sa.column('id', sa.Integer), sa.column('index_stamp', sa.String))
+    t = sa.table(table, sa.column("id", sa.Integer), sa.column("index_stamp", sa.String))
     ids = [r[0] for r in conn.execute(sa.select(t.c.id))]
     if ids:
-        conn.execute(t.update().where(t.c.id == sa.bindparam('rid')).values(index_stamp=sa.bindparam('stamp')),
-                     [{'rid': i, 'stamp': uuid.uuid4().hex} for i in ids])
+        conn.execute(
+            t.update().where(t.c.id == sa.bindparam("rid")).values(index_stamp=sa.bindparam("stamp")),
+            [{"rid": i, "stamp": uuid.uuid4().hex} for i in ids],
+        )
 
 
 def _pgvector_available() -> bool:
     conn = op.get_bind()
-    if conn.dialect.name != 'postgresql':
+    if conn.dialect.name != "postgresql":
         return False
     if conn.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).first():
         return True
@@ -60,31 +62,31 @@ def _pgvector_available() -> bool:
         return False
     try:
         with conn.begin_nested():  # a failed CREATE EXTENSION (no privilege) must not abort the migration
-            conn.execute(sa.text('CREATE EXTENSION IF NOT EXISTS vector'))
+            conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS vector"))
     except sa.exc.DBAPIError:
         return False
     return True
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('namespaces', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('index_stamp', sa.String(length=32), nullable=True))
-    with op.batch_alter_table('documents', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('index_stamp', sa.String(length=32), nullable=True))
+    with op.batch_alter_table("namespaces", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("index_stamp", sa.String(length=32), nullable=True))
+    with op.batch_alter_table("documents", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("index_stamp", sa.String(length=32), nullable=True))
         # every search joins documents on their current version
-        batch_op.create_index(batch_op.f('ix_documents_current_version_id'), ['current_version_id'], unique=False)
-    _stamp_all('namespaces')
-    _stamp_all('documents')
+        batch_op.create_index(batch_op.f("ix_documents_current_version_id"), ["current_version_id"], unique=False)
+    _stamp_all("namespaces")
+    _stamp_all("documents")
     if _pgvector_available():
         for statement in PGVECTOR_DDL:
             op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == 'postgresql':
-        op.execute('DROP TABLE IF EXISTS chunk_vectors')
-    with op.batch_alter_table('documents', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_documents_current_version_id'))
-        batch_op.drop_column('index_stamp')
-    with op.batch_alter_table('namespaces', schema=None) as batch_op:
-        batch_op.drop_column('index_stamp')
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TABLE IF EXISTS chunk_vectors")
+    with op.batch_alter_table("documents", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_documents_current_version_id"))
+        batch_op.drop_column("index_stamp")
+    with op.batch_alter_table("namespaces", schema=None) as batch_op:
+        batch_op.drop_column("index_stamp")
