@@ -25,7 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy import exc as sa_exc
@@ -35,6 +35,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from memory.config import redact
 from memory.db import Job, JobState, Namespace, get_engine, session_factory
 from memory.db.migrate import ensure_schema
+from memory.db.models import as_utc
 from memory.errors import ConflictError, NotFoundError, ValidationError
 from memory.types import JobInfo
 
@@ -111,15 +112,6 @@ def backoff_seconds(retries: int, *, base: float = 2.0, cap: float = 300.0, jitt
     return delay / 2 + random.uniform(0, delay / 2) if jitter else delay
 
 
-@overload
-def _utc(ts: datetime) -> datetime: ...
-@overload
-def _utc(ts: None) -> None: ...
-def _utc(ts: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
-
-
 def _info(row: Job) -> JobInfo:
     return JobInfo(
         id=row.id,
@@ -130,9 +122,9 @@ def _info(row: Job) -> JobInfo:
         payload=dict(row.payload or {}),
         result=dict(row.result) if row.result is not None else None,
         error=row.error,
-        created_at=_utc(row.created_at),
-        started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at),
+        created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
     )
 
 

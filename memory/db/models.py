@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -41,6 +41,16 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(ts: datetime) -> datetime: ...
+@overload
+def as_utc(ts: None) -> None: ...
+def as_utc(ts: datetime | None) -> datetime | None:
+    """A timestamp read back from a timezone-aware column, aware: SQLite hands back naive datetimes,
+    written in UTC."""
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
 class Base(DeclarativeBase):

@@ -22,12 +22,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from memory.db import ApiKey, get_engine, session_factory, session_scope
+from memory.db.models import as_utc
 from memory.errors import NotFoundError, ValidationError
 
 ROLES = ("read", "write", "admin")
@@ -105,24 +106,15 @@ class CreatedKey:
         return f"CreatedKey(info={self.info!r}, secret='pmk_{self.info.key_id}_…')"
 
 
-@overload
-def _utc(ts: datetime) -> datetime: ...
-@overload
-def _utc(ts: None) -> None: ...
-def _utc(ts: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
-
-
 def _info(row: ApiKey) -> KeyInfo:
     return KeyInfo(
         key_id=row.key_id,
         name=row.name,
         role=row.role,
         namespaces=list(row.namespaces or []),
-        created_at=_utc(row.created_at),
-        last_used_at=_utc(row.last_used_at),
-        revoked_at=_utc(row.revoked_at),
+        created_at=as_utc(row.created_at),
+        last_used_at=as_utc(row.last_used_at),
+        revoked_at=as_utc(row.revoked_at),
     )
 
 
@@ -181,7 +173,7 @@ class KeyStore:
             if row.revoked_at is not None:
                 return None
             now = datetime.now(UTC)
-            last = _utc(row.last_used_at)
+            last = as_utc(row.last_used_at)
             if last is None or now - last > _LAST_USED_RESOLUTION:
                 row.last_used_at = now
             return Principal(key_id=row.key_id, name=row.name, role=row.role, namespaces=tuple(row.namespaces or ()))
