@@ -182,12 +182,7 @@ class RemoteMemory:
         except httpx.TransportError as e:
             raise self._unreachable(e) from e
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                code, message = str(err["code"]), str(err["message"])
-            except (ValueError, KeyError, TypeError):
-                code, message = "internal", f"HTTP {r.status_code}: {r.text[:200]}"
-            raise _error(code, message, r.status_code)
+            raise _response_error(r)
         if raw:
             return r.content
         return r.json() if r.status_code != 204 else None
@@ -337,17 +332,7 @@ class RemoteMemory:
         """Answer from memory on the server (see :meth:`ParametricMemory.query`)."""
         if experiment is not None or arm is not None:
             raise ValidationError("remote experiments go through experiment_query(name, question, arms=...)")
-        body: dict[str, Any] = {
-            "question": question,
-            "mode": mode,
-            "k": k,
-            "max_new_tokens": max_new_tokens,
-            "log": log,
-        }
-        if document_ids is not None:
-            body["document_ids"] = list(document_ids)
-        if skill is not None:
-            body["skill"] = skill
+        body = _query_body(question, mode, k, document_ids, max_new_tokens, log, skill)
         return _query_result(self._request("POST", f"{self._ns(namespace)}/query", json=body))
 
     def stream_query(
@@ -370,30 +355,14 @@ class RemoteMemory:
         """
         import httpx
 
-        body: dict[str, Any] = {
-            "question": question,
-            "mode": mode,
-            "k": k,
-            "max_new_tokens": max_new_tokens,
-            "log": log,
-            "stream": True,
-        }
-        if document_ids is not None:
-            body["document_ids"] = list(document_ids)
-        if skill is not None:
-            body["skill"] = skill
+        body = {**_query_body(question, mode, k, document_ids, max_new_tokens, log, skill), "stream": True}
         try:
             with self._http.stream(
                 "POST", f"{self._ns(namespace)}/query", json=body, headers={"Accept": "text/event-stream"}
             ) as r:
                 if r.status_code >= 400:
                     r.read()
-                    try:
-                        err = r.json()["error"]
-                        code, message = str(err["code"]), str(err["message"])
-                    except (ValueError, KeyError, TypeError):
-                        code, message = "internal", f"HTTP {r.status_code}: {r.text[:200]}"
-                    raise _error(code, message, r.status_code)
+                    raise _response_error(r)
                 event, data = "message", []
                 for line in r.iter_lines():
                     if line.startswith("event:"):
@@ -562,3 +531,31 @@ class RemoteMemory:
 
 
 __all__ = ["AuthError", "RemoteError", "RemoteMemory", "RemoteSettings", "ServerBusyError"]
+
+
+def _response_error(r: Any) -> PMemError:
+    """The library exception for an error response (its ``{"error": {"code", "message"}}`` body when it has one)."""
+    try:
+        err = r.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "internal", f"HTTP {r.status_code}: {r.text[:200]}"
+    return _error(code, message, r.status_code)
+
+
+def _query_body(
+    question: str,
+    mode: str,
+    k: int,
+    document_ids: list[str] | None,
+    max_new_tokens: int,
+    log: bool,
+    skill: int | None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /query``."""
+    body: dict[str, Any] = {"question": question, "mode": mode, "k": k, "max_new_tokens": max_new_tokens, "log": log}
+    if document_ids is not None:
+        body["document_ids"] = list(document_ids)
+    if skill is not None:
+        body["skill"] = skill
+    return body
