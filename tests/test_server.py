@@ -966,6 +966,31 @@ def test_no_auth_only_on_loopback() -> None:
             check_no_auth(host)
 
 
+def test_ready_check_asks_the_broker_the_core_finds(tmp_path: Path, monkeypatch) -> None:
+    """/readyz checks the broker through :func:`memory.submission.broker`, so the server never imports the
+    task queue; with a broker URL and none installed, the check fails with the configuration error."""
+    import importlib.metadata
+
+    from memory import submission
+    from memory.api import ParametricMemory
+    from memory.server.app import _readiness
+
+    monkeypatch.setenv("PMEM_BROKER_URL", "redis://127.0.0.1:9/0")
+    mem = ParametricMemory(home=tmp_path / "home")
+    submission.broker.cache_clear()
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    assert _readiness(mem)["broker"] == {"ok": False, "error": "ConfigError"}
+
+    checked = []
+
+    class Up:
+        def check(self, settings: Any) -> None:
+            checked.append(settings.broker_url)
+
+    monkeypatch.setattr(submission, "broker", Up)
+    assert _readiness(mem)["broker"] == {"ok": True} and checked == ["redis://127.0.0.1:9/0"]
+
+
 # ============================================================================ the model (slow)
 @pytest.mark.slow
 def test_internalize_query_and_adapter_download(sqlite_served: Served, tmp_path: Path) -> None:

@@ -175,6 +175,49 @@ def test_internalize_submission_is_idempotent(tmp_path, stub_env):
         submit_internalize(mem, 99999)
 
 
+# ---------------------------------------------------------------- the broker interface (memory.submission.Broker)
+@pytest.fixture
+def fresh_broker():
+    """``broker()`` is loaded once per process: forget it around a test that changes the entry points."""
+    from memory.submission import broker
+
+    broker.cache_clear()
+    yield broker
+    broker.cache_clear()
+
+
+def test_the_core_finds_the_celery_broker_through_its_entry_point(fresh_broker):
+    from workers.tasks import CeleryBroker
+
+    assert isinstance(fresh_broker(), CeleryBroker)
+
+
+@pytest.mark.parametrize(
+    "found, match",
+    [
+        ([], r"no broker is installed.*parametric-memory\[workers\]"),
+        ([("celery", "pmem_no_such_module:Broker")], r"cannot be imported.*parametric-memory\[workers\]"),
+        ([("a", "workers.tasks:CeleryBroker"), ("b", "workers.tasks:CeleryBroker")], "several brokers"),
+    ],
+)
+def test_a_broker_url_without_one_broker_installed_is_a_clear_error(found, match, fresh_broker, tmp_path, monkeypatch):
+    """No job row is created: there is nothing to send it, and fixing the install then submitting works."""
+    import importlib.metadata
+
+    from memory.api import ParametricMemory
+    from memory.errors import ConfigError
+    from memory.jobs import JobStore
+    from memory.submission import BROKERS, submit_refresh
+
+    eps = [importlib.metadata.EntryPoint(name=n, value=v, group=BROKERS) for n, v in found]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: eps if group == BROKERS else [])
+    monkeypatch.setenv("PMEM_BROKER_URL", "redis://127.0.0.1:9/0")  # never reached
+    mem = ParametricMemory(home=tmp_path / "home")
+    with pytest.raises(ConfigError, match=match):
+        submit_refresh(mem)
+    assert JobStore.for_memory(mem).list() == []
+
+
 # ---------------------------------------------------------------- CLI
 @pytest.fixture
 def cli():

@@ -13,7 +13,7 @@ only after it finished (``task_acks_late``), requeued if its worker process dies
 (``task_reject_on_worker_lost``). Run a GPU worker with ``--pool solo -c 1`` (CUDA must not be initialised
 in a forked child): ``pmem worker --queues internalize --pool solo``.
 
-Without ``PMEM_BROKER_URL`` nothing is sent anywhere: :func:`workers.tasks.submit` runs the same task body
+Without ``PMEM_BROKER_URL`` nothing is sent anywhere: :func:`memory.submission.submit` runs the same task body
 in-process (embedded mode).
 
 >>> from workers.app import app

@@ -505,7 +505,7 @@ def create_app(
     # ------------------------------------------------------------ jobs
     async def run_job(job_id: int, model: bool) -> None:
         from memory.jobs import JobStore, run_inline
-        from workers.tasks import run_body
+        from memory.submission import run_body
 
         store = JobStore.for_memory(memory)
         try:
@@ -523,7 +523,7 @@ def create_app(
         from memory.jobs import JobStore
 
         if memory.settings.broker_url:
-            from workers.tasks import submit as submit_to_broker
+            from memory.submission import submit as submit_to_broker
 
             return await amem.run_io(submit_to_broker, memory, kind, payload, namespace=ns, key=key, retry_failed=True)
         store = JobStore.for_memory(memory)
@@ -539,7 +539,7 @@ def create_app(
         import uuid
 
         from memory.refresh import version_id_for
-        from workers.tasks import internalize_key
+        from memory.submission import internalize_key
 
         info = await amem.get(document_id, namespace=ns, version=version)
         if info.version is None:
@@ -791,10 +791,9 @@ def _readiness(mem: Any) -> dict[str, dict[str, Any]]:
         checks["blobs"] = {"ok": False, "error": type(e).__name__}
     if mem.settings.broker_url:
         try:
-            from workers.tasks import app_for
+            from memory.submission import broker
 
-            with app_for(mem.settings).connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
+            broker().check(mem.settings)
             checks["broker"] = {"ok": True}
         except Exception as e:  # noqa: BLE001
             checks["broker"] = {"ok": False, "error": type(e).__name__}
