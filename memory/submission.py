@@ -283,6 +283,17 @@ def internalize_key(content_sha256: str, version_id: int, method: str, base_fing
     return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_fingerprint)}"
 
 
+def version_job_key(mem: Any, content_sha256: str, version_id: int, method: str, *, force: bool = False) -> str:
+    """The job key of an internalization submitted through ``mem`` (the CLI, the workers and the server alike):
+    :func:`internalize_key` under ``mem``'s base-model fingerprint; ``force`` makes it unique (a new job)."""
+    from memory.models import base_fingerprint
+
+    key = internalize_key(
+        content_sha256, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings)
+    )
+    return f"{key}:force:{uuid.uuid4().hex[:12]}" if force else key
+
+
 def submit_internalize(
     mem: Any, version_id: int, *, method: str = "auto", force: bool = False, retry_failed: bool = False
 ) -> JobInfo:
@@ -305,17 +316,12 @@ def submit_internalize(
     if row is None:
         raise NotFoundError(f"no document version with id {version_id}")
     sha, ns = row
-    from memory.models import base_fingerprint
-
-    key = internalize_key(sha, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings))
-    if force:
-        key = f"{key}:force:{uuid.uuid4().hex[:12]}"
     return submit(
         mem,
         "internalize",
         {"version_id": version_id, "method": method, "force": force},
         namespace=ns,
-        key=key,
+        key=version_job_key(mem, sha, version_id, method, force=force),
         retry_failed=retry_failed,
     )
 
@@ -369,4 +375,5 @@ __all__ = [
     "submit_ingest",
     "submit_internalize",
     "submit_refresh",
+    "version_job_key",
 ]

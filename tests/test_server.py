@@ -539,6 +539,19 @@ def test_internalize_and_ingest_through_celery(celery_served: Served) -> None:
     assert job["kind"] == "internalize" and job["celery_id"]
     again = srv.call("POST", f"{base}/documents/v/internalize", key="writer", json={}).json()["job"]
     assert again["id"] == job["id"]  # one job per version and hypernetwork
+    # The server keys the job as the CLI and the workers do (memory.submission.version_job_key): the same
+    # version submitted by `pmem jobs` or a worker's refresh finds this job instead of making a second one.
+    from memory.api import ParametricMemory
+    from memory.config import Settings
+    from memory.jobs import JobStore
+    from memory.refresh import version_id_for
+    from memory.submission import version_job_key
+
+    core = ParametricMemory(Settings.from_env(home=srv.home, database_url=srv.db_url))
+    sha = srv.call("GET", f"{base}/documents/v", key="reader").json()["version"]["content_sha256"]
+    key = version_job_key(core, sha, version_id_for(core, NS, "v", 1), "auto")
+    found = JobStore.for_memory(core).find(key)
+    assert found is not None and found.id == job["id"], key
     done = _wait_job(srv, job["id"])
     assert done["state"] == "succeeded", done
     adapters = srv.call("GET", f"{base}/adapters", key="reader").json()["adapters"]

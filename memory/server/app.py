@@ -536,18 +536,15 @@ def create_app(
         return job
 
     async def submit_internalize(ns: str, document_id: str, version: int | None, method: str, force: bool) -> Any:
-        import uuid
-
         from memory.refresh import version_id_for
-        from memory.submission import internalize_key
+        from memory.submission import version_job_key
 
         info = await amem.get(document_id, namespace=ns, version=version)
         if info.version is None:
             raise NotFoundError(f"document {document_id!r} has no current version")
         vid = await amem.run_io(version_id_for, memory, ns, document_id, info.version.number)
-        key = await amem.run_io(internalize_key, info.version.content_sha256, vid, method, memory.settings.base_model)
-        if force:
-            key = f"{key}:force:{uuid.uuid4().hex[:12]}"
+        sha = info.version.content_sha256
+        key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force))
         job = await submit("internalize", {"version_id": vid, "method": method, "force": force}, ns, key)
         metrics.internalizations.labels("submitted").inc()
         return job
