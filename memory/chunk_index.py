@@ -133,14 +133,17 @@ class ChunkIndex:
     def _up_to_date(self, ns: str, exists: bool, stamp: str | None) -> bool:
         return exists and stamp is not None and self._synced.get(ns) == stamp
 
+    def _document_stamps(self, ns: str) -> dict[int, str | None]:
+        """Document id -> stamp, for every document of ``ns``."""
+        with self._sessions() as s:
+            rows = s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns))
+            return dict(rows.tuples().all())
+
     # ------------------------------------------------------------------ embeddings
     def _embed_changed(self, ns: str) -> None:
         """pgvector: embed the current chunks of the documents whose stamp changed since this process last
         looked (all of them the first time)."""
-        with self._sessions() as s:
-            stamps = dict(
-                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
-            )
+        stamps = self._document_stamps(ns)
         seen = self._doc_stamps.get(ns)
         if seen is None:
             self._embed_missing(ns)
@@ -209,10 +212,7 @@ class ChunkIndex:
         stale file). Afterwards: read the documents' stamps only, and re-read the chunks of those that changed.
         """
         assert self.index is not None
-        with self._sessions() as s:
-            stamps = dict(
-                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
-            )
+        stamps = self._document_stamps(ns)
         seen = self._doc_stamps.get(ns)
         keys_of = self._doc_keys.setdefault(ns, {})
         if seen is None:  # full diff
