@@ -9,8 +9,8 @@ so they are computed once per chunk and embedding model, on SQLite and PostgreSQ
   never repeat. A search first reads the namespace's stamp (one row); when it changed, the chunks of the
   documents changed since the last sync are diffed against the indexed ones and only the difference is
   added or deleted, keeping the HNSW graph. Those documents are found by their change number, or, after a
-  delete, by comparing every document's stamp. The index is saved under ``<home>/index/`` so that a new process loads it instead of
-  rebuilding (a stale file is fine: the diff brings it up to date).
+  delete, by comparing every document's stamp. The index is saved under ``<home>/index/`` so that a new
+  process loads it instead of rebuilding (a stale file is fine: the diff brings it up to date).
 - **pgvector** (chosen automatically on PostgreSQL when migration 0004 found the ``vector`` extension):
   embeddings in ``chunk_vectors`` with an HNSW index, filters compiled to SQL
   (:mod:`memory.retrieval.pgvector`). Nothing is held in memory, and every process sees every commit.
