@@ -84,7 +84,9 @@ def fill(url: str, x: np.ndarray, topics: np.ndarray, pgvector: bool) -> float:
     ns_t, doc_t, ver_t, chunk_t = (md.tables[t] for t in ("namespaces", "documents", "document_versions", "chunks"))
     with engine.begin() as conn:
         ns_id = conn.execute(
-            ns_t.insert().values(name=NAMESPACE, index_stamp=new_stamp(), created_at=sa.func.now())
+            ns_t.insert().values(
+                name=NAMESPACE, index_stamp=new_stamp(), index_epoch=new_stamp(), created_at=sa.func.now()
+            )
         ).inserted_primary_key[0]
         for start in range(0, docs, 5_000):
             rows = range(start, min(docs, start + 5_000))

@@ -6,10 +6,11 @@ so they are computed once per chunk and embedding model, on SQLite and PostgreSQ
 - **in-process** (the embedded default): a :class:`~memory.retrieval.VectorIndex` in this process. Each
   chunk is indexed under ``"<chunk id>/<document stamp>"``; the stamps are random tokens renewed in the
   same transaction as every document change (:mod:`memory.db.stamps`), so, unlike SQLite row ids, they
-  never repeat. A search first reads the namespace's stamp (one row); when it changed, the ids of the
-  current chunks are diffed against the indexed ones and only the difference is added or deleted, keeping
-  the HNSW graph. The index is saved under ``<home>/index/`` so that a new process loads it instead of
-  rebuilding (a stale file is fine: the diff brings it up to date).
+  never repeat. A search first reads the namespace's stamp (one row); when it changed, the chunks of the
+  documents changed since the last sync are diffed against the indexed ones and only the difference is
+  added or deleted, keeping the HNSW graph. Those documents are found by their change number, or, after a
+  delete, by comparing every document's stamp. The index is saved under ``<home>/index/`` so that a new
+  process loads it instead of rebuilding (a stale file is fine: the diff brings it up to date).
 - **pgvector** (chosen automatically on PostgreSQL when migration 0004 found the ``vector`` extension):
   embeddings in ``chunk_vectors`` with an HNSW index, filters compiled to SQL
   (:mod:`memory.retrieval.pgvector`). Nothing is held in memory, and every process sees every commit.
@@ -107,6 +108,7 @@ class ChunkIndex:
         self.backend = choose_backend(backend, self._engine)
         self.path = Path(path) if path is not None and self.backend == "inprocess" else None
         self._synced: dict[str, str | None] = {}  # namespace -> its stamp when last brought up to date
+        self._synced_at: dict[str, tuple[str | None, int]] = {}  # namespace -> its (epoch, number) then
         self._doc_stamps: dict[str, dict[int, str | None]] = {}  # namespace -> document id -> stamp last seen
         self._doc_keys: dict[str, dict[int, list[str]]] = {}  # in-process: namespace -> document id -> its keys
         self._lock = threading.Lock()
@@ -124,31 +126,47 @@ class ChunkIndex:
         return f"ChunkIndex(backend={self.backend!r}, model={self.model_key!r})"
 
     # ------------------------------------------------------------------ state
-    def _stamp(self, ns: str) -> tuple[bool, str | None]:
-        """Whether the namespace exists, and its change marker."""
+    def _marker(self, ns: str) -> Any:
+        """The namespace's change marker (``index_stamp``, ``index_seq``, ``index_epoch``), ``None`` if it does not
+        exist (:mod:`memory.db.stamps`)."""
         with self._sessions() as s:
-            row = s.execute(select(Namespace.index_stamp).where(Namespace.name == ns)).first()
-        return (row is not None, row[0] if row else None)
+            return s.execute(
+                select(Namespace.index_stamp, Namespace.index_seq, Namespace.index_epoch).where(Namespace.name == ns)
+            ).first()
 
-    def _up_to_date(self, ns: str, exists: bool, stamp: str | None) -> bool:
-        return exists and stamp is not None and self._synced.get(ns) == stamp
+    def _document_stamps(self, ns: str, since: int | None = None) -> dict[int, str | None]:
+        """Document id -> stamp, for every document of ``ns``, or for those changed after number ``since``."""
+        stmt = select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)
+        if since is not None:
+            stmt = stmt.where(Document.index_seq > since)
+        with self._sessions() as s:
+            return dict(s.execute(stmt).tuples().all())
+
+    def _changed_documents(self, ns: str, since: int | None) -> list[int] | None:
+        """Ids of the documents of ``ns`` changed (or deleted) since this process last looked, ``None`` the first
+        time (all). Reads the stamps of the documents numbered above ``since`` when given, of all otherwise."""
+        seen = self._doc_stamps.get(ns)
+        stamps = self._document_stamps(ns, since if seen is not None else None)
+        if seen is None:
+            self._doc_stamps[ns] = stamps
+            return None
+        if since is not None:  # no document deleted since: the numbered ones are all that changed
+            changed = sorted(d for d, stamp in stamps.items() if seen.get(d) != stamp or stamp is None)
+            seen.update(stamps)
+            return changed
+        self._doc_stamps[ns] = stamps
+        return sorted(d for d in set(seen) | set(stamps) if seen.get(d) != stamps.get(d) or stamps.get(d) is None)
 
     # ------------------------------------------------------------------ embeddings
-    def _embed_changed(self, ns: str) -> None:
+    def _embed_changed(self, ns: str, since: int | None) -> None:
         """pgvector: embed the current chunks of the documents whose stamp changed since this process last
         looked (all of them the first time)."""
-        with self._sessions() as s:
-            stamps = dict(
-                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
-            )
-        seen = self._doc_stamps.get(ns)
-        if seen is None:
+        changed = self._changed_documents(ns, since)
+        if changed is None:
             self._embed_missing(ns)
-        else:
-            changed = sorted(d for d, stamp in stamps.items() if seen.get(d) != stamp or stamp is None)
-            for start in range(0, len(changed), _FETCH_BATCH):
-                self._embed_missing(ns, changed[start : start + _FETCH_BATCH])
-        self._doc_stamps[ns] = stamps
+            return
+        for start in range(0, len(changed), _FETCH_BATCH):
+            self._embed_missing(ns, changed[start : start + _FETCH_BATCH])
 
     def _embed_missing(self, ns: str, documents: list[int] | None = None) -> int:
         """pgvector: give every current chunk of ``ns`` (of ``documents`` when given) a ``chunk_vectors`` row for
@@ -191,31 +209,35 @@ class ChunkIndex:
     def sync(self, ns: str) -> None:
         """Bring this namespace up to date: embed new chunks, then (in-process) apply the diff to the index."""
         with self._lock:
-            exists, stamp = self._stamp(ns)  # read before the rows: a later change re-syncs next time
-            if self._up_to_date(ns, exists, stamp):
+            marker = self._marker(ns)  # read before the rows: a later change re-syncs next time
+            if marker is not None and marker.index_stamp is not None and self._synced.get(ns) == marker.index_stamp:
                 return
+            epoch, seq = self._synced_at.get(ns, (None, 0))
+            # Under the same epoch, the documents numbered above the last sync's number are all that changed.
+            since = seq if marker is not None and epoch is not None and marker.index_epoch == epoch else None
             if self.index is not None:
-                self._apply_diff(ns)  # embeds what it adds
-            elif exists:
-                self._embed_changed(ns)
-            self._synced[ns] = stamp if exists else None
+                self._apply_diff(ns, since)  # embeds what it adds
+            elif marker is not None:
+                self._embed_changed(ns, since)
+            self._synced[ns] = marker.index_stamp if marker is not None else None
+            if marker is not None:
+                self._synced_at[ns] = (marker.index_epoch, marker.index_seq)
+            else:
+                self._synced_at.pop(ns, None)
         if self._unsaved >= SAVE_AFTER:
             self.save()
 
-    def _apply_diff(self, ns: str) -> None:
+    def _apply_diff(self, ns: str, since: int | None) -> None:
         """Make the index hold exactly the current chunks of ``ns``, each under ``<chunk id>/<document stamp>``.
 
         The first time in a process: diff every current chunk against the index (which may come from a saved,
-        stale file). Afterwards: read the documents' stamps only, and re-read the chunks of those that changed.
+        stale file). Afterwards: read the documents' stamps only (those numbered above ``since`` when given),
+        and re-read the chunks of those that changed.
         """
         assert self.index is not None
-        with self._sessions() as s:
-            stamps = dict(
-                s.execute(select(Document.id, Document.index_stamp).join(Namespace).where(Namespace.name == ns)).all()
-            )
-        seen = self._doc_stamps.get(ns)
+        changed = self._changed_documents(ns, since)
         keys_of = self._doc_keys.setdefault(ns, {})
-        if seen is None:  # full diff
+        if changed is None:  # full diff
             with self._sessions() as s:
                 rows = s.execute(
                     _current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
@@ -230,9 +252,6 @@ class ChunkIndex:
             gone = [key for key in indexed if key not in current]
             new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
         else:
-            changed = sorted(
-                d for d in set(seen) | set(stamps) if seen.get(d) != stamps.get(d) or stamps.get(d) is None
-            )
             gone = [key for d in changed for key in keys_of.pop(d, [])]
             new = []
             for start in range(0, len(changed), _FETCH_BATCH):
@@ -247,7 +266,6 @@ class ChunkIndex:
                     new.append((cid, key))
                     keys_of.setdefault(doc, []).append(key)
             new.sort()
-        self._doc_stamps[ns] = stamps
         if gone:
             self.index.delete(gone, namespace=ns)
         for start in range(0, len(new), _FETCH_BATCH):

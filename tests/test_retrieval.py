@@ -419,6 +419,22 @@ def test_save_load_round_trip(tmp_path, backend):
     assert loaded.search(-x[3], k=1, namespace="ns")[0].id == "late"
 
 
+def test_a_loaded_index_adds_without_copying_its_vectors(tmp_path):
+    """Issue 16: the first add after a load fits in room reserved at load, instead of copying every vector
+    (about 1 s per million 384-d vectors)."""
+    idx = VectorIndex(dim=8, backend="exact")
+    idx.add([f"v{i}" for i in range(100)], clustered(100, 8), namespace="n")
+    idx.save(tmp_path / "idx.npz")
+    loaded = VectorIndex.load(tmp_path / "idx.npz")
+    part = loaded._parts["n"]
+    matrix = part.vectors
+    new = clustered(1, 8, seed=1)
+    loaded.add(["new"], new, namespace="n")
+    assert part.vectors is matrix
+    assert loaded.search(new[0], k=1, namespace="n")[0].id == "new"
+    assert [h.id for h in loaded.search(clustered(100, 8)[7], k=1, namespace="n")] == ["v7"]
+
+
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     idx = VectorIndex(dim=2)
     idx.add(["a"], [[1.0, 0.0]])

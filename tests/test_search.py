@@ -183,6 +183,35 @@ def test_a_write_updates_the_index_in_place_keeping_the_graph(local):
     assert [h.version for h in local.search("note 5", k=5, filter={"document_id": "n5"})] == [2]
 
 
+def test_after_additions_the_next_search_reads_only_the_changed_documents(mem, monkeypatch):
+    """Issue 16: after a write that adds or changes documents, a search reads the markers of those documents
+    only, not of every document of the namespace; a delete (it leaves no row to find) brings the full diff back."""
+    other = twin(mem)
+    for i in range(20):
+        mem.add(f"note {i} about topic {i % 3}", document_id=f"n{i}")
+    assert exact_matches(other, "note 4 about topic 1") == {"n4"}
+    read = []
+    real = other.chunk_index._document_stamps
+
+    def spy(*args, **kwargs):
+        stamps = real(*args, **kwargs)
+        read.append(len(stamps))
+        return stamps
+
+    monkeypatch.setattr(other.chunk_index, "_document_stamps", spy)
+    mem.add("a brand new note about zebras", document_id="zebra")
+    mem.add("note 5 about topic 2, revised", document_id="n5")
+    assert exact_matches(other, "a brand new note about zebras") == {"zebra"}
+    assert [h.version for h in other.search("note 5", k=5, filter={"document_id": "n5"})] == [2]
+    assert read == [2]  # the two documents written, not all 21
+    mem.delete("n3")
+    assert other.search("note 3 about topic 0", k=30, filter={"document_id": "n3"}) == []
+    assert read[-1] == 20  # full diff
+    mem.add("note 3 is back", document_id="n3")
+    assert exact_matches(other, "note 3 is back") == {"n3"}
+    assert read[-1] == 1
+
+
 def test_a_new_process_loads_the_saved_index_instead_of_rebuilding(local, monkeypatch):
     for i in range(20):
         local.add(f"fact number {i}", document_id=f"f{i}")

@@ -8,6 +8,7 @@ schema change is an Alembic revision under ``migrations/versions``.
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -99,6 +100,12 @@ class Namespace(Base):
     # A fresh random token whenever the namespace's set of current chunks or their metadata changes,
     # written in the same transaction (memory.db.stamps): the cheap change marker of retrieval indexes.
     index_stamp: Mapped[str | None] = mapped_column(String(32))
+    # The number of that change (+1 each time): every document it touched gets it as its index_seq, so an index
+    # synced at number s re-reads only the documents numbered above s...
+    index_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # ...as long as this token is the one it synced under: a fresh one with the row and whenever a document is
+    # deleted (a deleted row has no number to be found by), and the next sync of every index diffs every document.
+    index_epoch: Mapped[str | None] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
 
 
 class Source(Base):
@@ -121,7 +128,10 @@ class Document(Base):
     """A named document in a namespace; its content lives in versions."""
 
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("namespace_id", "key"),)
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "key"),
+        Index("ix_documents_namespace_id_index_seq", "namespace_id", "index_seq"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("namespaces.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(255))  # the user-visible document id
@@ -139,6 +149,8 @@ class Document(Base):
     # A fresh random token on every change of this document (never repeats, unlike SQLite row ids):
     # a retrieval index keys a chunk on (chunk id, this token).
     index_stamp: Mapped[str | None] = mapped_column(String(32))
+    # The namespace's index_seq of the last change of this document.
+    index_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     versions: Mapped[list[DocumentVersion]] = relationship(
         back_populates="document",
