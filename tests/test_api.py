@@ -160,12 +160,14 @@ def test_fifty_megabyte_text_is_one_version(tmp_path):
     paragraph = "The quarterly report lists revenue, costs and the outlook for each region. " * 20 + "\n\n"
     text = paragraph * (50 * 1024 * 1024 // len(paragraph) + 1)
     assert len(text) >= 50 * 1024 * 1024
-    t0 = time.perf_counter()
+    # CPU time of this process (all its threads), not wall time: the bound is for a pathological (e.g.
+    # quadratic) add, and must not trip because other jobs share the machine. ~65 s of wall time here.
+    t0 = time.process_time()
     r = mem.add(text, document_id="big")
-    elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - t0
     assert r.status == "created" and r.document.version.byte_count == len(normalize_text(text).encode())
     assert r.document.version.chunk_count > 1000
-    assert elapsed < 120
+    assert cpu_s < 300
 
 
 def test_changed_blob_is_refused_on_read(mem):
