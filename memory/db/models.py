@@ -90,6 +90,15 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
     )
 
 
+def new_stamp() -> str:
+    """A fresh random token (32 hex digits): the change markers of retrieval indexes (:mod:`memory.db.stamps`).
+
+    >>> len(new_stamp()), new_stamp() != new_stamp()
+    (32, True)
+    """
+    return uuid.uuid4().hex
+
+
 class Namespace(Base):
     """A tenant scope: nothing is visible or deletable across namespaces."""
 
@@ -105,7 +114,7 @@ class Namespace(Base):
     index_seq: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     # ...as long as this token is the one it synced under: a fresh one with the row and whenever a document is
     # deleted (a deleted row has no number to be found by), and the next sync of every index diffs every document.
-    index_epoch: Mapped[str | None] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
+    index_epoch: Mapped[str | None] = mapped_column(String(32), default=new_stamp)
 
 
 class Source(Base):
@@ -333,4 +342,5 @@ __all__ = [
     "Namespace",
     "QueryLog",
     "Source",
+    "new_stamp",
 ]

@@ -17,22 +17,12 @@ documents numbered above ``s`` are all that changed; otherwise it compares every
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
-from memory.db.models import Document, DocumentVersion, Namespace
-
-
-def new_stamp() -> str:
-    """A fresh random token (32 hex digits).
-
-    >>> len(new_stamp()), new_stamp() != new_stamp()
-    (32, True)
-    """
-    return uuid.uuid4().hex
+from memory.db.models import Document, DocumentVersion, Namespace, new_stamp
 
 
 @event.listens_for(Session, "before_flush")
@@ -60,8 +50,8 @@ def _stamp_changes(session: Session, _ctx: Any, _instances: Any) -> None:
         values: dict[str, Any] = {"index_stamp": new_stamp(), "index_seq": Namespace.index_seq + 1}
         if ns_id in removed_from:
             values["index_epoch"] = new_stamp()
-        conn.execute(update(Namespace).where(Namespace.id == ns_id).values(**values))
-        seq[ns_id] = conn.execute(select(Namespace.index_seq).where(Namespace.id == ns_id)).scalar_one()
+        stmt = update(Namespace).where(Namespace.id == ns_id).values(**values).returning(Namespace.index_seq)
+        seq[ns_id] = conn.execute(stmt).scalar_one()
     for doc in changed:
         doc.index_stamp = new_stamp()
         if doc.namespace_id in seq:
@@ -73,3 +63,6 @@ def _stamp_changes(session: Session, _ctx: Any, _instances: Any) -> None:
             .values(index_stamp=new_stamp(), index_seq=seq[ns_id])
             .execution_options(synchronize_session=False)
         )
+
+
+__all__ = ["new_stamp"]
