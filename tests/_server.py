@@ -1,6 +1,6 @@
 """A real uvicorn process serving the memory server, for tests (``ServerProcess``) and its app factory.
 
-The served memory embeds with :class:`StableBagOfWords` (a tiny real embedder; no model to load) unless
+The served memory embeds with :class:`_embedders.BagOfWords` (a tiny real embedder; no model to load) unless
 ``PMEM_TEST_REAL_EMBEDDER=1``; queries still use the real base model. Settings come from ``PMEM_*``.
 """
 
@@ -11,33 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from _embedders import BagOfWords
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class StableBagOfWords:
-    """Hashed bag of words with a process-independent hash (crc32), so a restarted server agrees with itself."""
-
-    name = "bag-of-words-crc32"
-    dim = 512
-
-    def _vec(self, text: str) -> np.ndarray:
-        v = np.zeros(self.dim, dtype=np.float32)
-        for w in text.lower().replace(".", " ").replace("?", " ").replace(",", " ").split():
-            v[zlib.crc32(w.encode()) % self.dim] += 1.0
-        n = np.linalg.norm(v)
-        return v / n if n else v
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return self._vec(text)
 
 
 def make_app() -> Any:
@@ -46,7 +25,7 @@ def make_app() -> Any:
     from memory.config import Settings
     from memory.server.app import ServerLimits, create_app
 
-    embedder = None if os.environ.get("PMEM_TEST_REAL_EMBEDDER") == "1" else StableBagOfWords()
+    embedder = None if os.environ.get("PMEM_TEST_REAL_EMBEDDER") == "1" else BagOfWords()
     roots = tuple(r for r in os.environ.get("PMEM_TEST_SOURCE_ROOTS", "").split(os.pathsep) if r)
     limits = ServerLimits(
         max_body_bytes=int(os.environ.get("PMEM_TEST_MAX_BODY", 2 * 2**20)),

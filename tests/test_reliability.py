@@ -10,7 +10,7 @@ import multiprocessing as mp
 import time
 
 import pytest
-from test_search import BagOfWords
+from _embedders import BagOfWords
 
 from memory.api import ParametricMemory
 from memory.errors import IntegrityError, ValidationError

@@ -6,31 +6,11 @@ PostgreSQL, and pgvector; they must agree.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from _embedders import BagOfWords
 from memory.api import ParametricMemory
 from memory.errors import ValidationError
-
-
-class BagOfWords:
-    """A tiny real embedder (hashed bag of words) so these tests need no model; cosine = word overlap."""
-
-    name = "bag-of-words"
-    dim = 64
-
-    def _vec(self, text: str) -> np.ndarray:
-        v = np.zeros(self.dim, dtype=np.float32)
-        for w in text.lower().replace(".", " ").replace("?", " ").split():
-            v[hash(w) % self.dim] += 1.0
-        n = np.linalg.norm(v)
-        return v / n if n else v
-
-    def embed_documents(self, texts):
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-
-    def embed_query(self, text):
-        return self._vec(text)
 
 
 @pytest.fixture
@@ -157,7 +137,7 @@ def test_default_minilm_embedder_ranks_the_matching_fact_first(tmp_path):
 
 # ---------------------------------------------------------------------------- in-process index upkeep
 def exact_matches(mem, text, **kw):
-    """Documents whose chunk equals ``text`` as a bag of words (score 1; BagOfWords hashes differ per process)."""
+    """Documents whose chunk equals ``text`` as a bag of words (score 1)."""
     return {h.document_id for h in mem.search(text, k=10, **kw) if h.score > 0.999}
 
 

@@ -3,7 +3,7 @@
 Every resource, the auth matrix, cross-namespace probes, bad input without side effects, RemoteMemory
 with the LangChain and LlamaIndex classes in a process that cannot import torch, the MCP tools through
 the official ``mcp`` client over stdio, 50 concurrent mixed requests, the async API. The served memory
-embeds with a tiny real embedder (``_server.StableBagOfWords``); tests that generate (query) load the
+embeds with a tiny real embedder (``_embedders.BagOfWords``); tests that generate (query) load the
 real base model and are marked slow.
 
     .venv/bin/python -m pytest tests/test_server.py -q -m "not slow"
@@ -899,11 +899,11 @@ def _concurrent_mix(srv: Served, *, queries: int) -> None:
 
 # ============================================================================ async API
 def test_async_api_does_not_block_the_loop_and_bounds_the_queue(tmp_path: Path) -> None:
-    from _server import StableBagOfWords
+    from _embedders import BagOfWords
 
     from memory.aio import AsyncParametricMemory, BusyError
 
-    amem = AsyncParametricMemory(home=tmp_path / "home", embedder=StableBagOfWords(), max_concurrent=1, max_waiting=1)
+    amem = AsyncParametricMemory(home=tmp_path / "home", embedder=BagOfWords(), max_concurrent=1, max_waiting=1)
 
     async def main() -> dict[str, Any]:
         ticks = 0

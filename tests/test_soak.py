@@ -13,11 +13,10 @@ import multiprocessing as mp
 import random
 import time
 import traceback
-import zlib
 
-import numpy as np
 import pytest
 
+from _embedders import BagOfWords
 from memory.api import ParametricMemory
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -26,26 +25,6 @@ NS = "soak"
 SECONDS = 25.0
 IDS = [f"doc{i}" for i in range(8)]
 WORDS = "vault locker parking badge invoice refund travel leave laptop coffee printer visitor".split()
-
-
-class StableBagOfWords:
-    """A hashed bag of words that is the same in every process (crc32, not the salted ``hash``)."""
-
-    name = "stable-bag-of-words"
-    dim = 64
-
-    def _vec(self, text: str) -> np.ndarray:
-        v = np.zeros(self.dim, dtype=np.float32)
-        for w in text.lower().replace(".", " ").split():
-            v[zlib.crc32(w.encode()) % self.dim] += 1.0
-        n = np.linalg.norm(v)
-        return v / n if n else v
-
-    def embed_documents(self, texts):
-        return np.stack([self._vec(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
-
-    def embed_query(self, text):
-        return self._vec(text)
 
 
 def _text(rng: random.Random) -> str:
@@ -58,7 +37,7 @@ def _worker(settings, seed: int, seconds: float, out) -> None:
     from memory.errors import ConflictError, NotFoundError
 
     rng = random.Random(seed)
-    mem = ParametricMemory(settings, embedder=StableBagOfWords())
+    mem = ParametricMemory(settings, embedder=BagOfWords())
     counts: dict[str, int] = {}
     end = time.monotonic() + seconds
     try:
@@ -90,7 +69,7 @@ def test_soak_four_processes_leave_a_whole_store(backend_settings):
     from memory.chunk_index import ChunkIndex
     from memory.db import Adapter, Chunk, Document, DocumentVersion
 
-    mem = ParametricMemory(backend_settings, embedder=StableBagOfWords())
+    mem = ParametricMemory(backend_settings, embedder=BagOfWords())
     mem.add(_text(random.Random(0)), document_id="doc0", namespace=NS)
     mem.search("vault", k=3, namespace=NS)  # the long-lived handle builds its index before the soak
     ctx = mp.get_context("spawn")
@@ -140,7 +119,7 @@ def test_soak_four_processes_leave_a_whole_store(backend_settings):
     assert not missing
     assert mem.gc(dry_run=True) == []
     # 4. the long-lived index agrees with a fresh rebuild
-    fresh = ChunkIndex(mem.records.sessions, StableBagOfWords(), backend="inprocess", path=None)
+    fresh = ChunkIndex(mem.records.sessions, BagOfWords(), backend="inprocess", path=None)
     for q in WORDS:  # k above the number of current chunks: ties at the cut cannot differ
         got = sorted((-round(h.score, 5), h.chunk_id, h.text) for h in mem.search(q, k=100, namespace=NS))
         want = sorted((-round(h.score, 5), h.chunk_id, h.text) for h in fresh.search(q, k=100, ns=NS, filter=None))
