@@ -7,8 +7,8 @@ PostgreSQL, and pgvector; they must agree.
 from __future__ import annotations
 
 import pytest
-
 from _embedders import BagOfWords
+
 from memory.api import ParametricMemory
 from memory.errors import ValidationError
 

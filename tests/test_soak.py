@@ -15,8 +15,8 @@ import time
 import traceback
 
 import pytest
-
 from _embedders import BagOfWords
+
 from memory.api import ParametricMemory
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
