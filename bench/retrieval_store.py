@@ -9,7 +9,9 @@ started from the ``pgserver`` package for pgvector, or ``PMEM_BENCH_PG_URL``), t
   HNSW graph, save it; pgvector: the HNSW index build, ``CREATE INDEX``);
 - ``search``: p50/p95 latency of single searches through :class:`~memory.chunk_index.ChunkIndex` (query
   embedding excluded: the synthetic embedder returns a prepared vector), and ``recall_at_10`` against exact
-  search (numpy over all vectors); ``search_filtered_10pct``: the same with a metadata filter keeping ~10%;
+  search (numpy over all vectors), at the backend's default HNSW candidate list (``ef_search``);
+  ``search_by_ef``: the same at each of ``EF_SWEEP`` (the ``retrieval_ef_search`` setting);
+  ``search_filtered_10pct``: the default with a metadata filter keeping ~10%;
 - ``new_process``: a fresh process's first search (in-process: loads the saved index) and the growth of
   its resident memory from before it opened the index to after that search: memory per process;
 - ``add_one_document``: ``ParametricMemory.add`` of a 10-chunk document, then the search that finds it
@@ -38,6 +40,7 @@ K = 10
 CHUNKS_PER_DOC = 10
 NAMESPACE = "bench"
 _QUERY_PREFIX = "bench-query-"
+EF_SWEEP = (40, 100, 200, 400, 800)  # HNSW candidate lists measured after the default (search_by_ef)
 
 
 class SyntheticEmbedder:
@@ -207,6 +210,18 @@ def _percentiles(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
 
 
+def _search_figures(idx: Any, exact: list[set[int]]) -> dict[str, float]:
+    """p50/p95 latency of unfiltered searches for the prepared queries, and their recall@10 against ``exact``."""
+    ms, recall = [], []
+    for i, want in enumerate(exact):
+        t = time.perf_counter()
+        hits = idx.search(f"{_QUERY_PREFIX}{i}", k=K, ns=NAMESPACE, filter=None)
+        ms.append((time.perf_counter() - t) * 1000)
+        got = {int(h.document_id[1:]) * CHUNKS_PER_DOC + h.ordinal for h in hits}
+        recall.append(len(got & want) / K)
+    return {**_percentiles(ms), "recall_at_10": round(float(np.mean(recall)), 4)}
+
+
 def bench_backend(backend: str, n: int, url: str, home: str, n_queries: int) -> dict[str, Any]:
     from bench.retrieval import queries_for, synthetic_corpus
     from memory.api import ParametricMemory
@@ -240,14 +255,12 @@ def bench_backend(backend: str, n: int, url: str, home: str, n_queries: int) -> 
     out["build_s"] = round(time.perf_counter() - t0, 2)
 
     exact = [set(np.argpartition(-(x @ q), K)[:K].tolist()) for q in qs]
-    ms, recall = [], []
-    for i in range(n_queries):
-        t = time.perf_counter()
-        hits = idx.search(f"{_QUERY_PREFIX}{i}", k=K, ns=NAMESPACE, filter=None)
-        ms.append((time.perf_counter() - t) * 1000)
-        got = {int(h.document_id[1:]) * CHUNKS_PER_DOC + h.ordinal for h in hits}
-        recall.append(len(got & exact[i]) / K)
-    out["search"] = {**_percentiles(ms), "recall_at_10": round(float(np.mean(recall)), 4)}
+    out["search"] = {"ef_search": idx.ef_search, **_search_figures(idx, exact)}
+    default_ef, out["search_by_ef"] = idx.ef_search, []
+    for ef in EF_SWEEP:
+        idx.ef_search = ef
+        out["search_by_ef"].append({"ef_search": ef, **_search_figures(idx, exact)})
+    idx.ef_search = default_ef
     wanted = sorted(set(topics.tolist()))[: max(1, len(set(topics.tolist())) // 10)]
     flt = {"topic": {"$in": wanted}}
     ms = []

@@ -98,6 +98,7 @@ class ParametricMemory:
             embedder=embedder,
             home=cfg.home,
             retrieval_backend=cfg.retrieval_backend,
+            retrieval_ef_search=cfg.retrieval_ef_search,
         )
 
     def __repr__(self) -> str:

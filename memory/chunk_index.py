@@ -35,6 +35,7 @@ from memory.db import Chunk, Document, DocumentVersion, Namespace
 from memory.errors import ConfigError, IntegrityError
 from memory.retrieval import Embedder, VectorIndex, vector_from_bytes, vector_to_bytes
 from memory.retrieval.filters import compile_filter, filter_fields
+from memory.retrieval.pgvector import MAX_EF_SEARCH
 from memory.types import SearchHit
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class ChunkIndex:
         embedder: the embedding model (``memory.retrieval.Embedder``).
         backend: ``"auto"``, ``"inprocess"`` or ``"pgvector"`` (:func:`choose_backend`).
         path: where the in-process index is saved and loaded (``None``: never saved).
+        ef_search: the HNSW candidate list at query time (``ef``; more finds more of the true nearest chunks
+            and takes longer); ``None``: the backend's default (in-process 128, pgvector 100).
     """
 
     def __init__(
@@ -99,7 +102,10 @@ class ChunkIndex:
         *,
         backend: str = "auto",
         path: str | Path | None = None,
+        ef_search: int | None = None,
     ) -> None:
+        if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
+            raise ConfigError(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search!r}")
         self._sessions = sessions
         self.embedder = embedder
         # Stored on each chunk: an embedding is reused only for the same model and dimension.
@@ -114,6 +120,9 @@ class ChunkIndex:
         self._lock = threading.Lock()
         self._unsaved = 0
         self.index = self._load() if self.backend == "inprocess" else None
+        self._ef_search = ef_search
+        if self.index is not None and ef_search is not None:
+            self.index.expansion_search = ef_search
         if self.backend == "pgvector":
             from memory.retrieval import pgvector
 
@@ -124,6 +133,23 @@ class ChunkIndex:
 
     def __repr__(self) -> str:
         return f"ChunkIndex(backend={self.backend!r}, model={self.model_key!r})"
+
+    @property
+    def ef_search(self) -> int:
+        """The HNSW candidate list at query time, on either backend (settable, e.g. to trade speed for recall)."""
+        if self.index is not None:
+            return self.index.expansion_search
+        from memory.retrieval import pgvector
+
+        return self._ef_search or pgvector.EF_SEARCH
+
+    @ef_search.setter
+    def ef_search(self, ef: int) -> None:
+        if not isinstance(ef, int) or isinstance(ef, bool) or not 1 <= ef <= MAX_EF_SEARCH:
+            raise ConfigError(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef!r}")
+        self._ef_search = ef
+        if self.index is not None:
+            self.index.expansion_search = ef
 
     # ------------------------------------------------------------------ state
     def _marker(self, ns: str) -> Any:
@@ -436,7 +462,9 @@ class ChunkIndex:
                 stmt = current(select(walk.c.chunk_id, walk.c.dist).select_from(walk), walk.c.chunk_id)
             stmt = stmt.order_by(sa.literal_column("dist")).limit(k)
             with self._engine.begin() as conn:
-                pgvector.session_settings(conn, fetch, iterative=self._iterative_scans, exact=exact)
+                pgvector.session_settings(
+                    conn, fetch, ef_search=self.ef_search, iterative=self._iterative_scans, exact=exact
+                )
                 found = [(int(cid), 1.0 - float(d)) for cid, d in conn.execute(stmt)]
             if len(found) >= k or exact:
                 return found

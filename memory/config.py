@@ -77,6 +77,8 @@ class Settings:
     ingest_roots: str | None = None
     # classic retrieval: auto (pgvector on PostgreSQL with the vector extension, else in-process) | inprocess | pgvector
     retrieval_backend: str = "auto"
+    # HNSW candidate list at query time on either backend (more: higher recall, slower); None: the backend's default
+    retrieval_ef_search: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -84,6 +86,8 @@ class Settings:
             raise ConfigError(f"chunk_tokens must be >= 16, got {self.chunk_tokens!r}")
         if self.retrieval_backend not in ("auto", "inprocess", "pgvector"):
             raise ConfigError(f"retrieval_backend must be auto, inprocess or pgvector, got {self.retrieval_backend!r}")
+        if self.retrieval_ef_search is not None and not 1 <= self.retrieval_ef_search <= 1_000:
+            raise ConfigError(f"retrieval_ef_search must be between 1 and 1000, got {self.retrieval_ef_search!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 

@@ -435,6 +435,43 @@ def test_a_loaded_index_adds_without_copying_its_vectors(tmp_path):
     assert [h.id for h in loaded.search(clustered(100, 8)[7], k=1, namespace="n")] == ["v7"]
 
 
+@needs_usearch
+def test_a_loaded_graph_searches_with_the_saved_candidate_list(tmp_path):
+    """usearch's file does not keep ``expansion_search``: a restored graph searched with usearch's default of 64
+    instead of the index's 128, so every process after the first found fewer of the exact neighbours."""
+    idx, x = make_index(1200, 16, backend="usearch")
+    idx.search(x[0], k=1, namespace="ns")  # builds the graph
+    idx.expansion_search = 300
+    assert idx._parts["ns"].ann.expansion_search == 300  # the built graph follows the setting
+    idx.save(tmp_path / "idx.npz")
+    loaded = VectorIndex.load(tmp_path / "idx.npz")
+    assert loaded.expansion_search == 300 and loaded._parts["ns"].ann.expansion_search == 300
+    with pytest.raises(ValidationError):
+        loaded.expansion_search = 0
+
+
+@needs_usearch
+def test_a_higher_candidate_list_finds_more_of_the_exact_neighbours():
+    """The knob does what it says on a graph whose default misses neighbours: ef=10 against ef=400."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20_000, 32)).astype(np.float32)  # isotropic: hard for a graph
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx = VectorIndex(dim=32, backend="usearch")
+    idx.add([str(i) for i in range(len(x))], x)
+    queries = x[:50] + 0.3 * rng.standard_normal((50, 32)).astype(np.float32)
+
+    def recall(ef: int) -> float:
+        idx.expansion_search = ef
+        found = 0
+        for q in queries:
+            exact = set(np.argsort(-(x @ q))[:10].tolist())
+            found += len(exact & {int(h.id) for h in idx.search(q, k=10)})
+        return found / (10 * len(queries))
+
+    low, high = recall(10), recall(400)
+    assert high > low and high >= 0.95
+
+
 def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     idx = VectorIndex(dim=2)
     idx.add(["a"], [[1.0, 0.0]])

@@ -10,7 +10,7 @@ import pytest
 from _embedders import BagOfWords
 
 from memory.api import ParametricMemory
-from memory.errors import ValidationError
+from memory.errors import ConfigError, ValidationError
 
 
 @pytest.fixture
@@ -133,6 +133,36 @@ def test_default_minilm_embedder_ranks_the_matching_fact_first(tmp_path):
     mem.add("Expense reports are due within 14 days.", document_id="expenses")
     assert mem.search("What is the name of the cat?", k=1)[0].document_id == "cat"
     assert mem.search("vault access code", k=1)[0].document_id == "vault"
+
+
+def test_the_ef_search_setting_reaches_the_backend(retrieval_settings):
+    """``retrieval_ef_search`` (``PMEM_RETRIEVAL_EF_SEARCH``) sets the HNSW candidate list of either backend."""
+    from sqlalchemy import event
+
+    mem = ParametricMemory(retrieval_settings.with_(retrieval_ef_search=300), embedder=BagOfWords())
+    for i in range(12):
+        mem.add(f"note {i} about topic {i % 3}", document_id=f"n{i}")
+    idx = mem.chunk_index
+    assert idx.ef_search == 300
+    sent: list[str] = []
+    event.listen(mem.engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    if idx.index is not None:
+        idx.index.ann_threshold = 5  # HNSW at this size
+    assert mem.search("note 4 about topic 1", k=1)[0].document_id == "n4"
+    if idx.index is not None:
+        assert idx.index._parts["default"].ann.expansion_search == 300
+    else:
+        assert any("hnsw.ef_search = 300" in stmt for stmt in sent)
+    idx.ef_search = 40
+    mem.search("note 5 about topic 2", k=1)
+    if idx.index is not None:
+        assert idx.index._parts["default"].ann.expansion_search == 40
+    else:
+        assert any("hnsw.ef_search = 40" in stmt for stmt in sent)
+    with pytest.raises(ConfigError):
+        idx.ef_search = 5000
+    with pytest.raises(ConfigError):
+        retrieval_settings.with_(retrieval_ef_search=0)
 
 
 # ---------------------------------------------------------------------------- in-process index upkeep

@@ -46,7 +46,7 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -339,6 +339,21 @@ class VectorIndex:
             f"VectorIndex(dim={self.dim}, model={self.model!r}, backend={self.backend!r}, "
             f"namespaces={len(self._parts)}, vectors={len(self)})"
         )
+
+    @property
+    def expansion_search(self) -> int:
+        """HNSW candidate list at query time (``ef``): higher finds more of the true neighbours, slower."""
+        return self.ann_params.expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, ef: int) -> None:
+        if not isinstance(ef, int) or isinstance(ef, bool) or ef < 1:
+            raise ValidationError(f"expansion_search must be a positive int, got {ef!r}")
+        with self._lock:
+            self.ann_params = replace(self.ann_params, expansion_search=ef)
+            for part in self._parts.values():
+                if part.ann is not None:
+                    part.ann.expansion_search = ef
 
     def count(self, namespace: str = DEFAULT_NAMESPACE) -> int:
         """Number of vectors in ``namespace`` (0 for an unknown namespace).
@@ -654,7 +669,7 @@ class VectorIndex:
                     part.row_of_key = {int(key): r for r, key in enumerate(part.keys)}
                     part.next_key = int(space["next_key"])
                     if space["ann"] and idx._has_usearch:
-                        part.ann = _restore_graph(bytes(data[f"a{i}"]), part.n)
+                        part.ann = _restore_graph(bytes(data[f"a{i}"]), part.n, idx.ann_params)
                     idx._parts[space["namespace"]] = part
         except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError) as e:
             raise IntegrityError(
@@ -684,8 +699,11 @@ def _read_rows(data: Any, name: str, room: int) -> np.ndarray:
     return out
 
 
-def _restore_graph(blob: bytes, n: int) -> Any:
-    """A saved HNSW graph, or ``None`` (rebuilt from the vectors on first search) if it is unreadable."""
+def _restore_graph(blob: bytes, n: int, params: AnnParams) -> Any:
+    """A saved HNSW graph, or ``None`` (rebuilt from the vectors on first search) if it is unreadable.
+
+    usearch's file keeps the graph, not the expansion factors (a restored graph searches with usearch's default
+    ef of 64): they are set again from the saved ``params``."""
     from usearch.index import Index
 
     try:
@@ -696,6 +714,9 @@ def _restore_graph(blob: bytes, n: int) -> Any:
     if ann is None or len(ann) != n:
         log.warning("saved HNSW graph does not match the saved vectors; it will be rebuilt")
         return None
+    # usearch defines these setters apart from their getters, which hides them from type checkers
+    ann.expansion_search = params.expansion_search  # type: ignore[misc]
+    ann.expansion_add = params.expansion_add  # type: ignore[misc]
     return ann
 
 

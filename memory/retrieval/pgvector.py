@@ -172,15 +172,27 @@ def version(engine: Engine) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".") if p.isdigit())
 
 
-def session_settings(conn: sa.Connection, k: int, *, iterative: bool, exact: bool = False) -> None:
-    """Per-transaction settings: an HNSW candidate list of at least ``k`` and, on pgvector 0.8 and later,
-    iterative scans so that a filter rarely leaves fewer than ``k`` hits; ``exact`` turns index scans off
+def session_settings(
+    conn: sa.Connection, k: int, *, ef_search: int = EF_SEARCH, iterative: bool, exact: bool = False
+) -> None:
+    """Per-transaction settings: an HNSW candidate list of ``ef_search``, at least ``k``, and, on pgvector 0.8
+    and later, iterative scans so that a filter rarely leaves fewer than ``k`` hits; ``exact`` turns index scans off
     (what a caller does when the graph still gave fewer than ``k`` rows)."""
-    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(EF_SEARCH, int(k)))}"))
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {min(MAX_EF_SEARCH, max(int(ef_search), int(k)))}"))
     if iterative:
         conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     if exact:
         conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
 
 
-__all__ = ["EF_SEARCH", "TABLE", "available", "distance", "ensure_dim_index", "sql_filter", "vector_literal", "version"]
+__all__ = [
+    "EF_SEARCH",
+    "MAX_EF_SEARCH",
+    "TABLE",
+    "available",
+    "distance",
+    "ensure_dim_index",
+    "sql_filter",
+    "vector_literal",
+    "version",
+]

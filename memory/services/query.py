@@ -45,6 +45,7 @@ class QueryEngine:
             takes; ``None`` for the embedded default, loaded on first search).
         home: the directory under which the in-process vector index is saved.
         retrieval_backend: ``auto``, ``inprocess`` or ``pgvector`` (see :class:`~memory.chunk_index.ChunkIndex`).
+        retrieval_ef_search: the HNSW candidate list at query time; ``None``: the backend's default.
     """
 
     def __init__(
@@ -58,10 +59,12 @@ class QueryEngine:
         embedder: Any = None,
         home: Path,
         retrieval_backend: str = "auto",
+        retrieval_ef_search: int | None = None,
     ) -> None:
         self.records = records
         self.home = home
         self.retrieval_backend = retrieval_backend
+        self.retrieval_ef_search = retrieval_ef_search
         self.registry = registry
         self.runtime = runtime
         self.skills = skills
@@ -93,7 +96,13 @@ class QueryEngine:
                 self.records.engine.url.render_as_string(hide_password=True),
                 f"{embedder.name}:{embedder.dim}",
             )
-            self._chunk_index = ChunkIndex(self.records.sessions, embedder, backend=self.retrieval_backend, path=path)
+            self._chunk_index = ChunkIndex(
+                self.records.sessions,
+                embedder,
+                backend=self.retrieval_backend,
+                path=path,
+                ef_search=self.retrieval_ef_search,
+            )
         return self._chunk_index
 
     def search(
