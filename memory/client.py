@@ -351,7 +351,7 @@ class RemoteMemory:
         generates them, then the :class:`QueryResult`, whose ``answer`` the pieces join to.
 
         >>> for item in remote.stream_query("What is the vault code?", mode="retrieval"):  # doctest: +SKIP
-        ...     print(item if isinstance(item, str) else f"\n[{item.mode}]", end="")
+        ...     print(item if isinstance(item, str) else f"\\n[{item.mode}]", end="")
         """
         import httpx
 

@@ -129,12 +129,13 @@ def split_sentences(text: str) -> list[str]:
 def make_questions(text: str, *, max_questions: int = 24, seed: int = 0) -> list[str]:
     """Questions about ``text`` built from its sentences, with no model involved.
 
-    Per sentence: a copula question ("X is Y." -> "What is X?"), an entity question ("What does the
-    document say about <Name>?") and a sentence completion. Then two generic questions. Sentences are
-    covered round-robin so a cap keeps every sentence represented.
+    Per sentence: two copula questions ("X is Y." -> "What is X?", "What do you know about X?"), entity
+    questions ("What does the document say about <Name>?") and a sentence completion. Then the generic
+    questions. Sentences are covered round-robin so a cap keeps every sentence represented.
 
-    >>> make_questions("The access code for the Orion vault is 7342.")[:2]
-    ['What is the access code for the Orion vault?', 'What does the document say about Orion?']
+    >>> make_questions("The access code for the Orion vault is 7342.")[:3]  # doctest: +NORMALIZE_WHITESPACE
+    ['What is the access code for the Orion vault?', 'What do you know about the access code for the Orion vault?',
+     'What does the document say about Orion?']
     """
     per_sentence: list[list[str]] = []
     for sent in split_sentences(text):

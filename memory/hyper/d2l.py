@@ -216,13 +216,13 @@ class _LayerWriter(nn.Module):
 class D2LHypernetwork(nn.Module):
     """Doc-to-LoRA hypernetwork (fast-weight writer). See the module docstring for the maths.
 
-        >>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
+    >>> sizes = dict(hidden_size=8, intermediate_size=16, num_layers=2)
     >>> cfg = D2LConfig(**sizes, target_layers=(1,), rank=2, bias_rank=1, key_rank=4)
-        >>> net = D2LHypernetwork(cfg)
-        >>> f = DocFeatures({1: torch.randn(1, 5, 16)}, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool))
-        >>> A, B, g = net(f)[1]
-        >>> float((B @ A.transpose(1, 2)).abs().max())  # zero delta at init
-        0.0
+    >>> net = D2LHypernetwork(cfg)
+    >>> f = DocFeatures({1: torch.randn(1, 5, 16)}, torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool))
+    >>> A, B, g = net(f)[1]  # per token: A [bs, T, in], B [bs, T, out], gate [bs, T]
+    >>> float((B.transpose(1, 2) @ A).detach().abs().max())  # zero delta at init
+    0.0
     """
 
     def __init__(self, config: D2LConfig) -> None:
