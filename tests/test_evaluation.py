@@ -138,7 +138,7 @@ def test_unknown_arm_is_refused():
 
 # ---------------------------------------------------------------------------- a real run
 @pytest.mark.slow
-def test_eval_qa_on_a_jsonl_file_runs_every_arm_and_writes_the_report(tmp_path, shared_models_dir):
+def test_eval_qa_on_a_jsonl_file_runs_every_arm_and_writes_the_report(tmp_path, shared_models_dir, capsys):
     from memory.config import Settings
     from memory.evaluation import qa
 
@@ -184,6 +184,36 @@ def test_eval_qa_on_a_jsonl_file_runs_every_arm_and_writes_the_report(tmp_path, 
     assert (out / "accuracy.png").stat().st_size > 1000
     rows = json.loads((out / "qa.json").read_text())["rows"]
     assert {r["arm"] for r in rows} == {a for a, s in result["arms"].items() if s["available"]}
+    assert "qa eval: items 1/1 (100%)" in capsys.readouterr().err  # progress shows off a terminal too
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth_or_minute(monkeypatch):
+    import io
+
+    from memory.evaluation import progress
+
+    err = io.StringIO()
+    with progress.ProgressBar("eval", 50, stream=err) as bar:
+        for _ in range(50):
+            bar.advance(1, "items")
+    lines = err.getvalue().splitlines()
+    assert [line.split(" in ")[0] for line in lines] == [f"eval: items {5 * i}/50 ({10 * i}%)" for i in range(1, 11)]
+
+    clock = iter(range(0, 10_000, 61))  # every call a minute later
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    err = io.StringIO()
+    bar = progress.ProgressBar("slow", 1000, stream=err)
+    for _ in range(3):
+        bar.advance(1)
+    assert [line.split(" in ")[0] for line in err.getvalue().splitlines()] == [
+        "slow 1/1000 (0%)",
+        "slow 2/1000 (0%)",
+        "slow 3/1000 (0%)",
+    ]
+    quiet = io.StringIO()
+    with progress.ProgressBar("off", 3, enabled=False, stream=quiet) as bar:
+        bar.advance(3)
+    assert quiet.getvalue() == ""
 
 
 # ---------------------------------------------------------------------------- bench helpers

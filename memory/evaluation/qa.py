@@ -42,6 +42,7 @@ from memory import prompts
 from memory.config import Settings
 from memory.errors import PMemError, ValidationError
 from memory.evaluation import metrics, suites
+from memory.evaluation.progress import ProgressBar
 from memory.evaluation.runtime import kv_bytes_per_token, measure
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,8 @@ def run(
         cd_steps: optimizer steps per document for context distillation (quick: 12; default: its own).
         checkpoint: a D2L checkpoint directory (default: the one shipped for the base model).
         seed: draw the built-in items from another seed (a fresh set of the same kind; ignored with ``data``).
+        progress: called with (items done, items) after each item; without it, progress goes to stderr
+            (:class:`~memory.evaluation.progress.ProgressBar`).
 
     >>> run(quick=True, data="qa.jsonl", arms="none,context,rag,auto")["arms"].keys()   # doctest: +SKIP
     dict_keys(['none', 'context', 'rag', 'auto', ...])
@@ -370,17 +373,19 @@ def run(
         preferred = "d2l" if "d2l" not in unavailable else "cd"
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)
         runner._direct("Hello")  # warm-up: the first generation pays one-off kernel and cache set-up
-        for i, item in enumerate(items):
-            methods = [
-                m
-                for m in ADAPTER_ARMS
-                if m not in unavailable
-                and (m in arm_list or (m == preferred and {"hybrid", "auto"} & set(arm_list)))
-                and (m != "cd" or i < cd_items)
-            ]
-            runner.run_item(i, item, arm_list, methods, preferred if preferred in methods else None)
-            if progress:
-                progress(i + 1, len(items))
+        with ProgressBar("qa eval", len(items), enabled=progress is None) as bar:
+            for i, item in enumerate(items):
+                methods = [
+                    m
+                    for m in ADAPTER_ARMS
+                    if m not in unavailable
+                    and (m in arm_list or (m == preferred and {"hybrid", "auto"} & set(arm_list)))
+                    and (m != "cd" or i < cd_items)
+                ]
+                runner.run_item(i, item, arm_list, methods, preferred if preferred in methods else None)
+                bar.advance(1, "items")
+                if progress:
+                    progress(i + 1, len(items))
         fingerprint = base.fingerprint
         mem.engine.dispose()  # the throw-away database goes with the temporary directory
     seconds = time.perf_counter() - t_start

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from memory.errors import ModelError, ValidationError
+from memory.evaluation.progress import ProgressBar
 from memory.hyper.t2l import T2LHypernetwork
 from memory.lora import LoraAdapter, from_bytes, to_bytes
 from memory.training.t2l import SYSTEM, TrainArgs, build_prompt, ceiling_tasks, load_lora, train
@@ -68,35 +69,6 @@ def cases(tasks: Sequence[Task], per_task: int) -> list[Row]:
         descs = t.eval_descriptions
         rows.extend((t, descs[(i * 7) % len(descs)], t.example(EVAL_SEED_START + i)) for i in range(per_task))
     return rows
-
-
-class Bar:
-    """A rich progress bar on stderr over generation batches (silent when ``enabled`` is False)."""
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self._progress = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._task = self._progress.add_task("t2l eval", total=total)
-            self._progress.start()
-
-    def step(self, n: int, label: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=n, description=f"t2l eval: {label}")
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def _score(
@@ -212,7 +184,7 @@ def run(
         seen_tasks: training tasks evaluated with unseen descriptions (0: skip).
         ceiling_per_split / ceiling_steps: per-task LoRA ceilings (missing ones are trained and cached).
         arms: a subset of :data:`ARMS` (list or comma-separated).
-        progress: show a progress bar on stderr.
+        progress: show progress on stderr (:class:`~memory.evaluation.progress.ProgressBar`).
         curve: when ``checkpoint`` is the ``checkpoint/`` of a ``pmem train t2l --arm all --snapshot-every N``
             run, also evaluate T2L and the multi-task LoRA at every snapshot, on at most the quick sample (``curve``).
 
@@ -251,7 +223,7 @@ def run(
     ceiling_rows = [r for s in SPLITS for r in split_rows[s] if r[0] in ceilings[s]]
     model_arms = [a for a in chosen if a != "task_lora"]
     total = len(model_arms) * (len(rows) + len(seen_rows)) + ("task_lora" in chosen) * len(ceiling_rows)
-    bar = Bar(total, enabled=progress)
+    bar = ProgressBar("t2l eval", total, enabled=progress)
     samples: dict[str, dict[str, str]] = {arm: {} for arm in chosen}
 
     def arms_on(rs: list[Row], keep: bool, label: str) -> tuple[dict[str, list[bool]], float]:
@@ -267,7 +239,7 @@ def run(
                 adapters,
                 mode,
                 samples[arm] if keep else None,
-                tick=partial(bar.step, label=f"{label}, {arm}"),
+                tick=partial(bar.advance, now=f"{label}, {arm}"),
             )
             log.info("t2l eval: %s %s done (%.0f s)", label, arm, time.perf_counter() - t_start)
         return per_row, gen_ms
@@ -280,7 +252,7 @@ def run(
                 for task in ceilings[s]:
                     ad = ceiling_lora(task.name, ckpt, base, steps=ceiling_steps or (60 if quick else 150), cache=cache)
                     rs = [r for r in ceiling_rows if r[0] == task]
-                    oks = _score(base, rs, ad, mode, samples["task_lora"], tick=partial(bar.step, label="ceilings"))
+                    oks = _score(base, rs, ad, mode, samples["task_lora"], tick=partial(bar.advance, now="ceilings"))
                     task_lora.update({id(r): v for r, v in zip(rs, oks, strict=False)})
         seen_ok, _seen_ms = arms_on(seen_rows, keep=False, label="seen tasks") if seen_rows else ({}, 0.0)
     finally:
@@ -369,7 +341,7 @@ def curve_over_steps(
     rows = [r for s in SPLITS for r in split_rows[s]]
     t2l_steps = sorted((run_dir / "t2l" / "snapshots").glob("step-*"))
     mt_steps = sorted((run_dir / "mt-lora" / "snapshots").glob("step-*"))
-    bar = Bar(len(rows) * (len(t2l_steps) + len(mt_steps)), enabled=progress)
+    bar = ProgressBar("t2l curves", len(rows) * (len(t2l_steps) + len(mt_steps)), enabled=progress)
     points: dict[int, dict[str, dict[str, float]]] = {}
 
     def record(step_dir: Path, arm: str, ok: list[bool]) -> None:
@@ -384,10 +356,10 @@ def curve_over_steps(
         for d in t2l_steps:
             net = T2LHypernetwork.load(d, base_fingerprint=base.fingerprint)
             ads = net.generate([desc for _, desc, _ in rows])
-            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=partial(bar.step, label=d.name)))
+            record(d, "t2l", _score(base, rows, ads, net.config.prompt_mode, tick=partial(bar.advance, now=d.name)))
         for d in mt_steps:
             mt = load_lora(d)
-            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=partial(bar.step, label=d.name)))
+            record(d, "mt_lora", _score(base, rows, mt, prompt_mode, tick=partial(bar.advance, now=d.name)))
     finally:
         bar.close()
     return {
