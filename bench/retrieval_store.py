@@ -357,3 +357,59 @@ def run_store(backends: list[str], sizes: list[int], n_queries: int = 200) -> li
             if pg is not None:
                 pg.close()
     return out
+
+
+# ---------------------------------------------------------------------------- plot
+def plot_recall_against_latency(results: list[dict[str, Any]], path: str | Path) -> None:
+    """Recall@10 against p50 search latency over the ``search_by_ef`` sweep: a line per backend and size,
+    each point labelled with its ``ef_search``. ``results``: documents written by ``pmem bench retrieval
+    --backend ... --output``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for doc in results:
+        for run in doc["store"]:
+            pts = run.get("search_by_ef") or []
+            if not pts:
+                continue
+            label = f"{run['backend']}, {run['n']:,} chunks"
+            style = "o-" if run["backend"] == "inprocess" else "s--"
+            ax.plot([p["p50_ms"] for p in pts], [p["recall_at_10"] for p in pts], style, label=label)
+            for p in pts:
+                ax.annotate(
+                    str(p["ef_search"]),
+                    (p["p50_ms"], p["recall_at_10"]),
+                    fontsize=7,
+                    xytext=(3, -9),
+                    textcoords="offset points",
+                )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("search p50 (ms, log scale)")
+    ax.set_ylabel("recall@10 against exact search")
+    ax.set_title("HNSW candidate list (ef_search, labelled): recall against latency", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.retrieval_store OUT.png RESULT.json [RESULT.json ...]``: plot saved results."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Plot recall@10 against latency from saved store results.")
+    parser.add_argument("plot", help="PNG to write")
+    parser.add_argument("results", nargs="+", help="JSON written by `pmem bench retrieval --backend ... --output`")
+    args = parser.parse_args(argv)
+    plot_recall_against_latency([json.loads(Path(p).read_text()) for p in args.results], args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
