@@ -257,41 +257,26 @@ class ChunkIndex:
         """Make the index hold exactly the current chunks of ``ns``, each under ``<chunk id>/<document stamp>``.
 
         The first time in a process: diff every current chunk against the index (which may come from a saved,
-        stale file). Afterwards: read the documents' stamps only (those numbered above ``since`` when given),
+        stale file), unless the saved file says how far it was synced (:meth:`save`): then compare every
+        document's stamp with the file's, which also catches a database restored from a backup. Afterwards:
+        read the stamps of the documents numbered above ``since`` (of all of them when ``since`` is ``None``),
         and re-read the chunks of those that changed.
         """
         assert self.index is not None
-        changed = self._changed_documents(ns, since)
+        restored = ns not in self._doc_keys and ns in self._doc_stamps  # sync state read from the saved file
+        seen_before = dict(self._doc_stamps[ns]) if restored else {}
+        changed = self._changed_documents(ns, None if restored else since)
+        if restored:
+            if not changed:
+                return  # nothing changed since the file was saved; its keys are grouped when something does
+            keys = self._keys_by_document(ns, seen_before)
+            if keys is None:  # the file's keys do not match its documents: the full diff
+                self._doc_stamps.pop(ns)
+                changed = self._changed_documents(ns, None)
+            else:
+                self._doc_keys[ns] = keys
         keys_of = self._doc_keys.setdefault(ns, {})
-        if changed is None:  # full diff
-            with self._sessions() as s:
-                rows = s.execute(
-                    _current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
-                ).all()
-            keys_of.clear()
-            current: dict[str, int] = {}
-            for cid, doc, stamp in rows:
-                key = f"{cid}/{stamp}"
-                current[key] = cid
-                keys_of.setdefault(doc, []).append(key)
-            indexed = set(self.index.ids(ns))
-            gone = [key for key in indexed if key not in current]
-            new = sorted((cid, key) for key, cid in current.items() if key not in indexed)
-        else:
-            gone = [key for d in changed for key in keys_of.pop(d, [])]
-            new = []
-            for start in range(0, len(changed), _FETCH_BATCH):
-                with self._sessions() as s:
-                    rows = s.execute(
-                        _current_chunks(ns)
-                        .where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
-                        .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
-                    ).all()
-                for cid, doc, stamp in rows:
-                    key = f"{cid}/{stamp}"
-                    new.append((cid, key))
-                    keys_of.setdefault(doc, []).append(key)
-            new.sort()
+        gone, new = self._diff_all(ns, keys_of) if changed is None else self._diff_documents(ns, changed, keys_of)
         if gone:
             self.index.delete(gone, namespace=ns)
         for start in range(0, len(new), _FETCH_BATCH):
@@ -319,6 +304,59 @@ class ChunkIndex:
         self._unsaved += len(gone) + len(new)
         if gone or new:
             log.debug("namespace %s: %d chunks indexed, %d removed", ns, len(new), len(gone))
+
+    def _diff_all(self, ns: str, keys_of: dict[int, list[str]]) -> tuple[list[str], list[tuple[int, str]]]:
+        """Every current chunk of ``ns`` against the index: the keys to remove and the (chunk id, key) to add."""
+        assert self.index is not None
+        with self._sessions() as s:
+            rows = s.execute(
+                _current_chunks(ns).with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
+            ).all()
+        keys_of.clear()
+        current: dict[str, int] = {}
+        for cid, doc, stamp in rows:
+            key = f"{cid}/{stamp}"
+            current[key] = cid
+            keys_of.setdefault(doc, []).append(key)
+        indexed = set(self.index.ids(ns))
+        gone = [key for key in indexed if key not in current]
+        return gone, sorted((cid, key) for key, cid in current.items() if key not in indexed)
+
+    def _diff_documents(
+        self, ns: str, changed: list[int], keys_of: dict[int, list[str]]
+    ) -> tuple[list[str], list[tuple[int, str]]]:
+        """The chunks of the ``changed`` documents: their keys in the index to remove, their current chunks to add."""
+        gone = [key for d in changed for key in keys_of.pop(d, [])]
+        new = []
+        for start in range(0, len(changed), _FETCH_BATCH):
+            with self._sessions() as s:
+                rows = s.execute(
+                    _current_chunks(ns)
+                    .where(Document.id.in_(changed[start : start + _FETCH_BATCH]))
+                    .with_only_columns(Chunk.id, Document.id.label("doc"), Document.index_stamp)
+                ).all()
+            for cid, doc, stamp in rows:
+                key = f"{cid}/{stamp}"
+                new.append((cid, key))
+                keys_of.setdefault(doc, []).append(key)
+        return gone, sorted(new)
+
+    def _keys_by_document(self, ns: str, stamps: dict[int, str | None]) -> dict[int, list[str]] | None:
+        """The index's keys of ``ns`` grouped by document, knowing each document's stamp (a key ends with its
+        document's stamp); ``None`` when a key's stamp belongs to no document, or two documents share one."""
+        assert self.index is not None
+        doc_of: dict[str, int] = {}
+        for doc, stamp in stamps.items():
+            if stamp is None or stamp in doc_of:
+                return None
+            doc_of[stamp] = doc
+        keys_of: dict[int, list[str]] = {}
+        for key in self.index.ids(ns):
+            doc = doc_of.get(key.partition("/")[2])
+            if doc is None:
+                return None
+            keys_of.setdefault(doc, []).append(key)
+        return keys_of
 
     def _vectors(self, rows: Sequence[Any]) -> np.ndarray:
         """The embeddings of these chunk rows, computing and storing those missing (or of another model)."""
@@ -359,7 +397,40 @@ class ChunkIndex:
             log.info("saved retrieval index %s is for another embedding model; rebuilding", self.path)
             return fresh
         log.info("loaded the retrieval index %s (%d vectors)", self.path, len(idx))
+        self._restore_sync_state(idx.extra.get("synced"))
         return idx
+
+    def _sync_state(self) -> dict[str, Any]:
+        """How far each namespace of the index is synced: saved with it, so that the next process catches up from
+        there instead of diffing every chunk (the namespace's change marker and every document's stamp)."""
+        return {
+            ns: {
+                "stamp": self._synced.get(ns),
+                "epoch": epoch,
+                "seq": seq,
+                "documents": {str(doc): stamp for doc, stamp in self._doc_stamps[ns].items()},
+            }
+            for ns, (epoch, seq) in self._synced_at.items()
+            if ns in self._doc_stamps
+        }
+
+    def _restore_sync_state(self, saved: Any) -> None:
+        if not saved:
+            return
+        try:
+            state = {
+                ns: (
+                    rec["stamp"],
+                    (rec["epoch"], int(rec["seq"])),
+                    {int(doc): stamp for doc, stamp in rec["documents"].items()},
+                )
+                for ns, rec in saved.items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            log.warning("the saved retrieval index's sync state is unreadable (%s); diffing every chunk", e)
+            return
+        for ns, (stamp, at, stamps) in state.items():
+            self._synced[ns], self._synced_at[ns], self._doc_stamps[ns] = stamp, at, stamps
 
     def save(self) -> None:
         """Save the in-process index (HNSW graphs built first) so that the next process starts from it."""
@@ -367,7 +438,7 @@ class ChunkIndex:
             return
         with self._lock:
             self.index.prepare()
-            self.index.save(self.path)
+            self.index.save(self.path, extra={"synced": self._sync_state()})
             self._unsaved = 0
 
     # ------------------------------------------------------------------ search

@@ -326,6 +326,7 @@ class VectorIndex:
         self.threads = threads
         self.model = model
         self._parts: dict[str, _Partition] = {}
+        self.extra: dict[str, Any] = {}  # what the caller saved with the index (:meth:`save`), read by :meth:`load`
         self._lock = threading.RLock()
         self._has_usearch = backend != "exact" and usearch_available()
 
@@ -572,14 +573,16 @@ class VectorIndex:
         return None
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the whole index to one file atomically (temporary file + fsync + rename).
+    def save(self, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> None:
+        """Write the whole index to one file atomically (temporary file + fsync + rename), with ``extra``: data
+        of the caller's (JSON) that describes this very content, read back as :attr:`extra` by :meth:`load`.
 
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "idx.npz")
-        >>> idx = VectorIndex(dim=1); idx.add(["a"], [[1.0]]); idx.save(p)
-        >>> len(VectorIndex.load(p))
-        1
+        >>> idx = VectorIndex(dim=1); idx.add(["a"], [[1.0]]); idx.save(p, extra={"synced": 7})
+        >>> loaded = VectorIndex.load(p)
+        >>> len(loaded), loaded.extra
+        (1, {'synced': 7})
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -610,6 +613,7 @@ class VectorIndex:
                 "ann_threshold": self.ann_threshold,
                 "ann_params": self.ann_params.__dict__,
                 "namespaces": spaces,
+                "extra": dict(extra or {}),
             }
             arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -654,6 +658,7 @@ class VectorIndex:
                     threads=threads,
                     model=header.get("model"),
                 )
+                idx.extra = dict(header.get("extra") or {})
                 for i, space in enumerate(header["namespaces"]):
                     part = _Partition(idx.dim or 1)
                     ids, metas = list(space["ids"]), list(space["metadata"])
