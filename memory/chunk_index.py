@@ -352,10 +352,10 @@ class ChunkIndex:
             doc_of[stamp] = doc
         keys_of: dict[int, list[str]] = {}
         for key in self.index.ids(ns):
-            doc = doc_of.get(key.partition("/")[2])
-            if doc is None:
+            owner = doc_of.get(key.partition("/")[2])
+            if owner is None:
                 return None
-            keys_of.setdefault(doc, []).append(key)
+            keys_of.setdefault(owner, []).append(key)
         return keys_of
 
     def _vectors(self, rows: Sequence[Any]) -> np.ndarray:
