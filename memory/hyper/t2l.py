@@ -23,7 +23,7 @@ a learned per-module gate that starts at 0). The generated B carries the LoRA sc
 >>> cfg = T2LConfig(n_layers=2, module_dims={"self_attn.q_proj": (8, 8), "self_attn.v_proj": (8, 4)}, rank=2)
 >>> net = T2LHypernetwork(cfg)
 >>> A, B = net(torch.randn(1, 384))["self_attn.q_proj"]
->>> A.shape, B.shape, float(B.abs().sum())
+>>> A.shape, B.shape, float(B.detach().abs().sum())
 (torch.Size([1, 2, 2, 8]), torch.Size([1, 2, 8, 2]), 0.0)
 """
 
