@@ -35,7 +35,7 @@ from memory.db import Chunk, Document, DocumentVersion, Namespace
 from memory.errors import ConfigError, IntegrityError
 from memory.retrieval import Embedder, VectorIndex, vector_from_bytes, vector_to_bytes
 from memory.retrieval.filters import compile_filter, filter_fields
-from memory.retrieval.pgvector import MAX_EF_SEARCH
+from memory.retrieval.pgvector import EF_SEARCH, MAX_EF_SEARCH
 from memory.types import SearchHit
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,6 @@ class ChunkIndex:
         path: str | Path | None = None,
         ef_search: int | None = None,
     ) -> None:
-        if ef_search is not None and not 1 <= ef_search <= MAX_EF_SEARCH:
-            raise ConfigError(f"ef_search must be between 1 and {MAX_EF_SEARCH}, got {ef_search!r}")
         self._sessions = sessions
         self.embedder = embedder
         # Stored on each chunk: an embedding is reused only for the same model and dimension.
@@ -120,9 +118,9 @@ class ChunkIndex:
         self._lock = threading.Lock()
         self._unsaved = 0
         self.index = self._load() if self.backend == "inprocess" else None
-        self._ef_search = ef_search
-        if self.index is not None and ef_search is not None:
-            self.index.expansion_search = ef_search
+        self._ef_search: int | None = None
+        if ef_search is not None:
+            self.ef_search = ef_search
         if self.backend == "pgvector":
             from memory.retrieval import pgvector
 
@@ -139,9 +137,7 @@ class ChunkIndex:
         """The HNSW candidate list at query time, on either backend (settable, e.g. to trade speed for recall)."""
         if self.index is not None:
             return self.index.expansion_search
-        from memory.retrieval import pgvector
-
-        return self._ef_search or pgvector.EF_SEARCH
+        return self._ef_search or EF_SEARCH
 
     @ef_search.setter
     def ef_search(self, ef: int) -> None:
@@ -264,7 +260,7 @@ class ChunkIndex:
         """
         assert self.index is not None
         restored = ns not in self._doc_keys and ns in self._doc_stamps  # sync state read from the saved file
-        seen_before = dict(self._doc_stamps[ns]) if restored else {}
+        seen_before = self._doc_stamps[ns] if restored else {}  # replaced, not changed, by a diff of all (since None)
         changed = self._changed_documents(ns, None if restored else since)
         if restored:
             if not changed:
