@@ -133,18 +133,25 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
 
 
 def _configure(mem: Any) -> None:
-    """``PMEM_WORKER_CD_OPTIONS='{"steps": 8}'``: context-distillation options for this worker (read once;
-    e.g. fewer steps on a CPU-only test machine). The base model loads here, on the first internalization."""
-    raw = os.environ.get("PMEM_WORKER_CD_OPTIONS", "").strip()
-    if raw and not getattr(mem, "_pmem_worker_configured", False):
-        import json
+    """``PMEM_WORKER_CD_OPTIONS='{"steps": 8}'`` and ``PMEM_WORKER_SELF_STUDY_OPTIONS='{"min_steps": 8}'``:
+    context-distillation and self-study options for this worker (read once; e.g. fewer steps on a CPU-only
+    test machine). The base model loads here, on the first internalization."""
+    if getattr(mem, "_pmem_worker_configured", False):
+        return
+    import json
 
+    for method, var in (("cd", "PMEM_WORKER_CD_OPTIONS"), ("self-study", "PMEM_WORKER_SELF_STUDY_OPTIONS")):
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
         try:
             options = json.loads(raw)
         except ValueError as e:
-            raise ValidationError(f"PMEM_WORKER_CD_OPTIONS is not JSON: {e}") from None
-        mem.configure_internalizer("cd", **options)
-        mem._pmem_worker_configured = True
+            raise ValidationError(f"{var} is not JSON: {e}") from None
+        if not isinstance(options, dict):
+            raise ValidationError(f"{var} must be a JSON object, got {type(options).__name__}")
+        mem.configure_internalizer(method, **options)
+    mem._pmem_worker_configured = True
 
 
 def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:

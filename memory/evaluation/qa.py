@@ -307,6 +307,12 @@ def _summary(rows: list[dict[str, Any]], costs: list[dict[str, Any]], n_boot: in
     if any("truncated" in r for r in rows):
         out["truncated"] = sum(bool(r.get("truncated")) for r in rows)
     out["internalize_ms_per_document"] = float(np.mean([c["ms"] for c in costs])) if costs else 0.0
+    tokens = sum(c.get("tokens", 0) for c in costs)
+    if tokens:  # adapter arms: the one-off cost per 1k document tokens
+        out["internalize_s_per_1k_tokens"] = sum(c["ms"] for c in costs if c.get("tokens")) / tokens
+    fids = [c["fidelity"]["containment"] for c in costs if "containment" in (c.get("fidelity") or {})]
+    if fids:
+        out["fidelity_containment_mean"] = float(np.mean(fids))
     out["bytes_stored_per_document"] = float(np.mean([c["bytes"] for c in costs])) if costs else 0.0
     return out
 
