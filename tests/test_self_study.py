@@ -140,8 +140,13 @@ def test_unknown_tier_and_self_study_options_are_refused(mem):
 
 
 @pytest.mark.slow
-def test_knowledge_update_the_version_2_adapter_answers_the_new_value(mem):
-    """Version 2 changes a fact: its self-study adapter answers the new value, not the old one."""
+def test_knowledge_update_the_version_2_adapter_answers_the_new_value(tmp_path):
+    """Version 2 changes a fact: its self-study adapter answers the new value, not the old one (the default
+    recipe, the real model; SQLite only: the database plays no part in what is learnt, and it takes minutes)."""
+    from memory.api import ParametricMemory
+    from memory.config import Settings
+
+    mem = ParametricMemory(Settings.from_env(home=tmp_path / "home"))
     mem.add("The access code of the Quillon archive is 7342. It opens at nine.", document_id="arch", namespace="ku")
     v1 = mem.internalize("arch", namespace="ku", method="self-study")
     mem.add("The access code of the Quillon archive is 5190. It opens at nine.", document_id="arch", namespace="ku")
