@@ -61,6 +61,7 @@ from integrations._common import (
     documents_by_id,
     iter_documents,
     memory_classes,
+    memory_for,
     message_text,
     ready_adapters,
     search_documents,
@@ -69,7 +70,6 @@ from memory.aio import shared_async
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
-from memory.retrieval import as_embedder
 from memory.retrieval.filters import compile_filter
 
 if TYPE_CHECKING:
@@ -133,23 +133,6 @@ def result_documents(result: QueryResult) -> list[Document]:
     return docs
 
 
-def _memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: dict[str, Any]) -> ParametricMemory:
-    if memory is None:
-        return ParametricMemory(embedder=embedding, **memory_kwargs)
-    if not isinstance(memory, memory_classes()):
-        raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
-    if memory_kwargs:
-        raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
-    if embedding is not None:
-        ours, theirs = memory.embedder, as_embedder(embedding)
-        if (ours.name, ours.dim) != (theirs.name, theirs.dim):
-            raise ValidationError(
-                f"this memory embeds with {ours.name!r} ({ours.dim} dims), not {theirs.name!r} ({theirs.dim} dims); "
-                "build it with ParametricMemory(embedder=<your embeddings>) or leave embedding= out"
-            )
-    return memory
-
-
 # ============================================================================ vector store
 class ParametricMemoryVectorStore(VectorStore):
     """A LangChain vector store whose documents live in a :class:`ParametricMemory` namespace.
@@ -181,7 +164,7 @@ class ParametricMemoryVectorStore(VectorStore):
         internalize: bool = False,
         **memory_kwargs: Any,
     ) -> None:
-        self.memory = _memory_for(memory, embedding, memory_kwargs)
+        self.memory = memory_for(memory, embedding, memory_kwargs)
         self.namespace = validate_namespace(namespace if namespace is not None else self.memory.settings.namespace)
         self._embedding = embedding
         self.internalize = internalize
