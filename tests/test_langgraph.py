@@ -363,3 +363,22 @@ def test_internalize_a_namespace_and_answer_from_its_adapter(tmp_path) -> None:
     store.put(("users", "ada"), "drink", {"text": "Ada's favourite drink is now lemonade."})
     newer = store.internalize(("users", "ada"))
     assert newer.id != adapter.id and newer.version == 2
+
+
+# ============================================================================ the example agent
+def test_langgraph_agent_example_remembers_across_threads(tmp_path) -> None:
+    """examples/langgraph_agent.py: a fact told in one thread is recalled in another of the same user only."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "langgraph_agent.py"
+    spec = importlib.util.spec_from_file_location("examples_langgraph_agent", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(str(tmp_path / "home"))
+    assert out["transcript"]["thread-1"] == ["Noted: my favourite tea is jasmine."]
+    assert out["transcript"]["thread-2"] == ["You told me: my favourite tea is jasmine."]  # another thread
+    assert out["transcript"]["thread-3"] == ["I don't know anything about that yet."]  # another user
+    assert out["thread_2_messages"] == 2  # the thread's own messages are checkpointed apart from the store
+    assert out["namespaces"] == [("memories", "ada")]
