@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -35,6 +36,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
 )
+from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -661,7 +663,47 @@ def memory_tool(
     )
 
 
+# ============================================================================ chat history
+class ParametricChatMessageHistory(BaseChatMessageHistory):
+    """A LangChain chat history kept by :meth:`ParametricMemory.add_conversation`: the session's transcript is a
+    versioned document, and with ``extract`` (``"rules"``, ``"model"`` or a function) the facts the user states
+    become ``facts/<subject>`` documents that supersede older ones (see :mod:`memory.services.conversations`).
+
+    >>> history = ParametricChatMessageHistory(mem, "chat-1", extract="rules")  # doctest: +SKIP
+    >>> history.add_messages([HumanMessage("My favourite colour is green.")])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, memory: ParametricMemory, session: str, *, namespace: str | None = None, extract: Any = None
+    ) -> None:
+        if not isinstance(memory, ParametricMemory):
+            raise ValidationError(f"conversation memory needs a ParametricMemory, got {type(memory).__name__}")
+        self.memory, self.session, self.namespace, self.extract = memory, session, namespace, extract
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
+        return [
+            kinds[role](text) if role in kinds else ChatMessage(role=role, content=text)
+            for role, text in self.memory.conversations.transcript(self.session, namespace=self.namespace)
+        ]
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        if messages:
+            self.memory.add_conversation(
+                list(messages), session=self.session, namespace=self.namespace, extract=self.extract
+            )
+
+    def clear(self) -> None:
+        """Delete the transcript (with its versions); the facts it gave stay, as memories of the namespace."""
+        from memory.services.conversations import TRANSCRIPTS
+
+        with contextlib.suppress(NotFoundError):
+            self.memory.delete(TRANSCRIPTS + self.session, namespace=self.namespace)
+
+
 __all__ = [
+    "ParametricChatMessageHistory",
     "ParametricChatModel",
     "ParametricMemoryRetriever",
     "ParametricMemoryVectorStore",

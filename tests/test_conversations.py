@@ -120,3 +120,19 @@ def test_fifty_turns_with_a_changed_preference(tmp_path) -> None:
     assert "blue" in old and "green" in new
     assert len(mem.conversations.transcript("chat-1")) == 50
     assert len(mem.history("conversations/chat-1")) == 5
+
+
+def test_langchain_chat_history(mem) -> None:
+    from integrations.langchain import ParametricChatMessageHistory
+
+    history = ParametricChatMessageHistory(mem, "lc", extract="rules")
+    history.add_messages([HumanMessage("My favourite drink is tea."), AIMessage("Tea, noted.")])
+    history.add_user_message("Actually my favourite drink is coffee.")
+    assert [(type(m).__name__, m.content) for m in history.messages] == [
+        ("HumanMessage", "My favourite drink is tea."),
+        ("AIMessage", "Tea, noted."),
+        ("HumanMessage", "Actually my favourite drink is coffee."),
+    ]
+    assert [v.number for v in mem.history("facts/favourite-drink")] == [1, 2]
+    history.clear()
+    assert history.messages == [] and mem.get("facts/favourite-drink").version.number == 2
