@@ -1,0 +1,146 @@
+"""The dashboard at /ui: sign-in with an API key, namespaces scoped as in the API, documents with versions and
+diffs, adapters, jobs, and the query box; on SQLite and PostgreSQL, through FastAPI's TestClient.
+
+Run: ``.venv/bin/python -m pytest tests/test_ui.py -q`` (``-m "not slow"`` skips the query answered by the model).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from _embedders import BagOfWords
+from fastapi.testclient import TestClient
+
+from memory.server.app import create_app
+from memory.server.ui import SESSION_COOKIE
+
+
+@pytest.fixture
+def served(mem) -> dict[str, Any]:
+    """The app over ``mem`` with a writer key of ``alpha`` and a reader key of ``beta``, one document in each."""
+    mem.embedder = BagOfWords()
+    app = create_app(mem, auth=True)
+    keys = {
+        "alpha": app.state.keys.create("alpha-writer", role="write", namespaces=["alpha"]).secret,
+        "beta": app.state.keys.create("beta-reader", role="read", namespaces=["beta"]).secret,
+    }
+    mem.add("The vault code is 7342.", document_id="vault", namespace="alpha", title="Vault")
+    mem.add("Beta launch plan: Tuesday.", document_id="plans/launch", namespace="beta")
+    return {"app": app, "keys": keys, "mem": mem}
+
+
+def _signed_in(served: dict[str, Any], who: str) -> TestClient:
+    client = TestClient(served["app"], base_url="http://testserver")
+    r = client.post("/ui/login", data={"key": served["keys"][who], "next": "/ui"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and "Path=/ui" in cookie
+    assert served["keys"][who] not in cookie  # the browser holds a session token, never the key
+    return client
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF token in the page"
+    return m[1]
+
+
+def test_sign_in_is_required_and_a_bad_key_is_refused(served) -> None:
+    client = TestClient(served["app"])
+    r = client.get("/ui/ns/alpha", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/ns/alpha"
+    r = client.post("/ui/login", data={"key": "pmk_000000000000_" + "x" * 43})
+    assert r.status_code == 401 and "not valid" in r.text and SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    r = client.post("/ui/login", data={"key": served["keys"]["alpha"], "next": "https://evil.example/"})
+    assert r.status_code == 200 and r.url.path == "/ui"  # no open redirect: back to the dashboard
+
+
+def test_pages_are_self_contained(served) -> None:
+    client = _signed_in(served, "alpha")
+    r = client.get("/ui/ns/alpha")
+    assert r.status_code == 200
+    assert "default-src 'none'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
+    assets = re.findall(r'(?:src|href)="([^"#?]+)', r.text)
+    assert assets and all(a.startswith("/ui") for a in assets), assets  # nothing from outside
+    assert client.get("/ui/static/ui.css").headers["content-type"].startswith("text/css")
+
+
+def test_a_key_of_another_namespace_sees_nothing(served) -> None:
+    beta = _signed_in(served, "beta")
+    home = beta.get("/ui")
+    assert "beta" in home.text and "alpha" not in home.text
+    for path in ["/ui/ns/alpha", "/ui/ns/alpha/documents/vault", "/ui/ns/alpha/jobs", "/ui/ns/nowhere"]:
+        r = beta.get(path)
+        assert r.status_code == 403, path
+        assert "vault" not in r.text.replace(path, "") and "7342" not in r.text
+    csrf = _csrf(beta.get("/ui/ns/beta").text)
+    r = beta.post("/ui/ns/alpha/query", data={"question": "vault code?", "csrf": csrf})
+    assert r.status_code == 403 and "7342" not in r.text
+    r = beta.post("/ui/ns/beta/documents", data={"text": "sneaky", "csrf": csrf})  # a read key may not write
+    assert r.status_code == 403
+    assert "Add a document" not in beta.get("/ui/ns/beta").text
+    assert (
+        served["mem"].list(namespace="beta")[0].id == "plans/launch" and len(served["mem"].list(namespace="beta")) == 1
+    )
+
+
+def test_documents_versions_diff_and_adapters(served) -> None:
+    client = _signed_in(served, "alpha")
+    page = client.get("/ui/ns/alpha")
+    assert "vault" in page.text and "Vault" in page.text
+    csrf = _csrf(page.text)
+    r = client.post(
+        "/ui/ns/alpha/documents", data={"text": "The vault code is 9999.", "document_id": "vault", "csrf": csrf}
+    )
+    assert r.status_code == 200 and r.url.path == "/ui/ns/alpha/documents/vault"
+    assert "v2" in r.text and "v1" in r.text and "current" in r.text
+    assert '<span class="del">-The vault code is 7342.</span>' in r.text  # the diff of the new version
+    assert '<span class="add">+The vault code is 9999.</span>' in r.text
+    old = client.get("/ui/ns/alpha/documents/vault?new=1")
+    assert "7342" in old.text and "(version 1)" in old.text
+    r = client.post(
+        "/ui/ns/alpha/documents", data={"text": "<script>alert(1)</script>", "document_id": "x/y", "csrf": csrf}
+    )
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text and "<script>alert" not in r.text  # escaped
+    assert client.get("/ui/ns/alpha/documents/missing").status_code == 404
+    bad = client.post("/ui/ns/alpha/documents", data={"text": "x", "document_id": "../etc", "csrf": csrf})
+    assert bad.status_code == 422 and "invalid document id" in bad.text
+    assert client.post("/ui/ns/alpha/documents", data={"text": "no token"}).status_code == 403  # CSRF
+    assert [d.id for d in served["mem"].list(namespace="alpha")] == ["vault", "x/y"]
+    assert "No adapters yet" in client.get("/ui/ns/alpha/documents/vault").text
+
+
+def test_sign_out_ends_the_session(served) -> None:
+    client = _signed_in(served, "alpha")
+    csrf = _csrf(client.get("/ui").text)
+    r = client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    client.cookies.clear()
+    assert client.get("/ui", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)  # the model dominates: one backend
+def test_query_box_internalize_and_jobs(served) -> None:
+    """Internalize from the document page, watch the job, see the adapter, ask: mode, reason, adapters, chunks."""
+    import time
+
+    with _signed_in(served, "alpha") as client:
+        csrf = _csrf(client.get("/ui/ns/alpha/documents/vault").text)
+        r = client.post("/ui/ns/alpha/documents/vault/internalize", data={"method": "auto", "csrf": csrf})
+        assert r.url.path == "/ui/ns/alpha/jobs" and "internalize" in r.text
+        deadline = time.monotonic() + 300
+        while "succeeded" not in (page := client.get("/ui/ns/alpha/jobs").text) and time.monotonic() < deadline:
+            assert "failed" not in page
+            time.sleep(1)
+        assert "succeeded" in page and 'http-equiv="refresh"' not in page  # done: the page stops refreshing
+        doc = client.get("/ui/ns/alpha/documents/vault").text
+        assert '<span class="status ready">ready</span>' in doc and "smollm2" in doc.lower()  # provenance
+        answer = client.post(
+            "/ui/ns/alpha/query", data={"question": "What is the vault code?", "mode": "hybrid", "csrf": csrf}
+        )
+        assert answer.status_code == 200
+        assert 'id="mode">hybrid<' in answer.text and 'id="reason">' in answer.text
+        assert "/ui/ns/alpha/documents/vault" in answer.text and "7342" in answer.text  # the chunk used
