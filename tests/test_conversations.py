@@ -136,3 +136,26 @@ def test_langchain_chat_history(mem) -> None:
     assert [v.number for v in mem.history("facts/favourite-drink")] == [1, 2]
     history.clear()
     assert history.messages == [] and mem.get("facts/favourite-drink").version.number == 2
+
+
+def test_llamaindex_memory_block_with_a_session(mem) -> None:
+    import asyncio
+
+    from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+    from integrations.llamaindex import ParametricMemoryBlock
+
+    block = ParametricMemoryBlock(memory=mem, session="li", extract="rules")
+    said = [
+        ChatMessage(role=MessageRole.USER, content="I live in Lyon."),
+        ChatMessage(role=MessageRole.ASSISTANT, content="Lovely city."),
+    ]
+    asyncio.run(block.aput(said))
+    asyncio.run(block.aput([ChatMessage(role=MessageRole.USER, content="I now live in Oslo.")]))
+    assert mem.conversations.transcript("li") == [
+        ("user", "I live in Lyon."),
+        ("assistant", "Lovely city."),
+        ("user", "I now live in Oslo."),
+    ]
+    assert mem.get("facts/home", with_text=True).text == "The user lives in Oslo."
+    assert mem.get("facts/home", version=1, with_text=True).text == "The user lives in Lyon."

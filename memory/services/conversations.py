@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 TRANSCRIPTS = "conversations/"
 FACTS = "facts/"
 ROLES = ("system", "user", "assistant", "tool")
-_ROLE_ALIASES = {"human": "user", "ai": "assistant", "bot": "assistant", "function": "tool"}
+_ROLE_ALIASES = {  # LangChain's message types, LlamaIndex's MessageRole values
+    "human": "user",
+    "ai": "assistant",
+    "bot": "assistant",
+    "chatbot": "assistant",
+    "model": "assistant",
+    "developer": "system",
+    "function": "tool",
+}
 MAX_TURNS = 1000  # per call
 
 
