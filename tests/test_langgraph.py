@@ -8,7 +8,6 @@ Run: ``.venv/bin/python -m pytest tests/test_langgraph.py -q`` (``-m "not slow"`
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from datetime import UTC, datetime
 
@@ -317,11 +316,11 @@ def test_same_answers_as_langgraphs_in_memory_store(store: ParametricMemoryStore
 @pytest.mark.services
 def test_store_through_a_real_server(tmp_path) -> None:
     """RemoteMemory behind `pmem serve`'s app: put, get, filtered and ranked search, list, delete."""
-    from _server import ServerProcess
+    from _server import ServerProcess, server_env
 
     from memory.client import RemoteMemory
 
-    env = {**os.environ, "PMEM_HOME": str(tmp_path / "srv"), "PMEM_TEST_NO_AUTH": "1"}
+    env = server_env(tmp_path / "srv", PMEM_TEST_NO_AUTH="1")
     server = ServerProcess(env, tmp_path / "server.log").wait_ready()
     try:
         with RemoteMemory(server.url, namespace="agent") as remote:

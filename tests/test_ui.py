@@ -1,7 +1,8 @@
 """The dashboard at /ui: sign-in with an API key, namespaces scoped as in the API, documents with versions and
 diffs, adapters, jobs, and the query box; on SQLite and PostgreSQL, through FastAPI's TestClient.
 
-Run: ``.venv/bin/python -m pytest tests/test_ui.py -q`` (``-m "not slow"`` skips the query answered by the model).
+Run: ``.venv/bin/python -m pytest tests/test_ui.py -q``. Internalizing, jobs and the query box are driven in a real
+browser against a real server in ``tests/test_ui_browser.py``.
 """
 
 from __future__ import annotations
@@ -119,28 +120,3 @@ def test_sign_out_ends_the_session(served) -> None:
     assert r.status_code == 303
     client.cookies.clear()
     assert client.get("/ui", follow_redirects=False).status_code == 303
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend_settings", ["sqlite"], indirect=True)  # the model dominates: one backend
-def test_query_box_internalize_and_jobs(served) -> None:
-    """Internalize from the document page, watch the job, see the adapter, ask: mode, reason, adapters, chunks."""
-    import time
-
-    with _signed_in(served, "alpha") as client:
-        csrf = _csrf(client.get("/ui/ns/alpha/documents/vault").text)
-        r = client.post("/ui/ns/alpha/documents/vault/internalize", data={"method": "auto", "csrf": csrf})
-        assert r.url.path == "/ui/ns/alpha/jobs" and "internalize" in r.text
-        deadline = time.monotonic() + 300
-        while "succeeded" not in (page := client.get("/ui/ns/alpha/jobs").text) and time.monotonic() < deadline:
-            assert "failed" not in page
-            time.sleep(1)
-        assert "succeeded" in page and 'http-equiv="refresh"' not in page  # done: the page stops refreshing
-        doc = client.get("/ui/ns/alpha/documents/vault").text
-        assert '<span class="status ready">ready</span>' in doc and "smollm2" in doc.lower()  # provenance
-        answer = client.post(
-            "/ui/ns/alpha/query", data={"question": "What is the vault code?", "mode": "hybrid", "csrf": csrf}
-        )
-        assert answer.status_code == 200
-        assert 'id="mode">hybrid<' in answer.text and 'id="reason">' in answer.text
-        assert "/ui/ns/alpha/documents/vault" in answer.text and "7342" in answer.text  # the chunk used
