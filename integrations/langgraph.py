@@ -347,10 +347,10 @@ class ParametricMemoryStore(BaseStore):
             embed = ensure_embeddings(embed)  # a plain (async) function of texts
         self.memory = memory_for(memory, embed, memory_kwargs)
         dims = config.get("dims")
-        if dims is not None and dims != self.memory.embedder.dim:
+        embedder = getattr(self.memory, "embedder", None)  # a RemoteMemory embeds on the server
+        if dims is not None and embedder is not None and dims != embedder.dim:
             raise ValidationError(
-                f"index['dims'] is {dims}, but the memory's embedding model {self.memory.embedder.name!r} gives "
-                f"{self.memory.embedder.dim}"
+                f"index['dims'] is {dims}, but the memory's embedding model {embedder.name!r} gives {embedder.dim}"
             )
         self.namespace = validate_namespace(namespace if namespace is not None else self.memory.settings.namespace)
         fields = config.get("fields") or ["$"]
