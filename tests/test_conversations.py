@@ -159,3 +159,62 @@ def test_llamaindex_memory_block_with_a_session(mem) -> None:
     ]
     assert mem.get("facts/home", with_text=True).text == "The user lives in Oslo."
     assert mem.get("facts/home", version=1, with_text=True).text == "The user lives in Lyon."
+
+
+def test_over_http(mem) -> None:
+    """POST/GET /v1/namespaces/{ns}/conversations/{session} with the API's key checks."""
+    from fastapi.testclient import TestClient
+
+    from memory.server.app import create_app
+
+    app = create_app(mem, auth=True)
+    writer = app.state.keys.create("w", role="write", namespaces=["alpha"]).secret
+    other = app.state.keys.create("o", role="write", namespaces=["beta"]).secret
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {writer}"}
+    body = {"messages": [{"role": "human", "content": "I work at Acme."}], "extract": "rules"}
+    r = client.post("/v1/namespaces/alpha/conversations/s1", json=body, headers=auth)
+    assert r.status_code == 201 and r.json()["facts"][0]["document"]["id"] == "facts/work"
+    denied = client.post(
+        "/v1/namespaces/alpha/conversations/s1", json=body, headers={"Authorization": f"Bearer {other}"}
+    )
+    assert denied.status_code == 403
+    bad = client.post(
+        "/v1/namespaces/alpha/conversations/s1", json={"messages": [{"role": "x", "content": "y"}]}, headers=auth
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+    unknown = client.post("/v1/namespaces/alpha/conversations/s1", json={**body, "extra": 1}, headers=auth)
+    assert unknown.status_code == 422 and unknown.json()["error"]["code"] == "unknown_field"
+
+    r = client.post(
+        "/v1/namespaces/alpha/conversations/s1",
+        json={"messages": [{"role": "user", "content": "I now work for Initech."}], "extract": "rules"},
+        headers=auth,
+    )
+    assert r.json()["superseded"] == ["facts/work"] and r.json()["transcript"]["status"] == "new_version"
+    got = client.get("/v1/namespaces/alpha/conversations/s1", headers=auth).json()
+    assert got["messages"] == [
+        {"role": "user", "content": "I work at Acme."},
+        {"role": "user", "content": "I now work for Initech."},
+    ]
+    assert mem.get("facts/work", namespace="alpha", version=1, with_text=True).text == "The user works at Acme."
+
+
+def test_remote_memory_add_conversation(tmp_path) -> None:
+    """RemoteMemory.add_conversation against a real server process."""
+    from _server import ServerProcess, server_env
+
+    from memory.client import RemoteMemory
+
+    server = ServerProcess(server_env(tmp_path / "srv", PMEM_TEST_NO_AUTH="1"), tmp_path / "server.log").wait_ready()
+    try:
+        with RemoteMemory(server.url, namespace="alpha") as remote:
+            first = remote.add_conversation([HumanMessage("My car is a red Fiat.")], session="road", extract="rules")
+            assert [f.document.id for f in first.facts] == ["facts/car"] and first.superseded == []
+            second = remote.add_conversation([("user", "My car is now a blue Volvo.")], session="road", extract="rules")
+            assert second.superseded == ["facts/car"]
+            assert [v.number for v in remote.history("facts/car")] == [1, 2]
+            with pytest.raises(ValidationError):  # a function extracts in-process only
+                remote.add_conversation([("user", "x")], session="road", extract=lambda turns: [])
+    finally:
+        server.stop()

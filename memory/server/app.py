@@ -753,8 +753,10 @@ def create_app(
             raise ApiError("forbidden", "this needs an admin key for every namespace ('*')")
         return {"removed": await amem.run_io(memory.gc, dry_run=dry_run), "dry_run": dry_run}
 
+    from memory.server.conversations import conversations_router
     from memory.server.ui import ui_router  # the dashboard at /ui
 
+    app.include_router(conversations_router(amem, allow))
     app.include_router(ui_router(app, auth=auth))
     return app
 
