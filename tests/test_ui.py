@@ -120,3 +120,35 @@ def test_sign_out_ends_the_session(served) -> None:
     assert r.status_code == 303
     client.cookies.clear()
     assert client.get("/ui", follow_redirects=False).status_code == 303
+
+
+def test_experiments_and_query_log(served) -> None:
+    """The experiments page: an A/B report per experiment and the latest logged queries, of this namespace only."""
+    from memory.db import Namespace, QueryLog, session_factory
+
+    mem = served["mem"]
+    with session_factory(mem.engine).begin() as s:  # logged queries as the query engine writes them
+        ns = {n.name: n.id for n in s.query(Namespace)}
+        for i in range(6):
+            arm = "rag" if i % 2 else "adapter"
+            s.add(
+                QueryLog(
+                    namespace_id=ns["alpha"],
+                    query=f"question {i}",
+                    mode="retrieval" if arm == "rag" else "parametric",
+                    reason="r",
+                    experiment="router-ab",
+                    arm=arm,
+                    latency_ms=100.0 + i,
+                    feedback=float(i % 3 > 0),
+                )
+            )
+        s.add(
+            QueryLog(namespace_id=ns["beta"], query="beta's secret question", mode="retrieval", experiment="beta-exp")
+        )
+    client = _signed_in(served, "alpha")
+    page = client.get("/ui/ns/alpha/experiments")
+    assert page.status_code == 200
+    assert "router-ab" in page.text and "6 queries" in page.text and "control" in page.text
+    assert "question 5" in page.text and "beta" not in page.text  # another namespace's log stays out
+    assert _signed_in(served, "beta").get("/ui/ns/alpha/experiments").status_code == 403

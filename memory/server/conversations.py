@@ -7,7 +7,6 @@ add result and the ids of the facts superseded. ``GET`` returns the session's tu
 key check (``write`` to add, ``read`` to read), so a key outside the namespace gets the same 403 as anywhere.
 """
 
-
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter

@@ -3,7 +3,9 @@
 Pages: the namespaces a key may see; a namespace's documents, adapters and latest jobs, with a form to add a
 document and a query box; a document's versions, text, diffs and adapters (with their provenance), with an
 ``Internalize`` button; a namespace's jobs (the page refreshes itself while one is queued or running); a
-query's answer with the mode, the reason, the adapters and the chunks used.
+query's answer with the mode, the reason, the adapters and the chunks used; the namespace's A/B experiments
+(per arm: queries, feedback with its confidence interval, latency, modes; differences from the control) and
+its latest logged queries.
 
 Sign-in takes an API key (``pmem keys create``) once: the key is checked as the API checks it and is not kept;
 the browser holds only a random session token (an ``HttpOnly``, ``SameSite=Strict`` cookie scoped to ``/ui``)
@@ -296,6 +298,17 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         busy = any(j.state in ("queued", "running") for j in jobs)
         return render("jobs.html", request, s, ns=ns, jobs=jobs, refresh=busy)
 
+    @router.get("/ns/{namespace}/experiments")
+    @page
+    async def experiments_page(request: Request, namespace: str) -> Response:
+        s = current(request)
+        ns = allowed(s, namespace)
+        names, recent = await state.amem.run_io(_query_log, state.memory, ns, 20)
+        from memory.evaluation.experiments import report
+
+        reports = [await state.amem.run_io(report, state.memory, name, ns) for name in names]
+        return render("experiments.html", request, s, ns=ns, reports=reports, recent=recent)
+
     @router.post("/ns/{namespace}/query")
     @page
     async def query(
@@ -324,6 +337,34 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
 def _local(url: str) -> str:
     """``url`` if it is a path of this dashboard, else the dashboard's home (no open redirect after sign-in)."""
     return url if url.startswith("/ui") and not url.startswith("//") and "\\" not in url else "/ui"
+
+
+def _query_log(mem: Any, ns: str, limit: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The experiments with queries in ``ns`` (by name), and its ``limit`` latest logged queries."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from memory.db import Namespace, QueryLog
+
+    with Session(mem.engine) as s:
+        in_ns = QueryLog.namespace_id == select(Namespace.id).where(Namespace.name == ns).scalar_subquery()
+        names = list(s.scalars(select(QueryLog.experiment).where(in_ns, QueryLog.experiment.is_not(None)).distinct()))
+        rows = s.scalars(select(QueryLog).where(in_ns).order_by(QueryLog.id.desc()).limit(limit))
+        recent = [
+            {
+                "id": q.id,
+                "query": q.query,
+                "mode": q.mode,
+                "reason": q.reason,
+                "experiment": q.experiment,
+                "arm": q.arm,
+                "latency_ms": q.latency_ms,
+                "feedback": q.feedback,
+                "answer": q.answer,
+            }
+            for q in rows
+        ]
+    return sorted(n for n in names if n), recent
 
 
 def _jobs(mem: Any, ns: str, limit: int) -> list[Any]:
