@@ -79,6 +79,7 @@ PREFIXES = "lg_prefixes"  # metadata: the encoded prefixes of the item's namespa
 INDEXED = "lg_indexed"  # metadata: whether the item has chunks (vector search skips the others)
 FIELD = "lg.v."  # metadata: top-level scalar fields of the value, for filters the database can apply
 MAX_ID = 255  # memory.services.records.validate_document_id
+MAX_PUSHDOWN_STR = 200  # characters: longer string fields are filtered after the search only
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _COMPARE = {"$gt": float.__gt__, "$gte": float.__ge__, "$lt": float.__lt__, "$lte": float.__le__}
 _OPERATORS = ("$eq", "$ne", *_COMPARE)
@@ -152,6 +153,12 @@ def parse_document_id(doc_id: str) -> tuple[tuple[str, ...], str]:
 # ============================================================================ filters (LangGraph's language)
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_short_str(x: Any) -> bool:
+    """Strings the filter pushdown handles: longer ones are neither copied to metadata nor pushed down, so
+    a value's copy in the metadata does not double the room its long texts take there."""
+    return isinstance(x, str) and len(x) <= MAX_PUSHDOWN_STR
 
 
 def _json_equal(a: Any, b: Any) -> bool:
@@ -237,7 +244,7 @@ def _pushdown(flt: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     for field, cond in (flt or {}).items():
         ops = cond if isinstance(cond, Mapping) and any(str(k).startswith("$") for k in cond) else {"$eq": cond}
         for op, arg in ops.items():
-            equality = op in ("$eq", "$ne") and (isinstance(arg, str) or _is_number(arg))
+            equality = op in ("$eq", "$ne") and (_is_short_str(arg) or _is_number(arg))
             if equality or (op in _COMPARE and _is_number(arg) and math.isfinite(arg)):
                 clauses.append({FIELD + field: {op: arg}})
     return clauses
@@ -445,7 +452,7 @@ class ParametricMemoryStore(BaseStore):
             INDEXED: bool(texts),
         }
         metadata.update(
-            {FIELD + k: v for k, v in value.items() if isinstance(v, str) or (_is_number(v) and math.isfinite(v))}
+            {FIELD + k: v for k, v in value.items() if _is_short_str(v) or (_is_number(v) and math.isfinite(v))}
         )
         if self._chunks_supported:
             chunks = [ChunkSpec(i, t, 0, len(text), approx_token_count(t)) for i, t in enumerate(texts)]

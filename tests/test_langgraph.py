@@ -186,6 +186,16 @@ def test_vector_search_with_filters(store: ParametricMemoryStore) -> None:
         store.search(("test",), filter={"score": {"$regex": "x"}})
 
 
+def test_long_string_fields_filter_exactly(store: ParametricMemoryStore) -> None:
+    """A string field too long to push down to the database is still filtered, after the search."""
+    long_a, long_b = "a" * 300, "a" * 299 + "b"
+    store.put(("l",), "one", {"text": "alpha", "body": long_a})
+    store.put(("l",), "two", {"text": "alpha", "body": long_b})
+    assert [i.key for i in store.search(("l",), filter={"body": long_a})] == ["one"]
+    assert [i.key for i in store.search(("l",), query="alpha", filter={"body": {"$ne": long_a}})] == ["two"]
+    assert "lg.v.body" not in store.memory.get(item_document_id(("l",), "one"), namespace="agent").metadata
+
+
 def test_nested_and_list_filters(store: ParametricMemoryStore) -> None:
     store.put(("n",), "a", {"meta": {"lang": "en", "tags": ["x", "y"]}, "flag": True, "n": 1})
     store.put(("n",), "b", {"meta": {"lang": "fr", "tags": ["x"]}, "flag": False, "n": 2})
