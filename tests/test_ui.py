@@ -113,6 +113,14 @@ def test_documents_versions_diff_and_adapters(served) -> None:
     assert "No adapters yet" in client.get("/ui/ns/alpha/documents/vault").text
 
 
+def test_revoking_a_key_ends_its_sessions(served) -> None:
+    client = _signed_in(served, "alpha")
+    assert client.get("/ui/ns/alpha").status_code == 200
+    served["app"].state.keys.revoke(served["keys"]["alpha"])
+    r = client.get("/ui/ns/alpha", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
 def test_sign_out_ends_the_session(served) -> None:
     client = _signed_in(served, "alpha")
     csrf = _csrf(client.get("/ui").text)

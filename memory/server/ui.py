@@ -9,7 +9,8 @@ its latest logged queries.
 
 Sign-in takes an API key (``pmem keys create``) once: the key is checked as the API checks it and is not kept;
 the browser holds only a random session token (an ``HttpOnly``, ``SameSite=Strict`` cookie scoped to ``/ui``)
-that the server maps to the key's role and namespaces for :data:`SESSION_TTL_S`. A namespace the key does not
+that the server maps to the key for :data:`SESSION_TTL_S`; every page reads the key's row again, so a revoked
+key's sessions end at once. A namespace the key does not
 cover answers 403 whether it exists or not, exactly as the API does. Every form carries the session's CSRF
 token. Templates are rendered by Jinja2 with autoescaping; the pages load nothing from anywhere else
 (a ``Content-Security-Policy`` of ``'self'`` says so to the browser). A server started with ``--no-auth``
@@ -113,11 +114,23 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
 
-    def current(request: Request) -> _Session:
-        """The caller's session (a stand-in one without auth), or a redirect to sign-in."""
+    async def current(request: Request) -> _Session:
+        """The caller's session (a stand-in one without auth), or a redirect to sign-in.
+
+        The key is read again on every page, so a revoked key's sessions end at once and a changed role or
+        namespaces apply at once.
+        """
         if not auth:
             return _Session(LOCAL_ADMIN, "", float("inf"))
-        s = sessions.get(request.cookies.get(SESSION_COOKIE))
+        token = request.cookies.get(SESSION_COOKIE)
+        s = sessions.get(token)
+        if s is not None:
+            principal = await asyncio.to_thread(_principal_now, state.memory, s.principal.key_id)
+            if principal is None:
+                sessions.drop(token)
+                s = None
+            else:
+                s.principal = principal
         if s is None:
             raise _Redirect("/ui/login?next=" + quote(request.url.path, safe="/"))
         return s
@@ -191,7 +204,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     @router.post("/logout")
     @page
     async def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-        s = current(request)
+        s = await current(request)
         check_csrf(s, csrf)
         sessions.drop(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/ui/login", status_code=303)
@@ -202,14 +215,14 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     @router.get("")
     @page
     async def home(request: Request) -> Response:
-        s = current(request)
+        s = await current(request)
         names = [n for n in await state.amem.namespaces() if s.principal.sees(n)]
         return render("namespaces.html", request, s, namespaces=names)
 
     @router.get("/ns/{namespace}")
     @page
     async def namespace_page(request: Request, namespace: str, offset: int = 0) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace)
         offset = max(offset, 0)
         docs = await state.amem.list(namespace=ns, limit=PAGE, offset=offset)
@@ -238,7 +251,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         title: Annotated[str, Form()] = "",
         csrf: Annotated[str, Form()] = "",
     ) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace, "write")
         check_csrf(s, csrf)
         r = await state.amem.add(text, document_id=document_id.strip() or None, namespace=ns, title=title or None)
@@ -250,7 +263,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     async def document_page(
         request: Request, namespace: str, document_id: str, old: int | None = None, new: int | None = None
     ) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace)
         info = await state.amem.get(document_id, namespace=ns, with_text=True, version=new)
         versions = await state.amem.history(document_id, namespace=ns)
@@ -281,7 +294,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         method: Annotated[str, Form()] = "auto",
         csrf: Annotated[str, Form()] = "",
     ) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace, "write")
         check_csrf(s, csrf)
         if method not in ("auto", "d2l", "cd"):
@@ -292,7 +305,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     @router.get("/ns/{namespace}/jobs")
     @page
     async def jobs_page(request: Request, namespace: str) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace)
         jobs = await state.amem.run_io(_jobs, state.memory, ns, PAGE)
         busy = any(j.state in ("queued", "running") for j in jobs)
@@ -301,7 +314,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     @router.get("/ns/{namespace}/experiments")
     @page
     async def experiments_page(request: Request, namespace: str) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace)
         names, recent = await state.amem.run_io(_query_log, state.memory, ns, 20)
         from memory.evaluation.experiments import report
@@ -319,7 +332,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         k: Annotated[int, Form()] = 4,
         csrf: Annotated[str, Form()] = "",
     ) -> Response:
-        s = current(request)
+        s = await current(request)
         ns = allowed(s, namespace)
         check_csrf(s, csrf)
         limits = state.limits
@@ -365,6 +378,19 @@ def _query_log(mem: Any, ns: str, limit: int) -> tuple[list[str], list[dict[str,
             for q in rows
         ]
     return sorted(n for n in names if n), recent
+
+
+def _principal_now(mem: Any, key_id: str) -> Principal | None:
+    """A key's principal as its row says now (``None`` once revoked or deleted)."""
+    from sqlalchemy import select
+
+    from memory.db import ApiKey, session_factory
+
+    with session_factory(mem.engine)() as s:
+        row = s.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(key_id=row.key_id, name=row.name, role=row.role, namespaces=tuple(row.namespaces or ()))
 
 
 def _jobs(mem: Any, ns: str, limit: int) -> list[Any]:
