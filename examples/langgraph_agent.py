@@ -45,7 +45,7 @@ def build_graph(store: BaseStore, *, chat_model: Any = None) -> Any:
         if chat_model is None:
             return {"messages": [AIMessage(f"You told me: {found[0].value['text']}.")]}
         context = "\n".join(f"- {item.value['text']}" for item in found)
-        reply = chat_model.invoke([("system", f"What you know about the user:\n{context}"), ("human", text)])
+        reply = chat_model.invoke([("human", f"What I told you before:\n{context}\n\n{text}")])
         return {"messages": [reply]}
 
     builder = StateGraph(MessagesState)

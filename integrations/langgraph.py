@@ -393,8 +393,9 @@ class ParametricMemoryStore(BaseStore):
                 writes[(tuple(op.namespace), op.key)] = op
             else:
                 raise ValidationError(f"unknown store operation {type(op).__name__}")
-        for op in writes.values():
-            self._put(op)
+        prepared = [self._prepare(op) for op in writes.values()]  # every write checked before any is made
+        for doc_id, args in prepared:
+            self._write(doc_id, args)
         return results
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
@@ -425,26 +426,20 @@ class ParametricMemoryStore(BaseStore):
             texts += [t for t in get_text_at_path(value, path) if t and t.strip()]
         return list(dict.fromkeys(texts))
 
-    def _put(self, op: PutOp) -> None:
+    def _prepare(self, op: PutOp) -> tuple[str, dict[str, Any] | None]:
+        """A put or delete checked, as ``(document id, arguments of memory.add)`` (``None``: a delete); nothing is
+        written, so a batch with one bad value writes none of its items."""
         namespace = tuple(op.namespace)
         doc_id = item_document_id(namespace, op.key)
         if op.value is None:
-            with contextlib.suppress(NotFoundError):  # deleting a missing item is no error
-                self.memory.delete(doc_id, namespace=self.namespace)
-            return
+            return doc_id, None
         if not isinstance(op.value, Mapping):
             raise ValidationError(f"a value is a dict, got {type(op.value).__name__}")
         try:  # JSON: string keys, finite numbers, no sets or objects
             value = validate_metadata(dict(op.value))
         except ValidationError as e:
             raise ValidationError(f"the value of {namespace!r}/{op.key!r} cannot be stored: {e}") from None
-        try:
-            text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=1)
-        except (TypeError, ValueError) as e:
-            raise ValidationError(
-                f"the value of {namespace!r}/{op.key!r} cannot be stored as JSON ({e}); use str, numbers, bools, "
-                "None, lists and dicts"
-            ) from None
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False, indent=1)
         texts = self._texts(value, op.index)
         metadata: dict[str, Any] = {
             META: {"namespace": list(namespace), "key": op.key, "value": value},
@@ -454,11 +449,17 @@ class ParametricMemoryStore(BaseStore):
         metadata.update(
             {FIELD + k: v for k, v in value.items() if _is_short_str(v) or (_is_number(v) and math.isfinite(v))}
         )
-        if self._chunks_supported:
-            chunks = [ChunkSpec(i, t, 0, len(text), approx_token_count(t)) for i, t in enumerate(texts)]
-            self.memory.add(text, document_id=doc_id, namespace=self.namespace, metadata=metadata, chunks=chunks)
-        else:  # RemoteMemory: the server chunks the JSON
-            self.memory.add(text, document_id=doc_id, namespace=self.namespace, metadata=metadata)
+        args: dict[str, Any] = {"text": text, "metadata": validate_metadata(metadata)}
+        if self._chunks_supported:  # (a RemoteMemory's server chunks the JSON itself)
+            args["chunks"] = [ChunkSpec(i, t, 0, len(text), approx_token_count(t)) for i, t in enumerate(texts)]
+        return doc_id, args
+
+    def _write(self, doc_id: str, args: dict[str, Any] | None) -> None:
+        if args is None:
+            with contextlib.suppress(NotFoundError):  # deleting a missing item is no error
+                self.memory.delete(doc_id, namespace=self.namespace)
+            return
+        self.memory.add(document_id=doc_id, namespace=self.namespace, **args)
 
     def _iter_stored(self, prefix: tuple[str, ...]) -> Iterator[tuple[DocumentInfo, _Stored]]:
         """Every item under ``prefix``, in document-id order (namespace, then key), a page at a time."""
@@ -553,6 +554,14 @@ class ParametricMemoryStore(BaseStore):
         return sorted(found)[op.offset : op.offset + op.limit]
 
     # ------------------------------------------------------------------ beyond other stores
+    def add_conversation(self, messages: Any, *, session: str, extract: Any = None) -> Any:
+        """Record a thread's messages (LangChain messages, dicts or ``(role, text)``) in conversation memory:
+        the transcript ``conversations/<session>`` of this store's memory namespace and, with ``extract``, the
+        facts stated, each superseding older ones about its subject (see
+        :meth:`ParametricMemory.add_conversation`; a ``RemoteMemory`` takes ``"rules"`` / ``"model"``).
+        These are documents of the memory, not store items: ask them with ``store.memory.query``."""
+        return self.memory.add_conversation(messages, session=session, namespace=self.namespace, extract=extract)
+
     def internalize(self, namespace: tuple[str, ...], *, method: str = "auto", force: bool = False) -> AdapterInfo:
         """Turn every item under ``namespace`` into one adapter, and return it.
 

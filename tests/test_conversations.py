@@ -218,3 +218,15 @@ def test_remote_memory_add_conversation(tmp_path) -> None:
                 remote.add_conversation([("user", "x")], session="road", extract=lambda turns: [])
     finally:
         server.stop()
+
+
+def test_langgraph_store_records_a_thread(mem) -> None:
+    from integrations.langgraph import ParametricMemoryStore
+
+    store = ParametricMemoryStore(mem, namespace="agent")
+    store.add_conversation([HumanMessage("My plan is the annual one.")], session="thread-7", extract="rules")
+    r = store.add_conversation([HumanMessage("My plan is now the monthly one.")], session="thread-7", extract="rules")
+    assert r.superseded == ["facts/plan"]
+    last = mem.conversations.transcript("thread-7", namespace="agent")[-1]
+    assert last == ("user", "My plan is now the monthly one.")
+    assert store.list_namespaces() == []  # memory documents, not store items

@@ -120,6 +120,9 @@ def test_unstorable_values_are_clear_errors_and_write_nothing(store: ParametricM
         with pytest.raises(ValidationError):
             store.put(("users",), "bad", bad)
     assert store.get(("users",), "bad") is None
+    with pytest.raises(ValidationError):  # one bad value in a batch: none of its items is written
+        store.batch([PutOp(("users",), "good", {"a": 1}), PutOp(("users",), "bad", {"x": float("inf")})])
+    assert store.get(("users",), "good") is None
     with pytest.raises(NotImplementedError):
         store.put(("users",), "t", {"a": 1}, ttl=5)
 
