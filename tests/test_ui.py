@@ -109,8 +109,11 @@ def test_documents_versions_diff_and_adapters(served) -> None:
     bad = client.post("/ui/ns/alpha/documents", data={"text": "x", "document_id": "../etc", "csrf": csrf})
     assert bad.status_code == 422 and "invalid document id" in bad.text
     assert client.post("/ui/ns/alpha/documents", data={"text": "no token"}).status_code == 403  # CSRF
-    assert [d.id for d in served["mem"].list(namespace="alpha")] == ["vault", "x/y"]
+    assert [d.id for d in served["mem"].list(namespace="alpha")] == ["vault", "x/y"]  # nothing else written
     assert "No adapters yet" in client.get("/ui/ns/alpha/documents/vault").text
+    served["mem"].add("word " * 30_000, document_id="long", namespace="alpha")  # 150,000 characters
+    long_page = client.get("/ui/ns/alpha/documents/long").text
+    assert "… 49,999 more characters" in long_page and long_page.count("word") < 25_000
 
 
 def test_revoking_a_key_ends_its_sessions(served) -> None:

@@ -40,6 +40,7 @@ SESSION_COOKIE = "pmem_ui"
 SESSION_TTL_S = 8 * 3600
 MAX_SESSIONS = 10_000  # the oldest are dropped past this
 PAGE = 100
+MAX_TEXT_CHARS = 100_000  # of a document's text on its page (the API serves all of it)
 TEMPLATES = Path(__file__).with_name("templates")
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -273,12 +274,15 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         elif len(versions) > 1 and info.version is not None and info.version.number > 1:
             diff = await state.amem.diff(document_id, info.version.number - 1, info.version.number, namespace=ns)
         adapters = await state.amem.adapters(namespace=ns, document_id=document_id)
+        text = info.text or ""
         return render(
             "document.html",
             request,
             s,
             ns=ns,
             doc=info,
+            text=text[:MAX_TEXT_CHARS],
+            cut=max(len(text) - MAX_TEXT_CHARS, 0),
             versions=versions,
             diff=diff,
             adapters=adapters,
