@@ -116,6 +116,8 @@ def test_dashboard_in_a_real_browser(server, tmp_path) -> None:
         assert b.eval("document.querySelector('#reason').textContent").strip()
         assert "handbook/security" in answer and "7342" in answer  # the adapter and the chunk used
         b.screenshot(shots / "answer.png")
+        b.goto(proc.url + "/ui/ns/handbook/experiments")  # the query log has it, with its mode
+        assert "What is the office vault code?" in b.eval("document.querySelector('#queries').innerText")
 
         # another namespace's key sees nothing of this one
         b.submit("form[action='/ui/logout']")
