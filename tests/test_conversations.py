@@ -230,3 +230,24 @@ def test_langgraph_store_records_a_thread(mem) -> None:
     last = mem.conversations.transcript("thread-7", namespace="agent")[-1]
     assert last == ("user", "My plan is now the monthly one.")
     assert store.list_namespaces() == []  # memory documents, not store items
+
+
+def test_model_facts_parse_subject_lines() -> None:
+    """extract="model": the base model's `subject | fact` lines become facts; other lines are ignored."""
+    from types import SimpleNamespace
+
+    from memory.services.conversations import model_facts
+
+    class Scripted:  # answers the extraction prompt as a model might
+        def __init__(self) -> None:
+            self.prompts: list[str] = []
+
+        def generate(self, prompts: list[str], *, max_new_tokens: int) -> list[SimpleNamespace]:
+            self.prompts += prompts
+            return [SimpleNamespace(text="- Favourite Colour | The user likes green.\nnoise\nNONE | x\n| no subject")]
+
+    base = Scripted()
+    facts = model_facts(base, [("assistant", "ignored"), ("user", "I like green."), ("user", "  ")])
+    assert facts == [Fact("favourite colour", "The user likes green.")]
+    assert len(base.prompts) == 1 and "I like green." in base.prompts[0]
+    assert model_facts(base, [("assistant", "only the assistant")]) == []
