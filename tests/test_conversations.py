@@ -95,7 +95,7 @@ def test_custom_extractor_and_bad_extractors_write_nothing(mem) -> None:
 
 @pytest.mark.slow
 def test_fifty_turns_with_a_changed_preference(tmp_path) -> None:
-    """50 turns; the favourite colour changes at turn 38: auto answers give the new one, history the old."""
+    """50 turns; the favourite colour changes at turn 39: auto answers give the new one, history the old."""
     from memory import ParametricMemory
 
     mem = ParametricMemory(home=str(tmp_path / "home"))
