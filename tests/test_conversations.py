@@ -251,3 +251,16 @@ def test_model_facts_parse_subject_lines() -> None:
     assert facts == [Fact("favourite colour", "The user likes green.")]
     assert len(base.prompts) == 1 and "I like green." in base.prompts[0]
     assert model_facts(base, [("assistant", "only the assistant")]) == []
+
+
+def test_concurrent_calls_on_one_session_lose_no_turn(mem) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def talk(i: int) -> None:
+        for j in range(4):
+            mem.add_conversation([("user", f"speaker {i} line {j}")], session="busy")
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(talk, range(6)))
+    said = mem.conversations.transcript("busy")
+    assert sorted(t for _, t in said) == sorted(f"speaker {i} line {j}" for i in range(6) for j in range(4))

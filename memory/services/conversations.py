@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,9 @@ _ROLE_ALIASES = {  # LangChain's message types, LlamaIndex's MessageRole values
     "function": "tool",
 }
 MAX_TURNS = 1000  # per call
+# Appending is read-then-write: calls on one session in this process take turns (striped locks). Processes
+# appending to one session at once (two servers) can still lose a call's turns; give each writer its session.
+_LOCKS = [threading.Lock() for _ in range(64)]
 
 
 @dataclass(frozen=True)
@@ -244,27 +248,28 @@ class ConversationMemory:
             if not isinstance(f, Fact) or not f.text.strip():
                 raise ValidationError(f"an extractor returns Fact(subject, text) with a text, got {f!r}")
             fact_document_id(f.subject)
-        try:
-            before = self.documents.get(doc_id, namespace=namespace, with_text=True).text or ""
-        except NotFoundError:
-            before = ""
-        text = (before + "\n" if before else "") + render_turns(turns)
         index = index_transcript if index_transcript is not None else extractor is None
-        count = len(parse_transcript(text))
-        transcript = self.documents.add(
-            text,
-            document_id=doc_id,
-            namespace=namespace,
-            title=f"Conversation {session}",
-            metadata={"kind": "conversation", "session": session, "turns": count},
-            chunks=None if index else [],
-        )
+        ns = self.documents.records.namespace(namespace)
+        with _LOCKS[hash((ns, doc_id)) % len(_LOCKS)]:  # read, append, write: one call at a time per session
+            try:
+                before = self.documents.get(doc_id, namespace=ns, with_text=True).text or ""
+            except NotFoundError:
+                before = ""
+            text = (before + "\n" if before else "") + render_turns(turns)
+            transcript = self.documents.add(
+                text,
+                document_id=doc_id,
+                namespace=ns,
+                title=f"Conversation {session}",
+                metadata={"kind": "conversation", "session": session, "turns": len(parse_transcript(text))},
+                chunks=None if index else [],
+            )
         version = transcript.document.version.number if transcript.document and transcript.document.version else None
         results = [
             self.documents.add(
                 f.text,
                 document_id=fact_document_id(f.subject),
-                namespace=namespace,
+                namespace=ns,
                 title=f.subject,
                 metadata={"kind": "fact", "subject": f.subject, "session": session, "transcript_version": version},
             )
