@@ -19,6 +19,7 @@ from typing import Any
 from memory.config import Settings
 from memory.db import get_engine, session_factory
 from memory.db.migrate import ensure_schema
+from memory.errors import ValidationError
 from memory.ingest import content_hash
 from memory.router import RouterConfig
 from memory.services.adapters import AdapterRegistry
@@ -41,6 +42,8 @@ from memory.types import (
     SearchHit,
     VersionInfo,
 )
+
+TIERS = ("instant", "full")  # instant: Doc-to-LoRA or context distillation now; full: then self-study
 
 __all__ = [
     "MAX_K",
@@ -267,18 +270,39 @@ class ParametricMemory:
         version: int | None = None,
         method: str = "auto",
         force: bool = False,
+        tier: str = "instant",
     ) -> AdapterInfo:
         """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
 
-        ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation) or ``auto`` (D2L when a
-        checkpoint for the base model exists, else CD).
+        ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation), ``auto`` (D2L when a
+        checkpoint for the base model exists, else CD) or ``self-study`` (the quality tier: minutes, not
+        seconds; see :mod:`memory.self_study`).
+
+        ``tier="full"``: make the instant adapter with ``method`` now, then submit the self-study job of the
+        same version (``internalize`` queue with a broker; run here, before returning, without one). Returns
+        the self-study adapter when it is ready, else the instant one (the job's state is in ``pmem jobs``).
 
         >>> mem.internalize("vault").status  # doctest: +SKIP
         'ready'
+        >>> mem.internalize("vault", tier="full").tier  # doctest: +SKIP
+        'full'
         """
-        return self.internalization.internalize(
+        if tier not in TIERS:
+            raise ValidationError(f"tier must be one of {TIERS}, got {tier!r}")
+        info = self.internalization.internalize(
             document_id, namespace=namespace, version=version, method=method, force=force
         )
+        if tier == "full" and info.tier != "full":
+            from memory.refresh import version_id_for
+            from memory.submission import submit_internalize
+
+            assert info.version is not None  # a document's adapter always names its version
+            vid = version_id_for(self, info.namespace, document_id, info.version)
+            job = submit_internalize(self, vid, method="self-study", force=force, retry_failed=True)
+            if job.state == "succeeded":
+                full = self.internalization.internalize_version(vid, method="self-study")
+                return full if full.status in ("ready", "superseded") else info
+        return info
 
     def internalize_version(
         self, version_id: int, *, method: str = "auto", force: bool = False, progress: Any = None

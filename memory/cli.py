@@ -280,8 +280,11 @@ def internalize(
     document_id: str,
     namespace: NamespaceOpt = None,
     version: int | None = None,
-    method: Annotated[str, typer.Option(help="auto | d2l | cd")] = "auto",
+    method: Annotated[str, typer.Option(help="auto | d2l | cd | self-study")] = "auto",
     force: bool = False,
+    tier: Annotated[
+        str, typer.Option(help="instant: the adapter of METHOD; full: then the self-study adapter (minutes)")
+    ] = "instant",
     as_json: JsonOpt = False,
 ) -> None:
     """Turn a document version into a LoRA adapter now, in this process."""
@@ -291,13 +294,17 @@ def internalize(
         mem = _memory()
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"internalizing {document_id}", total=None)
-            info = mem.internalize(document_id, namespace=namespace, version=version, method=method, force=force)
+            info = mem.internalize(
+                document_id, namespace=namespace, version=version, method=method, force=force, tier=tier
+            )
             bar.update(task, completed=1, total=1)
     except PMemError as e:
         _fail(e)
     _print_json(info.to_dict()) if as_json else out.print(
         f"{info.status}: adapter {info.id} for {info.document_id} v{info.version} by {info.hypernetwork} "
-        f"(rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms)"
+        f"({info.tier} tier, rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms"
+        + (f", fidelity {info.fidelity['containment']:.0%}" if "containment" in info.fidelity else "")
+        + ")"
     )
 
 
@@ -316,13 +323,17 @@ def adapters(
     if as_json:
         _print_json([a.to_dict() for a in rows])
         return
-    table = Table("id", "document", "version", "method", "hypernetwork", "rank", "bytes", "ms", "status")
+    table = Table(
+        "id", "document", "version", "method", "tier", "fidelity", "hypernetwork", "rank", "bytes", "ms", "status"
+    )
     for a in rows:
         table.add_row(
             str(a.id),
             a.document_id or "-",
             str(a.version or "-"),
             a.method,
+            a.tier,
+            f"{a.fidelity['containment']:.0%}" if "containment" in a.fidelity else "-",
             a.hypernetwork,
             str(a.rank),
             str(a.size_bytes or "-"),

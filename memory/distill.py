@@ -43,10 +43,14 @@ from memory.lora.apply import apply_lora
 __all__ = [
     "DEFAULT_TARGETS",
     "distill_document",
+    "fit_kl",
+    "init_lora",
+    "kl_topk",
     "make_questions",
     "split_sentences",
     "student_prompt",
     "teacher_prompt",
+    "teacher_topk",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,8 +259,6 @@ def distill_document(
     if rank < 1:
         raise ValidationError(f"rank must be >= 1, got {rank!r}")
     t_start = time.perf_counter()
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
 
     # 1. questions, each tied to the document piece its teacher will see
     pieces = _chunks_by_tokens(base, text, context_tokens)
@@ -293,69 +295,28 @@ def distill_document(
     q_kept = [items[i][1] for i in keep]
     if not answers:
         raise ValidationError("the teacher produced no answers for this document")
-    teacher: list[tuple[Tensor, Tensor]] = []  # per question: (top-k log-probs [n, k], indices [n, k])
-    with torch.inference_mode():
-        for i in range(0, len(answers), 8):
-            lp = torch.log_softmax(_answer_logits(base, t_prompts[i : i + 8], answers[i : i + 8]), -1)
-            off = 0
-            for a in answers[i : i + 8]:
-                v, idx = lp[off : off + len(a)].topk(min(top_k, lp.shape[-1]), dim=-1)
-                teacher.append((v.clone(), idx.clone()))
-                off += len(a)
-
+    teacher = teacher_topk(base, t_prompts, answers, top_k)
     teacher_s = time.perf_counter() - t_start
 
-    # 3. the trainable LoRA (A small random, B zero: starts as the base model)
-    paths = base.linear_paths(target_modules)
-    if not paths:
-        raise ValidationError(f"no nn.Linear in the model matches {list(target_modules)}")
-    weights: dict[str, tuple[Tensor, Tensor]] = {}
-    for p in paths:
-        lin = base.model.get_submodule(p)
-        bound = 1.0 / math.sqrt(lin.in_features)
-        lora_a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
-        weights[p] = (
-            lora_a.to(base.device).requires_grad_(),
-            torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True),
-        )
-    params = [t for pair in weights.values() for t in pair]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge", "method": "context_distillation"})
+    # 3-4. train a LoRA: KL(teacher || student) on the teacher's top-k support, teacher-forced answers
     n = len(answers)
     steps = steps if steps is not None else int(min(96, max(16, 2 * n)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    weights, losses = fit_kl(
+        base,
+        s_prompts,
+        answers,
+        teacher,
+        rank=rank,
+        target_modules=target_modules,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
 
-    # 4. train: KL(teacher || student) on the teacher's top-k support, teacher-forced answers
-    losses: list[float] = []
-    order: list[int] = []
-    base.model.requires_grad_(False)
-    for step in range(steps):
-        if len(order) < min(batch_size, n):
-            perm = list(range(n))
-            rng.shuffle(perm)
-            order.extend(perm)
-        batch = [order.pop(0) for _ in range(min(batch_size, n))]
-        with apply_lora(base, adapter):
-            logits = _answer_logits(base, [s_prompts[i] for i in batch], [answers[i] for i in batch])
-        logq = torch.log_softmax(logits, -1)
-        t_lp = torch.cat([teacher[i][0] for i in batch]).to(logq.device)
-        t_idx = torch.cat([teacher[i][1] for i in batch]).to(logq.device)
-        p_t = torch.softmax(t_lp, -1)  # renormalised over the top-k
-        loss = (p_t * (torch.log(p_t.clamp_min(1e-12)) - logq.gather(-1, t_idx))).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step + 1, steps, losses[-1])
-        log.debug("cd step %d/%d loss %.4f", step + 1, steps, losses[-1])
-
     final = LoraAdapter(
-        {p: (a.detach().to(base.dtype), b.detach().to(base.dtype)) for p, (a, b) in weights.items()},
+        weights,
         base.fingerprint,
         {
             "kind": "knowledge",
@@ -377,6 +338,108 @@ def distill_document(
         "pieces": len(pieces),
     }
     return final, info
+
+
+def init_lora(base: Any, target_modules: Sequence[str], rank: int, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """Trainable LoRA factors for the modules of ``base`` matching ``target_modules``: A small random, B zero,
+    so the adapted model starts as the base model."""
+    if rank < 1:
+        raise ValidationError(f"rank must be >= 1, got {rank!r}")
+    paths = base.linear_paths(target_modules)
+    if not paths:
+        raise ValidationError(f"no nn.Linear in the model matches {list(target_modules)}")
+    gen = torch.Generator().manual_seed(seed)
+    weights: dict[str, tuple[Tensor, Tensor]] = {}
+    for p in paths:
+        lin = base.model.get_submodule(p)
+        bound = 1.0 / math.sqrt(lin.in_features)
+        lora_a = (torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound
+        weights[p] = (
+            lora_a.to(base.device).requires_grad_(),
+            torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True),
+        )
+    return weights
+
+
+def teacher_topk(
+    base: Any, prompts: Sequence[list[int]], responses: Sequence[list[int]], top_k: int, batch_size: int = 8
+) -> list[tuple[Tensor, Tensor]]:
+    """The teacher's top-``k`` log-probabilities and token ids over each response (teacher-forced), per response."""
+    out: list[tuple[Tensor, Tensor]] = []
+    with torch.inference_mode():
+        for i in range(0, len(responses), batch_size):
+            lp = torch.log_softmax(_answer_logits(base, prompts[i : i + batch_size], responses[i : i + batch_size]), -1)
+            off = 0
+            for a in responses[i : i + batch_size]:
+                v, idx = lp[off : off + len(a)].topk(min(top_k, lp.shape[-1]), dim=-1)
+                out.append((v.clone(), idx.clone()))
+                off += len(a)
+    return out
+
+
+def kl_topk(logits: Tensor, t_lp: Tensor, t_idx: Tensor) -> Tensor:
+    """KL(teacher || student) per token, the teacher renormalised over its top-k: ``[n]`` from ``[n, vocab]``."""
+    logq = torch.log_softmax(logits, -1)
+    p_t = torch.softmax(t_lp, -1)
+    return (p_t * (torch.log(p_t.clamp_min(1e-12)) - logq.gather(-1, t_idx))).sum(-1)
+
+
+def fit_kl(
+    base: Any,
+    student_prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    teacher: Sequence[tuple[Tensor, Tensor]],
+    *,
+    rank: int,
+    target_modules: Sequence[str],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[dict[str, tuple[Tensor, Tensor]], list[float]]:
+    """Train a fresh LoRA so the student (``student_prompts``) matches ``teacher`` over ``responses``.
+
+    Samples are drawn in shuffled epochs; AdamW with a short warm-up and a cosine decay to a tenth of
+    ``lr``. Returns the detached factors (in the base model's dtype) and the loss of every step.
+    """
+    n = len(responses)
+    if n == 0:
+        raise ValidationError("no training samples")
+    rng = random.Random(seed)
+    weights = init_lora(base, target_modules, rank, seed)
+    params = [t for pair in weights.values() for t in pair]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    )
+    adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge"})
+    losses: list[float] = []
+    order: list[int] = []
+    base.model.requires_grad_(False)
+    for step in range(steps):
+        if len(order) < min(batch_size, n):
+            perm = list(range(n))
+            rng.shuffle(perm)
+            order.extend(perm)
+        batch = [order.pop(0) for _ in range(min(batch_size, n))]
+        with apply_lora(base, adapter):
+            logits = _answer_logits(base, [student_prompts[i] for i in batch], [responses[i] for i in batch])
+        t_lp = torch.cat([teacher[i][0] for i in batch]).to(logits.device)
+        t_idx = torch.cat([teacher[i][1] for i in batch]).to(logits.device)
+        loss = kl_topk(logits, t_lp, t_idx).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+        log.debug("kl step %d/%d loss %.4f", step + 1, steps, losses[-1])
+    final = {p: (a.detach().to(base.dtype), b.detach().to(base.dtype)) for p, (a, b) in weights.items()}
+    return final, losses
 
 
 def _best_piece(pieces: Sequence[str], question: str) -> str:

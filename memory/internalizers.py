@@ -2,7 +2,13 @@
 
 - ``d2l``: the Doc-to-LoRA hypernetwork (one forward pass per chunk; chunk adapters concatenated along rank);
 - ``cd``: context distillation, the classic per-document gradient-descent baseline, and the fallback for a
-  base model that has no trained hypernetwork.
+  base model that has no trained hypernetwork;
+- ``self-study``: the quality tier (:mod:`memory.self_study`): synthetic prompts over every chunk, the
+  in-context teacher's answers distilled into a LoRA, fidelity measured on held-back probes. Its
+  :meth:`SelfStudyInternalizer.study` returns the provenance and the synthetic data with the adapter.
+
+Two tiers: ``auto``/``d2l``/``cd`` make the *instant* adapter; ``self-study`` the *full* one, which
+replaces it as the version's adapter when it is ready (see ``memory.services.internalization``).
 
 Each internalizer has an identity (kind, name, checkpoint hash, config; defined once, in
 ``memory.hyper.identity``) that is stored as a ``Hypernetwork`` row, so that every adapter says exactly
@@ -17,21 +23,32 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from memory.errors import ModelError, ValidationError
-from memory.hyper.identity import Identity, cd_identity, checkpoint_identity, is_compatible, trained_for
+from memory.hyper.identity import (
+    Identity,
+    cd_identity,
+    checkpoint_identity,
+    is_compatible,
+    method_identity,
+    trained_for,
+)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_D2L = CHECKPOINTS / "d2l-smollm2-135m"
 DEFAULT_T2L = CHECKPOINTS / "t2l-smollm2-135m"
-METHODS = ("auto", "d2l", "cd")
+METHODS = ("auto", "d2l", "cd", "self-study")
+INSTANT_METHODS = ("auto", "d2l", "cd")
 CD_DEFAULTS = {"method": "context-distillation", "version": 1}
+# Bump "version" whenever memory.self_study's default recipe changes: it names the adapters' identity.
+SELF_STUDY_DEFAULTS = {"method": "self-study", "version": 1}
 
 __all__ = [
     "CDInternalizer",
     "D2LInternalizer",
     "Identity",
     "Internalizer",
+    "SelfStudyInternalizer",
     "T2LGenerator",
     "d2l_checkpoint_for",
     "planned_identity",
@@ -82,6 +99,32 @@ class CDInternalizer:
         return adapter
 
 
+class SelfStudyInternalizer:
+    """Self-study: the quality tier (synthetic prompts per chunk, the in-context teacher distilled into a LoRA)."""
+
+    def __init__(self, base: Any, **config: Any) -> None:
+        from memory.self_study import SelfStudyConfig
+
+        self.config = {**SELF_STUDY_DEFAULTS, **config}
+        self.recipe = SelfStudyConfig(**{k: v for k, v in config.items() if k not in ("method", "version")})
+        self.identity = self_study_identity(self.config, base.fingerprint)
+
+    def study(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """The :class:`memory.self_study.SelfStudyResult` (adapter, provenance, synthetic data) for ``text``."""
+        from memory.self_study import self_study
+
+        return self_study(
+            base, text, self.recipe, progress=(lambda stage, done, total: progress(done, total)) if progress else None
+        )
+
+    def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        return self.study(base, text, progress).adapter
+
+
+def self_study_identity(config: dict[str, Any], base_fingerprint: str) -> Identity:
+    return method_identity("self-study", "self-study", config, base_fingerprint)
+
+
 class T2LGenerator:
     """The Text-to-LoRA hypernetwork of a checkpoint directory: a task description becomes a skill adapter."""
 
@@ -117,6 +160,8 @@ def planned_identity(method: str, base_fingerprint: str, *, checkpoint: str | Pa
     """
     if method not in METHODS:
         raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "self-study":
+        return self_study_identity(SELF_STUDY_DEFAULTS, base_fingerprint)
     if method in ("auto", "d2l"):
         path = _d2l_checkpoint(base_fingerprint, checkpoint)
         if path is not None:
@@ -136,6 +181,10 @@ def resolve(
     if method not in METHODS:
         raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
     cache = cache if cache is not None else {}
+    if method == "self-study":
+        if "self-study" not in cache:
+            cache["self-study"] = SelfStudyInternalizer(base)
+        return cache["self-study"]
     if method in ("auto", "d2l") and "d2l-default" in cache and checkpoint is None:
         return cache["d2l-default"]  # set by ParametricMemory.configure_internalizer
     if method in ("auto", "d2l"):

@@ -7,7 +7,11 @@ signals and says why:
 1. a request for a verbatim quote goes to retrieval (adapters paraphrase, they cannot quote);
 2. no internalized document is relevant enough to the query -> retrieval;
 3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
-4. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
+4. its measured fidelity (self-study measures it on probes held back from its own training data: the share
+   of the in-context teacher's answer the adapter reproduces without the document) is below
+   ``min_fidelity`` -> retrieval; an adapter without a measured fidelity (Doc-to-LoRA, context distillation)
+   goes on to the answer checks;
+5. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
    support it (most of the content words it adds to the question, and every name and number among them,
@@ -56,6 +60,8 @@ class Candidate:
     relevance: float
     adapter_ready: bool
     adapter_status: str | None
+    tier: str | None = None  # instant | full (self-study)
+    fidelity: float | None = None  # measured containment on held-back probes, when the adapter has one
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class RouterConfig:
     max_adapters: int = 4
     min_confidence: float = -1.5  # mean log-probability per answer token
     min_support: float = 0.5  # share of the answer's content words found in the retrieved passages
+    min_fidelity: float = 0.5  # an adapter reproducing less of its teacher's held-back answers is not used in auto
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,12 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
             "retrieval",
             f"the most relevant document {top.document_id!r} has no current ready adapter "
             f"(status {top.adapter_status or 'none'}); using retrieval",
+        )
+    if top.fidelity is not None and top.fidelity < cfg.min_fidelity:
+        return Route(
+            "retrieval",
+            f"the adapter of {top.document_id!r} ({top.tier or 'instant'} tier) reproduces {top.fidelity:.0%} of its "
+            f"teacher's held-back answers (< {cfg.min_fidelity:.0%}); using retrieval",
         )
     return Route(
         "parametric",

@@ -133,24 +133,35 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
 
 
 def _configure(mem: Any) -> None:
-    """``PMEM_WORKER_CD_OPTIONS='{"steps": 8}'``: context-distillation options for this worker (read once;
-    e.g. fewer steps on a CPU-only test machine). The base model loads here, on the first internalization."""
-    raw = os.environ.get("PMEM_WORKER_CD_OPTIONS", "").strip()
-    if raw and not getattr(mem, "_pmem_worker_configured", False):
-        import json
+    """``PMEM_WORKER_CD_OPTIONS='{"steps": 8}'`` and ``PMEM_WORKER_SELF_STUDY_OPTIONS='{"min_steps": 8}'``:
+    context-distillation and self-study options for this worker (read once; e.g. fewer steps on a CPU-only
+    test machine). The base model loads here, on the first internalization."""
+    if getattr(mem, "_pmem_worker_configured", False):
+        return
+    import json
 
+    for method, var in (("cd", "PMEM_WORKER_CD_OPTIONS"), ("self-study", "PMEM_WORKER_SELF_STUDY_OPTIONS")):
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
         try:
             options = json.loads(raw)
         except ValueError as e:
-            raise ValidationError(f"PMEM_WORKER_CD_OPTIONS is not JSON: {e}") from None
-        mem.configure_internalizer("cd", **options)
-        mem._pmem_worker_configured = True
+            raise ValidationError(f"{var} is not JSON: {e}") from None
+        if not isinstance(options, dict):
+            raise ValidationError(f"{var} must be a JSON object, got {type(options).__name__}")
+        mem.configure_internalizer(method, **options)
+    mem._pmem_worker_configured = True
 
 
 def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
     _configure(mem)
     info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False))
+    follow_up = None
+    if p.get("tier") == "full" and p.get("method") != "self-study":
+        # the second tier: a job of its own on the same queue (run here, after this one, without a broker)
+        follow_up = submit_internalize(mem, p["version_id"], method="self-study", force=p.get("force", False)).id
     return {
         "adapter_id": info.id,
         "status": info.status,
@@ -160,6 +171,8 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
         "hypernetwork": info.hypernetwork,
         "blob_sha256": info.blob_sha256,
         "latency_ms": info.latency_ms,
+        "tier": info.tier,
+        "self_study_job": follow_up,
     }
 
 
@@ -295,9 +308,18 @@ def version_job_key(mem: Any, content_sha256: str, version_id: int, method: str,
 
 
 def submit_internalize(
-    mem: Any, version_id: int, *, method: str = "auto", force: bool = False, retry_failed: bool = False
+    mem: Any,
+    version_id: int,
+    *,
+    method: str = "auto",
+    force: bool = False,
+    retry_failed: bool = False,
+    tier: str = "instant",
 ) -> JobInfo:
     """Submit the internalization of a version by id (one job per version, method and base model).
+
+    ``tier="full"``: once the adapter of ``method`` is ready, the job submits the self-study job of the same
+    version (the quality tier; see :meth:`memory.api.ParametricMemory.internalize`).
 
     >>> submit_internalize(mem, 7).kind  # doctest: +SKIP
     'internalize'
@@ -319,9 +341,9 @@ def submit_internalize(
     return submit(
         mem,
         "internalize",
-        {"version_id": version_id, "method": method, "force": force},
+        {"version_id": version_id, "method": method, "force": force, **({"tier": tier} if tier != "instant" else {})},
         namespace=ns,
-        key=version_job_key(mem, sha, version_id, method, force=force),
+        key=version_job_key(mem, sha, version_id, method, force=force) + (":full" if tier == "full" else ""),
         retry_failed=retry_failed,
     )
 

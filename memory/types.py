@@ -107,7 +107,7 @@ class AdapterInfo(_Record):
     document_id: str | None
     version: int | None
     task_description: str | None
-    method: str  # d2l | t2l | cd
+    method: str  # d2l | t2l | cd | self-study
     hypernetwork: str  # name@checkpoint-sha256 prefix
     base_model: str
     target_modules: list[str]
@@ -119,6 +119,10 @@ class AdapterInfo(_Record):
     status: str
     error: str | None
     created_at: datetime
+    tier: str = "instant"  # instant (d2l, cd, t2l: one pass or a few steps) | full (self-study)
+    fidelity: dict[str, float] = field(default_factory=dict)  # measured on held-back probes (self-study)
+    provenance: dict[str, Any] = field(default_factory=dict)  # how it was made: teacher, data counts and hash, ...
+    synthetic_sha256: str | None = None  # the blob of the synthetic data it was trained on (self-study)
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,7 @@ class Adapter(Base):
     rank: Mapped[int] = mapped_column(Integer)
     chunk_count: Mapped[int] = mapped_column(Integer, default=1)
     blob_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    synthetic_sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # self-study's training data
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     status: Mapped[AdapterStatus] = mapped_column(_enum(AdapterStatus, "adapter_status"), default=AdapterStatus.pending)

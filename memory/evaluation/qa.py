@@ -9,7 +9,12 @@ Arms (all on the same items, all with the prompts of :mod:`memory.prompts`):
   unavailable, with the reason, when no checkpoint fits the base model;
 - ``cd``: a context-distillation adapter (``method="cd"``, gradient steps per document: slow, so
   ``cd_items`` limits how many items it runs on);
-- ``hybrid``: adapter plus retrieved chunks; ``auto``: the router decides (its choices are counted).
+- ``self-study``: the quality tier (``method="self-study"``, :mod:`memory.self_study`);
+- ``hybrid``: adapter plus retrieved chunks; ``auto``: the router decides (its choices are counted). Both use
+  the self-study adapter when that arm runs, else Doc-to-LoRA's when a checkpoint fits, else CD's.
+
+Each distinct document (set) is stored and internalized once per arm, however many questions it has; its
+one-off cost is counted once.
 
 Per arm: exact match, token F1 and answer-contains with bootstrap CIs; the one-off internalization cost
 (adapter making, or chunk embedding for retrieval) per document; per query prefill and total latency,
@@ -27,6 +32,7 @@ configured one. ``pmem eval qa --quick`` runs the built-in suites (made-up facts
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import tempfile
@@ -47,8 +53,8 @@ from memory.evaluation.runtime import kv_bytes_per_token, measure
 
 log = logging.getLogger(__name__)
 
-ARMS = ("none", "context", "rag", "d2l", "cd", "hybrid", "auto")
-ADAPTER_ARMS = ("d2l", "cd")
+ARMS = ("none", "context", "rag", "d2l", "cd", "self-study", "hybrid", "auto")
+ADAPTER_ARMS = ("d2l", "cd", "self-study")
 METRIC_NAMES = tuple(metrics.METRICS)
 
 
@@ -107,6 +113,8 @@ class _Runner:
         self.rows: list[dict[str, Any]] = []
         self.costs: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}  # one-off, per document
         self.failures: dict[str, list[str]] = {a: [] for a in ARMS}
+        self.stores: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (documents' digest, arm) -> (ns, keys)
+        self.failed_stores: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ arms
     def _direct(self, user: str) -> tuple[str, int, int]:
@@ -172,45 +180,70 @@ class _Runner:
 
             self._record(item, "context", context)
             self.costs["context"].append({"ms": 0.0, "bytes": doc_bytes / len(keys)})
+        digest = hashlib.sha256("\x00".join(item.documents).encode("utf-8")).hexdigest()[:16]
+        tag = f"{i:04d}"
         namespaces: dict[str, str] = {}
-        made: dict[str, list[dict[str, Any]]] = {}  # this item's adapter costs per method
         if "rag" in arms:
-            namespaces["rag"] = self._store(item, keys, f"qa{i:04d}-p", "rag")
+            cached = self.stores.get((digest, "rag"))
+            if cached is None:
+                cached = (self._store(item, keys, f"qa{tag}-p", "rag"), keys)
+                self.stores[(digest, "rag")] = cached
+            namespaces["rag"] = cached[0]
             self._record(item, "rag", lambda: self._query(item, namespaces["rag"], "retrieval", None))
+        adapter_keys: dict[str, list[str]] = {}
         for method in methods:
-            ns = f"qa{i:04d}-{method}"
-            made[method] = []
-            try:
-                self._store(item, keys, ns, None)
-                for key in keys:
+            cached = self.stores.get((digest, method))
+            if cached is None and (digest, method) not in self.failed_stores:
+                ns = f"qa{tag}-{method}"
+                made: list[dict[str, Any]] = []
+                try:
+                    self._store(item, keys, ns, None)
+                    for key in keys:
+                        t0 = time.perf_counter()
+                        info = _internalize(mem, key, ns, method)
+                        made.append(
+                            {
+                                "ms": (time.perf_counter() - t0) * 1000,
+                                "bytes": int(info.size_bytes or 0),
+                                "rank": info.rank,
+                                "tokens": self.base.count_tokens(item.documents[len(made)]),
+                                "fidelity": info.fidelity,
+                            }
+                        )
+                except PMemError as e:
+                    log.warning("item %s: internalizing with %s failed: %s", item.id, method, e)
+                    self.failures[method].append(f"{item.id}: {e}")
+                    self.failed_stores[(digest, method)] = str(e)
+                    continue
+                self.costs[method] += made
+                cached = (ns, keys)
+                self.stores[(digest, method)] = cached
+                if method == preferred:  # hybrid and auto keep the adapter and the retrieval index
                     t0 = time.perf_counter()
-                    info = _internalize(mem, key, ns, method)
-                    made[method].append(
-                        {"ms": (time.perf_counter() - t0) * 1000, "bytes": int(info.size_bytes or 0), "rank": info.rank}
-                    )
-            except PMemError as e:
-                log.warning("item %s: internalizing with %s failed: %s", item.id, method, e)
-                self.failures[method].append(f"{item.id}: {e}")
+                    self._warm_index(ns, item.question)
+                    index_ms = (time.perf_counter() - t0) * 1000 / len(keys)
+                    dim = self.mem.chunk_index.embedder.dim
+                    for key, text, cost in zip(keys, item.documents, made, strict=True):
+                        chunks = self.mem.get(key, namespace=ns).version.chunk_count
+                        for arm in ("hybrid", "auto"):
+                            self.costs[arm].append(
+                                {
+                                    "ms": cost["ms"] + index_ms,
+                                    "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4,
+                                }
+                            )
+            if cached is None:
                 continue
-            self.costs[method] += made[method]
-            namespaces[method] = ns
+            namespaces[method], adapter_keys[method] = cached
             if method in arms:
-                self._record(item, method, functools.partial(self._query, item, ns, "parametric", keys))
+                self._record(item, method, functools.partial(self._query, item, cached[0], "parametric", cached[1]))
         shared_ns = namespaces.get(preferred or "")  # the preferred method's namespace serves hybrid and auto
         if shared_ns is None:
             return
-        t0 = time.perf_counter()
-        self._warm_index(shared_ns, item.question)
-        index_ms = (time.perf_counter() - t0) * 1000 / len(keys)
-        dim = self.mem.chunk_index.embedder.dim
-        for key, text, cost in zip(keys, item.documents, made[preferred or ""], strict=True):
-            chunks = self.mem.get(key, namespace=shared_ns).version.chunk_count
-            for arm in ("hybrid", "auto"):  # both keep the adapter and the retrieval index of a document
-                self.costs[arm].append(
-                    {"ms": cost["ms"] + index_ms, "bytes": cost["bytes"] + len(text.encode("utf-8")) + chunks * dim * 4}
-                )
         if "hybrid" in arms:
-            self._record(item, "hybrid", functools.partial(self._query, item, shared_ns, "hybrid", keys))
+            self._record(
+                item, "hybrid", functools.partial(self._query, item, shared_ns, "hybrid", adapter_keys[preferred or ""])
+            )
         if "auto" in arms:
             self._record(item, "auto", functools.partial(self._query, item, shared_ns, "auto", None))
 
@@ -274,6 +307,12 @@ def _summary(rows: list[dict[str, Any]], costs: list[dict[str, Any]], n_boot: in
     if any("truncated" in r for r in rows):
         out["truncated"] = sum(bool(r.get("truncated")) for r in rows)
     out["internalize_ms_per_document"] = float(np.mean([c["ms"] for c in costs])) if costs else 0.0
+    tokens = sum(c.get("tokens", 0) for c in costs)
+    if tokens:  # adapter arms: the one-off cost per 1k document tokens
+        out["internalize_s_per_1k_tokens"] = sum(c["ms"] for c in costs if c.get("tokens")) / tokens
+    fids = [c["fidelity"]["containment"] for c in costs if "containment" in (c.get("fidelity") or {})]
+    if fids:
+        out["fidelity_containment_mean"] = float(np.mean(fids))
     out["bytes_stored_per_document"] = float(np.mean([c["bytes"] for c in costs])) if costs else 0.0
     return out
 
@@ -370,7 +409,7 @@ def run(
             _configure_cd(
                 mem, steps=cd_steps, max_questions=min(8, cd_steps), **({"max_answer_tokens": 16} if quick else {})
             )
-        preferred = "d2l" if "d2l" not in unavailable else "cd"
+        preferred = "self-study" if "self-study" in arm_list else ("d2l" if "d2l" not in unavailable else "cd")
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)
         runner._direct("Hello")  # warm-up: the first generation pays one-off kernel and cache set-up
         with ProgressBar("qa eval", len(items), enabled=progress is None) as bar:

@@ -42,6 +42,7 @@ __all__ = [
     "checkpoint_sha256",
     "identity_config",
     "is_compatible",
+    "method_identity",
     "state_sha256",
     "trained_for",
 ]
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 class Identity:
     """What made an adapter: stored as its ``Hypernetwork`` row and named in job idempotency keys."""
 
-    kind: str  # d2l | cd | t2l
+    kind: str  # d2l | cd | t2l | self-study
     name: str
     checkpoint_sha256: str
     config: dict[str, Any] = field(default_factory=dict)
@@ -209,9 +210,20 @@ def cd_identity(config: Mapping[str, Any], base_fingerprint: str) -> Identity:
     >>> cd_identity(cd, "a@1") != cd_identity(cd, "b@1")
     True
     """
+    return method_identity("cd", "context-distillation", config, base_fingerprint)
+
+
+def method_identity(kind: str, name: str, config: Mapping[str, Any], base_fingerprint: str) -> Identity:
+    """The identity of a per-document training method (no weights of its own): the digest of its config and
+    the base model. Context distillation's digest is unchanged by this helper (same payload).
+
+    >>> method_identity("self-study", "self-study", {"version": 1}, "a@1").kind
+    'self-study'
+    """
     config = dict(config)
-    sha = hashlib.sha256(_DOMAIN + _canonical_json({"cd": config, "base_model": base_fingerprint})).hexdigest()
-    return Identity(kind="cd", name="context-distillation", checkpoint_sha256=sha, config=config)
+    key = "cd" if kind == "cd" else kind
+    sha = hashlib.sha256(_DOMAIN + _canonical_json({key: config, "base_model": base_fingerprint})).hexdigest()
+    return Identity(kind=kind, name=name, checkpoint_sha256=sha, config=config)
 
 
 def checkpoint_identity(kind: str, directory: str | Path, *, metrics_file: str | None = None) -> Identity:

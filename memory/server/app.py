@@ -133,8 +133,11 @@ class Rollback(_Body):
 
 class Internalize(_Body):
     version: int | None = Field(default=None, ge=1, description="Default: the current version.")
-    method: Literal["auto", "d2l", "cd"] = "auto"
+    method: Literal["auto", "d2l", "cd", "self-study"] = "auto"
     force: bool = False
+    tier: Literal["instant", "full"] = Field(
+        default="instant", description="full: once the adapter of `method` is ready, a self-study job follows."
+    )
 
 
 class AddSource(_Body):
@@ -487,7 +490,7 @@ def create_app(
     @app.post(f"{ns_prefix}/documents/{{document_id:path}}/internalize", status_code=202, tags=["jobs"])
     async def internalize(ns: Write, document_id: str, body: Internalize) -> dict[str, Any]:
         """Turn a version into a LoRA adapter: 202 with the job (poll ``/jobs/{id}``)."""
-        job = await submit_internalize(ns, document_id, body.version, body.method, body.force)
+        job = await submit_internalize(ns, document_id, body.version, body.method, body.force, body.tier)
         return {"job": job.to_dict()}
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}", tags=["documents"])
@@ -535,7 +538,9 @@ def create_app(
             spawn(run_job(job.id, model=kind == "internalize"))
         return job
 
-    async def submit_internalize(ns: str, document_id: str, version: int | None, method: str, force: bool) -> Any:
+    async def submit_internalize(
+        ns: str, document_id: str, version: int | None, method: str, force: bool, tier: str = "instant"
+    ) -> Any:
         from memory.refresh import version_id_for
         from memory.submission import version_job_key
 
@@ -545,7 +550,11 @@ def create_app(
         vid = await amem.run_io(version_id_for, memory, ns, document_id, info.version.number)
         sha = info.version.content_sha256
         key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force))
-        job = await submit("internalize", {"version_id": vid, "method": method, "force": force}, ns, key)
+        payload: dict[str, Any] = {"version_id": vid, "method": method, "force": force}
+        if tier != "instant":
+            payload["tier"] = tier
+            key += f":{tier}"
+        job = await submit("internalize", payload, ns, key)
         metrics.internalizations.labels("submitted").inc()
         return job
 

@@ -56,7 +56,23 @@ def adapter_info(
         status=a.status.value,
         error=a.error,
         created_at=a.created_at,
+        tier=tier_of(h.kind if h else ""),
+        fidelity=dict((a.meta or {}).get("fidelity") or {}),
+        provenance={k: v for k, v in (a.meta or {}).items() if k != "fidelity"},
+        synthetic_sha256=a.synthetic_sha256,
     )
+
+
+FULL_TIER = frozenset({"self-study"})
+
+
+def tier_of(method: str) -> str:
+    """``full`` for the quality tier (self-study), ``instant`` for the rest (Doc-to-LoRA, context distillation).
+
+    >>> tier_of("self-study"), tier_of("d2l")
+    ('full', 'instant')
+    """
+    return "full" if method in FULL_TIER else "instant"
 
 
 def hypernetwork_row(s: Session, ident: Any, base_fingerprint: str) -> int:
@@ -123,8 +139,9 @@ class AdapterRegistry:
     def current(
         self, namespace: str | None, document_ids: Iterable[str], *, ready_only: bool = False
     ) -> dict[str, AdapterInfo]:
-        """For each document, the adapter of its current version: the newest ready one when there is one,
-        else (unless ``ready_only``) the oldest of the others, whose status says why it cannot be used."""
+        """For each document, the adapter of its current version: the newest ready one of the full tier
+        (self-study) when there is one, else the newest ready instant one, else (unless ``ready_only``) the
+        oldest of the others, whose status says why it cannot be used."""
         ids = sorted(set(document_ids))
         if not ids:
             return {}
@@ -141,7 +158,13 @@ class AdapterRegistry:
                 .order_by(Adapter.id)
             ).all()
             for a, v, doc, n, h in rows:
-                if doc.key not in out or a.status == AdapterStatus.ready:
+                have = out.get(doc.key)
+                if have is None or (
+                    a.status == AdapterStatus.ready
+                    and not (
+                        have.status == AdapterStatus.ready.value and have.tier == "full" and h.kind not in FULL_TIER
+                    )
+                ):
                     out[doc.key] = adapter_info(s, a, v, doc, n, h)
         if ready_only:
             out = {d: a for d, a in out.items() if a.status == AdapterStatus.ready.value and a.blob_sha256}

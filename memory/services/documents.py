@@ -300,7 +300,12 @@ class DocumentStore:
             version_ids = list(s.scalars(select(DocumentVersion.id).where(DocumentVersion.document_id == doc.id)))
             shas = list(s.scalars(select(DocumentVersion.content_sha256).where(DocumentVersion.id.in_(version_ids))))
             adapter_shas = [
-                b for b in s.scalars(select(Adapter.blob_sha256).where(Adapter.version_id.in_(version_ids))) if b
+                b
+                for row in s.execute(
+                    select(Adapter.blob_sha256, Adapter.synthetic_sha256).where(Adapter.version_id.in_(version_ids))
+                )
+                for b in row
+                if b
             ]
             n_chunks = s.scalar(select(func.count()).where(Chunk.version_id.in_(version_ids))) or 0
             n_adapters = s.scalar(select(func.count()).where(Adapter.version_id.in_(version_ids))) or 0

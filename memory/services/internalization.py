@@ -3,10 +3,16 @@
 The worker task and :meth:`memory.api.ParametricMemory.internalize` both end here. A version is
 internalized once per hypernetwork: the blob is content-addressed and the row unique per (version,
 hypernetwork), so two callers racing on the same version end with one adapter.
+
+An internalizer with a ``study`` method (self-study, the full tier) also returns its provenance (teacher,
+synthetic-data counts and hash, steps, losses, seconds, fidelity), kept in the row's metadata, and its
+synthetic data, kept as a blob (``synthetic_sha256``) for a later Doc-to-LoRA meta-training to reuse. The
+instant adapter of the same version stays, as provenance; the registry serves the full tier's once ready.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -75,8 +81,15 @@ class Internalization:
             namespace_id = v.document.namespace_id
         text = rec.blobs.get(content_sha).decode("utf-8")  # hash-verified
         t0 = time.perf_counter()
+        provenance: dict[str, Any] = {}
+        synthetic: bytes | None = None
         try:
-            adapter = internalizer.internalize(runtime.base_model, text, progress=progress)
+            if hasattr(internalizer, "study"):
+                result = internalizer.study(runtime.base_model, text, progress=progress)
+                adapter, provenance = result.adapter, result.provenance()
+                synthetic = json.dumps(result.data, sort_keys=True, ensure_ascii=False).encode("utf-8")
+            else:
+                adapter = internalizer.internalize(runtime.base_model, text, progress=progress)
             blob = to_bytes(adapter)
         except PMemError as e:
             self.registry.record_failure(version_id, hyper_id, namespace_id, runtime.base_model.fingerprint, str(e))
@@ -108,13 +121,24 @@ class Internalization:
             row.latency_ms = latency_ms
             row.status = AdapterStatus.ready if current else AdapterStatus.superseded
             row.error = None
-            row.meta = {"method": ident.kind, "hypernetwork": ident.name}
+            row.meta = {"method": ident.kind, "hypernetwork": ident.name, **provenance}
+            if synthetic_sha is not None and synthetic is not None:
+                rec.hold_blob(s, synthetic_sha, synthetic)  # a concurrent gc may have swept it since the put
+            row.synthetic_sha256 = synthetic_sha
             if new:
                 s.add(row)
             s.flush()
             return adapter_info(s, row)
 
-        info = self.registry.store(blob, write)
+        synthetic_sha = None
+        if synthetic is not None:  # written first; referenced by the row that the registry commits next
+            synthetic_sha = rec.blobs.put(synthetic)
+        try:
+            info = self.registry.store(blob, write)
+        except BaseException:
+            if synthetic_sha is not None:
+                rec.drop_unreferenced([synthetic_sha])
+            raise
         log.info(
             "internalized version %s with %s in %.0f ms (rank %s, %s bytes)",
             version_id,

@@ -50,8 +50,13 @@ class ModelRuntime:
             self._internalizers["d2l-default"] = internalizers.resolve(
                 "d2l", self.base_model, checkpoint=path, cache={}
             )
+        elif method == "self-study":
+            try:
+                self._internalizers["self-study"] = internalizers.SelfStudyInternalizer(self.base_model, **options)
+            except TypeError as e:
+                raise ValidationError(f"unknown self-study option: {e}") from None
         else:
-            raise ValidationError(f"method must be 'cd' or 'd2l', got {method!r}")
+            raise ValidationError(f"method must be 'cd', 'd2l' or 'self-study', got {method!r}")
         return self.internalizer(method)
 
     def skill_generator(self, checkpoint: str | None = None) -> Any:

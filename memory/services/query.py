@@ -171,7 +171,12 @@ class QueryEngine:
             best[d] = 1.0
         candidates = [
             router.Candidate(
-                d, score, d in ready and ready[d].status == "ready", ready[d].status if d in ready else None
+                d,
+                score,
+                d in ready and ready[d].status == "ready",
+                ready[d].status if d in ready else None,
+                ready[d].tier if d in ready else None,
+                ready[d].fidelity.get("containment") if d in ready else None,
             )
             for d, score in best.items()
         ]

@@ -204,15 +204,18 @@ class Records:
 
     @staticmethod
     def referenced(s: Session, shas: list[str] | None = None) -> set[str]:
-        """The blobs among ``shas`` (all, for ``None``) that some row references (texts, adapter weights)."""
+        """The blobs among ``shas`` (all, for ``None``) that some row references (texts, adapter weights, the
+        synthetic data of self-study adapters)."""
         texts = select(DocumentVersion.content_sha256)
         weights = select(Adapter.blob_sha256)
+        synthetic = select(Adapter.synthetic_sha256)  # self-study's training data
         if shas is not None:
             if not shas:
                 return set()
             texts = texts.where(DocumentVersion.content_sha256.in_(shas))
             weights = weights.where(Adapter.blob_sha256.in_(shas))
-        return set(s.scalars(texts)) | {b for b in s.scalars(weights) if b}
+            synthetic = synthetic.where(Adapter.synthetic_sha256.in_(shas))
+        return set(s.scalars(texts)) | {b for b in s.scalars(weights) if b} | {b for b in s.scalars(synthetic) if b}
 
     def drop_unreferenced(self, shas: list[str]) -> int:
         """Delete those of ``shas`` that no row references any more (content is shared across documents)."""

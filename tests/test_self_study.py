@@ -1,0 +1,152 @@
+"""Self-study (the full internalization tier): synthetic data, training, provenance, two tiers, routing.
+
+Run: .venv/bin/python -m pytest tests/test_self_study.py -q        (the knowledge-update test: -m slow)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from _fixtures_models import tiny_base  # tests/ is on sys.path
+
+from memory import router
+from memory.errors import ValidationError
+from memory.lora import from_bytes, to_bytes
+from memory.self_study import KINDS, SelfStudyConfig, build_prompts, self_study
+
+TEXT = (
+    "The Orrin relay station was built in 1931 by the engineer Talia Veck. "
+    "Its beacon can be seen from 26 kilometres away. "
+    "The station keeper is Brannoch Idle, who took over the post in 2004."
+)
+TINY = SelfStudyConfig(
+    rank=2,
+    target_modules=("mlp.down_proj",),
+    generated_per_chunk=3,
+    model_questions_per_chunk=0,
+    dense_per_chunk=4,
+    steps_per_chunk=6,
+    min_steps=6,
+    max_answer_tokens=6,
+    lr=1e-2,
+    holdout=1,
+)
+FAST = {  # the real model, as few steps as still make an adapter (mechanics, not quality)
+    "generated_per_chunk": 3,
+    "model_questions_per_chunk": 0,
+    "dense_per_chunk": 3,
+    "steps_per_chunk": 3,
+    "min_steps": 3,
+    "max_answer_tokens": 12,
+    "holdout": 1,
+}
+
+
+def test_prompts_cover_every_sentence_and_mix_kinds():
+    samples = build_prompts([TEXT], SelfStudyConfig(), random.Random(0))
+    recalled = {s.response for s in samples if s.kind == "recall"}
+    assert len(recalled) == 3  # each sentence of the chunk is a teacher-forced response once
+    assert {"question", "recall", "complete"} <= {s.kind for s in samples}
+    assert {s.kind for s in samples} <= set(KINDS)
+    assert all(s.chunk == 0 for s in samples)
+    gen = [s for s in samples if s.response is None]  # the teacher writes these
+    assert 1 <= len(gen) <= SelfStudyConfig().generated_per_chunk
+
+
+def test_budget_scales_with_length_and_covers_every_chunk():
+    cfg = SelfStudyConfig(dense_per_chunk=2)
+    chunks = [f"Unit {i} of the Merrow depot holds {10 + i} crates. It opened in {1900 + i}." for i in range(5)]
+    samples = build_prompts(chunks, cfg, random.Random(0))
+    assert {s.chunk for s in samples} == set(range(5))
+    assert all(sum(s.chunk == c and s.response is not None for s in samples) <= 2 for c in range(5))
+
+
+def test_self_study_trains_an_adapter_with_provenance_on_a_tiny_model():
+    base = tiny_base()
+    seen: list[tuple[str, int, int]] = []
+    r = self_study(base, TEXT, TINY, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert r.steps == 6 and r.loss_last < r.loss_first
+    assert r.adapter.rank == 2 and r.adapter.target_modules == ["mlp.down_proj"]
+    assert any(float(b.abs().sum()) > 0 for _, b in r.adapter.weights.values())
+    assert from_bytes(to_bytes(r.adapter)).metadata["method"] == "self-study"
+    assert {s for s, _, _ in seen} == {"teacher", "train"} and seen[-1] == ("train", 6, 6)
+    assert r.counts["samples"] == len(r.data) and r.counts["heldout"] == 1
+    assert set(r.fidelity) >= {"agreement", "containment", "agreement_base", "containment_base"}
+    prov = r.provenance()
+    assert prov["method"] == "self-study" and prov["synthetic_sha256"] == r.data_sha256 and prov["steps"] == 6
+    assert json.loads(json.dumps(r.data))[0]["prompt"]  # JSON-ready
+    again = self_study(base, TEXT, TINY)
+    assert again.data_sha256 == r.data_sha256  # same text and recipe: the same synthetic data
+    assert all(not p.requires_grad for p in base.model.parameters())
+
+
+def test_bad_input_and_bad_recipes_are_refused():
+    base = tiny_base()
+    with pytest.raises(ValidationError):
+        self_study(base, "  \n ", TINY)
+    with pytest.raises(ValidationError):
+        SelfStudyConfig(rank=0)
+    with pytest.raises(ValidationError):
+        SelfStudyConfig(lr=3.0)
+
+
+def test_router_keeps_an_adapter_of_low_measured_fidelity_out_of_auto():
+    cfg = router.RouterConfig(min_fidelity=0.5)
+    low = router.Candidate("doc", 0.9, True, "ready", "full", 0.2)
+    high = router.Candidate("doc", 0.9, True, "ready", "full", 0.8)
+    unmeasured = router.Candidate("doc", 0.9, True, "ready", "instant", None)
+    r = router.decide("What is the beacon range?", "auto", [low], cfg)
+    assert r.mode == "retrieval" and "20%" in r.reason
+    assert router.decide("What is the beacon range?", "auto", [high], cfg).mode == "parametric"
+    assert router.decide("What is the beacon range?", "auto", [unmeasured], cfg).mode == "parametric"
+    assert router.decide("What is the beacon range?", "parametric", [low], cfg).adapter_documents == ["doc"]
+
+
+def test_full_tier_replaces_the_instant_adapter_and_keeps_its_provenance(mem):
+    """The real model, both tiers in-process (no broker): the self-study adapter becomes the version's adapter,
+    the instant one stays; its synthetic data is a blob that gc keeps and delete removes."""
+    mem.configure_internalizer("cd", steps=2, max_questions=2)
+    mem.configure_internalizer("self-study", **FAST)
+    mem.add(TEXT, document_id="relay", namespace="ss")
+    full = mem.internalize("relay", namespace="ss", method="cd", tier="full")
+    assert full.tier == "full" and full.method == "self-study" and full.status == "ready"
+    assert full.provenance["method"] == "self-study" and full.provenance["steps"] == 3
+    assert full.provenance["synthetic_counts"]["samples"] > 0 and "teacher" in full.provenance
+    assert set(full.fidelity) >= {"agreement", "containment"}
+    rows = mem.adapters(namespace="ss", document_id="relay")
+    assert sorted(a.method for a in rows) == ["cd", "self-study"]
+    assert all(a.status == "ready" for a in rows)
+    data = json.loads(mem.records.blobs.get(full.synthetic_sha256))
+    assert full.synthetic_sha256 and {d["kind"] for d in data} >= {"recall"}
+    assert full.to_dict()["fidelity"] == full.fidelity  # what the HTTP API and `pmem adapters --json` print
+    r = mem.query("Who built the Orrin relay station?", namespace="ss", mode="parametric", max_new_tokens=4)
+    assert [a.method for a in r.adapters] == ["self-study"]
+    mem.records.gc()
+    assert mem.records.blobs.exists(full.synthetic_sha256)
+    # idempotent: asking again makes nothing new
+    assert mem.internalize("relay", namespace="ss", method="cd", tier="full").id == full.id
+    mem.delete("relay", namespace="ss")
+    assert not mem.records.blobs.exists(full.synthetic_sha256)
+
+
+def test_unknown_tier_and_self_study_options_are_refused(mem):
+    mem.add(TEXT, document_id="relay", namespace="ss")
+    with pytest.raises(ValidationError, match="tier"):
+        mem.internalize("relay", namespace="ss", tier="deluxe")
+    with pytest.raises(ValidationError, match="self-study option"):
+        mem.configure_internalizer("self-study", wings=3)
+
+
+@pytest.mark.slow
+def test_knowledge_update_the_version_2_adapter_answers_the_new_value(mem):
+    """Version 2 changes a fact: its self-study adapter answers the new value, not the old one."""
+    mem.add("The access code of the Quillon archive is 7342. It opens at nine.", document_id="arch", namespace="ku")
+    v1 = mem.internalize("arch", namespace="ku", method="self-study")
+    mem.add("The access code of the Quillon archive is 5190. It opens at nine.", document_id="arch", namespace="ku")
+    v2 = mem.internalize("arch", namespace="ku", method="self-study")
+    assert (v1.version, v2.version) == (1, 2) and v2.id != v1.id
+    r = mem.query("What is the access code of the Quillon archive?", namespace="ku", mode="parametric")
+    assert [a.version for a in r.adapters] == [2]
+    assert "5190" in r.answer and "7342" not in r.answer
