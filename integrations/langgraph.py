@@ -562,16 +562,21 @@ class ParametricMemoryStore(BaseStore):
         These are documents of the memory, not store items: ask them with ``store.memory.query``."""
         return self.memory.add_conversation(messages, session=session, namespace=self.namespace, extract=extract)
 
-    def internalize(self, namespace: tuple[str, ...], *, method: str = "auto", force: bool = False) -> AdapterInfo:
+    def internalize(
+        self, namespace: tuple[str, ...], *, method: str = "auto", tier: str = "instant", force: bool = False
+    ) -> AdapterInfo:
         """Turn every item under ``namespace`` into one adapter, and return it.
 
         The items' values are written, one per line (``namespace / key: value``), to a digest document
         ``lgd/<labels>`` of the memory namespace (a new version when they changed), which the memory internalizes
-        with ``method`` (``auto``, ``d2l``, ``cd``...: see :meth:`ParametricMemory.internalize`). Idempotent: the
-        same items give the same adapter.
+        with ``method`` (``auto``, ``d2l``, ``cd``, ``self-study``) and ``tier`` (``full``: the instant adapter,
+        then the self-study one; see :meth:`ParametricMemory.internalize`). Idempotent: the same items give the
+        same adapter.
         """
         namespace = tuple(namespace)
         validate_op_namespace(SearchOp(namespace))
+        if tier != "instant" and not self._chunks_supported:
+            raise ValidationError("tier='full' runs in-process: use a ParametricMemory (or the server's HTTP API)")
         lines = [
             f"{'/'.join(s.namespace)} / {s.key}: {json.dumps(s.value, sort_keys=True, ensure_ascii=False)}"
             for _, s in self._iter_stored(namespace)
@@ -586,7 +591,9 @@ class ParametricMemoryStore(BaseStore):
             title=f"LangGraph memories under {'/'.join(namespace) or '(all)'}",
             metadata={META + "_digest": list(namespace)},
         )
-        return self.memory.internalize(digest, namespace=self.namespace, method=method, force=force)
+        if tier == "instant":  # (what a RemoteMemory takes too)
+            return self.memory.internalize(digest, namespace=self.namespace, method=method, force=force)
+        return self.memory.internalize(digest, namespace=self.namespace, method=method, force=force, tier=tier)
 
     @staticmethod
     def digest_id(namespace: tuple[str, ...]) -> str:

@@ -351,6 +351,9 @@ def test_store_through_a_real_server(tmp_path) -> None:
             assert store.list_namespaces() == [("test",), ("test", "quiet")]
             store.delete(("test",), "doc3")
             assert store.get(("test",), "doc3") is None
+            with pytest.raises(ValidationError, match="in-process"):
+                store.internalize(("test",), tier="full")
+            assert [d.id for d in remote.list(prefix="lgd")] == []  # refused before anything is written
     finally:
         server.stop()
 

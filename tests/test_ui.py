@@ -111,6 +111,11 @@ def test_documents_versions_diff_and_adapters(served) -> None:
     assert client.post("/ui/ns/alpha/documents", data={"text": "no token"}).status_code == 403  # CSRF
     assert [d.id for d in served["mem"].list(namespace="alpha")] == ["vault", "x/y"]  # nothing else written
     assert "No adapters yet" in client.get("/ui/ns/alpha/documents/vault").text
+    doc_page = client.get("/ui/ns/alpha/documents/vault").text
+    assert "<option>self-study</option>" in doc_page and "<option>full</option>" in doc_page
+    bad = client.post("/ui/ns/alpha/documents/vault/internalize", data={"method": "magic", "csrf": csrf})
+    assert bad.status_code == 422 and "method must be one of" in bad.text
+    assert client.get("/ui/ns/alpha/jobs").text.count("internalize") == 0  # nothing was queued
     served["mem"].add("word " * 30_000, document_id="long", namespace="alpha")  # 150,000 characters
     long_page = client.get("/ui/ns/alpha/documents/long").text
     assert "… 49,999 more characters" in long_page and long_page.count("word") < 25_000

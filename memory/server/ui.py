@@ -40,6 +40,8 @@ SESSION_COOKIE = "pmem_ui"
 SESSION_TTL_S = 8 * 3600
 MAX_SESSIONS = 10_000  # the oldest are dropped past this
 PAGE = 100
+METHODS = ("auto", "d2l", "cd", "self-study")  # as the API's internalize takes them
+TIERS = ("instant", "full")
 MAX_TEXT_CHARS = 100_000  # of a document's text on its page (the API serves all of it)
 TEMPLATES = Path(__file__).with_name("templates")
 _HEADERS = {
@@ -287,6 +289,8 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
             diff=diff,
             adapters=adapters,
             can_write=s.principal.can(ns, "write"),
+            methods=METHODS,
+            tiers=TIERS,
         )
 
     @router.post("/ns/{namespace}/documents/{document_id:path}/internalize")
@@ -296,14 +300,18 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         namespace: str,
         document_id: str,
         method: Annotated[str, Form()] = "auto",
+        tier: Annotated[str, Form()] = "instant",
         csrf: Annotated[str, Form()] = "",
     ) -> Response:
         s = await current(request)
         ns = allowed(s, namespace, "write")
         check_csrf(s, csrf)
-        if method not in ("auto", "d2l", "cd"):
-            raise ValidationError(f"method must be auto, d2l or cd, got {method!r}")
-        await state.submit_internalize(ns, document_id, None, method, False)
+        if method not in METHODS or tier not in TIERS:
+            raise ValidationError(
+                f"method must be one of {', '.join(METHODS)} and tier one of {', '.join(TIERS)}; "
+                f"got {method!r} and {tier!r}"
+            )
+        await state.submit_internalize(ns, document_id, None, method, False, tier)
         return RedirectResponse(_ns_url(ns, "jobs"), status_code=303)
 
     @router.get("/ns/{namespace}/jobs")
