@@ -168,3 +168,15 @@ def test_experiments_and_query_log(served) -> None:
     assert "router-ab" in page.text and "6 queries" in page.text and "control" in page.text
     assert "question 5" in page.text and "beta" not in page.text  # another namespace's log stays out
     assert _signed_in(served, "beta").get("/ui/ns/alpha/experiments").status_code == 403
+
+
+def test_without_auth_forms_still_need_the_pages_token(mem) -> None:
+    """--no-auth: no sign-in, but a form another site posts (no CORS preflight for forms) writes nothing."""
+    mem.embedder = BagOfWords()
+    client = TestClient(create_app(mem, auth=False))
+    page = client.get("/ui/ns/open")
+    assert page.status_code == 200 and "local (no auth)" in page.text and "Sign out" not in page.text
+    assert client.post("/ui/ns/open/documents", data={"text": "from elsewhere"}).status_code == 403
+    assert client.post("/ui/ns/open/documents", data={"text": "hi", "csrf": "guess"}).status_code == 403
+    ok = client.post("/ui/ns/open/documents", data={"text": "from the page", "csrf": _csrf(page.text)})
+    assert ok.status_code == 200 and [d.id for d in mem.list(namespace="open")] == [ok.url.path.rsplit("/", 1)[1]]

@@ -107,11 +107,15 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
     env.filters["ns_url"] = _ns_url
     sessions = _Sessions()
+    # Without auth there is no session, but forms still carry a token only this dashboard's pages hold: a form
+    # posted by another site (no preflight for forms) must not write to a --no-auth server.
+    local = _Session(LOCAL_ADMIN, secrets.token_urlsafe(24), float("inf"))
     router = APIRouter(prefix="/ui", include_in_schema=False)
     state = app.state
 
     def render(name: str, request: Request, session: _Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
-        who = session.principal if session else (LOCAL_ADMIN if not auth else None)
+        session = session if auth else local
+        who = session.principal if session else None
         html = env.get_template(name).render(
             who=who, csrf=session.csrf if session else "", auth=auth, status=status, **ctx
         )
@@ -124,7 +128,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         namespaces apply at once.
         """
         if not auth:
-            return _Session(LOCAL_ADMIN, "", float("inf"))
+            return local
         token = request.cookies.get(SESSION_COOKIE)
         s = sessions.get(token)
         if s is not None:
@@ -146,7 +150,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         return validate_namespace(ns)
 
     def check_csrf(s: _Session, token: str) -> None:
-        if auth and not hmac.compare_digest(s.csrf.encode(), token.encode()):
+        if not hmac.compare_digest(s.csrf.encode(), token.encode()):
             raise _Denied(403, "the form has expired or did not come from this dashboard; reload the page")
 
     def page(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
