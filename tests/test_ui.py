@@ -54,6 +54,8 @@ def test_sign_in_is_required_and_a_bad_key_is_refused(served) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/ui/ns/alpha"
     r = client.post("/ui/login", data={"key": "pmk_000000000000_" + "x" * 43})
     assert r.status_code == 401 and "not valid" in r.text and SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    cross = client.post("/ui/login", data={"key": served["keys"]["alpha"]}, headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403 and SESSION_COOKIE not in cross.headers.get("set-cookie", "")  # login CSRF
     r = client.post("/ui/login", data={"key": served["keys"]["alpha"], "next": "https://evil.example/"})
     assert r.status_code == 200 and r.url.path == "/ui"  # no open redirect: back to the dashboard
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from memory.errors import NotFoundError, PMemError, ValidationError
@@ -110,7 +110,7 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     # Without auth there is no session, but forms still carry a token only this dashboard's pages hold: a form
     # posted by another site (no preflight for forms) must not write to a --no-auth server.
     local = _Session(LOCAL_ADMIN, secrets.token_urlsafe(24), float("inf"))
-    router = APIRouter(prefix="/ui", include_in_schema=False)
+    router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(_same_origin)])
     state = app.state
 
     def render(name: str, request: Request, session: _Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -361,6 +361,16 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         return render("answer.html", request, s, ns=ns, question=question, result=result)
 
     return router
+
+
+async def _same_origin(request: Request) -> None:
+    """A form posted from another site (its browser says so in ``Origin``) is refused, sign-in included."""
+    origin = request.headers.get("origin")
+    if request.method == "POST" and origin and origin != "null":
+        from urllib.parse import urlsplit
+
+        if urlsplit(origin).netloc != request.headers.get("host", ""):
+            raise HTTPException(403, "cross-site form posts are refused")
 
 
 def _local(url: str) -> str:
