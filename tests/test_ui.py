@@ -182,3 +182,29 @@ def test_without_auth_forms_still_need_the_pages_token(mem) -> None:
     assert client.post("/ui/ns/open/documents", data={"text": "hi", "csrf": "guess"}).status_code == 403
     ok = client.post("/ui/ns/open/documents", data={"text": "from the page", "csrf": _csrf(page.text)})
     assert ok.status_code == 200 and [d.id for d in mem.list(namespace="open")] == [ok.url.path.rsplit("/", 1)[1]]
+
+
+def test_evaluation_reports_for_keys_of_every_namespace(served) -> None:
+    """pmem eval qa reports under $PMEM_HOME/eval: their text and plots, for a key of '*' only; no path escapes."""
+    import json
+    from pathlib import Path
+
+    home = Path(served["mem"].settings.home)
+    folder = home / "eval" / "qa-20261205T010000Z"
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("# QA report\n\n| arm | contains |\n|---|---|\n| rag | 0.68 |\n")
+    (folder / "qa.json").write_text(json.dumps({"arms": {"rag": {}, "self-study": {}}}))
+    (folder / "contains.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 16)
+    (home / "secret.png").write_bytes(b"\x89PNG secret")
+    admin = served["app"].state.keys.create("admin", role="admin", namespaces=["*"]).secret
+    served["keys"]["admin"] = admin
+    client = _signed_in(served, "admin")
+    listing = client.get("/ui/reports")
+    assert listing.status_code == 200 and "qa-20261205T010000Z" in listing.text and "rag, self-study" in listing.text
+    page = client.get("/ui/reports/qa-20261205T010000Z")
+    assert "| rag | 0.68 |" in page.text and 'src="/ui/reports/qa-20261205T010000Z/contains.png"' in page.text
+    plot = client.get("/ui/reports/qa-20261205T010000Z/contains.png")
+    assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+    for bad in ["/ui/reports/qa-20261205T010000Z/..%2Fsecret.png", "/ui/reports/..%2F..%2Fsecret.png", "/ui/reports/x"]:
+        assert client.get(bad).status_code == 404, bad
+    assert _signed_in(served, "alpha").get("/ui/reports").status_code == 403  # a key of one namespace

@@ -5,7 +5,8 @@ document and a query box; a document's versions, text, diffs and adapters (with 
 ``Internalize`` button; a namespace's jobs (the page refreshes itself while one is queued or running); a
 query's answer with the mode, the reason, the adapters and the chunks used; the namespace's A/B experiments
 (per arm: queries, feedback with its confidence interval, latency, modes; differences from the control) and
-its latest logged queries.
+its latest logged queries; for a key of every namespace, the ``pmem eval qa`` reports under ``$PMEM_HOME/eval``
+with their plots.
 
 Sign-in takes an API key (``pmem keys create``) once: the key is checked as the API checks it and is not kept;
 the browser holds only a random session token (an ``HttpOnly``, ``SameSite=Strict`` cookie scoped to ``/ui``)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from memory.errors import NotFoundError, PMemError, ValidationError
-from memory.server.auth import LOCAL_ADMIN, Principal
+from memory.server.auth import ALL, LOCAL_ADMIN, Principal
 
 SESSION_COOKIE = "pmem_ui"
 SESSION_TTL_S = 8 * 3600
@@ -113,10 +115,12 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
     router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(_same_origin)])
     state = app.state
 
-    def render(name: str, request: Request, session: _Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def render(
+        template: str, request: Request, session: _Session | None, status: int = 200, **ctx: Any
+    ) -> HTMLResponse:
         session = session if auth else local
         who = session.principal if session else None
-        html = env.get_template(name).render(
+        html = env.get_template(template).render(
             who=who, csrf=session.csrf if session else "", auth=auth, status=status, **ctx
         )
         return HTMLResponse(html, status_code=status, headers=_HEADERS)
@@ -338,6 +342,38 @@ def ui_router(app: FastAPI, *, auth: bool) -> APIRouter:
         reports = [await state.amem.run_io(report, state.memory, name, ns) for name in names]
         return render("experiments.html", request, s, ns=ns, reports=reports, recent=recent)
 
+    # ------------------------------------------------------------ evaluation reports (pmem eval qa)
+    def reports_dir(s: _Session) -> Path:
+        if ALL not in s.principal.namespaces:  # reports span namespaces: keys of every namespace only
+            raise _Denied(403, "evaluation reports need a key for every namespace ('*')")
+        return Path(state.memory.settings.home) / "eval"
+
+    @router.get("/reports")
+    @page
+    async def reports(request: Request) -> Response:
+        s = await current(request)
+        found = await asyncio.to_thread(_reports, reports_dir(s))
+        return render("reports.html", request, s, reports=found)
+
+    @router.get("/reports/{name}")
+    @page
+    async def report_page(request: Request, name: str) -> Response:
+        s = await current(request)
+        folder = _report_folder(reports_dir(s), name)
+        text = await asyncio.to_thread((folder / "report.md").read_text, errors="replace")
+        plots = sorted(p.name for p in folder.glob("*.png"))
+        return render("report.html", request, s, name=name, text=text, plots=plots)
+
+    @router.get("/reports/{name}/{plot}")
+    @page
+    async def report_plot(request: Request, name: str, plot: str) -> Response:
+        s = await current(request)
+        folder = _report_folder(reports_dir(s), name)
+        if not _PLOT.fullmatch(plot) or not (folder / plot).is_file():
+            raise NotFoundError(f"no plot {plot!r} in report {name!r}")
+        data = await asyncio.to_thread((folder / plot).read_bytes)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @router.post("/ns/{namespace}/query")
     @page
     async def query(
@@ -371,6 +407,35 @@ async def _same_origin(request: Request) -> None:
 
         if urlsplit(origin).netloc != request.headers.get("host", ""):
             raise HTTPException(403, "cross-site form posts are refused")
+
+
+_REPORT = re.compile(r"qa-[A-Za-z0-9_.:-]{1,64}")
+_PLOT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}\.png")
+
+
+def _report_folder(root: Path, name: str) -> Path:
+    """The report folder ``name`` under ``root`` (a plain ``qa-...`` name: no path can reach anywhere else)."""
+    folder = root / name
+    if not _REPORT.fullmatch(name) or name in (".", "..") or not (folder / "report.md").is_file():
+        raise NotFoundError(f"no evaluation report {name!r}")
+    return folder
+
+
+def _reports(root: Path) -> list[dict[str, Any]]:
+    """The ``pmem eval qa`` reports under ``root`` (``$PMEM_HOME/eval``), newest first, with their arms."""
+    import json
+
+    out = []
+    for folder in sorted(root.glob("qa-*"), reverse=True):
+        if not (_REPORT.fullmatch(folder.name) and (folder / "report.md").is_file()):
+            continue
+        try:
+            result = json.loads((folder / "qa.json").read_text())
+        except (OSError, ValueError):
+            result = {}
+        arms = result.get("arms")
+        out.append({"name": folder.name, "arms": list(arms) if isinstance(arms, (dict, list)) else []})
+    return out
 
 
 def _local(url: str) -> str:
