@@ -41,6 +41,28 @@ def memory_classes() -> tuple[type, ...]:
     return (ParametricMemory, RemoteMemory)
 
 
+def memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: dict[str, Any]) -> ParametricMemory:
+    """``memory`` checked (a facade or a ``RemoteMemory``, its embedder the same as ``embedding``'s), or a new
+    :class:`ParametricMemory` built from ``memory_kwargs`` with ``embedding`` when ``memory`` is ``None``."""
+    from memory.api import ParametricMemory
+    from memory.retrieval import as_embedder
+
+    if memory is None:
+        return ParametricMemory(embedder=embedding, **memory_kwargs)
+    if not isinstance(memory, memory_classes()):
+        raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
+    if memory_kwargs:
+        raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
+    if embedding is not None:
+        ours, theirs = memory.embedder, as_embedder(embedding)
+        if (ours.name, ours.dim) != (theirs.name, theirs.dim):
+            raise ValidationError(
+                f"this memory embeds with {ours.name!r} ({ours.dim} dims), not {theirs.name!r} ({theirs.dim} dims); "
+                "build it with ParametricMemory(embedder=<your embeddings>) or leave embedding= out"
+            )
+    return memory
+
+
 def check_mode(mode: str) -> str:
     """Reject an unknown routing mode with the list of valid ones.
 
@@ -205,6 +227,7 @@ __all__ = [
     "iter_documents",
     "matching_document_ids",
     "memory_classes",
+    "memory_for",
     "message_text",
     "ready_adapters",
     "search_documents",

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -35,6 +36,7 @@ from langchain_core.callbacks import (
     CallbackManagerForLLMRun,
     CallbackManagerForRetrieverRun,
 )
+from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel, LangSmithParams
@@ -61,6 +63,7 @@ from integrations._common import (
     documents_by_id,
     iter_documents,
     memory_classes,
+    memory_for,
     message_text,
     ready_adapters,
     search_documents,
@@ -69,7 +72,6 @@ from memory.aio import shared_async
 from memory.api import ParametricMemory, validate_document_id, validate_namespace
 from memory.config import Settings
 from memory.errors import NotFoundError, ValidationError
-from memory.retrieval import as_embedder
 from memory.retrieval.filters import compile_filter
 
 if TYPE_CHECKING:
@@ -133,23 +135,6 @@ def result_documents(result: QueryResult) -> list[Document]:
     return docs
 
 
-def _memory_for(memory: ParametricMemory | None, embedding: Any, memory_kwargs: dict[str, Any]) -> ParametricMemory:
-    if memory is None:
-        return ParametricMemory(embedder=embedding, **memory_kwargs)
-    if not isinstance(memory, memory_classes()):
-        raise ValidationError(f"memory must be a ParametricMemory or a RemoteMemory, got {type(memory).__name__}")
-    if memory_kwargs:
-        raise ValidationError(f"pass either memory= or settings for a new one ({sorted(memory_kwargs)}), not both")
-    if embedding is not None:
-        ours, theirs = memory.embedder, as_embedder(embedding)
-        if (ours.name, ours.dim) != (theirs.name, theirs.dim):
-            raise ValidationError(
-                f"this memory embeds with {ours.name!r} ({ours.dim} dims), not {theirs.name!r} ({theirs.dim} dims); "
-                "build it with ParametricMemory(embedder=<your embeddings>) or leave embedding= out"
-            )
-    return memory
-
-
 # ============================================================================ vector store
 class ParametricMemoryVectorStore(VectorStore):
     """A LangChain vector store whose documents live in a :class:`ParametricMemory` namespace.
@@ -181,7 +166,7 @@ class ParametricMemoryVectorStore(VectorStore):
         internalize: bool = False,
         **memory_kwargs: Any,
     ) -> None:
-        self.memory = _memory_for(memory, embedding, memory_kwargs)
+        self.memory = memory_for(memory, embedding, memory_kwargs)
         self.namespace = validate_namespace(namespace if namespace is not None else self.memory.settings.namespace)
         self._embedding = embedding
         self.internalize = internalize
@@ -678,7 +663,47 @@ def memory_tool(
     )
 
 
+# ============================================================================ chat history
+class ParametricChatMessageHistory(BaseChatMessageHistory):
+    """A LangChain chat history kept by :meth:`ParametricMemory.add_conversation`: the session's transcript is a
+    versioned document, and with ``extract`` (``"rules"``, ``"model"`` or a function) the facts the user states
+    become ``facts/<subject>`` documents that supersede older ones (see :mod:`memory.services.conversations`).
+
+    >>> history = ParametricChatMessageHistory(mem, "chat-1", extract="rules")  # doctest: +SKIP
+    >>> history.add_messages([HumanMessage("My favourite colour is green.")])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, memory: ParametricMemory, session: str, *, namespace: str | None = None, extract: Any = None
+    ) -> None:
+        if not isinstance(memory, ParametricMemory):
+            raise ValidationError(f"conversation memory needs a ParametricMemory, got {type(memory).__name__}")
+        self.memory, self.session, self.namespace, self.extract = memory, session, namespace, extract
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        kinds = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
+        return [
+            kinds[role](text) if role in kinds else ChatMessage(role=role, content=text)
+            for role, text in self.memory.conversations.transcript(self.session, namespace=self.namespace)
+        ]
+
+    def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        if messages:
+            self.memory.add_conversation(
+                list(messages), session=self.session, namespace=self.namespace, extract=self.extract
+            )
+
+    def clear(self) -> None:
+        """Delete the transcript (with its versions); the facts it gave stay, as memories of the namespace."""
+        from memory.services.conversations import TRANSCRIPTS
+
+        with contextlib.suppress(NotFoundError):
+            self.memory.delete(TRANSCRIPTS + self.session, namespace=self.namespace)
+
+
 __all__ = [
+    "ParametricChatMessageHistory",
     "ParametricChatModel",
     "ParametricMemoryRetriever",
     "ParametricMemoryVectorStore",

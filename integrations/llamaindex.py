@@ -608,12 +608,19 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
     k: int = Field(default=DEFAULT_K, ge=1)
     max_new_tokens: int = Field(default=64, ge=1)
     internalize: bool = False
+    # With a session, flushed messages go to ParametricMemory.add_conversation: one transcript document per
+    # session (conversations/<session>, a version per flush) and, with extract ("rules", "model" or a function),
+    # facts that supersede earlier ones as new versions (memory.services.conversations).
+    session: str | None = None
+    extract: Any = None
 
     def model_post_init(self, __context: Any) -> None:
         if not isinstance(self.memory, memory_classes()):
             raise ValidationError(
                 f"memory must be a ParametricMemory or a RemoteMemory, got {type(self.memory).__name__}"
             )
+        if self.session is not None and not isinstance(self.memory, ParametricMemory):
+            raise ValidationError("session= (conversation memory) needs a ParametricMemory, not a RemoteMemory")
         check_mode(self.mode)
 
     def recall(self, question: str) -> QueryResult:
@@ -632,10 +639,21 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         return f"{result.answer}\n(mode: {result.mode}; reason: {result.reason})"
 
     def remember(self, messages: Sequence[ChatMessage]) -> str | None:
-        """Store ``messages`` as one conversation document; returns its id (None if there is no text)."""
+        """Store ``messages`` as one conversation document (or, with a ``session``, append them to the session's
+        transcript and keep the facts they state); returns the document id (None if there is no text)."""
         lines = [f"{m.role.value}: {m.content}" for m in messages if m.content]
         if not lines:
             return None
+        if self.session is not None:
+            said = [m for m in messages if m.content]
+            result = self.memory.add_conversation(
+                said, session=self.session, namespace=self.namespace, extract=self.extract
+            )
+            if self.internalize:
+                for fact in result.facts:
+                    if fact.document is not None and fact.status != "unchanged":
+                        self.memory.internalize(fact.document.id, namespace=self.namespace)
+            return result.transcript.document.id if result.transcript.document else None
         text = "\n".join(lines)
         doc_id = f"conversation-{content_hash(text)[:16]}"
         sessions = sorted(

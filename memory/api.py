@@ -23,6 +23,7 @@ from memory.errors import ValidationError
 from memory.ingest import content_hash
 from memory.router import RouterConfig
 from memory.services.adapters import AdapterRegistry
+from memory.services.conversations import ConversationMemory, ConversationResult
 from memory.services.documents import DocumentStore
 from memory.services.internalization import Internalization
 from memory.services.models import ModelRuntime
@@ -89,6 +90,7 @@ class ParametricMemory:
         )
         self.adapter_registry = AdapterRegistry(self.records, cache_size=cfg.adapter_cache_size)
         self.ingestor = SourceIngestor(self.records, self.documents)
+        self.conversations = ConversationMemory(self.documents, lambda: self.runtime.base_model)
         self.runtime = ModelRuntime(cfg)
         self.internalization = Internalization(self.records, self.adapter_registry, self.runtime)
         self.skills = SkillLibrary(self.records, self.adapter_registry, self.runtime)
@@ -184,6 +186,29 @@ class ParametricMemory:
     def gc(self, *, dry_run: bool = False) -> builtins.list[str]:
         """Remove every blob that no row references (left by a crash between blob write and commit)."""
         return self.documents.gc(dry_run=dry_run)
+
+    def add_conversation(
+        self,
+        messages: Any,
+        *,
+        session: str,
+        namespace: str | None = None,
+        extract: Any = None,
+        index_transcript: bool | None = None,
+    ) -> ConversationResult:
+        """Append turns (``{"role", "content"}`` dicts, ``(role, text)`` pairs or chat message objects) to the
+        transcript document ``conversations/<session>``, a new version per call; with ``extract`` (``"rules"``,
+        ``"model"`` or a function of the turns) also keep each stated fact as ``facts/<subject>``, where a new
+        fact about a known subject supersedes the old one as a new version (see
+        :mod:`memory.services.conversations`).
+
+        >>> turns = [("user", "My favourite colour is blue."), ("assistant", "Noted.")]
+        >>> mem.add_conversation(turns, session="s1", extract="rules").facts[0].status  # doctest: +SKIP
+        'created'
+        """
+        return self.conversations.add(
+            messages, session=session, namespace=namespace, extract=extract, index_transcript=index_transcript
+        )
 
     # ------------------------------------------------------------ sources
     def add_source(

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memory.errors import ConflictError, IngestError, NotFoundError, PMemError, ValidationError
 from memory.types import (
@@ -37,6 +37,9 @@ from memory.types import (
     SearchHit,
     VersionInfo,
 )
+
+if TYPE_CHECKING:
+    from memory.services.conversations import ConversationResult
 
 
 class RemoteError(PMemError):
@@ -228,6 +231,28 @@ class RemoteMemory:
             self._request(
                 "POST", f"{self._ns(namespace)}/documents", json={k: v for k, v in body.items() if v is not None}
             )
+        )
+
+    def add_conversation(
+        self,
+        messages: Any,
+        *,
+        session: str,
+        namespace: str | None = None,
+        extract: str | None = None,
+    ) -> ConversationResult:
+        """Append turns to a session's transcript on the server; ``extract`` (``"rules"`` or ``"model"``) keeps
+        the facts they state (see :meth:`ParametricMemory.add_conversation`)."""
+        from urllib.parse import quote
+
+        from memory.services.conversations import ConversationResult, normalise_turns
+
+        if extract is not None and not isinstance(extract, str):
+            raise ValidationError("over HTTP, extract is 'rules', 'model' or None (a function runs in-process only)")
+        body = {"messages": [{"role": r, "content": c} for r, c in normalise_turns(messages)], "extract": extract}
+        d = self._request("POST", f"{self._ns(namespace)}/conversations/{quote(session, safe='')}", json=body)
+        return ConversationResult(
+            session=d["session"], transcript=_add_result(d["transcript"]), facts=[_add_result(f) for f in d["facts"]]
         )
 
     def add_file(

@@ -558,6 +558,8 @@ def create_app(
         metrics.internalizations.labels("submitted").inc()
         return job
 
+    app.state.submit_internalize = submit_internalize  # the dashboard's Internalize button (memory/server/ui.py)
+
     @app.get(f"{ns_prefix}/jobs", tags=["jobs"])
     async def list_jobs(
         ns: Read, kind: str | None = None, state: str | None = None, limit: int = 50, offset: int = 0
@@ -760,6 +762,11 @@ def create_app(
             raise ApiError("forbidden", "this needs an admin key for every namespace ('*')")
         return {"removed": await amem.run_io(memory.gc, dry_run=dry_run), "dry_run": dry_run}
 
+    from memory.server.conversations import conversations_router
+    from memory.server.ui import ui_router  # the dashboard at /ui
+
+    app.include_router(conversations_router(amem, allow))
+    app.include_router(ui_router(app, auth=auth))
     return app
 
 

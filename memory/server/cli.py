@@ -76,7 +76,8 @@ def serve(
     ] = 16.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Run the HTTP API (OpenAPI docs at /docs) over this memory; jobs go to PMEM_BROKER_URL when set."""
+    """Run the HTTP API (OpenAPI docs at /docs, a dashboard at /ui) over this memory; jobs go to PMEM_BROKER_URL
+    when set."""
     try:
         import uvicorn
 
@@ -107,6 +108,7 @@ def serve(
             "[yellow]no API keys yet:[/yellow] every /v1 request will get 401; "
             "create one with `pmem keys create NAME --role write --namespace NS`"
         )
+    console.print(f"dashboard: http://{f'[{host}]' if ':' in host else host}:{port}/ui")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
