@@ -138,3 +138,54 @@ def test_keys_commands_print_a_json_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["keys", "revoke", "ffffffffffff", "--json"])
     assert r.exit_code == 2
     assert json.loads(r.stdout.strip().splitlines()[-1])["type"] == "NotFoundError"
+
+
+# ============================================================================ first model load
+_FIRST_LOAD = """
+import json, sys, threading
+from memory.config import Settings
+from memory.models import load_base_model
+from memory.retrieval.embeddings import MiniLMEmbedder
+
+settings = Settings.from_env(home=sys.argv[1])
+errors = []
+
+def run(fn):
+    try:
+        fn()
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+
+jobs = [lambda: load_base_model(settings=settings), lambda: MiniLMEmbedder().embed_query("hello")]
+threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(errors))
+"""
+
+
+@pytest.mark.slow  # converts the base model from GGUF (~15 s) in a fresh process
+def test_first_model_load_beside_the_embedder_load(tmp_path):
+    """On a fresh deployment the first query converted the base model while a search loaded the embedder:
+    transformers was imported in two threads at once and one request got 500 ("cannot import name
+    'AutoModelForCausalLM'"). A fresh process (transformers not imported yet) does both at once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMEM_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-c", _FIRST_LOAD, str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
