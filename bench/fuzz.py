@@ -201,13 +201,24 @@ def plant(mem: Any) -> dict[str, str]:
     }
 
 
-def run(quick: bool = False, **_: Any) -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    examples: int | None = None,
+    seconds: float | None = None,
+    model_routes: bool | None = None,
+    seed: int = 0,
+    **_: Any,
+) -> dict[str, Any]:
+    """A fresh server, fuzzed: ``quick`` 10 cases per operation and caller, without the routes that generate;
+    else 100 with them (each valid query a model call: hours on a CPU). The keywords override either."""
     import httpx
 
     from memory.api import ParametricMemory
     from memory.config import Settings
 
-    examples, seconds = (10, 300) if quick else (100, 3600)
+    examples = examples or (10 if quick else 100)
+    seconds = seconds or (300 if quick else 4 * 3600)
+    model_routes = (not quick) if model_routes is None else model_routes
     home = Path(tempfile.mkdtemp(prefix="pmem-bench-fuzz-"))
     keys = plant(ParametricMemory(Settings.from_env(home=home)))
     port = _free_port()
@@ -232,7 +243,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.3)
         t0 = time.perf_counter()
-        result = fuzz(url, callers(keys), examples=examples, seconds=seconds, model_routes=not quick)
+        result = fuzz(url, callers(keys), examples=examples, seconds=seconds, seed=seed, model_routes=model_routes)
         result["fuzz_seconds"] = round(time.perf_counter() - t0, 1)
         result["server_alive"] = proc.poll() is None
     finally:

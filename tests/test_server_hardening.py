@@ -463,3 +463,32 @@ def test_sigkill_during_concurrent_writes_and_internalizations_loses_nothing(tmp
     versions = [v for d in mem.list(namespace=NS, limit=10_000) for v in mem.history(d.id, namespace=NS)]
     assert all(mem.blobs.exists(v.content_sha256) for v in versions)
     assert all(a.status == "ready" for a in mem.adapters(namespace=NS))
+
+
+def test_mcp_tools_keep_the_servers_caps(tmp_path: Path) -> None:
+    from mcp.client.client import Client
+
+    from memory.server.app import ServerLimits
+    from memory.server.mcp import build_server
+
+    mem = ParametricMemory(home=tmp_path / "home", embedder=BagOfWords())
+    mem.add("The canteen opens at noon.", document_id="canteen", namespace="notes")
+    lim = ServerLimits()
+
+    async def calls() -> list[tuple[bool, str]]:
+        async with Client(build_server(mem, namespace="notes")) as client:
+            out = []
+            for name, args in [
+                ("recall", {"query": "canteen", "k": lim.max_k + 1}),
+                ("recall", {"query": "canteen", "k": 0}),
+                ("ask", {"question": "When?", "max_new_tokens": lim.max_new_tokens + 1}),
+                ("list_documents", {"offset": 2**70}),
+                ("recall", {"query": "canteen", "k": 1}),
+            ]:
+                r = await client.call_tool(name, args)
+                out.append((r.is_error, "".join(getattr(c, "text", "") for c in r.content)))
+            return out
+
+    *refused, (ok_error, ok_text) = asyncio.run(calls())
+    assert all(is_error for is_error, _ in refused), refused
+    assert not ok_error and "canteen" in ok_text

@@ -24,11 +24,15 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from memory.errors import PMemError
+from memory.server.app import ServerLimits
 from memory.server.auth import KeyStore, Principal, under_roots
 
+_CAPS = ServerLimits()  # the HTTP server's caps on k and answer length bound the tools too
 INSTRUCTIONS = (
     "Long-term memory. `remember` stores a text (a new version if the document id exists), `recall` finds "
     "the passages most similar to a query, `ask` answers a question from memory and says which mode "
@@ -205,7 +209,7 @@ def build_server(
         }
 
     @server.tool()
-    def recall(query: str, k: int = 4) -> list[dict[str, Any]]:
+    def recall(query: str, k: Annotated[int, Field(ge=1, le=_CAPS.max_k)] = 4) -> list[dict[str, Any]]:
         """The k stored passages most similar to the query, best first, with their document ids and scores."""
         hits = guarded(mem("read").search, query, k=k, namespace=ns)
         return [
@@ -217,8 +221,8 @@ def build_server(
     def ask(
         question: str,
         mode: Literal["auto", "parametric", "retrieval", "hybrid"] = "auto",
-        k: int = 4,
-        max_new_tokens: int = 64,
+        k: Annotated[int, Field(ge=1, le=_CAPS.max_k)] = 4,
+        max_new_tokens: Annotated[int, Field(ge=1, le=_CAPS.max_new_tokens)] = 64,
     ) -> dict[str, Any]:
         """Answer a question from memory; says which mode answered and why, and which documents it used."""
         r = guarded(mem("read").query, question, namespace=ns, mode=mode, k=k, max_new_tokens=max_new_tokens)
