@@ -156,20 +156,15 @@ def build_server(
         settings = AuthSettings(issuer_url="http://127.0.0.1", resource_server_url=None)  # keys, not OAuth
         server = MCPServer(name, instructions=INSTRUCTIONS, token_verifier=access, auth=settings)
 
-    def mem(role: str) -> Any:
-        """The memory this call may use for a ``role`` operation."""
-        if access is None:
-            return memory
-        try:
-            return access.memory_for(role)
-        except PMemError as e:
-            raise ToolError(f"{type(e).__name__}: {e}") from None
-
     def guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except PMemError as e:  # the agent sees the reason (and the fix), not a traceback
             raise ToolError(f"{type(e).__name__}: {e}") from None
+
+    def mem(role: str) -> Any:
+        """The memory this call may use for a ``role`` operation (a tool error if the caller's key may not)."""
+        return memory if access is None else guarded(access.memory_for, role)
 
     @server.tool()
     def remember(text: str, document_id: str | None = None, title: str | None = None) -> dict[str, Any]:
