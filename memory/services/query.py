@@ -124,7 +124,8 @@ class QueryEngine:
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         check_query_text("query", query)
-        check_count("k", k, MAX_K)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:  # no cap: the integrations widen a search
+            raise ValidationError(f"k must be a positive integer, got {k!r}")
         return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
     def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
