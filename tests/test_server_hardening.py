@@ -8,6 +8,7 @@ PostgreSQL, and an accepted job is never lost to a full generation queue.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -492,3 +493,78 @@ def test_mcp_tools_keep_the_servers_caps(tmp_path: Path) -> None:
     *refused, (ok_error, ok_text) = asyncio.run(calls())
     assert all(is_error for is_error, _ in refused), refused
     assert not ok_error and "canteen" in ok_text
+
+
+# ============================================================================ load
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+@pytest.mark.slow  # loads the real base model; ~1 min here
+def test_32_clients_mixing_search_query_and_writes(small: Served) -> None:
+    """32 clients for 20 s: searches, retrieval queries (4 new tokens) and adds at once. Every answer is a success
+    or 503 ``busy``; the server's memory stays bounded; p50/p95 per kind are printed (README, "Server")."""
+    import random
+    import threading
+
+    base = f"/v1/namespaces/{NS}"
+    for i in range(50):
+        small.call(
+            "POST", f"{base}/documents", json={"text": f"Load fact {i}: door {i} is blue.", "document_id": f"l{i}"}
+        )
+    warm = {"question": "Which door?", "mode": "retrieval", "max_new_tokens": 1, "log": False}
+    assert small.call("POST", f"{base}/query", json=warm).status_code == 200  # the model is loaded first
+    rss_before = _rss_mib(small.proc.proc.pid)
+    latencies: dict[str, list[float]] = {"search": [], "query": [], "add": []}
+    bad: list[tuple[str, int, str]] = []
+    busy = 0
+    stop = time.monotonic() + 20
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        nonlocal busy
+        rng = random.Random(c)
+        with httpx.Client(base_url=small.url, headers={"Authorization": f"Bearer {small.keys['writer']}"}) as http:
+            i = 0
+            while time.monotonic() < stop:
+                kind = rng.choices(["search", "query", "add"], weights=[6, 1, 3])[0]
+                if kind == "search":
+                    path, body = f"{base}/search", {"query": f"door {rng.randrange(50)}", "k": 4}
+                elif kind == "query":
+                    path, body = (
+                        f"{base}/query",
+                        {**warm, "question": f"Which door is {rng.randrange(50)}?", "max_new_tokens": 4},
+                    )
+                else:
+                    path, body = f"{base}/documents", {"text": f"Client {c} note {i}.", "document_id": f"load-{c}-{i}"}
+                t0 = time.perf_counter()
+                r = http.post(path, json=body, timeout=600)
+                with lock:
+                    if r.status_code == 503 and r.json()["error"]["code"] == "busy":
+                        busy += 1
+                    elif r.status_code in (200, 201):
+                        latencies[kind].append(time.perf_counter() - t0)
+                    else:
+                        bad.append((kind, r.status_code, r.text[:200]))
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(32)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=900)
+    grown = _rss_mib(small.proc.proc.pid) - rss_before
+    figures = {
+        kind: {
+            "n": len(ls),
+            "p50_ms": round(1000 * sorted(ls)[len(ls) // 2]) if ls else None,
+            "p95_ms": round(1000 * sorted(ls)[int(len(ls) * 0.95)]) if ls else None,
+        }
+        for kind, ls in latencies.items()
+    }
+    print(json.dumps({"clients": 32, "seconds": 20, "busy": busy, "rss_growth_mib": round(grown), **figures}))
+    assert not bad, bad[:5]
+    assert all(f["n"] for f in figures.values()), figures
+    assert grown < 512, f"server memory grew {grown:.0f} MiB"
