@@ -1,8 +1,10 @@
 """The memory server against a hostile or careless client (issue 22), on a real uvicorn process: the body cap
 counts the bytes read, /metrics labels stay bounded, invalid numbers and NUL characters are 422 on SQLite and
-PostgreSQL, and an accepted job is never lost to a full generation queue.
+PostgreSQL, an accepted job is never lost to a full generation queue nor to a killed server, MCP over HTTP
+takes the server's keys and reads files only under its roots; a crash test (SIGKILL during concurrent writes
+and internalizations) and a load test (32 clients, slow).
 
-    .venv/bin/python -m pytest tests/test_server_hardening.py -q
+    .venv/bin/python -m pytest tests/test_server_hardening.py -q -m "not slow"
 """
 
 from __future__ import annotations
