@@ -57,7 +57,7 @@ def _fail(e: Exception, as_json: bool = False) -> None:
     message = redact(str(e))
     if as_json:
         _print_json({"error": message, "type": type(e).__name__})
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
 
 
