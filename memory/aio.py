@@ -4,7 +4,8 @@ Each call runs the synchronous facade method in a worker thread (``asyncio.to_th
 (``query``, ``internalize``, ``specialize``) also passes through a generation queue: at most
 ``max_concurrent`` calls run on the model at once (one by default: concurrent generations on one CPU
 model only thrash the cores), and at most ``max_waiting`` wait for their turn; one more is refused at
-once with :class:`BusyError` instead of piling up until memory runs out.
+once with :class:`BusyError` instead of piling up until memory runs out. Work already accepted (a background
+job answered 202) is never refused: it waits for its turn (:meth:`AsyncParametricMemory.run_job`).
 
 >>> import asyncio
 >>> from memory.aio import AsyncParametricMemory
@@ -46,8 +47,17 @@ class GenerationQueue:
         return self._admitted
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a thread when a slot is free; :class:`BusyError` when the queue is full."""
         if self._admitted >= self.max_concurrent + self.max_waiting:
             raise BusyError(f"the model is busy ({self._admitted} requests running or queued); retry in a few seconds")
+        return await self._run(fn, args, kwargs)
+
+    async def run_accepted(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`run`, but waits however full the queue is: for work already accepted (a job answered
+        202), which a refusal would lose. It counts in :attr:`depth`, so requests behind it see a busy model."""
+        return await self._run(fn, args, kwargs)
+
+    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.max_concurrent)
         self._admitted += 1
@@ -182,8 +192,13 @@ class AsyncParametricMemory:
         return await self._model("specialize", description, **kwargs)
 
     async def run_model(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Any other model-bound callable (an experiment's query, a background job), through the same queue."""
+        """Any other model-bound callable (an experiment's query), through the same queue."""
         return await self.generation.run(fn, *args, **kwargs)
+
+    async def run_job(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A model-bound background job already accepted: through the same queue, waiting for its turn
+        instead of being refused when the queue is full (:meth:`GenerationQueue.run_accepted`)."""
+        return await self.generation.run_accepted(fn, *args, **kwargs)
 
     async def run_io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Any other blocking callable, in a worker thread."""

@@ -52,8 +52,12 @@ def _print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {redact(str(e))}")
+def _fail(e: Exception, as_json: bool = False) -> None:
+    """Exit 2 with the error on stderr and, with ``--json``, as ``{"error", "type"}``, the last line of stdout."""
+    message = redact(str(e))
+    if as_json:
+        _print_json({"error": message, "type": type(e).__name__})
+    console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
 
 
@@ -132,7 +136,7 @@ def add(
         else:
             results = mem.add_source(source, namespace=namespace, document_id=document_id, title=title)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     failed = [r for r in results if r.status == "failed"]
     if as_json:
         _print_json([r.to_dict() for r in results])
@@ -164,7 +168,7 @@ def ls(namespace: NamespaceOpt = None, limit: int = 100, prefix: str | None = No
     try:
         docs = _memory().list(namespace=namespace, limit=limit, prefix=prefix)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json([d.to_dict() for d in docs])
         return
@@ -195,7 +199,7 @@ def show(
     try:
         d = _memory().get(document_id, namespace=namespace, version=version, with_text=text)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json(d.to_dict())
         return
@@ -210,7 +214,7 @@ def rm(document_id: str, namespace: NamespaceOpt = None, as_json: JsonOpt = Fals
     try:
         r = _memory().delete(document_id, namespace=namespace)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     _print_json(r.to_dict()) if as_json else out.print(
         f"deleted {r.document}: {r.versions} versions, {r.chunks} chunks, {r.adapters} adapters, "
         f"{r.blobs_removed} blobs"
@@ -234,7 +238,7 @@ def history(
             else {}
         )
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json([{**v.to_dict(), **({"diff": diffs.get(v.number)} if diff else {})} for v in versions])
         return
@@ -261,7 +265,7 @@ def rollback(document_id: str, version: int, namespace: NamespaceOpt = None, as_
     try:
         d = _memory().rollback(document_id, version, namespace=namespace)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     _print_json(d.to_dict()) if as_json else out.print(f"{d.id} is now at v{d.version.number if d.version else '-'}")
 
 
@@ -299,7 +303,7 @@ def internalize(
             )
             bar.update(task, completed=1, total=1)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     _print_json(info.to_dict()) if as_json else out.print(
         f"{info.status}: adapter {info.id} for {info.document_id} v{info.version} by {info.hypernetwork} "
         f"({info.tier} tier, rank {info.rank}, {info.size_bytes} bytes, {info.latency_ms:.0f} ms"
@@ -319,7 +323,7 @@ def adapters(
     try:
         rows = _memory().adapters(namespace=namespace, document_id=document_id, status=status)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json([a.to_dict() for a in rows])
         return
@@ -349,7 +353,7 @@ def search(query: str, k: int = 4, namespace: NamespaceOpt = None, as_json: Json
     try:
         hits = _memory().search(query, k=k, namespace=namespace)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json([h.to_dict() for h in hits])
         return
@@ -372,7 +376,7 @@ def ask(
     try:
         r = _memory().query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json(r.to_dict())
         return
@@ -475,7 +479,7 @@ def demo(as_json: JsonOpt = False) -> None:
     try:
         result = run_demo(_settings(), console=console)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     _print_json(result) if as_json else out.print_json(json.dumps(result, default=str))
 
 

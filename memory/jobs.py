@@ -37,6 +37,7 @@ from memory.db import Job, JobState, Namespace, get_engine, session_factory
 from memory.db.migrate import ensure_schema
 from memory.db.models import as_utc
 from memory.errors import ConflictError, NotFoundError, ValidationError
+from memory.services.records import check_int
 from memory.types import JobInfo
 
 log = logging.getLogger(__name__)
@@ -247,10 +248,12 @@ class JobStore:
         >>> [j.state for j in store.list(kind="internalize", limit=3)]  # doctest: +SKIP
         ['succeeded', 'running', 'queued']
         """
-        if limit < 0 or offset < 0:
-            raise ValidationError("limit and offset must be >= 0")
+        check_int("limit", limit, low=0)
+        check_int("offset", offset, low=0)
         q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
         if kind is not None:
+            if kind not in JOB_KINDS:
+                raise ValidationError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
             q = q.where(Job.kind == kind)
         if state is not None:
             try:

@@ -672,7 +672,9 @@ def test_remote_memory_with_langchain_and_llamaindex_without_torch(sqlite_served
 
 
 # ============================================================================ MCP over stdio
-def _mcp_session(srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], list[Any]]:
+def _mcp_session(
+    srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]], file_root: Path | None = None
+) -> tuple[list[str], list[Any]]:
     from mcp.client.client import Client
     from mcp.client.stdio import StdioServerParameters
 
@@ -684,6 +686,7 @@ def _mcp_session(srv: Served, key: str, calls: list[tuple[str, dict[str, Any]]])
             "PYTHONPATH": str(REPO),
             "HF_HUB_OFFLINE": "1",
             "PMEM_HOME": str(srv.home / "mcp-home"),
+            **({"PMEM_MCP_FILE_ROOTS": str(file_root)} if file_root else {}),
         },
         cwd=str(REPO),
     )
@@ -719,6 +722,7 @@ def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
             ("list_documents", {"prefix": "mcp-"}),
             ("forget", {"document_id": "mcp-wifi"}),
         ],
+        file_root=tmp_path,
     )
     assert tools == ["ask", "forget", "list_documents", "recall", "remember", "remember_file"]
     remembered, filed, recalled, listed, forgot, listed_after, forgot_again = results
@@ -738,13 +742,14 @@ def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
 
 
 def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None:
+    import httpx2
     from _server import free_port
     from mcp.client.client import Client
+    from mcp.client.streamable_http import streamable_http_client
 
     port = free_port()
     env = {
         **os.environ,
-        "PMEM_API_KEY": sqlite_served.keys["writer"],
         "PYTHONPATH": str(REPO),
         "PMEM_HOME": str(tmp_path / "mcp-home"),
     }
@@ -774,7 +779,8 @@ def test_mcp_over_streamable_http(sqlite_served: Served, tmp_path: Path) -> None
         deadline = time.monotonic() + 90
         while True:  # wait for the port
             try:
-                async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {sqlite_served.keys['writer']}"})
+                async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=http)) as client:
                     tools = sorted(t.name for t in (await client.list_tools()).tools)
                     await client.call_tool(
                         "remember", {"text": "The lift is out of order on Fridays.", "document_id": "mcp-http-lift"}

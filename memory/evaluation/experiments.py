@@ -34,6 +34,8 @@ _NAME_MAX, _ARM_MAX = 128, 64  # QueryLog.experiment / QueryLog.arm column width
 
 def _normalise_arms(arms: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> dict[str, dict[str, Any]]:
     from memory.router import check_mode
+    from memory.services.query import MAX_K, MAX_NEW_TOKENS
+    from memory.services.records import check_count, check_text_field
 
     if isinstance(arms, str) or not isinstance(arms, (Mapping, Sequence)):
         raise ValidationError("arms must be a list of modes or a dict of arm name -> query settings")
@@ -45,6 +47,7 @@ def _normalise_arms(arms: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> di
     for name, cfg in arms.items():
         if not isinstance(name, str) or not name or len(name) > _ARM_MAX:
             raise ValidationError(f"arm names must be 1-{_ARM_MAX} characters, got {name!r}")
+        check_text_field("arm name", name)
         if not isinstance(cfg, Mapping):
             raise ValidationError(f"arm {name!r}: settings must be a dict, got {type(cfg).__name__}")
         unknown = set(cfg) - set(ARM_KEYS)
@@ -52,6 +55,12 @@ def _normalise_arms(arms: Mapping[str, Mapping[str, Any]] | Sequence[str]) -> di
             raise ValidationError(f"arm {name!r}: unknown setting(s) {sorted(unknown)}; allowed: {list(ARM_KEYS)}")
         cfg = dict(cfg)
         check_mode(cfg.setdefault("mode", "auto"))
+        for key, limit in (("k", MAX_K), ("max_new_tokens", MAX_NEW_TOKENS)):  # checked here, not at query time
+            if key in cfg:
+                check_count(f"arm {name!r}: {key}", cfg[key], limit)
+        ids = cfg.get("document_ids")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(d, str) for d in ids)):
+            raise ValidationError(f"arm {name!r}: document_ids must be a list of document ids, got {ids!r}")
         weight = cfg.get("weight", 1.0)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
             raise ValidationError(f"arm {name!r}: weight must be a positive number, got {weight!r}")
@@ -86,6 +95,9 @@ class Experiment:
     ) -> None:
         if not isinstance(name, str) or not name.strip() or len(name) > _NAME_MAX:
             raise ValidationError(f"experiment name must be 1-{_NAME_MAX} characters, got {name!r}")
+        from memory.services.records import check_text_field
+
+        check_text_field("experiment name", name)
         self.mem = mem
         self.name = name
         self.arms = _normalise_arms(arms)
@@ -163,8 +175,10 @@ def report(
     >>> report(mem, "router-vs-rag")["arms"].keys()   # doctest: +SKIP
     dict_keys(['auto', 'retrieval'])
     """
+    from memory.services.records import check_text_field
+
     namespace = _namespace(mem, namespace)
-    rows = _rows(mem, namespace, name)
+    rows = _rows(mem, namespace, check_text_field("experiment name", name))
     arms: dict[str, dict[str, Any]] = {}
     scores: dict[str, list[float]] = {}
     for arm, fb, latency, mode in rows:

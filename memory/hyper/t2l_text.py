@@ -67,12 +67,15 @@ class DescriptionEncoder:
     _lock = threading.Lock()
 
     def __init__(self, path: Path | None = None) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from memory.models.loader import HF_LOAD_LOCK
 
         path = path or encoder_dir()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModel.from_pretrained(str(path)).eval()
+            with HF_LOAD_LOCK:  # transformers' lazy imports are not thread-safe
+                from transformers import AutoModel, AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+                self.model = AutoModel.from_pretrained(str(path)).eval()
         except OSError as e:
             raise ModelError(f"cannot load the description encoder from {path}: {e}") from e
         for p in self.model.parameters():

@@ -69,6 +69,12 @@ _DTYPES = {
 
 _CACHE: dict[tuple[str, str, str], Any] = {}
 _CACHE_LOCK = threading.Lock()
+#: Held by everything in this package that imports ``transformers`` or loads Hugging Face files (the base
+#: model, the embedder, the description encoder). transformers resolves its names lazily and not thread-safely:
+#: two threads importing it at once can see a half-initialised module ("cannot import name
+#: 'AutoModelForCausalLM'"), which a fresh server met when its first query converted the base model while a
+#: search loaded the embedder. Re-entrant; taken after any cache lock, never before one.
+HF_LOAD_LOCK = threading.RLock()
 
 
 # --------------------------------------------------------------------- device / dtype
@@ -323,9 +329,10 @@ def load_base_model(
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        display, path = _resolve(name, settings)
         t0 = time.perf_counter()
-        model, tokenizer = _load_hf_dir(path, dev, dt)
+        with HF_LOAD_LOCK:
+            display, path = _resolve(name, settings)
+            model, tokenizer = _load_hf_dir(path, dev, dt)
         fingerprint = compute_fingerprint(display, model)
         base = BaseModel(model=model, tokenizer=tokenizer, name=display, fingerprint=fingerprint, path=path)
         log.info("loaded %s (%s, %s, %s) in %.2f s", display, fingerprint, dev, dt, time.perf_counter() - t0)
@@ -356,15 +363,16 @@ def base_fingerprint(name_or_path: str | os.PathLike[str] | None = None, *, sett
         cached = _FP_ONLY.get((name, str(settings.models_dir)))
         if cached is not None:
             return cached
-        display, path = _resolve(name, settings)
+        with HF_LOAD_LOCK:
+            display, path = _resolve(name, settings)
         recorded = _recorded_fingerprint(path, display)
         if recorded:  # a converted GGUF: the fingerprint was computed on the converted model and recorded
             _FP_ONLY[(name, str(settings.models_dir))] = recorded
             return recorded
-        from transformers import AutoConfig, AutoModelForCausalLM
-
         try:
-            with torch.device("meta"):
+            with HF_LOAD_LOCK, torch.device("meta"):
+                from transformers import AutoConfig, AutoModelForCausalLM
+
                 skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
         except Exception as e:  # transformers raises many kinds
             raise ModelError(f"cannot read the model config in {path} ({type(e).__name__}: {e})") from e

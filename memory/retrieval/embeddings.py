@@ -142,19 +142,22 @@ def _load(model_dir: Path, device: str) -> tuple[Any, Any]:
     key = (str(model_dir), device)
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
-            from transformers import AutoModel, AutoTokenizer
-            from transformers.utils import logging as hf_logging
+            from memory.models.loader import HF_LOAD_LOCK  # (imports torch, as transformers does anyway)
 
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # library code shows no progress bars
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-                model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-            except (OSError, ValueError) as e:
-                raise ModelError(f"cannot load the embedding model from {model_dir}: {e}") from e
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
+            with HF_LOAD_LOCK:
+                from transformers import AutoModel, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                bars = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # library code shows no progress bars
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+                    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+                except (OSError, ValueError) as e:
+                    raise ModelError(f"cannot load the embedding model from {model_dir}: {e}") from e
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
             model.eval().to(device)
             _MODEL_CACHE[key] = (tokenizer, model)
             log.info("loaded embedding model %s on %s", model_dir, device)

@@ -32,8 +32,9 @@ names are matched literally (no dotted paths).
 
 The namespace is NOT metadata: namespaces are hard partitions chosen by the ``namespace`` argument of a
 search, so a filter that names ``namespace`` (in any case, with any leading ``_`` or ``$``) is rejected,
-and so is every unknown operator, wrongly typed operand or over-deep filter, with a
-:class:`~memory.errors.ValidationError` that says what to write instead.
+and so is every unknown operator, wrongly typed operand, over-deep filter, filter of more than
+:data:`MAX_CLAUSES` conditions or string holding a NUL character (which PostgreSQL cannot store or compare),
+on every backend alike, with a :class:`~memory.errors.ValidationError` that says what to write instead.
 
 >>> pred = compile_filter({"lang": "en", "year": {"$gte": 2020}})
 >>> pred({"lang": "en", "year": 2024}), pred({"lang": "fr", "year": 2024})
@@ -54,6 +55,9 @@ from memory.errors import ValidationError
 RESERVED_FIELDS = frozenset({"namespace", "ns", "namespace_id"})
 MAX_DEPTH = 32
 MAX_IN_LIST = 10_000
+#: Field conditions in one filter, all levels together: a PostgreSQL statement takes at most 65,535 bound
+#: parameters, and a filter with thousands of ``$or`` branches costs seconds to plan while no real query needs it.
+MAX_CLAUSES = 1_000
 
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
 _SCALARS = (str, int, float, bool, type(None))
@@ -164,7 +168,7 @@ def compile_filter(flt: Mapping[str, Any] | None) -> Filter | None:
     """
     if flt is None:
         return None
-    return _compile(flt, "filter", 0)
+    return _compile(flt, "filter", 0, [0])
 
 
 def validate_filter(flt: Mapping[str, Any] | None) -> None:
@@ -307,7 +311,8 @@ def _fail(where: str, message: str) -> ValidationError:
     )
 
 
-def _compile(flt: Any, where: str, depth: int) -> Filter:
+def _compile(flt: Any, where: str, depth: int, count: list[int]) -> Filter:
+    """``count[0]``: the field conditions compiled so far, over the whole filter (at most :data:`MAX_CLAUSES`)."""
     if depth > MAX_DEPTH:
         raise _fail(where, f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(flt, Mapping):
@@ -320,13 +325,15 @@ def _compile(flt: Any, where: str, depth: int) -> Filter:
             raise _fail(where, f"keys must be non-empty strings, got {key!r}")
         _check_field_name(key, where)
         if key.startswith("$"):
-            parts.append(_compile_logic(key, value, f"{where}.{key}", depth))
+            parts.append(_compile_logic(key, value, f"{where}.{key}", depth, count))
         else:
-            parts.append(_compile_field(key, value, f"{where}.{key}"))
+            parts.append(_compile_field(key, value, f"{where}.{key}", count))
     return parts[0] if len(parts) == 1 else _And(parts)
 
 
 def _check_field_name(key: str, where: str) -> None:
+    if "\x00" in key:
+        raise _fail(where, f"field name {key!r} contains a NUL character")
     if key.lstrip("_$").lower() in RESERVED_FIELDS:
         raise _fail(
             where,
@@ -335,13 +342,13 @@ def _check_field_name(key: str, where: str) -> None:
         )
 
 
-def _compile_logic(op: str, value: Any, where: str, depth: int) -> Filter:
+def _compile_logic(op: str, value: Any, where: str, depth: int, count: list[int]) -> Filter:
     if op == "$not":
-        return _Not(_compile(value, where, depth + 1))
+        return _Not(_compile(value, where, depth + 1, count))
     if op in ("$and", "$or"):
         if not isinstance(value, list) or not value:
             raise _fail(where, f"{op} takes a non-empty list of filters, got {value!r}")
-        subs = [_compile(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+        subs = [_compile(v, f"{where}[{i}]", depth + 1, count) for i, v in enumerate(value)]
         if len(subs) == 1:
             return subs[0]
         return _And(subs) if op == "$and" else _Or(subs)
@@ -350,18 +357,26 @@ def _compile_logic(op: str, value: Any, where: str, depth: int) -> Filter:
     raise _fail(where, f"unknown operator {op!r}; logical operators are {', '.join(_LOGIC_OPS)}")
 
 
-def _compile_field(field: str, spec: Any, where: str) -> Filter:
+def _compile_field(field: str, spec: Any, where: str, count: list[int]) -> Filter:
     if isinstance(spec, Mapping):
         if not spec:
             raise _fail(where, "empty operator dict")
         if any(isinstance(k, str) and k.startswith("$") for k in spec):
+            _count(count, len(spec), where)
             ops = [_compile_op(field, op, arg, f"{where}.{op}") for op, arg in spec.items()]
             return ops[0] if len(ops) == 1 else _And(ops)
         raise _fail(
             where, f"equality against a dict is not supported; use operators such as {{'$eq': ...}}, got {spec!r}"
         )
+    _count(count, 1, where)
     _check_scalar(spec, where)
     return _Op(field, "$eq", spec)
+
+
+def _count(count: list[int], n: int, where: str) -> None:
+    count[0] += n
+    if count[0] > MAX_CLAUSES:
+        raise _fail(where, f"more than {MAX_CLAUSES:,} conditions in one filter; use $in with a list, not many $or")
 
 
 def _compile_op(field: str, op: Any, arg: Any, where: str) -> Filter:
@@ -374,6 +389,8 @@ def _compile_op(field: str, op: Any, arg: Any, where: str) -> Filter:
             raise _fail(where, f"{op} takes a number or a string, got {type(arg).__name__} {arg!r}")
         if isinstance(arg, float) and math.isnan(arg):
             raise _fail(where, f"{op} cannot compare against NaN")
+        if isinstance(arg, str):
+            _check_scalar(arg, where)
     elif op in ("$in", "$nin"):
         if not isinstance(arg, (list, tuple)):
             raise _fail(where, f"{op} takes a list of scalars, got {type(arg).__name__} {arg!r}")
@@ -391,9 +408,12 @@ def _check_scalar(value: Any, where: str) -> None:
         raise _fail(where, f"expected a str, number, bool or None, got {type(value).__name__} {value!r}")
     if isinstance(value, float) and math.isnan(value):
         raise _fail(where, "NaN never equals anything; use $exists or a range instead")
+    if isinstance(value, str) and "\x00" in value:
+        raise _fail(where, "a string holding a NUL character (\\x00) cannot be stored, so it never matches")
 
 
 __all__ = [
+    "MAX_CLAUSES",
     "MISSING",
     "RESERVED_FIELDS",
     "Column",

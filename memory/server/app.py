@@ -15,17 +15,18 @@ stable codes (:data:`ERROR_CODES`). Model work goes through a bounded generation
 import asyncio
 import io
 import logging
-import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +44,9 @@ from memory.errors import (
     PMemError,
     ValidationError,
 )
-from memory.server.auth import ALL, LOCAL_ADMIN, KeyStore, Principal
+from memory.server.auth import ALL, LOCAL_ADMIN, KeyStore, Principal, under_roots
+from memory.services.query import MAX_QUESTION_CHARS
+from memory.services.records import MAX_INT
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,14 @@ def _pmem_error_code(e: PMemError) -> str:
 
 
 # ---------------------------------------------------------------------------- request bodies
+#: An id or version number as the database holds it (a larger one is a 422, never a database error).
+Id = Annotated[int, Field(ge=1, le=MAX_INT)]
+IdInPath = Annotated[int, PathParam(ge=1, le=MAX_INT)]
+VersionInQuery = Annotated[int | None, Query(ge=1, le=MAX_INT)]
+#: A question or search query (the facade's bound, checked before the body reaches it).
+QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown field is a mistake the caller should hear about
 
@@ -128,11 +139,11 @@ class AddDocument(_Body):
 
 
 class Rollback(_Body):
-    version: int = Field(ge=1)
+    version: Id
 
 
 class Internalize(_Body):
-    version: int | None = Field(default=None, ge=1, description="Default: the current version.")
+    version: Id | None = Field(default=None, description="Default: the current version.")
     method: Literal["auto", "d2l", "cd", "self-study"] = "auto"
     force: bool = False
     tier: Literal["instant", "full"] = Field(
@@ -142,7 +153,7 @@ class Internalize(_Body):
 
 class AddSource(_Body):
     spec: str = Field(min_length=1, description="A file, directory or glob on the server, under a source root.")
-    refresh_interval_s: int | None = Field(default=None, ge=1)
+    refresh_interval_s: int | None = Field(default=None, ge=1, le=MAX_INT)
     internalize: bool = False
     method: Literal["auto", "d2l", "cd"] = "auto"
 
@@ -154,7 +165,7 @@ class Refresh(_Body):
 
 def _search_body(cap_k: int) -> type[BaseModel]:
     class Search(_Body):
-        query: str = Field(min_length=1)
+        query: QueryText
         k: int = Field(default=4, ge=1, le=cap_k)
         filter: dict[str, Any] | None = None
 
@@ -164,12 +175,12 @@ def _search_body(cap_k: int) -> type[BaseModel]:
 def _query_body(cap_k: int, cap_tokens: int) -> type[BaseModel]:
     # (class bodies do not see a closure variable that they also bind: hence cap_* names)
     class QueryRequest(_Body):
-        question: str = Field(min_length=1)
+        question: QueryText
         mode: Literal["auto", "parametric", "retrieval", "hybrid"] = "auto"
         k: int = Field(default=4, ge=1, le=cap_k)
         document_ids: list[str] | None = Field(default=None, max_length=cap_k)
         max_new_tokens: int = Field(default=64, ge=1, le=cap_tokens)
-        skill: int | None = Field(default=None, description="A skill adapter id (from specialize).")
+        skill: Id | None = Field(default=None, description="A skill adapter id (from specialize).")
         log: bool = True
         stream: bool = Field(
             default=False, description="Answer with server-sent events (as does `Accept: text/event-stream`)."
@@ -179,13 +190,13 @@ def _query_body(cap_k: int, cap_tokens: int) -> type[BaseModel]:
 
 
 class Feedback(_Body):
-    query_id: int
+    query_id: Id
     score: float = Field(allow_inf_nan=False)
 
 
 def _experiment_body(cap_k: int, cap_tokens: int) -> type[BaseModel]:
     class ExperimentQuery(_Body):
-        question: str = Field(min_length=1)
+        question: QueryText
         arms: dict[str, dict[str, Any]] | list[str] = Field(description="As for memory.experiment(arms=...).")
         user_key: str | None = None
         k: int | None = Field(default=None, ge=1, le=cap_k)
@@ -220,6 +231,66 @@ class _Metrics:
             "pmem_jobs", "Jobs in the database by state (read at scrape time).", ["state"], registry=self.registry
         )
         self.queue = Gauge("pmem_generation_queue_depth", "Model calls running or waiting.", registry=self.registry)
+
+
+# ---------------------------------------------------------------------------- request body limit
+#: The methods /metrics names; any other is counted as "other" (labels must not grow with what clients send).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 ``payload_too_large``.
+
+    The bytes are counted as they arrive, whatever the headers say: a client may send ``Content-Length``
+    beside a chunked body (the server reads the chunks), or no length at all. A declared length over the
+    limit is refused before anything is read; otherwise the read that crosses the limit raises the 413,
+    before the body is parsed or the key checked, so no request makes the server hold more than the limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if not length.isdigit():
+                await _error("invalid_input", "Content-Length is not a number")(scope, receive, send)
+                return
+            if int(length) > self.max_bytes:
+                await self._refuse(scope, receive, send, f"request body is {int(length):,} bytes, ")
+                return
+        received = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # FastAPI re-raises an HTTPException met while reading a body
+                    raise StarletteHTTPException(413, self._message("request body is "))
+            return message
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except StarletteHTTPException as e:  # raised outside a route (nothing turned it into a response)
+            if e.status_code != 413 or started:
+                raise
+            await self._refuse(scope, receive, send, "request body is ")
+
+    def _message(self, prefix: str) -> str:
+        return f"{prefix}over the limit of {self.max_bytes:,} bytes"
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any, prefix: str) -> None:
+        await _error("payload_too_large", self._message(prefix))(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------- the app
@@ -264,12 +335,20 @@ def create_app(
     keys = KeyStore.for_memory(memory)
     metrics = _Metrics()
     background: set[asyncio.Task[Any]] = set()
+    running: set[int] = set()  # the jobs this process runs (embedded mode: no broker)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not memory.settings.broker_url:  # jobs a stopped or killed server left unfinished: run them now
+            await resume_jobs()
+        yield
 
     app = FastAPI(
         title="parametric-memory",
         version=_version(),
         description="Documents stored in model weights (Doc-to-LoRA), with provenance, versions and classic "
         "retrieval. Send `Authorization: Bearer <key>` (keys: `pmem keys create`).",
+        lifespan=lifespan,
     )
     app.state.memory, app.state.amem, app.state.keys, app.state.limits = memory, amem, keys, lim
     app.state.metrics, app.state.background = metrics, background
@@ -323,28 +402,15 @@ def create_app(
         return _error("internal", f"internal error ({type(e).__name__}); see the server log")
 
     # ------------------------------------------------------------ middleware: body limit, metrics
+    app.add_middleware(_BodyLimit, max_bytes=lim.max_body_bytes)  # added first: inside the metrics below
+
     @app.middleware("http")
-    async def _bounded(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return _error("invalid_input", "Content-Length is not a number")
-            if int(length) > lim.max_body_bytes:
-                return _error(
-                    "payload_too_large",
-                    f"request body is {int(length):,} bytes, over the limit of {lim.max_body_bytes:,}",
-                )
-        elif request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get("transfer-encoding", ""):
-            body = b""
-            async for part in request.stream():
-                body += part
-                if len(body) > lim.max_body_bytes:
-                    return _error("payload_too_large", f"request body is over the limit of {lim.max_body_bytes:,}")
-            request._body = body  # starlette reads the already-received body from here
         response = await call_next(request)
         route = request.scope.get("route")
-        metrics.latency.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+        method = request.method if request.method in _METHODS else "other"  # a client may invent methods
+        metrics.latency.labels(method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
             time.perf_counter() - t0
         )
         return response
@@ -387,8 +453,8 @@ def create_app(
     Admin = Annotated[str, allow("admin")]
 
     def page(limit: int, offset: int) -> None:
-        if not 0 <= limit <= lim.max_list or offset < 0:
-            raise ApiError("invalid_input", f"limit must be 0-{lim.max_list} and offset >= 0")
+        if not 0 <= limit <= lim.max_list or not 0 <= offset <= MAX_INT:
+            raise ApiError("invalid_input", f"limit must be 0-{lim.max_list} and offset 0-{MAX_INT}")
 
     def spawn(coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -473,13 +539,13 @@ def create_app(
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}/diff", tags=["documents"])
     async def diff(
-        ns: Read, document_id: str, old: Annotated[int, Query(ge=1)], new: Annotated[int | None, Query(ge=1)] = None
+        ns: Read, document_id: str, old: Annotated[int, Query(ge=1, le=MAX_INT)], new: VersionInQuery = None
     ) -> dict[str, Any]:
         """A unified diff between two versions (``new`` defaults to the current one)."""
         return {"diff": await amem.diff(document_id, old, new, namespace=ns)}
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}/chunks", tags=["documents"])
-    async def chunks(ns: Read, document_id: str, version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+    async def chunks(ns: Read, document_id: str, version: VersionInQuery = None) -> dict[str, Any]:
         return {"chunks": [c.to_dict() for c in await amem.chunks(document_id, namespace=ns, version=version)]}
 
     @app.post(f"{ns_prefix}/documents/{{document_id:path}}/rollback", tags=["documents"])
@@ -495,7 +561,7 @@ def create_app(
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}", tags=["documents"])
     async def get_document(
-        ns: Read, document_id: str, version: Annotated[int | None, Query(ge=1)] = None, with_text: bool = False
+        ns: Read, document_id: str, version: VersionInQuery = None, with_text: bool = False
     ) -> dict[str, Any]:
         """A document (its current version, or ``version``), optionally with its text."""
         return (await amem.get(document_id, namespace=ns, version=version, with_text=with_text)).to_dict()
@@ -511,8 +577,8 @@ def create_app(
         from memory.submission import run_body
 
         store = JobStore.for_memory(memory)
-        try:
-            run = amem.run_model if model else amem.run_io
+        try:  # an accepted job waits for the model however full the queue: a refusal would lose it
+            run = amem.run_job if model else amem.run_io
             info = await run(run_inline, store, job_id, partial(run_body, memory))
             if model:
                 metrics.internalizations.labels(info.state).inc()
@@ -520,6 +586,20 @@ def create_app(
             log.exception("job %s failed", job_id)
             if model:
                 metrics.internalizations.labels("failed").inc()
+        finally:
+            running.discard(job_id)
+
+    def start_job(job_id: int, kind: str) -> None:
+        if job_id not in running:
+            running.add(job_id)
+            spawn(run_job(job_id, model=kind == "internalize"))
+
+    async def resume_jobs() -> None:
+        from memory.jobs import JobStore
+
+        for job in await amem.run_io(JobStore.for_memory(memory).stale, 0):
+            log.warning("resuming job %s (%s, %s when the server last stopped)", job.id, job.kind, job.state)
+            start_job(job.id, job.kind)
 
     async def submit(kind: str, payload: dict[str, Any], ns: str, key: str | None = None) -> Any:
         """Create the job; a broker gets it at once, else this process runs it in the background."""
@@ -533,9 +613,8 @@ def create_app(
         job, created = await amem.run_io(store.create, kind, payload, namespace=ns, idempotency_key=key)
         if not created and job.state == "failed":
             job = await amem.run_io(store.requeue, job.id)
-            created = True
-        if created:
-            spawn(run_job(job.id, model=kind == "internalize"))
+        if job.state != "succeeded":  # new, requeued, or unfinished with nothing here running it: run it
+            start_job(job.id, kind)
         return job
 
     async def submit_internalize(
@@ -573,7 +652,7 @@ def create_app(
         return {"jobs": [j.to_dict() for j in jobs]}
 
     @app.get(f"{ns_prefix}/jobs/{{job_id}}", tags=["jobs"])
-    async def get_job(ns: Read, job_id: int) -> dict[str, Any]:
+    async def get_job(ns: Read, job_id: IdInPath) -> dict[str, Any]:
         """One job of this namespace (a job of another namespace is 'not found', like a missing one)."""
         return (await amem.run_io(_job_in, memory, ns, job_id)).to_dict()
 
@@ -590,7 +669,7 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"application/zip": {}}}},
     )
-    async def download_adapter(ns: Read, adapter_id: int) -> Response:
+    async def download_adapter(ns: Read, adapter_id: IdInPath) -> Response:
         """The adapter as a PEFT directory (``adapter_config.json`` + ``adapter_model.safetensors``) in a zip."""
         data = await amem.run_io(_peft_zip, memory, ns, adapter_id)
         return Response(
@@ -886,12 +965,12 @@ def _check_source(spec: str, roots: tuple[str, ...]) -> str:
     """A source path made absolute, if it lies under one of the server's source roots."""
     if not roots:
         raise ApiError("forbidden", "this server takes no server-side sources (start it with --source-root DIR)")
-    path = os.path.realpath(os.path.expanduser(spec))
-    for root in roots:
-        real = os.path.realpath(root)
-        if path == real or path.startswith(real.rstrip(os.sep) + os.sep):
-            return path
-    raise ApiError("forbidden", "the source is outside the server's source roots")
+    if "\x00" in spec:
+        raise ApiError("invalid_input", "a source path cannot contain a NUL character")
+    path = under_roots(spec, roots)
+    if path is None:
+        raise ApiError("forbidden", "the source is outside the server's source roots")
+    return path
 
 
 __all__ = ["ERROR_CODES", "ServerLimits", "check_no_auth", "create_app"]

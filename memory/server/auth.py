@@ -199,4 +199,35 @@ class KeyStore:
             return _info(row)
 
 
-__all__ = ["ALL", "LOCAL_ADMIN", "ROLES", "CreatedKey", "KeyInfo", "KeyStore", "Principal", "role_allows"]
+def under_roots(path: str, roots: tuple[str, ...] | list[str]) -> str | None:
+    """``path`` made absolute with every link resolved, if it lies under one of ``roots``; else ``None``.
+
+    What a caller may reach on the server's disk (``pmem serve --source-root``, ``pmem mcp --file-root``):
+    the check runs on the resolved path, so ``..`` and symbolic links cannot lead outside a root.
+
+    >>> under_roots("/srv/docs/a/../b.md", ["/srv/docs"]), under_roots("/etc/passwd", ["/srv/docs"])
+    ('/srv/docs/b.md', None)
+    """
+    import os
+
+    if "\x00" in path:  # no file has such a name (and os.path refuses it)
+        return None
+    real_path = os.path.realpath(os.path.expanduser(path))
+    for root in roots:
+        real = os.path.realpath(os.path.expanduser(root))
+        if real_path == real or real_path.startswith(real.rstrip(os.sep) + os.sep):
+            return real_path
+    return None
+
+
+__all__ = [
+    "ALL",
+    "LOCAL_ADMIN",
+    "ROLES",
+    "CreatedKey",
+    "KeyInfo",
+    "KeyStore",
+    "Principal",
+    "role_allows",
+    "under_roots",
+]

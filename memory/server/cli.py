@@ -12,7 +12,9 @@ Nothing here imports FastAPI, uvicorn or mcp until a command runs (they come wit
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -31,7 +33,10 @@ keys_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception, as_json: bool = False) -> None:
+    """Exit 2 with the error on stderr and, with ``--json``, as ``{"error", "type"}``, the last line of stdout."""
+    if as_json:
+        _print_json({"error": str(e), "type": type(e).__name__})
     console.print(f"[red]error:[/red] {e}")
     raise typer.Exit(code=2)
 
@@ -126,7 +131,7 @@ def keys_create(
     try:
         created = _key_store().create(name, role=role, namespaces=list(namespace or []))
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json({**created.info.to_dict(), "key": created.secret})
         return
@@ -145,7 +150,7 @@ def keys_list(
     try:
         rows = _key_store().list(include_revoked=all_)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     if as_json:
         _print_json([k.to_dict() for k in rows])
         return
@@ -171,7 +176,7 @@ def keys_revoke(
     try:
         info = _key_store().revoke(key_id)
     except PMemError as e:
-        _fail(e)
+        _fail(e, as_json)
     _print_json(info.to_dict()) if as_json else console.print(f"revoked {info.key_id} ({info.name})")
 
 
@@ -188,9 +193,28 @@ def mcp(
     transport: Annotated[str, typer.Option(help="stdio | streamable-http")] = "stdio",
     host: Annotated[str, typer.Option(help="streamable-http: address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="streamable-http: port to bind.")] = 8765,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="streamable-http: take requests without an API key (loopback hosts only)."),
+    ] = False,
+    file_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file-root",
+            envvar="PMEM_MCP_FILE_ROOTS",
+            help="A directory remember_file may read from (repeatable; the variable separates them with "
+            f"{os.pathsep!r}). None: remember_file reads no file.",
+        ),
+    ] = None,
 ) -> None:
-    """Run an MCP server with remember / recall / ask / forget / list tools for an agent host."""
+    """Run an MCP server with remember / recall / ask / forget / list tools for an agent host.
+
+    Over streamable HTTP every request needs an API key of the memory server (`Authorization: Bearer`), whose
+    role and namespaces apply; with --url each caller's key goes to the server.
+    """
     try:
+        from memory.server.auth import KeyStore
+        from memory.server.mcp import KeyAccess
         from memory.server.mcp import serve as serve_mcp
     except ImportError as e:
         _fail(PMemError(f"the MCP server needs the 'server' extra ({e.name} is missing)"))
@@ -204,7 +228,17 @@ def mcp(
 
             memory = ParametricMemory(Settings.from_env())
         ns = namespace or memory.settings.namespace
-        serve_mcp(memory, namespace=ns, transport=transport, host=host, port=port)
+        access = None
+
+        if transport == "streamable-http" and not no_auth:
+            access = KeyAccess(ns, url=url) if url else KeyAccess(ns, memory=memory)
+            if not url and not KeyStore.for_memory(memory).list():
+                console.print(
+                    "[yellow]no API keys yet:[/yellow] every request will get 401; "
+                    f"create one with `pmem keys create NAME --role write --namespace {ns}`"
+                )
+        roots = tuple(str(r) for r in file_root or ())
+        serve_mcp(memory, namespace=ns, transport=transport, host=host, port=port, file_roots=roots, access=access)
     except (PMemError, ValueError) as e:
         _fail(e)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from memory.db import Adapter, AdapterStatus, Chunk, Document, DocumentVersion, Namespace, Source
 from memory.errors import ValidationError
 from memory.ingest import chunk_text, content_hash, normalize_text
-from memory.services.records import Records, validate_document_id, validate_metadata
+from memory.services.records import Records, check_int, check_text_field, validate_document_id, validate_metadata
 from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def check_text(text: Any, max_bytes: int) -> str:
             f"document is {size:,} bytes, over the limit of {max_bytes:,} (PMEM_MAX_DOCUMENT_BYTES); split it first"
         )
     sample = text[:65536]
-    if "\x00" in sample:
+    if "\x00" in text:
         raise ValidationError("document contains NUL bytes: this looks like binary data, not text")
     controls = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\n\r\t\f\v")
     if sample and controls / len(sample) > 0.05:
@@ -190,6 +190,8 @@ class DocumentStore:
             validate_metadata(metadata)
         if title is not None and (not isinstance(title, str) or len(title) > _MAX_TITLE):
             raise ValidationError(f"title must be a string of at most {_MAX_TITLE} characters")
+        if title is not None:
+            check_text_field("title", title)
         if source is not None and len(source) > _MAX_SOURCE:
             raise ValidationError(f"source {source[:80]!r}... is over {_MAX_SOURCE} characters")
         specs = chunks if chunks is not None else chunk_text(normalised, self.chunk_tokens)
@@ -353,8 +355,10 @@ class DocumentStore:
     ) -> list[DocumentInfo]:
         """See :meth:`memory.api.ParametricMemory.list`."""
         ns = self.records.namespace(namespace)
-        if limit < 0 or offset < 0:
-            raise ValidationError("limit and offset must be >= 0")
+        check_int("limit", limit, low=0)
+        check_int("offset", offset, low=0)
+        if prefix is not None:
+            check_text_field("prefix", prefix)
         with self.records.tx() as s:
             q = (
                 select(Document)

@@ -22,14 +22,27 @@ from memory.db import Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
 from memory.services.adapters import AdapterRegistry
 from memory.services.models import ModelRuntime
-from memory.services.records import Records, check_count, validate_document_id
+from memory.services.records import Records, check_count, check_int, check_text_field, validate_document_id
 from memory.services.skills import SkillLibrary
 from memory.types import AdapterInfo, QueryResult, SearchHit
 
 log = logging.getLogger(__name__)
-MAX_QUESTION_CHARS = 8192
+MAX_QUESTION_CHARS = 8192  # a question or search query: embedding and prompting cost grow with it
 MAX_K = 100
 MAX_NEW_TOKENS = 2048
+
+
+def check_query_text(name: str, text: Any) -> str:
+    """A question or search query: a non-empty string of at most :data:`MAX_QUESTION_CHARS` characters, no NUL.
+
+    >>> check_query_text("query", "leave policy")
+    'leave policy'
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValidationError(f"{name} must be a non-empty string")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise ValidationError(f"{name} is {len(text):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+    return check_text_field(name, text)
 
 
 class QueryEngine:
@@ -110,9 +123,8 @@ class QueryEngine:
     ) -> list[SearchHit]:  # the facade's keyword
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
-        if not isinstance(query, str) or not query.strip():
-            raise ValidationError("query must be a non-empty string")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        check_query_text("query", query)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:  # no cap: the integrations widen a search
             raise ValidationError(f"k must be a positive integer, got {k!r}")
         return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
 
@@ -148,10 +160,7 @@ class QueryEngine:
         """
         ns = self.records.namespace(namespace)
         router.check_mode(mode)
-        if not isinstance(question, str) or not question.strip():
-            raise ValidationError("question must be a non-empty string")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise ValidationError(f"question is {len(question):,} characters, over the limit of {MAX_QUESTION_CHARS:,}")
+        check_query_text("question", question)
         check_count("k", k, MAX_K)
         check_count("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
         cfg = self.router_config
@@ -323,6 +332,7 @@ class QueryEngine:
     def feedback(self, query_id: int, score: float, *, namespace: str | None = None) -> None:
         """See :meth:`memory.api.ParametricMemory.feedback`."""
         ns = self.records.namespace(namespace)
+        check_int("query_id", query_id)
         if not isinstance(score, (int, float)) or score != score:
             raise ValidationError(f"score must be a number, got {score!r}")
         with self.records.tx() as s:

@@ -39,6 +39,9 @@ T = TypeVar("T")
 _NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
 _MAX_METADATA_BYTES = 64 * 1024
+#: The largest id, version number, row offset or count a caller may name: PostgreSQL's ``integer`` (every id
+#: and version column; SQLite's are wider). A larger number is an input error, never a database error.
+MAX_INT = 2**31 - 1
 RETRIES = 5  # attempts of a write that lost a unique-key race or found a stale row
 
 
@@ -75,7 +78,10 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
         raise ValidationError(f"metadata must be a dict, got {type(metadata).__name__}")
 
     def check(value: Any, where: str) -> None:
-        if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, str):
+            check_text_field(f"metadata {where or 'value'}", value)
+            return
+        if value is None or isinstance(value, (bool, int)):
             return
         if isinstance(value, float):
             if not math.isfinite(value):
@@ -89,6 +95,7 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
             for k, item in value.items():
                 if not isinstance(k, str):
                     raise ValidationError(f"metadata {where} has a non-string key {k!r}: JSON keys are strings")
+                check_text_field(f"metadata key {k[:40]!r}", k)
                 check(item, f"{where}.{k}" if where else k)
             return
         raise ValidationError(
@@ -101,6 +108,32 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if size > _MAX_METADATA_BYTES:
         raise ValidationError(f"metadata is {size:,} bytes as JSON, over the limit of {_MAX_METADATA_BYTES:,}")
     return metadata
+
+
+def check_text_field(name: str, value: str) -> str:
+    """``value`` if it holds no NUL character, else a :class:`ValidationError` naming ``name``.
+
+    PostgreSQL's ``text`` and ``jsonb`` cannot hold NUL, so one refused there and stored by SQLite would make
+    the same data valid on one backend and not the other (and a NUL in stored metadata would break every
+    filtered search of its namespace): it is refused everywhere, before any SQL runs.
+
+    >>> check_text_field("title", "ok")
+    'ok'
+    """
+    if "\x00" in value:
+        raise ValidationError(f"{name} contains a NUL character (\\x00), which cannot be stored; remove it")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int = 1) -> int:
+    """``value`` if it is an integer from ``low`` to :data:`MAX_INT`, else a :class:`ValidationError` naming ``name``.
+
+    >>> check_int("offset", 0, low=0)
+    0
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_INT:
+        raise ValidationError(f"{name} must be an integer from {low} to {MAX_INT:,}, got {value!r}")
+    return value
 
 
 def check_count(name: str, value: Any, limit: int) -> int:
@@ -181,8 +214,7 @@ class Records:
                 raise NotFoundError(f"document {doc.key!r} has no current version")
             v = s.get(DocumentVersion, doc.current_version_id)
         else:
-            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-                raise ValidationError(f"version must be a positive integer, got {number!r}")
+            check_int("version", number)
             v = s.scalar(
                 select(DocumentVersion).where(DocumentVersion.document_id == doc.id, DocumentVersion.number == number)
             )
