@@ -99,6 +99,7 @@ class ParametricMemory:
             home=cfg.home,
             retrieval_backend=cfg.retrieval_backend,
             retrieval_ef_search=cfg.retrieval_ef_search,
+            abstain_threshold=cfg.abstain_threshold,
         )
 
     def __repr__(self) -> str:

@@ -357,16 +357,22 @@ def ask(
     max_new_tokens: int = 64,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question from memory; says which mode answered and why."""
+    """Answer a question from memory; says which mode answered and why ("I don't know" when nothing stored is
+    about it). Exits 1 when the namespace does not exist."""
     try:
-        r = _memory().query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        mem = _memory()
+        r = mem.query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        known = mem.namespaces() if r.mode == "abstain" else None
     except PMemError as e:
         _fail(e)
     if as_json:
         _print_json(r.to_dict())
-        return
-    out.print(r.answer, markup=False, highlight=False)
-    console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
+    else:
+        out.print(r.answer, markup=False, highlight=False)
+        console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
+    if known is not None and (namespace or mem.settings.namespace) not in known:
+        console.print(f"namespaces: {', '.join(known) or '(none yet)'}", markup=False, highlight=False)
+        raise typer.Exit(code=1)
 
 
 # ---------------------------------------------------------------- eval / train

@@ -126,7 +126,7 @@ class QueryResult(_Record):
     """An answer with how it was produced and why."""
 
     answer: str
-    mode: str  # parametric | retrieval | hybrid | none
+    mode: str  # parametric | retrieval | hybrid | abstain (nothing stored is about the question)
     reason: str
     adapters: list[AdapterInfo]
     chunks: list[SearchHit]
@@ -136,6 +136,9 @@ class QueryResult(_Record):
     completion_tokens: int = 0
     confidence: float | None = None  # auto mode's checks of an adapted answer (see memory.router.check_answer)
     support: float | None = None
+    # how much the best stored passage is about the question (memory.services.query.passage_relevance), when
+    # measured; a query under the abstention threshold has mode "abstain" and says so in its answer and reason
+    relevance: float | None = None
 
 
 @dataclass(frozen=True)
