@@ -33,6 +33,7 @@ from memory.types import (
     DeleteResult,
     DocumentInfo,
     JobInfo,
+    NamespaceInfo,
     QueryResult,
     SearchHit,
     VersionInfo,
@@ -116,7 +117,8 @@ def _job(d: dict[str, Any]) -> JobInfo:
 
 
 def _add_result(d: dict[str, Any]) -> AddResult:
-    return AddResult(**{**d, "document": _document(d.get("document"))})
+    job = d.get("job")
+    return AddResult(**{**d, "document": _document(d.get("document")), "job": _job(job) if job else None})
 
 
 def _query_result(d: dict[str, Any]) -> QueryResult:
@@ -279,6 +281,16 @@ class RemoteMemory:
     def namespaces(self) -> builtins.list[str]:
         """The namespaces that exist and that this key may see."""
         return list(self._request("GET", "/v1/namespaces")["namespaces"])
+
+    def namespace_info(self, namespace: str | None = None) -> NamespaceInfo:
+        """A namespace's document count and on_add policy (see :meth:`ParametricMemory.namespace_info`)."""
+        d = self._request("GET", self._ns(namespace))
+        return NamespaceInfo(**{**d, "created_at": _dt(d["created_at"])})
+
+    def configure_namespace(self, namespace: str | None = None, *, on_add: str | None) -> NamespaceInfo:
+        """Set a namespace's on_add policy (an admin key; see :meth:`ParametricMemory.configure_namespace`)."""
+        d = self._request("PUT", f"{self._ns(namespace)}/settings", json={"on_add": on_add})
+        return NamespaceInfo(**{**d, "created_at": _dt(d["created_at"])})
 
     def history(self, document_id: str, *, namespace: str | None = None) -> builtins.list[VersionInfo]:
         data = self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/versions")

@@ -82,6 +82,9 @@ class Settings:
     # query abstains ("I don't know") when no passage's best sentence is at least this similar to the question;
     # None: the value measured for the embedding model (memory.services.query.ABSTAIN_THRESHOLDS), 0: never
     abstain_threshold: float | None = None
+    # what adding a document does in a namespace without a policy of its own (`pmem namespaces set`):
+    # none (store only) | instant (the one-pass adapter at once) | full (both tiers, as a job)
+    on_add: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -93,6 +96,8 @@ class Settings:
             raise ConfigError(f"retrieval_ef_search must be between 1 and 1000, got {self.retrieval_ef_search!r}")
         if self.abstain_threshold is not None and not 0.0 <= self.abstain_threshold <= 1.0:
             raise ConfigError(f"abstain_threshold must be between 0 and 1, got {self.abstain_threshold!r}")
+        if self.on_add not in ("none", "instant", "full"):
+            raise ConfigError(f"on_add must be none, instant or full, got {self.on_add!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 

@@ -196,8 +196,12 @@ def refresh_sources(
         sr = SourceReport(source=src.uri, namespace=src.namespace)
         try:
             check_ingest_root(src.uri, roots)
-            results = mem.add_source(
-                src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s, prune_missing=True
+            results = mem.add_source(  # internalization is enqueue's (memory.submission.refresh_tier)
+                src.uri,
+                namespace=src.namespace,
+                refresh_interval_s=src.refresh_interval_s,
+                prune_missing=True,
+                on_add="none",
             )
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
             sr.removed = [r.source or "" for r in results if r.status == "removed"]

@@ -103,10 +103,12 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     p = job.payload
     ns = p["namespace"]
     check_ingest_root(p["spec"], mem.settings.ingest_roots)
-    results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"))
+    results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"), on_add="none")
     changed, unchanged, failed = changed_versions(mem, results, ns)
     jobs = []
-    if p.get("internalize", True):
+    wanted = p.get("internalize", True)  # None: as the namespace's on_add policy says
+    policy = mem.namespace_settings.on_add(ns) if wanted is None else ("instant" if wanted else "none")
+    if policy != "none":
         # Unchanged documents too: if an earlier attempt added them but died before submitting, they get
         # their job now; if their job exists, submit() returns it without doing anything.
         for r in results:
@@ -114,7 +116,7 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
                 vid = version_id_for(mem, ns, r.document.id, r.document.version.number)
                 jobs.append(
                     submit_internalize(
-                        mem, vid, method=p.get("method", "auto"), retry_failed=r.status != "unchanged"
+                        mem, vid, method=p.get("method", "auto"), retry_failed=r.status != "unchanged", tier=policy
                     ).id
                 )
     result = {
@@ -150,7 +152,8 @@ def _configure(mem: Any) -> None:
 def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
     _configure(mem)
-    info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False))
+    tier = {"tier": p["tier"]} if p.get("tier", "instant") != "instant" else {}  # (custom functions: no tier)
+    info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False), **tier)
     return {
         "adapter_id": info.id,
         "status": info.status,
@@ -163,14 +166,50 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     }
 
 
+def refresh_tier(mem: Any, version_id: int) -> str | None:
+    """How a version that a refresh found changed is internalized: as its namespace's ``on_add`` policy says;
+    under ``none``, still ``instant`` when an older version of the document has an adapter (a refresh keeps
+    what was internalized current, and internalizes nothing new); None: not at all."""
+    from sqlalchemy import select
+
+    from memory.db import Adapter, Document, DocumentVersion, Namespace, session_factory
+
+    with session_factory(mem.engine)() as s:
+        row = s.execute(
+            select(Namespace.name, Namespace.on_add, DocumentVersion.document_id)
+            .join(Document, DocumentVersion.document_id == Document.id)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(DocumentVersion.id == version_id)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no document version with id {version_id}")
+        policy = row.on_add or mem.settings.on_add
+        if policy != "none":
+            return str(policy)
+        had = s.scalar(
+            select(Adapter.id)
+            .join(DocumentVersion, Adapter.version_id == DocumentVersion.id)
+            .where(DocumentVersion.document_id == row.document_id, DocumentVersion.id != version_id)
+            .limit(1)
+        )
+    return "instant" if had is not None else None
+
+
 def _refresh_body(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
+
+    def enqueue(vid: int) -> JobInfo | None:
+        tier = refresh_tier(mem, vid)
+        if tier is None:
+            return None
+        return submit_internalize(mem, vid, method=p.get("method", "auto"), retry_failed=True, tier=tier)
+
     report = _refresh(
         mem,
         namespace=p.get("namespace"),
         force=p.get("force", False),
         roots=mem.settings.ingest_roots,
-        enqueue=lambda vid: submit_internalize(mem, vid, method=p.get("method", "auto"), retry_failed=True),
+        enqueue=enqueue,
     )
     return report.to_dict()
 
@@ -295,9 +334,18 @@ def version_job_key(mem: Any, content_sha256: str, version_id: int, method: str,
 
 
 def submit_internalize(
-    mem: Any, version_id: int, *, method: str = "auto", force: bool = False, retry_failed: bool = False
+    mem: Any,
+    version_id: int,
+    *,
+    method: str = "auto",
+    force: bool = False,
+    retry_failed: bool = False,
+    tier: str = "instant",
 ) -> JobInfo:
-    """Submit the internalization of a version by id (one job per version, method and base model).
+    """Submit the internalization of a version by id (one job per version, method, base model and tier).
+
+    ``tier``: ``instant`` (the one-pass adapter) or ``full`` (both tiers; see
+    :meth:`memory.api.ParametricMemory.internalize_version`).
 
     >>> submit_internalize(mem, 7).kind  # doctest: +SKIP
     'internalize'
@@ -305,25 +353,24 @@ def submit_internalize(
     from sqlalchemy import select
 
     from memory.db import Document, DocumentVersion, Namespace, session_factory
+    from memory.services.namespaces import check_tier
 
+    check_tier(tier)
     with session_factory(mem.engine)() as s:
         row = s.execute(
-            select(DocumentVersion.content_sha256, Namespace.name)
+            select(DocumentVersion.content_sha256, Namespace.name, Document.key)
             .join(Document, DocumentVersion.document_id == Document.id)
             .join(Namespace, Document.namespace_id == Namespace.id)
             .where(DocumentVersion.id == version_id)
         ).first()
     if row is None:
         raise NotFoundError(f"no document version with id {version_id}")
-    sha, ns = row
-    return submit(
-        mem,
-        "internalize",
-        {"version_id": version_id, "method": method, "force": force},
-        namespace=ns,
-        key=version_job_key(mem, sha, version_id, method, force=force),
-        retry_failed=retry_failed,
-    )
+    sha, ns, doc_key = row
+    payload = {"version_id": version_id, "method": method, "force": force, "document": doc_key}
+    key = version_job_key(mem, sha, version_id, method, force=force)
+    if tier != "instant":
+        payload["tier"], key = tier, f"{key}:{tier}"
+    return submit(mem, "internalize", payload, namespace=ns, key=key, retry_failed=retry_failed)
 
 
 def submit_ingest(
@@ -369,6 +416,7 @@ __all__ = [
     "broker",
     "hypernetwork_tag",
     "internalize_key",
+    "refresh_tier",
     "resubmit_stale",
     "run_body",
     "submit",

@@ -62,6 +62,7 @@ class AddResult(_Record):
     document: DocumentInfo | None
     source: str | None = None  # the file path, for add_source
     error: str | None = None
+    job: JobInfo | None = None  # the internalization the namespace's on_add policy submitted, if any
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,17 @@ class QueryResult(_Record):
     # how much the best stored passage is about the question (memory.services.query.passage_relevance), when
     # measured; a query under the abstention threshold has mode "abstain" and says so in its answer and reason
     relevance: float | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceInfo(_Record):
+    """A namespace: its document count and what adding a document does in it (``on_add``)."""
+
+    name: str
+    documents: int
+    on_add: str  # none | instant | full: the policy in force
+    on_add_is_default: bool  # True: the namespace has no policy of its own and follows PMEM_ON_ADD
+    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,9 @@ class Namespace(Base):
     # ...as long as this token is the one it synced under: a fresh one with the row and whenever a document is
     # deleted (a deleted row has no number to be found by), and the next sync of every index diffs every document.
     index_epoch: Mapped[str | None] = mapped_column(String(32), default=new_stamp)
+    # What adding a document (or a new version) does here: none | instant | full (memory.services.namespaces);
+    # NULL follows the PMEM_ON_ADD setting.
+    on_add: Mapped[str | None] = mapped_column(String(16))
 
 
 class Source(Base):

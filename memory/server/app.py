@@ -140,8 +140,15 @@ class Internalize(_Body):
 class AddSource(_Body):
     spec: str = Field(min_length=1, description="A file, directory or glob on the server, under a source root.")
     refresh_interval_s: int | None = Field(default=None, ge=1)
-    internalize: bool = False
+    internalize: bool | None = Field(default=None, description="Default: as the namespace's on_add policy says.")
     method: Literal["auto", "d2l", "cd"] = "auto"
+
+
+class NamespaceSettings(_Body):
+    on_add: Literal["none", "instant", "full"] | None = Field(
+        description="What adding a document does: none (store only), instant (the one-pass adapter at once), full "
+        "(both tiers, as a job); null: follow the server's PMEM_ON_ADD."
+    )
 
 
 class Refresh(_Body):
@@ -432,14 +439,29 @@ def create_app(
 
     ns_prefix = "/v1/namespaces/{namespace}"
 
+    @app.get(ns_prefix, tags=["namespaces"])
+    async def namespace_info(ns: Read) -> dict[str, Any]:
+        """The namespace's document count and on_add policy (404 when it does not exist)."""
+        return (await amem.run_io(memory.namespace_info, ns)).to_dict()
+
+    @app.put(f"{ns_prefix}/settings", tags=["namespaces"])
+    async def configure_namespace(ns: Admin, body: NamespaceSettings) -> dict[str, Any]:
+        """Set the namespace's on_add policy (applied by document adds, uploads, sources and refreshes)."""
+        return (await amem.run_io(memory.configure_namespace, ns, on_add=body.on_add)).to_dict()
+
     # ------------------------------------------------------------ documents
     @app.post(f"{ns_prefix}/documents", status_code=201, tags=["documents"])
     async def add_document(ns: Write, body: AddDocument) -> dict[str, Any]:
         """Add a text as a new document or a new version (deduplicated by content hash)."""
         r = await amem.add(
-            body.text, document_id=body.document_id, namespace=ns, title=body.title, metadata=body.metadata
+            body.text,
+            document_id=body.document_id,
+            namespace=ns,
+            title=body.title,
+            metadata=body.metadata,
+            on_add="none",
         )
-        return r.to_dict()
+        return await on_add(ns, r)
 
     @app.post(f"{ns_prefix}/documents/upload", status_code=201, tags=["documents"])
     async def upload_document(
@@ -454,7 +476,7 @@ def create_app(
             raise ApiError("payload_too_large", f"the file is over the upload limit of {lim.max_upload_bytes:,} bytes")
         name = Path(file.filename or "upload.txt").name or "upload.txt"
         r = await amem.run_io(_add_file, memory, data, name, ns, document_id, title)
-        return r.to_dict()
+        return await on_add(ns, r)
 
     @app.get(f"{ns_prefix}/documents", tags=["documents"])
     async def list_documents(ns: Read, limit: int = 100, offset: int = 0, prefix: str | None = None) -> dict[str, Any]:
@@ -535,7 +557,9 @@ def create_app(
             spawn(run_job(job.id, model=kind == "internalize"))
         return job
 
-    async def submit_internalize(ns: str, document_id: str, version: int | None, method: str, force: bool) -> Any:
+    async def submit_internalize(
+        ns: str, document_id: str, version: int | None, method: str, force: bool, tier: str = "instant"
+    ) -> Any:
         from memory.refresh import version_id_for
         from memory.submission import version_job_key
 
@@ -545,9 +569,21 @@ def create_app(
         vid = await amem.run_io(version_id_for, memory, ns, document_id, info.version.number)
         sha = info.version.content_sha256
         key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force))
-        job = await submit("internalize", {"version_id": vid, "method": method, "force": force}, ns, key)
+        payload = {"version_id": vid, "method": method, "force": force, "document": document_id}
+        if tier != "instant":  # as memory.submission.submit_internalize keys it
+            payload["tier"], key = tier, f"{key}:{tier}"
+        job = await submit("internalize", payload, ns, key)
         metrics.internalizations.labels("submitted").inc()
         return job
+
+    async def on_add(ns: str, r: Any) -> dict[str, Any]:
+        """An added document's JSON, after the namespace's on_add policy: with ``instant`` or ``full``, the
+        internalization job is submitted (it runs in the background) and returned as ``job``."""
+        policy = await amem.run_io(memory.namespace_settings.on_add, ns)
+        if policy != "none" and r.document is not None and r.document.version is not None:
+            job = await submit_internalize(ns, r.document.id, r.document.version.number, "auto", False, policy)
+            return {**r.to_dict(), "job": job.to_dict()}
+        return r.to_dict()
 
     @app.get(f"{ns_prefix}/jobs", tags=["jobs"])
     async def list_jobs(

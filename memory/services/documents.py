@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memory.db import Adapter, AdapterStatus, Chunk, Document, DocumentVersion, Namespace, Source
-from memory.errors import ValidationError
+from memory.errors import NotFoundError, ValidationError
 from memory.ingest import chunk_text, content_hash, normalize_text
 from memory.services.records import Records, validate_document_id, validate_metadata
 from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
@@ -381,6 +381,38 @@ class DocumentStore:
                 )
                 for c in s.scalars(select(Chunk).where(Chunk.version_id == v.id).order_by(Chunk.ordinal))
             ]
+
+    def current_versions(
+        self, *, namespace: str | None = None, stale: bool = False, document_ids: list[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """``(document id, current version's row id)`` of the namespace's documents (or of ``document_ids``, each
+        of which must exist), by id; ``stale``: only those whose current version has no ready adapter."""
+        rec = self.records
+        ns = rec.namespace(namespace)
+        wanted = sorted({validate_document_id(d) for d in document_ids}) if document_ids is not None else None
+        with rec.tx() as s:
+            q = (
+                select(Document.key, Document.current_version_id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.current_version_id.is_not(None))
+                .order_by(Document.key)
+            )
+            if wanted is not None:
+                q = q.where(Document.key.in_(wanted))
+            rows = [(key, vid) for key, vid in s.execute(q).tuples() if vid is not None]
+            if wanted is not None and len(rows) < len(wanted):
+                missing = sorted(set(wanted) - {key for key, _ in rows})
+                raise NotFoundError(f"no document {missing[0]!r} in namespace {ns!r}")
+            if stale and rows:
+                ready = set(
+                    s.scalars(
+                        select(Adapter.version_id).where(
+                            Adapter.version_id.in_([vid for _, vid in rows]), Adapter.status == AdapterStatus.ready
+                        )
+                    )
+                )
+                rows = [(key, vid) for key, vid in rows if vid not in ready]
+        return rows
 
     def namespaces(self) -> list[str]:
         with self.records.tx() as s:
