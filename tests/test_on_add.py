@@ -82,11 +82,15 @@ def test_internalize_all_and_stale(mem):
     seen: list[tuple[int, int, str, bool]] = []
     jobs = mem.internalize_all(namespace="hr", progress=lambda d, t, doc, job: seen.append((d, t, doc, job is None)))
     assert [(j.payload["document"], j.state) for j in jobs] == [(f"f{i}", "succeeded") for i in range(3)]
-    assert (
-        seen
-        == [(i, 3, f"f{i}", True) for i in range(3)][:1]
-        + [step for i in range(3) for step in ((i + 1, 3, f"f{i}", False), (i + 1, 3, f"f{i + 1}", True))][:-1]
-    )
+    before, after = True, False  # progress comes before each document (no job yet) and after it
+    assert seen == [
+        (0, 3, "f0", before),
+        (1, 3, "f0", after),
+        (1, 3, "f1", before),
+        (2, 3, "f1", after),
+        (2, 3, "f2", before),
+        (3, 3, "f2", after),
+    ]
     assert mem.internalize_all(namespace="hr", stale=True) == []  # every current version has a ready adapter
     mem.add("Fact number one, changed.", document_id="f1", namespace="hr")
     assert [j.payload["document"] for j in mem.internalize_all(namespace="hr", stale=True)] == ["f1"]
