@@ -258,16 +258,24 @@ class ParametricMemoryVectorStore(VectorStore):
         ]
 
     def similarity_search_with_score(
-        self, query: str, k: int = DEFAULT_K, filter: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        query: str,
+        k: int = DEFAULT_K,
+        filter: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
+        **kwargs: Any,
     ) -> list[tuple[Document, float]]:
         """The ``k`` most similar documents and their cosine similarity (by their best chunk).
 
         ``filter`` uses the metadata filter language of :mod:`memory.retrieval.filters`, e.g.
         ``{"year": {"$gte": 2020}}``; a malformed filter raises :class:`~memory.errors.ValidationError`.
+        ``score_threshold`` leaves out documents less similar than that (the search's ``min_score``).
         """
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)} for similarity search")
-        hits = search_documents(self.memory, query, k=k, namespace=self.namespace, flt=filter)
+        hits = search_documents(
+            self.memory, query, k=k, namespace=self.namespace, flt=filter, min_score=score_threshold
+        )
         return [
             (
                 Document(id=h.document.id, page_content=h.document.text or "", metadata=dict(h.document.metadata)),
@@ -334,6 +342,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         filter: a metadata filter (see :mod:`memory.retrieval.filters`); in the parametric modes it selects
             the documents whose adapters may be applied.
         max_new_tokens: length of the recollection.
+        score_threshold: in ``retrieval`` mode, leave out chunks less similar than this (cosine similarity).
 
     ``invoke(query, k=..., mode=..., filter=...)`` overrides these per call.
 
@@ -350,6 +359,7 @@ class ParametricMemoryRetriever(BaseRetriever):
     k: int = Field(default=DEFAULT_K, ge=1)
     filter: Any = None  # dict | None, checked by our own validator for a precise message
     max_new_tokens: int = Field(default=64, ge=1)
+    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
     @field_validator("memory")
     @classmethod
@@ -369,7 +379,7 @@ class ParametricMemoryRetriever(BaseRetriever):
     ) -> list[Document]:
         k, mode, flt, max_new_tokens = self._arguments(kwargs)
         if mode == "retrieval":
-            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
+            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt, min_score=self.score_threshold)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
         result = self.memory.query(
             query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens
@@ -384,7 +394,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         k, mode, flt, max_new_tokens = self._arguments(kwargs)
         amem = shared_async(self.memory)
         if mode == "retrieval":
-            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt)
+            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt, min_score=self.score_threshold)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
         result = await amem.query(
             query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens

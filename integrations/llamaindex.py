@@ -382,6 +382,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         filters: ``MetadataFilters`` or a memory filter dict; in the parametric modes they choose the
             documents whose adapters may be applied.
         max_new_tokens: length of the recollection.
+        similarity_cutoff: in ``retrieval`` mode, leave out chunks less similar than this (cosine similarity).
 
     >>> ParametricMemoryRetriever(mem, mode="parametric").retrieve("How old do turtles get?")   # doctest: +SKIP
     """
@@ -395,6 +396,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         similarity_top_k: int = DEFAULT_K,
         filters: MetadataFilters | dict[str, Any] | None = None,
         max_new_tokens: int = 64,
+        similarity_cutoff: float | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -408,12 +410,19 @@ class ParametricMemoryRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.filters = to_memory_filter(filters)
         self.max_new_tokens = max_new_tokens
+        self.similarity_cutoff = similarity_cutoff
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
         if self.mode == "retrieval":
-            hits = self.memory.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
+            hits = self.memory.search(
+                query,
+                k=self.similarity_top_k,
+                namespace=self.namespace,
+                filter=self.filters,
+                min_score=self.similarity_cutoff,
+            )
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
         result = self.memory.query(
             query,
@@ -429,7 +438,13 @@ class ParametricMemoryRetriever(BaseRetriever):
         """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory`."""
         query, amem = query_bundle.query_str, shared_async(self.memory)
         if self.mode == "retrieval":
-            hits = await amem.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
+            hits = await amem.search(
+                query,
+                k=self.similarity_top_k,
+                namespace=self.namespace,
+                filter=self.filters,
+                min_score=self.similarity_cutoff,
+            )
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
         result = await amem.query(
             query,

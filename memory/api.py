@@ -457,14 +457,23 @@ class ParametricMemory:
         )
 
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
-    ) -> builtins.list[SearchHit]:  # public keyword
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,  # public keyword
+        min_score: float | None = None,
+    ) -> builtins.list[SearchHit]:
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
+
+        ``min_score`` (a cosine similarity, -1 to 1) leaves out the hits that score lower, so fewer than ``k``
+        may come back.
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
         ['vault']
         """
-        return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
+        return self.query_engine.search(query, k=k, namespace=namespace, filter=filter, min_score=min_score)
 
     def document_ids_matching(
         self, filter: dict[str, Any] | None, *, namespace: str | None = None

@@ -383,10 +383,18 @@ def adapters(
 
 
 @app.command()
-def search(query: str, k: int = 4, namespace: NamespaceOpt = None, as_json: JsonOpt = False) -> None:
+def search(
+    query: str,
+    k: int = 4,
+    namespace: NamespaceOpt = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Leave out hits below this cosine similarity (-1 to 1).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Classic vector search over current chunks."""
     try:
-        hits = _memory().search(query, k=k, namespace=namespace)
+        hits = _memory().search(query, k=k, namespace=namespace, min_score=min_score)
     except PMemError as e:
         _fail(e)
     if as_json:

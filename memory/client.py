@@ -320,11 +320,19 @@ class RemoteMemory:
 
     # ------------------------------------------------------------ search and query
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> builtins.list[SearchHit]:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter is not None:
             body["filter"] = filter
+        if min_score is not None:
+            body["min_score"] = min_score
         return [SearchHit(**h) for h in self._request("POST", f"{self._ns(namespace)}/search", json=body)["hits"]]
 
     def query(

@@ -49,9 +49,12 @@ def as_utc(ts: datetime) -> datetime: ...
 @overload
 def as_utc(ts: None) -> None: ...
 def as_utc(ts: datetime | None) -> datetime | None:
-    """A timestamp read back from a timezone-aware column, aware: SQLite hands back naive datetimes,
-    written in UTC."""
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+    """A timestamp read back from a timezone-aware column, aware and in UTC (the one convention of every
+    result, CLI JSON and HTTP answer): SQLite hands back naive datetimes, written in UTC; PostgreSQL aware ones
+    in the session's time zone."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

@@ -161,6 +161,9 @@ def _search_body(cap_k: int) -> type[BaseModel]:
         query: str = Field(min_length=1)
         k: int = Field(default=4, ge=1, le=cap_k)
         filter: dict[str, Any] | None = None
+        min_score: float | None = Field(
+            default=None, ge=-1.0, le=1.0, description="Leave out hits below this cosine similarity."
+        )
 
     return Search
 
@@ -274,7 +277,10 @@ def create_app(
         version=_version(),
         description="Documents stored in model weights (Doc-to-LoRA), with provenance, versions and classic "
         "retrieval. Send `Authorization: Bearer <key>` (keys: `pmem keys create`).",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: _serve_docs serves them from here
+        redoc_url=None,
     )
+    _serve_docs(app)
     app.state.memory, app.state.amem, app.state.keys, app.state.limits = memory, amem, keys, lim
     app.state.metrics, app.state.background = metrics, background
 
@@ -667,7 +673,8 @@ def create_app(
     @app.post(f"{ns_prefix}/search", tags=["query"])
     async def search(ns: Read, body: SearchBody) -> dict[str, Any]:  # type: ignore[valid-type]
         """Classic vector search over the chunks of current versions (metadata filters on documents)."""
-        hits = await amem.search(body.query, k=body.k, namespace=ns, filter=body.filter)  # type: ignore[attr-defined]
+        b: Any = body
+        hits = await amem.search(b.query, k=b.k, namespace=ns, filter=b.filter, min_score=b.min_score)
         return {"hits": [h.to_dict() for h in hits]}
 
     async def bounded(coro: Awaitable[Any]) -> Any:
@@ -790,6 +797,54 @@ def create_app(
     return app
 
 
+# ---------------------------------------------------------------------------- API docs
+DOCS_ASSETS = "/docs/assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served by this server from the
+    ``fastapi-offline`` package (the server extra), so they work on a machine with no internet. Without that
+    package there are no docs pages (``/openapi.json`` is always there)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from importlib.resources import files
+
+        assets = files("fastapi_offline") / "static"
+    except ModuleNotFoundError:
+        log.warning("fastapi-offline is not installed: no /docs and /redoc (pip install 'parametric-memory[server]')")
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    title = f"{app.title} - API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 # ---------------------------------------------------------------------------- helpers (run in threads)
 def _sse(event: str, data: dict[str, Any]) -> str:
     """One server-sent event (the JSON data on one line)."""
@@ -863,8 +918,9 @@ def _job_in(mem: Any, ns: str, job_id: int) -> Any:
 
 
 def _add_file(mem: Any, data: bytes, filename: str, ns: str, document_id: str | None, title: str | None) -> Any:
-    """Parse an uploaded file as ``add_source`` parses one file, then add it as a document."""
-    from memory.ingest import chunk_document, chunk_text, normalize_text, partition_bytes
+    """Parse an uploaded file as ``add_source`` parses one file, then add it as a document (named, when no
+    ``document_id`` is given, as ``pmem add FILE`` names it: after the file name)."""
+    from memory.ingest import chunk_document, chunk_text, document_key, normalize_text, partition_bytes
 
     if not data:
         raise ValidationError(f"{filename}: the file is empty; nothing to remember")
@@ -876,12 +932,13 @@ def _add_file(mem: Any, data: bytes, filename: str, ns: str, document_id: str | 
         chunks = chunk_text(normalised, mem.settings.chunk_tokens)
     return mem.add(
         normalised,
-        document_id=document_id,
+        document_id=document_id if document_id is not None else document_key(filename),
         namespace=ns,
         title=title,
         parser=parsed.parser,
         chunks=chunks,
         metadata={"filename": filename, "filetype": parsed.filetype},
+        on_add="none",  # the server submits the policy's job itself (on_add)
     )
 
 

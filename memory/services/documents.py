@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memory.db import Adapter, AdapterStatus, Chunk, Document, DocumentVersion, Namespace, Source
+from memory.db.models import as_utc
 from memory.errors import NotFoundError, ValidationError
 from memory.ingest import chunk_text, content_hash, normalize_text
 from memory.services.records import Records, validate_document_id, validate_metadata
@@ -74,7 +75,7 @@ def version_info(v: DocumentVersion, current_id: int | None, adapter_status: str
         token_count=v.token_count,
         chunk_count=v.chunk_count,
         parser=dict(v.parser or {}),
-        created_at=v.created_at,
+        created_at=as_utc(v.created_at),
         adapter_status=adapter_status,
     )
 
@@ -158,8 +159,8 @@ class DocumentStore:
                     version=version_info(cur, doc.current_version_id, statuses.get(cur.id)) if cur else None,
                     version_count=counts.get(doc.id, 0),
                     source=sources.get(doc.source_id) if doc.source_id else None,
-                    created_at=doc.created_at,
-                    updated_at=doc.updated_at,
+                    created_at=as_utc(doc.created_at),
+                    updated_at=as_utc(doc.updated_at),
                 )
             )
         return out

@@ -188,15 +188,26 @@ class QueryEngine:
         return ABSTAIN_THRESHOLDS.get(self.embedder.name, 0.0)
 
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
-    ) -> list[SearchHit]:  # the facade's keyword
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,  # the facade's keyword
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query must be a non-empty string")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValidationError(f"k must be a positive integer, got {k!r}")
-        return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
+        if min_score is not None and (
+            not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not -1.0 <= min_score <= 1.0
+        ):
+            raise ValidationError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}")
+        hits = self.chunk_index.search(query, k=k, ns=ns, filter=filter)
+        return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
     def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
         """See :meth:`memory.api.ParametricMemory.document_ids_matching`."""

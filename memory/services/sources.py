@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory.db import Document, Namespace, Source
+from memory.db.models import as_utc
 from memory.errors import PMemError, ValidationError
 from memory.ingest import chunk_text, normalize_text
 from memory.services.documents import DocumentStore
@@ -207,7 +208,7 @@ class SourceIngestor:
                     "uri": r.uri,
                     "kind": r.kind,
                     "refresh_interval_s": r.refresh_interval_s,
-                    "last_checked_at": r.last_checked_at,
+                    "last_checked_at": as_utc(r.last_checked_at),
                     "last_error": r.last_error,
                     "parser": r.parser,
                 }
