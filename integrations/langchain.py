@@ -112,10 +112,11 @@ def result_documents(result: QueryResult) -> list[Document]:
     """The documents a RAG chain should see for a :class:`~memory.types.QueryResult`.
 
     Parametric: one recollection ``Document`` (the adapted model's answer). Retrieval: the chunks used.
-    Hybrid: the recollection first, then the chunks. Every document carries ``mode`` and ``reason``.
+    Hybrid: the recollection first, then the chunks. Abstain: one document with the memory's "I don't know:
+    ..." answer. Every document carries ``mode`` and ``reason``.
     """
     docs = []
-    if result.mode in ("parametric", "hybrid"):
+    if result.mode in ("parametric", "hybrid", "abstain"):
         docs.append(
             Document(
                 page_content=result.answer,

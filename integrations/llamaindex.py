@@ -344,14 +344,20 @@ def _chunk_node(hit: SearchHit, mode: str, reason: str) -> NodeWithScore:
     return NodeWithScore(node=node, score=hit.score)
 
 
-def result_nodes(result: QueryResult) -> list[NodeWithScore]:
-    """The nodes a query engine should see for a :class:`~memory.types.QueryResult` (recollection and/or chunks)."""
+def result_nodes(result: QueryResult, question: str | None = None) -> list[NodeWithScore]:
+    """The nodes a query engine should see for a :class:`~memory.types.QueryResult` (recollection and/or chunks).
+
+    A recollection node's text is the memory's answer; with ``question``, what a response synthesizer reads
+    (``MetadataMode.LLM``) is 'The answer to "<question>" is <answer>.': a bare "7342" tells a
+    small model nothing. An abstention is one node with the memory's "I don't know: ..." answer.
+    """
     out = []
-    if result.mode in ("parametric", "hybrid"):
+    if result.mode in ("parametric", "hybrid", "abstain"):
         adapters = [
             {"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
             for a in result.adapters
         ]
+        asked = {"question": question.strip()} if question and result.mode != "abstain" else {}
         node = TextNode(
             text=result.answer,
             metadata={
@@ -360,9 +366,19 @@ def result_nodes(result: QueryResult) -> list[NodeWithScore]:
                 "adapters": adapters,
                 "query_id": result.query_id,
                 "source": "parametric-memory recollection",
+                **asked,
             },
             excluded_llm_metadata_keys=[*_PROVENANCE, "source"],
-            excluded_embed_metadata_keys=[*_PROVENANCE, "source"],
+            excluded_embed_metadata_keys=[*_PROVENANCE, "source", "question"],
+            **(
+                {
+                    "metadata_template": 'The answer to "{value}" is',
+                    "text_template": "{metadata_str} {content}"
+                    + ("" if result.answer.endswith((".", "!", "?")) else "."),
+                }
+                if asked
+                else {}
+            ),
         )
         out.append(NodeWithScore(node=node, score=None))
     if result.mode in ("retrieval", "hybrid"):
@@ -432,7 +448,7 @@ class ParametricMemoryRetriever(BaseRetriever):
             filter=self.filters,
             max_new_tokens=self.max_new_tokens,
         )
-        return result_nodes(result)
+        return result_nodes(result, query)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory`."""
@@ -454,7 +470,7 @@ class ParametricMemoryRetriever(BaseRetriever):
             filter=self.filters,
             max_new_tokens=self.max_new_tokens,
         )
-        return result_nodes(result)
+        return result_nodes(result, query)
 
 
 # ============================================================================ LLM

@@ -130,3 +130,16 @@ def test_integrations_take_a_score_threshold(mem) -> None:
     assert [d.metadata["document_id"] for d in lc.invoke("parking level garage")] == ["parking"]
     li = LIRetriever(mem, mode="retrieval", similarity_top_k=5, similarity_cutoff=cut)
     assert [n.node.metadata["document_id"] for n in li.retrieve("parking level garage")] == ["parking"]
+
+
+def test_gguf_conversion_writes_no_progress_bars(capfd) -> None:
+    """The GGUF reader's own tqdm bar (which transformers' switch does not reach) is off while a model converts,
+    and back afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from memory.models.loader import _no_progress_bars
+
+    before = gguf_utils.tqdm
+    with _no_progress_bars():
+        assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+    assert "Converting" not in capfd.readouterr().err and gguf_utils.tqdm is before
