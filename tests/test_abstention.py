@@ -101,3 +101,18 @@ def test_the_policy_corpus_abstains_out_of_corpus_and_answers_in_corpus(tmp_path
         r = mem.query(item["question"], namespace="pol", mode="auto", max_new_tokens=1, log=False)
         assert r.mode == "retrieval" and r.relevance >= mem.query_engine.abstain_threshold, (item, r)
         assert r.chunks[0].document_id == item["document"]  # the passage that answers it is in the prompt
+
+
+def test_pmem_ask_in_a_mistyped_namespace_exits_1_and_creates_nothing() -> None:
+    from typer.testing import CliRunner
+
+    from memory.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["add", "-", "--id", "vault", "-n", "hr"], input="The vault code is 7342.").exit_code == 0
+    r = runner.invoke(app, ["ask", "What is the vault code?", "-n", "hrr", "--json"])
+    assert r.exit_code == 1, r.output
+    answer = json.loads(r.stdout.splitlines()[-1])
+    assert answer["mode"] == "abstain" and "does not exist" in answer["reason"] and "namespaces: hr" in r.stderr
+    r = runner.invoke(app, ["namespaces", "--json"])
+    assert [n["name"] for n in json.loads(r.stdout.splitlines()[-1])] == ["hr"]
