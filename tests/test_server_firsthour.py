@@ -128,3 +128,33 @@ def test_the_on_add_policy_over_http(server) -> None:
     assert _utc(job["created_at"]) <= datetime.now(UTC)
     adapters = _call(server, "GET", f"/v1/namespaces/{NS}/adapters", params={"document_id": "v"}).json()["adapters"]
     assert [a["status"] for a in adapters] == ["ready"] and _utc(adapters[0]["created_at"])
+
+
+def test_mcp_internalize_through_a_server(server) -> None:
+    """MCP in --url mode: `internalize` submits the server's jobs and reports their states; `job_id` polls one."""
+    import asyncio
+    import json
+
+    from mcp.client.client import Client
+
+    from memory.client import RemoteMemory
+    from memory.server.mcp import build_server
+
+    remote = RemoteMemory(server.url, namespace="mcp-remote")
+    remote.add("The wifi password is orchid-42.", document_id="wifi")
+    mcp = build_server(remote, namespace="mcp-remote")
+
+    async def call(name: str, args: dict[str, Any]) -> Any:
+        async with Client(mcp) as client:
+            r = await client.call_tool(name, args)
+            return r.structured_content or json.loads("".join(getattr(c, "text", "") for c in r.content))
+
+    (job,) = asyncio.run(call("internalize", {}))["jobs"]
+    assert job["document_id"] == "wifi" and job["state"] in ("queued", "running", "succeeded"), job
+    deadline = time.monotonic() + 120
+    while job["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        (job,) = asyncio.run(call("internalize", {"job_id": job["job_id"]}))["jobs"]
+    assert job["state"] == "succeeded" and job["adapter_id"] is not None, job
+    assert asyncio.run(call("internalize", {}))["jobs"] == []  # nothing left without a current adapter
+    remote.close()
