@@ -24,7 +24,6 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "firsthour"
 def run(quick: bool = False) -> dict[str, Any]:
     from memory.api import ParametricMemory
     from memory.evaluation import suites
-    from memory.services.query import RELEVANCE_PASSAGES, passage_relevance
 
     mem = ParametricMemory(home=tempfile.mkdtemp(prefix="pmem-bench-abstention-"))
     engine = mem.query_engine
@@ -44,10 +43,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     for name, asked in groups.items():
         rows = []
         for ns, question in asked:
-            hits = mem.search(question, k=8, namespace=ns)
-            relevance = passage_relevance(
-                question, [h.text for h in hits[:RELEVANCE_PASSAGES]], engine.embedder, engine._sentence_vectors
-            )
+            hits = mem.search(question, k=8, namespace=ns)  # as query searches
+            relevance = engine.relevance(question, hits)
             rows.append(
                 {"question": question, "relevance": round(relevance, 3), "chunk_score": round(hits[0].score, 3)}
             )

@@ -42,8 +42,8 @@ MAX_NEW_TOKENS = 2048
 ABSTAIN = "abstain"  # the mode of a query that was not answered because nothing stored is about it
 #: The passage relevance (:func:`passage_relevance`) below which a query abstains, per embedding model. For
 #: all-MiniLM-L6-v2, measured on tests/data/firsthour (7 questions the 4 files answer: 0.66-0.85; 5 they do not:
-#: 0.13-0.43) and on the built-in ``pmem eval qa`` items of two seeds (72 questions, all 0.63 or more);
-#: README, "Abstention". Other models have no default: they abstain only on an empty namespace unless
+#: 0.12-0.43) and on the built-in ``pmem eval qa`` items of two seeds (72 questions, 0.63-0.89): ``pmem bench
+#: abstention``, README "Usage". Other models have no default: they abstain only on an empty namespace unless
 #: PMEM_ABSTAIN_THRESHOLD is set.
 ABSTAIN_THRESHOLDS = {"all-MiniLM-L6-v2": 0.45}
 RELEVANCE_PASSAGES = 4  # the top passages whose sentences are compared with the question
@@ -186,6 +186,12 @@ class QueryEngine:
         if self.abstain_threshold_setting is not None:
             return self.abstain_threshold_setting
         return ABSTAIN_THRESHOLDS.get(self.embedder.name, 0.0)
+
+    def relevance(self, question: str, hits: list[SearchHit]) -> float:
+        """How much the best of the top ``hits`` (:data:`RELEVANCE_PASSAGES`) is about ``question``
+        (:func:`passage_relevance`; -1.0 for no hit)."""
+        passages = [h.text for h in hits[:RELEVANCE_PASSAGES]]
+        return passage_relevance(question, passages, self.embedder, self._sentence_vectors)
 
     def search(
         self,
@@ -376,9 +382,7 @@ class QueryEngine:
         if threshold <= 0:
             return None, None
         t0 = time.perf_counter()
-        relevance = passage_relevance(
-            question, [h.text for h in hits[:RELEVANCE_PASSAGES]], self.embedder, self._sentence_vectors
-        )
+        relevance = self.relevance(question, hits)
         timings["relevance_ms"] = (time.perf_counter() - t0) * 1000
         if relevance >= threshold:
             return None, relevance
