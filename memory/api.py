@@ -305,15 +305,22 @@ class ParametricMemory:
         version: int | None = None,
         method: str = "auto",
         force: bool = False,
+        tier: str = "instant",
     ) -> AdapterInfo:
         """Turn a version (default: current) into a ready LoRA adapter, in-process; idempotent.
 
         ``method``: ``d2l`` (Doc-to-LoRA hypernetwork), ``cd`` (context distillation) or ``auto`` (D2L when a
-        checkpoint for the base model exists, else CD).
+        checkpoint for the base model exists, else CD). ``tier``: ``instant`` or ``full`` (see
+        :meth:`internalize_version`).
 
         >>> mem.internalize("vault").status  # doctest: +SKIP
         'ready'
         """
+        if check_tier(tier) == "full":
+            rec = self.records
+            with rec.tx() as s:
+                version_id = rec.version(s, rec.document(s, rec.namespace(namespace), document_id), version).id
+            return self.internalize_version(version_id, method=method, force=force, tier=tier)
         return self.internalization.internalize(
             document_id, namespace=namespace, version=version, method=method, force=force
         )

@@ -289,7 +289,7 @@ def internalize(
     stale: Annotated[
         bool, typer.Option("--stale", help="The documents whose current version has no ready adapter.")
     ] = False,
-    tier: Annotated[str, typer.Option(help="instant | full (with --all / --stale)")] = "instant",
+    tier: Annotated[str, typer.Option(help="instant (the one-pass adapter) | full (both tiers)")] = "instant",
     as_json: JsonOpt = False,
 ) -> None:
     """Turn a document version into a LoRA adapter now, in this process (or, with --all / --stale, every
@@ -307,7 +307,9 @@ def internalize(
         mem = _memory()
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task(f"internalizing {document_id}", total=None)
-            info = mem.internalize(document_id, namespace=namespace, version=version, method=method, force=force)
+            info = mem.internalize(
+                document_id, namespace=namespace, version=version, method=method, force=force, tier=tier
+            )
             bar.update(task, completed=1, total=1)
     except PMemError as e:
         _fail(e)

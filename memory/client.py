@@ -457,9 +457,12 @@ class RemoteMemory:
         version: int | None = None,
         method: str = "auto",
         force: bool = False,
+        tier: str = "instant",
     ) -> JobInfo:
-        """Ask the server to internalize a version; returns the job at once (202)."""
+        """Ask the server to internalize a version (``tier``: instant or full); returns the job at once (202)."""
         body: dict[str, Any] = {"method": method, "force": force}
+        if tier != "instant":
+            body["tier"] = tier
         if version is not None:
             body["version"] = version
         data = self._request(

@@ -322,14 +322,19 @@ def internalize_key(content_sha256: str, version_id: int, method: str, base_fing
     return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_fingerprint)}"
 
 
-def version_job_key(mem: Any, content_sha256: str, version_id: int, method: str, *, force: bool = False) -> str:
+def version_job_key(
+    mem: Any, content_sha256: str, version_id: int, method: str, *, force: bool = False, tier: str = "instant"
+) -> str:
     """The job key of an internalization submitted through ``mem`` (the CLI, the workers and the server alike):
-    :func:`internalize_key` under ``mem``'s base-model fingerprint; ``force`` makes it unique (a new job)."""
+    :func:`internalize_key` under ``mem``'s base-model fingerprint, and the tier unless ``instant`` (a ``full``
+    job is another job); ``force`` makes it unique (a new job)."""
     from memory.models import base_fingerprint
 
     key = internalize_key(
         content_sha256, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings)
     )
+    if tier != "instant":
+        key = f"{key}:{tier}"
     return f"{key}:force:{uuid.uuid4().hex[:12]}" if force else key
 
 
@@ -367,9 +372,9 @@ def submit_internalize(
         raise NotFoundError(f"no document version with id {version_id}")
     sha, ns, doc_key = row
     payload = {"version_id": version_id, "method": method, "force": force, "document": doc_key}
-    key = version_job_key(mem, sha, version_id, method, force=force)
     if tier != "instant":
-        payload["tier"], key = tier, f"{key}:{tier}"
+        payload["tier"] = tier
+    key = version_job_key(mem, sha, version_id, method, force=force, tier=tier)
     return submit(mem, "internalize", payload, namespace=ns, key=key, retry_failed=retry_failed)
 
 

@@ -96,6 +96,13 @@ def test_internalize_all_and_stale(mem):
     assert [j.payload["document"] for j in mem.internalize_all(namespace="hr", stale=True)] == ["f1"]
     again = mem.internalize_all(namespace="hr")  # idempotent: the same jobs, no new adapters
     assert len(again) == 3 and len(mem.adapters(namespace="hr")) == 4
+    # full: both tiers; the second is not built yet, so it is the instant adapter, through the same entry point
+    instant = [a for a in mem.adapters(namespace="hr", document_id="f0") if a.status == "ready"]
+    assert mem.internalize("f0", namespace="hr", tier="full").id == instant[0].id
+    (full,) = mem.internalize_all(namespace="hr", document_ids=["f0"], tier="full")
+    assert full.payload["tier"] == "full" and full.state == "succeeded" and full.id not in {j.id for j in jobs}
+    with pytest.raises(ValidationError, match="tier must be one of"):
+        mem.internalize("f0", namespace="hr", tier="half")
     with pytest.raises(NotFoundError, match="missing"):
         mem.internalize_all(namespace="hr", document_ids=["missing"])
     assert mem.internalize_all(namespace="empty") == [] and "empty" not in mem.namespaces()

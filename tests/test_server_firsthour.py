@@ -128,6 +128,9 @@ def test_the_on_add_policy_over_http(server) -> None:
     assert _utc(job["created_at"]) <= datetime.now(UTC)
     adapters = _call(server, "GET", f"/v1/namespaces/{NS}/adapters", params={"document_id": "v"}).json()["adapters"]
     assert [a["status"] for a in adapters] == ["ready"] and _utc(adapters[0]["created_at"])
+    full = _call(server, "POST", f"/v1/namespaces/{NS}/documents/v/internalize", json={"tier": "full"})
+    assert full.status_code == 202 and full.json()["job"]["payload"]["tier"] == "full", full.text
+    assert full.json()["job"]["id"] != job_id  # another job than the instant one
 
 
 def test_mcp_internalize_through_a_server(server) -> None:

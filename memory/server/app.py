@@ -135,6 +135,7 @@ class Internalize(_Body):
     version: int | None = Field(default=None, ge=1, description="Default: the current version.")
     method: Literal["auto", "d2l", "cd"] = "auto"
     force: bool = False
+    tier: Literal["instant", "full"] = Field(default="instant", description="full: both tiers.")
 
 
 class AddSource(_Body):
@@ -515,7 +516,7 @@ def create_app(
     @app.post(f"{ns_prefix}/documents/{{document_id:path}}/internalize", status_code=202, tags=["jobs"])
     async def internalize(ns: Write, document_id: str, body: Internalize) -> dict[str, Any]:
         """Turn a version into a LoRA adapter: 202 with the job (poll ``/jobs/{id}``)."""
-        job = await submit_internalize(ns, document_id, body.version, body.method, body.force)
+        job = await submit_internalize(ns, document_id, body.version, body.method, body.force, body.tier)
         return {"job": job.to_dict()}
 
     @app.get(f"{ns_prefix}/documents/{{document_id:path}}", tags=["documents"])
@@ -574,10 +575,10 @@ def create_app(
             raise NotFoundError(f"document {document_id!r} has no current version")
         vid = await amem.run_io(version_id_for, memory, ns, document_id, info.version.number)
         sha = info.version.content_sha256
-        key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force))
+        key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force, tier=tier))
         payload = {"version_id": vid, "method": method, "force": force, "document": document_id}
-        if tier != "instant":  # as memory.submission.submit_internalize keys it
-            payload["tier"], key = tier, f"{key}:{tier}"
+        if tier != "instant":
+            payload["tier"] = tier
         job = await submit("internalize", payload, ns, key)
         metrics.internalizations.labels("submitted").inc()
         return job

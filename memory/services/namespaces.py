@@ -31,6 +31,7 @@ def check_on_add(value: str) -> str:
 
 
 def check_tier(value: str) -> str:
+    """``value`` if it is an internalization tier (``instant``, ``full``), else a :class:`ValidationError`."""
     if value not in TIERS:
         raise ValidationError(f"tier must be one of {', '.join(TIERS)}, got {value!r}")
     return value
