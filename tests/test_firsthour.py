@@ -143,3 +143,18 @@ def test_gguf_conversion_writes_no_progress_bars(capfd) -> None:
     with _no_progress_bars():
         assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
     assert "Converting" not in capfd.readouterr().err and gguf_utils.tqdm is before
+
+
+def test_timestamps_are_utc_whatever_the_postgresql_session_time_zone(pg_url, tmp_path: Path, monkeypatch) -> None:
+    """PostgreSQL hands back aware datetimes in the session's time zone: they come out converted to UTC."""
+    from memory.db import dispose_engines, migrate
+
+    monkeypatch.setenv("PGTZ", "America/New_York")  # libpq sets the session's TimeZone from it
+    dispose_engines()
+    migrate.upgrade(pg_url)
+    mem = ParametricMemory(home=tmp_path / "h", database_url=pg_url, embedder=BagOfWords())
+    added = mem.add("Refunds within 30 days.", document_id="refunds")
+    got = mem.get("refunds")
+    stamps = [got.created_at, got.updated_at, got.version.created_at, mem.history("refunds")[0].created_at]
+    assert all(_utc(ts) for ts in stamps), stamps
+    assert got.created_at == added.document.created_at and got.to_dict()["created_at"].endswith("+00:00")
