@@ -20,7 +20,18 @@ from rich.console import Console
 
 console = Console(stderr=True)
 
-BENCHES = ("runtime", "cd", "internalize", "ingest", "retrieval", "t2l", "worker", "context", "registry")
+BENCHES = (
+    "runtime",
+    "cd",
+    "internalize",
+    "ingest",
+    "retrieval",
+    "t2l",
+    "worker",
+    "context",
+    "registry",
+    "abstention",
+)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")]
 BackendOpt = Annotated[

@@ -1,8 +1,9 @@
 """A LlamaIndex query engine that answers from a ParametricMemory.
 
 The retriever asks the memory (adapters, retrieval or both, as the router decides with ``mode="auto"``);
-the response synthesizer is ``ParametricLLM``, the same base model. Every source node says which mode
-produced it and why.
+the response synthesizer is ``ParametricLLM``, the same base model, asked with the memory's own reading
+prompt (:func:`memory.prompts.context_prompt`: the prompt the retrieval path uses; LlamaIndex's default one
+loses a small model). Every source node says which mode produced it and why.
 
 Run: ``python examples/llamaindex_query_engine.py "What is the office vault code?"``
 """
@@ -14,7 +15,7 @@ import json
 import tempfile
 from typing import Any
 
-from llama_index.core import StorageContext, VectorStoreIndex
+from llama_index.core import PromptTemplate, StorageContext, VectorStoreIndex
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
@@ -24,7 +25,7 @@ from integrations.llamaindex import (
     ParametricMemoryRetriever,
     ParametricMemoryVectorStore,
 )
-from memory import ParametricMemory
+from memory import ParametricMemory, prompts
 
 NAMESPACE = "handbook"
 HANDBOOK = {
@@ -33,6 +34,8 @@ HANDBOOK = {
     "laptops": ("Laptops are replaced every three years.", {"topic": "it"}),
 }
 INTERNALIZED = ("vault",)
+# LlamaIndex fills in the retrieved text (the recollection, or passages) and the question
+QA_TEMPLATE = PromptTemplate(prompts.context_prompt("{query_str}", ["{context_str}"]))
 
 
 def build_memory(home: str | None = None) -> ParametricMemory:
@@ -69,7 +72,10 @@ def main(
         mem, namespace=NAMESPACE, mode=mode, similarity_top_k=2, max_new_tokens=max_new_tokens
     )
     engine = RetrieverQueryEngine.from_args(
-        retriever, llm=ParametricLLM(memory=mem, max_new_tokens=max_new_tokens), response_mode="compact"
+        retriever,
+        llm=ParametricLLM(memory=mem, max_new_tokens=max_new_tokens, system=prompts.QA_SYSTEM),
+        response_mode="compact",
+        text_qa_template=QA_TEMPLATE,
     )
     response = engine.query(question)
     meta = response.source_nodes[0].node.metadata if response.source_nodes else {"mode": "none", "reason": "no source"}

@@ -125,11 +125,13 @@ def search_documents(
     namespace: str | None,
     flt: Mapping[str, Any] | None = None,
     allowed: set[str] | None = None,
+    min_score: float | None = None,
 ) -> list[DocumentHit]:
     """The ``k`` documents whose best chunk is most similar to ``query``, best first, with their text.
 
     Chunk hits are folded per document; the search widens until ``k`` distinct documents are found or the
-    namespace is exhausted. ``allowed`` restricts the result to those document ids.
+    namespace is exhausted. ``allowed`` restricts the result to those document ids; ``min_score`` leaves out
+    documents whose best chunk scores lower (a cosine similarity).
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValidationError(f"k must be a positive integer, got {k!r}")
@@ -138,7 +140,7 @@ def search_documents(
     fetch = max(8, 4 * k)
     best: dict[str, SearchHit] = {}
     while True:
-        hits = memory.search(query, k=fetch, namespace=namespace, filter=flt)  # type: ignore[arg-type]
+        hits = memory.search(query, k=fetch, namespace=namespace, filter=flt, min_score=min_score)  # type: ignore[arg-type]
         best = {}
         for h in hits:
             if (allowed is None or h.document_id in allowed) and h.document_id not in best:

@@ -114,10 +114,11 @@ def result_documents(result: QueryResult) -> list[Document]:
     """The documents a RAG chain should see for a :class:`~memory.types.QueryResult`.
 
     Parametric: one recollection ``Document`` (the adapted model's answer). Retrieval: the chunks used.
-    Hybrid: the recollection first, then the chunks. Every document carries ``mode`` and ``reason``.
+    Hybrid: the recollection first, then the chunks. Abstain: one document with the memory's "I don't know:
+    ..." answer. Every document carries ``mode`` and ``reason``.
     """
     docs = []
-    if result.mode in ("parametric", "hybrid"):
+    if result.mode in ("parametric", "hybrid", "abstain"):
         docs.append(
             Document(
                 page_content=result.answer,
@@ -243,16 +244,24 @@ class ParametricMemoryVectorStore(VectorStore):
         ]
 
     def similarity_search_with_score(
-        self, query: str, k: int = DEFAULT_K, filter: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        query: str,
+        k: int = DEFAULT_K,
+        filter: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
+        **kwargs: Any,
     ) -> list[tuple[Document, float]]:
         """The ``k`` most similar documents and their cosine similarity (by their best chunk).
 
         ``filter`` uses the metadata filter language of :mod:`memory.retrieval.filters`, e.g.
         ``{"year": {"$gte": 2020}}``; a malformed filter raises :class:`~memory.errors.ValidationError`.
+        ``score_threshold`` leaves out documents less similar than that (the search's ``min_score``).
         """
         if kwargs:
             raise ValidationError(f"unknown argument(s) {sorted(kwargs)} for similarity search")
-        hits = search_documents(self.memory, query, k=k, namespace=self.namespace, flt=filter)
+        hits = search_documents(
+            self.memory, query, k=k, namespace=self.namespace, flt=filter, min_score=score_threshold
+        )
         return [
             (
                 Document(id=h.document.id, page_content=h.document.text or "", metadata=dict(h.document.metadata)),
@@ -319,6 +328,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         filter: a metadata filter (see :mod:`memory.retrieval.filters`); in the parametric modes it selects
             the documents whose adapters may be applied.
         max_new_tokens: length of the recollection.
+        score_threshold: in ``retrieval`` mode, leave out chunks less similar than this (cosine similarity).
 
     ``invoke(query, k=..., mode=..., filter=...)`` overrides these per call.
 
@@ -335,6 +345,7 @@ class ParametricMemoryRetriever(BaseRetriever):
     k: int = Field(default=DEFAULT_K, ge=1)
     filter: Any = None  # dict | None, checked by our own validator for a precise message
     max_new_tokens: int = Field(default=64, ge=1)
+    score_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
     @field_validator("memory")
     @classmethod
@@ -354,7 +365,7 @@ class ParametricMemoryRetriever(BaseRetriever):
     ) -> list[Document]:
         k, mode, flt, max_new_tokens = self._arguments(kwargs)
         if mode == "retrieval":
-            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt)
+            hits = self.memory.search(query, k=k, namespace=self.namespace, filter=flt, min_score=self.score_threshold)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
         result = self.memory.query(
             query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens
@@ -369,7 +380,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         k, mode, flt, max_new_tokens = self._arguments(kwargs)
         amem = shared_async(self.memory)
         if mode == "retrieval":
-            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt)
+            hits = await amem.search(query, k=k, namespace=self.namespace, filter=flt, min_score=self.score_threshold)
             return [_chunk_document(h, "retrieval", "mode retrieval requested") for h in hits]
         result = await amem.query(
             query, namespace=self.namespace, mode=mode, k=k, filter=flt, max_new_tokens=max_new_tokens

@@ -344,14 +344,20 @@ def _chunk_node(hit: SearchHit, mode: str, reason: str) -> NodeWithScore:
     return NodeWithScore(node=node, score=hit.score)
 
 
-def result_nodes(result: QueryResult) -> list[NodeWithScore]:
-    """The nodes a query engine should see for a :class:`~memory.types.QueryResult` (recollection and/or chunks)."""
+def result_nodes(result: QueryResult, question: str | None = None) -> list[NodeWithScore]:
+    """The nodes a query engine should see for a :class:`~memory.types.QueryResult` (recollection and/or chunks).
+
+    A recollection node's text is the memory's answer; with ``question``, what a response synthesizer reads
+    (``MetadataMode.LLM``) is 'The answer to "<question>" is <answer>.': a bare "7342" tells a
+    small model nothing. An abstention is one node with the memory's "I don't know: ..." answer.
+    """
     out = []
-    if result.mode in ("parametric", "hybrid"):
+    if result.mode in ("parametric", "hybrid", "abstain"):
         adapters = [
             {"adapter_id": a.id, "document_id": a.document_id, "version": a.version, "method": a.method}
             for a in result.adapters
         ]
+        asked = {"question": question.strip()} if question and result.mode != "abstain" else {}
         node = TextNode(
             text=result.answer,
             metadata={
@@ -360,9 +366,19 @@ def result_nodes(result: QueryResult) -> list[NodeWithScore]:
                 "adapters": adapters,
                 "query_id": result.query_id,
                 "source": "parametric-memory recollection",
+                **asked,
             },
             excluded_llm_metadata_keys=[*_PROVENANCE, "source"],
-            excluded_embed_metadata_keys=[*_PROVENANCE, "source"],
+            excluded_embed_metadata_keys=[*_PROVENANCE, "source", "question"],
+            **(
+                {
+                    "metadata_template": 'The answer to "{value}" is',
+                    "text_template": "{metadata_str} {content}"
+                    + ("" if result.answer.endswith((".", "!", "?")) else "."),
+                }
+                if asked
+                else {}
+            ),
         )
         out.append(NodeWithScore(node=node, score=None))
     if result.mode in ("retrieval", "hybrid"):
@@ -382,6 +398,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         filters: ``MetadataFilters`` or a memory filter dict; in the parametric modes they choose the
             documents whose adapters may be applied.
         max_new_tokens: length of the recollection.
+        similarity_cutoff: in ``retrieval`` mode, leave out chunks less similar than this (cosine similarity).
 
     >>> ParametricMemoryRetriever(mem, mode="parametric").retrieve("How old do turtles get?")   # doctest: +SKIP
     """
@@ -395,6 +412,7 @@ class ParametricMemoryRetriever(BaseRetriever):
         similarity_top_k: int = DEFAULT_K,
         filters: MetadataFilters | dict[str, Any] | None = None,
         max_new_tokens: int = 64,
+        similarity_cutoff: float | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -408,12 +426,19 @@ class ParametricMemoryRetriever(BaseRetriever):
         self.similarity_top_k = similarity_top_k
         self.filters = to_memory_filter(filters)
         self.max_new_tokens = max_new_tokens
+        self.similarity_cutoff = similarity_cutoff
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         query = query_bundle.query_str
         if self.mode == "retrieval":
-            hits = self.memory.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
+            hits = self.memory.search(
+                query,
+                k=self.similarity_top_k,
+                namespace=self.namespace,
+                filter=self.filters,
+                min_score=self.similarity_cutoff,
+            )
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
         result = self.memory.query(
             query,
@@ -423,13 +448,19 @@ class ParametricMemoryRetriever(BaseRetriever):
             filter=self.filters,
             max_new_tokens=self.max_new_tokens,
         )
-        return result_nodes(result)
+        return result_nodes(result, query)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         """Native async: through the facade's shared :class:`~memory.aio.AsyncParametricMemory`."""
         query, amem = query_bundle.query_str, shared_async(self.memory)
         if self.mode == "retrieval":
-            hits = await amem.search(query, k=self.similarity_top_k, namespace=self.namespace, filter=self.filters)
+            hits = await amem.search(
+                query,
+                k=self.similarity_top_k,
+                namespace=self.namespace,
+                filter=self.filters,
+                min_score=self.similarity_cutoff,
+            )
             return [_chunk_node(h, "retrieval", "mode retrieval requested") for h in hits]
         result = await amem.query(
             query,
@@ -439,7 +470,7 @@ class ParametricMemoryRetriever(BaseRetriever):
             filter=self.filters,
             max_new_tokens=self.max_new_tokens,
         )
-        return result_nodes(result)
+        return result_nodes(result, query)
 
 
 # ============================================================================ LLM

@@ -13,13 +13,15 @@ True
 from __future__ import annotations
 
 import builtins
+import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from memory.config import Settings
 from memory.db import get_engine, session_factory
 from memory.db.migrate import ensure_schema
-from memory.errors import ValidationError
+from memory.errors import PMemError
 from memory.ingest import content_hash
 from memory.router import RouterConfig
 from memory.services.adapters import AdapterRegistry
@@ -27,6 +29,7 @@ from memory.services.conversations import ConversationMemory, ConversationResult
 from memory.services.documents import DocumentStore
 from memory.services.internalization import Internalization
 from memory.services.models import ModelRuntime
+from memory.services.namespaces import Namespaces, check_on_add, check_tier
 from memory.services.query import MAX_K, MAX_NEW_TOKENS, MAX_QUESTION_CHARS, QueryEngine
 from memory.services.records import Records, validate_document_id, validate_metadata, validate_namespace
 from memory.services.skills import SkillLibrary
@@ -38,12 +41,12 @@ from memory.types import (
     ChunkInfo,
     DeleteResult,
     DocumentInfo,
+    JobInfo,
+    NamespaceInfo,
     QueryResult,
     SearchHit,
     VersionInfo,
 )
-
-TIERS = ("instant", "full")  # instant: Doc-to-LoRA or context distillation now; full: then self-study
 
 __all__ = [
     "MAX_K",
@@ -55,6 +58,8 @@ __all__ = [
     "validate_metadata",
     "validate_namespace",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class ParametricMemory:
@@ -68,7 +73,8 @@ class ParametricMemory:
 
     The embedded database is migrated on first use; a server database must be upgraded with
     ``pmem db upgrade`` first. The services are attributes: ``documents``, ``adapter_registry``,
-    ``ingestor``, ``runtime``, ``internalization``, ``skills``, ``query_engine`` (see README, "Layout").
+    ``ingestor``, ``namespace_settings``, ``runtime``, ``internalization``, ``skills``, ``query_engine`` (see
+    README, "Layout").
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class ParametricMemory:
         self.adapter_registry = AdapterRegistry(self.records, cache_size=cfg.adapter_cache_size)
         self.ingestor = SourceIngestor(self.records, self.documents)
         self.conversations = ConversationMemory(self.documents, lambda: self.runtime.base_model)
+        self.namespace_settings = Namespaces(self.records, default_on_add=cfg.on_add)
         self.runtime = ModelRuntime(cfg)
         self.internalization = Internalization(self.records, self.adapter_registry, self.runtime)
         self.skills = SkillLibrary(self.records, self.adapter_registry, self.runtime)
@@ -104,6 +111,7 @@ class ParametricMemory:
             home=cfg.home,
             retrieval_backend=cfg.retrieval_backend,
             retrieval_ef_search=cfg.retrieval_ef_search,
+            abstain_threshold=cfg.abstain_threshold,
         )
 
     def __repr__(self) -> str:
@@ -122,6 +130,7 @@ class ParametricMemory:
         parser: dict[str, Any] | None = None,
         source: str | None = None,
         chunks: builtins.list[Any] | None = None,
+        on_add: str | None = None,
     ) -> AddResult:
         """Store a document's text as a new version (deduplicated by the hash of its normalised text).
 
@@ -129,10 +138,14 @@ class ParametricMemory:
         older version: that version becomes current again (``"restored"``). Otherwise a new version with
         its chunks is written (``"created"`` / ``"new_version"``).
 
+        Then the namespace's ``on_add`` policy applies (``on_add`` overrides it for this call; see
+        :meth:`configure_namespace`): with ``instant`` or ``full`` the current version is internalized as a
+        job (run here in embedded mode, queued with a broker), returned as ``AddResult.job``.
+
         >>> mem.add("Policy v1", document_id="policy").status  # doctest: +SKIP
         'created'
         """
-        return self.documents.add(
+        result = self.documents.add(
             text,
             document_id=document_id,
             namespace=namespace,
@@ -142,6 +155,7 @@ class ParametricMemory:
             source=source,
             chunks=chunks,
         )
+        return self._apply_on_add([result], namespace, on_add)[0]
 
     def get(
         self, document_id: str, *, namespace: str | None = None, with_text: bool = False, version: int | None = None
@@ -220,6 +234,7 @@ class ParametricMemory:
         title: str | None = None,
         refresh_interval_s: int | None = None,
         prune_missing: bool = False,
+        on_add: str | None = None,
     ) -> builtins.list[AddResult]:
         """Parse a file, a directory or a glob with Unstructured and add each file as a document.
 
@@ -231,10 +246,12 @@ class ParametricMemory:
         there but fails to parse keeps its document, and a source that now holds no files at all removes
         nothing (it is recorded as the source's error).
 
+        Each added document then gets the namespace's ``on_add`` policy, as in :meth:`add`.
+
         >>> [r.status for r in mem.add_source("policies/")]  # doctest: +SKIP
         ['created', 'created', 'failed']
         """
-        return self.ingestor.add_source(
+        results = self.ingestor.add_source(
             spec,
             namespace=namespace,
             document_id=document_id,
@@ -242,6 +259,49 @@ class ParametricMemory:
             refresh_interval_s=refresh_interval_s,
             prune_missing=prune_missing,
         )
+        return self._apply_on_add(results, namespace, on_add)
+
+    def _apply_on_add(
+        self, results: builtins.list[AddResult], namespace: str | None, on_add: str | None
+    ) -> builtins.list[AddResult]:
+        """Internalize the current version of each added document as the ``on_add`` policy says (the
+        namespace's when ``on_add`` is None). A submission that fails leaves the document stored and says why
+        in the result's ``error``."""
+        policy = check_on_add(on_add) if on_add is not None else self.namespace_settings.on_add(namespace)
+        if policy == "none":
+            return results
+        from memory.refresh import version_id_for
+        from memory.submission import submit_internalize
+
+        ns = self.records.namespace(namespace)
+        out = []
+        for r in results:
+            doc = r.document
+            if r.status in ("failed", "removed") or doc is None or doc.version is None:
+                out.append(r)
+                continue
+            try:
+                vid = version_id_for(self, ns, doc.id, doc.version.number)
+                job = submit_internalize(self, vid, tier=policy, retry_failed=r.status != "unchanged")
+                out.append(replace(r, job=job))
+            except PMemError as e:
+                log.warning("%s/%s was stored but not internalized: %s", ns, doc.id, e)
+                out.append(replace(r, error=f"stored, but not internalized: {e}"))
+        return out
+
+    # ------------------------------------------------------------ namespaces
+    def namespace_info(self, namespace: str | None = None) -> NamespaceInfo:
+        """A namespace's document count and ``on_add`` policy (:class:`~memory.errors.NotFoundError` if missing)."""
+        return self.namespace_settings.info(namespace)
+
+    def configure_namespace(self, namespace: str | None = None, *, on_add: str | None) -> NamespaceInfo:
+        """Set what adding a document does in ``namespace``: ``on_add`` = ``none`` (store only), ``instant``
+        (the one-pass adapter at once) or ``full`` (both tiers, as a job); ``None``: follow ``PMEM_ON_ADD``.
+
+        >>> mem.configure_namespace("hr", on_add="instant").on_add  # doctest: +SKIP
+        'instant'
+        """
+        return self.namespace_settings.configure(namespace, on_add=on_add)
 
     def sources(self, *, namespace: str | None = None) -> builtins.list[dict[str, Any]]:
         """Registered sources with their refresh interval, last check and last error."""
@@ -278,41 +338,97 @@ class ParametricMemory:
         checkpoint for the base model exists, else CD) or ``self-study`` (the quality tier: minutes, not
         seconds; see :mod:`memory.self_study`).
 
-        ``tier="full"``: make the instant adapter with ``method`` now, then submit the self-study job of the
-        same version (``internalize`` queue with a broker; run here, before returning, without one). Returns
-        the self-study adapter when it is ready, else the instant one (the job's state is in ``pmem jobs``).
+        ``tier="full"``: make the instant adapter with ``method`` now, then the self-study adapter of the same
+        version (:meth:`_full_tier`). Returns the self-study adapter when it is ready, else the instant one.
 
         >>> mem.internalize("vault").status  # doctest: +SKIP
         'ready'
         >>> mem.internalize("vault", tier="full").tier  # doctest: +SKIP
         'full'
         """
-        if tier not in TIERS:
-            raise ValidationError(f"tier must be one of {TIERS}, got {tier!r}")
-        info = self.internalization.internalize(
+        if check_tier(tier) == "full":
+            rec = self.records
+            with rec.tx() as s:
+                version_id = rec.version(s, rec.document(s, rec.namespace(namespace), document_id), version).id
+            return self.internalize_version(version_id, method=method, force=force, tier=tier)
+        return self.internalization.internalize(
             document_id, namespace=namespace, version=version, method=method, force=force
         )
-        if tier == "full" and info.tier != "full":
-            from memory.refresh import version_id_for
-            from memory.submission import submit_internalize
-
-            assert info.version is not None  # a document's adapter always names its version
-            vid = version_id_for(self, info.namespace, document_id, info.version)
-            job = submit_internalize(self, vid, method="self-study", force=force, retry_failed=True)
-            if job.state == "succeeded":
-                full = self.internalization.internalize_version(vid, method="self-study")
-                return full if full.status in ("ready", "superseded") else info
-        return info
 
     def internalize_version(
-        self, version_id: int, *, method: str = "auto", force: bool = False, progress: Any = None
+        self,
+        version_id: int,
+        *,
+        method: str = "auto",
+        force: bool = False,
+        progress: Any = None,
+        tier: str = "instant",
     ) -> AdapterInfo:
         """Worker entry point: internalize a version by its database id (idempotent by version and hypernetwork).
 
         Two callers racing on the same version end with one adapter: the blob is content-addressed and the row
         is unique per (version, hypernetwork); the loser adopts the winner's row.
+
+        ``tier``: ``instant`` makes the one-pass adapter; ``full`` makes it and then the second (self-study)
+        tier, :meth:`_full_tier`.
         """
-        return self.internalization.internalize_version(version_id, method=method, force=force, progress=progress)
+        check_tier(tier)
+        info = self.internalization.internalize_version(version_id, method=method, force=force, progress=progress)
+        if tier == "full":
+            info = self._full_tier(version_id, info, force=force, progress=progress)
+        return info
+
+    def _full_tier(self, version_id: int, instant: AdapterInfo, *, force: bool, progress: Any) -> AdapterInfo:
+        """The second tier of a ``full`` internalization, after the one-pass adapter ``instant`` is ready.
+
+        Submits the self-study job of the same version (every caller of ``full`` ends here: ``internalize``,
+        the ``on_add`` policy, ``internalize_all(tier="full")``, the job body, HTTP and MCP): on the
+        ``internalize`` queue with a broker, run here, before returning, without one. Returns the self-study
+        adapter when it is ready, else ``instant`` (the self-study job's state is in ``pmem jobs``).
+        """
+        if instant.tier == "full":
+            return instant
+        from memory.submission import submit_internalize
+
+        job = submit_internalize(self, version_id, method="self-study", force=force, retry_failed=True)
+        if job.state != "succeeded":
+            return instant
+        full = self.internalization.internalize_version(version_id, method="self-study")
+        return full if full.status in ("ready", "superseded") else instant
+
+    def internalize_all(
+        self,
+        *,
+        namespace: str | None = None,
+        stale: bool = False,
+        document_ids: builtins.list[str] | None = None,
+        method: str = "auto",
+        force: bool = False,
+        tier: str = "instant",
+        progress: Callable[[int, int, str, JobInfo | None], None] | None = None,
+    ) -> builtins.list[JobInfo]:
+        """Internalize every document of a namespace (or those of ``document_ids``), one job each, in id order.
+
+        ``stale``: only the documents whose current version has no ready adapter (never internalized, or
+        changed since). Jobs run here in embedded mode and are queued with a broker; one that fails does not
+        stop the others (its job says why). ``progress(done, total, document_id, job)`` is called before each
+        document (``job`` None) and after it.
+
+        >>> [j.state for j in mem.internalize_all(namespace="hr", stale=True)]  # doctest: +SKIP
+        ['succeeded', 'succeeded']
+        """
+        from memory.submission import submit_internalize
+
+        check_tier(tier)
+        targets = self.documents.current_versions(namespace=namespace, stale=stale, document_ids=document_ids)
+        jobs: builtins.list[JobInfo] = []
+        for doc_id, version_id in targets:
+            if progress is not None:
+                progress(len(jobs), len(targets), doc_id, None)
+            jobs.append(submit_internalize(self, version_id, method=method, force=force, retry_failed=True, tier=tier))
+            if progress is not None:
+                progress(len(jobs), len(targets), doc_id, jobs[-1])
+        return jobs
 
     # ------------------------------------------------------------ adapters and skills
     def adapters(
@@ -388,14 +504,23 @@ class ParametricMemory:
         )
 
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
-    ) -> builtins.list[SearchHit]:  # public keyword
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,  # public keyword
+        min_score: float | None = None,
+    ) -> builtins.list[SearchHit]:
         """Classic vector search over the chunks of current versions (metadata filters on document metadata).
+
+        ``min_score`` (a cosine similarity, -1 to 1) leaves out the hits that score lower, so fewer than ``k``
+        may come back.
 
         >>> [h.document_id for h in mem.search("vault code", k=1)]  # doctest: +SKIP
         ['vault']
         """
-        return self.query_engine.search(query, k=k, namespace=namespace, filter=filter)
+        return self.query_engine.search(query, k=k, namespace=namespace, filter=filter, min_score=min_score)
 
     def document_ids_matching(
         self, filter: dict[str, Any] | None, *, namespace: str | None = None

@@ -147,7 +147,10 @@ def add(
                 (console if r.status == "failed" else out).print(line, markup=False, highlight=False)
                 continue
             v = r.document.version
-            out.print(f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks")
+            line = f"{r.status:12} {r.document.id}  v{v.number if v else '-'}  {v.chunk_count if v else 0} chunks"
+            if r.job is not None:  # the namespace's on_add policy internalized it
+                line += f"  internalize job {r.job.id}: {r.job.state}"
+            out.print(line + (f" ({redact(r.error)})" if r.error else ""), markup=False, highlight=False)
     if failed:
         raise typer.Exit(code=1)
 
@@ -281,19 +284,31 @@ def gc(dry_run: bool = False, as_json: JsonOpt = False) -> None:
 # ---------------------------------------------------------------- adapters and questions
 @app.command()
 def internalize(
-    document_id: str,
+    document_id: Annotated[str | None, typer.Argument(help="The document (or --all / --stale).")] = None,
     namespace: NamespaceOpt = None,
     version: int | None = None,
     method: Annotated[str, typer.Option(help="auto | d2l | cd | self-study")] = "auto",
     force: bool = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every document of the namespace.")] = False,
+    stale: Annotated[
+        bool, typer.Option("--stale", help="The documents whose current version has no ready adapter.")
+    ] = False,
     tier: Annotated[
         str, typer.Option(help="instant: the adapter of METHOD; full: then the self-study adapter (minutes)")
     ] = "instant",
     as_json: JsonOpt = False,
 ) -> None:
-    """Turn a document version into a LoRA adapter now, in this process."""
+    """Turn a document version into a LoRA adapter now, in this process (or, with --all / --stale, every
+    document of a namespace, one job each: queued instead when PMEM_BROKER_URL is set)."""
     from rich.progress import Progress
 
+    if all_ or stale:
+        if document_id is not None or version is not None:
+            _fail(ValidationError("--all and --stale take no document id or --version"))
+        _internalize_many(namespace, stale=stale, method=method, force=force, tier=tier, as_json=as_json)
+        return
+    if document_id is None:
+        _fail(ValidationError("name a document, or pass --all or --stale"))
     try:
         mem = _memory()
         with Progress(console=console, transient=True) as bar:
@@ -310,6 +325,40 @@ def internalize(
         + (f", fidelity {info.fidelity['containment']:.0%}" if "containment" in info.fidelity else "")
         + ")"
     )
+
+
+def _internalize_many(
+    namespace: str | None, *, stale: bool, method: str, force: bool, tier: str, as_json: bool
+) -> None:
+    from rich.progress import Progress
+
+    try:
+        mem = _memory()
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("internalizing", total=None)
+
+            def progress(done: int, total: int, doc_id: str, job: Any) -> None:
+                bar.update(task, completed=done, total=total, description=f"internalizing {doc_id}")
+
+            jobs = mem.internalize_all(
+                namespace=namespace, stale=stale, method=method, force=force, tier=tier, progress=progress
+            )
+    except PMemError as e:
+        _fail(e)
+    if as_json:
+        _print_json([j.to_dict() for j in jobs])
+    else:
+        for j in jobs:
+            line = f"{j.state:10} {j.payload.get('document')}"
+            if j.result and j.result.get("adapter_id") is not None:
+                line += f"  adapter {j.result['adapter_id']} ({j.result.get('method')})"
+            (console if j.state == "failed" else out).print(
+                line + (f": {redact(j.error)}" if j.error else ""), markup=False, highlight=False
+            )
+        if not jobs:
+            out.print("nothing to internalize")
+    if any(j.state == "failed" for j in jobs):
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -348,10 +397,18 @@ def adapters(
 
 
 @app.command()
-def search(query: str, k: int = 4, namespace: NamespaceOpt = None, as_json: JsonOpt = False) -> None:
+def search(
+    query: str,
+    k: int = 4,
+    namespace: NamespaceOpt = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Leave out hits below this cosine similarity (-1 to 1).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Classic vector search over current chunks."""
     try:
-        hits = _memory().search(query, k=k, namespace=namespace)
+        hits = _memory().search(query, k=k, namespace=namespace, min_score=min_score)
     except PMemError as e:
         _fail(e, as_json)
     if as_json:
@@ -372,16 +429,67 @@ def ask(
     max_new_tokens: int = 64,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question from memory; says which mode answered and why."""
+    """Answer a question from memory; says which mode answered and why ("I don't know" when nothing stored is
+    about it). Exits 1 when the namespace does not exist."""
     try:
-        r = _memory().query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        mem = _memory()
+        r = mem.query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        known = mem.namespaces() if r.mode == "abstain" else None
     except PMemError as e:
         _fail(e, as_json)
     if as_json:
         _print_json(r.to_dict())
+    else:
+        out.print(r.answer, markup=False, highlight=False)
+        console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
+    if known is not None and (namespace or mem.settings.namespace) not in known:
+        console.print(f"namespaces: {', '.join(known) or '(none yet)'}", markup=False, highlight=False)
+        raise typer.Exit(code=1)
+
+
+# ---------------------------------------------------------------- namespaces
+ns_app = typer.Typer(help="Namespaces and what adding a document does in each (on_add).")
+app.add_typer(ns_app, name="namespaces")
+
+
+@ns_app.callback(invoke_without_command=True)
+def namespaces(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the namespaces with their document counts and on_add policy."""
+    if ctx.invoked_subcommand is not None:
         return
-    out.print(r.answer, markup=False, highlight=False)
-    console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
+    try:
+        mem = _memory()
+        infos = [mem.namespace_info(name) for name in mem.namespaces()]
+    except PMemError as e:
+        _fail(e)
+    if as_json:
+        _print_json([i.to_dict() for i in infos])
+        return
+    table = Table("namespace", "documents", "on_add")
+    for i in infos:
+        table.add_row(i.name, str(i.documents), i.on_add + (" (default)" if i.on_add_is_default else ""))
+    out.print(table)
+
+
+@ns_app.command("set")
+def namespaces_set(
+    namespace: str,
+    on_add: Annotated[
+        str,
+        typer.Option(
+            "--on-add",
+            help="none (store only) | instant (the one-pass adapter at once) | full (both tiers, as a job) | "
+            "default (follow PMEM_ON_ADD)",
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Set what adding a document (pmem add, refresh, the server, MCP remember) does in a namespace."""
+    try:
+        info = _memory().configure_namespace(namespace, on_add=None if on_add == "default" else on_add)
+    except PMemError as e:
+        _fail(e)
+    _print_json(info.to_dict()) if as_json else out.print(f"{info.name}: on_add {info.on_add}")
 
 
 # ---------------------------------------------------------------- eval / train

@@ -33,6 +33,7 @@ from memory.types import (
     DeleteResult,
     DocumentInfo,
     JobInfo,
+    NamespaceInfo,
     QueryResult,
     SearchHit,
     VersionInfo,
@@ -119,7 +120,8 @@ def _job(d: dict[str, Any]) -> JobInfo:
 
 
 def _add_result(d: dict[str, Any]) -> AddResult:
-    return AddResult(**{**d, "document": _document(d.get("document"))})
+    job = d.get("job")
+    return AddResult(**{**d, "document": _document(d.get("document")), "job": _job(job) if job else None})
 
 
 def _query_result(d: dict[str, Any]) -> QueryResult:
@@ -305,6 +307,16 @@ class RemoteMemory:
         """The namespaces that exist and that this key may see."""
         return list(self._request("GET", "/v1/namespaces")["namespaces"])
 
+    def namespace_info(self, namespace: str | None = None) -> NamespaceInfo:
+        """A namespace's document count and on_add policy (see :meth:`ParametricMemory.namespace_info`)."""
+        d = self._request("GET", self._ns(namespace))
+        return NamespaceInfo(**{**d, "created_at": _dt(d["created_at"])})
+
+    def configure_namespace(self, namespace: str | None = None, *, on_add: str | None) -> NamespaceInfo:
+        """Set a namespace's on_add policy (an admin key; see :meth:`ParametricMemory.configure_namespace`)."""
+        d = self._request("PUT", f"{self._ns(namespace)}/settings", json={"on_add": on_add})
+        return NamespaceInfo(**{**d, "created_at": _dt(d["created_at"])})
+
     def history(self, document_id: str, *, namespace: str | None = None) -> builtins.list[VersionInfo]:
         data = self._request("GET", f"{self._ns(namespace)}/documents/{self._doc_path(document_id)}/versions")
         return [v for v in map(_version, data["versions"]) if v is not None]
@@ -333,11 +345,19 @@ class RemoteMemory:
 
     # ------------------------------------------------------------ search and query
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,
+        min_score: float | None = None,
     ) -> builtins.list[SearchHit]:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter is not None:
             body["filter"] = filter
+        if min_score is not None:
+            body["min_score"] = min_score
         return [SearchHit(**h) for h in self._request("POST", f"{self._ns(namespace)}/search", json=body)["hits"]]
 
     def query(
@@ -462,9 +482,12 @@ class RemoteMemory:
         version: int | None = None,
         method: str = "auto",
         force: bool = False,
+        tier: str = "instant",
     ) -> JobInfo:
-        """Ask the server to internalize a version; returns the job at once (202)."""
+        """Ask the server to internalize a version (``tier``: instant or full); returns the job at once (202)."""
         body: dict[str, Any] = {"method": method, "force": force}
+        if tier != "instant":
+            body["tier"] = tier
         if version is not None:
             body["version"] = version
         data = self._request(

@@ -79,6 +79,12 @@ class Settings:
     retrieval_backend: str = "auto"
     # HNSW candidate list at query time on either backend (more: higher recall, slower); None: the backend's default
     retrieval_ef_search: int | None = None
+    # query abstains ("I don't know") when no passage's best sentence is at least this similar to the question;
+    # None: the value measured for the embedding model (memory.services.query.ABSTAIN_THRESHOLDS), 0: never
+    abstain_threshold: float | None = None
+    # what adding a document does in a namespace without a policy of its own (`pmem namespaces set`):
+    # none (store only) | instant (the one-pass adapter at once) | full (both tiers, as a job)
+    on_add: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -88,6 +94,10 @@ class Settings:
             raise ConfigError(f"retrieval_backend must be auto, inprocess or pgvector, got {self.retrieval_backend!r}")
         if self.retrieval_ef_search is not None and not 1 <= self.retrieval_ef_search <= 1_000:
             raise ConfigError(f"retrieval_ef_search must be between 1 and 1000, got {self.retrieval_ef_search!r}")
+        if self.abstain_threshold is not None and not 0.0 <= self.abstain_threshold <= 1.0:
+            raise ConfigError(f"abstain_threshold must be between 0 and 1, got {self.abstain_threshold!r}")
+        if self.on_add not in ("none", "instant", "full"):
+            raise ConfigError(f"on_add must be none, instant or full, got {self.on_add!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 
@@ -161,6 +171,8 @@ def _coerce(name: str, typ: Any, raw: str) -> Any:
             raise ValueError(raw)
         if "int" in t:
             return int(raw)
+        if "float" in t:
+            return float(raw)
         if "Path" in t:
             return Path(raw)
     except ValueError:

@@ -44,6 +44,7 @@ def run_demo(settings: Settings, console: Console | None = None) -> dict[str, An
     rolled = mem.rollback("travel-policy", 1, namespace=ns)
     say(f"rolled travel-policy back to v{rolled.version.number if rolled.version else '-'}")
     restored = mem.rollback("travel-policy", 2, namespace=ns)
+    say(f"restored travel-policy to v{restored.version.number if restored.version else '-'} (the questions read it)")
     say("internalizing vault-facts (loads the base model on first use) ...")
     adapter = mem.internalize("vault-facts", namespace=ns)
     say(

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from memory.db import Document, DocumentVersion, Namespace, Source, session_factory
+from memory.db.models import as_utc
 from memory.ingest.sources import check_ingest_root
 from memory.jobs import classify, describe
 from memory.types import AddResult
@@ -87,13 +88,6 @@ class RefreshReport:
         }
 
 
-def _aware(ts: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes for timezone-aware columns; they were written in UTC.
-    if ts is not None and ts.tzinfo is None:
-        return ts.replace(tzinfo=UTC)
-    return ts
-
-
 def due_sources(
     mem: Any, *, namespace: str | None = None, now: datetime | None = None, force: bool = False
 ) -> list[DueSource]:
@@ -114,7 +108,7 @@ def due_sources(
     out = []
     with session_factory(mem.engine)() as s:
         for src, ns in s.execute(q):
-            last = _aware(src.last_checked_at)
+            last = as_utc(src.last_checked_at)
             if force or last is None or last + timedelta(seconds=src.refresh_interval_s or 0) <= now:
                 out.append(DueSource(src.id, src.uri, ns, src.refresh_interval_s, last))
     return out
@@ -196,8 +190,12 @@ def refresh_sources(
         sr = SourceReport(source=src.uri, namespace=src.namespace)
         try:
             check_ingest_root(src.uri, roots)
-            results = mem.add_source(
-                src.uri, namespace=src.namespace, refresh_interval_s=src.refresh_interval_s, prune_missing=True
+            results = mem.add_source(  # internalization is enqueue's (memory.submission.refresh_tier)
+                src.uri,
+                namespace=src.namespace,
+                refresh_interval_s=src.refresh_interval_s,
+                prune_missing=True,
+                on_add="none",
             )
             sr.changed, sr.unchanged, sr.failed = changed_versions(mem, results, src.namespace)
             sr.removed = [r.source or "" for r in results if r.status == "removed"]

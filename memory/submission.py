@@ -103,10 +103,12 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
     p = job.payload
     ns = p["namespace"]
     check_ingest_root(p["spec"], mem.settings.ingest_roots)
-    results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"))
+    results = mem.add_source(p["spec"], namespace=ns, refresh_interval_s=p.get("refresh_interval_s"), on_add="none")
     changed, unchanged, failed = changed_versions(mem, results, ns)
     jobs = []
-    if p.get("internalize", True):
+    wanted = p.get("internalize", True)  # None: as the namespace's on_add policy says
+    policy = mem.namespace_settings.on_add(ns) if wanted is None else ("instant" if wanted else "none")
+    if policy != "none":
         # Unchanged documents too: if an earlier attempt added them but died before submitting, they get
         # their job now; if their job exists, submit() returns it without doing anything.
         for r in results:
@@ -114,7 +116,7 @@ def _ingest(mem: Any, job: JobInfo) -> tuple[dict[str, Any], str | None]:
                 vid = version_id_for(mem, ns, r.document.id, r.document.version.number)
                 jobs.append(
                     submit_internalize(
-                        mem, vid, method=p.get("method", "auto"), retry_failed=r.status != "unchanged"
+                        mem, vid, method=p.get("method", "auto"), retry_failed=r.status != "unchanged", tier=policy
                     ).id
                 )
     result = {
@@ -157,11 +159,8 @@ def _configure(mem: Any) -> None:
 def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
     _configure(mem)
-    info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False))
-    follow_up = None
-    if p.get("tier") == "full" and p.get("method") != "self-study":
-        # the second tier: a job of its own on the same queue (run here, after this one, without a broker)
-        follow_up = submit_internalize(mem, p["version_id"], method="self-study", force=p.get("force", False)).id
+    tier = {"tier": p["tier"]} if p.get("tier", "instant") != "instant" else {}  # (custom functions: no tier)
+    info = _internalize_fn()(mem, p["version_id"], method=p.get("method", "auto"), force=p.get("force", False), **tier)
     return {
         "adapter_id": info.id,
         "status": info.status,
@@ -172,18 +171,53 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
         "blob_sha256": info.blob_sha256,
         "latency_ms": info.latency_ms,
         "tier": info.tier,
-        "self_study_job": follow_up,
     }
+
+
+def refresh_tier(mem: Any, version_id: int) -> str | None:
+    """How a version that a refresh found changed is internalized: as its namespace's ``on_add`` policy says;
+    under ``none``, still ``instant`` when an older version of the document has an adapter (a refresh keeps
+    what was internalized current, and internalizes nothing new); None: not at all."""
+    from sqlalchemy import select
+
+    from memory.db import Adapter, Document, DocumentVersion, Namespace, session_factory
+
+    with session_factory(mem.engine)() as s:
+        row = s.execute(
+            select(Namespace.name, Namespace.on_add, DocumentVersion.document_id)
+            .join(Document, DocumentVersion.document_id == Document.id)
+            .join(Namespace, Document.namespace_id == Namespace.id)
+            .where(DocumentVersion.id == version_id)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no document version with id {version_id}")
+        policy = row.on_add or mem.settings.on_add
+        if policy != "none":
+            return str(policy)
+        had = s.scalar(
+            select(Adapter.id)
+            .join(DocumentVersion, Adapter.version_id == DocumentVersion.id)
+            .where(DocumentVersion.document_id == row.document_id, DocumentVersion.id != version_id)
+            .limit(1)
+        )
+    return "instant" if had is not None else None
 
 
 def _refresh_body(mem: Any, job: JobInfo) -> dict[str, Any]:
     p = job.payload
+
+    def enqueue(vid: int) -> JobInfo | None:
+        tier = refresh_tier(mem, vid)
+        if tier is None:
+            return None
+        return submit_internalize(mem, vid, method=p.get("method", "auto"), retry_failed=True, tier=tier)
+
     report = _refresh(
         mem,
         namespace=p.get("namespace"),
         force=p.get("force", False),
         roots=mem.settings.ingest_roots,
-        enqueue=lambda vid: submit_internalize(mem, vid, method=p.get("method", "auto"), retry_failed=True),
+        enqueue=enqueue,
     )
     return report.to_dict()
 
@@ -296,14 +330,19 @@ def internalize_key(content_sha256: str, version_id: int, method: str, base_fing
     return f"internalize:{content_sha256}:{version_id}:{method}:{hypernetwork_tag(method, base_fingerprint)}"
 
 
-def version_job_key(mem: Any, content_sha256: str, version_id: int, method: str, *, force: bool = False) -> str:
+def version_job_key(
+    mem: Any, content_sha256: str, version_id: int, method: str, *, force: bool = False, tier: str = "instant"
+) -> str:
     """The job key of an internalization submitted through ``mem`` (the CLI, the workers and the server alike):
-    :func:`internalize_key` under ``mem``'s base-model fingerprint; ``force`` makes it unique (a new job)."""
+    :func:`internalize_key` under ``mem``'s base-model fingerprint, and the tier unless ``instant`` (a ``full``
+    job is another job); ``force`` makes it unique (a new job)."""
     from memory.models import base_fingerprint
 
     key = internalize_key(
         content_sha256, version_id, method, base_fingerprint(mem.settings.base_model, settings=mem.settings)
     )
+    if tier != "instant":
+        key = f"{key}:{tier}"
     return f"{key}:force:{uuid.uuid4().hex[:12]}" if force else key
 
 
@@ -316,7 +355,10 @@ def submit_internalize(
     retry_failed: bool = False,
     tier: str = "instant",
 ) -> JobInfo:
-    """Submit the internalization of a version by id (one job per version, method and base model).
+    """Submit the internalization of a version by id (one job per version, method, base model and tier).
+
+    ``tier``: ``instant`` (the one-pass adapter) or ``full`` (both tiers; see
+    :meth:`memory.api.ParametricMemory.internalize_version`).
 
     ``tier="full"``: once the adapter of ``method`` is ready, the job submits the self-study job of the same
     version (the quality tier; see :meth:`memory.api.ParametricMemory.internalize`).
@@ -327,25 +369,24 @@ def submit_internalize(
     from sqlalchemy import select
 
     from memory.db import Document, DocumentVersion, Namespace, session_factory
+    from memory.services.namespaces import check_tier
 
+    check_tier(tier)
     with session_factory(mem.engine)() as s:
         row = s.execute(
-            select(DocumentVersion.content_sha256, Namespace.name)
+            select(DocumentVersion.content_sha256, Namespace.name, Document.key)
             .join(Document, DocumentVersion.document_id == Document.id)
             .join(Namespace, Document.namespace_id == Namespace.id)
             .where(DocumentVersion.id == version_id)
         ).first()
     if row is None:
         raise NotFoundError(f"no document version with id {version_id}")
-    sha, ns = row
-    return submit(
-        mem,
-        "internalize",
-        {"version_id": version_id, "method": method, "force": force, **({"tier": tier} if tier != "instant" else {})},
-        namespace=ns,
-        key=version_job_key(mem, sha, version_id, method, force=force) + (":full" if tier == "full" else ""),
-        retry_failed=retry_failed,
-    )
+    sha, ns, doc_key = row
+    payload = {"version_id": version_id, "method": method, "force": force, "document": doc_key}
+    if tier != "instant":
+        payload["tier"] = tier
+    key = version_job_key(mem, sha, version_id, method, force=force, tier=tier)
+    return submit(mem, "internalize", payload, namespace=ns, key=key, retry_failed=retry_failed)
 
 
 def submit_ingest(
@@ -391,6 +432,7 @@ __all__ = [
     "broker",
     "hypernetwork_tag",
     "internalize_key",
+    "refresh_tier",
     "resubmit_stale",
     "run_body",
     "submit",

@@ -62,6 +62,7 @@ class AddResult(_Record):
     document: DocumentInfo | None
     source: str | None = None  # the file path, for add_source
     error: str | None = None
+    job: JobInfo | None = None  # the internalization the namespace's on_add policy submitted, if any
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class QueryResult(_Record):
     """An answer with how it was produced and why."""
 
     answer: str
-    mode: str  # parametric | retrieval | hybrid | none
+    mode: str  # parametric | retrieval | hybrid | abstain (nothing stored is about the question)
     reason: str
     adapters: list[AdapterInfo]
     chunks: list[SearchHit]
@@ -140,6 +141,20 @@ class QueryResult(_Record):
     completion_tokens: int = 0
     confidence: float | None = None  # auto mode's checks of an adapted answer (see memory.router.check_answer)
     support: float | None = None
+    # how much the best stored passage is about the question (memory.services.query.passage_relevance), when
+    # measured; a query under the abstention threshold has mode "abstain" and says so in its answer and reason
+    relevance: float | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceInfo(_Record):
+    """A namespace: its document count and what adding a document does in it (``on_add``)."""
+
+    name: str
+    documents: int
+    on_add: str  # none | instant | full: the policy in force
+    on_add_is_default: bool  # True: the namespace has no policy of its own and follows PMEM_ON_ADD
+    created_at: datetime
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ def test_demo_runs_on_the_embedded_default():
     modes = [(a["requested"], a["mode"]) for a in result["answers"]]
     assert modes[0] == ("parametric", "parametric")
     assert all(a["reason"] for a in result["answers"])
+    assert "restored travel-policy to v2" in proc.stderr  # said before the questions, which read version 2
+    assert "Converting and de-quantizing" not in proc.stderr and "it/s]" not in proc.stderr  # no progress bars
 
 
 def test_unknown_bench_is_an_error():

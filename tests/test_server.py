@@ -724,9 +724,9 @@ def test_mcp_tools_over_stdio(sqlite_served: Served, tmp_path: Path) -> None:
         ],
         file_root=tmp_path,
     )
-    assert tools == ["ask", "forget", "list_documents", "recall", "remember", "remember_file"]
+    assert tools == ["ask", "forget", "internalize", "list_documents", "recall", "remember", "remember_file"]
     remembered, filed, recalled, listed, forgot, listed_after, forgot_again = results
-    assert remembered == {"status": "created", "document_id": "mcp-wifi", "version": 1}
+    assert remembered == {"status": "created", "document_id": "mcp-wifi", "version": 1, "internalize_job": None}
     assert filed["status"] == "created" and filed["document_id"] == "mcp-parking"
     recalled = recalled["result"] if isinstance(recalled, dict) else recalled
     assert recalled[0]["document_id"] == "mcp-wifi" and "orchid-42" in recalled[0]["text"]

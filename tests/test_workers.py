@@ -503,7 +503,8 @@ def test_beat_refreshes_a_changed_source_on_its_own(broker, tmp_path):
     docs.mkdir()
     policy = docs / "parking.md"
     policy.write_text("# Parking\n\nVisitors park on level 2.\n")
-    [added] = mem.add_source(str(docs), refresh_interval_s=1)  # parsed here; nothing internalized yet
+    mem.configure_namespace(on_add="instant")  # the namespace's policy: a refresh internalizes what changed
+    [added] = mem.add_source(str(docs), refresh_interval_s=1, on_add="none")  # parsed here; nothing internalized
     assert added.status == "created" and mem.adapters() == []
     policy.write_text("# Parking\n\nVisitors park on level 3.\n")
     broker.worker(beat=True, PMEM_REFRESH_TICK_S="1", PMEM_WORKER_INTERNALIZER=STUB).wait_ready()

@@ -49,9 +49,12 @@ def as_utc(ts: datetime) -> datetime: ...
 @overload
 def as_utc(ts: None) -> None: ...
 def as_utc(ts: datetime | None) -> datetime | None:
-    """A timestamp read back from a timezone-aware column, aware: SQLite hands back naive datetimes,
-    written in UTC."""
-    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+    """A timestamp read back from a timezone-aware column, aware and in UTC (the one convention of every
+    result, CLI JSON and HTTP answer): SQLite hands back naive datetimes, written in UTC; PostgreSQL aware ones
+    in the session's time zone."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -115,6 +118,9 @@ class Namespace(Base):
     # ...as long as this token is the one it synced under: a fresh one with the row and whenever a document is
     # deleted (a deleted row has no number to be found by), and the next sync of every index diffs every document.
     index_epoch: Mapped[str | None] = mapped_column(String(32), default=new_stamp)
+    # What adding a document (or a new version) does here: none | instant | full (memory.services.namespaces);
+    # NULL follows the PMEM_ON_ADD setting.
+    on_add: Mapped[str | None] = mapped_column(String(16))
 
 
 class Source(Base):

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -192,14 +193,22 @@ def _resolve(name: str, settings: Settings) -> tuple[str, Path]:
 
 @contextmanager
 def _no_progress_bars() -> Iterator[None]:
-    """Library code shows no progress bars (transformers' loading and GGUF de-quantization bars included)."""
+    """Library code shows no progress bars (transformers' loading, saving and GGUF de-quantization bars included:
+    a log that is not a terminal would fill with them, one line per refresh)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # The GGUF reader uses tqdm directly (not transformers' switch above): give it a disabled one meanwhile.
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = partial(bar, disable=True)
     try:
         yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         if was:
             hf_logging.enable_progress_bar()
 
@@ -231,8 +240,9 @@ def _convert_gguf(gguf: Path, target: Path, name: str) -> Path:
             clean = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         clean.load_state_dict(loaded.state_dict(), assign=True)
         clean.tie_weights()
-        clean.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        with _no_progress_bars():
+            clean.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
         fingerprint = compute_fingerprint(name, clean)
         source = {"name": name, "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size, "fingerprint": fingerprint}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")

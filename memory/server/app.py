@@ -154,8 +154,15 @@ class Internalize(_Body):
 class AddSource(_Body):
     spec: str = Field(min_length=1, description="A file, directory or glob on the server, under a source root.")
     refresh_interval_s: int | None = Field(default=None, ge=1, le=MAX_INT)
-    internalize: bool = False
+    internalize: bool | None = Field(default=None, description="Default: as the namespace's on_add policy says.")
     method: Literal["auto", "d2l", "cd"] = "auto"
+
+
+class NamespaceSettings(_Body):
+    on_add: Literal["none", "instant", "full"] | None = Field(
+        description="What adding a document does: none (store only), instant (the one-pass adapter at once), full "
+        "(both tiers, as a job); null: follow the server's PMEM_ON_ADD."
+    )
 
 
 class Refresh(_Body):
@@ -168,6 +175,9 @@ def _search_body(cap_k: int) -> type[BaseModel]:
         query: QueryText
         k: int = Field(default=4, ge=1, le=cap_k)
         filter: dict[str, Any] | None = None
+        min_score: float | None = Field(
+            default=None, ge=-1.0, le=1.0, description="Leave out hits below this cosine similarity."
+        )
 
     return Search
 
@@ -349,7 +359,10 @@ def create_app(
         description="Documents stored in model weights (Doc-to-LoRA), with provenance, versions and classic "
         "retrieval. Send `Authorization: Bearer <key>` (keys: `pmem keys create`).",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: _serve_docs serves them from here
+        redoc_url=None,
     )
+    _serve_docs(app)
     app.state.memory, app.state.amem, app.state.keys, app.state.limits = memory, amem, keys, lim
     app.state.metrics, app.state.background = metrics, background
 
@@ -501,14 +514,29 @@ def create_app(
 
     ns_prefix = "/v1/namespaces/{namespace}"
 
+    @app.get(ns_prefix, tags=["namespaces"])
+    async def namespace_info(ns: Read) -> dict[str, Any]:
+        """The namespace's document count and on_add policy (404 when it does not exist)."""
+        return (await amem.run_io(memory.namespace_info, ns)).to_dict()
+
+    @app.put(f"{ns_prefix}/settings", tags=["namespaces"])
+    async def configure_namespace(ns: Admin, body: NamespaceSettings) -> dict[str, Any]:
+        """Set the namespace's on_add policy (applied by document adds, uploads, sources and refreshes)."""
+        return (await amem.run_io(memory.configure_namespace, ns, on_add=body.on_add)).to_dict()
+
     # ------------------------------------------------------------ documents
     @app.post(f"{ns_prefix}/documents", status_code=201, tags=["documents"])
     async def add_document(ns: Write, body: AddDocument) -> dict[str, Any]:
         """Add a text as a new document or a new version (deduplicated by content hash)."""
         r = await amem.add(
-            body.text, document_id=body.document_id, namespace=ns, title=body.title, metadata=body.metadata
+            body.text,
+            document_id=body.document_id,
+            namespace=ns,
+            title=body.title,
+            metadata=body.metadata,
+            on_add="none",
         )
-        return r.to_dict()
+        return await on_add(ns, r)
 
     @app.post(f"{ns_prefix}/documents/upload", status_code=201, tags=["documents"])
     async def upload_document(
@@ -523,7 +551,7 @@ def create_app(
             raise ApiError("payload_too_large", f"the file is over the upload limit of {lim.max_upload_bytes:,} bytes")
         name = Path(file.filename or "upload.txt").name or "upload.txt"
         r = await amem.run_io(_add_file, memory, data, name, ns, document_id, title)
-        return r.to_dict()
+        return await on_add(ns, r)
 
     @app.get(f"{ns_prefix}/documents", tags=["documents"])
     async def list_documents(ns: Read, limit: int = 100, offset: int = 0, prefix: str | None = None) -> dict[str, Any]:
@@ -628,16 +656,24 @@ def create_app(
             raise NotFoundError(f"document {document_id!r} has no current version")
         vid = await amem.run_io(version_id_for, memory, ns, document_id, info.version.number)
         sha = info.version.content_sha256
-        key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force))
-        payload: dict[str, Any] = {"version_id": vid, "method": method, "force": force}
+        key = await amem.run_io(partial(version_job_key, memory, sha, vid, method, force=force, tier=tier))
+        payload = {"version_id": vid, "method": method, "force": force, "document": document_id}
         if tier != "instant":
             payload["tier"] = tier
-            key += f":{tier}"
         job = await submit("internalize", payload, ns, key)
         metrics.internalizations.labels("submitted").inc()
         return job
 
     app.state.submit_internalize = submit_internalize  # the dashboard's Internalize button (memory/server/ui.py)
+
+    async def on_add(ns: str, r: Any) -> dict[str, Any]:
+        """An added document's JSON, after the namespace's on_add policy: with ``instant`` or ``full``, the
+        internalization job is submitted (it runs in the background) and returned as ``job``."""
+        policy = await amem.run_io(memory.namespace_settings.on_add, ns)
+        if policy != "none" and r.document is not None and r.document.version is not None:
+            job = await submit_internalize(ns, r.document.id, r.document.version.number, "auto", False, policy)
+            return {**r.to_dict(), "job": job.to_dict()}
+        return r.to_dict()
 
     @app.get(f"{ns_prefix}/jobs", tags=["jobs"])
     async def list_jobs(
@@ -721,7 +757,8 @@ def create_app(
     @app.post(f"{ns_prefix}/search", tags=["query"])
     async def search(ns: Read, body: SearchBody) -> dict[str, Any]:  # type: ignore[valid-type]
         """Classic vector search over the chunks of current versions (metadata filters on documents)."""
-        hits = await amem.search(body.query, k=body.k, namespace=ns, filter=body.filter)  # type: ignore[attr-defined]
+        b: Any = body
+        hits = await amem.search(b.query, k=b.k, namespace=ns, filter=b.filter, min_score=b.min_score)
         return {"hits": [h.to_dict() for h in hits]}
 
     async def bounded(coro: Awaitable[Any]) -> Any:
@@ -849,6 +886,54 @@ def create_app(
     return app
 
 
+# ---------------------------------------------------------------------------- API docs
+DOCS_ASSETS = "/docs/assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served by this server from the
+    ``fastapi-offline`` package (the server extra), so they work on a machine with no internet. Without that
+    package there are no docs pages (``/openapi.json`` is always there)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from importlib.resources import files
+
+        assets = files("fastapi_offline") / "static"
+    except ModuleNotFoundError:
+        log.warning("fastapi-offline is not installed: no /docs and /redoc (pip install 'parametric-memory[server]')")
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    title = f"{app.title} - API"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 # ---------------------------------------------------------------------------- helpers (run in threads)
 def _sse(event: str, data: dict[str, Any]) -> str:
     """One server-sent event (the JSON data on one line)."""
@@ -922,8 +1007,9 @@ def _job_in(mem: Any, ns: str, job_id: int) -> Any:
 
 
 def _add_file(mem: Any, data: bytes, filename: str, ns: str, document_id: str | None, title: str | None) -> Any:
-    """Parse an uploaded file as ``add_source`` parses one file, then add it as a document."""
-    from memory.ingest import chunk_document, chunk_text, normalize_text, partition_bytes
+    """Parse an uploaded file as ``add_source`` parses one file, then add it as a document (named, when no
+    ``document_id`` is given, as ``pmem add FILE`` names it: after the file name)."""
+    from memory.ingest import chunk_document, chunk_text, document_key, normalize_text, partition_bytes
 
     if not data:
         raise ValidationError(f"{filename}: the file is empty; nothing to remember")
@@ -935,12 +1021,13 @@ def _add_file(mem: Any, data: bytes, filename: str, ns: str, document_id: str | 
         chunks = chunk_text(normalised, mem.settings.chunk_tokens)
     return mem.add(
         normalised,
-        document_id=document_id,
+        document_id=document_id if document_id is not None else document_key(filename),
         namespace=ns,
         title=title,
         parser=parsed.parser,
         chunks=chunks,
         metadata={"filename": filename, "filetype": parsed.filetype},
+        on_add="none",  # the server submits the policy's job itself (on_add)
     )
 
 

@@ -1,17 +1,20 @@
 """``pmem mcp``: parametric-memory as an MCP server (stdio or streamable HTTP) for agent hosts.
 
 Tools: ``remember`` (a text), ``remember_file`` (a file by path), ``recall`` (search), ``ask`` (query with a
-mode), ``forget`` (delete) and ``list_documents``. Every tool works in one namespace, fixed when the server
-starts. With ``--url`` the tools go through a memory server (:class:`~memory.client.RemoteMemory`); without
-it they use an in-process :class:`~memory.api.ParametricMemory` (the embedded default).
+mode), ``internalize`` (documents into adapters, with each job's state), ``forget`` (delete) and
+``list_documents``. ``remember`` follows the namespace's ``on_add`` policy. Every tool works in one namespace,
+fixed when the server starts. With ``--url`` the tools go through a memory server
+(:class:`~memory.client.RemoteMemory`); without it they use an in-process :class:`~memory.api.ParametricMemory`
+(the embedded default).
 
 Who may do what:
 
 - over stdio, the agent host that started the process; with ``--url``, under ``PMEM_API_KEY``;
 - over streamable HTTP, every request carries an API key of the memory server (``Authorization: Bearer``),
-  checked as the server checks it (:class:`KeyAccess`): its role (``read``: recall, ask, list; ``write``:
-  also remember, remember_file, forget) and its namespaces apply, and with ``--url`` each caller's own key
-  goes to the server (the MCP process holds none). ``--no-auth`` drops the check, on a loopback host only;
+  checked as the server checks it (:class:`KeyAccess`): its role (``read``: recall, ask, list, a job's state;
+  ``write``: also remember, remember_file, internalize, forget) and its namespaces apply, and with ``--url``
+  each caller's own key goes to the server (the MCP process holds none). ``--no-auth`` drops the check, on a
+  loopback host only;
 - ``remember_file`` reads only files under the configured file roots (``--file-root``,
   ``PMEM_MCP_FILE_ROOTS``); with none, it reads nothing.
 
@@ -36,8 +39,9 @@ _CAPS = ServerLimits()  # the HTTP server's caps on k and answer length bound th
 INSTRUCTIONS = (
     "Long-term memory. `remember` stores a text (a new version if the document id exists), `recall` finds "
     "the passages most similar to a query, `ask` answers a question from memory and says which mode "
-    "answered (parametric: from adapters; retrieval: from passages) and why, `forget` deletes a document, "
-    "`list_documents` lists what is stored."
+    "answered (parametric: from adapters; retrieval: from passages; abstain: nothing stored is about it) and "
+    "why, `internalize` turns stored documents into adapters and reports its jobs' states, `forget` deletes a "
+    "document, `list_documents` lists what is stored."
 )
 
 
@@ -175,6 +179,7 @@ def build_server(
             "status": r.status,
             "document_id": doc.id if doc else None,
             "version": doc.version.number if doc and doc.version else None,
+            "internalize_job": _job_state(r.job) if r.job is not None else None,  # the on_add policy's
         }
 
     @server.tool()
@@ -231,6 +236,28 @@ def build_server(
         }
 
     @server.tool()
+    def internalize(document_id: str | None = None, job_id: int | None = None) -> dict[str, Any]:
+        """Turn stored documents into adapters, so that `ask` can answer from them: one document, or (no
+        document_id) every document whose current version has no ready adapter. Returns each job's state
+        (queued, running, succeeded, failed); pass job_id alone to see how a job is doing now."""
+        if job_id is not None:
+            if document_id is not None:
+                raise ToolError("pass document_id to internalize, or job_id to see a job's state, not both")
+            return {"jobs": [_job_state(guarded(_job, mem("read"), ns, job_id))]}
+        target = mem("write")  # the caller's key must be allowed to write in this namespace
+        if hasattr(target, "internalize_all"):  # in-process: the jobs run here (or are queued with a broker)
+            ids = [document_id] if document_id is not None else None
+            jobs = guarded(target.internalize_all, namespace=ns, document_ids=ids, stale=document_id is None)
+        else:  # a server: one job per document, run there
+            if document_id is not None:
+                ids = [document_id]
+            else:
+                docs = guarded(target.list, namespace=ns, limit=500)
+                ids = [d.id for d in docs if d.version is not None and d.version.adapter_status != "ready"]
+            jobs = [guarded(target.submit_internalize, d, namespace=ns) for d in ids]
+        return {"jobs": [_job_state(j) for j in jobs]}
+
+    @server.tool()
     def forget(document_id: str) -> dict[str, Any]:
         """Delete a document with all its versions and adapters."""
         d = guarded(mem("write").delete, document_id, namespace=ns)
@@ -245,6 +272,25 @@ def build_server(
         ]
 
     return server
+
+
+def _job(memory: Any, namespace: str, job_id: int) -> Any:
+    """A job of ``namespace`` by id, from the server or the local job table."""
+    if hasattr(memory, "job"):
+        return memory.job(job_id, namespace=namespace)
+    from memory.server.app import _job_in
+
+    return _job_in(memory, namespace, job_id)
+
+
+def _job_state(job: Any) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "document_id": job.payload.get("document"),
+        "state": job.state,
+        "adapter_id": (job.result or {}).get("adapter_id"),
+        "error": job.error,
+    }
 
 
 def serve(

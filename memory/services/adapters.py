@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory.db import Adapter, AdapterStatus, Document, DocumentVersion, Hypernetwork, Namespace
+from memory.db.models import as_utc
 from memory.errors import NotFoundError, ValidationError
 from memory.services.records import Records
 from memory.storage import sha256_hex
@@ -55,7 +56,7 @@ def adapter_info(
         latency_ms=a.latency_ms,
         status=a.status.value,
         error=a.error,
-        created_at=a.created_at,
+        created_at=as_utc(a.created_at),
         tier=tier_of(h.kind if h else ""),
         fidelity=dict((a.meta or {}).get("fidelity") or {}),
         provenance={k: v for k, v in (a.meta or {}).items() if k != "fidelity"},

@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from memory.db import Adapter, AdapterStatus, Chunk, Document, DocumentVersion, Namespace, Source
-from memory.errors import ValidationError
+from memory.db.models import as_utc
+from memory.errors import NotFoundError, ValidationError
 from memory.ingest import chunk_text, content_hash, normalize_text
 from memory.services.records import Records, check_int, check_text_field, validate_document_id, validate_metadata
 from memory.types import AddResult, AddStatus, ChunkInfo, DeleteResult, DocumentInfo, VersionInfo
@@ -74,7 +75,7 @@ def version_info(v: DocumentVersion, current_id: int | None, adapter_status: str
         token_count=v.token_count,
         chunk_count=v.chunk_count,
         parser=dict(v.parser or {}),
-        created_at=v.created_at,
+        created_at=as_utc(v.created_at),
         adapter_status=adapter_status,
     )
 
@@ -158,8 +159,8 @@ class DocumentStore:
                     version=version_info(cur, doc.current_version_id, statuses.get(cur.id)) if cur else None,
                     version_count=counts.get(doc.id, 0),
                     source=sources.get(doc.source_id) if doc.source_id else None,
-                    created_at=doc.created_at,
-                    updated_at=doc.updated_at,
+                    created_at=as_utc(doc.created_at),
+                    updated_at=as_utc(doc.updated_at),
                 )
             )
         return out
@@ -390,6 +391,38 @@ class DocumentStore:
                 )
                 for c in s.scalars(select(Chunk).where(Chunk.version_id == v.id).order_by(Chunk.ordinal))
             ]
+
+    def current_versions(
+        self, *, namespace: str | None = None, stale: bool = False, document_ids: list[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """``(document id, current version's row id)`` of the namespace's documents (or of ``document_ids``, each
+        of which must exist), by id; ``stale``: only those whose current version has no ready adapter."""
+        rec = self.records
+        ns = rec.namespace(namespace)
+        wanted = sorted({validate_document_id(d) for d in document_ids}) if document_ids is not None else None
+        with rec.tx() as s:
+            q = (
+                select(Document.key, Document.current_version_id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.current_version_id.is_not(None))
+                .order_by(Document.key)
+            )
+            if wanted is not None:
+                q = q.where(Document.key.in_(wanted))
+            rows = [(key, vid) for key, vid in s.execute(q).tuples() if vid is not None]
+            if wanted is not None and len(rows) < len(wanted):
+                missing = sorted(set(wanted) - {key for key, _ in rows})
+                raise NotFoundError(f"no document {missing[0]!r} in namespace {ns!r}")
+            if stale and rows:
+                ready = set(
+                    s.scalars(
+                        select(Adapter.version_id).where(
+                            Adapter.version_id.in_([vid for _, vid in rows]), Adapter.status == AdapterStatus.ready
+                        )
+                    )
+                )
+                rows = [(key, vid) for key, vid in rows if vid not in ready]
+        return rows
 
     def namespaces(self) -> list[str]:
         with self.records.tx() as s:

@@ -4,12 +4,20 @@
 and the post-answer checks of ``auto``) under the engine's :class:`~memory.router.RouterConfig`, which is
 injected, not read from a global. Classic retrieval is the :class:`~memory.chunk_index.ChunkIndex` over the
 chunks of current versions.
+
+When nothing stored is about the question, :meth:`QueryEngine.query` abstains instead of letting the model
+invent an answer (mode ``abstain``, see :func:`passage_relevance` for the signal and
+:data:`ABSTAIN_THRESHOLDS` for the measured thresholds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory import router
-from memory.db import Namespace, QueryLog
+from memory.db import Document, Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
 from memory.services.adapters import AdapterRegistry
 from memory.services.models import ModelRuntime
@@ -30,6 +38,67 @@ log = logging.getLogger(__name__)
 MAX_QUESTION_CHARS = 8192  # a question or search query: embedding and prompting cost grow with it
 MAX_K = 100
 MAX_NEW_TOKENS = 2048
+
+ABSTAIN = "abstain"  # the mode of a query that was not answered because nothing stored is about it
+#: The passage relevance (:func:`passage_relevance`) below which a query abstains, per embedding model. For
+#: all-MiniLM-L6-v2, measured on tests/data/firsthour (7 questions the 4 files answer: 0.66-0.85; 5 they do not:
+#: 0.12-0.43) and on the built-in ``pmem eval qa`` items of two seeds (72 questions, 0.63-0.89): ``pmem bench
+#: abstention``, README "Usage". Other models have no default: they abstain only on an empty namespace unless
+#: PMEM_ABSTAIN_THRESHOLD is set.
+ABSTAIN_THRESHOLDS = {"all-MiniLM-L6-v2": 0.45}
+RELEVANCE_PASSAGES = 4  # the top passages whose sentences are compared with the question
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences (and lines: headings, list items) of a passage.
+
+    >>> sentences("# Leave\\nStaff get 25 days. Unused days lapse!")
+    ['# Leave', 'Staff get 25 days.', 'Unused days lapse!']
+    """
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text)) if s]
+
+
+class _SentenceVectors:
+    """Embeddings of the sentences of passages, by passage text (LRU, thread-safe): a passage is embedded
+    sentence by sentence once per process, not once per query."""
+
+    def __init__(self, max_passages: int = 4096) -> None:
+        self.max_passages = max_passages
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def get(self, embedder: Any, text: str) -> Any:
+        key = (f"{embedder.name}:{embedder.dim}", hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest())
+        with self._lock:
+            if key in self._rows:
+                self._rows.move_to_end(key)
+                return self._rows[key]
+        vectors = embedder.embed_documents(sentences(text) or [text])
+        with self._lock:
+            self._rows[key] = vectors
+            while len(self._rows) > self.max_passages:
+                self._rows.popitem(last=False)
+        return vectors
+
+
+def passage_relevance(question: str, passages: list[str], embedder: Any, cache: _SentenceVectors) -> float:
+    """How much the best of ``passages`` is about ``question``: the highest cosine similarity between the
+    question and any single sentence of them (-1.0 for no passage).
+
+    Why sentences and not the passages' own search scores: a 512-token chunk's embedding averages over
+    everything it says, so a chunk that answers the question in one sentence among others can score lower
+    than an unrelated chunk that shares the question's topic words (tests/data/firsthour: "Within how many
+    days must receipts be uploaded?" scores 0.35 against the expenses file that answers it, "How many weeks
+    of parental leave do employees get?" 0.35 against the onboarding file that does not; their best
+    sentences score 0.84 and 0.43).
+    """
+    import numpy as np
+
+    if not passages:
+        return -1.0
+    q = np.asarray(embedder.embed_query(question), dtype=np.float32)
+    return max(float(np.max(np.asarray(cache.get(embedder, p), dtype=np.float32) @ q)) for p in passages)
 
 
 def check_query_text(name: str, text: Any) -> str:
@@ -59,6 +128,9 @@ class QueryEngine:
         home: the directory under which the in-process vector index is saved.
         retrieval_backend: ``auto``, ``inprocess`` or ``pgvector`` (see :class:`~memory.chunk_index.ChunkIndex`).
         retrieval_ef_search: the HNSW candidate list at query time; ``None``: the backend's default.
+        abstain_threshold: the passage relevance below which a query abstains (:data:`ABSTAIN_THRESHOLDS`);
+            ``None``: the value measured for the embedding model (none: abstain only when nothing is stored),
+            ``0``: never abstain for low relevance.
     """
 
     def __init__(
@@ -73,8 +145,11 @@ class QueryEngine:
         home: Path,
         retrieval_backend: str = "auto",
         retrieval_ef_search: int | None = None,
+        abstain_threshold: float | None = None,
     ) -> None:
         self.records = records
+        self.abstain_threshold_setting = abstain_threshold
+        self._sentence_vectors = _SentenceVectors()
         self.home = home
         self.retrieval_backend = retrieval_backend
         self.retrieval_ef_search = retrieval_ef_search
@@ -118,15 +193,39 @@ class QueryEngine:
             )
         return self._chunk_index
 
+    @property
+    def abstain_threshold(self) -> float:
+        """The passage relevance below which a query abstains (0.0: only when nothing is stored)."""
+        if self.abstain_threshold_setting is not None:
+            return self.abstain_threshold_setting
+        return ABSTAIN_THRESHOLDS.get(self.embedder.name, 0.0)
+
+    def relevance(self, question: str, hits: list[SearchHit]) -> float:
+        """How much the best of the top ``hits`` (:data:`RELEVANCE_PASSAGES`) is about ``question``
+        (:func:`passage_relevance`; -1.0 for no hit)."""
+        passages = [h.text for h in hits[:RELEVANCE_PASSAGES]]
+        return passage_relevance(question, passages, self.embedder, self._sentence_vectors)
+
     def search(
-        self, query: str, *, k: int = 4, namespace: str | None = None, filter: dict[str, Any] | None = None
-    ) -> list[SearchHit]:  # the facade's keyword
+        self,
+        query: str,
+        *,
+        k: int = 4,
+        namespace: str | None = None,
+        filter: dict[str, Any] | None = None,  # the facade's keyword
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
         """See :meth:`memory.api.ParametricMemory.search`."""
         ns = self.records.namespace(namespace)
         check_query_text("query", query)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:  # no cap: the integrations widen a search
             raise ValidationError(f"k must be a positive integer, got {k!r}")
-        return self.chunk_index.search(query, k=k, ns=ns, filter=filter)
+        if min_score is not None and (
+            not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not -1.0 <= min_score <= 1.0
+        ):
+            raise ValidationError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}")
+        hits = self.chunk_index.search(query, k=k, ns=ns, filter=filter)
+        return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
     def document_ids_matching(self, filter: dict[str, Any] | None, *, namespace: str | None = None) -> list[str]:
         """See :meth:`memory.api.ParametricMemory.document_ids_matching`."""
@@ -172,6 +271,30 @@ class QueryEngine:
             scope = {"$and": [scope, filter]} if scope else filter
         hits = self.search(question, k=max(k, 8), namespace=ns, filter=scope) if named != set() else []
         timings["search_ms"] = (time.perf_counter() - t0) * 1000
+        if not named and skill is None:  # named documents count as relevant; a skill's input need not be
+            why, relevance = self._abstention(ns, question, hits, filtered=filter is not None, timings=timings)
+            if why is not None:
+                answer, reason = why
+                if on_token is not None:
+                    on_token(answer)
+                timings["total_ms"] = (time.perf_counter() - t0) * 1000
+                query_id = (
+                    self._log(ns, question, ABSTAIN, reason, experiment, arm, [], [], timings["total_ms"], answer)
+                    if log
+                    else None
+                )
+                return QueryResult(
+                    answer=answer,
+                    mode=ABSTAIN,
+                    reason=reason,
+                    adapters=[],
+                    chunks=[],
+                    timings_ms=timings,
+                    query_id=query_id,
+                    relevance=relevance,
+                )
+        else:
+            relevance = None
         ready = self.registry.current(ns, {h.document_id for h in hits} | (named or set()))
         best: dict[str, float] = {}
         for h in hits:
@@ -243,7 +366,47 @@ class QueryEngine:
             completion_tokens=gen.completion_tokens,
             confidence=check.confidence if check else None,
             support=check.support if check else None,
+            relevance=relevance,
         )
+
+    def _abstention(
+        self, ns: str, question: str, hits: list[SearchHit], *, filtered: bool, timings: dict[str, float]
+    ) -> tuple[tuple[str, str] | None, float | None]:
+        """``((answer, reason), relevance)`` when the query should not be answered because nothing stored is
+        about it, else ``(None, relevance)``; ``relevance`` is :func:`passage_relevance` (None: not measured)."""
+        if not hits:
+            with self.records.tx() as s:  # read only: a mistyped namespace is not created by asking in it
+                ns_row = self.records.namespace_row(s, ns, create=False)
+                has_documents = ns_row is not None and (
+                    s.scalar(select(Document.id).where(Document.namespace_id == ns_row.id).limit(1)) is not None
+                )
+            if ns_row is None:
+                return (
+                    f"I don't know: there is no namespace {ns!r}, nothing was ever stored in it.",
+                    f"namespace {ns!r} does not exist (check its name); the model was not asked",
+                ), None
+            if not has_documents:
+                return (
+                    f"I don't know: namespace {ns!r} holds no documents.",
+                    f"namespace {ns!r} holds no documents; the model was not asked",
+                ), None
+            what = "no document matches the filter" if filtered else "the search found no passage"
+            return (f"I don't know: {what} in namespace {ns!r}.", f"{what}; the model was not asked"), None
+        threshold = self.abstain_threshold
+        if threshold <= 0:
+            return None, None
+        t0 = time.perf_counter()
+        relevance = self.relevance(question, hits)
+        timings["relevance_ms"] = (time.perf_counter() - t0) * 1000
+        if relevance >= threshold:
+            return None, relevance
+        return (
+            f"I don't know: nothing in namespace {ns!r} is about this.",
+            (
+                f"no stored passage is about the question (its best sentence's similarity {relevance:.2f} < "
+                f"{threshold:.2f}, PMEM_ABSTAIN_THRESHOLD); the model was not asked"
+            ),
+        ), relevance
 
     @staticmethod
     def _answer(
@@ -307,10 +470,13 @@ class QueryEngine:
         chunks: list[SearchHit],
         latency_ms: float,
         answer: str,
-    ) -> int:
-        def write(s: Session) -> int:
-            ns_row = self.records.namespace_row(s, ns, create=True)
-            assert ns_row is not None
+    ) -> int | None:
+        """The query's log row id; None when the namespace does not exist (a read never creates one)."""
+
+        def write(s: Session) -> int | None:
+            ns_row = self.records.namespace_row(s, ns, create=False)
+            if ns_row is None:
+                return None
             row = QueryLog(
                 namespace_id=ns_row.id,
                 query=question,

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory.db import Document, Namespace, Source
+from memory.db.models import as_utc
 from memory.errors import PMemError, ValidationError
 from memory.ingest import chunk_text, normalize_text
 from memory.services.documents import DocumentStore
@@ -56,6 +57,9 @@ class SourceIngestor:
         if document_id is not None and len(scan.files) != 1:
             raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
         uri = str(scan.root / Path(spec).name) if scan.kind == "file" else str(spec)
+        owner = self._owning_source(ns, scan.files[0]) if scan.kind == "file" and document_id is None else None
+        if owner is not None:  # one file of a directory (or glob) source: update that source's document
+            uri, scan.root = owner
         results: list[AddResult] = []
         errors: list[str] = []
         for path in scan.files:
@@ -105,8 +109,44 @@ class SourceIngestor:
                 docs.delete(key, namespace=ns)
                 log.info("%s is gone from %s: document deleted", key, uri)
                 results.append(AddResult("removed", None, source=key))
-        self._record(ns, uri, scan.kind, refresh_interval_s, errors)
+        if owner is None:  # (a file of another source leaves that source's record as its last re-read left it)
+            self._record(ns, uri, scan.kind, refresh_interval_s, errors)
         return results
+
+    def _owning_source(self, ns: str, path: Path) -> tuple[str, Path] | None:
+        """The directory or glob source of ``ns`` that holds the file ``path`` (its uri and root), if any: the
+        one whose document the file already is, else the one with the deepest root."""
+        from memory.ingest import document_key, scan_source
+
+        with self.records.tx() as s:
+            rows = list(
+                s.execute(
+                    select(Source.id, Source.uri, Source.kind)
+                    .join(Namespace, Source.namespace_id == Namespace.id)
+                    .where(Namespace.name == ns, Source.kind.in_(("directory", "glob")))
+                ).tuples()
+            )
+        found: list[tuple[bool, int, str, Path]] = []
+        for source_id, uri, kind in rows:
+            try:
+                if kind == "glob":
+                    scan = scan_source(uri)
+                    if path not in scan.files:
+                        continue
+                    root = scan.root
+                else:
+                    root = Path(os.path.abspath(os.path.expanduser(uri)))
+                    path.relative_to(root)
+                key = document_key(path, root)
+            except (PMemError, ValueError):
+                continue
+            with self.records.tx() as s:
+                has = s.scalar(select(Document.id).where(Document.source_id == source_id, Document.key == key))
+            found.append((has is not None, len(root.parts), uri, root))
+        if not found:
+            return None
+        _, _, uri, root = max(found)
+        return uri, root
 
     def _check_key_owner(self, ns: str, key: str, uri: str) -> None:
         """Refuse a file whose document id already belongs to another source's document in ``ns``.
@@ -168,7 +208,7 @@ class SourceIngestor:
                     "uri": r.uri,
                     "kind": r.kind,
                     "refresh_interval_s": r.refresh_interval_s,
-                    "last_checked_at": r.last_checked_at,
+                    "last_checked_at": as_utc(r.last_checked_at),
                     "last_error": r.last_error,
                     "parser": r.parser,
                 }

@@ -1,7 +1,7 @@
 """adapters: the blob of the synthetic data a self-study adapter was trained on
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-05 01:30:00
 
 - ``adapters.synthetic_sha256``: the content-addressed blob (JSON) of the prompts and teacher responses a
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
