@@ -7,7 +7,8 @@
 - :func:`chat_prompt_ids`: a multi-turn conversation rendered with the base model's chat template.
 
 >>> from memory import ParametricMemory
->>> mem = ParametricMemory(home="/tmp/pmem-common-doc")
+>>> import tempfile
+>>> mem = ParametricMemory(home=tempfile.mkdtemp())
 >>> _ = mem.add("Turtles live long.", document_id="t", metadata={"kind": "fact"})
 >>> matching_document_ids(mem, None, {"kind": "fact"})
 ['t']

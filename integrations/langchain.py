@@ -12,8 +12,9 @@
   applied, with streaming and token usage.
 - :func:`memory_tool`: a ``StructuredTool`` that answers questions from memory (for agents).
 
+>>> import tempfile
 >>> from langchain_core.embeddings import DeterministicFakeEmbedding
->>> store = ParametricMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=8), home="/tmp/pmem-lc-doc")
+>>> store = ParametricMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=8), home=tempfile.mkdtemp())
 >>> store.add_texts(["Turtles can live for over 150 years."], ids=["turtles"])
 ['turtles']
 >>> store.get_by_ids(["turtles"])[0].page_content

@@ -19,7 +19,8 @@ one adapter (a digest document ``lgd/<labels>``, internalized with the memory's 
 
 >>> from langchain_core.embeddings import DeterministicFakeEmbedding
 >>> from memory import ParametricMemory
->>> mem = ParametricMemory(home="/tmp/pmem-lg-doc", embedder=DeterministicFakeEmbedding(size=8))
+>>> import tempfile
+>>> mem = ParametricMemory(home=tempfile.mkdtemp(), embedder=DeterministicFakeEmbedding(size=8))
 >>> store = ParametricMemoryStore(mem, namespace="lg-doc")
 >>> store.put(("users", "ada"), "prefs", {"text": "Ada likes green tea", "kind": "drink"})
 >>> store.get(("users", "ada"), "prefs").value["kind"]

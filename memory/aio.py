@@ -9,7 +9,8 @@ job answered 202) is never refused: it waits for its turn (:meth:`AsyncParametri
 
 >>> import asyncio
 >>> from memory.aio import AsyncParametricMemory
->>> amem = AsyncParametricMemory(home="/tmp/pmem-aio-doc")  # doctest: +SKIP
+>>> import tempfile
+>>> amem = AsyncParametricMemory(home=tempfile.mkdtemp())  # doctest: +SKIP
 >>> asyncio.run(amem.add("The vault code is 7342.", document_id="vault")).status  # doctest: +SKIP
 'created'
 """

@@ -3,7 +3,8 @@
 It holds one of each service (``memory/services/``) and delegates; every method keeps its signature.
 
 >>> from memory import ParametricMemory
->>> mem = ParametricMemory(home="/tmp/pmem-doc")
+>>> import tempfile
+>>> mem = ParametricMemory(home=tempfile.mkdtemp())
 >>> mem.add("The vault code is 7342.", document_id="vault").status in {"created", "unchanged"}
 True
 >>> mem.get("vault").version.number >= 1
