@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bench._serving import free_port, wait_healthy
 
 #: Planted in the first namespace: no answer to a caller without that namespace may contain it.
 MARKER = "ZEBRA-MARKER-7731"
@@ -181,12 +182,6 @@ def _schema_check() -> Any:
 
 
 # ---------------------------------------------------------------------------- the bench
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def plant(mem: Any) -> dict[str, str]:
     """The documents and keys the fuzzing needs in a fresh memory; returns the keys by caller name."""
     from memory.server.auth import KeyStore
@@ -211,7 +206,6 @@ def run(
 ) -> dict[str, Any]:
     """A fresh server, fuzzed: ``quick`` 10 cases per operation and caller, without the routes that generate;
     else 100 with them (each valid query a model call: hours on a CPU). The keywords override either."""
-    import httpx
 
     from memory.api import ParametricMemory
     from memory.config import Settings
@@ -221,7 +215,7 @@ def run(
     model_routes = (not quick) if model_routes is None else model_routes
     home = Path(tempfile.mkdtemp(prefix="pmem-bench-fuzz-"))
     keys = plant(ParametricMemory(Settings.from_env(home=home)))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PMEM_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = home / "server.log"
     proc = subprocess.Popen(
@@ -232,16 +226,7 @@ def run(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_healthy(url, proc, log_path)
         t0 = time.perf_counter()
         result = fuzz(url, callers(keys), examples=examples, seconds=seconds, seed=seed, model_routes=model_routes)
         result["fuzz_seconds"] = round(time.perf_counter() - t0, 1)

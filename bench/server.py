@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench._serving import free_port, wait_healthy
 
 CLIENTS = (1, 8, 32)
 NS = "bench"
@@ -106,12 +107,6 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(quick: bool = False, **_: Any) -> dict[str, Any]:
     import httpx
 
@@ -138,7 +133,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
     mem.query(_question(0), namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
     key = KeyStore.for_memory(mem).create("bench", role="read", namespaces=[NS]).secret
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **env_home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = home / "server.log"
     proc = subprocess.Popen(
@@ -172,16 +167,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
         "load_avg_before": list(os.getloadavg()),
     }
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_healthy(url, proc, log_path)
 
         def http_caller(path: str, body: Callable[[int], dict[str, Any]]) -> Callable[[], Callable[[int], None]]:
             def make() -> Callable[[int], None]:

@@ -174,23 +174,34 @@ def _internalize(mem: Any, job: JobInfo) -> dict[str, Any]:
     }
 
 
+def _version_row(s: Any, version_id: int, *columns: Any) -> Any:
+    """``columns`` (of the version, its document or its namespace) of document version ``version_id``."""
+    from sqlalchemy import select
+
+    from memory.db import Document, DocumentVersion, Namespace
+
+    row = s.execute(
+        select(*columns)
+        .select_from(DocumentVersion)
+        .join(Document, DocumentVersion.document_id == Document.id)
+        .join(Namespace, Document.namespace_id == Namespace.id)
+        .where(DocumentVersion.id == version_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no document version with id {version_id}")
+    return row
+
+
 def refresh_tier(mem: Any, version_id: int) -> str | None:
     """How a version that a refresh found changed is internalized: as its namespace's ``on_add`` policy says;
     under ``none``, still ``instant`` when an older version of the document has an adapter (a refresh keeps
     what was internalized current, and internalizes nothing new); None: not at all."""
     from sqlalchemy import select
 
-    from memory.db import Adapter, Document, DocumentVersion, Namespace, session_factory
+    from memory.db import Adapter, DocumentVersion, Namespace, session_factory
 
     with session_factory(mem.engine)() as s:
-        row = s.execute(
-            select(Namespace.name, Namespace.on_add, DocumentVersion.document_id)
-            .join(Document, DocumentVersion.document_id == Document.id)
-            .join(Namespace, Document.namespace_id == Namespace.id)
-            .where(DocumentVersion.id == version_id)
-        ).first()
-        if row is None:
-            raise NotFoundError(f"no document version with id {version_id}")
+        row = _version_row(s, version_id, Namespace.on_add, DocumentVersion.document_id)
         policy = row.on_add or mem.settings.on_add
         if policy != "none":
             return str(policy)
@@ -366,22 +377,12 @@ def submit_internalize(
     >>> submit_internalize(mem, 7).kind  # doctest: +SKIP
     'internalize'
     """
-    from sqlalchemy import select
-
     from memory.db import Document, DocumentVersion, Namespace, session_factory
     from memory.services.namespaces import check_tier
 
     check_tier(tier)
     with session_factory(mem.engine)() as s:
-        row = s.execute(
-            select(DocumentVersion.content_sha256, Namespace.name, Document.key)
-            .join(Document, DocumentVersion.document_id == Document.id)
-            .join(Namespace, Document.namespace_id == Namespace.id)
-            .where(DocumentVersion.id == version_id)
-        ).first()
-    if row is None:
-        raise NotFoundError(f"no document version with id {version_id}")
-    sha, ns, doc_key = row
+        sha, ns, doc_key = _version_row(s, version_id, DocumentVersion.content_sha256, Namespace.name, Document.key)
     payload = {"version_id": version_id, "method": method, "force": force, "document": doc_key}
     if tier != "instant":
         payload["tier"] = tier
