@@ -133,7 +133,7 @@ class SyntheticPrompt:
 class SelfStudyResult:
     adapter: LoraAdapter
     data: list[dict[str, Any]]  # the synthetic data, JSON-ready
-    data_sha256: str
+    data_json: bytes  # ``data`` serialized once (sorted keys, UTF-8): what is stored and hashed
     counts: dict[str, int]  # per kind, plus "chunks", "samples", "heldout"
     steps: int
     loss_first: float
@@ -142,6 +142,10 @@ class SelfStudyResult:
     teacher_seconds: float
     fidelity: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_sha256(self) -> str:
+        return hashlib.sha256(self.data_json).hexdigest()
 
     def provenance(self) -> dict[str, Any]:
         """What an adapter row keeps about how it was made (no tensors, no data)."""
@@ -233,12 +237,8 @@ def build_prompts(chunks: Sequence[str], cfg: SelfStudyConfig, rng: random.Rando
         if not sents:
             sents = [chunk.strip()]
         # teacher-answered: sentence questions round-robin (every sentence first), then the task kinds
-        questions: list[str] = []
-        for s in sents:
-            qs = _sentence_questions(s, topic)
-            questions.append(qs[0])
-        for s in sents:
-            questions.extend(_sentence_questions(s, topic)[1:])
+        per_sentence = [_sentence_questions(s, topic) for s in sents]
+        questions = [qs[0] for qs in per_sentence] + [q for qs in per_sentence for q in qs[1:]]
         tasks = [
             SyntheticPrompt("summary", ci, f"Summarize what you know about {topic}."),
             SyntheticPrompt("list", ci, f"List the key facts about {topic} as short bullet points."),
@@ -381,7 +381,7 @@ def self_study(
     result = SelfStudyResult(
         adapter=adapter,
         data=data,
-        data_sha256=hashlib.sha256(blob).hexdigest(),
+        data_json=blob,
         counts=counts,
         steps=steps,
         loss_first=losses[0],

@@ -198,7 +198,7 @@ class _Runner:
                 made: list[dict[str, Any]] = []
                 try:
                     self._store(item, keys, ns, None)
-                    for key in keys:
+                    for key, text in zip(keys, item.documents, strict=True):
                         t0 = time.perf_counter()
                         info = _internalize(mem, key, ns, method)
                         made.append(
@@ -206,7 +206,7 @@ class _Runner:
                                 "ms": (time.perf_counter() - t0) * 1000,
                                 "bytes": int(info.size_bytes or 0),
                                 "rank": info.rank,
-                                "tokens": self.base.count_tokens(item.documents[len(made)]),
+                                "tokens": self.base.count_tokens(text),
                                 "fidelity": info.fidelity,
                             }
                         )

@@ -12,7 +12,6 @@ instant adapter of the same version stays, as provenance; the registry serves th
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -87,7 +86,7 @@ class Internalization:
             if hasattr(internalizer, "study"):
                 result = internalizer.study(runtime.base_model, text, progress=progress)
                 adapter, provenance = result.adapter, result.provenance()
-                synthetic = json.dumps(result.data, sort_keys=True, ensure_ascii=False).encode("utf-8")
+                synthetic = result.data_json
             else:
                 adapter = internalizer.internalize(runtime.base_model, text, progress=progress)
             blob = to_bytes(adapter)
