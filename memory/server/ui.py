@@ -36,14 +36,14 @@ from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from memory.errors import NotFoundError, PMemError, ValidationError
+from memory.internalizers import METHODS
 from memory.server.auth import ALL, LOCAL_ADMIN, Principal
+from memory.services.namespaces import TIERS
 
 SESSION_COOKIE = "pmem_ui"
 SESSION_TTL_S = 8 * 3600
 MAX_SESSIONS = 10_000  # the oldest are dropped past this
 PAGE = 100
-METHODS = ("auto", "d2l", "cd", "self-study")  # as the API's internalize takes them
-TIERS = ("instant", "full")
 MAX_TEXT_CHARS = 100_000  # of a document's text on its page (the API serves all of it)
 TEMPLATES = Path(__file__).with_name("templates")
 _HEADERS = {
