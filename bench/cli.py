@@ -31,6 +31,8 @@ BENCHES = (
     "context",
     "registry",
     "abstention",
+    "do_no_harm",
+    "knowledge_update",
 )
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON here.")]

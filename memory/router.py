@@ -5,7 +5,10 @@ Modes: ``parametric`` (apply the adapters of the relevant documents, no document
 signals and says why:
 
 1. a request for a verbatim quote goes to retrieval (adapters paraphrase, they cannot quote);
-2. no internalized document is relevant enough to the query -> retrieval;
+2. no stored document is relevant enough to the query -> the base model answers alone (no adapter, no
+   passage: a question about something else is answered as if the memory were not there; by default such a
+   question has already been answered with "I don't know" by the query's abstention check, see
+   :mod:`memory.services.query`);
 3. the most relevant document's adapter is missing or stale (not made from its current version) -> retrieval;
 4. its measured fidelity (self-study measures it on probes held back from its own training data: the share
    of the in-context teacher's answer the adapter reproduces without the document) is below
@@ -251,9 +254,9 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
         best = max((c.relevance for c in candidates), default=None)
         shown = f"{best:.2f}" if best is not None else "none"
         return Route(
-            "retrieval",
-            f"no document is relevant enough (best similarity {shown} < "
-            f"{cfg.relevance_threshold}); answering from retrieved passages",
+            "parametric",
+            f"no document is relevant enough (best similarity {shown} < {cfg.relevance_threshold}); "
+            "the base model answers alone, without adapters or passages",
         )
     top = relevant[0]
     if not top.adapter_ready:

@@ -95,6 +95,7 @@ class SelfStudyConfig:
     generated_per_chunk: int = 8  # teacher-answered prompts per chunk (questions first)
     model_questions_per_chunk: int = 2  # of those, questions the base model writes itself
     dense_per_chunk: int = 12  # teacher-forced recall / complete prompts per chunk (cheap)
+    in_context_per_chunk: int = 0  # teacher-answered samples also trained with the chunk in the student's prompt
     steps_per_chunk: int = 40
     min_steps: int = 40
     max_steps: int = 600
@@ -353,6 +354,16 @@ def self_study(
     s_prompts = [student_prompt(base, s.prompt) for s in train]
     responses = [_ids(base, s.response or "", eos) for s in train]
     teacher = teacher_topk(base, t_prompts, responses, cfg.top_k)
+    # In-context samples: the student reads the chunk too and must answer as the teacher does, so the adapter
+    # learns to leave the model's reading of a retrieved passage alone (hybrid must not spoil retrieval). Their
+    # teacher distributions are those already computed (same prompt); only the student's forward is longer.
+    per_chunk: dict[int, int] = {}
+    for i, s in enumerate(train):
+        if s.kind in GENERATED and per_chunk.get(s.chunk, 0) < cfg.in_context_per_chunk:
+            per_chunk[s.chunk] = per_chunk.get(s.chunk, 0) + 1
+            s_prompts.append(t_prompts[i])
+            responses.append(responses[i])
+            teacher.append(teacher[i])
     teacher_s = time.perf_counter() - t_start
 
     steps = int(min(cfg.max_steps, max(cfg.min_steps, cfg.steps_per_chunk * len(chunks))))
@@ -372,7 +383,12 @@ def self_study(
     data = [asdict(s) for s in samples]
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
     counts = {k: sum(1 for s in samples if s.kind == k) for k in KINDS}
-    counts.update(chunks=len(chunks), samples=len(samples), heldout=sum(s.heldout for s in samples))
+    counts.update(
+        chunks=len(chunks),
+        samples=len(samples),
+        heldout=sum(s.heldout for s in samples),
+        in_context=sum(per_chunk.values()),
+    )
     adapter = LoraAdapter(
         weights,
         base.fingerprint,

@@ -31,10 +31,13 @@ def test_auto_goes_to_retrieval_for_a_verbatim_request():
     assert route.mode == "retrieval" and "exact wording" in route.reason
 
 
-def test_auto_goes_to_retrieval_when_nothing_is_relevant():
+def test_auto_leaves_an_unrelated_question_to_the_base_model():
+    # neither an adapter nor a passage: a question about something else is answered as without the memory
     route = decide("Who won the 1998 world cup?", "auto", [cand("vault", 0.05)], CFG)
-    assert route.mode == "retrieval" and "0.05" in route.reason
-    assert decide("anything", "auto", [], CFG).mode == "retrieval"
+    assert route.mode == "parametric" and route.adapter_documents == [] and "0.05" in route.reason
+    assert "base model answers alone" in route.reason
+    empty = decide("anything", "auto", [], CFG)
+    assert empty.mode == "parametric" and empty.adapter_documents == []
 
 
 def test_auto_goes_to_retrieval_when_the_top_adapter_is_stale():
