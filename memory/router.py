@@ -14,7 +14,10 @@ signals and says why:
    of the in-context teacher's answer the adapter reproduces without the document) is below
    ``min_fidelity`` -> retrieval; an adapter without a measured fidelity (Doc-to-LoRA, context distillation)
    goes on to the answer checks;
-5. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
+5. an adapter trained to read passages beside it (self-study's in-context samples, ``reads_passages``) answers
+   with the retrieved passages: ``hybrid``; it knows the document when retrieval misses the passage, and its
+   training keeps it from spoiling the reading of the passage when retrieval finds it;
+6. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
    support it (most of the content words it adds to the question, and every name and number among them,
@@ -65,6 +68,7 @@ class Candidate:
     adapter_status: str | None
     tier: str | None = None  # instant | full (self-study)
     fidelity: float | None = None  # measured containment on held-back probes, when the adapter has one
+    reads_passages: bool = False  # trained with the document in the student's prompt too (self-study in-context)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class RouterConfig:
     min_confidence: float = -1.5  # mean log-probability per answer token
     min_support: float = 0.5  # share of the answer's content words found in the retrieved passages
     min_fidelity: float = 0.5  # an adapter reproducing less of its teacher's held-back answers is not used in auto
+    hybrid_when_trained: bool = True  # auto: an adapter trained to read passages answers with them (hybrid)
 
 
 @dataclass(frozen=True)
@@ -270,6 +275,14 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
             "retrieval",
             f"the adapter of {top.document_id!r} ({top.tier or 'instant'} tier) reproduces {top.fidelity:.0%} of its "
             f"teacher's held-back answers (< {cfg.min_fidelity:.0%}); using retrieval",
+        )
+    if cfg.hybrid_when_trained and top.reads_passages:
+        return Route(
+            "hybrid",
+            f"{len(docs)} relevant internalized document(s) ({', '.join(docs)}; best similarity "
+            f"{top.relevance:.2f}) whose adapter was trained to read passages beside it: adapter and retrieved "
+            "passages together",
+            docs,
         )
     return Route(
         "parametric",

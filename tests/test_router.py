@@ -159,3 +159,14 @@ def test_auto_check_rejects_a_degenerate_answer_even_when_confident_and_supporte
     for loop in ("3333333333333333", "licorice licorice licorice licorice licorice licorice"):
         doubt = check_answer(loop, -0.05, passages, "How many sticks?").doubt
         assert doubt and "degenerate" in doubt, (loop, doubt)
+
+
+def test_auto_answers_in_hybrid_with_an_adapter_trained_to_read_passages():
+    trained = Candidate("vault", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True)
+    route = decide("What is the vault code?", "auto", [trained], CFG)
+    assert route.mode == "hybrid" and route.adapter_documents == ["vault"] and "read passages" in route.reason
+    # its fidelity gate still applies, and the choice can be turned off
+    weak = Candidate("vault", 0.7, True, "ready", tier="full", fidelity=0.2, reads_passages=True)
+    assert decide("What is the vault code?", "auto", [weak], CFG).mode == "retrieval"
+    off = RouterConfig(hybrid_when_trained=False)
+    assert decide("What is the vault code?", "auto", [trained], off).mode == "parametric"

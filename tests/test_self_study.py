@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_self_study.py -q        (the knowledg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -80,6 +81,10 @@ def test_self_study_trains_an_adapter_with_provenance_on_a_tiny_model():
     again = self_study(base, TEXT, TINY)
     assert again.data_sha256 == r.data_sha256  # same text and recipe: the same synthetic data
     assert all(not p.requires_grad for p in base.model.parameters())
+    assert r.counts["in_context"] == 0
+    # in-context samples: teacher-answered samples trained again with the chunk in the student's prompt
+    ctx = self_study(base, TEXT, dataclasses.replace(TINY, in_context_per_chunk=1))
+    assert ctx.counts["in_context"] == 1 and ctx.data_sha256 == r.data_sha256  # no new synthetic data
 
 
 def test_bad_input_and_bad_recipes_are_refused():

@@ -76,6 +76,14 @@ def tier_of(method: str) -> str:
     return "full" if method in FULL_TIER else "instant"
 
 
+def reads_passages(info: AdapterInfo) -> bool:
+    """Was the adapter trained with its document in the student's prompt too (self-study's in-context samples),
+    so that it may be applied beside retrieved passages without spoiling their reading (``auto`` answers in
+    ``hybrid`` with it)? Read from the recipe kept in its provenance."""
+    config = (info.provenance or {}).get("config") or {}
+    return int(config.get("in_context_per_chunk") or 0) > 0
+
+
 def hypernetwork_row(s: Session, ident: Any, base_fingerprint: str) -> int:
     """The id of the :class:`Hypernetwork` row of ``ident`` (an internalizer identity), registered on first use."""
     row = s.scalar(select(Hypernetwork).where(Hypernetwork.checkpoint_sha256 == ident.checkpoint_sha256))

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from memory import router
 from memory.db import Document, Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
-from memory.services.adapters import AdapterRegistry
+from memory.services.adapters import AdapterRegistry, reads_passages
 from memory.services.models import ModelRuntime
 from memory.services.records import Records, check_count, check_int, check_text_field, validate_document_id
 from memory.services.skills import SkillLibrary
@@ -309,6 +309,7 @@ class QueryEngine:
                 ready[d].status if d in ready else None,
                 ready[d].tier if d in ready else None,
                 ready[d].fidelity.get("containment") if d in ready else None,
+                d in ready and reads_passages(ready[d]),
             )
             for d, score in best.items()
         ]
