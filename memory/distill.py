@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import pickle
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -398,11 +401,16 @@ def fit_kl(
     seed: int = 0,
     weight_decay: float = 0.0,
     progress: Callable[[int, int, float], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 10,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], list[float]]:
     """Train a fresh LoRA so the student (``student_prompts``) matches ``teacher`` over ``responses``.
 
     Samples are drawn in shuffled epochs; AdamW with a short warm-up and a cosine decay to a tenth of
     ``lr``. Returns the detached factors (in the base model's dtype) and the loss of every step.
+
+    ``checkpoint``: a file where the training state (factors, optimizer, schedule, sample order, losses) is
+    written every ``checkpoint_every`` steps and from which a killed run resumes where it was.
     """
     n = len(responses)
     if n == 0:
@@ -417,8 +425,21 @@ def fit_kl(
     adapter = LoraAdapter(weights, base.fingerprint, {"kind": "knowledge"})
     losses: list[float] = []
     order: list[int] = []
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = _load_state(checkpoint, base.device)
+        if state is not None and state.get("steps") == steps and sorted(state["weights"]) == sorted(weights):
+            with torch.no_grad():
+                for p, (a, b) in state["weights"].items():
+                    weights[p][0].copy_(a)
+                    weights[p][1].copy_(b)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["schedule"])
+            rng.setstate(state["rng"])
+            order, losses, start = list(state["order"]), list(state["losses"]), int(state["step"])
+            log.info("kl training resumed at step %d/%d from %s", start, steps, checkpoint)
     base.model.requires_grad_(False)
-    for step in range(steps):
+    for step in range(start, steps):
         if len(order) < min(batch_size, n):
             perm = list(range(n))
             rng.shuffle(perm)
@@ -438,8 +459,36 @@ def fit_kl(
         if progress is not None:
             progress(step + 1, steps, losses[-1])
         log.debug("kl step %d/%d loss %.4f", step + 1, steps, losses[-1])
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            state = {
+                "steps": steps,
+                "step": step + 1,
+                "weights": {p: (a.detach(), b.detach()) for p, (a, b) in weights.items()},
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "rng": rng.getstate(),
+                "order": order,
+                "losses": losses,
+            }
+            save_atomic(state, checkpoint)
     final = {p: (a.detach().to(base.dtype), b.detach().to(base.dtype)) for p, (a, b) in weights.items()}
     return final, losses
+
+
+def _load_state(path: Path, device: Any) -> dict[str, Any] | None:
+    try:
+        return dict(torch.load(path, map_location=device, weights_only=True))
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # torn or foreign: start over
+        log.warning("ignoring unreadable training state %s (%s)", path, e)
+        return None
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and a rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def _best_piece(pieces: Sequence[str], question: str) -> str:

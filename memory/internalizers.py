@@ -109,12 +109,23 @@ class SelfStudyInternalizer:
         self.recipe = SelfStudyConfig(**{k: v for k, v in config.items() if k not in ("method", "version")})
         self.identity = self_study_identity(self.config, base.fingerprint)
 
-    def study(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:
-        """The :class:`memory.self_study.SelfStudyResult` (adapter, provenance, synthetic data) for ``text``."""
+    def study(
+        self,
+        base: Any,
+        text: str,
+        progress: Callable[[int, int], None] | None = None,
+        work_dir: str | Path | None = None,
+    ) -> Any:
+        """The :class:`memory.self_study.SelfStudyResult` (adapter, provenance, synthetic data) for ``text``;
+        with ``work_dir`` a killed run resumes where it was (:func:`memory.self_study.self_study`)."""
         from memory.self_study import self_study
 
         return self_study(
-            base, text, self.recipe, progress=(lambda stage, done, total: progress(done, total)) if progress else None
+            base,
+            text,
+            self.recipe,
+            progress=(lambda stage, done, total: progress(done, total)) if progress else None,
+            work_dir=work_dir,
         )
 
     def internalize(self, base: Any, text: str, progress: Callable[[int, int], None] | None = None) -> Any:

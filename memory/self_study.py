@@ -36,11 +36,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import pickle
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +54,7 @@ from memory.distill import (
     _chunks_by_tokens,
     _entities,
     fit_kl,
+    save_atomic,
     split_sentences,
     student_prompt,
     teacher_prompt,
@@ -306,24 +311,14 @@ def _ids(base: Any, text: str, eos: int | None) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- training
-def self_study(
-    base: Any,
-    text: str,
-    config: SelfStudyConfig | None = None,
-    *,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> SelfStudyResult:
-    """Internalize ``text`` into one LoRA adapter by self-study (see the module docstring).
-
-    ``progress`` is called as ``progress(stage, done, total)`` with stage ``teacher`` then ``train``.
-    """
-    if not text or not text.strip():
-        raise ValidationError("self-study needs a non-empty document text")
-    cfg = config or SelfStudyConfig()
-    t_start = time.perf_counter()
+def _teach(
+    base: Any, text: str, cfg: SelfStudyConfig, progress: Callable[[str, int, int], None] | None
+) -> dict[str, Any]:
+    """The synthetic data of ``text`` answered by the teacher, and the teacher's top-k over the training
+    samples' responses: ``{"chunks", "samples" (as dicts), "teacher" (one (log-probs, ids) pair per training
+    sample)}``."""
     rng = random.Random(cfg.seed)
     chunks = _chunks_by_tokens(base, text, cfg.chunk_tokens)
-
     samples = build_prompts(chunks, cfg, rng)
     samples += _model_questions(base, chunks, cfg, cfg.seed)
     # hold back some teacher-answered questions (never the only one of a chunk) to measure fidelity
@@ -351,9 +346,63 @@ def self_study(
         raise ValidationError("the teacher produced no responses for this document")
     train = [s for s in samples if not s.heldout]
     t_prompts = [teacher_prompt(base, chunks[s.chunk], s.prompt) for s in train]
-    s_prompts = [student_prompt(base, s.prompt) for s in train]
     responses = [_ids(base, s.response or "", eos) for s in train]
     teacher = teacher_topk(base, t_prompts, responses, cfg.top_k)
+    return {"chunks": chunks, "samples": [asdict(s) for s in samples], "teacher": teacher}
+
+
+def _load_teacher(state_dir: Path | None) -> dict[str, Any] | None:
+    path = state_dir / "teacher.pt" if state_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # torn or foreign: redo
+        log.warning("self-study: ignoring unreadable state %s (%s)", path, e)
+        return None
+
+
+def self_study(
+    base: Any,
+    text: str,
+    config: SelfStudyConfig | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+) -> SelfStudyResult:
+    """Internalize ``text`` into one LoRA adapter by self-study (see the module docstring).
+
+    ``progress`` is called as ``progress(stage, done, total)`` with stage ``teacher`` then ``train``.
+    ``work_dir``: where a run keeps its state (the teacher's data once made, then the training state every
+    few steps), so that a run of the same text, recipe and model killed half-way resumes there; the state is
+    removed when the run ends.
+    """
+    if not text or not text.strip():
+        raise ValidationError("self-study needs a non-empty document text")
+    cfg = config or SelfStudyConfig()
+    t_start = time.perf_counter()
+    state_dir = None
+    if work_dir is not None:
+        key = hashlib.sha256(
+            json.dumps([text, cfg.as_dict(), str(base.fingerprint)], sort_keys=True).encode("utf-8")
+        ).hexdigest()[:24]
+        state_dir = Path(work_dir) / f"self-study-{key}"
+    taught = _load_teacher(state_dir)
+    if taught is None:
+        taught = _teach(base, text, cfg, progress)
+        if state_dir is not None:
+            save_atomic(taught, state_dir / "teacher.pt")
+    else:
+        log.info("self-study: the teacher's data of an interrupted run reused from %s", state_dir)
+    chunks, samples, teacher = taught["chunks"], [SyntheticPrompt(**d) for d in taught["samples"]], taught["teacher"]
+    teacher_s = time.perf_counter() - t_start
+    eos = base.tokenizer.eos_token_id
+    train = [s for s in samples if not s.heldout]
+    t_prompts = [teacher_prompt(base, chunks[s.chunk], s.prompt) for s in train]
+    s_prompts = [student_prompt(base, s.prompt) for s in train]
+    responses = [_ids(base, s.response or "", eos) for s in train]
+    teacher = list(teacher)
+
     # In-context samples: the student reads the chunk too and must answer as the teacher does, so the adapter
     # learns to leave the model's reading of a retrieved passage alone (hybrid must not spoil retrieval). Their
     # teacher distributions are those already computed (same prompt); only the student's forward is longer.
@@ -364,7 +413,6 @@ def self_study(
             s_prompts.append(t_prompts[i])
             responses.append(responses[i])
             teacher.append(teacher[i])
-    teacher_s = time.perf_counter() - t_start
 
     steps = int(min(cfg.max_steps, max(cfg.min_steps, cfg.steps_per_chunk * len(chunks))))
     weights, losses = fit_kl(
@@ -379,6 +427,7 @@ def self_study(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         progress=(lambda step, n, _loss: progress("train", step, n)) if progress else None,
+        checkpoint=state_dir / "train.pt" if state_dir is not None else None,
     )
     data = [asdict(s) for s in samples]
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -410,6 +459,8 @@ def self_study(
     if probes:
         result.fidelity = fidelity(base, adapter, [(chunks[s.chunk], s.prompt, s.response or "") for s in probes])
     result.seconds = time.perf_counter() - t_start
+    if state_dir is not None:
+        shutil.rmtree(state_dir, ignore_errors=True)
     log.info(
         "self-study: %d chunks, %d samples, %d steps, loss %.3f -> %.3f, %.1f s",
         len(chunks),

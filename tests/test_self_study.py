@@ -10,6 +10,7 @@ import json
 import random
 
 import pytest
+import torch
 from _fixtures_models import tiny_base  # tests/ is on sys.path
 
 from memory import router
@@ -160,3 +161,29 @@ def test_knowledge_update_the_version_2_adapter_answers_the_new_value(tmp_path):
     r = mem.query("What is the access code of the Quillon archive?", namespace="ku", mode="parametric")
     assert [a.version for a in r.adapters] == [2]
     assert "5190" in r.answer and "7342" not in r.answer
+
+
+def test_a_killed_run_resumes_from_its_state_and_ends_as_an_uninterrupted_one(tmp_path):
+    base = tiny_base()
+    cfg = dataclasses.replace(TINY, steps_per_chunk=12, min_steps=12)
+    whole = self_study(base, TEXT, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_11(stage: str, done: int, total: int) -> None:
+        if stage == "train" and done == 11:
+            raise Killed
+
+    with pytest.raises(Killed):
+        self_study(base, TEXT, cfg, progress=kill_at_step_11, work_dir=tmp_path)
+    state = next(tmp_path.iterdir())
+    assert {p.name for p in state.iterdir()} == {"teacher.pt", "train.pt"}  # the data, and step 10's state
+    stages: list[tuple[str, int]] = []
+    resumed = self_study(base, TEXT, cfg, progress=lambda st, done, _: stages.append((st, done)), work_dir=tmp_path)
+    assert stages[0] == ("train", 11)  # no teacher stage again, training from step 10 on
+    assert resumed.data_sha256 == whole.data_sha256
+    for path, (a, b) in whole.adapter.weights.items():
+        ra, rb = resumed.adapter.weights[path]
+        assert torch.equal(a, ra) and torch.equal(b, rb)
+    assert list(tmp_path.iterdir()) == []  # the state goes when the run ends

@@ -84,7 +84,9 @@ class Internalization:
         synthetic: bytes | None = None
         try:
             if hasattr(internalizer, "study"):
-                result = internalizer.study(runtime.base_model, text, progress=progress)
+                # a job killed half-way (worker lost, restart) resumes from its state under PMEM_HOME/work
+                work = runtime.settings.home / "work"
+                result = internalizer.study(runtime.base_model, text, progress=progress, work_dir=work)
                 adapter, provenance = result.adapter, result.provenance()
                 synthetic = result.data_json
             else:
