@@ -8,6 +8,7 @@ router's confidence check, and the engine's key never shows.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,8 +177,8 @@ def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_pat
     adapter = mem.internalize("vault", method="d2l")
     question = "What is the vault code?"
     local = {
-        mode: mem.query(question, mode=mode, document_ids=["vault"], max_new_tokens=16, log=False).answer
-        for mode in ("parametric", "hybrid")
+        mode: mem.query(question, mode=mode, document_ids=["vault"], max_new_tokens=16, log=False)
+        for mode in ("parametric", "hybrid", "auto")
     }
     exported = tmp_path / "exported"
     env = server_env(
@@ -190,7 +191,7 @@ def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_pat
     server = ServerProcess(env, tmp_path / "server.log")
     try:
         server.wait_ready()
-        for mode, answer in local.items():
+        for mode, expected in local.items():
             r = httpx.post(
                 f"{server.url}/v1/namespaces/default/query",
                 json={"question": question, "mode": mode, "document_ids": ["vault"], "max_new_tokens": 16},
@@ -198,8 +199,18 @@ def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_pat
             )
             assert r.status_code == 200, r.text
             body = r.json()
-            assert body["mode"] == mode and [a["id"] for a in body["adapters"]] == [adapter.id]
-            assert body["answer"] == answer, (mode, body["answer"], answer)
+            assert (body["mode"], body["answer"]) == (expected.mode, expected.answer), (mode, body)
+            assert [a["id"] for a in body["adapters"]] == [a.id for a in expected.adapters]
+            if expected.confidence is not None:  # auto checked the adapted answer: with the engine's logprobs
+                assert body["confidence"] == pytest.approx(expected.confidence, abs=1e-3)
+        assert [a.id for a in local["parametric"].adapters] == [adapter.id]
+        # streamed through the server: the engine's tokens arrive as token events and join to the answer
+        stream = {"question": question, "mode": "parametric", "document_ids": ["vault"], "max_new_tokens": 16}
+        with httpx.stream(
+            "POST", f"{server.url}/v1/namespaces/default/query", json={**stream, "stream": True}, timeout=600
+        ) as r:
+            events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+        assert "".join(e["text"] for e in events[:-1]) == events[-1]["answer"] == local["parametric"].answer
         assert len(list(exported.iterdir())) == 1  # one adapter, exported once for both queries
         assert ENGINE_KEY not in server.log()
     finally:
