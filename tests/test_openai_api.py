@@ -71,6 +71,8 @@ def test_models_are_the_memories_the_key_sees(served: Served) -> None:
 def test_errors_come_in_openai_shape_with_the_servers_statuses(served: Served) -> None:
     """Bad key 401, a namespace the key does not cover 403, a model that is not a memory 404, bad input 400;
     none of them reaches the model."""
+    from memory.server.app import ERROR_CODES
+
     ask = [{"role": "user", "content": QUESTION}]
     PermissionDenied = openai.PermissionDeniedError  # noqa: N806 - keeps the table on one line a case
     cases = [
@@ -93,10 +95,11 @@ def test_errors_come_in_openai_shape_with_the_servers_statuses(served: Served) -
             served.client(key).chat.completions.create(**kwargs)
         err = caught.value.body
         assert set(err) == {"message", "type", "param", "code"} and err["message"], (kwargs, err)
+        assert ERROR_CODES[err["code"]] == caught.value.status_code  # the server's stable codes, as everywhere
     r = httpx.post(f"{served.url}/v1/chat/completions", content=b"{not json", headers={"Authorization": "Bearer x"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     r = served.call("POST", "/v1/chat/completions", key="reader", content=b"{not json")
-    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 #: Every ``error.code`` the server answers with, and its HTTP status.
 ERROR_CODES: dict[str, int] = {
     "malformed_json": 400,
+    "invalid_request": 400,  # bad input to the OpenAI-compatible routes (memory/server/openai_api.py), as OpenAI says
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,

@@ -17,8 +17,9 @@ The response carries OpenAI's fields (``id``, ``object``, ``created``, ``model``
 ``message``/``finish_reason``, ``usage``) and the memory's own in ``pmem``: the mode that answered and why, the
 adapters and the passages (``sources``), the query id for feedback. Streamed, it is ``chat.completion.chunk``
 events ending with ``data: [DONE]``; ``pmem`` comes in the last chunk. Errors are OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` with the server's statuses (401, 403, 404 for a model that
-is not a memory, 400 for bad input, 503 ``busy`` with ``Retry-After``, 504 ``timeout``).
+``{"error": {"message", "type", "param", "code"}}``, ``code`` one of the server's stable codes with its status
+(``unauthorized`` 401, ``forbidden`` 403, ``not_found`` 404 for a model that is not a memory,
+``invalid_request`` or ``malformed_json`` 400 for bad input, ``busy`` 503 with ``Retry-After``, ``timeout`` 504).
 
 >>> parse_model("pmem/support:hybrid")
 ('support', 'hybrid')
@@ -44,7 +45,7 @@ MODEL_PREFIX = "pmem/"
 MODES = ("auto", "parametric", "retrieval", "hybrid")
 DEFAULT_MAX_TOKENS = 64
 
-#: OpenAI's error ``type`` for each of the server's error codes.
+#: OpenAI's error ``type`` for the server's error codes (the rest are ``invalid_request_error``).
 ERROR_TYPES = {
     "unauthorized": "authentication_error",
     "forbidden": "permission_error",
@@ -57,11 +58,19 @@ ERROR_TYPES = {
 
 
 class OpenAIError(Exception):
-    """An error answered in OpenAI's shape with ``status``."""
+    """An error answered in OpenAI's shape. ``code`` is one of the server's codes (``ERROR_CODES``), whose status
+    it is answered with; ``type`` is OpenAI's."""
 
-    def __init__(self, status: int, message: str, *, type: str, code: str | None = None, param: str | None = None):  # noqa: A002 - OpenAI's name
+    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+        # bad input is OpenAI's 400 invalid_request_error, where the rest of the server says 422 invalid_input
+        self.code = "invalid_request" if code in ("invalid_input", "unknown_field") else code
+        self.status = ERROR_CODES[self.code]
+        self.message, self.param = message, param
+        self.type = ERROR_TYPES.get(self.code, "invalid_request_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 def error_response(e: OpenAIError) -> JSONResponse:
@@ -69,14 +78,7 @@ def error_response(e: OpenAIError) -> JSONResponse:
     headers = {"Retry-After": "2"} if e.status == 503 else None
     if e.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    body = {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
-    return JSONResponse(body, status_code=e.status, headers=headers)
-
-
-def _from_code(code: str, message: str) -> OpenAIError:
-    """The server's error code (memory.server.app.ERROR_CODES) as an OpenAI error."""
-    status = ERROR_CODES.get(code, 400)
-    return OpenAIError(status, message, type=ERROR_TYPES.get(code, "invalid_request_error"), code=code)
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 def parse_model(model: str) -> tuple[str, str | None]:
@@ -87,19 +89,16 @@ def parse_model(model: str) -> tuple[str, str | None]:
     """
     if not model.startswith(MODEL_PREFIX) or len(model) == len(MODEL_PREFIX):
         raise OpenAIError(
-            404,
+            "not_found",
             f"the model {model!r} is not a memory: name one as 'pmem/<namespace>' (or 'pmem/<namespace>:<mode>', "
             f"mode one of {', '.join(MODES)}); GET /v1/models lists them",
-            type="invalid_request_error",
-            code="model_not_found",
             param="model",
         )
     ns, _, mode = model[len(MODEL_PREFIX) :].partition(":")
     if mode and mode not in MODES:
         raise OpenAIError(
-            400,
+            "invalid_request",
             f"unknown routing mode {mode!r} in the model name; use one of {', '.join(MODES)}",
-            type="invalid_request_error",
             param="model",
         )
     return ns, mode or None
@@ -145,21 +144,17 @@ def _parse(raw: bytes) -> ChatRequest:
     try:
         data = json.loads(raw)
     except ValueError:
-        raise OpenAIError(400, "the request body is not valid JSON", type="invalid_request_error") from None
+        raise OpenAIError("malformed_json", "the request body is not valid JSON") from None
     try:
         body = ChatRequest.model_validate(data)
     except BodyError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "body"
-        raise OpenAIError(
-            400, f"{where}: {first.get('msg', 'invalid')}", type="invalid_request_error", param=where
-        ) from None
+        raise OpenAIError("invalid_request", f"{where}: {first.get('msg', 'invalid')}", param=where) from None
     if body.n != 1:
-        raise OpenAIError(400, "n must be 1: the memory gives one answer", type="invalid_request_error", param="n")
+        raise OpenAIError("invalid_request", "n must be 1: the memory gives one answer", param="n")
     if body.tools:
-        raise OpenAIError(
-            400, "tools are not supported: the memory answers in text", type="invalid_request_error", param="tools"
-        )
+        raise OpenAIError("invalid_request", "tools are not supported: the memory answers in text", param="tools")
     return body
 
 
@@ -170,14 +165,12 @@ def split_turns(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]
     try:
         turns = normalise_turns([m.model_dump(include={"role", "content"}) for m in messages])
     except ValidationError as e:
-        raise OpenAIError(400, str(e), type="invalid_request_error", param="messages") from None
+        raise OpenAIError("invalid_request", str(e), param="messages") from None
     questions = [text for role, text in turns if role == "user" and text.strip()]
     if not questions:
-        raise OpenAIError(400, "messages hold no user message to answer", type="invalid_request_error")
+        raise OpenAIError("invalid_request", "messages hold no user message to answer", param="messages")
     if turns[-1][0] != "user":
-        raise OpenAIError(
-            400, "the last message must be the user's question", type="invalid_request_error", param="messages"
-        )
+        raise OpenAIError("invalid_request", "the last message must be the user's question", param="messages")
     return questions[-1], turns
 
 
@@ -206,13 +199,13 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
         try:
             return await caller(request)
         except ApiError as e:
-            raise _from_code(e.code, e.message) from None
+            raise OpenAIError(e.code, e.message) from None
 
     async def bounded(coro: Awaitable[Any]) -> Any:
         try:
             return await asyncio.wait_for(coro, lim.query_timeout_s)
         except TimeoutError:
-            raise _from_code(
+            raise OpenAIError(
                 "timeout", f"no answer within {lim.query_timeout_s:g} s; the model is overloaded"
             ) from None
 
@@ -236,9 +229,7 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
             principal = await who(request)
             ns, _ = parse_model(model)
             if not principal.sees(ns) or ns not in await amem.namespaces():
-                raise OpenAIError(
-                    404, f"no memory {model!r} for this key", type="invalid_request_error", code="model_not_found"
-                )
+                raise OpenAIError("not_found", f"no memory {model!r} for this key", param="model")
         except OpenAIError as e:
             return error_response(e)
         return JSONResponse(entry(ns))
@@ -252,7 +243,7 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
             ns, mode = parse_model(body.model)
             opts = body.pmem or MemoryOptions()
             if not principal.can(ns, "read") or (opts.session and not principal.can(ns, "write")):
-                raise _from_code("forbidden", "this API key may not do that in this namespace")
+                raise OpenAIError("forbidden", "this API key may not do that in this namespace")
             from memory.api import validate_namespace
 
             validate_namespace(ns)
@@ -260,13 +251,12 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
             max_new_tokens = body.max_completion_tokens or body.max_tokens or DEFAULT_MAX_TOKENS
             if max_new_tokens > lim.max_new_tokens:
                 raise OpenAIError(
-                    400,
+                    "invalid_request",
                     f"max_tokens is over this server's limit of {lim.max_new_tokens}",
-                    type="invalid_request_error",
                     param="max_tokens",
                 )
             if opts.k is not None and opts.k > lim.max_k:
-                raise OpenAIError(400, f"pmem.k is over the limit of {lim.max_k}", type="invalid_request_error")
+                raise OpenAIError("invalid_request", f"pmem.k is over the limit of {lim.max_k}", param="pmem.k")
             if opts.session:
                 await amem.run_io(remember_turns, memory, opts.session, ns, turns)
             kwargs = {
@@ -286,7 +276,7 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
         except OpenAIError as e:
             return error_response(e)
         except PMemError as e:
-            return error_response(_from_code(_pmem_error_code(e), str(e)))
+            return error_response(OpenAIError(_pmem_error_code(e), str(e)))
         metrics.queries.labels(r.mode).inc()
         return JSONResponse(reply.completion(r))
 
@@ -302,13 +292,13 @@ def openai_router(app: FastAPI, caller: Callable[[Request], Awaitable[Principal]
                 try:
                     item = await asyncio.wait_for(items.__anext__(), max(deadline - time.monotonic(), 0.0))
                 except TimeoutError:
-                    yield _data(_error_body(_from_code("timeout", f"no answer within {lim.query_timeout_s:g} s")))
+                    yield _data(OpenAIError("timeout", f"no answer within {lim.query_timeout_s:g} s").body())
                     return
                 except PMemError as e:
-                    yield _data(_error_body(_from_code(_pmem_error_code(e), str(e))))
+                    yield _data(OpenAIError(_pmem_error_code(e), str(e)).body())
                     return
                 except Exception as e:  # noqa: BLE001 - the stream has started: report the failure in it
-                    yield _data(_error_body(_from_code("internal", f"internal error ({type(e).__name__})")))
+                    yield _data(OpenAIError("internal", f"internal error ({type(e).__name__})").body())
                     return
             metrics.queries.labels(item.mode).inc()
             yield _data(reply.chunk({}, reply.finish_reason(item), pmem=reply.extra(item)))
@@ -386,10 +376,6 @@ class Reply:
 
 def _data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, default=str)}\n\n"
-
-
-def _error_body(e: OpenAIError) -> dict[str, Any]:
-    return {"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}}
 
 
 __all__ = ["MODEL_PREFIX", "OpenAIError", "openai_router", "parse_model"]
