@@ -334,7 +334,7 @@ class QueryEngine:
             check = router.check_answer(
                 gen.text,
                 _mean(gen.logprobs)
-                if getattr(gen, "logprobs", None)
+                if getattr(gen, "logprobs", None) and len(gen.logprobs) == len(gen.token_ids)
                 else self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
                 [h.text for h in hits if h.document_id in chosen],
                 question,
