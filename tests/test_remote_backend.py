@@ -1,0 +1,217 @@
+"""The remote generation backend (memory.models.remote) against a real ``pmem engine`` process, and a memory server
+process that generates there (PMEM_GENERATION_URL): greedy answers equal the local model's, adapters are exported
+in PEFT format, loaded once and loaded again when the engine forgot them, log-probabilities come back for the
+router's confidence check, and the engine's key never shows.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_remote_backend.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _server import REPO, ServerProcess, free_port, server_env
+
+ENGINE_KEY = "engine-secret-key-123"
+PROMPT = "What is the capital of France?"
+
+
+class EngineProcess:
+    """``python -m memory.cli engine`` on a free loopback port."""
+
+    def __init__(self, home: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("wb")
+        self.log_path = log_path
+        env = server_env(home, PMEM_ENGINE_API_KEY=ENGINE_KEY)
+        cmd = [sys.executable, "-m", "memory.cli", "engine", "--port", str(self.port), "--log-level", "warning"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 300) -> EngineProcess:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"engine not up after {timeout} s")
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=300, **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, model_cache) -> Iterator[EngineProcess]:
+    tmp = tmp_path_factory.mktemp("engine")
+    proc = EngineProcess(tmp / "home", tmp / "engine.log")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def base() -> Any:
+    from memory.models import load_base_model
+
+    return load_base_model()
+
+
+def _adapter(base: Any, seed: int = 0) -> Any:
+    """A small random adapter on the attention projections: it changes what the model says."""
+    import torch
+
+    from memory.lora import LoraAdapter
+
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for path in base.linear_paths(["self_attn.q_proj", "self_attn.v_proj"]):
+        lin = base.model.get_submodule(path)
+        a = torch.randn(4, lin.in_features, generator=g) * 0.05
+        b = torch.randn(lin.out_features, 4, generator=g) * 0.05
+        weights[path] = (a, b)
+    return LoraAdapter(weights, base.fingerprint)
+
+
+def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> None:
+    """A dead engine is a ModelError naming the URL (password masked), never the API key; reprs hide both."""
+    from memory.config import Settings
+    from memory.errors import ModelError
+    from memory.models.remote import RemoteEngine
+
+    settings = Settings.from_env(
+        home=tmp_path,
+        generation_url=f"http://user:pw@127.0.0.1:{free_port()}",
+        generation_api_key="sk-very-secret",
+        generation_timeout_s=5.0,
+    )
+    remote = RemoteEngine.from_settings(settings, base=None)
+    with pytest.raises(ModelError) as caught:
+        _ = remote.model
+    shown = f"{caught.value} {remote!r} {settings!r}"
+    assert "sk-very-secret" not in shown and "pw@" not in shown and "127.0.0.1" in shown
+
+
+@pytest.mark.slow
+def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EngineProcess, base: Any, tmp_path) -> None:
+    """Same tokens and text as BaseModel.generate; log-probabilities match the local forward pass; the stream
+    joins to the text; the adapter is exported once, named by content, and listed by the engine."""
+    from memory.models.remote import RemoteEngine, adapter_name
+    from memory.services.query import QueryEngine
+
+    remote = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "exported", api_key=ENGINE_KEY)
+    ad = _adapter(base)
+    prompt_ids = base.chat_ids(PROMPT)
+    texts = []
+    for adapter in (None, ad):
+        local = base.generate([prompt_ids], max_new_tokens=16, adapters=adapter)[0]
+        pieces: list[str] = []
+        got = remote.generate([prompt_ids], max_new_tokens=16, adapters=adapter, on_text=pieces.append)[0]
+        assert (got.text, got.token_ids, got.finish_reason) == (local.text, local.token_ids, local.finish_reason)
+        assert "".join(pieces) == got.text and got.prompt_tokens == len(prompt_ids)
+        mean = sum(got.logprobs) / len(got.logprobs)
+        assert mean == pytest.approx(QueryEngine._mean_logprob(base, prompt_ids, local.token_ids, adapter), abs=1e-3)
+        texts.append(got.text)
+    assert texts[0] != texts[1]  # the adapter was applied on the engine
+    name = adapter_name(ad)
+    assert [p.name for p in (tmp_path / "exported").iterdir()] == [name]
+    listed = engine.call("GET", "/v1/models").json()["data"]
+    assert listed[0]["pmem_fingerprint"] == base.fingerprint
+    assert [(m["id"], m["parent"]) for m in listed[1:]] == [(name, listed[0]["id"])]
+    # two rows with different adapters in one call; the engine batches what arrives together
+    both = remote.generate([prompt_ids, prompt_ids], max_new_tokens=16, adapters=[None, ad])
+    assert [g.text for g in both] == texts
+
+
+@pytest.mark.slow
+def test_an_engine_that_forgot_the_adapter_gets_it_again(engine: EngineProcess, base: Any, tmp_path) -> None:
+    """After the engine lost the adapter (as after a restart), the next request loads it again and answers."""
+    from memory.models.remote import RemoteEngine, adapter_name
+
+    remote = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "exported", api_key=ENGINE_KEY)
+    ad = _adapter(base, seed=1)
+    first = remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text
+    r = engine.call("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(ad)})
+    assert r.status_code == 200
+    assert remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text == first
+    assert httpx.get(f"{engine.url}/v1/models", timeout=10).status_code == 401  # the engine's key is required
+
+
+@pytest.mark.slow
+def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_path: Path) -> None:
+    """A memory server with PMEM_GENERATION_URL answers parametric and hybrid queries on the engine, with the
+    document's adapter loaded there, and the answers equal the in-process (local model) greedy answers."""
+    from _embedders import BagOfWords
+
+    from memory.api import ParametricMemory
+    from memory.config import Settings
+
+    home = tmp_path / "home"
+    mem = ParametricMemory(Settings.from_env(home=home), embedder=BagOfWords())
+    mem.add("The vault code is 7342. Only the night guard knows it.", document_id="vault")
+    adapter = mem.internalize("vault", method="d2l")
+    question = "What is the vault code?"
+    local = {
+        mode: mem.query(question, mode=mode, document_ids=["vault"], max_new_tokens=16, log=False)
+        for mode in ("parametric", "hybrid", "auto")
+    }
+    exported = tmp_path / "exported"
+    env = server_env(
+        home,
+        PMEM_TEST_NO_AUTH="1",
+        PMEM_GENERATION_URL=engine.url,
+        PMEM_GENERATION_API_KEY=ENGINE_KEY,
+        PMEM_GENERATION_ADAPTER_DIR=str(exported),
+    )
+    server = ServerProcess(env, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        for mode, expected in local.items():
+            r = httpx.post(
+                f"{server.url}/v1/namespaces/default/query",
+                json={"question": question, "mode": mode, "document_ids": ["vault"], "max_new_tokens": 16},
+                timeout=600,
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert (body["mode"], body["answer"]) == (expected.mode, expected.answer), (mode, body)
+            assert [a["id"] for a in body["adapters"]] == [a.id for a in expected.adapters]
+            if expected.confidence is not None:  # auto checked the adapted answer: with the engine's logprobs
+                assert body["confidence"] == pytest.approx(expected.confidence, abs=1e-3)
+        assert [a.id for a in local["parametric"].adapters] == [adapter.id]
+        # streamed through the server: the engine's tokens arrive as token events and join to the answer
+        stream = {"question": question, "mode": "parametric", "document_ids": ["vault"], "max_new_tokens": 16}
+        with httpx.stream(
+            "POST", f"{server.url}/v1/namespaces/default/query", json={**stream, "stream": True}, timeout=600
+        ) as r:
+            events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
+        assert "".join(e["text"] for e in events[:-1]) == events[-1]["answer"] == local["parametric"].answer
+        assert len(list(exported.iterdir())) == 1  # one adapter, exported once for both queries
+        assert ENGINE_KEY not in server.log()
+    finally:
+        server.stop()
