@@ -74,7 +74,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from memory.api import ParametricMemory
     from memory.evaluation.progress import ProgressBar
 
-    todo = items(2 if quick else 10)
+    todo = items(2 if quick else 6)
     mem = ParametricMemory(home=tempfile.mkdtemp(prefix="pmem-bench-update-"))
     mem.query_engine.abstain_threshold_setting = 0.0  # the questions are about the documents; measure the adapter
     rows = []

@@ -100,7 +100,7 @@ class SelfStudyConfig:
     generated_per_chunk: int = 8  # teacher-answered prompts per chunk (questions first)
     model_questions_per_chunk: int = 2  # of those, questions the base model writes itself
     dense_per_chunk: int = 12  # teacher-forced recall / complete prompts per chunk (cheap)
-    in_context_per_chunk: int = 0  # teacher-answered samples also trained with the chunk in the student's prompt
+    in_context_per_chunk: int = 2  # teacher-answered samples also trained with the chunk in the student's prompt
     steps_per_chunk: int = 40
     min_steps: int = 40
     max_steps: int = 600

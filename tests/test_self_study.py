@@ -34,6 +34,7 @@ TINY = SelfStudyConfig(
     max_answer_tokens=6,
     lr=1e-2,
     holdout=1,
+    in_context_per_chunk=0,
 )
 FAST = {  # the real model, as few steps as still make an adapter (mechanics, not quality)
     "generated_per_chunk": 3,
