@@ -285,10 +285,16 @@ class _Runner:
             "reason": r.reason,
             "adapters": len(r.adapters),
             "chunks": len(r.chunks),
+            # the measured fidelity of the adapters used (self-study), to calibrate the router's min_fidelity
+            "fidelity": _mean([a.fidelity["containment"] for a in r.adapters if "containment" in (a.fidelity or {})]),
         }
 
 
 # ---------------------------------------------------------------------------- summaries
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def _summary(rows: list[dict[str, Any]], costs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(rows)}
     for name in METRIC_NAMES:
