@@ -295,8 +295,6 @@ class RemoteMemory:
         A file that fails comes back alone as an ``AddResult`` with ``status="failed"`` and its error; an
         unreachable server or a refused key stops at once (every other file would fail the same way).
         """
-        from dataclasses import replace
-
         from memory.ingest.sources import document_key, scan_source
 
         scan = scan_source(spec)
@@ -314,7 +312,7 @@ class RemoteMemory:
             except (PMemError, OSError) as e:
                 results.append(AddResult(status="failed", document=None, source=str(path), error=str(e)))
             else:
-                results.append(replace(r, source=str(path)))
+                results.append(r)
         return results
 
     def get(
