@@ -1,16 +1,24 @@
-"""Server benchmark: search and query requests per second and p50/p95 latency at 1, 8 and 32 clients.
+"""Server benchmark: the goals of issue 23, the old one-at-a-time path measured beside the batched one.
 
 ``pmem bench server [--quick] --json`` calls :func:`run`. One memory (a fresh home: SQLite, the real
-all-MiniLM-L6-v2 embedder and the real base model) holds generated facts. The same workload runs twice:
+all-MiniLM-L6-v2 embedder and the real base model) holds generated facts, eight of them with an instant
+(Doc-to-LoRA) adapter. ``pmem serve`` runs in its own process on 127.0.0.1 with API keys on, twice: first with
+``PMEM_SERVER_MAX_BATCH=1`` (``one_at_a_time``: one generation at a time, the path before continuous batching),
+then with the server's default (``batched``); a server that does not know the setting ignores it, and both
+paths then measure the same thing. Against each:
 
-- ``server``: ``pmem serve`` in its own process on 127.0.0.1 with API keys on; each client is a thread
-  with its own keep-alive HTTP connection (``httpx``), calling ``POST /search`` and ``POST /query``;
-- ``in_process``: the same number of threads calling ``ParametricMemory.search`` / ``.query`` directly.
+- ``query``: ``POST /query`` (``mode="retrieval"``, a short answer) requests per second with p50/p95 at 1, 8
+  and 32 clients; each client is a thread with its own keep-alive connection. A 503 ``busy`` is counted apart
+  from errors (the bound on waiting generations is the server's default);
+- ``adapters``: 8 ``parametric`` queries in flight at once, each naming a different document (so a different
+  adapter per row), against 8 that all name the same document; ``ratio`` is mixed wall time / same wall time;
+- ``single_client``: one client's query p50 through the server against the same call in this process;
+- ``ask_first_token``: ``pmem ask`` through the server as a new process (as the console script starts), from
+  process start to the first byte of the answer on its stdout.
 
-Queries use ``mode="retrieval"`` (the path every query can take, no adapters needed) and a short answer;
-the server runs one generation at a time (its generation queue), so query latency grows with clients
-while throughput stays that of one model. The machine's load average is recorded: on a shared CPU the
-figures also measure the neighbours.
+``search`` (``POST /search`` at 1, 8 and 32 clients) is measured once, on the batched server. ``goals`` holds
+each of the issue's thresholds with the batched path's value and a boolean. The machine's load average is
+recorded: on a shared CPU the figures also measure the neighbours.
 
 Standalone: ``python -m bench.server --quick``.
 """
@@ -107,6 +115,99 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
     return out
 
 
+PATHS = {"one_at_a_time": "1", "batched": None}  # PMEM_SERVER_MAX_BATCH for each server (None: its default)
+ADAPTER_DOCS = 8
+GOALS = {  # issue 23: the batched path's figure, and the bound it must meet
+    "query_throughput_8_vs_1": (">=", 4.0),
+    "adapter_mix_vs_one_adapter": ("<=", 1.3),
+    "single_client_server_vs_in_process": ("<=", 1.15),
+    "ask_first_token_s": ("<=", 0.5),
+}
+
+
+class Busy(Exception):
+    """The server answered 503 busy: counted apart from errors."""
+
+
+def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
+    """:func:`_drive`, with the 503 ``busy`` answers counted as ``busy`` instead of errors."""
+    busy = 0
+    lock = threading.Lock()
+
+    def make() -> Callable[[int], None]:
+        call = make_call()
+
+        def counted(i: int) -> None:
+            nonlocal busy
+            try:
+                call(i)
+            except Busy:
+                with lock:
+                    busy += 1
+                raise
+
+        return counted
+
+    out = _drive(clients, requests, make)
+    out["busy"] = busy
+    out["errors"] -= busy
+    if not out["errors"]:
+        out.pop("first_error", None)
+    return out
+
+
+def _start_server(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "memory.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "warning", "--query-timeout", "1800"]
+    proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log_path)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, url
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def ask_first_token(env: dict[str, str], question: str, max_new_tokens: int, runs: int) -> dict[str, Any]:
+    """Seconds from starting ``pmem ask`` (through the server in ``env``) to the first byte of its answer."""
+    cmd = [sys.executable, "-c", "from memory.cli import main; main()", "ask", question, "-n", NS]
+    cmd += ["--mode", "retrieval", "--k", "2", "--max-new-tokens", str(max_new_tokens)]
+    firsts, totals = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        first = proc.stdout.read(1)
+        t1 = time.perf_counter()
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0 or not first:
+            raise RuntimeError(f"pmem ask failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
+        firsts.append(t1 - t0)
+        totals.append(time.perf_counter() - t0)
+    return {
+        "runs": runs,
+        "first_token_s": round(float(np.median(firsts)), 3),
+        "first_token_min_s": round(min(firsts), 3),
+        "answer_s": round(float(np.median(totals)), 3),
+    }
+
+
+def _goal(name: str, value: float | None) -> dict[str, Any]:
+    op, bound = GOALS[name]
+    met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+    return {"value": value, "threshold": f"{op} {bound}", "met": met}
+
+
 def run(quick: bool = False, **_: Any) -> dict[str, Any]:
     import httpx
 
@@ -116,7 +217,9 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
     n_docs = 200 if quick else 1000
     search_requests = {1: 40, 8: 80, 32: 160} if quick else {1: 100, 8: 300, 32: 600}
-    query_requests = {1: 3, 8: 8, 32: 32} if quick else {1: 8, 8: 16, 32: 64}
+    query_requests = {1: 4, 8: 16, 32: 32} if quick else {1: 8, 8: 32, 32: 64}
+    single_requests = 4 if quick else 10
+    ask_runs = 3 if quick else 5
     max_new_tokens = 8 if quick else 16
     home = Path(tempfile.mkdtemp(prefix="pmem-bench-server-"))
     env_home = {"PMEM_HOME": str(home)}
@@ -129,108 +232,118 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
         mem.add(text, document_id=doc_id, namespace=NS)
     add_s = time.perf_counter() - t0
     mem.search("warm up the embedder", k=4, namespace=NS)  # embeds every chunk once (stored on the rows)
-    # Load (and on first use convert) the base model here first: the server then finds it converted.
+    # Load (and on first use convert) the base model here first: the servers then find it converted.
     mem.query(_question(0), namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
+    t0 = time.perf_counter()
+    adapted = [mem.internalize(f"fact-{i}", namespace=NS).method for i in range(ADAPTER_DOCS)]
+    internalize_s = time.perf_counter() - t0
     key = KeyStore.for_memory(mem).create("bench", role="read", namespaces=[NS]).secret
-
-    port = free_port()
-    env = {**os.environ, **env_home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = home / "server.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "memory.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--max-waiting",
-            "256",
-            "--query-timeout",
-            "1800",
-        ],
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {key}"}
-    result: dict[str, Any] = {
-        "documents": n_docs,
-        "add_docs_per_s": round(n_docs / add_s, 1),
-        "query": {"mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens},
-        "clients": list(CLIENTS),
-        "load_avg_before": list(os.getloadavg()),
-    }
-    try:
-        wait_healthy(url, proc, log_path)
 
-        def http_caller(path: str, body: Callable[[int], dict[str, Any]]) -> Callable[[], Callable[[int], None]]:
-            def make() -> Callable[[int], None]:
-                client = httpx.Client(base_url=url, headers=headers, timeout=600)
+    def query_body(i: int) -> dict[str, Any]:
+        q = _question(i % n_docs)
+        return {"question": q, "mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens, "log": False}
 
-                def call(i: int) -> None:
-                    r = client.post(f"/v1/namespaces/{NS}{path}", json=body(i))
-                    if r.status_code != 200:
-                        raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-
-                return call
-
-            return make
-
-        def search_body(i: int) -> dict[str, Any]:
-            return {"query": _question(i % n_docs), "k": 4}
-
-        def query_body(i: int) -> dict[str, Any]:
+    def parametric_body(doc: Callable[[int], int]) -> Callable[[int], dict[str, Any]]:
+        def body(i: int) -> dict[str, Any]:
+            d = doc(i)
             return {
-                "question": _question(i % n_docs),
-                "mode": "retrieval",
-                "k": 2,
+                "question": _question(d),
+                "mode": "parametric",
+                "document_ids": [f"fact-{d}"],
                 "max_new_tokens": max_new_tokens,
                 "log": False,
             }
 
-        # warm the server's embedder and model
-        http_caller("/search", search_body)()(0)
-        http_caller("/query", query_body)()(0)
+        return body
 
-        def local(fn: Callable[[int], Any]) -> Callable[[], Callable[[int], None]]:
-            return lambda: fn
+    def in_process(i: int) -> None:
+        q = _question(i % n_docs)
+        mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
 
-        server: dict[str, Any] = {"search": {}, "query": {}}
-        in_process: dict[str, Any] = {"search": {}, "query": {}}
-        for c in CLIENTS:
-            server["search"][str(c)] = _drive(c, search_requests[c], http_caller("/search", search_body))
-            in_process["search"][str(c)] = _drive(
-                c, search_requests[c], local(lambda i: mem.search(_question(i % n_docs), k=4, namespace=NS))
-            )
-        for c in CLIENTS:
-            server["query"][str(c)] = _drive(c, query_requests[c], http_caller("/query", query_body))
-            in_process["query"][str(c)] = _drive(
-                c,
-                query_requests[c],
-                local(
-                    lambda i: mem.query(
-                        _question(i % n_docs),
-                        namespace=NS,
-                        mode="retrieval",
-                        k=2,
-                        max_new_tokens=max_new_tokens,
-                        log=False,
-                    )
-                ),
-            )
-        result.update(server=server, in_process=in_process, load_avg_after=list(os.getloadavg()))
-    finally:
-        proc.terminate()
+    result: dict[str, Any] = {
+        "documents": n_docs,
+        "add_docs_per_s": round(n_docs / add_s, 1),
+        "adapters": {
+            "documents": ADAPTER_DOCS,
+            "methods": sorted(set(adapted)),
+            "internalize_s": round(internalize_s, 2),
+        },
+        "query": {"mode": "retrieval", "k": 2, "max_new_tokens": max_new_tokens},
+        "clients": list(CLIENTS),
+        "load_avg_before": list(os.getloadavg()),
+        "paths": {},
+    }
+    for path, max_batch in PATHS.items():
+        env = {**os.environ, **env_home, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env.pop("PMEM_SERVER_MAX_BATCH", None)
+        if max_batch is not None:
+            env["PMEM_SERVER_MAX_BATCH"] = max_batch
+        proc, url = _start_server(env, home / f"server-{path}.log")
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+            def http_caller(
+                route: str, body: Callable[[int], dict[str, Any]], url: str = url
+            ) -> Callable[[], Callable[[int], None]]:
+                def make() -> Callable[[int], None]:
+                    client = httpx.Client(base_url=url, headers=headers, timeout=1800)
+
+                    def call(i: int) -> None:
+                        r = client.post(f"/v1/namespaces/{NS}{route}", json=body(i))
+                        if r.status_code == 503 and "busy" in r.text:
+                            raise Busy(r.text[:200])
+                        if r.status_code != 200:
+                            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+
+                    return call
+
+                return make
+
+            http_caller("/search", lambda i: {"query": _question(i), "k": 4})()(0)  # warm the embedder
+            http_caller("/query", query_body)()(0)  # and the model
+            http_caller("/query", parametric_body(lambda i: 0))()(0)  # and the adapters' path
+            out: dict[str, Any] = {"max_batch_env": max_batch, "query": {}}
+            for c in CLIENTS:
+                out["query"][str(c)] = _drive_counting_busy(c, query_requests[c], http_caller("/query", query_body))
+            q = out["query"]
+            out["query_throughput_8_vs_1"] = round(q["8"]["rps"] / q["1"]["rps"], 2) if q["1"]["rps"] else None
+            same = _drive(ADAPTER_DOCS, ADAPTER_DOCS, http_caller("/query", parametric_body(lambda i: 0)))
+            mixed = _drive(ADAPTER_DOCS, ADAPTER_DOCS, http_caller("/query", parametric_body(lambda i: i)))
+            out["adapters"] = {
+                "same_adapter": same,
+                "mixed_adapters": mixed,
+                "mixed_vs_same": round(mixed["wall_s"] / same["wall_s"], 2) if same["wall_s"] else None,
+            }
+            server_1 = _drive(1, single_requests, http_caller("/query", query_body))
+            local_1 = _drive(1, single_requests, lambda: in_process)
+            out["single_client"] = {
+                "server": server_1,
+                "in_process": local_1,
+                "server_vs_in_process": round(server_1["p50_ms"] / local_1["p50_ms"], 2),
+            }
+            ask_env = {**env, "PMEM_URL": url, "PMEM_API_KEY": key}
+            out["ask_first_token"] = ask_first_token(ask_env, _question(3), max_new_tokens, ask_runs)
+            if path == "batched":
+                search = http_caller("/search", lambda i: {"query": _question(i % n_docs), "k": 4})
+                result["search"] = {str(c): _drive(c, search_requests[c], search) for c in CLIENTS}
+            result["paths"][path] = out
+        finally:
+            _stop(proc)
+    batched = result["paths"]["batched"]
+    result["load_avg_after"] = list(os.getloadavg())
+    result["goals"] = {
+        "query_throughput_8_vs_1": _goal("query_throughput_8_vs_1", batched["query_throughput_8_vs_1"]),
+        "errors_at_32_clients_other_than_busy": {
+            "value": batched["query"]["32"]["errors"],
+            "threshold": "== 0",
+            "met": batched["query"]["32"]["errors"] == 0,
+        },
+        "adapter_mix_vs_one_adapter": _goal("adapter_mix_vs_one_adapter", batched["adapters"]["mixed_vs_same"]),
+        "single_client_server_vs_in_process": _goal(
+            "single_client_server_vs_in_process", batched["single_client"]["server_vs_in_process"]
+        ),
+        "ask_first_token_s": _goal("ask_first_token_s", batched["ask_first_token"]["first_token_s"]),
+    }
     return result
 
 

@@ -2,6 +2,14 @@
 
 Read commands take ``--json`` and then print one JSON document as their last line; ``bench`` and
 ``eval`` always print one JSON object as their last line.
+
+Where the memory commands go (first match wins): ``pmem --url URL ...``, then ``PMEM_URL`` (``PMEM_SERVER_URL``
+is its older name, the one ``pmem mcp`` read first), then this process. With a server, ``add``, ``ls``, ``show``,
+``rm``, ``history``, ``rollback``, ``gc``, ``internalize``, ``adapters``, ``search``, ``ask``, ``namespaces``,
+``jobs``, ``refresh``, ``ingest`` and ``ab report`` are HTTP calls with the key in ``PMEM_API_KEY``
+(:class:`memory.client.RemoteMemory`), and nothing loads torch, the model or the database. ``serve``, ``keys``,
+``db``, ``worker``, ``mcp``, ``bench``, ``eval`` and ``train`` always act on this machine; ``demo`` refuses and
+says why. ``PMEM_URL=`` (empty) runs a command in-process again.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from rich.table import Table
 from memory.config import Settings, redact
 from memory.errors import PMemError, ValidationError
 
+if __name__ == "__main__":  # `python -m memory.cli`: the plugins' `from memory.cli import ...` must find this module
+    sys.modules.setdefault("memory.cli", sys.modules[__name__])  # (and its --url), not a second, fresh copy
+
 app = typer.Typer(
     help="parametric-memory: documents stored in model weights.", no_args_is_help=True, pretty_exceptions_enable=False
 )
@@ -37,14 +48,62 @@ NamespaceOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+class _Target:
+    """The memory server the commands of this invocation go to (set by :func:`_main`); None: in-process."""
+
+    url: str | None = None
+
+
+@app.callback()
+def _main(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar=["PMEM_URL", "PMEM_SERVER_URL"],
+            show_envvar=False,
+            help="A memory server (`pmem serve`) to send the memory commands to, with the key in PMEM_API_KEY "
+            "[env var: PMEM_URL, or PMEM_SERVER_URL]; without one they run in this process.",
+        ),
+    ] = None,
+) -> None:
+    _Target.url = url.rstrip("/") if url else None
+
+
+def server_url() -> str | None:
+    """The server this ``pmem`` invocation goes through (``--url`` or ``PMEM_URL``), or None: in-process."""
+    return _Target.url
+
+
 def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _memory():  # imported lazily so `pmem --help` stays fast
+def open_memory() -> Any:
+    """The memory the commands act on: a :class:`~memory.client.RemoteMemory` when :func:`server_url` is set (its
+    key from PMEM_API_KEY), else a :class:`~memory.api.ParametricMemory` on this machine. Both are imported here,
+    not at the top: a remote command must never import torch, and ``pmem --help`` stays fast."""
+    if _Target.url:
+        from memory.client import RemoteMemory
+
+        return RemoteMemory(_Target.url)
     from memory.api import ParametricMemory
 
     return ParametricMemory(_settings())
+
+
+_memory = open_memory
+
+
+def local_only(command: str) -> None:
+    """Exit 2 saying why, when ``command`` would have to go through a server (it has no HTTP API)."""
+    if _Target.url:
+        _fail(
+            PMemError(
+                f"`pmem {command}` runs in this process only: the memory server has no API for it. "
+                "Run it where the memory is, without a server URL (unset PMEM_URL, or `PMEM_URL= pmem ...`)"
+            )
+        )
 
 
 def _print_json(obj: Any) -> None:
@@ -54,11 +113,17 @@ def _print_json(obj: Any) -> None:
 
 def _fail(e: Exception, as_json: bool = False) -> None:
     """Exit 2 with the error on stderr and, with ``--json``, as ``{"error", "type"}``, the last line of stdout."""
-    message = redact(str(e))
+    message = scrub(str(e))
     if as_json:
         _print_json({"error": message, "type": type(e).__name__})
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
+
+
+def scrub(text: str) -> str:
+    """``text`` with URL passwords, secret query parameters and the API key (PMEM_API_KEY) replaced by ``***``."""
+    key = os.environ.get("PMEM_API_KEY")
+    return redact(text.replace(key, "***") if key else text)
 
 
 # ---------------------------------------------------------------- database
@@ -131,8 +196,10 @@ def add(
     try:
         mem = _memory()
         if source == "-":
-            data = _read_stdin(mem.settings.max_document_bytes)
+            data = _read_stdin(_settings().max_document_bytes)
             results = [mem.add(data, document_id=document_id, title=title, namespace=namespace)]
+        elif server_url():  # the files are here: each is uploaded, and the server parses it
+            results = mem.add_files(source, namespace=namespace, document_id=document_id, title=title)
         else:
             results = mem.add_source(source, namespace=namespace, document_id=document_id, title=title)
     except PMemError as e:
@@ -274,8 +341,11 @@ def rollback(document_id: str, version: int, namespace: NamespaceOpt = None, as_
 
 @app.command()
 def gc(dry_run: bool = False, as_json: JsonOpt = False) -> None:
-    """Remove blobs that no row references."""
-    removed = _memory().gc(dry_run=dry_run)
+    """Remove blobs that no row references (through a server: an admin key for every namespace)."""
+    try:
+        removed = _memory().gc(dry_run=dry_run)
+    except PMemError as e:
+        _fail(e, as_json)
     _print_json({"removed": removed, "dry_run": dry_run}) if as_json else out.print(
         f"{'would remove' if dry_run else 'removed'} {len(removed)} blob(s)"
     )
@@ -430,21 +500,39 @@ def ask(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from memory; says which mode answered and why ("I don't know" when nothing stored is
-    about it). Exits 1 when the namespace does not exist."""
+    about it). Exits 1 when the namespace does not exist. Through a server the answer streams as it is
+    generated."""
     try:
         mem = _memory()
-        r = mem.query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        if server_url() and not as_json:
+            r = _stream_answer(mem, question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+        else:
+            r = mem.query(question, namespace=namespace, mode=mode, k=k, max_new_tokens=max_new_tokens)
+            if not as_json:
+                out.print(r.answer, markup=False, highlight=False)
         known = mem.namespaces() if r.mode == "abstain" else None
     except PMemError as e:
         _fail(e, as_json)
     if as_json:
         _print_json(r.to_dict())
     else:
-        out.print(r.answer, markup=False, highlight=False)
         console.print(f"[dim]mode {r.mode}: {r.reason} ({r.timings_ms.get('total_ms', 0):.0f} ms)[/dim]")
     if known is not None and (namespace or mem.settings.namespace) not in known:
         console.print(f"namespaces: {', '.join(known) or '(none yet)'}", markup=False, highlight=False)
         raise typer.Exit(code=1)
+
+
+def _stream_answer(mem: Any, question: str, **kwargs: Any) -> Any:
+    """Write the answer's pieces to stdout as the server sends them; return the final QueryResult."""
+    for item in mem.stream_query(question, **kwargs):
+        if isinstance(item, str):
+            sys.stdout.write(item)
+            sys.stdout.flush()
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return item
+    raise PMemError("the server ended the answer without a result")  # stream_query raises first; never here
 
 
 # ---------------------------------------------------------------- namespaces
@@ -582,6 +670,7 @@ def train(ctx: typer.Context, kind: str) -> None:
 @app.command()
 def demo(as_json: JsonOpt = False) -> None:
     """The main job on the embedded default: remember a few documents, then show what is stored."""
+    local_only("demo")
     from memory.demo import run_demo
 
     try:

@@ -19,13 +19,14 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memory.errors import ConflictError, IngestError, NotFoundError, PMemError, ValidationError
+from memory.names import validate_document_id, validate_namespace
 from memory.types import (
     AdapterInfo,
     AddResult,
@@ -41,6 +42,8 @@ from memory.types import (
 
 if TYPE_CHECKING:
     from memory.services.conversations import ConversationResult
+
+_PAGE = 100  # documents per listing request (the server's default page)
 
 
 class RemoteError(PMemError):
@@ -79,6 +82,12 @@ _BY_CODE: dict[str, type[PMemError]] = {
     "unreadable_file": IngestError,
     "conflict": ConflictError,
 }
+
+
+def server_url_from_env() -> str | None:
+    """The memory server named by ``PMEM_URL`` (or ``PMEM_SERVER_URL``, its older name, which ``pmem mcp`` read
+    first); ``None`` when neither is set (or both are empty)."""
+    return os.environ.get("PMEM_URL") or os.environ.get("PMEM_SERVER_URL") or None
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,8 @@ class RemoteMemory:
     """A :class:`~memory.api.ParametricMemory` on a server, reached over HTTP.
 
     Args:
-        url: the server, e.g. ``http://127.0.0.1:8000`` (default: ``PMEM_SERVER_URL``).
+        url: the server, e.g. ``http://127.0.0.1:8000`` (default: ``PMEM_URL``, or its older name
+            ``PMEM_SERVER_URL``).
         api_key: a key from ``pmem keys create`` (default: ``PMEM_API_KEY``); none for a ``--no-auth`` server.
         namespace: the default namespace of every call (default: ``PMEM_NAMESPACE`` or ``default``).
         timeout: seconds per request (queries on a busy CPU server can take a while).
@@ -153,18 +163,19 @@ class RemoteMemory:
     ) -> None:
         import httpx
 
-        url = url or os.environ.get("PMEM_SERVER_URL")
+        url = url or server_url_from_env()
         if not url:
-            raise ValidationError(
-                "RemoteMemory needs the server's url (or PMEM_SERVER_URL), e.g. http://127.0.0.1:8000"
-            )
-        from memory.api import validate_namespace
-
+            raise ValidationError("RemoteMemory needs the server's url (or PMEM_URL), e.g. http://127.0.0.1:8000")
         ns = validate_namespace(namespace or os.environ.get("PMEM_NAMESPACE") or "default")
         self.settings = RemoteSettings(url=url.rstrip("/"), namespace=ns)
         key = api_key if api_key is not None else os.environ.get("PMEM_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=self.settings.url, headers=headers, timeout=timeout, transport=transport)
+        self._secret = key or None  # only to take it out of error messages
+        # Plain http has no TLS: no CA bundle to load (~70 ms of every `pmem` command through a server).
+        verify = self.settings.url.startswith("https:")
+        self._http = httpx.Client(
+            base_url=self.settings.url, headers=headers, timeout=timeout, transport=transport, verify=verify
+        )
 
     def __repr__(self) -> str:  # never the key
         return f"RemoteMemory(url={self.settings.url!r}, namespace={self.settings.namespace!r})"
@@ -193,11 +204,10 @@ class RemoteMemory:
         return r.json() if r.status_code != 204 else None
 
     def _unreachable(self, e: Exception) -> RemoteError:
-        return RemoteError(
-            f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}",
-            code="unreachable",
-            status=0,
-        )
+        message = f"cannot reach the memory server at {self.settings.url}: {type(e).__name__}: {e}"
+        if self._secret:  # a key with a character HTTP headers refuse comes back in the transport's message
+            message = message.replace(self._secret, "***")
+        return RemoteError(message, code="unreachable", status=0)
 
     def _ns(self, namespace: str | None) -> str:
         from urllib.parse import quote
@@ -207,8 +217,6 @@ class RemoteMemory:
     @staticmethod
     def _doc_path(document_id: str) -> str:
         from urllib.parse import quote
-
-        from memory.api import validate_document_id
 
         return quote(validate_document_id(document_id), safe="/:@+=")  # '/' kept: ids may hold path segments
 
@@ -272,6 +280,40 @@ class RemoteMemory:
             return _add_result(
                 self._request("POST", f"{self._ns(namespace)}/documents/upload", files={"file": (p.name, f)}, data=form)
             )
+
+    def add_files(
+        self,
+        spec: str,
+        *,
+        namespace: str | None = None,
+        document_id: str | None = None,
+        title: str | None = None,
+    ) -> builtins.list[AddResult]:
+        """Upload the files of a local file, directory or glob, one document each, named as
+        :meth:`ParametricMemory.add_source` names them (the path under the directory or the glob's root).
+
+        A file that fails comes back alone as an ``AddResult`` with ``status="failed"`` and its error; an
+        unreachable server or a refused key stops at once (every other file would fail the same way).
+        """
+        from memory.ingest.sources import document_key, scan_source
+
+        scan = scan_source(spec)
+        if document_id is not None and len(scan.files) != 1:
+            raise ValidationError(f"document_id names one document but {spec!r} holds {len(scan.files)} files")
+        results: builtins.list[AddResult] = []
+        for path in scan.files:
+            try:
+                doc_id = document_id or document_key(path, scan.root)
+                r = self.add_file(path, document_id=doc_id, namespace=namespace, title=title)
+            except RemoteError as e:
+                if isinstance(e, (AuthError, ServerBusyError)) or e.code == "unreachable":
+                    raise
+                results.append(AddResult(status="failed", document=None, source=str(path), error=str(e)))
+            except (PMemError, OSError) as e:
+                results.append(AddResult(status="failed", document=None, source=str(path), error=str(e)))
+            else:
+                results.append(r)
+        return results
 
     def get(
         self, document_id: str, *, namespace: str | None = None, with_text: bool = False, version: int | None = None
@@ -503,11 +545,14 @@ class RemoteMemory:
         version: int | None = None,
         method: str = "auto",
         force: bool = False,
+        tier: str = "instant",
         timeout: float = 600.0,
     ) -> AdapterInfo:
         """Internalize and wait for the adapter (as :meth:`ParametricMemory.internalize` does in-process)."""
         job = self.wait(
-            self.submit_internalize(document_id, namespace=namespace, version=version, method=method, force=force),
+            self.submit_internalize(
+                document_id, namespace=namespace, version=version, method=method, force=force, tier=tier
+            ),
             namespace=namespace,
             timeout=timeout,
         )
@@ -522,6 +567,41 @@ class RemoteMemory:
             if a.id == adapter_id:
                 return a
         raise NotFoundError(f"adapter {adapter_id} of job {job.id} is gone (the document was deleted?)")
+
+    def internalize_all(
+        self,
+        *,
+        namespace: str | None = None,
+        stale: bool = False,
+        method: str = "auto",
+        force: bool = False,
+        tier: str = "instant",
+        progress: Callable[[int, int, str, JobInfo | None], None] | None = None,
+        timeout: float = 3600.0,
+    ) -> builtins.list[JobInfo]:
+        """Internalize every document of a namespace on the server, one job each, in id order, and wait for them
+        (see :meth:`ParametricMemory.internalize_all`; ``stale``: only those whose current version has no ready
+        adapter). ``progress(done, total, document_id, job)`` is called as each job finishes."""
+        docs: builtins.list[DocumentInfo] = []
+        while True:  # every page
+            page = self.list(namespace=namespace, limit=_PAGE, offset=len(docs))
+            docs += page
+            if len(page) < _PAGE:
+                break
+        targets = [d.id for d in docs if d.version is not None and not (stale and d.version.adapter_status == "ready")]
+        submitted = [
+            self.submit_internalize(doc_id, namespace=namespace, method=method, force=force, tier=tier)
+            for doc_id in targets
+        ]
+        deadline = time.monotonic() + timeout
+        jobs: builtins.list[JobInfo] = []
+        for doc_id, job in zip(targets, submitted, strict=True):
+            if progress is not None:
+                progress(len(jobs), len(targets), doc_id, None)
+            jobs.append(self.wait(job, namespace=namespace, timeout=max(0.0, deadline - time.monotonic())))
+            if progress is not None:
+                progress(len(jobs), len(targets), doc_id, jobs[-1])
+        return jobs
 
     def adapters(
         self, *, namespace: str | None = None, document_id: str | None = None, status: str | None = None
@@ -569,6 +649,10 @@ class RemoteMemory:
         return _job(self._request("POST", f"{self._ns(namespace)}/sources/refresh", json={"force": force})["job"])
 
     # ------------------------------------------------------------ server
+    def gc(self, *, dry_run: bool = False) -> builtins.list[str]:
+        """Remove the server's unreferenced blobs (an admin key for every namespace, ``'*'``)."""
+        return list(self._request("POST", "/v1/admin/gc", params={"dry_run": dry_run})["removed"])
+
     def me(self) -> dict[str, Any]:
         """The key this client uses: id, name, role and namespaces."""
         return dict(self._request("GET", "/v1/me"))

@@ -38,9 +38,16 @@ def _print_json(obj: Any) -> None:
 
 
 def _memory() -> Any:
-    from memory.api import ParametricMemory
+    """The memory of ``pmem`` (a :class:`~memory.client.RemoteMemory` with ``pmem --url`` or PMEM_URL)."""
+    from memory.cli import open_memory  # not at import: memory.cli loads this module as a plugin
 
-    return ParametricMemory(Settings.from_env())
+    return open_memory()
+
+
+def _remote() -> bool:
+    from memory.cli import server_url
+
+    return server_url() is not None
 
 
 def _fail(e: Exception, as_json: bool = False) -> None:
@@ -111,16 +118,21 @@ def jobs(
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
-    from memory.jobs import JobStore
-
     try:
         mem = _memory()
-        if resubmit_stale is not None:
-            from workers.tasks import resubmit_stale as resend
+        if _remote():
+            if resubmit_stale is not None:
+                raise PMemError("--resubmit-stale runs where the database and the broker are (without PMEM_URL)")
+            rows = mem.jobs(namespace=namespace, kind=kind, state=state, limit=limit)
+        else:
+            from memory.jobs import JobStore
 
-            sent = resend(mem, resubmit_stale)
-            console.print(f"re-sent {len(sent)} stale job(s): {', '.join(str(j.id) for j in sent) or '-'}")
-        rows = JobStore.for_memory(mem).list(kind=kind, state=state, namespace=namespace, limit=limit)
+            if resubmit_stale is not None:
+                from workers.tasks import resubmit_stale as resend
+
+                sent = resend(mem, resubmit_stale)
+                console.print(f"re-sent {len(sent)} stale job(s): {', '.join(str(j.id) for j in sent) or '-'}")
+            rows = JobStore.for_memory(mem).list(kind=kind, state=state, namespace=namespace, limit=limit)
     except PMemError as e:
         _fail(e)
     if as_json:
@@ -141,13 +153,19 @@ def jobs(
     out.print(table)
 
 
-def _wait(mem: Any, job_ids: list[int], timeout_s: float) -> list[Any]:
-    from memory.jobs import JobStore
+def _wait(mem: Any, job_ids: list[int], timeout_s: float, namespace: str | None = None) -> list[Any]:
+    if _remote():  # the server finds a job in the namespace it was submitted to
 
-    store = JobStore.for_memory(mem)
+        def get(job_id: int) -> Any:
+            return mem.job(job_id, namespace=namespace)
+
+    else:
+        from memory.jobs import JobStore
+
+        get = JobStore.for_memory(mem).get
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = [store.get(i) for i in job_ids]
+        rows = [get(i) for i in job_ids]
         children = [c for j in rows if j.kind == "ingest" and j.result for c in j.result.get("internalize_jobs", [])]
         children += [
             c["job"]
@@ -156,7 +174,7 @@ def _wait(mem: Any, job_ids: list[int], timeout_s: float) -> list[Any]:
             for c in j.result.get("changed", [])
             if isinstance(c.get("job"), int)
         ]
-        rows += [store.get(i) for i in children if i not in job_ids]
+        rows += [get(i) for i in children if i not in job_ids]
         if all(j.state in _DONE for j in rows) or time.monotonic() > deadline:
             return rows
         time.sleep(0.5)
@@ -173,12 +191,15 @@ def refresh(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-read the due sources now; new versions are internalized (by the workers, or here without a broker)."""
-    from workers.tasks import submit_refresh
-
     try:
         mem = _memory()
-        job = submit_refresh(mem, namespace=namespace, force=force, method=method)
-        rows = _wait(mem, [job.id], wait) if wait and job.state not in _DONE else [job]
+        if _remote():  # the server refreshes its sources (and internalizes with its own method)
+            job = mem.refresh(namespace=namespace, force=force)
+        else:
+            from workers.tasks import submit_refresh
+
+            job = submit_refresh(mem, namespace=namespace, force=force, method=method)
+        rows = _wait(mem, [job.id], wait, namespace) if wait and job.state not in _DONE else [job]
     except PMemError as e:
         _fail(e)
     job = rows[0]
@@ -215,16 +236,30 @@ def ingest(
     wait: Annotated[float | None, typer.Option("--wait", help="Wait up to N seconds for the jobs to finish.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a source: parsed on the ``ingest`` queue, each version internalized on the ``internalize`` queue."""
+    """Submit a source: parsed on the ``ingest`` queue, each version internalized on the ``internalize`` queue.
+
+    Through a server (``pmem --url`` or PMEM_URL), SPEC is a path on the server, under its ``--source-root``s;
+    ``pmem add`` uploads files from here instead."""
     from memory.jobs import classify, describe
-    from workers.tasks import submit_ingest
 
     try:
         mem = _memory()
-        job = submit_ingest(
-            mem, spec, namespace=namespace, refresh_interval_s=refresh_interval, method=method, internalize=internalize
-        )
-        rows = _wait(mem, [job.id], wait) if wait else [job]
+        if _remote():  # SPEC is a path on the server, under one of its --source-root directories
+            job = mem.add_source(
+                spec, namespace=namespace, refresh_interval_s=refresh_interval, internalize=internalize, method=method
+            )
+        else:
+            from workers.tasks import submit_ingest
+
+            job = submit_ingest(
+                mem,
+                spec,
+                namespace=namespace,
+                refresh_interval_s=refresh_interval,
+                method=method,
+                internalize=internalize,
+            )
+        rows = _wait(mem, [job.id], wait, namespace) if wait else [job]
     except PMemError as e:
         _fail(e, as_json)
     except Exception as e:  # a broker or database that is down is an error, not a traceback

@@ -24,12 +24,17 @@ def ab_report(
     from rich.console import Console
     from rich.table import Table
 
-    from memory.api import ParametricMemory
+    from memory.cli import open_memory, server_url  # not at import: memory.cli registers this module
     from memory.errors import PMemError
-    from memory.evaluation.experiments import report
 
     try:
-        doc = report(ParametricMemory(), name, namespace, control=control)
+        mem = open_memory()
+        if server_url():  # the same report, computed by the server
+            doc = mem.experiment_report(name, namespace=namespace, control=control)
+        else:
+            from memory.evaluation.experiments import report
+
+            doc = report(mem, name, namespace, control=control)
     except PMemError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}")
         raise typer.Exit(code=1) from None

@@ -186,7 +186,11 @@ def mcp(
         str | None, typer.Option("--namespace", "-n", help="The namespace the tools work in (default: PMEM_NAMESPACE).")
     ] = None,
     url: Annotated[
-        str | None, typer.Option(envvar="PMEM_SERVER_URL", help="A memory server to go through (else in-process).")
+        str | None,
+        typer.Option(
+            envvar=["PMEM_URL", "PMEM_SERVER_URL"],
+            help="A memory server to go through, else in-process (default: `pmem --url`, PMEM_URL or PMEM_SERVER_URL).",
+        ),
     ] = None,
     key: Annotated[
         str | None, typer.Option(envvar="PMEM_API_KEY", help="The server's API key (prefer the env var).")
@@ -219,6 +223,9 @@ def mcp(
         from memory.server.mcp import serve as serve_mcp
     except ImportError as e:
         _fail(PMemError(f"the MCP server needs the 'server' extra ({e.name} is missing)"))
+    from memory.cli import server_url  # not at import: memory.cli registers this module
+
+    url = url or server_url()
     try:
         if url:
             from memory.client import RemoteMemory

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -31,41 +30,17 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from memory.db import Adapter, Document, DocumentVersion, Namespace, lock_blobs, session_scope
 from memory.errors import ConflictError, NotFoundError, ValidationError
+from memory.names import validate_document_id, validate_namespace  # light: the HTTP client checks names too
 from memory.storage import BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_DOC_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+=-]{0,254}")
 _MAX_METADATA_BYTES = 64 * 1024
 #: The largest id, version number, row offset or count a caller may name: PostgreSQL's ``integer`` (every id
 #: and version column; SQLite's are wider). A larger number is an input error, never a database error.
 MAX_INT = 2**31 - 1
 RETRIES = 5  # attempts of a write that lost a unique-key race or found a stale row
-
-
-def validate_namespace(name: str) -> str:
-    """Namespaces are 1-64 characters of ``a-z 0-9 _ -``, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
-        raise ValidationError(
-            f"invalid namespace {name!r}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
-        )
-    return name
-
-
-def validate_document_id(doc_id: str) -> str:
-    """Document ids are 1-255 printable characters ``A-Z a-z 0-9 _ . : @ / + = -`` without ``..`` segments."""
-    if (
-        not isinstance(doc_id, str)
-        or not _DOC_ID.fullmatch(doc_id)
-        or any(part in ("", ".", "..") for part in doc_id.split("/"))
-    ):
-        raise ValidationError(
-            f"invalid document id {doc_id!r}: use 1-255 characters of letters, digits and _ . : @ / + = -, "
-            "no empty, '.' or '..' path segments"
-        )
-    return doc_id
 
 
 def validate_metadata(metadata: Any) -> dict[str, Any]:
