@@ -1,10 +1,10 @@
 """``pmem``, the console script: a plain ``pmem ask`` through a memory server, answered with the standard library
 alone; every other command line goes to :mod:`memory.cli` (typer) unchanged.
 
-A remote ``pmem ask`` spends its time before the first answer byte mostly on start-up: typer with pydantic, rich
-and httpx take ~0.25 s to import on a small CPU, about as long as the server takes to the first token. This module
-imports ``http.client``, ``json`` and :mod:`memory.cli_shared` (~0.05 s) and reads the server's answer stream
-(server-sent events) itself. It takes exactly this shape::
+Before, a remote ``pmem ask`` spent as long starting as the server took to its first token: typer with pydantic,
+rich and httpx take ~0.2 s to import on this 2-core CPU. This module imports ``http.client``, ``json`` and
+:mod:`memory.cli_shared` (~0.04 s) and reads the server's answer stream (server-sent events) itself. It takes
+exactly this shape::
 
     pmem [--url URL] ask QUESTION [--namespace/-n NS] [--mode MODE] [--k K] [--max-new-tokens N]
 
@@ -14,7 +14,8 @@ plain ``http://`` URL and no proxy variables. Anything else (``--json``, ``--hel
 the typer command prints: the answer's pieces on stdout as they arrive, then ``mode M: reason (N ms)`` on stderr;
 ``error: MESSAGE`` on stderr and exit 2 for a refused key, an unreachable server or a server error (messages
 worded as :class:`memory.client.RemoteMemory` words them, keys never shown); exit 1 and the known namespaces when
-the namespace does not exist.
+the namespace does not exist; Ctrl-C exits 130 and a closed stdout 1, quietly. Keep it in step with ``ask`` in
+:mod:`memory.cli` (tests/test_cli_fast.py compares the two).
 
 >>> parse_ask(["ask", "What is the code?", "-n", "hr", "--k=2"], {"PMEM_URL": "http://127.0.0.1:8000/"})
 AskCall(url='http://127.0.0.1:8000', question='What is the code?', namespace='hr', mode='auto', k=2, max_new_tokens=64)
@@ -292,11 +293,10 @@ def main() -> None:
         return
     try:
         code = run_ask(call, os.environ)
-    except KeyboardInterrupt:  # as click reports it
-        sys.stderr.write("\nAborted!\n")
-        code = 1
-    except BrokenPipeError:  # `pmem ask ... | head -c 10`: as click, quietly
-        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush goes here
+    except KeyboardInterrupt:  # Ctrl-C: exit 130 quietly, as typer does
+        code = 130
+    except BrokenPipeError:  # `pmem ask ... | head -c 10`: exit 1 quietly, as click does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush goes there
         code = 1
     sys.exit(code)
 
