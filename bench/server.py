@@ -13,8 +13,10 @@ paths then measure the same thing. Against each:
 - ``adapters``: 8 ``parametric`` queries in flight at once, each naming a different document (so a different
   adapter per row), against 8 that all name the same document; ``ratio`` is mixed wall time / same wall time;
 - ``single_client``: one client's query p50 through the server against the same call in this process;
-- ``ask_first_token``: ``pmem ask`` through the server as a new process (as the console script starts), from
-  process start to the first byte of the answer on its stdout.
+- ``ask_first_token``: ``pmem ask`` through the server as a new process, started as the ``pmem`` console script
+  starts (``memory.entry:main``, whose plain remote ask needs only the standard library), from process start to
+  the first byte of the answer on its stdout; ``ask_first_token_typer`` the same through the typer app
+  (``memory.cli:main``, the console script before).
 
 ``search`` (``POST /search`` at 1, 8 and 32 clients) is measured once, on the batched server. ``goals`` holds
 each of the issue's thresholds with the batched path's value and a boolean. The machine's load average is
@@ -178,9 +180,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def ask_first_token(env: dict[str, str], question: str, max_new_tokens: int, runs: int) -> dict[str, Any]:
-    """Seconds from starting ``pmem ask`` (through the server in ``env``) to the first byte of its answer."""
-    cmd = [sys.executable, "-c", "from memory.cli import main; main()", "ask", question, "-n", NS]
+def ask_first_token(
+    env: dict[str, str], question: str, max_new_tokens: int, runs: int, entry: str = "memory.entry"
+) -> dict[str, Any]:
+    """Seconds from starting ``pmem ask`` (through the server in ``env``) to the first byte of its answer, the
+    process started as the console script starts it (``entry``'s ``main()``)."""
+    cmd = [sys.executable, "-c", f"from {entry} import main; main()", "ask", question, "-n", NS]
     cmd += ["--mode", "retrieval", "--k", "2", "--max-new-tokens", str(max_new_tokens)]
     firsts, totals = [], []
     for _ in range(runs):
@@ -323,6 +328,9 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
             }
             ask_env = {**env, "PMEM_URL": url, "PMEM_API_KEY": key}
             out["ask_first_token"] = ask_first_token(ask_env, _question(3), max_new_tokens, ask_runs)
+            out["ask_first_token_typer"] = ask_first_token(
+                ask_env, _question(3), max_new_tokens, ask_runs, entry="memory.cli"
+            )
             if path == "batched":
                 search = http_caller("/search", lambda i: {"query": _question(i % n_docs), "k": 4})
                 result["search"] = {str(c): _drive(c, search_requests[c], search) for c in CLIENTS}

@@ -28,6 +28,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from memory.cli_shared import ASK_K, ASK_MAX_NEW_TOKENS, ASK_MODE, ASK_MODES, scrub
 from memory.config import Settings, redact
 from memory.errors import PMemError, ValidationError
 
@@ -118,12 +119,6 @@ def _fail(e: Exception, as_json: bool = False) -> None:
         _print_json({"error": message, "type": type(e).__name__})
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
-
-
-def scrub(text: str) -> str:
-    """``text`` with URL passwords, secret query parameters and the API key (PMEM_API_KEY) replaced by ``***``."""
-    key = os.environ.get("PMEM_API_KEY")
-    return redact(text.replace(key, "***") if key else text)
 
 
 # ---------------------------------------------------------------- database
@@ -494,14 +489,14 @@ def search(
 def ask(
     question: str,
     namespace: NamespaceOpt = None,
-    mode: Annotated[str, typer.Option(help="auto | parametric | retrieval | hybrid")] = "auto",
-    k: int = 4,
-    max_new_tokens: int = 64,
+    mode: Annotated[str, typer.Option(help=" | ".join(ASK_MODES))] = ASK_MODE,
+    k: int = ASK_K,
+    max_new_tokens: int = ASK_MAX_NEW_TOKENS,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from memory; says which mode answered and why ("I don't know" when nothing stored is
     about it). Exits 1 when the namespace does not exist. Through a server the answer streams as it is
-    generated."""
+    generated (a plain remote ask is answered by memory/entry.py without loading typer: keep the two alike)."""
     try:
         mem = _memory()
         if server_url() and not as_json:
