@@ -70,6 +70,20 @@ def serve(
     max_waiting: Annotated[
         int, typer.Option(envvar="PMEM_SERVER_QUEUE", min=0, help="Model calls that may wait; more get 503.")
     ] = 32,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            envvar="PMEM_SERVER_MAX_BATCH",
+            min=1,
+            help="Queries decoded together (continuous batching); 1: one at a time.",
+        ),
+    ] = 8,
+    max_batch_tokens: Annotated[
+        int,
+        typer.Option(
+            envvar="PMEM_SERVER_MAX_BATCH_TOKENS", min=1, help="Prompt + answer tokens of the queries in one batch."
+        ),
+    ] = 16384,
     query_timeout: Annotated[
         float, typer.Option(envvar="PMEM_SERVER_QUERY_TIMEOUT_S", help="Seconds before a query gets 504.")
     ] = 120.0,
@@ -102,6 +116,8 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 2**20),
             max_concurrent_generations=max_concurrent,
             max_waiting_generations=max_waiting,
+            max_batch=max_batch,
+            max_batch_tokens=max_batch_tokens,
             query_timeout_s=query_timeout,
             source_roots=tuple(source_root or ()),
         )

@@ -332,7 +332,7 @@ class QueryEngine:
             chosen = set(route.adapter_documents)
             check = router.check_answer(
                 gen.text,
-                self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
+                self._confidence(base, prompt_ids, gen, lora),
                 [h.text for h in hits if h.document_id in chosen],
                 question,
                 cfg,
@@ -441,6 +441,16 @@ class QueryEngine:
             log.info("prompt over the model's window of %d tokens: answering from %d passage(s)", window, len(context))
         gen = base.generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
         return gen, prompt_ids, context
+
+    @classmethod
+    def _confidence(cls, base: Any, prompt_ids: list[int], gen: Any, lora: Any) -> float:
+        """The router's confidence in ``gen``: its mean token log-probability, from the decode loop's
+        ``token_logprobs`` (the same value as :meth:`_mean_logprob` up to rounding: tests/test_batching.py), or
+        from a second forward pass when the generator returned none."""
+        lps = getattr(gen, "token_logprobs", None)
+        if gen.token_ids and lps and len(lps) == len(gen.token_ids):
+            return float(sum(lps) / len(lps))
+        return cls._mean_logprob(base, prompt_ids, gen.token_ids, lora)
 
     @staticmethod
     def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
