@@ -264,6 +264,7 @@ class BatchScheduler:
         self._queue: deque[Request] = deque()
         self._closed = False
         self._combined: OrderedDict[tuple[int, ...], tuple[tuple[LoraAdapter, ...], LoraAdapter]] = OrderedDict()
+        # a key of one id: every row has that adapter (one shared binding, whatever the number of rows)
         self._bindings: OrderedDict[tuple[int, ...], tuple[list[LoraAdapter | None], LoraBinding]] = OrderedDict()
         self._thread = threading.Thread(target=self._loop, name="pmem-batch", daemon=True)
         self._thread.start()
@@ -461,11 +462,11 @@ class BatchScheduler:
     def _binding(self, adapters: list[LoraAdapter | None]) -> LoraBinding:
         """The LoRA binding of these rows: one shared adapter (or none) when every row has the same, else one
         adapter per row; cached by the rows' adapter identities, since a batch keeps its rows for many steps."""
-        key = tuple(id(a) if a is not None else 0 for a in adapters)
+        first = adapters[0]
+        same = all(a is first for a in adapters)
+        key = (id(first) if first is not None else 0,) if same else tuple(id(a) if a else 0 for a in adapters)
         hit = self._bindings.get(key)
         if hit is None:
-            first = adapters[0]
-            same = all(a is first for a in adapters)
             hit = self._bindings[key] = (adapters, bind_lora(self.base, first if same else adapters))
             while len(self._bindings) > 16:
                 self._bindings.popitem(last=False)
