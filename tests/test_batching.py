@@ -203,3 +203,17 @@ def test_real_model_concurrent_queries_equal_sequential_ones(tmp_path) -> None:
     assert asyncio.run(main()) == sequential
     sched = amem.generation.batching.scheduler(mem.runtime.base_model)
     assert sched.max_rows > 1
+
+    async def leave_early() -> float:
+        stream = amem.stream_query("Write a long story about a dragon.", **{**kw, "max_new_tokens": 400})
+        async for piece in stream:
+            assert isinstance(piece, str)
+            break
+        await stream.aclose()  # the client left: its row leaves the batch, its slot is free soon after
+        t = time.perf_counter()
+        while amem.generation.depth:
+            await asyncio.sleep(0.01)
+        return time.perf_counter() - t
+
+    assert asyncio.run(leave_early()) < 3  # not the ~8 s that 400 tokens take
+    assert sched.cancelled == 1

@@ -259,6 +259,7 @@ class BatchScheduler:
         self.base, self.max_batch, self.max_tokens = base, max_batch, max_tokens
         self.steps = 0  # decode forwards run
         self.max_rows = 0  # the most rows one step decoded together
+        self.cancelled = 0  # rows that left the batch because their caller gave up
         self._eos = torch.tensor(sorted(base.eos_token_ids) or [-1], device=base.device)
         self._cv = threading.Condition()
         self._queue: deque[Request] = deque()
@@ -405,6 +406,7 @@ class BatchScheduler:
         for i, row in enumerate(batch.rows):
             if row.req.cancelled:
                 row.req._finish(error=GenerationCancelled("the generation was cancelled"))
+                self.cancelled += 1
                 continue
             row.take(tok_list[i], lps[i], is_eos[i], base.decode)
             if row.done:
@@ -414,6 +416,7 @@ class BatchScheduler:
         batch.keep(keep)
         if not batch.rows:
             return
+        t0 = time.perf_counter()
         feed = torch.tensor([tok_list[i] for i in keep], device=base.device)[:, None]
         mask, pos = batch.mask, batch.pos
         assert mask is not None and pos is not None  # the batch has rows
@@ -429,6 +432,7 @@ class BatchScheduler:
             )
         batch.cache = getattr(out, base._cache_kw)
         batch.logits = out.logits[:, -1, :]
+        log.debug("decode %d row(s), width %d: %.0f ms", len(keep), mask.shape[1], (time.perf_counter() - t0) * 1e3)
         self.steps += 1
         self.max_rows = max(self.max_rows, len(keep))
 
@@ -440,6 +444,13 @@ class BatchScheduler:
         with self._binding([r.adapter for r in new]).active():
             out = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         t1 = time.perf_counter()
+        log.debug(
+            "prefill %d row(s) of %d tokens beside %d: %.0f ms",
+            len(new),
+            ids.shape[1],
+            len(batch.rows),
+            (t1 - t0) * 1e3,
+        )
         for r in new:
             r.prefill_s, r.t_decode = t1 - t0, t1
         batch.join(new, getattr(out, base._cache_kw), mask, pos[:, -1:], out.logits[:, -1, :])
