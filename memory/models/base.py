@@ -230,7 +230,7 @@ class BaseModel:
 
         >>> base.generate(["Hi", "2+2?"], max_new_tokens=16)     # doctest: +SKIP
         """
-        from memory.models.batching import current_route  # it builds on this module
+        from memory.aio import current_route
 
         batch = self._as_batch(prompts)
         route = current_route()
