@@ -27,12 +27,13 @@ adapters are chosen per context (:mod:`memory.lora.apply`), so a forward pass in
 what a batch row computes. For the CPU's sake the generation queue of :mod:`memory.aio` still runs such work
 alone: it starts when no batched call is in flight, and batched calls that arrive after it wait for it.
 
-What batching buys on a 2-core CPU (SmolLM2-135M, bfloat16, one torch thread, retrieval prompts of ~90
-tokens, 8 new tokens; DEBUG log of this module): a decode step costs ~55 ms for 1 row and ~65 ms for 8, so
-decoding is nearly free per extra row; a prefill costs 1-2 ms per prompt token whatever the batch (the CPU is
-compute bound), so 8 queries arriving together take ~1.3 s of prefill and ~0.5 s of decoding. Prefill bounds
-the gain: ``pmem bench server --quick`` went from 1.47 queries/s with 1 client to 2.98 with 8 (the old
-one-at-a-time server: 0.19 and 0.23). Longer answers gain more. Rows with 8 different adapters cost ~1.13x
+What batching buys on a 2-core CPU (SmolLM2-135M, bfloat16, one torch thread, retrieval prompts of ~90 tokens,
+8 new tokens; DEBUG log of this module): a decode step costs ~55 ms for 1 row and ~65 ms for 8, so decoding is
+nearly free per extra row; a prefill costs 1-2 ms per prompt token whatever the batch (the CPU is compute
+bound), so 8 queries arriving together take ~1.3 s of prefill and ~0.5 s of decoding. Prefill bounds the gain:
+``OMP_NUM_THREADS=1 python -m bench.server --quick`` gave 1.47 / 2.98 / 3.17 queries/s with 1 / 8 / 32 clients
+(p95 0.70 / 2.69 / 10.1 s), and 1.51 / 1.52 / 1.53 (p95 0.68 / 5.0 / 19.8 s) with ``PMEM_SERVER_MAX_BATCH=1``,
+the one-at-a-time path, run just after. Longer answers gain more. Rows with 8 different adapters cost ~1.13x
 the decode step of 8 rows on one adapter (LoRA factors in float32 on a bfloat16 CPU model:
 :func:`memory.lora.apply.bind_lora`).
 
