@@ -230,7 +230,7 @@ class BaseModel:
 
         >>> base.generate(["Hi", "2+2?"], max_new_tokens=16)     # doctest: +SKIP
         """
-        from memory.aio import current_route
+        from memory.batch_route import current_route
 
         batch = self._as_batch(prompts)
         route = current_route()

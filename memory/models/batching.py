@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from memory.aio import Batching, Route, batched, current_route  # torch-free: the async facade sets the route
+from memory.batch_route import Batching, Route, batched, current_route
 from memory.errors import PMemError, ValidationError
 from memory.lora.adapter import LoraAdapter, concat
 from memory.lora.apply import LoraBinding, bind_lora
