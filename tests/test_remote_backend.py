@@ -134,7 +134,7 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
         got = remote.generate([prompt_ids], max_new_tokens=16, adapters=adapter, on_text=pieces.append)[0]
         assert (got.text, got.token_ids, got.finish_reason) == (local.text, local.token_ids, local.finish_reason)
         assert "".join(pieces) == got.text and got.prompt_tokens == len(prompt_ids)
-        mean = sum(got.logprobs) / len(got.logprobs)
+        mean = sum(got.token_logprobs) / len(got.token_logprobs)
         assert mean == pytest.approx(QueryEngine._mean_logprob(base, prompt_ids, local.token_ids, adapter), abs=1e-3)
         texts.append(got.text)
     assert texts[0] != texts[1]  # the adapter was applied on the engine

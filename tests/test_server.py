@@ -909,7 +909,9 @@ def test_async_api_does_not_block_the_loop_and_bounds_the_queue(tmp_path: Path) 
 
     from memory.aio import AsyncParametricMemory, BusyError
 
-    amem = AsyncParametricMemory(home=tmp_path / "home", embedder=BagOfWords(), max_concurrent=1, max_waiting=1)
+    amem = AsyncParametricMemory(
+        home=tmp_path / "home", embedder=BagOfWords(), max_concurrent=1, max_waiting=1, max_batch=1
+    )
 
     async def main() -> dict[str, Any]:
         ticks = 0

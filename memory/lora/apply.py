@@ -31,6 +31,7 @@ with :func:`bind_lora` and activate around each forward instead, as ``BaseModel`
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -60,6 +61,11 @@ _Deltas = Mapping["LoraLinear", _Delta]
 # The adapters active in this context, innermost last; each entry maps wrapped modules to their delta.
 _STACK: ContextVar[tuple[_Deltas, ...]] = ContextVar("pmem_lora_stack", default=())
 _WRAP_LOCK = threading.Lock()
+# The adapters already checked against each model: module -> {id(adapter): adapter}, both weakly held. A batch
+# binds the same adapters again whenever a row joins or leaves; checking ~200 module paths cost ~3 ms an adapter.
+_VALIDATED: weakref.WeakKeyDictionary[nn.Module, weakref.WeakValueDictionary[int, LoraAdapter]]
+_VALIDATED = weakref.WeakKeyDictionary()
+_VALIDATED_LOCK = threading.Lock()
 
 
 class LoraLinear(nn.Linear):
@@ -145,6 +151,17 @@ def _wrapped(module: nn.Module, paths: Sequence[str]) -> dict[str, LoraLinear]:
     return {p: module.get_submodule(p) for p in paths}  # type: ignore[misc]
 
 
+def _validate(adapter: LoraAdapter, model: Any, module: nn.Module) -> None:
+    """``adapter.validate_for(model)``, once per (adapter, model) pair."""
+    with _VALIDATED_LOCK:
+        seen = _VALIDATED.get(module)
+        if seen is not None and seen.get(id(adapter)) is adapter:
+            return
+    adapter.validate_for(model)
+    with _VALIDATED_LOCK:
+        _VALIDATED.setdefault(module, weakref.WeakValueDictionary())[id(adapter)] = adapter
+
+
 class LoraBinding:
     """Adapters prepared for one model (cast, transposed, stacked): activate them around forward calls.
 
@@ -182,6 +199,18 @@ def _cached(build: _Builder, lazy: bool) -> _Builder:
     return lambda: value
 
 
+def _delta_dtype(lin: nn.Linear, lazy: bool) -> torch.dtype:
+    """The dtype the LoRA factors of ``lin`` are applied in: the layer's own, except float32 for inference with a
+    bfloat16/float16 model on a CPU. There a rank-8 matrix product of a few rows takes ~40 us in bfloat16 and
+    ~4-10 us in float32 (the CPU's half-precision kernels are built for large matrices), so float32 factors
+    cut the adapter's share of a decode step several times over, and round less. Training keeps the layer's
+    dtype (its graph is unchanged)."""
+    dt = lin.weight.dtype
+    if not lazy and lin.weight.device.type == "cpu" and dt in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return dt
+
+
 def _shared_delta(get: _Builder, lazy: bool) -> _Delta:
     if lazy:  # training: rebuild (cast/transposes) inside the graph of every forward
 
@@ -198,6 +227,8 @@ def _shared_delta(get: _Builder, lazy: bool) -> _Delta:
             x = x.to(at.dtype)
         if torch.is_grad_enabled():
             return y + ((x @ at) @ bt).to(y.dtype)
+        if y.dtype != at.dtype:  # float32 factors on a bfloat16 CPU model (_delta_dtype)
+            return y.add_(((x @ at) @ bt).to(y.dtype))
         y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ at, bt)
         return y
 
@@ -238,16 +269,16 @@ def bind_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] |
         return LoraBinding({})
     deltas: dict[LoraLinear, _Delta] = {}
     if isinstance(adapters, LoraAdapter):
-        adapters.validate_for(model)
+        _validate(adapters, model, module)
         mods = _wrapped(module, list(adapters.weights))
         for path, (a, b) in adapters.weights.items():
             lin = mods[path]
-            dt, dev = lin.weight.dtype, lin.weight.device
+            lazy = _needs_grad((a, b))
+            dt, dev = _delta_dtype(lin, lazy), lin.weight.device
 
             def build(a: Tensor = a, b: Tensor = b, dt: torch.dtype = dt, dev: Any = dev) -> tuple[Tensor, Tensor]:
-                return a.to(dev, dt).t(), b.to(dev, dt).t()
+                return a.to(dev, dt).t().contiguous(), b.to(dev, dt).t().contiguous()
 
-            lazy = _needs_grad((a, b))
             deltas[lin] = _shared_delta(_cached(build, lazy), lazy)
         return LoraBinding(deltas)
     rows = list(adapters)
@@ -257,7 +288,7 @@ def bind_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] |
         if ad is not None:
             if not isinstance(ad, LoraAdapter):
                 raise ValidationError(f"apply_lora rows must be LoraAdapter or None, got {type(ad).__name__}")
-            ad.validate_for(model)
+            _validate(ad, model, module)
     paths: list[str] = []
     for ad in rows:
         if ad is not None:
@@ -266,8 +297,8 @@ def bind_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] |
     for path in paths:
         lin = mods[path]
         pairs = [ad.weights.get(path) if ad is not None else None for ad in rows]
-        flat = [t for pr in pairs if pr is not None for t in pr]
-        deltas[lin] = _batched_delta(_cached(_row_stacker(lin, pairs), _needs_grad(flat)), len(rows))
+        lazy = _needs_grad([t for pr in pairs if pr is not None for t in pr])
+        deltas[lin] = _batched_delta(_cached(_row_stacker(lin, pairs, _delta_dtype(lin, lazy)), lazy), len(rows))
     return LoraBinding(deltas)
 
 
@@ -297,9 +328,9 @@ def apply_lora(model: Any, adapters: LoraAdapter | Sequence[LoraAdapter | None] 
         yield
 
 
-def _row_stacker(lin: nn.Linear, pairs: list[tuple[Tensor, Tensor] | None]) -> _Builder:
-    """Zero-pad each row's (A, B) to the largest rank and stack as [bs, in, r], [bs, r, out]."""
-    dt, dev = lin.weight.dtype, lin.weight.device
+def _row_stacker(lin: nn.Linear, pairs: list[tuple[Tensor, Tensor] | None], dt: torch.dtype) -> _Builder:
+    """Zero-pad each row's (A, B) to the largest rank and stack as [bs, in, r], [bs, r, out] in dtype ``dt``."""
+    dev = lin.weight.device
     r = max((p[0].shape[0] for p in pairs if p is not None), default=1)
 
     def build() -> tuple[Tensor, Tensor]:

@@ -19,14 +19,13 @@ from memory.models.loader import (
     resolve_device,
     resolve_dtype,
 )
-from memory.models.remote import GenerationBackend, RemoteEngine, RemoteGeneration
+from memory.models.remote import GenerationBackend, RemoteEngine
 
 __all__ = [
     "BaseModel",
     "Generation",
     "GenerationBackend",
     "RemoteEngine",
-    "RemoteGeneration",
     "base_fingerprint",
     "clear_model_cache",
     "compute_fingerprint",

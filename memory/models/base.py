@@ -51,6 +51,9 @@ class Generation:
     finish_reason: str
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    # log-probability of each token of ``token_ids`` under the model that generated it (raw logits, before any
+    # temperature): the router's confidence without a second forward pass
+    token_logprobs: list[float] = field(default_factory=list)
 
     @property
     def total_s(self) -> float:
@@ -222,9 +225,29 @@ class BaseModel:
             on_text: called with each new piece of the first row's text as it is generated (the pieces join
                 to that row's ``text``); the streaming twin of :meth:`stream` that still returns the generations.
 
+        Inside :func:`memory.models.batching.batched` (the server's queries) the prompts go to the model's
+        continuous-batching scheduler instead, to be decoded together with other callers' generations.
+
         >>> base.generate(["Hi", "2+2?"], max_new_tokens=16)     # doctest: +SKIP
         """
+        from memory.batch_route import current_route
+
         batch = self._as_batch(prompts)
+        route = current_route()
+        if route is not None:
+            scheduler = route.batching.scheduler(self)
+            if not scheduler.owns_current_thread():
+                return scheduler.generate(
+                    [self._prompt_ids(p, system) for p in batch],
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stop=stop,
+                    adapters=adapters,
+                    seed=seed,
+                    on_text=on_text,
+                    cancel=route.cancel,
+                )
         gens = [None] * len(batch)
         stream_row = 0 if on_text is not None else None
         for item in self._run(
@@ -287,6 +310,7 @@ class BaseModel:
             gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out_ids: list[list[int]] = [[] for _ in range(bs)]
+        logprobs: list[list[float]] = [[] for _ in range(bs)]
         texts = [""] * bs
         done = [False] * bs
         reason = ["length"] * bs
@@ -307,6 +331,7 @@ class BaseModel:
             nxt = _pick(logits, temperature, top_p, gen)  # [bs]
             is_eos = torch.isin(nxt, eos).tolist()
             toks = nxt.tolist()
+            lps = token_logprobs(logits, nxt)
             for i in range(bs):
                 if done[i]:
                     continue
@@ -314,6 +339,7 @@ class BaseModel:
                     done[i], reason[i] = True, "eos"
                     continue
                 out_ids[i].append(toks[i])
+                logprobs[i].append(lps[i])
                 if stop or i == stream_row:
                     texts[i] = self.decode(out_ids[i])
                     cut = _find_stop(texts[i], stop)
@@ -348,6 +374,7 @@ class BaseModel:
                     finish_reason=reason[i],
                     prefill_s=prefill_s,
                     decode_s=decode_s,
+                    token_logprobs=logprobs[i],
                 ),
             )
 
@@ -393,6 +420,11 @@ def _pick(logits: Tensor, temperature: float, top_p: float, gen: torch.Generator
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> list[float]:
+    """``log_softmax(logits)[row, tokens[row]]`` per row of ``logits [bs, vocab]`` (float32)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1).tolist()
 
 
 def _find_stop(text: str, stop: Sequence[str]) -> int | None:

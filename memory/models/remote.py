@@ -12,7 +12,7 @@ remote engine, retrieval, routing and the adapters stay in the memory server; pe
    (a restart: its completions answer 404 for the name);
 3. sends the prompt as token ids rendered here with the model's chat template (``POST /v1/completions``,
    ``model=<adapter name>``), streams the tokens back and asks for their log-probabilities, which the router's
-   confidence check reads (:attr:`RemoteGeneration.logprobs`).
+   confidence check reads (:attr:`Generation.token_logprobs`, as the local decode loop fills it).
 
 The engine must serve the same base model (its ``/v1/models`` entry is checked when it states a
 ``pmem_fingerprint``, as ``pmem engine`` does; a vLLM deployment is trusted to match ``PMEM_BASE_MODEL``).
@@ -35,7 +35,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +45,7 @@ from memory.errors import ModelError, ValidationError
 from memory.lora.adapter import LoraAdapter
 from memory.models.base import Generation
 
-__all__ = ["GenerationBackend", "RemoteEngine", "RemoteGeneration", "adapter_name"]
+__all__ = ["GenerationBackend", "RemoteEngine", "adapter_name"]
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,6 @@ class GenerationBackend(Protocol):
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> list[Generation]: ...
-
-
-@dataclass
-class RemoteGeneration(Generation):
-    """A :class:`~memory.models.base.Generation` made by a remote engine, with the log-probability of each of
-    ``token_ids`` under the adapted model (the router's confidence signal, without a forward pass here)."""
-
-    logprobs: list[float] = field(default_factory=list)
 
 
 def adapter_name(adapter: LoraAdapter) -> str:
@@ -264,7 +255,7 @@ class RemoteEngine:
         adapters: LoraAdapter | Sequence[LoraAdapter | None] | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
-    ) -> list[RemoteGeneration]:
+    ) -> list[Generation]:
         """As :meth:`memory.models.base.BaseModel.generate`, on the engine: one request per row, sent together
         (the engine batches them); ``on_text`` streams the first row."""
         if max_new_tokens < 1:
@@ -286,7 +277,7 @@ class RemoteEngine:
         if seed is not None:
             sampling["seed"] = seed
 
-        def one(i: int) -> RemoteGeneration:
+        def one(i: int) -> Generation:
             return self._complete(ids[i], per_row[i], sampling, stops, on_text if i == 0 else None)
 
         if len(batch) == 1:
@@ -301,7 +292,7 @@ class RemoteEngine:
         sampling: dict[str, Any],
         stop: list[str],
         on_text: Callable[[str], None] | None,
-    ) -> RemoteGeneration:
+    ) -> Generation:
         for attempt in (0, 1):
             model = self.ensure_adapter(adapter)
             body = {
@@ -325,7 +316,7 @@ class RemoteEngine:
 
     def _stream(
         self, body: dict[str, Any], prompt_ids: list[int], stop: list[str], on_text: Callable[[str], None] | None
-    ) -> RemoteGeneration | None:
+    ) -> Generation | None:
         """One streamed completion; None when the engine does not know ``body["model"]`` (404)."""
         import httpx
 
@@ -383,7 +374,7 @@ class RemoteEngine:
         if on_text is not None and len(text) > len(streamed) and text.startswith(streamed):
             on_text(text[len(streamed) :])
         prefill = first_s if first_s is not None else total
-        return RemoteGeneration(
+        return Generation(
             text=text,
             token_ids=out_ids,
             prompt_tokens=len(prompt_ids),
@@ -391,7 +382,7 @@ class RemoteEngine:
             finish_reason=reason,
             prefill_s=prefill,
             decode_s=max(total - prefill, 0.0),
-            logprobs=logprobs,
+            token_logprobs=logprobs,
         )
 
 

@@ -81,8 +81,10 @@ class ServerLimits:
     max_k: int = 50  # search / query k
     max_new_tokens: int = 256  # query answer length
     max_list: int = 500  # page size of lists
-    max_concurrent_generations: int = 1  # model calls at once (more only thrash a CPU)
+    max_concurrent_generations: int = 1  # model calls at once when max_batch is 1 (more only thrash a CPU)
     max_waiting_generations: int = 32  # model calls waiting; more get 503 busy
+    max_batch: int = 8  # queries whose answers are decoded together (continuous batching); 1: one at a time
+    max_batch_tokens: int = 16384  # prompt + answer tokens of the queries in one batch (bounds its KV cache)
     query_timeout_s: float = 120.0  # a query not answered by then gets 504
     source_roots: tuple[str, ...] = field(default_factory=tuple)  # server directories sources may come from
 
@@ -341,7 +343,11 @@ def create_app(
         memory = ParametricMemory(**overrides)
     lim = limits or ServerLimits()
     amem = AsyncParametricMemory(
-        memory, max_concurrent=lim.max_concurrent_generations, max_waiting=lim.max_waiting_generations
+        memory,
+        max_concurrent=lim.max_concurrent_generations,
+        max_waiting=lim.max_waiting_generations,
+        max_batch=lim.max_batch,
+        max_batch_tokens=lim.max_batch_tokens,
     )
     keys = KeyStore.for_memory(memory)
     metrics = _Metrics()

@@ -226,8 +226,8 @@ def _logprobs(base: Any, prompt_ids: list[int], gen: Any, adapter: Any) -> list[
     carries them, else one forward pass over prompt and answer."""
     import torch
 
-    own = getattr(gen, "logprobs", None)
-    if own is not None and len(own) == len(gen.token_ids):
+    own = getattr(gen, "token_logprobs", None)
+    if own and len(own) == len(gen.token_ids):
         return [float(x) for x in own]
     if not gen.token_ids:
         return []

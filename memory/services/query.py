@@ -334,9 +334,7 @@ class QueryEngine:
             chosen = set(route.adapter_documents)
             check = router.check_answer(
                 gen.text,
-                _mean(gen.logprobs)
-                if getattr(gen, "logprobs", None) and len(gen.logprobs) == len(gen.token_ids)
-                else self._mean_logprob(base, prompt_ids, gen.token_ids, lora),
+                self._confidence(base, prompt_ids, gen, lora),
                 [h.text for h in hits if h.document_id in chosen],
                 question,
                 cfg,
@@ -454,6 +452,16 @@ class QueryEngine:
         gen = (backend or base).generate([prompt_ids], max_new_tokens=max_new_tokens, adapters=lora, on_text=on_text)[0]
         return gen, prompt_ids, context
 
+    @classmethod
+    def _confidence(cls, base: Any, prompt_ids: list[int], gen: Any, lora: Any) -> float:
+        """The router's confidence in ``gen``: its mean token log-probability, from the decode loop's
+        ``token_logprobs`` (the same value as :meth:`_mean_logprob` up to rounding: tests/test_batching.py), or
+        from a second forward pass when the generator returned none."""
+        lps = getattr(gen, "token_logprobs", None)
+        if gen.token_ids and lps and len(lps) == len(gen.token_ids):
+            return float(sum(lps) / len(lps))
+        return cls._mean_logprob(base, prompt_ids, gen.token_ids, lora)
+
     @staticmethod
     def _mean_logprob(base: Any, prompt_ids: list[int], answer_ids: list[int], lora: Any) -> float:
         """Mean log-probability per answer token under the adapted model (the router's confidence signal)."""
@@ -522,11 +530,6 @@ class QueryEngine:
             if row is None:
                 raise NotFoundError(f"no query {query_id} in namespace {ns!r}")
             row.feedback = float(score)
-
-
-def _mean(values: list[float]) -> float:
-    """The mean of the per-token log-probabilities a generation came with (a remote engine's)."""
-    return sum(values) / len(values)
 
 
 class _AnswerPieces:
