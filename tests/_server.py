@@ -34,6 +34,7 @@ def make_app() -> Any:
         max_new_tokens=256,
         source_roots=roots,
         max_waiting_generations=int(os.environ.get("PMEM_TEST_QUEUE", 64)),
+        max_batch=int(os.environ.get("PMEM_TEST_MAX_BATCH", ServerLimits.max_batch)),
         query_timeout_s=600.0,
     )  # a cold model start on a shared 2-core machine takes minutes
     auth = os.environ.get("PMEM_TEST_NO_AUTH") != "1"

@@ -49,7 +49,9 @@ def served(tmp_path_factory) -> Iterator[Served]:
     store = KeyStore.for_url(url)
     specs = {"admin": ("admin", ["*"]), "writer": ("write", [NS]), "reader": ("read", [NS])}
     keys = {name: store.create(name, role=role, namespaces=nss).secret for name, (role, nss) in specs.items()}
-    server = ServerProcess(server_env(home, PMEM_TEST_QUEUE="0"), tmp / "server.log")  # one model call, none waiting
+    server = ServerProcess(
+        server_env(home, PMEM_TEST_QUEUE="0", PMEM_TEST_MAX_BATCH="1"), tmp / "server.log"
+    )  # one model call, none waiting
     try:
         srv = Served(server.wait_ready().url, keys)
         for ns, text in ((NS, "Staff get 25 days of paid leave a year."), (OTHER, "Travel is booked ahead.")):

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from _server import REPO, ServerProcess, free_port, server_env
 
 ENGINE_KEY = "engine-secret-key-123"
@@ -135,7 +136,9 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
         assert (got.text, got.token_ids, got.finish_reason) == (local.text, local.token_ids, local.finish_reason)
         assert "".join(pieces) == got.text and got.prompt_tokens == len(prompt_ids)
         mean = sum(got.token_logprobs) / len(got.token_logprobs)
-        assert mean == pytest.approx(QueryEngine._mean_logprob(base, prompt_ids, local.token_ids, adapter), abs=1e-3)
+        # the engine's are its decode loop's; a bfloat16 model rounds the incremental and the one-pass logits apart
+        tol = 2e-2 if base.dtype == torch.bfloat16 else 1e-3
+        assert mean == pytest.approx(QueryEngine._mean_logprob(base, prompt_ids, local.token_ids, adapter), abs=tol)
         texts.append(got.text)
     assert texts[0] != texts[1]  # the adapter was applied on the engine
     name = adapter_name(ad)
