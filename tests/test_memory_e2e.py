@@ -70,10 +70,10 @@ def test_auto_replaces_an_unsupported_adapter_answer_by_the_retrieval_answer(mem
 
     real = QueryEngine._answer
 
-    def confidently_wrong(base, question, context, lora, max_new_tokens, on_text=None):
+    def confidently_wrong(base, question, context, lora, max_new_tokens, on_text=None, backend=None):
         if context:  # the retrieval answer is the real one
-            return real(base, question, context, lora, max_new_tokens, on_text)
-        gen, prompt_ids, used = real(base, question, context, lora, max_new_tokens, on_text)
+            return real(base, question, context, lora, max_new_tokens, on_text, backend)
+        gen, prompt_ids, used = real(base, question, context, lora, max_new_tokens, on_text, backend)
         ids = base.encode("The access code is 1111.")
         return Generation("The access code is 1111.", ids, gen.prompt_tokens, len(ids), "eos"), prompt_ids, used
 

@@ -245,10 +245,10 @@ def build_server(
                 raise ToolError("pass document_id to internalize, or job_id to see a job's state, not both")
             return {"jobs": [_job_state(guarded(_job, mem("read"), ns, job_id))]}
         target = mem("write")  # the caller's key must be allowed to write in this namespace
-        if hasattr(target, "internalize_all"):  # in-process: the jobs run here (or are queued with a broker)
+        if not hasattr(target, "submit_internalize"):  # in-process: the jobs run here (or queued with a broker)
             ids = [document_id] if document_id is not None else None
             jobs = guarded(target.internalize_all, namespace=ns, document_ids=ids, stale=document_id is None)
-        else:  # a server: one job per document, run there
+        else:  # a server (RemoteMemory): one job per document, submitted, run there, not waited for
             if document_id is not None:
                 ids = [document_id]
             else:
