@@ -45,10 +45,13 @@ from memory.lora.apply import apply_lora
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "FrozenPrefix",
     "distill_document",
     "fit_kl",
     "init_lora",
     "kl_topk",
+    "layer_of",
+    "length_groups",
     "make_questions",
     "split_sentences",
     "student_prompt",
@@ -204,6 +207,16 @@ def _pad_right(seqs: Sequence[Sequence[int]], pad: int, device: torch.device) ->
     return ids.to(device), mask.to(device)
 
 
+def _answer_positions(base: Any, prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
+    """Row and column of the position predicting each answer token, in a right-padded batch."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        rows.extend([i] * len(a))
+        cols.extend(range(len(p) - 1, len(p) - 1 + len(a)))
+    return torch.tensor(rows, device=base.device), torch.tensor(cols, device=base.device)
+
+
 def _answer_logits(base: Any, prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> Tensor:
     """Logits [n_answer_tokens_total, vocab] predicting each answer token (teacher forcing).
 
@@ -213,13 +226,103 @@ def _answer_logits(base: Any, prompts: Sequence[list[int]], answers: Sequence[li
     pad = base.tokenizer.pad_token_id or 0
     ids, mask = _pad_right(seqs, pad, base.device)
     hidden = base.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    rows: list[int] = []
-    cols: list[int] = []
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        rows.extend([i] * len(a))
-        cols.extend(range(len(p) - 1, len(p) - 1 + len(a)))
-    picked = hidden[torch.tensor(rows, device=base.device), torch.tensor(cols, device=base.device)]
-    return base.model.get_output_embeddings()(picked).float()
+    rows, cols = _answer_positions(base, prompts, answers)
+    return base.model.get_output_embeddings()(hidden[rows, cols]).float()
+
+
+def length_groups(lengths: Sequence[int], waste: float = 1.25) -> list[list[int]]:
+    """Indices of ``lengths`` split into groups to run as separate right-padded batches: longest first, a group
+    grows while its padded size (rows x its longest) stays within ``waste`` x its real tokens.
+
+    >>> length_groups([40, 300, 45, 38, 310])
+    [[4, 1], [2, 0, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None and lengths[g[0]] * (len(g) + 1) <= waste * (sum(lengths[j] for j in g) + lengths[i]):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def layer_of(path: str) -> int | None:
+    """The decoder layer a module path belongs to (``model.layers.12.mlp.up_proj`` -> 12), else None."""
+    m = _LAYER.search(path)
+    return int(m.group(1)) if m else None
+
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _decoder_parts(base: Any) -> tuple[Any, Any, Any, Any]:
+    """The decoder, its layer list, final norm and rotary embedding: what running part of the stack needs."""
+    decoder = base.model.get_decoder()
+    parts = tuple(getattr(decoder, name, None) for name in ("layers", "norm", "rotary_emb"))
+    if any(p is None for p in parts):
+        raise ValidationError(
+            f"{type(decoder).__name__} has no layers/norm/rotary_emb; train with first_layer=0 on this model"
+        )
+    return decoder, *parts
+
+
+def _run_layers(base: Any, hidden: Tensor, mask: Tensor, layers: Sequence[Any]) -> Tensor:
+    """``hidden`` [batch, seq, dim] (right padded, ``mask`` 1 on real tokens) through ``layers``, as the
+    decoder's own forward runs them (same causal mask, positions and rotary embedding)."""
+    from transformers.masking_utils import create_causal_mask
+
+    decoder, _, _, rotary = _decoder_parts(base)
+    position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+    causal = create_causal_mask(
+        config=decoder.config, inputs_embeds=hidden, attention_mask=mask, cache=None, position_ids=position_ids
+    )
+    position_embeddings = rotary(hidden, position_ids=position_ids)
+    for layer in layers:
+        hidden = layer(
+            hidden, attention_mask=causal, position_embeddings=position_embeddings, position_ids=position_ids
+        )
+    return hidden
+
+
+class FrozenPrefix:
+    """The hidden states entering layer ``first_layer`` of every training sequence, computed once.
+
+    When an adapter only has weights in layers ``first_layer`` and above, the layers below it compute the
+    same thing at every training step: running them once per sample and every step from there on saves their
+    forward *and* backward passes (training the top third of a 30-layer model costs about a third of a step).
+    """
+
+    def __init__(self, base: Any, prompts: Sequence[list[int]], answers: Sequence[list[int]], first_layer: int):
+        decoder, layers, _, _ = _decoder_parts(base)
+        if not 0 < first_layer < len(layers):
+            raise ValidationError(f"first_layer must be in 1..{len(layers) - 1}, got {first_layer!r}")
+        self.base, self.first_layer = base, first_layer
+        self.prompts, self.answers = list(prompts), list(answers)
+        self.hidden: list[Tensor] = []
+        pad = base.tokenizer.pad_token_id or 0
+        with torch.no_grad():  # not inference_mode: these tensors enter every step's autograd graph
+            for i in range(0, len(self.prompts), 8):
+                seqs = [p + a for p, a in zip(self.prompts[i : i + 8], self.answers[i : i + 8], strict=True)]
+                ids, mask = _pad_right(seqs, pad, base.device)
+                h = _run_layers(base, decoder.embed_tokens(ids), mask, layers[:first_layer])
+                self.hidden.extend(h[j, : len(s)].clone() for j, s in enumerate(seqs))
+
+    def answer_logits(self, batch: Sequence[int]) -> Tensor:
+        """Like :func:`_answer_logits` for the samples ``batch``, running only the layers from ``first_layer``."""
+        _, layers, norm, _ = _decoder_parts(self.base)
+        width = max(self.hidden[i].shape[0] for i in batch)
+        dim = self.hidden[batch[0]].shape[1]
+        hidden = self.hidden[batch[0]].new_zeros(len(batch), width, dim)
+        mask = torch.zeros(len(batch), width, dtype=torch.long, device=hidden.device)
+        for j, i in enumerate(batch):
+            n = self.hidden[i].shape[0]
+            hidden[j, :n] = self.hidden[i]
+            mask[j, :n] = 1
+        hidden = norm(_run_layers(self.base, hidden, mask, layers[self.first_layer :]))
+        rows, cols = _answer_positions(self.base, [self.prompts[i] for i in batch], [self.answers[i] for i in batch])
+        return self.base.model.get_output_embeddings()(hidden[rows, cols]).float()
 
 
 def distill_document(
@@ -343,12 +446,14 @@ def distill_document(
     return final, info
 
 
-def init_lora(base: Any, target_modules: Sequence[str], rank: int, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
-    """Trainable LoRA factors for the modules of ``base`` matching ``target_modules``: A small random, B zero,
-    so the adapted model starts as the base model."""
+def init_lora(
+    base: Any, target_modules: Sequence[str], rank: int, seed: int, first_layer: int = 0
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Trainable LoRA factors for the modules of ``base`` matching ``target_modules`` (in decoder layers
+    ``first_layer`` and above): A small random, B zero, so the adapted model starts as the base model."""
     if rank < 1:
         raise ValidationError(f"rank must be >= 1, got {rank!r}")
-    paths = base.linear_paths(target_modules)
+    paths = [p for p in base.linear_paths(target_modules) if (layer_of(p) or 0) >= first_layer]
     if not paths:
         raise ValidationError(f"no nn.Linear in the model matches {list(target_modules)}")
     gen = torch.Generator().manual_seed(seed)
@@ -367,17 +472,43 @@ def init_lora(base: Any, target_modules: Sequence[str], rank: int, seed: int) ->
 def teacher_topk(
     base: Any, prompts: Sequence[list[int]], responses: Sequence[list[int]], top_k: int, batch_size: int = 8
 ) -> list[tuple[Tensor, Tensor]]:
-    """The teacher's top-``k`` log-probabilities and token ids over each response (teacher-forced), per response."""
-    out: list[tuple[Tensor, Tensor]] = []
+    """The teacher's top-``k`` log-probabilities and token ids over each response (teacher-forced), per response.
+
+    Prompts that start alike (the same passage, other questions) are batched together, and a start they all
+    share is run once and its KV cache reused by every row (:func:`_shared_prefix_logits`).
+    """
+    out: dict[int, tuple[Tensor, Tensor]] = {}
+    order = sorted(range(len(responses)), key=lambda i: prompts[i])
     with torch.inference_mode():
-        for i in range(0, len(responses), batch_size):
-            lp = torch.log_softmax(_answer_logits(base, prompts[i : i + batch_size], responses[i : i + batch_size]), -1)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            ps, rs = [prompts[i] for i in idx], [responses[i] for i in idx]
+            lp = torch.log_softmax(_shared_prefix_logits(base, ps, rs), -1)
             off = 0
-            for a in responses[i : i + batch_size]:
-                v, idx = lp[off : off + len(a)].topk(min(top_k, lp.shape[-1]), dim=-1)
-                out.append((v.clone(), idx.clone()))
+            for i, a in zip(idx, rs, strict=True):
+                v, top = lp[off : off + len(a)].topk(min(top_k, lp.shape[-1]), dim=-1)
+                out[i] = (v.clone(), top.clone())
                 off += len(a)
-    return out
+    return [out[i] for i in range(len(responses))]
+
+
+def _shared_prefix_logits(base: Any, prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> Tensor:
+    """:func:`_answer_logits` (no gradient) where the prompts' common start runs once, its KV cache shared by
+    every row (:meth:`memory.models.BaseModel.prefix_cache`); the plain batch when they share little."""
+    from memory.models.base import shared_start
+
+    shared = shared_start(prompts)
+    if not shared:
+        return _answer_logits(base, prompts, answers)
+    cache = base.prefix_cache(prompts[0][:shared], len(prompts))
+    tails = [p[shared:] for p in prompts]
+    pad = base.tokenizer.pad_token_id or 0
+    ids, mask = _pad_right([t + a for t, a in zip(tails, answers, strict=True)], pad, base.device)
+    mask = torch.cat([mask.new_ones(len(prompts), shared), mask], 1)
+    kw = {base._cache_kw: cache}
+    hidden = base.model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=True, **kw).last_hidden_state
+    rows, cols = _answer_positions(base, tails, answers)
+    return base.model.get_output_embeddings()(hidden[rows, cols]).float()
 
 
 def kl_topk(logits: Tensor, t_lp: Tensor, t_idx: Tensor) -> Tensor:
@@ -403,6 +534,7 @@ def fit_kl(
     progress: Callable[[int, int, float], None] | None = None,
     checkpoint: Path | None = None,
     checkpoint_every: int = 10,
+    first_layer: int = 0,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], list[float]]:
     """Train a fresh LoRA so the student (``student_prompts``) matches ``teacher`` over ``responses``.
 
@@ -411,12 +543,16 @@ def fit_kl(
 
     ``checkpoint``: a file where the training state (factors, optimizer, schedule, sample order, losses) is
     written every ``checkpoint_every`` steps and from which a killed run resumes where it was.
+
+    ``first_layer``: the LoRA goes only into decoder layers ``first_layer`` and above, and the hidden states
+    entering that layer are computed once per sample (:class:`FrozenPrefix`), so a step runs only the top of
+    the model forward and backward.
     """
     n = len(responses)
     if n == 0:
         raise ValidationError("no training samples")
     rng = random.Random(seed)
-    weights = init_lora(base, target_modules, rank, seed)
+    weights = init_lora(base, target_modules, rank, seed, first_layer)
     params = [t for pair in weights.values() for t in pair]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -439,14 +575,28 @@ def fit_kl(
             order, losses, start = list(state["order"]), list(state["losses"]), int(state["step"])
             log.info("kl training resumed at step %d/%d from %s", start, steps, checkpoint)
     base.model.requires_grad_(False)
+    prefix = FrozenPrefix(base, student_prompts, responses, first_layer) if first_layer > 0 and start < steps else None
     for step in range(start, steps):
         if len(order) < min(batch_size, n):
             perm = list(range(n))
             rng.shuffle(perm)
             order.extend(perm)
         batch = [order.pop(0) for _ in range(min(batch_size, n))]
+        # Samples of very different lengths (a question alone, a question after its passage) run as separate
+        # forward passes rather than padded to the longest; the loss is a mean over tokens, so order is free.
+        groups = length_groups([len(student_prompts[i]) + len(responses[i]) for i in batch])
+        batch = [batch[j] for g in groups for j in g]
+        parts = []
         with apply_lora(base, adapter):
-            logits = _answer_logits(base, [student_prompts[i] for i in batch], [responses[i] for i in batch])
+            at = 0
+            for g in groups:
+                sub = batch[at : at + len(g)]
+                at += len(g)
+                if prefix is not None:
+                    parts.append(prefix.answer_logits(sub))
+                else:
+                    parts.append(_answer_logits(base, [student_prompts[i] for i in sub], [responses[i] for i in sub]))
+        logits = torch.cat(parts)
         t_lp = torch.cat([teacher[i][0] for i in batch]).to(logits.device)
         t_idx = torch.cat([teacher[i][1] for i in batch]).to(logits.device)
         loss = kl_topk(logits, t_lp, t_idx).mean()

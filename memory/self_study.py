@@ -23,6 +23,13 @@ along rank in ``bench/results/self_study``). A fraction of the teacher-answered 
 :func:`fidelity` measures the adapter on them (token agreement with the teacher, and how much of the
 teacher's answer the student's own greedy answer contains) and the result is stored on the adapter row.
 
+Cost on a CPU (where a paragraph must take seconds, not minutes): the teacher's distributions are computed with
+the passage's KV cache shared by all its prompts; a training batch runs its short (question alone) and long
+(question after its passage) samples as separate forward passes instead of padding all to the longest; and
+with ``first_layer`` the LoRA lives only in the top layers, so the layers below run once per sample
+(:class:`memory.distill.FrozenPrefix`) and a step is forward and backward through the top only. The figures
+that chose the defaults come from ``python -m bench.self_study_sweep`` (dev split).
+
 The synthetic data (prompts, responses, kinds, chunk of each) is returned as JSON-ready records so that it
 can be stored and later reused, for instance to meta-train Doc-to-LoRA.
 
@@ -96,6 +103,7 @@ class SelfStudyConfig:
 
     rank: int = 8
     target_modules: tuple[str, ...] = ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")
+    first_layer: int = 0  # the LoRA goes into decoder layers first_layer.. only (lower ones run once per sample)
     chunk_tokens: int = 384  # the span the teacher sees in context
     generated_per_chunk: int = 8  # teacher-answered prompts per chunk (questions first)
     model_questions_per_chunk: int = 2  # of those, questions the base model writes itself
@@ -115,6 +123,8 @@ class SelfStudyConfig:
         for name in ("rank", "chunk_tokens", "steps_per_chunk", "batch_size", "top_k", "max_answer_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValidationError(f"self-study {name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.first_layer) < 0:
+            raise ValidationError(f"self-study first_layer must be >= 0, got {self.first_layer!r}")
         if not 0 < self.lr < 1:
             raise ValidationError(f"self-study lr must be in (0, 1), got {self.lr!r}")
 
@@ -428,6 +438,7 @@ def self_study(
         seed=cfg.seed,
         progress=(lambda step, n, _loss: progress("train", step, n)) if progress else None,
         checkpoint=state_dir / "train.pt" if state_dir is not None else None,
+        first_layer=cfg.first_layer,
     )
     data = [asdict(s) for s in samples]
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -502,8 +513,9 @@ def fidelity(
         base_top1 = _answer_logits(base, s_prompts, answers).argmax(-1)
         with apply_lora(base, adapter):
             student_top1 = _answer_logits(base, s_prompts, answers).argmax(-1)
-    gens_ad = base.generate(s_prompts, max_new_tokens=max_new_tokens, adapters=adapter)
-    gens_base = base.generate(s_prompts, max_new_tokens=max_new_tokens)
+    n = len(s_prompts)  # with and without the adapter in one batch (per-row adapters): one decode loop, not two
+    gens = base.generate(s_prompts * 2, max_new_tokens=max_new_tokens, adapters=[adapter] * n + [None] * n)
+    gens_ad, gens_base = gens[:n], gens[n:]
 
     def contained(gens: Sequence[Any]) -> float:
         shares = []

@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/test_lora.py -q
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -200,6 +201,23 @@ def test_peft_round_trip_identical_logits(model, ids, tmp_path):
     back = load_peft(tmp_path)
     assert back.base_model == FP
     torch.testing.assert_close(logits(model, ids, back), logits(model, ids, ad), atol=1e-6, rtol=1e-6)
+
+
+def test_peft_export_of_an_adapter_on_the_top_layers_only(model, ids, tmp_path):
+    """An adapter trained on the top layers only (self-study's ``first_layer``): PEFT builds LoRA modules there
+    and nowhere else, and answers as we do."""
+    from peft import PeftModel
+
+    n_layers = model.config.num_hidden_layers
+    ad = random_adapter(model, 4, seed=23, layers={n_layers - 1})
+    save_peft(ad, tmp_path, "tiny-llama")
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [n_layers - 1] and cfg["layers_pattern"] == "layers"
+    pm = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path)).eval()
+    lora_layers = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in pm.named_modules() if n.endswith("lora_A")}
+    assert lora_layers == {n_layers - 1}
+    with torch.no_grad():
+        torch.testing.assert_close(pm(input_ids=ids).logits, logits(model, ids, ad), atol=1e-5, rtol=1e-5)
 
 
 def test_load_peft_made_by_peft_folds_alpha(model, ids, tmp_path):

@@ -194,6 +194,7 @@ def save_peft(adapter: LoraAdapter, directory: str | os.PathLike[str], base_mode
         "modules_to_save": None,
         "rank_pattern": {},
         "alpha_pattern": {},
+        **_layer_scope(list(adapter.weights), leaves),
     }
     file_meta = {
         "format": "pt",
@@ -203,6 +204,27 @@ def save_peft(adapter: LoraAdapter, directory: str | os.PathLike[str], base_mode
     save_file(tensors, str(out / PEFT_WEIGHTS), metadata=file_meta)
     (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+_LAYER_PATH = re.compile(r"^(?P<head>.*\.layers)\.(?P<layer>\d+)\.(?P<tail>.+)$")
+
+
+def _layer_scope(paths: list[str], leaves: list[str]) -> dict[str, Any]:
+    """PEFT's way to say which decoder layers an adapter covers, so that PEFT and vLLM build LoRA modules only
+    where the adapter has weights (a self-study adapter may train only the top layers).
+
+    Every module in the same layers: ``layers_to_transform`` and ``layers_pattern``. Any other shape: a regular
+    expression ``target_modules`` that matches exactly the adapter's modules. Paths without a layer index: {}.
+    """
+    parsed = [_LAYER_PATH.match(p) for p in paths]
+    if not paths or any(m is None for m in parsed):
+        return {}
+    layers = sorted({int(m.group("layer")) for m in parsed if m})
+    heads = {m.group("head") for m in parsed if m}
+    tails = {m.group("tail") for m in parsed if m}
+    if len(heads) == 1 and len(tails) == len(leaves) and len(paths) == len(layers) * len(tails):
+        return {"layers_to_transform": layers, "layers_pattern": next(iter(heads)).rsplit(".", 1)[-1]}
+    return {"target_modules": "^(?:" + "|".join(re.escape(p) for p in sorted(paths)) + ")$"}
 
 
 def load_peft(directory: str | os.PathLike[str], base_model: Any = None) -> LoraAdapter:

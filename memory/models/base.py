@@ -64,6 +64,26 @@ class Generation:
         return self.completion_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
+SHARED_START_MIN = 64  # tokens rows must share before their start is run once (below that it does not pay)
+
+
+def shared_start(prompts: Sequence[Sequence[int]], min_tokens: int = SHARED_START_MIN) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one token of its own; 0 when fewer than
+    ``min_tokens`` or only one prompt.
+
+    >>> shared_start([[1, 2, 3, 4], [1, 2, 3, 5, 6]], min_tokens=2), shared_start([[1, 2], [1, 2]], min_tokens=1)
+    (3, 1)
+    """
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    k = 0
+    while k < n and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k if k >= min_tokens else 0
+
+
 @dataclass
 class BaseModel:
     """A frozen causal LM and its tokenizer. Build it with :func:`memory.models.load_base_model`.
@@ -191,6 +211,17 @@ class BaseModel:
             mask[i, width - len(x) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def prefix_cache(self, head: Sequence[int], rows: int) -> Any:
+        """The KV cache of ``head`` (one forward pass of one row, under whatever adapters are active), repeated
+        for ``rows`` rows that all start with it."""
+        ids = torch.tensor([list(head)], dtype=torch.long, device=self.device)
+        decoder: Any = self.model.get_decoder()
+        cache = getattr(decoder(input_ids=ids, use_cache=True), self._cache_kw)
+        for layer in cache.layers:
+            layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
+            layer.values = layer.values.expand(rows, -1, -1, -1).contiguous()
+        return cache
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, *, adapters: Adapters = None, **kw: Any
     ) -> Any:
@@ -303,7 +334,11 @@ class BaseModel:
         stop = [s for s in (stop or []) if s]
         prompt_ids = [self._prompt_ids(p, system) for p in batch]
         bs = len(prompt_ids)
-        ids, mask = self.left_pad(prompt_ids)
+        # Rows that start alike (one passage, many questions) on one adapter: the start runs once, for one row,
+        # and its KV cache is shared; the rows' own tails are left padded after it.
+        uniform = adapters is None or isinstance(adapters, LoraAdapter) or all(a is adapters[0] for a in adapters)
+        shared = shared_start(prompt_ids) if uniform else 0
+        ids, mask = self.left_pad([p[shared:] for p in prompt_ids])
         gen = None
         if temperature > 0:
             gen = torch.Generator(device=self.device)
@@ -320,9 +355,18 @@ class BaseModel:
         # a consumer in another thread, and the adapters must not stay active in the consumer's context.
         lora = bind_lora(self, adapters)
         t0 = time.perf_counter()
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with lora.active():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            if shared:
+                cache = self.prefix_cache(prompt_ids[0][:shared], bs)
+                mask = torch.cat([mask.new_ones(bs, shared), mask], dim=1)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+                kw = {self._cache_kw: cache}
+            else:
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                kw = {}
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw
+            )
         prefill_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         cache = getattr(out, self._cache_kw)
