@@ -215,8 +215,8 @@ class BaseModel:
         """The KV cache of ``head`` (one forward pass of one row, under whatever adapters are active), repeated
         for ``rows`` rows that all start with it."""
         ids = torch.tensor([list(head)], dtype=torch.long, device=self.device)
-        decoder: Any = self.model.get_decoder()
-        cache = getattr(decoder(input_ids=ids, use_cache=True), self._cache_kw)
+        model: Any = self.model
+        cache = getattr(model.get_decoder()(input_ids=ids, use_cache=True), self._cache_kw)
         for layer in cache.layers:
             layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
             layer.values = layer.values.expand(rows, -1, -1, -1).contiguous()
