@@ -9,7 +9,6 @@ router's confidence check, and the engine's key never shows.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,60 +17,27 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from _server import REPO, ServerProcess, free_port, server_env
+from _server import ServerProcess, free_port, server_env
 
 ENGINE_KEY = "engine-secret-key-123"
 PROMPT = "What is the capital of France?"
 
 
-class EngineProcess:
-    """``python -m memory.cli engine`` on a free loopback port."""
-
-    def __init__(self, home: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("wb")
-        self.log_path = log_path
-        env = server_env(home, PMEM_ENGINE_API_KEY=ENGINE_KEY)
-        cmd = [sys.executable, "-m", "memory.cli", "engine", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> EngineProcess:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"engine not up after {timeout} s")
-
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=300, **kw)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def call(engine: ServerProcess, method: str, path: str, **kw: Any) -> httpx.Response:
+    """A request to the engine with its key."""
+    headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
+    return httpx.request(method, engine.url + path, headers=headers, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, model_cache) -> Iterator[EngineProcess]:
+def engine(tmp_path_factory, model_cache) -> Iterator[ServerProcess]:
+    """``python -m memory.cli engine`` on a free loopback port."""
     tmp = tmp_path_factory.mktemp("engine")
-    proc = EngineProcess(tmp / "home", tmp / "engine.log")
+    cmd = [sys.executable, "-m", "memory.cli", "engine", "--log-level", "warning"]
+    env = server_env(tmp / "home", PMEM_ENGINE_API_KEY=ENGINE_KEY)
+    proc = ServerProcess(env, tmp / "engine.log", cmd=cmd, health="/health")
     try:
-        yield proc.wait_ready()
+        yield proc.wait_ready(timeout=300)
     finally:
         proc.stop()
 
@@ -119,7 +85,7 @@ def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EngineProcess, base: Any, tmp_path) -> None:
+def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: ServerProcess, base: Any, tmp_path) -> None:
     """Same tokens and text as BaseModel.generate; log-probabilities match the local forward pass; the stream
     joins to the text; the adapter is exported once, named by content, and listed by the engine."""
     from memory.models.remote import RemoteEngine, adapter_name
@@ -143,7 +109,7 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
     assert texts[0] != texts[1]  # the adapter was applied on the engine
     name = adapter_name(ad)
     assert [p.name for p in (tmp_path / "exported").iterdir()] == [name]
-    listed = engine.call("GET", "/v1/models").json()["data"]
+    listed = call(engine, "GET", "/v1/models").json()["data"]
     assert listed[0]["pmem_fingerprint"] == base.fingerprint
     assert [(m["id"], m["parent"]) for m in listed[1:]] == [(name, listed[0]["id"])]
     # two rows with different adapters in one call; the engine batches what arrives together
@@ -152,21 +118,21 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
 
 
 @pytest.mark.slow
-def test_an_engine_that_forgot_the_adapter_gets_it_again(engine: EngineProcess, base: Any, tmp_path) -> None:
+def test_an_engine_that_forgot_the_adapter_gets_it_again(engine: ServerProcess, base: Any, tmp_path) -> None:
     """After the engine lost the adapter (as after a restart), the next request loads it again and answers."""
     from memory.models.remote import RemoteEngine, adapter_name
 
     remote = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "exported", api_key=ENGINE_KEY)
     ad = _adapter(base, seed=1)
     first = remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text
-    r = engine.call("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(ad)})
+    r = call(engine, "POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(ad)})
     assert r.status_code == 200
     assert remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text == first
     assert httpx.get(f"{engine.url}/v1/models", timeout=10).status_code == 401  # the engine's key is required
 
 
 @pytest.mark.slow
-def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_path: Path) -> None:
+def test_memory_server_answers_through_the_engine(engine: ServerProcess, tmp_path: Path) -> None:
     """A memory server with PMEM_GENERATION_URL answers parametric and hybrid queries on the engine, with the
     document's adapter loaded there, and the answers equal the in-process (local model) greedy answers."""
     from _embedders import BagOfWords
