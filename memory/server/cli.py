@@ -294,7 +294,8 @@ def engine(
         typer.Option(
             min=1,
             envvar="PMEM_ENGINE_MAX_LORAS",
-            help="Adapters kept loaded; loading one more unloads the least recently used (default: no bound).",
+            help="Adapters kept loaded; loading one more unloads the least recently used (default: no bound). "
+            "Keep it at least the memory servers' --max-batch.",
             show_default=False,
         ),
     ] = None,
