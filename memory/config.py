@@ -96,6 +96,8 @@ class Settings:
     # the same directory as the engine's machine sees it (a shared mount); None: the path above
     generation_engine_adapter_dir: str | None = None
     generation_timeout_s: float = 120.0
+    # exported adapter directories kept in generation_adapter_dir; beyond it the least recently used are removed
+    generation_max_exports: int = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser())
@@ -113,6 +115,8 @@ class Settings:
             raise ConfigError(f"generation_url must be an http(s) URL, got {redact(self.generation_url)!r}")
         if self.generation_timeout_s <= 0:
             raise ConfigError(f"generation_timeout_s must be positive, got {self.generation_timeout_s!r}")
+        if self.generation_max_exports < 1:
+            raise ConfigError(f"generation_max_exports must be >= 1, got {self.generation_max_exports!r}")
         if self.max_document_bytes < 1:
             raise ConfigError(f"max_document_bytes must be positive, got {self.max_document_bytes!r}")
 

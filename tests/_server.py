@@ -1,4 +1,5 @@
-"""A real uvicorn process serving the memory server, for tests (``ServerProcess``) and its app factory.
+"""Real server processes for tests: ``ServerProcess`` (the memory server by default, or any command such as
+``pmem engine``), the memory server's app factory, and ``keyed_server`` (a memory server with API keys on).
 
 The served memory embeds with :class:`_embedders.BagOfWords` (a tiny real embedder; no model to load) unless
 ``PMEM_TEST_REAL_EMBEDDER=1``; queries still use the real base model. Settings come from ``PMEM_*``.
@@ -11,6 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +52,35 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m uvicorn _server:make_app --factory`` on 127.0.0.1 and a free port."""
+    """A server process on 127.0.0.1 and a free port, its output in ``log_path``.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    ``cmd`` is the command without its address (``--host 127.0.0.1 --port PORT`` are appended); the default is
+    the memory server of :func:`make_app` (``python -m uvicorn _server:make_app --factory``). It is ready when
+    ``GET health`` answers 200.
+    """
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, cmd: Sequence[str] | None = None, health: str = "/healthz"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.health = health
         self._log = log_path.open("wb")
         self.log_path = log_path
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "_server:make_app",
-            "--factory",
-            "--app-dir",
-            str(REPO / "tests"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if cmd is None:
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "_server:make_app",
+                "--factory",
+                "--app-dir",
+                str(REPO / "tests"),
+                "--log-level",
+                "warning",
+            ]
+        argv = [*cmd, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90) -> ServerProcess:
         import httpx
@@ -80,7 +90,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.health}", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -116,3 +126,36 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
         env["PMEM_MODEL_CACHE"] = os.environ["PMEM_MODEL_CACHE"]
     env.update(extra)
     return env
+
+
+@dataclass
+class Served:
+    """A running memory server with API keys on: its URL, the keys' secrets by role, a client home beside it."""
+
+    url: str
+    keys: dict[str, str]
+    client_home: Path
+    proc: ServerProcess
+
+
+@contextmanager
+def keyed_server(tmp: Path, namespace: str, model_cache: str) -> Iterator[Served]:
+    """A memory server (home ``tmp/home``) with a ``writer`` key of ``namespace`` and an ``admin`` key of every
+    namespace, created in its database before it starts; stopped on exit."""
+    from memory.config import Settings
+    from memory.db.migrate import ensure_schema
+    from memory.server.auth import KeyStore
+
+    url = Settings.from_env(home=tmp / "home").resolved_database_url
+    ensure_schema(url, auto_migrate=True)
+    store = KeyStore.for_url(url)
+    keys = {
+        "writer": store.create(f"{namespace}-writer", role="write", namespaces=[namespace]).secret,
+        "admin": store.create(f"{namespace}-admin", role="admin", namespaces=["*"]).secret,
+    }
+    proc = ServerProcess(server_env(tmp / "home", PMEM_MODEL_CACHE=model_cache), tmp / "server.log")
+    try:
+        proc.wait_ready()
+        yield Served(proc.url, keys, tmp / "client-home", proc)
+    finally:
+        proc.stop()

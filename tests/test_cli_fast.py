@@ -2,7 +2,7 @@
 library alone must print what the typer command (memory/cli.py) prints, and hand everything else to typer.
 
 Real subprocesses (``memory.entry:main``, the console script, against ``memory.cli:main``) and a real ``pmem serve``
-(``_server.ServerProcess``: API keys on, the real base model). The fast path runs with typer, pydantic, httpx,
+(``_server.keyed_server``: API keys on, the real base model). The fast path runs with typer, pydantic, httpx,
 rich and torch made to raise on import. The answer test generates and is marked slow.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_cli_fast.py -q
@@ -16,12 +16,11 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from _server import REPO, ServerProcess, server_env
+from _server import REPO, Served, keyed_server
 
 from memory.entry import AskCall, parse_ask
 
@@ -31,36 +30,17 @@ DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens
 HEAVY = ("typer", "click", "pydantic", "httpx", "rich", "torch")
 
 
-@dataclass
-class Served:
-    url: str
-    keys: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, model_cache) -> Iterator[Served]:
-    from memory.config import Settings
-    from memory.db.migrate import ensure_schema
-    from memory.server.auth import KeyStore
-
-    tmp = tmp_path_factory.mktemp("cli-fast")
-    url = Settings.from_env(home=tmp / "home").resolved_database_url
-    ensure_schema(url, auto_migrate=True)
-    store = KeyStore.for_url(url)
-    keys = {
-        "writer": store.create("fast-writer", role="write", namespaces=[NS]).secret,
-        "admin": store.create("fast-admin", role="admin", namespaces=["*"]).secret,
-    }
-    proc = ServerProcess(server_env(tmp / "home", PMEM_MODEL_CACHE=model_cache), tmp / "server.log").wait_ready()
-    r = httpx.post(
-        f"{proc.url}/v1/namespaces/{NS}/documents",
-        json={"text": "The vault code is 4412.", "document_id": "vault"},
-        headers={"Authorization": f"Bearer {keys['writer']}"},
-        timeout=300,
-    )
-    assert r.status_code == 201, r.text
-    yield Served(proc.url, keys)
-    proc.stop()
+    with keyed_server(tmp_path_factory.mktemp("cli-fast"), NS, model_cache) as srv:
+        r = httpx.post(
+            f"{srv.url}/v1/namespaces/{NS}/documents",
+            json={"text": "The vault code is 4412.", "document_id": "vault"},
+            headers={"Authorization": f"Bearer {srv.keys['writer']}"},
+            timeout=300,
+        )
+        assert r.status_code == 201, r.text
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """``pmem`` through a running server (``PMEM_URL`` / ``--url``): real subprocesses against a real ``pmem serve``.
 
-The server is a uvicorn process with API keys on (``_server.ServerProcess``: the tiny real embedder, the real base
+The server is a uvicorn process with API keys on (``_server.keyed_server``: the tiny real embedder, the real base
 model). Each command runs as ``python -m memory.cli`` with a client ``PMEM_HOME`` that must stay empty: nothing
 runs locally. ``--json`` documents are compared with the same commands run in-process (CliRunner, a fresh home).
 The ask tests generate with the real base model and are marked slow.
@@ -14,41 +14,21 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _server import REPO, ServerProcess, server_env
+from _server import REPO, Served, keyed_server
 
 NS = "cli"
 
 
-@dataclass
-class Served:
-    url: str
-    keys: dict[str, str]
-    client_home: Path
-    proc: ServerProcess
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, model_cache) -> Any:
-    from memory.config import Settings
-    from memory.db.migrate import ensure_schema
-    from memory.server.auth import KeyStore
-
-    tmp = tmp_path_factory.mktemp("cli-remote")
-    url = Settings.from_env(home=tmp / "home").resolved_database_url
-    ensure_schema(url, auto_migrate=True)
-    store = KeyStore.for_url(url)
-    keys = {
-        "writer": store.create("cli-writer", role="write", namespaces=[NS]).secret,
-        "admin": store.create("cli-admin", role="admin", namespaces=["*"]).secret,
-    }
-    proc = ServerProcess(server_env(tmp / "home", PMEM_MODEL_CACHE=model_cache), tmp / "server.log").wait_ready()
-    yield Served(proc.url, keys, tmp / "client-home", proc)
-    proc.stop()
+def served(tmp_path_factory, model_cache) -> Iterator[Served]:
+    with keyed_server(tmp_path_factory.mktemp("cli-remote"), NS, model_cache) as srv:
+        yield srv
 
 
 def pmem(

@@ -1,7 +1,8 @@
-"""The remote generation backend (memory.models.remote) against a real ``pmem engine`` process, and a memory server
-process that generates there (PMEM_GENERATION_URL): greedy answers equal the local model's, adapters are exported
-in PEFT format, loaded once and loaded again when the engine forgot them, log-probabilities come back for the
-router's confidence check, and the engine's key never shows.
+"""The remote generation backend (memory.models.remote) against a real ``pmem engine`` process (``--max-loras 2``),
+and a memory server process that generates there (PMEM_GENERATION_URL): greedy answers equal the local model's,
+adapters are exported in PEFT format, loaded once and loaded again when the engine forgot or evicted them, the
+exports beyond ``max_exports`` are removed, log-probabilities come back for the router's confidence check, and the
+engine's key never shows.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_remote_backend.py -q
 """
@@ -9,8 +10,9 @@ router's confidence check, and the engine's key never shows.
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,60 +20,28 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from _server import REPO, ServerProcess, free_port, server_env
+from _server import ServerProcess, free_port, server_env
 
 ENGINE_KEY = "engine-secret-key-123"
 PROMPT = "What is the capital of France?"
+MAX_LORAS = 2  # the engine's
 
 
-class EngineProcess:
-    """``python -m memory.cli engine`` on a free loopback port."""
-
-    def __init__(self, home: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("wb")
-        self.log_path = log_path
-        env = server_env(home, PMEM_ENGINE_API_KEY=ENGINE_KEY)
-        cmd = [sys.executable, "-m", "memory.cli", "engine", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 300) -> EngineProcess:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"engine not up after {timeout} s")
-
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
-        return httpx.request(method, self.url + path, headers=headers, timeout=300, **kw)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def call(engine: ServerProcess, method: str, path: str, **kw: Any) -> httpx.Response:
+    """A request to the engine with its key."""
+    headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
+    return httpx.request(method, engine.url + path, headers=headers, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, model_cache) -> Iterator[EngineProcess]:
+def engine(tmp_path_factory, model_cache) -> Iterator[ServerProcess]:
+    """``python -m memory.cli engine`` on a free loopback port."""
     tmp = tmp_path_factory.mktemp("engine")
-    proc = EngineProcess(tmp / "home", tmp / "engine.log")
+    cmd = [sys.executable, "-m", "memory.cli", "engine", "--max-loras", str(MAX_LORAS), "--log-level", "warning"]
+    env = server_env(tmp / "home", PMEM_ENGINE_API_KEY=ENGINE_KEY)
+    proc = ServerProcess(env, tmp / "engine.log", cmd=cmd, health="/health")
     try:
-        yield proc.wait_ready()
+        yield proc.wait_ready(timeout=300)
     finally:
         proc.stop()
 
@@ -119,7 +89,7 @@ def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EngineProcess, base: Any, tmp_path) -> None:
+def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: ServerProcess, base: Any, tmp_path) -> None:
     """Same tokens and text as BaseModel.generate; log-probabilities match the local forward pass; the stream
     joins to the text; the adapter is exported once, named by content, and listed by the engine."""
     from memory.models.remote import RemoteEngine, adapter_name
@@ -143,7 +113,7 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
     assert texts[0] != texts[1]  # the adapter was applied on the engine
     name = adapter_name(ad)
     assert [p.name for p in (tmp_path / "exported").iterdir()] == [name]
-    listed = engine.call("GET", "/v1/models").json()["data"]
+    listed = call(engine, "GET", "/v1/models").json()["data"]
     assert listed[0]["pmem_fingerprint"] == base.fingerprint
     assert [(m["id"], m["parent"]) for m in listed[1:]] == [(name, listed[0]["id"])]
     # two rows with different adapters in one call; the engine batches what arrives together
@@ -152,23 +122,74 @@ def test_remote_greedy_equals_local_with_and_without_an_adapter(engine: EnginePr
 
 
 @pytest.mark.slow
-def test_an_engine_that_forgot_the_adapter_gets_it_again(engine: EngineProcess, base: Any, tmp_path) -> None:
+def test_an_engine_that_forgot_the_adapter_gets_it_again(engine: ServerProcess, base: Any, tmp_path) -> None:
     """After the engine lost the adapter (as after a restart), the next request loads it again and answers."""
     from memory.models.remote import RemoteEngine, adapter_name
 
     remote = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "exported", api_key=ENGINE_KEY)
     ad = _adapter(base, seed=1)
     first = remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text
-    r = engine.call("POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(ad)})
+    r = call(engine, "POST", "/v1/unload_lora_adapter", json={"lora_name": adapter_name(ad)})
     assert r.status_code == 200
     assert remote.generate(PROMPT, max_new_tokens=8, adapters=ad)[0].text == first
     assert httpx.get(f"{engine.url}/v1/models", timeout=10).status_code == 401  # the engine's key is required
 
 
+def loaded(engine: ServerProcess) -> set[str]:
+    """The adapters the engine holds now."""
+    return {m["id"] for m in call(engine, "GET", "/v1/models").json()["data"] if m["parent"]}
+
+
 @pytest.mark.slow
-def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_path: Path) -> None:
+def test_the_engine_unloads_the_least_recently_used(engine: ServerProcess, base: Any, tmp_path) -> None:
+    """Loading a third adapter unloads the one used least recently (not the one loaded first); a request for it
+    answers 404 and the remote backend loads it again, with the same answer."""
+    from memory.models.remote import RemoteEngine, adapter_name
+
+    remote = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "exported", api_key=ENGINE_KEY)
+    ads = [_adapter(base, seed) for seed in (10, 11, 12)]
+    names = [adapter_name(a) for a in ads]
+    first = [remote.generate(PROMPT, max_new_tokens=6, adapters=a)[0].text for a in ads[:2]]
+    assert loaded(engine) == set(names[:2])  # earlier tests' adapters were unloaded to make room
+    remote.generate(PROMPT, max_new_tokens=6, adapters=ads[0])  # ads[0] is now the more recently used
+    remote.generate(PROMPT, max_new_tokens=6, adapters=ads[2])
+    assert loaded(engine) == {names[0], names[2]}
+    assert remote.generate(PROMPT, max_new_tokens=6, adapters=ads[1])[0].text == first[1]  # 404, loaded again
+    assert loaded(engine) == {names[2], names[1]}
+    r = call(engine, "POST", "/v1/completions", json={"model": names[0], "prompt": [1, 2, 3], "max_tokens": 1})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError"
+
+
+@pytest.mark.slow
+def test_exports_beyond_max_exports_are_removed(engine: ServerProcess, base: Any, tmp_path) -> None:
+    """With max_exports=2, a third export removes the least recently used directory and unloads it from the
+    engine; asking for it again exports and loads it again and answers the same."""
+    from memory.errors import ValidationError
+    from memory.models.remote import RemoteEngine, adapter_name
+
+    exported = tmp_path / "exported"
+    remote = RemoteEngine(engine.url, base=base, adapter_dir=exported, api_key=ENGINE_KEY, max_exports=2)
+    (exported / ".pmem-0123456789abcdef.tmp-dead").mkdir(parents=True)  # a write that died an hour ago
+    os.utime(exported / ".pmem-0123456789abcdef.tmp-dead", (time.time() - 7200,) * 2)
+    (exported / "notes").mkdir()  # not an export: never touched
+    ads = [_adapter(base, seed) for seed in (20, 21, 22)]
+    names = [adapter_name(a) for a in ads]
+    first = [remote.generate(PROMPT, max_new_tokens=6, adapters=a)[0].text for a in ads[:2]]
+    remote.generate(PROMPT, max_new_tokens=6, adapters=ads[0])  # ads[1] is now the least recently used
+    remote.generate(PROMPT, max_new_tokens=6, adapters=ads[2])
+    assert {p.name for p in exported.iterdir()} == {names[0], names[2], "notes"}
+    assert names[1] not in loaded(engine) and names[1] not in remote._loaded
+    assert remote.generate(PROMPT, max_new_tokens=6, adapters=ads[1])[0].text == first[1]
+    assert {p.name for p in exported.iterdir()} == {names[2], names[1], "notes"}
+    with pytest.raises(ValidationError, match="max_exports"):
+        RemoteEngine(engine.url, base=base, adapter_dir=exported, max_exports=0)
+
+
+@pytest.mark.slow
+def test_memory_server_answers_through_the_engine(engine: ServerProcess, base: Any, tmp_path: Path) -> None:
     """A memory server with PMEM_GENERATION_URL answers parametric and hybrid queries on the engine, with the
-    document's adapter loaded there, and the answers equal the in-process (local model) greedy answers."""
+    document's adapter loaded there, and the answers equal the in-process (local model) greedy answers; after
+    the engine unloaded that adapter to make room for others, the server loads it again and answers the same."""
     from _embedders import BagOfWords
 
     from memory.api import ParametricMemory
@@ -215,6 +236,20 @@ def test_memory_server_answers_through_the_engine(engine: EngineProcess, tmp_pat
             events = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:")]
         assert "".join(e["text"] for e in events[:-1]) == events[-1]["answer"] == local["parametric"].answer
         assert len(list(exported.iterdir())) == 1  # one adapter, exported once for both queries
+        # other adapters fill the engine (--max-loras 2): the document's adapter is unloaded there
+        from memory.models.remote import RemoteEngine
+
+        other = RemoteEngine(engine.url, base=base, adapter_dir=tmp_path / "others", api_key=ENGINE_KEY)
+        for seed in (30, 31):
+            other.generate(PROMPT, max_new_tokens=2, adapters=_adapter(base, seed))
+        assert len(loaded(engine)) == MAX_LORAS and not loaded(engine) & {p.name for p in exported.iterdir()}
+        r = httpx.post(
+            f"{server.url}/v1/namespaces/default/query",
+            json=stream,
+            timeout=600,
+        )
+        assert r.status_code == 200 and r.json()["answer"] == local["parametric"].answer, r.text
+        assert "no longer knows adapter" in server.log()  # the engine's 404, then loaded again
         assert ENGINE_KEY not in server.log()
     finally:
         server.stop()

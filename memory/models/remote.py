@@ -7,9 +7,10 @@ remote engine, retrieval, routing and the adapters stay in the memory server; pe
 
 1. exports the row's adapter (knowledge and skill already concatenated along rank into one, as the query
    path composes them: vLLM applies one LoRA per request) in PEFT format to ``adapter_dir``, named by its
-   content hash (``pmem-<16 hex>``), once;
+   content hash (``pmem-<16 hex>``), once; beyond ``max_exports`` exported directories, the least recently
+   used are unloaded from the engine and removed (a later request exports and loads them again);
 2. loads it on the engine once (``POST /v1/load_lora_adapter``), and again when the engine has forgotten it
-   (a restart: its completions answer 404 for the name);
+   (a restart, or an engine that unloaded it to make room: its completions answer 404 for the name);
 3. sends the prompt as token ids rendered here with the model's chat template (``POST /v1/completions``,
    ``model=<adapter name>``), streams the tokens back and asks for their log-probabilities, which the router's
    confidence check reads (:attr:`Generation.token_logprobs`, as the local decode loop fills it).
@@ -24,15 +25,18 @@ The engine must serve the same base model (its ``/v1/models`` entry is checked w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +54,10 @@ __all__ = ["GenerationBackend", "RemoteEngine", "adapter_name"]
 log = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
+
+_EXPORT = re.compile(r"pmem-[0-9a-f]{16}")  # what adapter_name gives: only these directories are ever removed
+_TOUCH_EVERY_S = 60.0  # a used export's directory mtime is refreshed at most this often
+_STALE_TMP_S = 3600.0  # a half-written export (a process died mid-write) older than this is removed
 
 
 class GenerationBackend(Protocol):
@@ -101,6 +109,9 @@ class RemoteEngine:
         adapter_dir: where adapters are exported; the engine must be able to read it.
         engine_adapter_dir: the same directory as the engine sees it (default: ``adapter_dir``).
         timeout_s: per request.
+        max_exports: exported adapter directories kept in ``adapter_dir``. After each new export, the least
+            recently used beyond this many (by this process's last use, else the directory's mtime, which each use
+            refreshes) are unloaded from the engine and removed; one a request is generating with stays.
     """
 
     def __init__(
@@ -113,9 +124,12 @@ class RemoteEngine:
         model: str | None = None,
         engine_adapter_dir: str | None = None,
         timeout_s: float = 120.0,
+        max_exports: int = 256,
     ) -> None:
         import httpx
 
+        if max_exports < 1:
+            raise ValidationError(f"max_exports must be >= 1, got {max_exports!r}")
         self.url = url.rstrip("/").removesuffix("/v1")
         self.base = base
         self.adapter_dir = Path(adapter_dir).expanduser()
@@ -127,6 +141,11 @@ class RemoteEngine:
         self._names: dict[int, str] = {}  # id(adapter) -> name, while the adapter lives
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self.max_exports = max_exports
+        self._used: dict[str, float] = {}  # name -> when this process last asked for it (time.time())
+        self._touched: dict[str, float] = {}  # name -> when its directory's mtime was last refreshed
+        self._inflight: Counter[str] = Counter()  # name -> completions generating with it now
+        self._pruning = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, base: Any) -> RemoteEngine:
@@ -141,6 +160,7 @@ class RemoteEngine:
             model=settings.generation_model,
             engine_adapter_dir=settings.generation_engine_adapter_dir,
             timeout_s=settings.generation_timeout_s,
+            max_exports=settings.generation_max_exports,
         )
 
     def __repr__(self) -> str:
@@ -200,23 +220,85 @@ class RemoteEngine:
             key = id(adapter)
             self._names[key] = name
             weakref.finalize(adapter, self._names.pop, key, None)
+        self._note_use(name)
         if name in self._loaded:
             return name
         with self._lock:
             gate = self._loading.setdefault(name, threading.Lock())
         with gate:  # one export and one load per name, however many requests need it at once
             if name not in self._loaded:
-                self._export(adapter, name)
+                exported = self._export(adapter, name)
                 self._load(name)
                 self._loaded.add(name)
+                if exported:
+                    self.prune(keep=name)
         return name
 
-    def _export(self, adapter: LoraAdapter, name: str) -> None:
+    def _note_use(self, name: str) -> None:
+        now = time.time()
+        self._used[name] = now
+        if now - self._touched.get(name, 0.0) >= _TOUCH_EVERY_S:
+            self._touched[name] = now
+            # the mtime orders exports for other processes sharing the directory, and after a restart
+            with contextlib.suppress(OSError):  # not exported yet
+                os.utime(self.adapter_dir / name)
+
+    def prune(self, keep: str | None = None) -> list[str]:
+        """Remove the least recently used exported adapters beyond ``max_exports`` (never ``keep`` or one a
+        completion is generating with), each unloaded from the engine first, so the engine never reads a
+        directory that is gone; returns their names. Called after each new export.
+
+        Several memory servers may share the directory and the engine: an adapter one of them still uses is
+        unloaded too, and its next request answers 404, so that server exports and loads it again.
+        """
+        if not self._pruning.acquire(blocking=False):
+            return []  # another thread is pruning now
+        try:
+            try:
+                entries = list(self.adapter_dir.iterdir())
+            except OSError:
+                return []
+            now = time.time()
+            exports: list[tuple[float, Path]] = []
+            for path in entries:
+                try:
+                    mtime = path.stat().st_mtime
+                except OSError:
+                    continue  # removed meanwhile
+                if _EXPORT.fullmatch(path.name):
+                    exports.append((max(self._used.get(path.name, 0.0), mtime), path))
+                elif path.name.startswith(".pmem-") and ".tmp-" in path.name and now - mtime > _STALE_TMP_S:
+                    shutil.rmtree(path, ignore_errors=True)
+            exports.sort(reverse=True)  # most recently used first
+            removed = []
+            for _, path in exports[self.max_exports :]:
+                name = path.name
+                with self._lock:
+                    busy = name == keep or self._inflight[name] > 0
+                if busy:
+                    continue
+                try:
+                    self.forget(name)
+                except ModelError as e:  # the engine may still read it: keep it for a later prune
+                    log.warning("kept exported adapter %s: %s", name, e)
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                self._used.pop(name, None)
+                self._touched.pop(name, None)
+                removed.append(name)
+            if removed:
+                log.info("removed %d exported adapter(s) beyond max_exports=%d", len(removed), self.max_exports)
+            return removed
+        finally:
+            self._pruning.release()
+
+    def _export(self, adapter: LoraAdapter, name: str) -> bool:
+        """Write ``adapter`` as PEFT to ``adapter_dir/name``; False when it is there already."""
         from memory.lora.io import PEFT_CONFIG, save_peft
 
         target = self.adapter_dir / name
         if (target / PEFT_CONFIG).exists():
-            return
+            return False
         self.adapter_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=self.adapter_dir))
         try:
@@ -226,7 +308,10 @@ class RemoteEngine:
             shutil.rmtree(tmp, ignore_errors=True)
             if not (target / PEFT_CONFIG).exists():
                 raise
+            return False  # another process exported it meanwhile
+        self._touched[name] = time.time()
         log.info("exported adapter %s (rank %d) to %s", name, adapter.rank, target)
+        return True
 
     def _load(self, name: str) -> None:
         body = {"lora_name": name, "lora_path": f"{self.engine_adapter_dir}/{name}"}
@@ -305,7 +390,15 @@ class RemoteEngine:
                 **sampling,
                 **({"stop": stop} if stop else {}),
             }
-            result = self._stream(body, prompt_ids, stop, on_text)
+            with self._lock:
+                self._inflight[model] += 1
+            try:
+                result = self._stream(body, prompt_ids, stop, on_text)
+            finally:
+                with self._lock:
+                    self._inflight[model] -= 1
+                    if not self._inflight[model]:
+                        del self._inflight[model]
             if result is not None:
                 return result
             if adapter is None or attempt:  # the base model itself is unknown, or the reload did not help

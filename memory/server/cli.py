@@ -289,6 +289,16 @@ def engine(
         str | None, typer.Option(help="The base model's name in /v1/models (default: its own name).")
     ] = None,
     max_concurrent: Annotated[int, typer.Option(min=1, help="Generations at once.")] = 1,
+    max_loras: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            envvar="PMEM_ENGINE_MAX_LORAS",
+            help="Adapters kept loaded; loading one more unloads the least recently used (default: no bound). "
+            "Keep it at least the memory servers' --max-batch.",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run a generation engine over the local base model that speaks the part of vLLM's OpenAI-compatible API a
@@ -303,7 +313,11 @@ def engine(
     try:
         base = load_base_model(settings=Settings.from_env())
         app = create_engine_app(
-            base, served_model_name=served_model_name, api_key=api_key, max_concurrent=max_concurrent
+            base,
+            served_model_name=served_model_name,
+            api_key=api_key,
+            max_concurrent=max_concurrent,
+            max_loras=max_loras,
         )
     except PMemError as e:
         _fail(e)

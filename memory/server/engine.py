@@ -10,8 +10,10 @@ OpenAI-compatible API the remote backend (:mod:`memory.models.remote`) uses.
 
 It exists so a memory server configured with ``PMEM_GENERATION_URL`` can be tested end to end without vLLM,
 and so one CPU or GPU machine can generate for several memory servers. Loaded adapters live in memory
-until unloaded or the process ends (a restart forgets them, as vLLM's does). A streamed completion sends
-text pieces as they are generated and the token ids and log-probabilities in its last chunk.
+until unloaded, until ``max_loras`` others were used more recently (loading one more unloads the least
+recently used), or until the process ends (a restart forgets them, as vLLM's does). A request for an adapter
+no longer loaded answers 404, and the memory server loads it again. A streamed completion sends text pieces as
+they are generated and the token ids and log-probabilities in its last chunk.
 
 >>> app = create_engine_app(load_base_model())  # doctest: +SKIP
 """
@@ -19,9 +21,11 @@ text pieces as they are generated and the token ids and log-probabilities in its
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +34,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as BodyError
 
-from memory.errors import PMemError
+from memory.errors import PMemError, ValidationError
+
+log = logging.getLogger(__name__)
 
 
 class CompletionRequest(BaseModel):
@@ -69,7 +75,12 @@ class _Refused(Exception):
 
 
 def create_engine_app(
-    base: Any, *, served_model_name: str | None = None, api_key: str | None = None, max_concurrent: int = 1
+    base: Any,
+    *,
+    served_model_name: str | None = None,
+    api_key: str | None = None,
+    max_concurrent: int = 1,
+    max_loras: int | None = None,
 ) -> FastAPI:
     """The engine's ASGI app over ``base`` (a :class:`~memory.models.base.BaseModel`).
 
@@ -77,9 +88,14 @@ def create_engine_app(
         served_model_name: the base model's name in ``/v1/models`` and ``model`` (default: ``base.name``).
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         max_concurrent: generations at once (more wait their turn).
+        max_loras: adapters kept loaded at most; loading one more unloads the least recently used (loaded or
+            asked for in a completion). ``None``: no bound.
     """
+    if max_loras is not None and max_loras < 1:
+        raise ValidationError(f"max_loras must be >= 1, got {max_loras!r}")
     name = served_model_name or base.name
-    adapters: dict[str, tuple[str, Any]] = {}  # lora_name -> (lora_path, LoraAdapter)
+    # lora_name -> (lora_path, LoraAdapter), least recently used first
+    adapters: OrderedDict[str, tuple[str, Any]] = OrderedDict()
     lock = threading.Lock()
     gate = asyncio.Semaphore(max_concurrent)
     app = FastAPI(title="pmem engine", docs_url=None, redoc_url=None)
@@ -132,15 +148,18 @@ def create_engine_app(
                 "pmem_fingerprint": base.fingerprint,
             }
         ]
+        with lock:
+            loaded = sorted((n, path) for n, (path, _) in adapters.items())
         data += [
             {"id": n, "object": "model", "created": 0, "owned_by": "pmem", "root": path, "parent": name}
-            for n, (path, _) in sorted(adapters.items())
+            for n, path in loaded
         ]
         return {"object": "list", "data": data}
 
     @app.post("/v1/load_lora_adapter")
     async def load_adapter(request: Request) -> PlainTextResponse:
-        """Load a PEFT directory under ``lora_name`` (400 when the name is taken, as vLLM answers)."""
+        """Load a PEFT directory under ``lora_name`` (400 when the name is taken, as vLLM answers); beyond
+        ``max_loras``, the least recently used adapter is unloaded."""
         b = await body_of(request, LoadAdapter)
         if b.lora_name in adapters or b.lora_name == name:
             raise _Refused(400, f"The lora adapter '{b.lora_name}' has already been loaded.")
@@ -150,6 +169,12 @@ def create_engine_app(
             raise _Refused(400, f"cannot load {b.lora_name!r}: {e}") from None
         with lock:
             adapters[b.lora_name] = (b.lora_path, adapter)
+            adapters.move_to_end(b.lora_name)
+            evicted = []
+            while max_loras is not None and len(adapters) > max_loras:
+                evicted.append(adapters.popitem(last=False)[0])
+        for old in evicted:  # its requests in flight hold the adapter itself and finish
+            log.info("unloaded adapter %s, the least recently used of %d (max_loras)", old, max_loras)
         return PlainTextResponse(f"Success: LoRA adapter '{b.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter")
@@ -163,10 +188,14 @@ def create_engine_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Any:
         b: CompletionRequest = await body_of(request, CompletionRequest)
+        with lock:
+            entry = adapters.get(b.model)
+            if entry is not None:
+                adapters.move_to_end(b.model)  # used now: the last to be unloaded
         if b.model == name:
             adapter = None
-        elif b.model in adapters:
-            adapter = adapters[b.model][1]
+        elif entry is not None:
+            adapter = entry[1]
         else:
             raise _Refused(404, f"The model `{b.model}` does not exist.", "NotFoundError")
         if b.n != 1 or b.echo:
