@@ -110,6 +110,22 @@ def test_generate_inside_batched_goes_through_the_scheduler(base) -> None:
     assert [g.text for g in routed] == [g.text for g in direct]
 
 
+def test_prefill_keeps_the_last_position_as_an_index(base) -> None:
+    """``keep_last`` (an index tensor, not ``logits_to_keep=1``: a slow bfloat16 path on CPU) gives each left
+    padded row the logits of its last prompt token, equal to the full forward's."""
+    import torch
+
+    from memory.models.base import keep_last
+
+    ids, mask = base.left_pad([base.encode("hello there"), base.encode("a"), base.encode("what is two plus two?")])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        full = base.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        last = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep_last(ids)).logits
+    assert last.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full, rtol=0, atol=1e-5)
+
+
 def test_confidence_from_the_decode_loop_equals_a_second_forward_pass(base) -> None:
     from memory.services.query import QueryEngine
 

@@ -74,7 +74,7 @@ from memory.batch_route import Batching, Route, batched, current_route
 from memory.errors import PMemError, ValidationError
 from memory.lora.adapter import LoraAdapter, concat
 from memory.lora.apply import LoraBinding, bind_lora
-from memory.models.base import Generation, _find_stop, _pick, _stream_safe, token_logprobs
+from memory.models.base import Generation, _find_stop, _pick, _stream_safe, keep_last, token_logprobs
 
 __all__ = ["BatchScheduler", "Batching", "GenerationCancelled", "Request", "Route", "batched", "current_route"]
 
@@ -459,7 +459,9 @@ class BatchScheduler:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         t0 = time.perf_counter()
         with self._binding([r.adapter for r in new]).active():
-            out = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = base.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep_last(ids)
+            )
         t1 = time.perf_counter()
         log.debug(
             "prefill %d row(s) of %d tokens beside %d: %.0f ms",
