@@ -57,6 +57,42 @@ def test_staggered_rows_with_their_own_adapters_equal_one_at_a_time(base) -> Non
     assert got[0].token_ids != _solo(base, prompts[0], None, 20).token_ids  # the adapters mattered
 
 
+def test_prompts_that_start_alike_reuse_the_prefix_cache_and_equal_one_at_a_time(base) -> None:
+    """A prompt that starts with a kept prefix of its adapter is prefilled from the token after it, beside rows
+    with another prefix or none, in one forward pass; every row still equals one-at-a-time generation."""
+    head = "read the text and answer the question. text: "
+    ad = rand_adapter(base, 4, 11)
+    sched = BatchScheduler(base, max_batch=8)
+    try:
+        for tail in ("the door is red.", "a cat sat."):  # two prompts teach each adapter the shared head
+            for a in (None, ad):
+                sched.submit(Request(base.encode(head + tail), (a,) if a else (), max_new_tokens=4)).result(60)
+        assert sched.prefixes is not None and sched.prefixes.hits == 0
+        rows = [
+            (head + "the locker is blue. q: colour?", None, 12),
+            (head + "two plus two is four", ad, 10),
+            ("something else entirely, no shared head", None, 9),  # no kept prefix: prefilled whole
+            (head + "a cat sat.", None, 7),  # the whole prompt but its last token is known
+            (head + "x", ad, 12),
+        ]
+        with sched._cv:  # queued together: one prefill for all of them
+            reqs = [sched.submit(Request(base.encode(t), (a,) if a else (), max_new_tokens=n)) for t, a, n in rows]
+        got = [r.result(timeout=60) for r in reqs]
+        assert sched.prefixes.hits == 4 and sched.prefixes.saved >= 4 * len(base.encode(head)) - 4
+    finally:
+        sched.close()
+    for (text, a, n), g in zip(rows, got, strict=True):
+        solo = _solo(base, base.encode(text), a, n)
+        assert (g.text, g.token_ids, g.finish_reason) == (solo.text, solo.token_ids, solo.finish_reason)
+        assert g.token_logprobs == pytest.approx(solo.token_logprobs, abs=1e-4)
+    no_reuse = BatchScheduler(base, prefix_cache=False)
+    try:
+        assert no_reuse.prefixes is None
+        assert no_reuse.submit(Request(base.encode(rows[0][0]), max_new_tokens=12)).result(60).text == got[0].text
+    finally:
+        no_reuse.close()
+
+
 def test_stop_strings_cancel_and_the_token_budget(base) -> None:
     prompt = base.encode("what is two plus two?")
     free = _solo(base, prompt, None, 24)
@@ -219,6 +255,9 @@ def test_real_model_concurrent_queries_equal_sequential_ones(tmp_path) -> None:
     assert asyncio.run(main()) == sequential
     sched = amem.generation.batching.scheduler(mem.runtime.base_model)
     assert sched.max_rows > 1
+    # again: the prompts now start with a kept prefix (chat template, system prompt, instruction)
+    assert asyncio.run(main()) == sequential
+    assert sched.prefixes is not None and sched.prefixes.hits >= len(questions)
 
     async def leave_early() -> float:
         stream = amem.stream_query("Write a long story about a dragon.", **{**kw, "max_new_tokens": 400})

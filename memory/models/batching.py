@@ -10,7 +10,9 @@ share that step. :class:`BatchScheduler` runs the loop:
    prompt plus its ``max_new_tokens``) stay within ``max_tokens``; a request alone is always admitted.
 2. The admitted requests are prefilled together (left padded) and their KV cache joins the running batch's:
    both are left padded to one width, each row keeps its own position ids, and the attention mask hides the
-   padding, so every row computes what it would alone.
+   padding, so every row computes what it would alone. A prompt that starts like an earlier one of the same
+   adapter (the chat template, the system prompt, the instruction before the passages) is prefilled from the
+   end of that kept prefix on: its keys and values are copied into the pass's cache (:class:`_Prefixes`).
 3. Each step picks every row's next token (greedy, or sampled with the row's own seeded generator), streams
    the new text, and decodes all rows in one forward pass, each row with its own adapters.
 4. A row that ends (end of turn, a stop string, ``max_new_tokens``) or whose ``cancel`` event is set leaves at
@@ -79,6 +81,8 @@ from memory.models.base import Generation, _find_stop, _pick, _stream_safe, keep
 __all__ = ["BatchScheduler", "Batching", "GenerationCancelled", "Request", "Route", "batched", "current_route"]
 
 log = logging.getLogger(__name__)
+
+_KV = list[tuple[Tensor, Tensor]]  # per layer (keys, values), each [rows, kv heads, columns, head dim]
 
 
 class GenerationCancelled(PMemError):
@@ -246,6 +250,15 @@ class _Batch:
         self.rows = [self.rows[i] for i in idx]
 
 
+def _copy_kv(cache: Any, row: int, cols: list[int]) -> _KV:
+    """Each layer's keys and values of one row at cache columns ``cols``, copied: ``[1, heads, len(cols), dim]``."""
+    sel = torch.tensor(cols, device=_layers(cache)[0].keys.device)
+    return [
+        (layer.keys[row : row + 1].index_select(-2, sel), layer.values[row : row + 1].index_select(-2, sel))
+        for layer in _layers(cache)
+    ]
+
+
 def _layers(cache: Any) -> list[Any]:
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "keys", None) is None for layer in layers):
@@ -256,6 +269,77 @@ def _layers(cache: Any) -> list[Any]:
     return list(layers)
 
 
+class _Prefix:
+    """The KV cache of a prompt prefix under one adapter: per layer ``(keys, values)``, ``[1, heads, len, dim]``."""
+
+    def __init__(self, ids: tuple[int, ...], adapter: LoraAdapter | None, kv: _KV) -> None:
+        self.ids, self.adapter, self.kv = ids, adapter, kv  # the adapter is held: its id stays its own
+
+
+class _Prefixes:
+    """Prompt prefixes whose KV cache a prefill reuses: it computes only the rest of each prompt.
+
+    Prompts share a start: the chat template, the system prompt, the instruction before the passages (25 of
+    the ~90 tokens of a retrieval query). After each prefill a prompt's common prefix with the previous prompt
+    of the same adapter (:attr:`min_tokens` or longer) is kept, its keys and values copied out of the prefill's
+    cache; a later prompt that starts with a kept prefix (the longest one) is prefilled from the token after it.
+    The keys depend on the adapter (LoRA changes ``k_proj``/``v_proj`` and every layer's input), so a prefix
+    is kept per adapter identity. Least recently used prefixes go first once they hold :attr:`max_tokens`.
+    """
+
+    def __init__(self, max_tokens: int, min_tokens: int = 16) -> None:
+        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+        self.hits = 0  # prompts prefilled from a kept prefix
+        self.saved = 0  # prompt tokens not prefilled thanks to them
+        self._kept: OrderedDict[tuple[int, tuple[int, ...]], _Prefix] = OrderedDict()
+        self._tokens = 0
+        self._last: OrderedDict[int, tuple[LoraAdapter | None, tuple[int, ...]]] = OrderedDict()
+
+    def find(self, ids: list[int], adapter: LoraAdapter | None) -> _Prefix | None:
+        """The longest kept prefix of ``ids`` (shorter than ``ids``: the last token is always prefilled)."""
+        key, best = _adapter_key(adapter), None
+        for (k, pre_ids), pre in self._kept.items():
+            n = len(pre_ids)
+            if k == key and n < len(ids) and (best is None or n > len(best.ids)) and tuple(ids[:n]) == pre_ids:
+                best = pre
+        if best is not None:
+            self._kept.move_to_end((key, best.ids))
+            self.hits += 1
+            self.saved += len(best.ids)
+        return best
+
+    def learn(
+        self, ids: list[int], adapter: LoraAdapter | None, kv: Callable[[int], list[tuple[Tensor, Tensor]]]
+    ) -> None:
+        """Keep the prefix ``ids`` shares with the previous prompt of ``adapter`` if it is new and long enough;
+        ``kv(n)`` copies the keys and values of the first ``n`` tokens out of the prefill that just ran."""
+        key, now = _adapter_key(adapter), tuple(ids)
+        prev = self._last.get(key)
+        self._last[key] = (adapter, now)
+        self._last.move_to_end(key)
+        while len(self._last) > 64:
+            self._last.popitem(last=False)
+        if prev is None:
+            return
+        n = 0
+        for a, b in zip(prev[1], now, strict=False):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(now) - 1)
+        if n < self.min_tokens or n > self.max_tokens or (key, now[:n]) in self._kept:
+            return
+        self._kept[(key, now[:n])] = _Prefix(now[:n], adapter, kv(n))
+        self._tokens += n
+        while self._tokens > self.max_tokens:
+            _, old = self._kept.popitem(last=False)
+            self._tokens -= len(old.ids)
+
+
+def _adapter_key(adapter: LoraAdapter | None) -> int:
+    return 0 if adapter is None else id(adapter)
+
+
 class BatchScheduler:
     """The thread that owns a base model's generations: requests join and leave one running batch.
 
@@ -264,13 +348,15 @@ class BatchScheduler:
         max_batch: rows decoded together at most.
         max_tokens: prompt + ``max_new_tokens`` tokens of the rows in flight at most (bounds the KV cache); a
             request that alone needs more still runs, alone.
+        prefix_cache: reuse the KV cache of prompt prefixes (:class:`_Prefixes`, up to ``max_tokens // 4``
+            tokens of them); off, every prompt is prefilled whole.
 
     >>> sched = BatchScheduler(base, max_batch=8)                  # doctest: +SKIP
     >>> sched.submit(Request(base.chat_ids("Hi"), max_new_tokens=8)).result().text   # doctest: +SKIP
     'Hello! How can I help you today?'
     """
 
-    def __init__(self, base: Any, *, max_batch: int = 8, max_tokens: int = 16384) -> None:
+    def __init__(self, base: Any, *, max_batch: int = 8, max_tokens: int = 16384, prefix_cache: bool = True) -> None:
         if max_batch < 1 or max_tokens < 1:
             raise ValidationError(f"need max_batch >= 1 and max_tokens >= 1, got {max_batch!r}, {max_tokens!r}")
         self.base, self.max_batch, self.max_tokens = base, max_batch, max_tokens
@@ -284,6 +370,7 @@ class BatchScheduler:
         self._combined: OrderedDict[tuple[int, ...], tuple[tuple[LoraAdapter, ...], LoraAdapter]] = OrderedDict()
         # a key of one id: every row has that adapter (one shared binding, whatever the number of rows)
         self._bindings: OrderedDict[tuple[int, ...], tuple[list[LoraAdapter | None], LoraBinding]] = OrderedDict()
+        self.prefixes = _Prefixes(max(max_tokens // 4, 1)) if prefix_cache else None
         self._thread = threading.Thread(target=self._loop, name="pmem-batch", daemon=True)
         self._thread.start()
         _RUNNING.add(self)
@@ -454,25 +541,79 @@ class BatchScheduler:
         self.max_rows = max(self.max_rows, len(keep))
 
     def _prefill(self, batch: _Batch, new: list[_Row]) -> None:
+        """Prefill the new rows in one forward pass and join them to the batch.
+
+        A row whose prompt starts with a kept prefix (:class:`_Prefixes`) feeds only the rest of its prompt: the
+        pass starts from a cache holding each row's prefix keys and values, left padded to the longest prefix
+        (zeros and a masked column for a row without one), and the rests are left padded after it, so a row's
+        cache reads ``[pad][prefix][pad][rest]`` with positions counting only its own tokens.
+        """
         base = self.base
-        ids, mask = base.left_pad([r.req.prompt_ids for r in new])
+        prompts = [r.req.prompt_ids for r in new]
+        pres = [self.prefixes.find(p, r.adapter) for p, r in zip(prompts, new, strict=True)] if self.prefixes else []
+        lens = [len(pr.ids) if pr is not None else 0 for pr in pres] or [0] * len(new)
+        width = max(lens)
+        ids, mask = base.left_pad([p[n:] for p, n in zip(prompts, lens, strict=True)])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw: dict[str, Any] = {}
+        if width:
+            known = torch.zeros(len(new), width, dtype=mask.dtype, device=mask.device)
+            for i, n in enumerate(lens):
+                known[i, width - n :] = 1
+            mask = torch.cat([known, mask], dim=1)
+            pos = pos + torch.tensor(lens, device=pos.device)[:, None]
+            kw[base._cache_kw] = self._prefix_cache(next(p for p in pres if p is not None), pres, width)
         t0 = time.perf_counter()
         with self._binding([r.adapter for r in new]).active():
             out = base.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep_last(ids)
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=keep_last(ids),
+                **kw,
             )
         t1 = time.perf_counter()
         log.debug(
-            "prefill %d row(s) of %d tokens beside %d: %.0f ms",
+            "prefill %d row(s) of %d tokens (%d from kept prefixes) beside %d: %.0f ms",
             len(new),
             ids.shape[1],
+            width,
             len(batch.rows),
             (t1 - t0) * 1e3,
         )
         for r in new:
             r.prefill_s, r.t_decode = t1 - t0, t1
-        batch.join(new, getattr(out, base._cache_kw), mask, pos[:, -1:], out.logits[:, -1, :])
+        cache = getattr(out, base._cache_kw)
+        if self.prefixes is not None:
+            total = int(mask.shape[1])
+            for i, (p, r) in enumerate(zip(prompts, new, strict=True)):
+                # cache column of each of this row's prompt tokens: its prefix, then its rest
+                rest = len(p) - lens[i]
+                cols = list(range(width - lens[i], width)) + list(range(total - rest, total))
+                self.prefixes.learn(p, r.adapter, lambda n, i=i, cols=cols: _copy_kv(cache, i, cols[:n]))
+        batch.join(new, cache, mask, pos[:, -1:], out.logits[:, -1, :])
+
+    def _prefix_cache(self, like: _Prefix, pres: list[_Prefix | None], width: int) -> Any:
+        """A transformers cache holding each row's prefix keys and values, left padded to ``width``."""
+        from memory.models.loader import HF_LOAD_LOCK
+
+        with HF_LOAD_LOCK:  # transformers resolves its names lazily, not thread-safely
+            from transformers import DynamicCache
+
+        data = []
+        for layer, (k0, v0) in enumerate(like.kv):
+            keys, values = [], []
+            for pre in pres:
+                if pre is None:
+                    keys.append(k0.new_zeros(*k0.shape[:2], width, k0.shape[-1]))
+                    values.append(v0.new_zeros(*v0.shape[:2], width, v0.shape[-1]))
+                else:
+                    k, v = pre.kv[layer]
+                    keys.append(_pad_left(k, width, -2))
+                    values.append(_pad_left(v, width, -2))
+            data.append((torch.cat(keys), torch.cat(values)))
+        return DynamicCache(data, config=self.base.model.config)
 
     def _combine(self, parts: tuple[LoraAdapter, ...]) -> LoraAdapter | None:
         """One adapter for a row's parts (rank concatenation), cached by the parts' identities."""
