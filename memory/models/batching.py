@@ -59,6 +59,7 @@ generation queue sets it around the server's queries), so the query code is the 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -250,9 +251,10 @@ class _Batch:
         self.rows = [self.rows[i] for i in idx]
 
 
-def _copy_kv(cache: Any, row: int, cols: list[int]) -> _KV:
-    """Each layer's keys and values of one row at cache columns ``cols``, copied: ``[1, heads, len(cols), dim]``."""
-    sel = torch.tensor(cols, device=_layers(cache)[0].keys.device)
+def _copy_kv(cache: Any, row: int, cols: list[int], n: int) -> _KV:
+    """Each layer's keys and values of one row at the first ``n`` of cache columns ``cols``, copied:
+    ``[1, heads, n, dim]``."""
+    sel = torch.tensor(cols[:n], device=_layers(cache)[0].keys.device)
     return [
         (layer.keys[row : row + 1].index_select(-2, sel), layer.values[row : row + 1].index_select(-2, sel))
         for layer in _layers(cache)
@@ -591,7 +593,7 @@ class BatchScheduler:
                 # cache column of each of this row's prompt tokens: its prefix, then its rest
                 rest = len(p) - lens[i]
                 cols = list(range(width - lens[i], width)) + list(range(total - rest, total))
-                self.prefixes.learn(p, r.adapter, lambda n, i=i, cols=cols: _copy_kv(cache, i, cols[:n]))
+                self.prefixes.learn(p, r.adapter, functools.partial(_copy_kv, cache, i, cols))
         batch.join(new, cache, mask, pos[:, -1:], out.logits[:, -1, :])
 
     def _prefix_cache(self, like: _Prefix, pres: list[_Prefix | None], width: int) -> Any:
