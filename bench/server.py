@@ -78,9 +78,13 @@ def _stats(latencies: list[float], wall_s: float) -> dict[str, Any]:
     }
 
 
-def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
-    """``clients`` threads share ``requests`` calls; each thread builds its own caller (its connection)."""
+def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], Any]]) -> dict[str, Any]:
+    """``clients`` threads share ``requests`` calls; each thread builds its own caller (its connection). A call
+    that returns the query's ``timings_ms`` adds their means to ``server_ms`` (where the server spent each
+    request's time: search, relevance, generation, and the rest of ``total_ms``, mostly waiting to be admitted
+    to the batch)."""
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     errors: list[str] = []
@@ -96,12 +100,14 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
                 return
             t0 = time.perf_counter()
             try:
-                call(i)
+                got = call(i)
             except Exception as e:  # noqa: BLE001 - counted, reported
                 errors.append(f"{type(e).__name__}: {e}")
                 continue
             with lock:
                 latencies.append(time.perf_counter() - t0)
+                if isinstance(got, dict):
+                    timings.append(got)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -111,6 +117,9 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
     for t in threads:
         t.join()
     out = _stats(latencies, time.perf_counter() - t0)
+    if timings:
+        keys = sorted({k for t in timings for k in t})
+        out["server_ms"] = {k: round(float(np.mean([t.get(k, 0.0) for t in timings])), 1) for k in keys}
     out["errors"] = len(errors)
     if errors:
         out["first_error"] = errors[0][:300]
@@ -131,18 +140,18 @@ class Busy(Exception):
     """The server answered 503 busy: counted apart from errors."""
 
 
-def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
+def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Callable[[int], Any]]) -> dict[str, Any]:
     """:func:`_drive`, with the 503 ``busy`` answers counted as ``busy`` instead of errors."""
     busy = 0
     lock = threading.Lock()
 
-    def make() -> Callable[[int], None]:
+    def make() -> Callable[[int], Any]:
         call = make_call()
 
-        def counted(i: int) -> None:
+        def counted(i: int) -> Any:
             nonlocal busy
             try:
-                call(i)
+                return call(i)
             except Busy:
                 with lock:
                     busy += 1
@@ -262,9 +271,9 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
         return body
 
-    def in_process(i: int) -> None:
+    def in_process(i: int) -> dict[str, float]:
         q = _question(i % n_docs)
-        mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
+        return mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False).timings_ms
 
     result: dict[str, Any] = {
         "documents": n_docs,
@@ -289,16 +298,17 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
             def http_caller(
                 route: str, body: Callable[[int], dict[str, Any]], url: str = url
-            ) -> Callable[[], Callable[[int], None]]:
-                def make() -> Callable[[int], None]:
+            ) -> Callable[[], Callable[[int], Any]]:
+                def make() -> Callable[[int], Any]:
                     client = httpx.Client(base_url=url, headers=headers, timeout=1800)
 
-                    def call(i: int) -> None:
+                    def call(i: int) -> Any:
                         r = client.post(f"/v1/namespaces/{NS}{route}", json=body(i))
                         if r.status_code == 503 and "busy" in r.text:
                             raise Busy(r.text[:200])
                         if r.status_code != 200:
                             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+                        return r.json().get("timings_ms") if route == "/query" else None
 
                     return call
 

@@ -79,6 +79,10 @@ def test_prompts_that_start_alike_reuse_the_prefix_cache_and_equal_one_at_a_time
             reqs = [sched.submit(Request(base.encode(t), (a,) if a else (), max_new_tokens=n)) for t, a, n in rows]
         got = [r.result(timeout=60) for r in reqs]
         assert sched.prefixes.hits == 4 and sched.prefixes.saved >= 4 * len(base.encode(head)) - 4
+        first = 2 * sum(len(base.encode(head + tail)) for tail in ("the door is red.", "a cat sat."))  # whole
+        fed = first + sum(len(base.encode(t)) for t, _, _ in rows) - sched.prefixes.saved
+        assert (sched.stats.prefill_rows, sched.stats.prefill_tokens) == (9, fed)
+        assert sched.stats.busy_s >= sched.stats.prefill_s + sched.stats.decode_s > 0
     finally:
         sched.close()
     for (text, a, n), g in zip(rows, got, strict=True):

@@ -79,7 +79,16 @@ from memory.lora.adapter import LoraAdapter, concat
 from memory.lora.apply import LoraBinding, bind_lora
 from memory.models.base import Generation, _find_stop, _pick, _stream_safe, keep_last, token_logprobs
 
-__all__ = ["BatchScheduler", "Batching", "GenerationCancelled", "Request", "Route", "batched", "current_route"]
+__all__ = [
+    "BatchScheduler",
+    "Batching",
+    "GenerationCancelled",
+    "Request",
+    "Route",
+    "SchedulerStats",
+    "batched",
+    "current_route",
+]
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +280,24 @@ def _layers(cache: Any) -> list[Any]:
     return list(layers)
 
 
+@dataclass
+class SchedulerStats:
+    """Where a scheduler's time went since it started (wall seconds on its thread): prefills, decode forwards,
+    and everything it did (``busy_s``: these plus picking tokens, streaming, joining and trimming the cache).
+    The thread idles (waits for requests) for the rest. ``bench/server_profile.py`` reads them."""
+
+    busy_s: float = 0.0
+    prefills: int = 0  # prefill forwards
+    prefill_rows: int = 0  # prompts they prefilled
+    prefill_tokens: int = 0  # prompt tokens they fed (a kept prefix's are not fed)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # decode forwards (steps: BatchScheduler.steps)
+    decode_rows: int = 0  # rows they decoded, summed over steps
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
 class _Prefix:
     """The KV cache of a prompt prefix under one adapter: per layer ``(keys, values)``, ``[1, heads, len, dim]``."""
 
@@ -365,6 +392,7 @@ class BatchScheduler:
         self.steps = 0  # decode forwards run
         self.max_rows = 0  # the most rows one step decoded together
         self.cancelled = 0  # rows that left the batch because their caller gave up
+        self.stats = SchedulerStats()
         self._eos = torch.tensor(sorted(base.eos_token_ids) or [-1], device=base.device)
         self._cv = threading.Condition()
         self._queue: deque[Request] = deque()
@@ -463,8 +491,10 @@ class BatchScheduler:
             for req in dropped:
                 req._finish(error=GenerationCancelled("the generation was cancelled before it started"))
             try:
+                t0 = time.perf_counter()
                 with torch.inference_mode():
                     self._step(batch, new)
+                self.stats.busy_s += time.perf_counter() - t0
             except Exception as e:  # a failed step fails its rows, not the scheduler
                 log.exception("a batch step failed; its %d row(s) fail", len(batch.rows) + len(new))
                 for row in batch.rows:
@@ -541,6 +571,8 @@ class BatchScheduler:
         log.debug("decode %d row(s), width %d: %.0f ms", len(keep), mask.shape[1], (time.perf_counter() - t0) * 1e3)
         self.steps += 1
         self.max_rows = max(self.max_rows, len(keep))
+        self.stats.decode_s += time.perf_counter() - t0
+        self.stats.decode_rows += len(keep)
 
     def _prefill(self, batch: _Batch, new: list[_Row]) -> None:
         """Prefill the new rows in one forward pass and join them to the batch.
@@ -586,6 +618,9 @@ class BatchScheduler:
         )
         for r in new:
             r.prefill_s, r.t_decode = t1 - t0, t1
+        st = self.stats
+        st.prefills, st.prefill_rows, st.prefill_s = st.prefills + 1, st.prefill_rows + len(new), st.prefill_s + t1 - t0
+        st.prefill_tokens += sum(len(p) - n for p, n in zip(prompts, lens, strict=True))
         cache = getattr(out, base._cache_kw)
         if self.prefixes is not None:
             total = int(mask.shape[1])
