@@ -313,16 +313,19 @@ class _Prefixes:
     of the same adapter (:attr:`min_tokens` or longer) is kept, its keys and values copied out of the prefill's
     cache; a later prompt that starts with a kept prefix (the longest one) is prefilled from the token after it.
     The keys depend on the adapter (LoRA changes ``k_proj``/``v_proj`` and every layer's input), so a prefix
-    is kept per adapter identity. Least recently used prefixes go first once they hold :attr:`max_tokens`.
+    is kept per adapter identity. Least recently used prefixes go first once they hold :attr:`max_tokens` or
+    number more than :attr:`max_kept` (each holds its adapter).
     """
 
-    def __init__(self, max_tokens: int, min_tokens: int = 16) -> None:
-        self.max_tokens, self.min_tokens = max_tokens, min_tokens
+    def __init__(self, max_tokens: int, min_tokens: int = 16, max_kept: int = 32) -> None:
+        self.max_tokens, self.min_tokens, self.max_kept = max_tokens, min_tokens, max_kept
         self.hits = 0  # prompts prefilled from a kept prefix
         self.saved = 0  # prompt tokens not prefilled thanks to them
         self._kept: OrderedDict[tuple[int, tuple[int, ...]], _Prefix] = OrderedDict()
         self._tokens = 0
-        self._last: OrderedDict[int, tuple[LoraAdapter | None, tuple[int, ...]]] = OrderedDict()
+        # the previous prompt of each adapter id; only a candidate length: what is kept comes from the prefill
+        # that just ran, under its own (held) adapter, so a reused id cannot mix two adapters' keys
+        self._last: OrderedDict[int, tuple[int, ...]] = OrderedDict()
 
     def find(self, ids: list[int], adapter: LoraAdapter | None) -> _Prefix | None:
         """The longest kept prefix of ``ids`` (shorter than ``ids``: the last token is always prefilled)."""
@@ -344,14 +347,14 @@ class _Prefixes:
         ``kv(n)`` copies the keys and values of the first ``n`` tokens out of the prefill that just ran."""
         key, now = _adapter_key(adapter), tuple(ids)
         prev = self._last.get(key)
-        self._last[key] = (adapter, now)
+        self._last[key] = now
         self._last.move_to_end(key)
         while len(self._last) > 64:
             self._last.popitem(last=False)
         if prev is None:
             return
         n = 0
-        for a, b in zip(prev[1], now, strict=False):
+        for a, b in zip(prev, now, strict=False):
             if a != b:
                 break
             n += 1
@@ -360,7 +363,7 @@ class _Prefixes:
             return
         self._kept[(key, now[:n])] = _Prefix(now[:n], adapter, kv(n))
         self._tokens += n
-        while self._tokens > self.max_tokens:
+        while self._tokens > self.max_tokens or len(self._kept) > self.max_kept:
             _, old = self._kept.popitem(last=False)
             self._tokens -= len(old.ids)
 
