@@ -80,11 +80,13 @@ def _stats(latencies: list[float], wall_s: float) -> dict[str, Any]:
 
 def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], Any]]) -> dict[str, Any]:
     """``clients`` threads share ``requests`` calls; each thread builds its own caller (its connection). A call
-    that returns the query's ``timings_ms`` adds their means to ``server_ms`` (where the server spent each
-    request's time: search, relevance, generation, and the rest of ``total_ms``, mostly waiting to be admitted
-    to the batch)."""
+    that returns the query's answer (a dict) adds the means of its ``timings_ms`` to ``server_ms`` (where the
+    server spent each request's time: search, relevance, generation, and the rest of ``total_ms``, mostly
+    waiting to be admitted to the batch) and its ``completion_tokens`` to ``answer_tokens`` (mean and max: rows
+    decode in step, so a batch's wall time follows its longest answer)."""
     latencies: list[float] = []
     timings: list[dict[str, float]] = []
+    tokens: list[int] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     errors: list[str] = []
@@ -107,7 +109,8 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
             with lock:
                 latencies.append(time.perf_counter() - t0)
                 if isinstance(got, dict):
-                    timings.append(got)
+                    timings.append(got.get("timings_ms") or {})
+                    tokens.append(int(got.get("completion_tokens") or 0))
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -120,6 +123,7 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
     if timings:
         keys = sorted({k for t in timings for k in t})
         out["server_ms"] = {k: round(float(np.mean([t.get(k, 0.0) for t in timings])), 1) for k in keys}
+        out["answer_tokens"] = {"mean": round(float(np.mean(tokens)), 1), "max": max(tokens)}
     out["errors"] = len(errors)
     if errors:
         out["first_error"] = errors[0][:300]
@@ -271,9 +275,10 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
         return body
 
-    def in_process(i: int) -> dict[str, float]:
+    def in_process(i: int) -> dict[str, Any]:
         q = _question(i % n_docs)
-        return mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False).timings_ms
+        r = mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
+        return {"timings_ms": r.timings_ms, "completion_tokens": r.completion_tokens}
 
     result: dict[str, Any] = {
         "documents": n_docs,
@@ -308,7 +313,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
                             raise Busy(r.text[:200])
                         if r.status_code != 200:
                             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-                        return r.json().get("timings_ms") if route == "/query" else None
+                        return r.json() if route == "/query" else None
 
                     return call
 
