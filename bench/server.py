@@ -18,6 +18,9 @@ paths then measure the same thing. Against each:
   the first byte of the answer on its stdout; ``ask_first_token_typer`` the same through the typer app
   (``memory.cli:main``, the console script before).
 
+Each query run also holds ``server_ms``, the means of the server's own timings of its queries (search,
+relevance, generation, total), and ``answer_tokens`` (mean, max): rows decode in step, so a batch lasts as long
+as its longest answer, and the mixed and same adapter runs answer different questions.
 ``search`` (``POST /search`` at 1, 8 and 32 clients) is measured once, on the batched server. ``goals`` holds
 each of the issue's thresholds with the batched path's value and a boolean. The machine's load average is
 recorded: on a shared CPU the figures also measure the neighbours.

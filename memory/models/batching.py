@@ -30,14 +30,23 @@ what a batch row computes. For the CPU's sake the generation queue of :mod:`memo
 alone: it starts when no batched call is in flight, and batched calls that arrive after it wait for it.
 
 What batching buys on a 2-core CPU (SmolLM2-135M, bfloat16, one torch thread, retrieval prompts of ~90 tokens,
-8 new tokens; DEBUG log of this module): a decode step costs ~55 ms for 1 row and ~65 ms for 8, so decoding is
-nearly free per extra row; a prefill costs 1-2 ms per prompt token whatever the batch (the CPU is compute
-bound), so 8 queries arriving together take ~1.3 s of prefill and ~0.5 s of decoding. Prefill bounds the gain:
-``OMP_NUM_THREADS=1 python -m bench.server --quick`` gave 1.47 / 2.98 / 3.17 queries/s with 1 / 8 / 32 clients
-(p95 0.70 / 2.69 / 10.1 s), and 1.51 / 1.52 / 1.53 (p95 0.68 / 5.0 / 19.8 s) with ``PMEM_SERVER_MAX_BATCH=1``,
-the one-at-a-time path, run just after. Longer answers gain more. Rows with 8 different adapters cost ~1.13x
-the decode step of 8 rows on one adapter (LoRA factors in float32 on a bfloat16 CPU model:
-:func:`memory.lora.apply.bind_lora`).
+16 new tokens; ``python -m bench.server_profile``, which reads :class:`SchedulerStats`, on a machine shared with
+another job, load 3-4): in the steady state of 8 clients the scheduler thread is busy 98% of the time, so its
+time per query bounds throughput: ~560 ms of wall time (prefill ~110, decode ~430, the rest ~25) against
+~1,800 ms for one client alone (prefill ~200, 16 decode steps of ~110 ms). A decode step of ~7.3 rows costs
+~1.2x the one-row step on a quiet CPU (55 / 65 ms) but ~1.9x under that load (110 / 210 ms: eight rows
+multiply the arithmetic, which suffers most from a neighbour), and that ratio is what bounds the gain. Two
+fixes came from the profile. The prefill asked transformers for the last position's logits with
+``logits_to_keep=1``, which ran the 49k-token vocabulary head on a strided slice, a slow bfloat16 CPU path:
+~215 ms per row, 57% of the scheduler's time at 8 clients; an index tensor (:func:`keep_last`) takes ~12 ms
+and gives the same logits. And a kept prompt prefix (:class:`_Prefixes`) saves 25 of ~90 prompt tokens per
+query. ``OMP_NUM_THREADS=1 pmem bench server --json`` then gave 0.72 / 2.82 / 2.97 queries/s at 1 / 8 / 32
+clients (p95 1.5 / 3.4 / 11.5 s, no error, no ``busy``; 3.92x at 8 clients, 4.06x in a run just before), and
+0.74 / 0.77 / 0.75 with ``PMEM_SERVER_MAX_BATCH=1``, the one-at-a-time path. Rows decode in step, so a batch
+lasts as long as its longest answer: 8 parametric queries on 8 adapters answered up to 9 tokens against 3 for
+8 identical ones on one adapter (1.44 s against 0.84 s), while a decode step of rows on 8 adapters cost about
+what one of rows on one adapter did (82-102 ms against 85-96 ms in-process; LoRA factors in float32 on a
+bfloat16 CPU model: :func:`memory.lora.apply.bind_lora`).
 
 Latency of one query through ``pmem serve`` against the same call in-process (10 interleaved pairs, one torch
 thread, load average ~3 from other jobs): 0.97 s against 0.92 s with ``max_batch=1``, 1.12-1.26 s against
