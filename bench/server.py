@@ -18,6 +18,9 @@ paths then measure the same thing. Against each:
   the first byte of the answer on its stdout; ``ask_first_token_typer`` the same through the typer app
   (``memory.cli:main``, the console script before).
 
+Each query run also holds ``server_ms``, the means of the server's own timings of its queries (search,
+relevance, generation, total), and ``answer_tokens`` (mean, max): rows decode in step, so a batch lasts as long
+as its longest answer, and the mixed and same adapter runs answer different questions.
 ``search`` (``POST /search`` at 1, 8 and 32 clients) is measured once, on the batched server. ``goals`` holds
 each of the issue's thresholds with the batched path's value and a boolean. The machine's load average is
 recorded: on a shared CPU the figures also measure the neighbours.
@@ -78,9 +81,15 @@ def _stats(latencies: list[float], wall_s: float) -> dict[str, Any]:
     }
 
 
-def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
-    """``clients`` threads share ``requests`` calls; each thread builds its own caller (its connection)."""
+def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], Any]]) -> dict[str, Any]:
+    """``clients`` threads share ``requests`` calls; each thread builds its own caller (its connection). A call
+    that returns the query's answer (a dict) adds the means of its ``timings_ms`` to ``server_ms`` (where the
+    server spent each request's time: search, relevance, generation, and the rest of ``total_ms``, mostly
+    waiting to be admitted to the batch) and its ``completion_tokens`` to ``answer_tokens`` (mean and max: rows
+    decode in step, so a batch's wall time follows its longest answer)."""
     latencies: list[float] = []
+    timings: list[dict[str, float]] = []
+    tokens: list[int] = []
     lock = threading.Lock()
     counter = iter(range(requests))
     errors: list[str] = []
@@ -96,12 +105,15 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
                 return
             t0 = time.perf_counter()
             try:
-                call(i)
+                got = call(i)
             except Exception as e:  # noqa: BLE001 - counted, reported
                 errors.append(f"{type(e).__name__}: {e}")
                 continue
             with lock:
                 latencies.append(time.perf_counter() - t0)
+                if isinstance(got, dict):
+                    timings.append(got.get("timings_ms") or {})
+                    tokens.append(int(got.get("completion_tokens") or 0))
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
@@ -111,6 +123,10 @@ def _drive(clients: int, requests: int, make_call: Callable[[], Callable[[int], 
     for t in threads:
         t.join()
     out = _stats(latencies, time.perf_counter() - t0)
+    if timings:
+        keys = sorted({k for t in timings for k in t})
+        out["server_ms"] = {k: round(float(np.mean([t.get(k, 0.0) for t in timings])), 1) for k in keys}
+        out["answer_tokens"] = {"mean": round(float(np.mean(tokens)), 1), "max": max(tokens)}
     out["errors"] = len(errors)
     if errors:
         out["first_error"] = errors[0][:300]
@@ -131,18 +147,18 @@ class Busy(Exception):
     """The server answered 503 busy: counted apart from errors."""
 
 
-def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Callable[[int], None]]) -> dict[str, Any]:
+def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Callable[[int], Any]]) -> dict[str, Any]:
     """:func:`_drive`, with the 503 ``busy`` answers counted as ``busy`` instead of errors."""
     busy = 0
     lock = threading.Lock()
 
-    def make() -> Callable[[int], None]:
+    def make() -> Callable[[int], Any]:
         call = make_call()
 
-        def counted(i: int) -> None:
+        def counted(i: int) -> Any:
             nonlocal busy
             try:
-                call(i)
+                return call(i)
             except Busy:
                 with lock:
                     busy += 1
@@ -262,9 +278,10 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
         return body
 
-    def in_process(i: int) -> None:
+    def in_process(i: int) -> dict[str, Any]:
         q = _question(i % n_docs)
-        mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
+        r = mem.query(q, namespace=NS, mode="retrieval", k=2, max_new_tokens=max_new_tokens, log=False)
+        return {"timings_ms": r.timings_ms, "completion_tokens": r.completion_tokens}
 
     result: dict[str, Any] = {
         "documents": n_docs,
@@ -289,16 +306,17 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
             def http_caller(
                 route: str, body: Callable[[int], dict[str, Any]], url: str = url
-            ) -> Callable[[], Callable[[int], None]]:
-                def make() -> Callable[[int], None]:
+            ) -> Callable[[], Callable[[int], Any]]:
+                def make() -> Callable[[int], Any]:
                     client = httpx.Client(base_url=url, headers=headers, timeout=1800)
 
-                    def call(i: int) -> None:
+                    def call(i: int) -> Any:
                         r = client.post(f"/v1/namespaces/{NS}{route}", json=body(i))
                         if r.status_code == 503 and "busy" in r.text:
                             raise Busy(r.text[:200])
                         if r.status_code != 200:
                             raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+                        return r.json() if route == "/query" else None
 
                     return call
 

@@ -57,6 +57,46 @@ def test_staggered_rows_with_their_own_adapters_equal_one_at_a_time(base) -> Non
     assert got[0].token_ids != _solo(base, prompts[0], None, 20).token_ids  # the adapters mattered
 
 
+def test_prompts_that_start_alike_reuse_the_prefix_cache_and_equal_one_at_a_time(base) -> None:
+    """A prompt that starts with a kept prefix of its adapter is prefilled from the token after it, beside rows
+    with another prefix or none, in one forward pass; every row still equals one-at-a-time generation."""
+    head = "read the text and answer the question. text: "
+    ad = rand_adapter(base, 4, 11)
+    sched = BatchScheduler(base, max_batch=8)
+    try:
+        for tail in ("the door is red.", "a cat sat."):  # two prompts teach each adapter the shared head
+            for a in (None, ad):
+                sched.submit(Request(base.encode(head + tail), (a,) if a else (), max_new_tokens=4)).result(60)
+        assert sched.prefixes is not None and sched.prefixes.hits == 0
+        rows = [
+            (head + "the locker is blue. q: colour?", None, 12),
+            (head + "two plus two is four", ad, 10),
+            ("something else entirely, no shared head", None, 9),  # no kept prefix: prefilled whole
+            (head + "a cat sat.", None, 7),  # the whole prompt but its last token is known
+            (head + "x", ad, 12),
+        ]
+        with sched._cv:  # queued together: one prefill for all of them
+            reqs = [sched.submit(Request(base.encode(t), (a,) if a else (), max_new_tokens=n)) for t, a, n in rows]
+        got = [r.result(timeout=60) for r in reqs]
+        assert sched.prefixes.hits == 4 and sched.prefixes.saved >= 4 * len(base.encode(head)) - 4
+        first = 2 * sum(len(base.encode(head + tail)) for tail in ("the door is red.", "a cat sat."))  # whole
+        fed = first + sum(len(base.encode(t)) for t, _, _ in rows) - sched.prefixes.saved
+        assert (sched.stats.prefill_rows, sched.stats.prefill_tokens) == (9, fed)
+        assert sched.stats.busy_s >= sched.stats.prefill_s + sched.stats.decode_s > 0
+    finally:
+        sched.close()
+    for (text, a, n), g in zip(rows, got, strict=True):
+        solo = _solo(base, base.encode(text), a, n)
+        assert (g.text, g.token_ids, g.finish_reason) == (solo.text, solo.token_ids, solo.finish_reason)
+        assert g.token_logprobs == pytest.approx(solo.token_logprobs, abs=1e-4)
+    no_reuse = BatchScheduler(base, prefix_cache=False)
+    try:
+        assert no_reuse.prefixes is None
+        assert no_reuse.submit(Request(base.encode(rows[0][0]), max_new_tokens=12)).result(60).text == got[0].text
+    finally:
+        no_reuse.close()
+
+
 def test_stop_strings_cancel_and_the_token_budget(base) -> None:
     prompt = base.encode("what is two plus two?")
     free = _solo(base, prompt, None, 24)
@@ -108,6 +148,22 @@ def test_generate_inside_batched_goes_through_the_scheduler(base) -> None:
         pool.close()
     assert [g.token_ids for g in routed] == [g.token_ids for g in direct]
     assert [g.text for g in routed] == [g.text for g in direct]
+
+
+def test_prefill_keeps_the_last_position_as_an_index(base) -> None:
+    """``keep_last`` (an index tensor, not ``logits_to_keep=1``: a slow bfloat16 path on CPU) gives each left
+    padded row the logits of its last prompt token, equal to the full forward's."""
+    import torch
+
+    from memory.models.base import keep_last
+
+    ids, mask = base.left_pad([base.encode("hello there"), base.encode("a"), base.encode("what is two plus two?")])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        full = base.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        last = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep_last(ids)).logits
+    assert last.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full, rtol=0, atol=1e-5)
 
 
 def test_confidence_from_the_decode_loop_equals_a_second_forward_pass(base) -> None:
@@ -203,6 +259,9 @@ def test_real_model_concurrent_queries_equal_sequential_ones(tmp_path) -> None:
     assert asyncio.run(main()) == sequential
     sched = amem.generation.batching.scheduler(mem.runtime.base_model)
     assert sched.max_rows > 1
+    # again: the prompts now start with a kept prefix (chat template, system prompt, instruction)
+    assert asyncio.run(main()) == sequential
+    assert sched.prefixes is not None and sched.prefixes.hits >= len(questions)
 
     async def leave_early() -> float:
         stream = amem.stream_query("Write a long story about a dragon.", **{**kw, "max_new_tokens": 400})

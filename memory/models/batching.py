@@ -10,7 +10,9 @@ share that step. :class:`BatchScheduler` runs the loop:
    prompt plus its ``max_new_tokens``) stay within ``max_tokens``; a request alone is always admitted.
 2. The admitted requests are prefilled together (left padded) and their KV cache joins the running batch's:
    both are left padded to one width, each row keeps its own position ids, and the attention mask hides the
-   padding, so every row computes what it would alone.
+   padding, so every row computes what it would alone. A prompt that starts like an earlier one of the same
+   adapter (the chat template, the system prompt, the instruction before the passages) is prefilled from the
+   end of that kept prefix on: its keys and values are copied into the pass's cache (:class:`_Prefixes`).
 3. Each step picks every row's next token (greedy, or sampled with the row's own seeded generator), streams
    the new text, and decodes all rows in one forward pass, each row with its own adapters.
 4. A row that ends (end of turn, a stop string, ``max_new_tokens``) or whose ``cancel`` event is set leaves at
@@ -28,14 +30,23 @@ what a batch row computes. For the CPU's sake the generation queue of :mod:`memo
 alone: it starts when no batched call is in flight, and batched calls that arrive after it wait for it.
 
 What batching buys on a 2-core CPU (SmolLM2-135M, bfloat16, one torch thread, retrieval prompts of ~90 tokens,
-8 new tokens; DEBUG log of this module): a decode step costs ~55 ms for 1 row and ~65 ms for 8, so decoding is
-nearly free per extra row; a prefill costs 1-2 ms per prompt token whatever the batch (the CPU is compute
-bound), so 8 queries arriving together take ~1.3 s of prefill and ~0.5 s of decoding. Prefill bounds the gain:
-``OMP_NUM_THREADS=1 python -m bench.server --quick`` gave 1.47 / 2.98 / 3.17 queries/s with 1 / 8 / 32 clients
-(p95 0.70 / 2.69 / 10.1 s), and 1.51 / 1.52 / 1.53 (p95 0.68 / 5.0 / 19.8 s) with ``PMEM_SERVER_MAX_BATCH=1``,
-the one-at-a-time path, run just after. Longer answers gain more. Rows with 8 different adapters cost ~1.13x
-the decode step of 8 rows on one adapter (LoRA factors in float32 on a bfloat16 CPU model:
-:func:`memory.lora.apply.bind_lora`).
+16 new tokens; ``python -m bench.server_profile``, which reads :class:`SchedulerStats`, on a machine shared with
+another job, load 3-4): in the steady state of 8 clients the scheduler thread is busy 98% of the time, so its
+time per query bounds throughput: ~560 ms of wall time (prefill ~110, decode ~430, the rest ~25) against
+~1,800 ms for one client alone (prefill ~200, 16 decode steps of ~110 ms). A decode step of ~7.3 rows costs
+~1.2x the one-row step on a quiet CPU (55 / 65 ms) but ~1.9x under that load (110 / 210 ms: eight rows
+multiply the arithmetic, which suffers most from a neighbour), and that ratio is what bounds the gain. Two
+fixes came from the profile. The prefill asked transformers for the last position's logits with
+``logits_to_keep=1``, which ran the 49k-token vocabulary head on a strided slice, a slow bfloat16 CPU path:
+~215 ms per row, 57% of the scheduler's time at 8 clients; an index tensor (:func:`keep_last`) takes ~12 ms
+and gives the same logits. And a kept prompt prefix (:class:`_Prefixes`) saves 25 of ~90 prompt tokens per
+query. ``OMP_NUM_THREADS=1 pmem bench server --json`` then gave 0.72 / 2.82 / 2.97 queries/s at 1 / 8 / 32
+clients (p95 1.5 / 3.4 / 11.5 s, no error, no ``busy``; 3.92x at 8 clients, 4.06x in a run just before), and
+0.74 / 0.77 / 0.75 with ``PMEM_SERVER_MAX_BATCH=1``, the one-at-a-time path. Rows decode in step, so a batch
+lasts as long as its longest answer: 8 parametric queries on 8 adapters answered up to 9 tokens against 3 for
+8 identical ones on one adapter (1.44 s against 0.84 s), while a decode step of rows on 8 adapters cost about
+what one of rows on one adapter did (82-102 ms against 85-96 ms in-process; LoRA factors in float32 on a
+bfloat16 CPU model: :func:`memory.lora.apply.bind_lora`).
 
 Latency of one query through ``pmem serve`` against the same call in-process (10 interleaved pairs, one torch
 thread, load average ~3 from other jobs): 0.97 s against 0.92 s with ``max_batch=1``, 1.12-1.26 s against
@@ -57,6 +68,7 @@ generation queue sets it around the server's queries), so the query code is the 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import time
@@ -74,11 +86,22 @@ from memory.batch_route import Batching, Route, batched, current_route
 from memory.errors import PMemError, ValidationError
 from memory.lora.adapter import LoraAdapter, concat
 from memory.lora.apply import LoraBinding, bind_lora
-from memory.models.base import Generation, _find_stop, _pick, _stream_safe, token_logprobs
+from memory.models.base import Generation, _find_stop, _pick, _stream_safe, keep_last, token_logprobs
 
-__all__ = ["BatchScheduler", "Batching", "GenerationCancelled", "Request", "Route", "batched", "current_route"]
+__all__ = [
+    "BatchScheduler",
+    "Batching",
+    "GenerationCancelled",
+    "Request",
+    "Route",
+    "SchedulerStats",
+    "batched",
+    "current_route",
+]
 
 log = logging.getLogger(__name__)
+
+_KV = list[tuple[Tensor, Tensor]]  # per layer (keys, values), each [rows, kv heads, columns, head dim]
 
 
 class GenerationCancelled(PMemError):
@@ -246,6 +269,16 @@ class _Batch:
         self.rows = [self.rows[i] for i in idx]
 
 
+def _copy_kv(cache: Any, row: int, cols: list[int], n: int) -> _KV:
+    """Each layer's keys and values of one row at the first ``n`` of cache columns ``cols``, copied:
+    ``[1, heads, n, dim]``."""
+    sel = torch.tensor(cols[:n], device=_layers(cache)[0].keys.device)
+    return [
+        (layer.keys[row : row + 1].index_select(-2, sel), layer.values[row : row + 1].index_select(-2, sel))
+        for layer in _layers(cache)
+    ]
+
+
 def _layers(cache: Any) -> list[Any]:
     layers = getattr(cache, "layers", None)
     if layers is None or any(getattr(layer, "keys", None) is None for layer in layers):
@@ -256,6 +289,98 @@ def _layers(cache: Any) -> list[Any]:
     return list(layers)
 
 
+@dataclass
+class SchedulerStats:
+    """Where a scheduler's time went since it started (wall seconds on its thread): prefills, decode forwards,
+    and everything it did (``busy_s``: these plus picking tokens, streaming, joining and trimming the cache).
+    The thread idles (waits for requests) for the rest. ``bench/server_profile.py`` reads them."""
+
+    busy_s: float = 0.0
+    prefills: int = 0  # prefill forwards
+    prefill_rows: int = 0  # prompts they prefilled
+    prefill_tokens: int = 0  # prompt tokens they fed (a kept prefix's are not fed)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # decode forwards (steps: BatchScheduler.steps)
+    decode_rows: int = 0  # rows they decoded, summed over steps
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+class _Prefix:
+    """The KV cache of a prompt prefix under one adapter: per layer ``(keys, values)``, ``[1, heads, len, dim]``."""
+
+    def __init__(self, ids: tuple[int, ...], adapter: LoraAdapter | None, kv: _KV) -> None:
+        self.ids, self.adapter, self.kv = ids, adapter, kv  # the adapter is held: its id stays its own
+
+
+class _Prefixes:
+    """Prompt prefixes whose KV cache a prefill reuses: it computes only the rest of each prompt.
+
+    Prompts share a start: the chat template, the system prompt, the instruction before the passages (25 of
+    the ~90 tokens of a retrieval query). After each prefill a prompt's common prefix with the previous prompt
+    of the same adapter (:attr:`min_tokens` or longer) is kept, its keys and values copied out of the prefill's
+    cache; a later prompt that starts with a kept prefix (the longest one) is prefilled from the token after it.
+    The keys depend on the adapter (LoRA changes ``k_proj``/``v_proj`` and every layer's input), so a prefix
+    is kept per adapter identity. Least recently used prefixes go first once they hold :attr:`max_tokens` or
+    number more than :attr:`max_kept` (each holds its adapter).
+    """
+
+    def __init__(self, max_tokens: int, min_tokens: int = 16, max_kept: int = 32) -> None:
+        self.max_tokens, self.min_tokens, self.max_kept = max_tokens, min_tokens, max_kept
+        self.hits = 0  # prompts prefilled from a kept prefix
+        self.saved = 0  # prompt tokens not prefilled thanks to them
+        self._kept: OrderedDict[tuple[int, tuple[int, ...]], _Prefix] = OrderedDict()
+        self._tokens = 0
+        # the previous prompt of each adapter id; only a candidate length: what is kept comes from the prefill
+        # that just ran, under its own (held) adapter, so a reused id cannot mix two adapters' keys
+        self._last: OrderedDict[int, tuple[int, ...]] = OrderedDict()
+
+    def find(self, ids: list[int], adapter: LoraAdapter | None) -> _Prefix | None:
+        """The longest kept prefix of ``ids`` (shorter than ``ids``: the last token is always prefilled)."""
+        key, best = _adapter_key(adapter), None
+        for (k, pre_ids), pre in self._kept.items():
+            n = len(pre_ids)
+            if k == key and n < len(ids) and (best is None or n > len(best.ids)) and tuple(ids[:n]) == pre_ids:
+                best = pre
+        if best is not None:
+            self._kept.move_to_end((key, best.ids))
+            self.hits += 1
+            self.saved += len(best.ids)
+        return best
+
+    def learn(
+        self, ids: list[int], adapter: LoraAdapter | None, kv: Callable[[int], list[tuple[Tensor, Tensor]]]
+    ) -> None:
+        """Keep the prefix ``ids`` shares with the previous prompt of ``adapter`` if it is new and long enough;
+        ``kv(n)`` copies the keys and values of the first ``n`` tokens out of the prefill that just ran."""
+        key, now = _adapter_key(adapter), tuple(ids)
+        prev = self._last.get(key)
+        self._last[key] = now
+        self._last.move_to_end(key)
+        while len(self._last) > 64:
+            self._last.popitem(last=False)
+        if prev is None:
+            return
+        n = 0
+        for a, b in zip(prev, now, strict=False):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(now) - 1)
+        if n < self.min_tokens or n > self.max_tokens or (key, now[:n]) in self._kept:
+            return
+        self._kept[(key, now[:n])] = _Prefix(now[:n], adapter, kv(n))
+        self._tokens += n
+        while self._tokens > self.max_tokens or len(self._kept) > self.max_kept:
+            _, old = self._kept.popitem(last=False)
+            self._tokens -= len(old.ids)
+
+
+def _adapter_key(adapter: LoraAdapter | None) -> int:
+    return 0 if adapter is None else id(adapter)
+
+
 class BatchScheduler:
     """The thread that owns a base model's generations: requests join and leave one running batch.
 
@@ -264,19 +389,22 @@ class BatchScheduler:
         max_batch: rows decoded together at most.
         max_tokens: prompt + ``max_new_tokens`` tokens of the rows in flight at most (bounds the KV cache); a
             request that alone needs more still runs, alone.
+        prefix_cache: reuse the KV cache of prompt prefixes (:class:`_Prefixes`, up to ``max_tokens // 4``
+            tokens of them); off, every prompt is prefilled whole.
 
     >>> sched = BatchScheduler(base, max_batch=8)                  # doctest: +SKIP
     >>> sched.submit(Request(base.chat_ids("Hi"), max_new_tokens=8)).result().text   # doctest: +SKIP
     'Hello! How can I help you today?'
     """
 
-    def __init__(self, base: Any, *, max_batch: int = 8, max_tokens: int = 16384) -> None:
+    def __init__(self, base: Any, *, max_batch: int = 8, max_tokens: int = 16384, prefix_cache: bool = True) -> None:
         if max_batch < 1 or max_tokens < 1:
             raise ValidationError(f"need max_batch >= 1 and max_tokens >= 1, got {max_batch!r}, {max_tokens!r}")
         self.base, self.max_batch, self.max_tokens = base, max_batch, max_tokens
         self.steps = 0  # decode forwards run
         self.max_rows = 0  # the most rows one step decoded together
         self.cancelled = 0  # rows that left the batch because their caller gave up
+        self.stats = SchedulerStats()
         self._eos = torch.tensor(sorted(base.eos_token_ids) or [-1], device=base.device)
         self._cv = threading.Condition()
         self._queue: deque[Request] = deque()
@@ -284,6 +412,7 @@ class BatchScheduler:
         self._combined: OrderedDict[tuple[int, ...], tuple[tuple[LoraAdapter, ...], LoraAdapter]] = OrderedDict()
         # a key of one id: every row has that adapter (one shared binding, whatever the number of rows)
         self._bindings: OrderedDict[tuple[int, ...], tuple[list[LoraAdapter | None], LoraBinding]] = OrderedDict()
+        self.prefixes = _Prefixes(max(max_tokens // 4, 1)) if prefix_cache else None
         self._thread = threading.Thread(target=self._loop, name="pmem-batch", daemon=True)
         self._thread.start()
         _RUNNING.add(self)
@@ -374,8 +503,10 @@ class BatchScheduler:
             for req in dropped:
                 req._finish(error=GenerationCancelled("the generation was cancelled before it started"))
             try:
+                t0 = time.perf_counter()
                 with torch.inference_mode():
                     self._step(batch, new)
+                self.stats.busy_s += time.perf_counter() - t0
             except Exception as e:  # a failed step fails its rows, not the scheduler
                 log.exception("a batch step failed; its %d row(s) fail", len(batch.rows) + len(new))
                 for row in batch.rows:
@@ -452,25 +583,86 @@ class BatchScheduler:
         log.debug("decode %d row(s), width %d: %.0f ms", len(keep), mask.shape[1], (time.perf_counter() - t0) * 1e3)
         self.steps += 1
         self.max_rows = max(self.max_rows, len(keep))
+        self.stats.decode_s += time.perf_counter() - t0
+        self.stats.decode_rows += len(keep)
 
     def _prefill(self, batch: _Batch, new: list[_Row]) -> None:
+        """Prefill the new rows in one forward pass and join them to the batch.
+
+        A row whose prompt starts with a kept prefix (:class:`_Prefixes`) feeds only the rest of its prompt: the
+        pass starts from a cache holding each row's prefix keys and values, left padded to the longest prefix
+        (zeros and a masked column for a row without one), and the rests are left padded after it, so a row's
+        cache reads ``[pad][prefix][pad][rest]`` with positions counting only its own tokens.
+        """
         base = self.base
-        ids, mask = base.left_pad([r.req.prompt_ids for r in new])
+        prompts = [r.req.prompt_ids for r in new]
+        pres = [self.prefixes.find(p, r.adapter) for p, r in zip(prompts, new, strict=True)] if self.prefixes else []
+        lens = [len(pr.ids) if pr is not None else 0 for pr in pres] or [0] * len(new)
+        width = max(lens)
+        ids, mask = base.left_pad([p[n:] for p, n in zip(prompts, lens, strict=True)])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw: dict[str, Any] = {}
+        if width:
+            known = torch.zeros(len(new), width, dtype=mask.dtype, device=mask.device)
+            for i, n in enumerate(lens):
+                known[i, width - n :] = 1
+            mask = torch.cat([known, mask], dim=1)
+            pos = pos + torch.tensor(lens, device=pos.device)[:, None]
+            kw[base._cache_kw] = self._prefix_cache(next(p for p in pres if p is not None), pres, width)
         t0 = time.perf_counter()
         with self._binding([r.adapter for r in new]).active():
-            out = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            out = base.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=keep_last(ids),
+                **kw,
+            )
         t1 = time.perf_counter()
         log.debug(
-            "prefill %d row(s) of %d tokens beside %d: %.0f ms",
+            "prefill %d row(s) of %d tokens (%d from kept prefixes) beside %d: %.0f ms",
             len(new),
             ids.shape[1],
+            width,
             len(batch.rows),
             (t1 - t0) * 1e3,
         )
         for r in new:
             r.prefill_s, r.t_decode = t1 - t0, t1
-        batch.join(new, getattr(out, base._cache_kw), mask, pos[:, -1:], out.logits[:, -1, :])
+        st = self.stats
+        st.prefills, st.prefill_rows, st.prefill_s = st.prefills + 1, st.prefill_rows + len(new), st.prefill_s + t1 - t0
+        st.prefill_tokens += sum(len(p) - n for p, n in zip(prompts, lens, strict=True))
+        cache = getattr(out, base._cache_kw)
+        if self.prefixes is not None:
+            total = int(mask.shape[1])
+            for i, (p, r) in enumerate(zip(prompts, new, strict=True)):
+                # cache column of each of this row's prompt tokens: its prefix, then its rest
+                rest = len(p) - lens[i]
+                cols = list(range(width - lens[i], width)) + list(range(total - rest, total))
+                self.prefixes.learn(p, r.adapter, functools.partial(_copy_kv, cache, i, cols))
+        batch.join(new, cache, mask, pos[:, -1:], out.logits[:, -1, :])
+
+    def _prefix_cache(self, like: _Prefix, pres: list[_Prefix | None], width: int) -> Any:
+        """A transformers cache holding each row's prefix keys and values, left padded to ``width``."""
+        from memory.models.loader import HF_LOAD_LOCK
+
+        with HF_LOAD_LOCK:  # transformers resolves its names lazily, not thread-safely
+            from transformers import DynamicCache
+
+        data = []
+        for layer, (k0, v0) in enumerate(like.kv):
+            keys, values = [], []
+            for pre in pres:
+                if pre is None:
+                    keys.append(k0.new_zeros(*k0.shape[:2], width, k0.shape[-1]))
+                    values.append(v0.new_zeros(*v0.shape[:2], width, v0.shape[-1]))
+                else:
+                    k, v = pre.kv[layer]
+                    keys.append(_pad_left(k, width, -2))
+                    values.append(_pad_left(v, width, -2))
+            data.append((torch.cat(keys), torch.cat(values)))
+        return DynamicCache(data, config=self.base.model.config)
 
     def _combine(self, parts: tuple[LoraAdapter, ...]) -> LoraAdapter | None:
         """One adapter for a row's parts (rank concatenation), cached by the parts' identities."""
