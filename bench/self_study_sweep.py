@@ -11,7 +11,7 @@ Reported per recipe: ``contains`` for both, the adapter's fidelity on its held-b
 agreement with the teacher, teacher-forced, a finer signal than a handful of answers), and seconds per
 paragraph (all, teacher, training). Quick mode: 2 paragraphs.
 
-    OMP_NUM_THREADS=1 python -m bench.self_study_sweep --recipes '[{}, {"first_layer": 20}]' --limit 6
+    OMP_NUM_THREADS=1 python -m bench.self_study_sweep --recipes '[{}, {"top_layers": 1.0}]' --limit 6
 
 >>> run(quick=True)["recipes"][0]["overrides"]  # doctest: +SKIP
 {}
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data" / "realprose" / "dev_paragraphs.jsonl"
-DEFAULT_RECIPES: list[dict[str, Any]] = [{}, {"first_layer": 10}, {"first_layer": 20}]
+DEFAULT_RECIPES: list[dict[str, Any]] = [{}, {"top_layers": 1.0}, {"top_layers": 2 / 3}]
 MAX_NEW_TOKENS = 32
 
 

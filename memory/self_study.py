@@ -26,7 +26,7 @@ teacher's answer the student's own greedy answer contains) and the result is sto
 Cost on a CPU (where a paragraph must take seconds, not minutes): the teacher's distributions are computed with
 the passage's KV cache shared by all its prompts; a training batch runs its short (question alone) and long
 (question after its passage) samples as separate forward passes instead of padding all to the longest; and
-with ``first_layer`` the LoRA lives only in the top layers, so the layers below run once per sample
+with ``top_layers`` the LoRA lives only in the top layers (a third by default), so the layers below run once per sample
 (:class:`memory.distill.FrozenPrefix`) and a step is forward and backward through the top only. The figures
 that chose the defaults come from ``python -m bench.self_study_sweep`` (dev split).
 
@@ -103,7 +103,7 @@ class SelfStudyConfig:
 
     rank: int = 8
     target_modules: tuple[str, ...] = ("self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")
-    first_layer: int = 0  # the LoRA goes into decoder layers first_layer.. only (lower ones run once per sample)
+    top_layers: float = 1 / 3  # share of decoder layers, from the top, that carry the LoRA (the rest run once)
     chunk_tokens: int = 384  # the span the teacher sees in context
     generated_per_chunk: int = 8  # teacher-answered prompts per chunk (questions first)
     model_questions_per_chunk: int = 2  # of those, questions the base model writes itself
@@ -123,10 +123,18 @@ class SelfStudyConfig:
         for name in ("rank", "chunk_tokens", "steps_per_chunk", "batch_size", "top_k", "max_answer_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValidationError(f"self-study {name} must be >= 1, got {getattr(self, name)!r}")
-        if int(self.first_layer) < 0:
-            raise ValidationError(f"self-study first_layer must be >= 0, got {self.first_layer!r}")
         if not 0 < self.lr < 1:
             raise ValidationError(f"self-study lr must be in (0, 1), got {self.lr!r}")
+        if not 0 < self.top_layers <= 1:
+            raise ValidationError(f"self-study top_layers must be in (0, 1], got {self.top_layers!r}")
+
+    def first_layer(self, n_layers: int) -> int:
+        """The lowest decoder layer that gets the LoRA in a model of ``n_layers`` (at least the top one).
+
+        >>> SelfStudyConfig().first_layer(30), SelfStudyConfig(top_layers=1).first_layer(30)
+        (20, 0)
+        """
+        return n_layers - max(1, round(n_layers * self.top_layers))
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -438,7 +446,7 @@ def self_study(
         seed=cfg.seed,
         progress=(lambda step, n, _loss: progress("train", step, n)) if progress else None,
         checkpoint=state_dir / "train.pt" if state_dir is not None else None,
-        first_layer=cfg.first_layer,
+        first_layer=cfg.first_layer(base.model.config.num_hidden_layers),
     )
     data = [asdict(s) for s in samples]
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")

@@ -72,6 +72,7 @@ def test_self_study_trains_an_adapter_with_provenance_on_a_tiny_model():
     r = self_study(base, TEXT, TINY, progress=lambda stage, done, total: seen.append((stage, done, total)))
     assert r.steps == 6 and r.loss_last < r.loss_first
     assert r.adapter.rank == 2 and r.adapter.target_modules == ["mlp.down_proj"]
+    assert list(r.adapter.weights) == ["model.layers.1.mlp.down_proj"]  # the top third of 2 layers: the top one
     assert any(float(b.abs().sum()) > 0 for _, b in r.adapter.weights.values())
     assert from_bytes(to_bytes(r.adapter)).metadata["method"] == "self-study"
     assert {s for s, _, _ in seen} == {"teacher", "train"} and seen[-1] == ("train", 6, 6)
@@ -97,6 +98,8 @@ def test_bad_input_and_bad_recipes_are_refused():
         SelfStudyConfig(rank=0)
     with pytest.raises(ValidationError):
         SelfStudyConfig(lr=3.0)
+    with pytest.raises(ValidationError):
+        SelfStudyConfig(top_layers=0)
 
 
 def test_router_keeps_an_adapter_of_low_measured_fidelity_out_of_auto():
