@@ -41,7 +41,10 @@ METHODS = ("auto", "d2l", "cd", "self-study")
 INSTANT_METHODS = ("auto", "d2l", "cd")
 CD_DEFAULTS = {"method": "context-distillation", "version": 1}
 # Bump "version" whenever memory.self_study's default recipe changes: it names the adapters' identity.
-SELF_STUDY_DEFAULTS = {"method": "self-study", "version": 3}  # 2: in-context samples; 3: LoRA in the top third of the layers only
+SELF_STUDY_DEFAULTS = {
+    "method": "self-study",
+    "version": 3,
+}  # 2: in-context samples; 3: LoRA in the top third of the layers only
 
 __all__ = [
     "CDInternalizer",
