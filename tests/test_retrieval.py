@@ -578,6 +578,30 @@ def test_langchain_adapter():
     assert "DeterministicFakeEmbedding" in emb.name
 
 
+def test_a_repeated_query_is_embedded_once():
+    """Search and the relevance check of one request embed the same question: the second is a lookup."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    calls: list[str] = []
+
+    class Counting(DeterministicFakeEmbedding):
+        def embed_query(self, text: str) -> list[float]:
+            calls.append(text)
+            return super().embed_query(text)
+
+    emb = as_embedder(Counting(size=6))
+    first = emb.embed_query("where is the vault?")
+    again = emb.embed_query("where is the vault?")
+    assert calls == ["where is the vault?"] and np.array_equal(first, again)
+    with pytest.raises(ValueError):
+        again[0] = 1.0  # shared between callers: read-only
+    emb._recent.size = 2
+    for q in ("a", "b", "c"):
+        emb.embed_query(q)
+    emb.embed_query("where is the vault?")  # evicted by the three newer ones
+    assert calls.count("where is the vault?") == 2
+
+
 def test_llamaindex_adapter():
     from llama_index.core.embeddings import MockEmbedding
 

@@ -25,7 +25,8 @@ import importlib.util
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,6 +65,30 @@ class Embedder(Protocol):
 
 
 # ---------------------------------------------------------------------------- helpers
+class _RecentQueries:
+    """The vectors of the last ``size`` queries (thread-safe LRU). A query is embedded by the search and again
+    by the relevance check of the same request; the second one is a lookup. Returned arrays are read-only."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str, embed: Callable[[str], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            vec = self._vectors.get(text)
+            if vec is not None:
+                self._vectors.move_to_end(text)
+                return vec
+        vec = embed(text)
+        vec.setflags(write=False)
+        with self._lock:
+            self._vectors[text] = vec
+            while len(self._vectors) > self.size:
+                self._vectors.popitem(last=False)
+        return vec
+
+
 def _check_texts(texts: Any) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise ValidationError("embed_documents takes a list of strings, not a single string; use embed_query")
@@ -195,6 +220,7 @@ class MiniLMEmbedder:
             raise ValidationError(f"batch_size must be >= 1, got {batch_size!r}")
         self.model_dir = Path(model_dir) if model_dir is not None else minilm_model_dir()
         self.batch_size = batch_size
+        self._recent = _RecentQueries()
         self.device = device
         config = self._read_json("config.json")
         self._dim = int(config["hidden_size"])
@@ -263,7 +289,7 @@ class MiniLMEmbedder:
         """
         if not isinstance(text, str):
             raise ValidationError(f"query must be a str, got {type(text).__name__}")
-        return self.embed_documents([text])[0]
+        return self._recent.get(text, lambda t: self.embed_documents([t])[0])
 
 
 # ---------------------------------------------------------------------------- adapters
@@ -275,6 +301,7 @@ class _WrappedEmbedder:
     def __init__(self, obj: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.obj = obj
         self.batch_size = batch_size
+        self._recent = _RecentQueries()
         self._dim: int | None = getattr(obj, "dim", None) if isinstance(getattr(obj, "dim", None), int) else None
 
     # subclasses: one call into the wrapped library each
@@ -337,7 +364,7 @@ class _WrappedEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         if not isinstance(text, str):
             raise ValidationError(f"query must be a str, got {type(text).__name__}")
-        return self._as_matrix([self._query(text)], 1)[0]
+        return self._recent.get(text, lambda t: self._as_matrix([self._query(t)], 1)[0])
 
 
 class LangChainEmbedder(_WrappedEmbedder):
