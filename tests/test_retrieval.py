@@ -593,7 +593,7 @@ def test_a_repeated_query_is_embedded_once():
     first = emb.embed_query("where is the vault?")
     again = emb.embed_query("where is the vault?")
     assert calls == ["where is the vault?"] and np.array_equal(first, again)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         again[0] = 1.0  # shared between callers: read-only
     emb._recent.size = 2
     for q in ("a", "b", "c"):
