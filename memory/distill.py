@@ -585,18 +585,16 @@ def fit_kl(
         batch = [order.pop(0) for _ in range(min(batch_size, n))]
         # Samples of very different lengths (a question alone, a question after its passage) run as separate
         # forward passes rather than padded to the longest; the loss is a mean over tokens, so order is free.
-        groups = length_groups([len(student_prompts[i]) + len(responses[i]) for i in batch])
-        batch = [batch[j] for g in groups for j in g]
-        parts = []
+        lengths = [len(student_prompts[i]) + len(responses[i]) for i in batch]
+        groups = [[batch[j] for j in g] for g in length_groups(lengths)]
+        batch = [i for g in groups for i in g]
         with _math_attention(base), apply_lora(base, adapter):
-            at = 0
-            for g in groups:
-                sub = batch[at : at + len(g)]
-                at += len(g)
-                if prefix is not None:
-                    parts.append(prefix.answer_logits(sub))
-                else:
-                    parts.append(_answer_logits(base, [student_prompts[i] for i in sub], [responses[i] for i in sub]))
+            parts = [
+                prefix.answer_logits(g)
+                if prefix is not None
+                else _answer_logits(base, [student_prompts[i] for i in g], [responses[i] for i in g])
+                for g in groups
+            ]
         logits = torch.cat(parts)
         t_lp = torch.cat([teacher[i][0] for i in batch]).to(logits.device)
         t_idx = torch.cat([teacher[i][1] for i in batch]).to(logits.device)
