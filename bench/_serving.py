@@ -15,14 +15,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120) -> None:
-    """Return once ``url``/healthz answers 200; raise with the server's log when it exits or times out."""
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120, health: str = "/healthz"
+) -> None:
+    """Return once ``url`` + ``health`` answers 200; raise with the server's log when it exits or times out."""
     import httpx  # the server extra's client, imported only by the benchmarks that start a server
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{health}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass

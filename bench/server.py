@@ -11,7 +11,14 @@ paths then measure the same thing. Against each:
   and 32 clients; each client is a thread with its own keep-alive connection. A 503 ``busy`` is counted apart
   from errors (the bound on waiting generations is the server's default);
 - ``adapters``: 8 ``parametric`` queries in flight at once, each naming a different document (so a different
-  adapter per row), against 8 that all name the same document; ``ratio`` is mixed wall time / same wall time;
+  adapter per row), against 8 that all name the same document; ``mixed_vs_same`` is mixed wall time / same wall
+  time. Rows decode in step, so a batch lasts as long as its longest answer, and the adapters' answers differ in
+  length: this ratio also measures how long each adapter's answer is;
+- ``engine_adapters``: the same comparison with equal answer lengths, the way vLLM's serving benchmark makes
+  them: a ``pmem engine`` process (``--max-batch`` as the path's server) with the 8 adapters loaded in PEFT
+  format gets 8 completions in flight at once (``max_tokens`` 16, ``ignore_eos``, greedy), each naming another
+  adapter, against 8 on one adapter; the median of ``ENGINE_ROUNDS`` alternating rounds. This is the cost of
+  mixing adapters in one batch, the issue's goal;
 - ``single_client``: one client's query p50 through the server against the same call in this process;
 - ``ask_first_token``: ``pmem ask`` through the server as a new process, started as the ``pmem`` console script
   starts (``memory.entry:main``, whose plain remote ask needs only the standard library), from process start to
@@ -174,14 +181,17 @@ def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Ca
     return out
 
 
-def _start_server(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(
+    env: dict[str, str], log_path: Path, command: tuple[str, ...] = ("serve", "--query-timeout", "1800")
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``pmem <command>`` on a free loopback port (``serve`` by default; ``engine`` answers ``/health``)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "memory.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--log-level", "warning", "--query-timeout", "1800"]
+    cmd = [sys.executable, "-m", "memory.cli", *command, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log_path)
+        wait_healthy(url, proc, log_path, health="/health" if command[0] == "engine" else "/healthz")
     except BaseException:
         _stop(proc)
         raise
@@ -223,6 +233,59 @@ def ask_first_token(
     }
 
 
+ENGINE_ROUNDS = 3
+
+
+def engine_adapters(
+    env: dict[str, str], log_path: Path, peft_dirs: list[Path], prompts: list[str], max_tokens: int, max_batch: str
+) -> dict[str, Any]:
+    """On a ``pmem engine`` process with ``max_batch`` rows and the adapters of ``peft_dirs`` loaded: 8 greedy
+    completions of ``max_tokens`` tokens exactly (``ignore_eos``) in flight at once, each prompt ``i`` with
+    adapter ``i`` (mixed) or all with adapter 0 (same); :data:`ENGINE_ROUNDS` rounds of each, alternating."""
+    import httpx
+
+    proc, url = _start_server(env, log_path, ("engine", "--max-batch", max_batch))
+    try:
+        names = [f"bench-{i}" for i in range(len(peft_dirs))]
+        for name, path in zip(names, peft_dirs, strict=True):
+            r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=60)
+            r.raise_for_status()
+
+        def caller(adapter: Callable[[int], int]) -> Callable[[], Callable[[int], Any]]:
+            def make() -> Callable[[int], Any]:
+                client = httpx.Client(base_url=url, timeout=1800)
+
+                def call(i: int) -> None:
+                    body = {"model": names[adapter(i)], "prompt": prompts[i], "max_tokens": max_tokens}
+                    r = client.post("/v1/completions", json={**body, "temperature": 0, "ignore_eos": True})
+                    r.raise_for_status()
+                    if r.json()["usage"]["completion_tokens"] != max_tokens:
+                        raise RuntimeError(f"expected {max_tokens} tokens: {r.text[:200]}")
+
+                return call
+
+            return make
+
+        n = len(names)
+        _drive(n, n, caller(lambda i: i))  # warm-up: every adapter's first use
+        same, mixed = [], []
+        for _ in range(ENGINE_ROUNDS):
+            same.append(_drive(n, n, caller(lambda i: 0)))
+            mixed.append(_drive(n, n, caller(lambda i: i)))
+    finally:
+        _stop(proc)
+    same_s = float(np.median([r["wall_s"] for r in same]))
+    mixed_s = float(np.median([r["wall_s"] for r in mixed]))
+    return {
+        "max_batch": max_batch,
+        "max_tokens": max_tokens,
+        "same_adapter_wall_s": [r["wall_s"] for r in same],
+        "mixed_adapters_wall_s": [r["wall_s"] for r in mixed],
+        "errors": sum(r["errors"] for r in same + mixed),
+        "mixed_vs_same": round(mixed_s / same_s, 2) if same_s else None,
+    }
+
+
 def _goal(name: str, value: float | None) -> dict[str, Any]:
     op, bound = GOALS[name]
     met = None if value is None else (value >= bound if op == ">=" else value <= bound)
@@ -234,6 +297,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
 
     from memory.api import ParametricMemory
     from memory.config import Settings
+    from memory.lora.io import save_peft
     from memory.server.auth import KeyStore
 
     n_docs = 200 if quick else 1000
@@ -258,6 +322,10 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     adapted = [mem.internalize(f"fact-{i}", namespace=NS).method for i in range(ADAPTER_DOCS)]
     internalize_s = time.perf_counter() - t0
+    peft_dirs = []
+    for d in range(ADAPTER_DOCS):  # the engine's copies of the 8 adapters, in PEFT format
+        info = mem.adapters(namespace=NS, document_id=f"fact-{d}")[0]
+        peft_dirs.append(save_peft(mem.load_adapter(info), home / "peft" / f"fact-{d}", "bench"))
     key = KeyStore.for_memory(mem).create("bench", role="read", namespaces=[NS]).secret
     headers = {"Authorization": f"Bearer {key}"}
 
@@ -347,6 +415,14 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
                 "in_process": local_1,
                 "server_vs_in_process": round(server_1["p50_ms"] / local_1["p50_ms"], 2),
             }
+            out["engine_adapters"] = engine_adapters(
+                env,
+                home / f"engine-{path}.log",
+                peft_dirs,
+                [_question(q) for q in range(ADAPTER_DOCS)],
+                max_new_tokens,
+                max_batch or "8",
+            )
             ask_env = {**env, "PMEM_URL": url, "PMEM_API_KEY": key}
             out["ask_first_token"] = ask_first_token(ask_env, _question(3), max_new_tokens, ask_runs)
             out["ask_first_token_typer"] = ask_first_token(
@@ -367,7 +443,8 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
             "threshold": "== 0",
             "met": batched["query"]["32"]["errors"] == 0,
         },
-        "adapter_mix_vs_one_adapter": _goal("adapter_mix_vs_one_adapter", batched["adapters"]["mixed_vs_same"]),
+        # equal answer lengths (the engine, ignore_eos); the memory server's own ratio is in paths.batched.adapters
+        "adapter_mix_vs_one_adapter": _goal("adapter_mix_vs_one_adapter", batched["engine_adapters"]["mixed_vs_same"]),
         "single_client_server_vs_in_process": _goal(
             "single_client_server_vs_in_process", batched["single_client"]["server_vs_in_process"]
         ),

@@ -629,6 +629,9 @@ def eval_(
     data: Annotated[Path | None, typer.Option(help="qa: a JSONL file of {document(s), question, answers}.")] = None,
     arms: Annotated[str | None, typer.Option(help="qa: comma-separated arms to run.")] = None,
     limit: Annotated[int | None, typer.Option(help="qa: at most this many items.")] = None,
+    items: Annotated[
+        str | None, typer.Option(help="qa: only the items whose id matches this pattern (testdoc3-*), before --limit.")
+    ] = None,
     cd_items: Annotated[int | None, typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
     cd_steps: Annotated[int | None, typer.Option(help="qa: context-distillation steps per document.")] = None,
     seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None,
@@ -641,6 +644,7 @@ def eval_(
         "data": data,
         "arms": arms,
         "limit": limit,
+        "items": items,
         "cd_items": cd_items,
         "cd_steps": cd_steps,
         "seed": seed,

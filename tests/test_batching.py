@@ -135,6 +135,33 @@ def test_stop_strings_cancel_and_the_token_budget(base) -> None:
         sched.close()
 
 
+def test_ignore_eos_goes_on_to_max_new_tokens_in_both_paths(base) -> None:
+    """vLLM's ``ignore_eos``: past the end-of-turn token a row goes on to ``max_new_tokens``, in
+    ``BaseModel.generate`` and through the scheduler alike; without it the row ends there."""
+    p = base.encode("hello there")
+    free = base.generate([p], max_new_tokens=12, ignore_eos=True)[0]
+    assert len(free.token_ids) == 12 and free.finish_reason == "length"
+    end = free.token_ids[3]  # made the end-of-turn token below: the answer reaches it
+    first = free.token_ids.index(end)
+    saved = base._eos_ids
+    base._eos_ids = {end}
+    try:
+        ended = _solo(base, p, None, 12)
+        kept = base.generate([p], max_new_tokens=12, ignore_eos=True)[0]
+        sched = BatchScheduler(base, max_batch=2)
+        try:
+            with sched._cv:  # queued together: decoded side by side
+                reqs = [sched.submit(Request(p, max_new_tokens=12, ignore_eos=flag)) for flag in (True, False)]
+            rows = [r.result(timeout=60) for r in reqs]
+        finally:
+            sched.close()
+    finally:
+        base._eos_ids = saved
+    assert (ended.token_ids, ended.finish_reason) == (free.token_ids[:first], "eos")
+    assert (kept.token_ids, kept.finish_reason) == (free.token_ids, "length")
+    assert [(g.token_ids, g.finish_reason) for g in rows] == [(free.token_ids, "length"), (ended.token_ids, "eos")]
+
+
 def test_generate_inside_batched_goes_through_the_scheduler(base) -> None:
     prompts = [base.encode("hello"), base.encode("what is it")]
     ads = [rand_adapter(base, 4, 3), None]

@@ -277,3 +277,30 @@ def test_eval_qa_checkpoint_option_uses_that_checkpoint(tmp_path, shared_models_
         settings=Settings(home=shared_models_dir),
     )
     assert not missing["arms"]["d2l"]["available"] and "nope" in missing["arms"]["d2l"]["reason"]
+
+
+def test_eval_qa_items_pattern_picks_items_by_id_before_limit(tmp_path, shared_models_dir):
+    """``pmem eval qa --items 'doc2-*'``: only the matching items run (one long document's questions, say), and
+    ``limit`` counts among them; a pattern nothing matches is a clear error naming it."""
+    from memory.config import Settings
+    from memory.evaluation import qa
+
+    lines = [
+        json.dumps({"id": f"doc{d}-q{q}", "document": f"Room {d} is blue.", "question": "Colour?", "answers": ["blue"]})
+        for d in (1, 2)
+        for q in (1, 2, 3)
+    ]
+    data = _write(tmp_path / "qa.jsonl", lines)
+    result = qa.run(
+        data=str(data),
+        output=str(tmp_path / "r"),
+        arms="none",
+        items="doc2-*",
+        limit=2,
+        max_new_tokens=2,
+        settings=Settings(home=shared_models_dir),
+    )
+    rows = json.loads((tmp_path / "r" / "qa.json").read_text())["rows"]
+    assert [r["item"] for r in rows] == ["doc2-q1", "doc2-q2"] and result["items"] == 2
+    with pytest.raises(ValidationError, match=r"doc9-\*"):
+        qa.run(data=str(data), output=str(tmp_path / "r2"), arms="none", items="doc9-*")

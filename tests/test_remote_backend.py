@@ -69,6 +69,47 @@ def _adapter(base: Any, seed: int = 0) -> Any:
     return LoraAdapter(weights, base.fingerprint)
 
 
+def test_engine_batches_concurrent_completions_each_with_its_adapter(tmp_path: Path) -> None:
+    """Completions in flight at once, each naming another loaded adapter (or the base model), are decoded
+    together by the engine's continuous batching; ``ignore_eos`` makes each exactly ``max_tokens`` long, and each
+    equals the same prompt generated alone with its adapter (float32, the tiny model)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from _fixtures_models import rand_adapter, tiny_base
+    from fastapi.testclient import TestClient
+
+    from memory.lora.io import save_peft
+    from memory.server.engine import create_engine_app
+
+    base = tiny_base()
+    ads = {f"a{i}": rand_adapter(base, 2 + i, seed=i) for i in range(3)}
+    app = create_engine_app(base, max_batch=4, max_concurrent=8)
+    prompt = base.encode("what is two plus two?")
+    with TestClient(app) as client:
+        for name, ad in ads.items():
+            path = save_peft(ad, tmp_path / name, "tiny")
+            r = client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+            assert r.status_code == 200, r.text
+        names = ["tiny", *ads]
+
+        def complete(model: str) -> dict[str, Any]:
+            body = {"model": model, "prompt": prompt, "max_tokens": 100, "temperature": 0, "ignore_eos": True}
+            body["return_token_ids"] = True
+            r = client.post("/v1/completions", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            got = list(pool.map(complete, names))
+        max_rows = app.state.batching.scheduler(base).max_rows
+    for name, out in zip(names, got, strict=True):
+        solo = base.generate([prompt], max_new_tokens=100, adapters=ads.get(name), ignore_eos=True)[0]
+        assert out["choices"][0]["token_ids"] == solo.token_ids and len(solo.token_ids) == 100
+        assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 100
+    assert len({tuple(o["choices"][0]["token_ids"]) for o in got}) == len(names)  # each adapter mattered
+    assert max_rows > 1  # decoded together
+
+
 def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> None:
     """A dead engine is a ModelError naming the URL (password masked), never the API key; reprs hide both."""
     from memory.config import Settings

@@ -31,6 +31,7 @@ configured one. ``pmem eval qa --quick`` runs the built-in suites (made-up facts
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import logging
@@ -357,6 +358,7 @@ def run(
     cd_steps: int | None = None,
     checkpoint: str | None = None,
     limit: int | None = None,
+    items: str | None = None,
     seed: int | None = None,
     n_boot: int = 2000,
     settings: Settings | None = None,
@@ -372,6 +374,7 @@ def run(
         cd_items: run context distillation on the first ``cd_items`` items only (quick: 2).
         cd_steps: optimizer steps per document for context distillation (quick: 12; default: its own).
         checkpoint: a D2L checkpoint directory (default: the one shipped for the base model).
+        items: only the items whose id matches this shell-style pattern (``testdoc3-*``), before ``limit``.
         seed: draw the built-in items from another seed (a fresh set of the same kind; ignored with ``data``).
         progress: called with (items done, items) after each item; without it, progress goes to stderr
             (:class:`~memory.evaluation.progress.ProgressBar`).
@@ -383,18 +386,22 @@ def run(
     from memory.evaluation.report import write_report
 
     arm_list = _check_arms(arms)
+    pattern = items
     if data is not None:
         loaded = suites.load_jsonl(data)
-        items, errors, source = loaded.items, loaded.errors, str(data)
+        chosen, errors, source = loaded.items, loaded.errors, str(data)
     else:
-        items, errors = suites.builtin(quick, suite, seed), []
+        chosen, errors = suites.builtin(quick, suite, seed), []
         source = f"builtin:{suite}" + (f"@seed{seed}" if seed is not None else "")
+    if pattern is not None:
+        chosen = [it for it in chosen if fnmatch.fnmatchcase(it.id, pattern)]
+        source += f" (items {pattern})"
     if limit is not None:
-        items = items[:limit]
-    if not items:
+        chosen = chosen[:limit]
+    if not chosen:
         raise ValidationError(f"no valid items in {source} ({len(errors)} malformed line(s))")
     max_new_tokens = max_new_tokens or (24 if quick else 32)
-    cd_items = cd_items if cd_items is not None else (2 if quick else len(items))
+    cd_items = cd_items if cd_items is not None else (2 if quick else len(chosen))
     cd_steps = cd_steps if cd_steps is not None else (12 if quick else None)
     settings = settings or Settings.from_env()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -418,8 +425,8 @@ def run(
         preferred = "self-study" if "self-study" in arm_list else ("d2l" if "d2l" not in unavailable else "cd")
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)
         runner._direct("Hello")  # warm-up: the first generation pays one-off kernel and cache set-up
-        with ProgressBar("qa eval", len(items), enabled=progress is None) as bar:
-            for i, item in enumerate(items):
+        with ProgressBar("qa eval", len(chosen), enabled=progress is None) as bar:
+            for i, item in enumerate(chosen):
                 methods = [
                     m
                     for m in ADAPTER_ARMS
@@ -430,7 +437,7 @@ def run(
                 runner.run_item(i, item, arm_list, methods, preferred if preferred in methods else None)
                 bar.advance(1, "items")
                 if progress:
-                    progress(i + 1, len(items))
+                    progress(i + 1, len(chosen))
         fingerprint = base.fingerprint
         mem.engine.dispose()  # the throw-away database goes with the temporary directory
     seconds = time.perf_counter() - t_start
@@ -452,7 +459,7 @@ def run(
             summary[arm]["failures"] = runner.failures[arm]
     result: dict[str, Any] = {
         "suite": source,
-        "items": len(items),
+        "items": len(chosen),
         "errors": errors,
         "arms": summary,
         "comparisons": compare(rows, arm_list, n_boot=n_boot),

@@ -245,6 +245,7 @@ class BaseModel:
         adapters: Adapters = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        ignore_eos: bool = False,
     ) -> list[Generation]:
         """Batched generation (left padding, KV cache); greedy when ``temperature == 0``.
 
@@ -255,6 +256,8 @@ class BaseModel:
             seed: makes sampling reproducible.
             on_text: called with each new piece of the first row's text as it is generated (the pieces join
                 to that row's ``text``); the streaming twin of :meth:`stream` that still returns the generations.
+            ignore_eos: go on past the end-of-turn token, so every row generates ``max_new_tokens`` tokens unless
+                a stop string ends it (vLLM's sampling option of that name; benchmarks use it for equal lengths).
 
         Inside :func:`memory.models.batching.batched` (the server's queries) the prompts go to the model's
         continuous-batching scheduler instead, to be decoded together with other callers' generations.
@@ -278,11 +281,21 @@ class BaseModel:
                     seed=seed,
                     on_text=on_text,
                     cancel=route.cancel,
+                    ignore_eos=ignore_eos,
                 )
         gens = [None] * len(batch)
         stream_row = 0 if on_text is not None else None
         for item in self._run(
-            batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row=stream_row
+            batch,
+            max_new_tokens,
+            temperature,
+            top_p,
+            stop,
+            system,
+            adapters,
+            seed,
+            stream_row=stream_row,
+            ignore_eos=ignore_eos,
         ):
             if isinstance(item, str):
                 on_text(item)  # type: ignore[misc]
@@ -324,7 +337,9 @@ class BaseModel:
         return batch
 
     @torch.inference_mode()
-    def _run(self, batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row):
+    def _run(
+        self, batch, max_new_tokens, temperature, top_p, stop, system, adapters, seed, stream_row, ignore_eos=False
+    ):
         if max_new_tokens < 1:
             raise ValidationError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -378,7 +393,7 @@ class BaseModel:
         for step in range(max_new_tokens):
             logits = out.logits[:, -1, :].float()
             nxt = _pick(logits, temperature, top_p, gen)  # [bs]
-            is_eos = torch.isin(nxt, eos).tolist()
+            is_eos = [False] * bs if ignore_eos else torch.isin(nxt, eos).tolist()
             toks = nxt.tolist()
             lps = token_logprobs(logits, nxt)
             for i in range(bs):

@@ -115,7 +115,8 @@ class Request:
     ``adapters`` are this row's adapters, applied together (a knowledge adapter and a skill adapter: their
     ranks are concatenated, as :meth:`memory.services.adapters.AdapterRegistry.compose` does); empty for the
     base model. ``on_text`` receives the text piece by piece (on the scheduler thread: keep it cheap), and a
-    set ``cancel`` event takes the row out of the batch at the next step.
+    set ``cancel`` event takes the row out of the batch at the next step. With ``ignore_eos`` the row goes on past
+    the end-of-turn token (:meth:`BaseModel.generate`).
     """
 
     prompt_ids: list[int]
@@ -127,6 +128,7 @@ class Request:
     seed: int | None = None
     on_text: Callable[[str], None] | None = None
     cancel: threading.Event | None = None
+    ignore_eos: bool = False
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _result: Generation | None = field(default=None, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
@@ -175,7 +177,7 @@ class _Row:
     def take(self, token: int, logprob: float, is_eos: bool, decode: Callable[[list[int]], str]) -> None:
         """Add one picked token (the same rules as :meth:`BaseModel.generate`), streaming what is safe to show."""
         req = self.req
-        if is_eos:
+        if is_eos and not req.ignore_eos:
             self.done, self.reason = True, "eos"
         else:
             self.out_ids.append(token)
@@ -460,6 +462,7 @@ class BatchScheduler:
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
     ) -> list[Generation]:
         """:meth:`BaseModel.generate`'s contract, each prompt a request of its own (row ``i`` samples with
         ``seed + i``); ``on_text`` streams the first row. Blocks until every row is done."""
@@ -481,6 +484,7 @@ class BatchScheduler:
                 None if seed is None else seed + i,
                 on_text if i == 0 else None,
                 cancel,
+                ignore_eos,
             )
             for i, (ids, ad) in enumerate(zip(prompt_ids, per_row, strict=True))
         ]

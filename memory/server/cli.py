@@ -288,7 +288,22 @@ def engine(
     served_model_name: Annotated[
         str | None, typer.Option(help="The base model's name in /v1/models (default: its own name).")
     ] = None,
-    max_concurrent: Annotated[int, typer.Option(min=1, help="Generations at once.")] = 1,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="PMEM_ENGINE_MAX_BATCH",
+            help="Rows decoded together by continuous batching, each with its own adapter (1: one request at a time).",
+        ),
+    ] = 8,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Completion requests generating at once; more wait (default: 4 x --max-batch, 1 without batching).",
+            show_default=False,
+        ),
+    ] = None,
     max_loras: Annotated[
         int | None,
         typer.Option(
@@ -316,8 +331,9 @@ def engine(
             base,
             served_model_name=served_model_name,
             api_key=api_key,
-            max_concurrent=max_concurrent,
+            max_concurrent=max_concurrent or (4 * max_batch if max_batch > 1 else 1),
             max_loras=max_loras,
+            max_batch=max_batch,
         )
     except PMemError as e:
         _fail(e)

@@ -3,17 +3,19 @@ OpenAI-compatible API the remote backend (:mod:`memory.models.remote`) uses.
 
 - ``GET /v1/models``: the base model (with its ``pmem_fingerprint``) and the loaded adapters (``parent`` set);
 - ``POST /v1/completions``: ``prompt`` as text, token ids or a list of either; ``max_tokens``, ``temperature``,
-  ``top_p``, ``seed``, ``stop``, ``stream``, ``logprobs`` (the sampled token's), ``return_tokens_as_token_ids``
-  and ``return_token_ids``; ``model`` is the base model or a loaded adapter's name;
+  ``top_p``, ``seed``, ``stop``, ``ignore_eos``, ``stream``, ``logprobs`` (the sampled token's),
+  ``return_tokens_as_token_ids`` and ``return_token_ids``; ``model`` is the base model or a loaded adapter's name;
 - ``POST /v1/load_lora_adapter`` (``{"lora_name", "lora_path"}``, a PEFT directory) and
   ``POST /v1/unload_lora_adapter`` (``{"lora_name"}``), as vLLM with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``.
 
 It exists so a memory server configured with ``PMEM_GENERATION_URL`` can be tested end to end without vLLM,
-and so one CPU or GPU machine can generate for several memory servers. Loaded adapters live in memory
-until unloaded, until ``max_loras`` others were used more recently (loading one more unloads the least
-recently used), or until the process ends (a restart forgets them, as vLLM's does). A request for an adapter
-no longer loaded answers 404, and the memory server loads it again. A streamed completion sends text pieces as
-they are generated and the token ids and log-probabilities in its last chunk.
+and so one CPU or GPU machine can generate for several memory servers. With ``max_batch`` > 1, concurrent
+completions are decoded together by the continuous-batching scheduler
+(:class:`memory.models.batching.BatchScheduler`), each row with its own adapter, as vLLM batches LoRA requests.
+Loaded adapters live in memory until unloaded, until ``max_loras`` others were used more recently (loading one
+more unloads the least recently used), or until the process ends (a restart forgets them, as vLLM's does). A
+request for an adapter no longer loaded answers 404, and the memory server loads it again. A streamed completion
+sends text pieces as they are generated and the token ids and log-probabilities in its last chunk.
 
 >>> app = create_engine_app(load_base_model())  # doctest: +SKIP
 """
@@ -27,6 +29,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,6 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as BodyError
 
+from memory.batch_route import Batching, batched
 from memory.errors import PMemError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,7 @@ class CompletionRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
+    ignore_eos: bool = False
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: int | None = Field(default=None, ge=0)
@@ -81,24 +86,38 @@ def create_engine_app(
     api_key: str | None = None,
     max_concurrent: int = 1,
     max_loras: int | None = None,
+    max_batch: int = 1,
 ) -> FastAPI:
     """The engine's ASGI app over ``base`` (a :class:`~memory.models.base.BaseModel`).
 
     Args:
         served_model_name: the base model's name in ``/v1/models`` and ``model`` (default: ``base.name``).
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
-        max_concurrent: generations at once (more wait their turn).
+        max_concurrent: completion requests generating at once (more wait their turn).
         max_loras: adapters kept loaded at most; loading one more unloads the least recently used (loaded or
             asked for in a completion). ``None``: no bound.
+        max_batch: rows decoded together; above 1 the requests' generations go to one continuous-batching
+            scheduler (keep ``max_concurrent`` at least this), at 1 each request generates alone.
     """
     if max_loras is not None and max_loras < 1:
         raise ValidationError(f"max_loras must be >= 1, got {max_loras!r}")
+    if max_batch < 1 or max_concurrent < 1:
+        raise ValidationError(f"need max_batch >= 1 and max_concurrent >= 1, got {max_batch!r}, {max_concurrent!r}")
+    batching = Batching(max_batch=max_batch) if max_batch > 1 else None
     name = served_model_name or base.name
     # lora_name -> (lora_path, LoraAdapter), least recently used first
     adapters: OrderedDict[str, tuple[str, Any]] = OrderedDict()
     lock = threading.Lock()
     gate = asyncio.Semaphore(max_concurrent)
-    app = FastAPI(title="pmem engine", docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batching is not None:
+            await asyncio.to_thread(batching.close)  # rows in flight finish first
+
+    app = FastAPI(title="pmem engine", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.batching = batching  # its schedulers' counters (max_rows, stats) for tests and benchmarks
 
     @app.exception_handler(_Refused)
     async def _refused(request: Request, e: _Refused) -> JSONResponse:
@@ -209,17 +228,20 @@ def create_engine_app(
             "stop": stop,
             "adapters": adapter,
             "seed": b.seed,
+            "ignore_eos": b.ignore_eos,
         }
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": created, "model": b.model}
         if not b.stream:
             async with gate:
-                gens = await asyncio.to_thread(_generate, base, prompts, kwargs, b.logprobs is not None)
+                gens = await asyncio.to_thread(_generate, base, batching, prompts, kwargs, b.logprobs is not None)
             choices = [_choice(base, i, g, lps, b, final=True) for i, (g, lps) in enumerate(gens)]
             return {**head, "choices": choices, "usage": _usage(prompts, [g for g, _ in gens])}
         if len(prompts) != 1:
             raise _Refused(400, "a streamed completion takes one prompt")
-        return StreamingResponse(_stream(base, gate, head, prompts, kwargs, b), media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(base, batching, gate, head, prompts, kwargs, b), media_type="text/event-stream"
+        )
 
     return app
 
@@ -243,8 +265,11 @@ def _prompts(base: Any, prompt: Any) -> list[list[int]]:
     return out
 
 
-def _generate(base: Any, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool) -> list[Any]:
-    gens = base.generate(prompts, **kwargs)
+def _generate(
+    base: Any, batching: Batching | None, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool
+) -> list[Any]:
+    with batched(batching) if batching is not None else nullcontext():
+        gens = base.generate(prompts, **kwargs)
     if not with_logprobs:
         return [(g, None) for g in gens]
     return [(g, _logprobs(base, p, g, kwargs["adapters"])) for p, g in zip(prompts, gens, strict=True)]
@@ -308,7 +333,13 @@ def _usage(prompts: list[list[int]], gens: list[Any]) -> dict[str, int]:
 
 
 async def _stream(
-    base: Any, gate: asyncio.Semaphore, head: dict[str, Any], prompts: list[list[int]], kwargs: dict, b: Any
+    base: Any,
+    batching: Batching | None,
+    gate: asyncio.Semaphore,
+    head: dict[str, Any],
+    prompts: list[list[int]],
+    kwargs: dict,
+    b: Any,
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
@@ -318,7 +349,7 @@ async def _stream(
 
     async with gate:
         task = asyncio.ensure_future(
-            asyncio.to_thread(_generate_streaming, base, prompts, kwargs, b.logprobs is not None, on_text)
+            asyncio.to_thread(_generate_streaming, base, batching, prompts, kwargs, b.logprobs is not None, on_text)
         )
         task.add_done_callback(lambda _: pieces.put_nowait(None))
         while (piece := await pieces.get()) is not None:
@@ -338,9 +369,15 @@ async def _stream(
 
 
 def _generate_streaming(
-    base: Any, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool, on_text: Any
+    base: Any,
+    batching: Batching | None,
+    prompts: list[list[int]],
+    kwargs: dict[str, Any],
+    with_logprobs: bool,
+    on_text: Any,
 ) -> tuple[Any, list[float] | None]:
-    gen = base.generate(prompts, on_text=on_text, **kwargs)[0]
+    with batched(batching) if batching is not None else nullcontext():
+        gen = base.generate(prompts, on_text=on_text, **kwargs)[0]
     return gen, _logprobs(base, prompts[0], gen, kwargs["adapters"]) if with_logprobs else None
 
 
