@@ -75,6 +75,7 @@ class GenerationBackend(Protocol):
         adapters: LoraAdapter | Sequence[LoraAdapter | None] | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        ignore_eos: bool = False,
     ) -> list[Generation]: ...
 
 
@@ -340,6 +341,7 @@ class RemoteEngine:
         adapters: LoraAdapter | Sequence[LoraAdapter | None] | None = None,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        ignore_eos: bool = False,
     ) -> list[Generation]:
         """As :meth:`memory.models.base.BaseModel.generate`, on the engine: one request per row, sent together
         (the engine batches them); ``on_text`` streams the first row."""
@@ -361,6 +363,8 @@ class RemoteEngine:
         sampling = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         if seed is not None:
             sampling["seed"] = seed
+        if ignore_eos:
+            sampling["ignore_eos"] = True
 
         def one(i: int) -> Generation:
             return self._complete(ids[i], per_row[i], sampling, stops, on_text if i == 0 else None)
