@@ -279,10 +279,9 @@ def test_eval_qa_checkpoint_option_uses_that_checkpoint(tmp_path, shared_models_
     assert not missing["arms"]["d2l"]["available"] and "nope" in missing["arms"]["d2l"]["reason"]
 
 
-def test_eval_qa_items_pattern_picks_items_by_id_before_limit(tmp_path, shared_models_dir):
+def test_eval_qa_items_pattern_picks_items_by_id_before_limit(tmp_path):
     """``pmem eval qa --items 'doc2-*'``: only the matching items run (one long document's questions, say), and
-    ``limit`` counts among them; a pattern nothing matches is a clear error naming it."""
-    from memory.config import Settings
+    ``limit`` counts among them; a pattern nothing matches is a clear error naming it, before any model loads."""
     from memory.evaluation import qa
 
     lines = [
@@ -291,16 +290,9 @@ def test_eval_qa_items_pattern_picks_items_by_id_before_limit(tmp_path, shared_m
         for q in (1, 2, 3)
     ]
     data = _write(tmp_path / "qa.jsonl", lines)
-    result = qa.run(
-        data=str(data),
-        output=str(tmp_path / "r"),
-        arms="none",
-        items="doc2-*",
-        limit=2,
-        max_new_tokens=2,
-        settings=Settings(home=shared_models_dir),
-    )
-    rows = json.loads((tmp_path / "r" / "qa.json").read_text())["rows"]
-    assert [r["item"] for r in rows] == ["doc2-q1", "doc2-q2"] and result["items"] == 2
+    items = suites.load_jsonl(data).items
+    assert [it.id for it in qa.select(items, "doc2-*", limit=2)] == ["doc2-q1", "doc2-q2"]
+    assert [it.id for it in qa.select(items, "*-q3")] == ["doc1-q3", "doc2-q3"]
+    assert qa.select(items, limit=1) == items[:1] and qa.select(items) == items
     with pytest.raises(ValidationError, match=r"doc9-\*"):
-        qa.run(data=str(data), output=str(tmp_path / "r2"), arms="none", items="doc9-*")
+        qa.run(data=str(data), output=str(tmp_path / "r"), arms="none", items="doc9-*")

@@ -292,6 +292,17 @@ class _Runner:
 
 
 # ---------------------------------------------------------------------------- summaries
+def select(items: Sequence[suites.Item], pattern: str | None = None, limit: int | None = None) -> list[suites.Item]:
+    """The items whose id matches the shell-style ``pattern`` (all without one), the first ``limit`` of them.
+
+    >>> its = [suites.Item(id=i, documents=["d"], question="q", answers=["a"]) for i in ("a-1", "b-1", "b-2")]
+    >>> [it.id for it in select(its, "b-*")], [it.id for it in select(its, limit=1)]
+    (['b-1', 'b-2'], ['a-1'])
+    """
+    chosen = [it for it in items if pattern is None or fnmatch.fnmatchcase(it.id, pattern)]
+    return chosen if limit is None else chosen[:limit]
+
+
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
@@ -386,18 +397,15 @@ def run(
     from memory.evaluation.report import write_report
 
     arm_list = _check_arms(arms)
-    pattern = items
     if data is not None:
         loaded = suites.load_jsonl(data)
         chosen, errors, source = loaded.items, loaded.errors, str(data)
     else:
         chosen, errors = suites.builtin(quick, suite, seed), []
         source = f"builtin:{suite}" + (f"@seed{seed}" if seed is not None else "")
-    if pattern is not None:
-        chosen = [it for it in chosen if fnmatch.fnmatchcase(it.id, pattern)]
-        source += f" (items {pattern})"
-    if limit is not None:
-        chosen = chosen[:limit]
+    chosen = select(chosen, items, limit)
+    if items is not None:
+        source += f" (items {items})"
     if not chosen:
         raise ValidationError(f"no valid items in {source} ({len(errors)} malformed line(s))")
     max_new_tokens = max_new_tokens or (24 if quick else 32)
