@@ -110,6 +110,44 @@ def test_engine_batches_concurrent_completions_each_with_its_adapter(tmp_path: P
     assert max_rows > 1  # decoded together
 
 
+def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Path) -> None:
+    """A client that closes a streamed completion after its first piece takes the row out of the engine's batch
+    at the next step (as vLLM aborts it) instead of decoding on to ``max_tokens``. A real uvicorn server over
+    the tiny model; 4,000 tokens asked for (several seconds of decoding), so the disconnect comes first."""
+    import threading
+
+    import uvicorn
+    from _fixtures_models import tiny_base
+
+    from memory.server.engine import create_engine_app
+
+    base = tiny_base()
+    app = create_engine_app(base, max_batch=4, max_concurrent=4)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the engine did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+        body = {"model": "tiny", "prompt": base.encode("abc"), "max_tokens": 4000, "temperature": 0}
+        with httpx.stream("POST", url, json={**body, "ignore_eos": True, "stream": True}, timeout=60) as r:
+            assert r.status_code == 200
+            first = next(line for line in r.iter_lines() if line.startswith("data: "))
+            assert json.loads(first.removeprefix("data: "))["choices"][0]["text"]
+        sched = app.state.batching.scheduler(base)
+        deadline = time.monotonic() + 20
+        while sched.cancelled < 1:
+            assert time.monotonic() < deadline, "the row stayed in the batch after its client left"
+            time.sleep(0.05)
+        assert sched.steps < 4000  # it left long before max_tokens
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> None:
     """A dead engine is a ModelError naming the URL (password masked), never the API key; reprs hide both."""
     from memory.config import Settings

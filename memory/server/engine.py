@@ -15,7 +15,8 @@ completions are decoded together by the continuous-batching scheduler
 Loaded adapters live in memory until unloaded, until ``max_loras`` others were used more recently (loading one
 more unloads the least recently used), or until the process ends (a restart forgets them, as vLLM's does). A
 request for an adapter no longer loaded answers 404, and the memory server loads it again. A streamed completion
-sends text pieces as they are generated and the token ids and log-probabilities in its last chunk.
+sends text pieces as they are generated and the token ids and log-probabilities in its last chunk; a client that
+leaves mid-stream takes its row out of the batch (with ``max_batch`` > 1).
 
 >>> app = create_engine_app(load_base_model())  # doctest: +SKIP
 """
@@ -347,13 +348,27 @@ async def _stream(
     def on_text(piece: str) -> None:  # in the generating thread
         loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
+    def ended(t: asyncio.Future) -> None:
+        pieces.put_nowait(None)
+        if not t.cancelled():
+            t.exception()  # retrieved here too: after a disconnect nobody else reads it
+
+    cancel = threading.Event()  # set when the client leaves mid-stream: the row leaves the batch (as vLLM aborts)
     async with gate:
         task = asyncio.ensure_future(
-            asyncio.to_thread(_generate_streaming, base, batching, prompts, kwargs, b.logprobs is not None, on_text)
+            asyncio.to_thread(
+                _generate_streaming, base, batching, cancel, prompts, kwargs, b.logprobs is not None, on_text
+            )
         )
-        task.add_done_callback(lambda _: pieces.put_nowait(None))
-        while (piece := await pieces.get()) is not None:
-            yield _event({**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]})
+        task.add_done_callback(ended)
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield _event(
+                    {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]}
+                )
+        finally:
+            if not task.done():
+                cancel.set()
         try:
             gen, lps = task.result()
         except Exception as e:  # noqa: BLE001 - the stream has started: report the failure in it
@@ -371,12 +386,13 @@ async def _stream(
 def _generate_streaming(
     base: Any,
     batching: Batching | None,
+    cancel: threading.Event,
     prompts: list[list[int]],
     kwargs: dict[str, Any],
     with_logprobs: bool,
     on_text: Any,
 ) -> tuple[Any, list[float] | None]:
-    with batched(batching) if batching is not None else nullcontext():
+    with batched(batching, cancel) if batching is not None else nullcontext():
         gen = base.generate(prompts, on_text=on_text, **kwargs)[0]
     return gen, _logprobs(base, prompts[0], gen, kwargs["adapters"]) if with_logprobs else None
 
