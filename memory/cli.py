@@ -634,6 +634,9 @@ def eval_(
     ] = None,
     cd_items: Annotated[int | None, typer.Option(help="qa: items for the (slow) context-distillation arm.")] = None,
     cd_steps: Annotated[int | None, typer.Option(help="qa: context-distillation steps per document.")] = None,
+    self_study: Annotated[
+        str | None, typer.Option(help='qa: self-study recipe options as JSON, e.g. \'{"adapters": "per-chunk"}\'.')
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None,
 ) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
@@ -647,6 +650,7 @@ def eval_(
         "items": items,
         "cd_items": cd_items,
         "cd_steps": cd_steps,
+        "self_study": self_study,
         "seed": seed,
     }.items():
         if value is not None:

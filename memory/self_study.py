@@ -18,10 +18,11 @@ Doc-to-LoRA's own objective do. Kinds of prompt (:data:`KINDS`):
   covered on purpose, not only the salient ones the model would ask about).
 
 The budget scales with the document: prompts and steps per chunk, so every chunk of a long document is
-covered. One adapter is trained on all chunks jointly (measured against per-chunk adapters concatenated
-along rank in ``bench/results/self_study``). A fraction of the teacher-answered prompts is held back;
-:func:`fidelity` measures the adapter on them (token agreement with the teacher, and how much of the
-teacher's answer the student's own greedy answer contains) and the result is stored on the adapter row.
+covered. One adapter is trained on all chunks jointly by default; ``adapters="per-chunk"`` trains one per chunk
+on that chunk's samples and concatenates them along rank (compared in ``bench/results/self-study``). A
+fraction of the teacher-answered prompts is held back; :func:`fidelity` measures the adapter on them (token
+agreement with the teacher, and how much of the teacher's answer the student's own greedy answer contains)
+and the result is stored on the adapter row.
 
 Cost on a CPU (where a paragraph must take seconds, not minutes): the teacher's distributions are computed with
 the passage's KV cache shared by all its prompts; a training batch runs its short (question alone) and long
@@ -68,7 +69,7 @@ from memory.distill import (
     teacher_topk,
 )
 from memory.errors import ValidationError
-from memory.lora.adapter import LoraAdapter
+from memory.lora.adapter import LoraAdapter, concat
 from memory.lora.apply import apply_lora
 
 __all__ = [
@@ -118,6 +119,7 @@ class SelfStudyConfig:
     max_answer_tokens: int = 32
     holdout: int = 2  # teacher-answered prompts per document held back for fidelity (at least one per chunk cap)
     seed: int = 0
+    adapters: str = "joint"  # "joint": one LoRA on every chunk; "per-chunk": one per chunk, concatenated along rank
 
     def __post_init__(self) -> None:
         for name in ("rank", "chunk_tokens", "steps_per_chunk", "batch_size", "top_k", "max_answer_tokens"):
@@ -127,6 +129,8 @@ class SelfStudyConfig:
             raise ValidationError(f"self-study lr must be in (0, 1), got {self.lr!r}")
         if not 0 < self.top_layers <= 1:
             raise ValidationError(f"self-study top_layers must be in (0, 1], got {self.top_layers!r}")
+        if self.adapters not in ("joint", "per-chunk"):
+            raise ValidationError(f"self-study adapters must be 'joint' or 'per-chunk', got {self.adapters!r}")
 
     def first_layer(self, n_layers: int) -> int:
         """The lowest decoder layer that gets the LoRA in a model of ``n_layers`` (at least the top one).
@@ -421,6 +425,7 @@ def self_study(
     responses = [_ids(base, s.response or "", eos) for s in train]
     teacher = list(teacher)
 
+    owner = [s.chunk for s in train]  # the chunk of every training sample
     # In-context samples: the student reads the chunk too and must answer as the teacher does, so the adapter
     # learns to leave the model's reading of a retrieved passage alone (hybrid must not spoil retrieval). Their
     # teacher distributions are those already computed (same prompt); only the student's forward is longer.
@@ -431,23 +436,9 @@ def self_study(
             s_prompts.append(t_prompts[i])
             responses.append(responses[i])
             teacher.append(teacher[i])
+            owner.append(s.chunk)
 
-    steps = int(min(cfg.max_steps, max(cfg.min_steps, cfg.steps_per_chunk * len(chunks))))
-    weights, losses = fit_kl(
-        base,
-        s_prompts,
-        responses,
-        teacher,
-        rank=cfg.rank,
-        target_modules=cfg.target_modules,
-        steps=steps,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        progress=(lambda step, n, _loss: progress("train", step, n)) if progress else None,
-        checkpoint=state_dir / "train.pt" if state_dir is not None else None,
-        first_layer=cfg.first_layer(base.model.config.num_hidden_layers),
-    )
+    weights, losses, steps = _train(base, cfg, s_prompts, responses, teacher, owner, len(chunks), state_dir, progress)
     data = [asdict(s) for s in samples]
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
     counts = {k: sum(1 for s in samples if s.kind == k) for k in KINDS}
@@ -490,6 +481,61 @@ def self_study(
         result.seconds,
     )
     return result
+
+
+def _train(
+    base: Any,
+    cfg: SelfStudyConfig,
+    s_prompts: list[list[int]],
+    responses: list[list[int]],
+    teacher: list[Any],
+    owner: list[int],
+    n_chunks: int,
+    state_dir: Path | None,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[float], int]:
+    """The LoRA factors, every step's loss and the step count: one adapter trained on every sample
+    (``joint``), or (``per-chunk``) one per chunk on that chunk's samples, concatenated along rank so that
+    their deltas add up. A finished chunk's factors are kept in ``state_dir`` until the run ends."""
+    first_layer = cfg.first_layer(base.model.config.num_hidden_layers)
+
+    def fit(idx: list[int], steps: int, seed: int, checkpoint: Path | None, done: int, total: int) -> Any:
+        return fit_kl(
+            base,
+            [s_prompts[i] for i in idx],
+            [responses[i] for i in idx],
+            [teacher[i] for i in idx],
+            rank=cfg.rank,
+            target_modules=cfg.target_modules,
+            steps=steps,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            progress=(lambda step, _n, _loss: progress("train", done + step, total)) if progress else None,
+            checkpoint=checkpoint,
+            first_layer=first_layer,
+        )
+
+    if cfg.adapters == "joint" or n_chunks == 1:
+        steps = int(min(cfg.max_steps, max(cfg.min_steps, cfg.steps_per_chunk * n_chunks)))
+        every = list(range(len(responses)))
+        weights, losses = fit(every, steps, cfg.seed, state_dir / "train.pt" if state_dir else None, 0, steps)
+        return weights, losses, steps
+    steps = int(min(cfg.max_steps, max(cfg.min_steps, cfg.steps_per_chunk)))  # per chunk
+    parts, losses = [], []
+    for c in range(n_chunks):
+        kept = state_dir / f"chunk-{c}.pt" if state_dir is not None else None
+        if kept is not None and kept.exists():
+            w, ls = torch.load(kept, weights_only=True)
+        else:
+            idx = [i for i, o in enumerate(owner) if o == c]
+            ckpt = state_dir / f"train-{c}.pt" if state_dir is not None else None
+            w, ls = fit(idx, steps, cfg.seed + c, ckpt, c * steps, n_chunks * steps)
+            if kept is not None:
+                save_atomic((w, ls), kept)
+        parts.append(LoraAdapter(w, base.fingerprint))
+        losses += ls
+    return concat(parts).weights, losses, steps * n_chunks
 
 
 # ---------------------------------------------------------------------------- fidelity

@@ -296,3 +296,15 @@ def test_eval_qa_items_pattern_picks_items_by_id_before_limit(tmp_path):
     assert qa.select(items, limit=1) == items[:1] and qa.select(items) == items
     with pytest.raises(ValidationError, match=r"doc9-\*"):
         qa.run(data=str(data), output=str(tmp_path / "r"), arms="none", items="doc9-*")
+
+
+@pytest.mark.parametrize(
+    "options, message", [('{"adapters": "x"}', "per-chunk"), ("{nope", "not JSON"), ('{"rnak": 4}', "unknown")]
+)
+def test_eval_qa_self_study_options_are_checked_before_any_model_loads(tmp_path, options, message):
+    """``pmem eval qa --self-study JSON``: a bad recipe is a clear error naming what is wrong, at once."""
+    from memory.evaluation import qa
+
+    data = _write(tmp_path / "qa.jsonl", [json.dumps({"document": "d", "question": "q", "answers": ["a"]})])
+    with pytest.raises(ValidationError, match=message):
+        qa.run(data=str(data), output=str(tmp_path / "r"), arms="self-study", self_study=options)

@@ -191,3 +191,37 @@ def test_a_killed_run_resumes_from_its_state_and_ends_as_an_uninterrupted_one(tm
         ra, rb = resumed.adapter.weights[path]
         assert torch.equal(a, ra) and torch.equal(b, rb)
     assert list(tmp_path.iterdir()) == []  # the state goes when the run ends
+
+
+def test_per_chunk_adapters_are_concatenated_along_rank_and_a_killed_run_resumes(tmp_path):
+    """``adapters="per-chunk"``: one LoRA per chunk on that chunk's samples, concatenated along rank (the same
+    synthetic data as the joint adapter); a run killed in a later chunk keeps the finished chunks' factors and
+    ends as an uninterrupted one."""
+    base = tiny_base()
+    cfg = dataclasses.replace(TINY, adapters="per-chunk", chunk_tokens=80)
+    whole = self_study(base, TEXT, cfg)
+    n = whole.counts["chunks"]
+    assert n >= 2 and whole.steps == 6 * n and whole.adapter.rank == 2 * n
+    assert whole.provenance()["config"]["adapters"] == "per-chunk"
+    joint = self_study(base, TEXT, dataclasses.replace(cfg, adapters="joint"))
+    assert joint.adapter.rank == 2 and joint.data_sha256 == whole.data_sha256
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_the_second_chunk(stage: str, done: int, total: int) -> None:
+        if stage == "train" and done == 6 + 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        self_study(base, TEXT, cfg, progress=kill_in_the_second_chunk, work_dir=tmp_path)
+    state = next(tmp_path.iterdir())
+    assert {p.name for p in state.iterdir()} == {"teacher.pt", "chunk-0.pt"}
+    stages: list[tuple[str, int, int]] = []
+    resumed = self_study(base, TEXT, cfg, progress=lambda *a: stages.append(a), work_dir=tmp_path)
+    assert stages[0] == ("train", 7, 6 * n) and stages[-1] == ("train", 6 * n, 6 * n)  # from the second chunk on
+    for path, (a, b) in whole.adapter.weights.items():
+        ra, rb = resumed.adapter.weights[path]
+        assert torch.equal(a, ra) and torch.equal(b, rb)
+    with pytest.raises(ValidationError):
+        SelfStudyConfig(adapters="some")

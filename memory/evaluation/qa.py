@@ -34,6 +34,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -292,6 +293,30 @@ class _Runner:
 
 
 # ---------------------------------------------------------------------------- summaries
+def _recipe(options: dict[str, Any] | str | None) -> dict[str, Any]:
+    """Self-study recipe options from a dict or a JSON object (checked before any model loads).
+
+    >>> _recipe('{"adapters": "per-chunk"}'), _recipe(None)
+    ({'adapters': 'per-chunk'}, {})
+    """
+    if options is None or isinstance(options, dict):
+        recipe = dict(options or {})
+    else:
+        try:
+            recipe = json.loads(options)
+        except ValueError as e:
+            raise ValidationError(f"self-study options are not JSON: {e}") from None
+        if not isinstance(recipe, dict):
+            raise ValidationError("self-study options must be a JSON object")
+    from memory.self_study import SelfStudyConfig
+
+    try:
+        SelfStudyConfig(**recipe)
+    except TypeError as e:
+        raise ValidationError(f"unknown self-study option: {e}") from None
+    return recipe
+
+
 def select(items: Sequence[suites.Item], pattern: str | None = None, limit: int | None = None) -> list[suites.Item]:
     """The items whose id matches the shell-style ``pattern`` (all without one), the first ``limit`` of them.
 
@@ -367,6 +392,7 @@ def run(
     context_tokens: int | None = None,
     cd_items: int | None = None,
     cd_steps: int | None = None,
+    self_study: dict[str, Any] | str | None = None,
     checkpoint: str | None = None,
     limit: int | None = None,
     items: str | None = None,
@@ -384,6 +410,8 @@ def run(
         arms: a subset of :data:`ARMS` (list or comma-separated string).
         cd_items: run context distillation on the first ``cd_items`` items only (quick: 2).
         cd_steps: optimizer steps per document for context distillation (quick: 12; default: its own).
+        self_study: recipe options of the self-study arm (:class:`memory.self_study.SelfStudyConfig` fields, a
+            dict or a JSON object), e.g. ``{"adapters": "per-chunk"}``; default: the shipped recipe.
         checkpoint: a D2L checkpoint directory (default: the one shipped for the base model).
         items: only the items whose id matches this shell-style pattern (``testdoc3-*``), before ``limit``.
         seed: draw the built-in items from another seed (a fresh set of the same kind; ignored with ``data``).
@@ -397,6 +425,7 @@ def run(
     from memory.evaluation.report import write_report
 
     arm_list = _check_arms(arms)
+    recipe = _recipe(self_study)
     if data is not None:
         loaded = suites.load_jsonl(data)
         chosen, errors, source = loaded.items, loaded.errors, str(data)
@@ -430,6 +459,8 @@ def run(
             _configure_cd(
                 mem, steps=cd_steps, max_questions=min(8, cd_steps), **({"max_answer_tokens": 16} if quick else {})
             )
+        if self_study:
+            mem.configure_internalizer("self-study", **recipe)
         preferred = "self-study" if "self-study" in arm_list else ("d2l" if "d2l" not in unavailable else "cd")
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)
         runner._direct("Hello")  # warm-up: the first generation pays one-off kernel and cache set-up
@@ -478,6 +509,7 @@ def run(
             "window_tokens": window,
             "cd_items": cd_items,
             "cd_steps": cd_steps,
+            "self_study": recipe,
             "chunk_tokens": settings.chunk_tokens,
             "base_model": fingerprint,
             "checkpoint": checkpoint,
