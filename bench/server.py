@@ -182,16 +182,19 @@ def _drive_counting_busy(clients: int, requests: int, make_call: Callable[[], Ca
 
 
 def _start_server(
-    env: dict[str, str], log_path: Path, command: tuple[str, ...] = ("serve", "--query-timeout", "1800")
+    env: dict[str, str],
+    log_path: Path,
+    command: tuple[str, ...] = ("serve", "--query-timeout", "1800"),
+    health: str = "/healthz",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``pmem <command>`` on a free loopback port (``serve`` by default; ``engine`` answers ``/health``)."""
+    """``pmem <command>`` on a free loopback port, once ``health`` answers (``pmem engine``'s is ``/health``)."""
     port = free_port()
     cmd = [sys.executable, "-m", "memory.cli", *command, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc, log_path, health="/health" if command[0] == "engine" else "/healthz")
+        wait_healthy(url, proc, log_path, health=health)
     except BaseException:
         _stop(proc)
         raise
@@ -237,14 +240,19 @@ ENGINE_ROUNDS = 3
 
 
 def engine_adapters(
-    env: dict[str, str], log_path: Path, peft_dirs: list[Path], prompts: list[str], max_tokens: int, max_batch: str
+    env: dict[str, str],
+    log_path: Path,
+    peft_dirs: list[Path],
+    prompts: list[str],
+    max_tokens: int,
+    max_batch: str,
 ) -> dict[str, Any]:
     """On a ``pmem engine`` process with ``max_batch`` rows and the adapters of ``peft_dirs`` loaded: 8 greedy
     completions of ``max_tokens`` tokens exactly (``ignore_eos``) in flight at once, each prompt ``i`` with
     adapter ``i`` (mixed) or all with adapter 0 (same); :data:`ENGINE_ROUNDS` rounds of each, alternating."""
     import httpx
 
-    proc, url = _start_server(env, log_path, ("engine", "--max-batch", max_batch))
+    proc, url = _start_server(env, log_path, ("engine", "--max-batch", max_batch), health="/health")
     try:
         names = [f"bench-{i}" for i in range(len(peft_dirs))]
         for name, path in zip(names, peft_dirs, strict=True):
@@ -421,7 +429,7 @@ def run(quick: bool = False, **_: Any) -> dict[str, Any]:
                 peft_dirs,
                 [_question(q) for q in range(ADAPTER_DOCS)],
                 max_new_tokens,
-                max_batch or "8",
+                max_batch or "8",  # the server's default batch, as the engine's
             )
             ask_env = {**env, "PMEM_URL": url, "PMEM_API_KEY": key}
             out["ask_first_token"] = ask_first_token(ask_env, _question(3), max_new_tokens, ask_runs)

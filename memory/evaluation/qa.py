@@ -459,7 +459,7 @@ def run(
             _configure_cd(
                 mem, steps=cd_steps, max_questions=min(8, cd_steps), **({"max_answer_tokens": 16} if quick else {})
             )
-        if self_study:
+        if recipe:
             mem.configure_internalizer("self-study", **recipe)
         preferred = "self-study" if "self-study" in arm_list else ("d2l" if "d2l" not in unavailable else "cd")
         runner = _Runner(mem, k=k, max_new_tokens=max_new_tokens, window=window, checkpoint=checkpoint)

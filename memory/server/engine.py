@@ -267,9 +267,16 @@ def _prompts(base: Any, prompt: Any) -> list[list[int]]:
 
 
 def _generate(
-    base: Any, batching: Batching | None, prompts: list[list[int]], kwargs: dict[str, Any], with_logprobs: bool
+    base: Any,
+    batching: Batching | None,
+    prompts: list[list[int]],
+    kwargs: dict[str, Any],
+    with_logprobs: bool,
+    cancel: threading.Event | None = None,
 ) -> list[Any]:
-    with batched(batching) if batching is not None else nullcontext():
+    """``(generation, log-probabilities or None)`` per prompt, through ``batching``'s scheduler when there is one
+    (a set ``cancel`` takes the rows out of the batch)."""
+    with batched(batching, cancel) if batching is not None else nullcontext():
         gens = base.generate(prompts, **kwargs)
     if not with_logprobs:
         return [(g, None) for g in gens]
@@ -357,7 +364,7 @@ async def _stream(
     async with gate:
         task = asyncio.ensure_future(
             asyncio.to_thread(
-                _generate_streaming, base, batching, cancel, prompts, kwargs, b.logprobs is not None, on_text
+                _generate, base, batching, prompts, {**kwargs, "on_text": on_text}, b.logprobs is not None, cancel
             )
         )
         task.add_done_callback(ended)
@@ -370,7 +377,7 @@ async def _stream(
             if not task.done():
                 cancel.set()
         try:
-            gen, lps = task.result()
+            gen, lps = task.result()[0]
         except Exception as e:  # noqa: BLE001 - the stream has started: report the failure in it
             yield _event({"error": {"message": f"generation failed ({type(e).__name__}: {e})", "code": 500}})
             yield "data: [DONE]\n\n"
@@ -381,20 +388,6 @@ async def _stream(
     if (b.stream_options or {}).get("include_usage"):
         yield _event({**head, "choices": [], "usage": _usage(prompts, [gen])})
     yield "data: [DONE]\n\n"
-
-
-def _generate_streaming(
-    base: Any,
-    batching: Batching | None,
-    cancel: threading.Event,
-    prompts: list[list[int]],
-    kwargs: dict[str, Any],
-    with_logprobs: bool,
-    on_text: Any,
-) -> tuple[Any, list[float] | None]:
-    with batched(batching, cancel) if batching is not None else nullcontext():
-        gen = base.generate(prompts, on_text=on_text, **kwargs)[0]
-    return gen, _logprobs(base, prompts[0], gen, kwargs["adapters"]) if with_logprobs else None
 
 
 def _event(obj: dict[str, Any]) -> str:
