@@ -69,6 +69,7 @@ class Candidate:
     tier: str | None = None  # instant | full (self-study)
     fidelity: float | None = None  # measured containment on held-back probes, when the adapter has one
     reads_passages: bool = False  # trained with the document in the student's prompt too (self-study in-context)
+    chunks: int | None = None  # how many chunks of its document the adapter was trained on (self-study), if known
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class RouterConfig:
     min_support: float = 0.5  # share of the answer's content words found in the retrieved passages
     min_fidelity: float = 0.5  # an adapter reproducing less of its teacher's held-back answers is not used in auto
     hybrid_when_trained: bool = True  # auto: an adapter trained to read passages answers with them (hybrid)
+    hybrid_max_chunks: int | None = None  # ... only when it was trained on at most this many chunks (None: any)
+    over_chunks: str = "parametric"  # auto, an adapter over hybrid_max_chunks: "parametric" (checked) | "retrieval"
+    check_hybrid: bool = False  # auto: the answer checks also judge a hybrid answer (doubt: retrieval's answer)
 
 
 @dataclass(frozen=True)
@@ -276,13 +280,21 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
             f"the adapter of {top.document_id!r} ({top.tier or 'instant'} tier) reproduces {top.fidelity:.0%} of its "
             f"teacher's held-back answers (< {cfg.min_fidelity:.0%}); using retrieval",
         )
-    if cfg.hybrid_when_trained and top.reads_passages:
+    over = cfg.hybrid_max_chunks is not None and top.chunks is not None and top.chunks > cfg.hybrid_max_chunks
+    if cfg.hybrid_when_trained and top.reads_passages and not over:
         return Route(
             "hybrid",
             f"{len(docs)} relevant internalized document(s) ({', '.join(docs)}; best similarity "
             f"{top.relevance:.2f}) whose adapter was trained to read passages beside it: adapter and retrieved "
             "passages together",
             docs,
+            check_confidence=cfg.check_hybrid,
+        )
+    if over and cfg.over_chunks == "retrieval":
+        return Route(
+            "retrieval",
+            f"the adapter of {top.document_id!r} was trained on {top.chunks} chunks (> {cfg.hybrid_max_chunks}); "
+            "using retrieval",
         )
     return Route(
         "parametric",

@@ -170,3 +170,26 @@ def test_auto_answers_in_hybrid_with_an_adapter_trained_to_read_passages():
     assert decide("What is the vault code?", "auto", [weak], CFG).mode == "retrieval"
     off = RouterConfig(hybrid_when_trained=False)
     assert decide("What is the vault code?", "auto", [trained], off).mode == "parametric"
+
+
+def test_auto_hybrid_only_for_adapters_trained_on_few_chunks_when_configured():
+    one = Candidate("para", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True, chunks=1)
+    many = Candidate("doc", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True, chunks=7)
+    q = "What is the vault code?"
+    assert decide(q, "auto", [many], CFG).mode == "hybrid"  # the default: any number of chunks
+    to_retrieval = RouterConfig(hybrid_max_chunks=1, over_chunks="retrieval")
+    assert decide(q, "auto", [one], to_retrieval).mode == "hybrid"
+    route = decide(q, "auto", [many], to_retrieval)
+    assert route.mode == "retrieval" and "7 chunks" in route.reason and not route.adapter_documents
+    checked = decide(q, "auto", [many], RouterConfig(hybrid_max_chunks=1, over_chunks="parametric"))
+    assert checked.mode == "parametric" and checked.check_confidence and checked.adapter_documents == ["doc"]
+    # an adapter whose chunk count is unknown keeps the hybrid choice
+    unknown = Candidate("doc", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True)
+    assert decide(q, "auto", [unknown], to_retrieval).mode == "hybrid"
+
+
+def test_auto_can_check_a_hybrid_answer():
+    trained = Candidate("vault", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True)
+    assert not decide("What is the vault code?", "auto", [trained], CFG).check_confidence
+    route = decide("What is the vault code?", "auto", [trained], RouterConfig(check_hybrid=True))
+    assert route.mode == "hybrid" and route.check_confidence

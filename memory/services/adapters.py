@@ -84,6 +84,14 @@ def reads_passages(info: AdapterInfo) -> bool:
     return int(config.get("in_context_per_chunk") or 0) > 0
 
 
+def trained_chunks(info: AdapterInfo) -> int | None:
+    """How many chunks of its document the adapter was trained on (self-study keeps it in its provenance's
+    synthetic counts); None when it was not recorded (Doc-to-LoRA, context distillation)."""
+    counts = (info.provenance or {}).get("synthetic_counts") or {}
+    chunks = counts.get("chunks")
+    return int(chunks) if chunks is not None else None
+
+
 def hypernetwork_row(s: Session, ident: Any, base_fingerprint: str) -> int:
     """The id of the :class:`Hypernetwork` row of ``ident`` (an internalizer identity), registered on first use."""
     row = s.scalar(select(Hypernetwork).where(Hypernetwork.checkpoint_sha256 == ident.checkpoint_sha256))

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from memory import router
 from memory.db import Document, Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
-from memory.services.adapters import AdapterRegistry, reads_passages
+from memory.services.adapters import AdapterRegistry, reads_passages, trained_chunks
 from memory.services.models import ModelRuntime
 from memory.services.records import Records, check_count, check_int, check_text_field, validate_document_id
 from memory.services.skills import SkillLibrary
@@ -310,6 +310,7 @@ class QueryEngine:
                 ready[d].tier if d in ready else None,
                 ready[d].fidelity.get("containment") if d in ready else None,
                 d in ready and reads_passages(ready[d]),
+                trained_chunks(ready[d]) if d in ready else None,
             )
             for d, score in best.items()
         ]
