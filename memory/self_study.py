@@ -222,8 +222,9 @@ def _topic(chunk: str) -> str:
     """A short name for what the chunk is about: its most frequent name, else its first words."""
     names = _entities(chunk)
     if names:
-        counts = {n: chunk.count(n) for n in names}
-        return max(names, key=lambda n: (counts[n], -chunk.index(n)))
+        flat = " ".join(chunk.split())  # a name is its words joined by one space, wherever the text broke them
+        counts = {n: flat.count(n) for n in names}
+        return max(names, key=lambda n: (counts[n], -flat.find(n)))
     words = [w for w in re.findall(r"[\w-]+", chunk) if w.lower() not in _STOPWORDS]
     return " ".join(words[:3]) or "this topic"
 

@@ -225,3 +225,12 @@ def test_per_chunk_adapters_are_concatenated_along_rank_and_a_killed_run_resumes
         assert torch.equal(a, ra) and torch.equal(b, rb)
     with pytest.raises(ValidationError):
         SelfStudyConfig(adapters="some")
+
+
+def test_prompts_of_a_chunk_whose_names_cross_a_line_break():
+    """A manual page's heading line followed by a capitalised line reads as one name across the break
+    ("UID AND GID POOLS Adduser"); naming the chunk's topic must not fail on it (it did on login.defs(5))."""
+    chunk = "UID AND GID POOLS\nAdduser reads the pools from /etc/adduser-pool.conf.\nThe Debian  Project keeps it."
+    prompts = build_prompts([chunk], TINY, random.Random(0))
+    assert prompts and all(p.chunk == 0 for p in prompts)
+    assert any("UID AND GID POOLS Adduser" in p.prompt or "Debian Project" in p.prompt for p in prompts)
