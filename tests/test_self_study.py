@@ -17,6 +17,7 @@ from memory import router
 from memory.errors import ValidationError
 from memory.lora import from_bytes, to_bytes
 from memory.self_study import KINDS, SelfStudyConfig, build_prompts, self_study
+from memory.services.adapters import trained_chunks
 
 TEXT = (
     "The Orrin relay station was built in 1931 by the engineer Talia Veck. "
@@ -128,6 +129,8 @@ def test_full_tier_replaces_the_instant_adapter_and_keeps_its_provenance(mem):
     rows = mem.adapters(namespace="ss", document_id="relay")
     assert sorted(a.method for a in rows) == ["cd", "self-study"]
     assert all(a.status == "ready" for a in rows)
+    # what auto's hybrid_max_chunks reads: the chunks the adapter was trained on (unknown for the instant one)
+    assert {a.method: trained_chunks(a) for a in rows} == {"cd": None, "self-study": 1}
     data = json.loads(mem.records.blobs.get(full.synthetic_sha256))
     assert full.synthetic_sha256 and {d["kind"] for d in data} >= {"recall"}
     assert full.to_dict()["fidelity"] == full.fidelity  # what the HTTP API and `pmem adapters --json` print
