@@ -637,6 +637,9 @@ def eval_(
     self_study: Annotated[
         str | None, typer.Option(help='qa: self-study recipe options as JSON, e.g. \'{"adapters": "per-chunk"}\'.')
     ] = None,
+    router: Annotated[
+        str | None, typer.Option(help="qa: options of the auto router as JSON, e.g. '{\"min_fidelity\": 0.6}'.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="qa: draw the built-in items from this seed (a fresh set).")] = None,
 ) -> None:
     """Run an evaluation suite; the last line printed is one JSON object."""
@@ -651,6 +654,7 @@ def eval_(
         "cd_items": cd_items,
         "cd_steps": cd_steps,
         "self_study": self_study,
+        "router": router,
         "seed": seed,
     }.items():
         if value is not None:

@@ -308,3 +308,16 @@ def test_eval_qa_self_study_options_are_checked_before_any_model_loads(tmp_path,
     data = _write(tmp_path / "qa.jsonl", [json.dumps({"document": "d", "question": "q", "answers": ["a"]})])
     with pytest.raises(ValidationError, match=message):
         qa.run(data=str(data), output=str(tmp_path / "r"), arms="self-study", self_study=options)
+
+
+@pytest.mark.parametrize(
+    "options, message", [('{"min_fidelty": 0.6}', "unknown router option"), ("[1]", "JSON object"), ("{", "not JSON")]
+)
+def test_eval_qa_router_options_are_checked_before_any_model_loads(tmp_path, options, message):
+    """``pmem eval qa --router JSON``: the auto router's options of the run, refused at once when wrong."""
+    from memory.evaluation import qa
+
+    data = _write(tmp_path / "qa.jsonl", [json.dumps({"document": "d", "question": "q", "answers": ["a"]})])
+    with pytest.raises(ValidationError, match=message):
+        qa.run(data=str(data), output=str(tmp_path / "r"), arms="auto", router=options)
+    assert qa._router('{"hybrid_max_chunks": 1, "over_chunks": "retrieval"}').over_chunks == "retrieval"

@@ -31,6 +31,7 @@ configured one. ``pmem eval qa --quick`` runs the built-in suites (made-up facts
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import hashlib
@@ -52,6 +53,7 @@ from memory.errors import PMemError, ValidationError
 from memory.evaluation import metrics, suites
 from memory.evaluation.progress import ProgressBar
 from memory.evaluation.runtime import kv_bytes_per_token, measure
+from memory.router import RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -293,28 +295,42 @@ class _Runner:
 
 
 # ---------------------------------------------------------------------------- summaries
+def _options(what: str, options: dict[str, Any] | str | None, make: Callable[..., Any]) -> dict[str, Any]:
+    """``what`` options from a dict or a JSON object, checked with ``make(**options)`` before any model loads."""
+    if options is None or isinstance(options, dict):
+        parsed = dict(options or {})
+    else:
+        try:
+            parsed = json.loads(options)
+        except ValueError as e:
+            raise ValidationError(f"{what} options are not JSON: {e}") from None
+        if not isinstance(parsed, dict):
+            raise ValidationError(f"{what} options must be a JSON object")
+    try:
+        make(**parsed)
+    except TypeError as e:
+        raise ValidationError(f"unknown {what} option: {e}") from None
+    return parsed
+
+
 def _recipe(options: dict[str, Any] | str | None) -> dict[str, Any]:
-    """Self-study recipe options from a dict or a JSON object (checked before any model loads).
+    """Self-study recipe options (:class:`memory.self_study.SelfStudyConfig` fields).
 
     >>> _recipe('{"adapters": "per-chunk"}'), _recipe(None)
     ({'adapters': 'per-chunk'}, {})
     """
-    if options is None or isinstance(options, dict):
-        recipe = dict(options or {})
-    else:
-        try:
-            recipe = json.loads(options)
-        except ValueError as e:
-            raise ValidationError(f"self-study options are not JSON: {e}") from None
-        if not isinstance(recipe, dict):
-            raise ValidationError("self-study options must be a JSON object")
     from memory.self_study import SelfStudyConfig
 
-    try:
-        SelfStudyConfig(**recipe)
-    except TypeError as e:
-        raise ValidationError(f"unknown self-study option: {e}") from None
-    return recipe
+    return _options("self-study", options, SelfStudyConfig)
+
+
+def _router(options: dict[str, Any] | str | None) -> RouterConfig:
+    """The ``auto`` router of the run: :class:`memory.router.RouterConfig` with these fields changed.
+
+    >>> _router('{"hybrid_max_chunks": 1}').hybrid_max_chunks
+    1
+    """
+    return RouterConfig(**_options("router", options, RouterConfig))
 
 
 def select(items: Sequence[suites.Item], pattern: str | None = None, limit: int | None = None) -> list[suites.Item]:
@@ -393,6 +409,7 @@ def run(
     cd_items: int | None = None,
     cd_steps: int | None = None,
     self_study: dict[str, Any] | str | None = None,
+    router: dict[str, Any] | str | None = None,
     checkpoint: str | None = None,
     limit: int | None = None,
     items: str | None = None,
@@ -426,6 +443,7 @@ def run(
 
     arm_list = _check_arms(arms)
     recipe = _recipe(self_study)
+    router_config = _router(router)
     if data is not None:
         loaded = suites.load_jsonl(data)
         chosen, errors, source = loaded.items, loaded.errors, str(data)
@@ -445,7 +463,10 @@ def run(
     outdir = Path(output) if output is not None else settings.home / "eval" / f"qa-{stamp}"
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pmem-eval-") as tmp:
-        mem = ParametricMemory(settings.with_(database_url=f"sqlite:///{tmp}/eval.db", blob_url=f"{tmp}/blobs"))
+        mem = ParametricMemory(
+            settings.with_(database_url=f"sqlite:///{tmp}/eval.db", blob_url=f"{tmp}/blobs"),
+            router_config=router_config,
+        )
         base = mem.base_model
         window = context_tokens or int(getattr(base.config, "max_position_embeddings", 2048)) - max_new_tokens
         unavailable: dict[str, str] = {}
@@ -510,6 +531,7 @@ def run(
             "cd_items": cd_items,
             "cd_steps": cd_steps,
             "self_study": recipe,
+            "router": dataclasses.asdict(router_config),
             "chunk_tokens": settings.chunk_tokens,
             "base_model": fingerprint,
             "checkpoint": checkpoint,
