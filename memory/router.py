@@ -85,6 +85,12 @@ class RouterConfig:
     over_chunks: str = "parametric"  # auto, an adapter over hybrid_max_chunks: "parametric" (checked) | "retrieval"
     check_hybrid: bool = False  # auto: the answer checks also judge a hybrid answer (doubt: retrieval's answer)
 
+    def __post_init__(self) -> None:
+        if self.over_chunks not in ("parametric", "retrieval"):
+            raise ValidationError(f"over_chunks must be 'parametric' or 'retrieval', got {self.over_chunks!r}")
+        if self.hybrid_max_chunks is not None and self.hybrid_max_chunks < 1:
+            raise ValidationError(f"hybrid_max_chunks must be >= 1 or None, got {self.hybrid_max_chunks!r}")
+
 
 @dataclass(frozen=True)
 class Route:

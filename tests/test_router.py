@@ -186,6 +186,9 @@ def test_auto_hybrid_only_for_adapters_trained_on_few_chunks_when_configured():
     # an adapter whose chunk count is unknown keeps the hybrid choice
     unknown = Candidate("doc", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True)
     assert decide(q, "auto", [unknown], to_retrieval).mode == "hybrid"
+    for bad in ({"over_chunks": "hybrid"}, {"hybrid_max_chunks": 0}):
+        with pytest.raises(ValidationError):
+            RouterConfig(**bad)
 
 
 def test_auto_can_check_a_hybrid_answer():
