@@ -13,10 +13,10 @@ chunk count and fidelity. ``--limit`` caps the documents per data file (all the 
 
     OMP_NUM_THREADS=1 python -m bench.router_sweep --data bench/data/realprose/dev_documents.jsonl \\
         --data bench/data/realprose/dev_paragraphs.jsonl --limit 8 --home /tmp/router-sweep \\
-        --rules '[{}, {"hybrid_max_chunks": 1, "over_chunks": "retrieval"}]' -o router-sweep.json
+        --rules '[{}, {"hybrid_max_chunks": null}]' -o router-sweep.json
 
->>> sorted(RULES[1])  # doctest: +SKIP
-['hybrid_max_chunks', 'over_chunks']
+>>> RULES[0] == {"hybrid_max_chunks": 1, "over_chunks": "retrieval"}  # the shipped RouterConfig's
+True
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data" / "realprose"
-RULES: list[dict[str, Any]] = [
-    {},
+RULES: list[dict[str, Any]] = [  # the shipped rule first, then the ones it was chosen against
     {"hybrid_max_chunks": 1, "over_chunks": "retrieval"},
+    {"hybrid_max_chunks": None},
     {"hybrid_max_chunks": 1, "over_chunks": "parametric"},
-    {"check_hybrid": True},
+    {"hybrid_max_chunks": None, "check_hybrid": True},
 ]
 MAX_NEW_TOKENS = 32
 K = 2

@@ -14,9 +14,12 @@ signals and says why:
    of the in-context teacher's answer the adapter reproduces without the document) is below
    ``min_fidelity`` -> retrieval; an adapter without a measured fidelity (Doc-to-LoRA, context distillation)
    goes on to the answer checks;
-5. an adapter trained to read passages beside it (self-study's in-context samples, ``reads_passages``) answers
-   with the retrieved passages: ``hybrid``; it knows the document when retrieval misses the passage, and its
-   training keeps it from spoiling the reading of the passage when retrieval finds it;
+5. an adapter trained to read passages beside it (self-study's in-context samples, ``reads_passages``) on one
+   chunk (a paragraph: ``hybrid_max_chunks``) answers with the retrieved passages: ``hybrid``; it knows the
+   document when retrieval misses the passage, and its training keeps it from spoiling the reading of the
+   passage when retrieval finds it. An adapter trained on more chunks (a long document) does spoil it: on the
+   dev documents hybrid answered 2 of 30 questions where retrieval answered 6 (``python -m
+   bench.router_sweep``), so its questions go to retrieval (``over_chunks``);
 6. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
@@ -81,8 +84,8 @@ class RouterConfig:
     min_support: float = 0.5  # share of the answer's content words found in the retrieved passages
     min_fidelity: float = 0.5  # an adapter reproducing less of its teacher's held-back answers is not used in auto
     hybrid_when_trained: bool = True  # auto: an adapter trained to read passages answers with them (hybrid)
-    hybrid_max_chunks: int | None = None  # ... only when it was trained on at most this many chunks (None: any)
-    over_chunks: str = "parametric"  # auto, an adapter over hybrid_max_chunks: "parametric" (checked) | "retrieval"
+    hybrid_max_chunks: int | None = 1  # ... only when it was trained on at most this many chunks (None: any)
+    over_chunks: str = "retrieval"  # auto, an adapter over hybrid_max_chunks: "retrieval" | "parametric" (checked)
     check_hybrid: bool = False  # auto: the answer checks also judge a hybrid answer (doubt: retrieval's answer)
 
     def __post_init__(self) -> None:
