@@ -9,7 +9,8 @@ a rule's answer to a question is the answer of the mode it chose.
 
 Reported per rule: ``contains`` over all questions, over paragraph items and over document items, and the modes
 it chose; per question, every answer, whether the retrieved passages held an accepted answer, and the adapter's
-chunk count and fidelity. ``--limit`` caps the documents per data file (all the questions of each are asked).
+chunk count and fidelity. ``--limit`` caps the documents per data file (all the questions of each are asked);
+``--items`` keeps the items whose id matches a pattern (``devdoc4-*``), so a long sweep can run in parts.
 
     OMP_NUM_THREADS=1 python -m bench.router_sweep --data bench/data/realprose/dev_documents.jsonl \\
         --data bench/data/realprose/dev_paragraphs.jsonl --limit 8 --home /tmp/router-sweep \\
@@ -22,6 +23,7 @@ True
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 import time
@@ -40,10 +42,11 @@ K = 2
 NAMESPACE = "router-sweep"
 
 
-def _items(files: list[Path], limit: int | None) -> list[dict[str, Any]]:
+def _items(files: list[Path], limit: int | None, pattern: str | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for f in files:
         rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [r for r in rows if pattern is None or fnmatch.fnmatchcase(r["id"], pattern)]
         keep = list(dict.fromkeys(_doc_id(r) for r in rows))[:limit] if limit else None
         out += [r for r in rows if keep is None or _doc_id(r) in keep]
     return out
@@ -59,6 +62,7 @@ def run(
     home: Path,
     rules: list[dict[str, Any]] | None = None,
     limit: int | None = None,
+    items: str | None = None,
 ) -> dict[str, Any]:
     from memory.api import ParametricMemory
     from memory.config import Settings
@@ -68,13 +72,13 @@ def run(
 
     rules = rules if rules is not None else RULES
     configs = [RouterConfig(**r) for r in rules]  # a misspelled option fails before any model loads
-    items = _items(data, limit)
+    chosen = _items(data, limit, items)
     home.mkdir(parents=True, exist_ok=True)
     mem = ParametricMemory(
         Settings.from_env().with_(home=home, database_url=f"sqlite:///{home}/sweep.db", blob_url=f"{home}/blobs")
     )
     docs: dict[str, str] = {}
-    for it in items:
+    for it in chosen:
         docs.setdefault(_doc_id(it), it["documents"][0])
     internalized: dict[str, dict[str, Any]] = {}
     with ProgressBar("self-study", len(docs)) as bar:
@@ -103,8 +107,8 @@ def run(
             bar.advance()
     engine = mem.query_engine
     rows = []
-    with ProgressBar("questions", len(items)) as bar:
-        for it in items:
+    with ProgressBar("questions", len(chosen)) as bar:
+        for it in chosen:
             q, answers, doc_id = it["question"], it["answers"], _doc_id(it)
             row: dict[str, Any] = {"id": it["id"], "document": doc_id, **internalized[doc_id]}
             for mode in ("retrieval", "hybrid", "parametric"):
@@ -182,12 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--home", type=Path, required=True, help="the sweep's store (reused by a later run)")
     p.add_argument("--rules", type=json.loads, help="JSON list of RouterConfig overrides")
     p.add_argument("--limit", type=int, help="documents per data file")
+    p.add_argument("--items", help="only the items whose id matches this pattern (devdoc4-*)")
     p.add_argument("-o", "--output", type=Path, help="write the JSON here too")
     a = p.parse_args(argv)
     for f in a.data or []:
         if "test" in f.name:
             p.error(f"{f}: rules are chosen on the dev split only")
-    result = run(a.data or [DATA / "dev_documents.jsonl"], a.home, a.rules, a.limit)
+    result = run(a.data or [DATA / "dev_documents.jsonl"], a.home, a.rules, a.limit, a.items)
     text = json.dumps(result, indent=2, default=str)
     if a.output:
         a.output.write_text(text + "\n", encoding="utf-8")
