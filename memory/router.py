@@ -18,7 +18,7 @@ signals and says why:
    chunk (a paragraph: ``hybrid_max_chunks``) answers with the retrieved passages: ``hybrid``; it knows the
    document when retrieval misses the passage, and its training keeps it from spoiling the reading of the
    passage when retrieval finds it. An adapter trained on more chunks (a long document) does spoil it: on the
-   dev documents hybrid answered 2 of 30 questions where retrieval answered 6 (``python -m
+   dev documents hybrid answered 5 of 40 questions where retrieval answered 7 (``python -m
    bench.router_sweep``), so its questions go to retrieval (``over_chunks``);
 6. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
