@@ -122,6 +122,16 @@ def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Pa
     from memory.server.engine import create_engine_app
 
     base = tiny_base()
+    # The tiny model decodes 4,000 tokens in a few seconds, and on a loaded CPU its thread can outrun the event loop
+    # that notices the disconnect. A real model takes milliseconds a step: so does this one here (the sleep also
+    # releases the GIL), so the row cannot end on its own before the client has left.
+    forward = base.model.forward
+
+    def model_speed_step(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.003)
+        return forward(*args, **kwargs)
+
+    base.model.forward = model_speed_step
     app = create_engine_app(base, max_batch=4, max_concurrent=4)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
