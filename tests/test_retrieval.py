@@ -507,6 +507,29 @@ def test_unreadable_saved_graph_is_rebuilt(tmp_path):
     assert loaded._parts["ns"].ann is not None
 
 
+def test_load_ignores_whatever_the_spare_rows_hold(tmp_path, monkeypatch):
+    """The rows ``load`` reserves past the end are uninitialised memory; stale keys there (here: copies of the
+    real ones) must not relabel real rows (CI once got an IndexError from the search of a loaded index)."""
+    from memory.retrieval import index as index_module
+
+    idx, x = make_index(300, 8, backend="usearch" if usearch_available() else "exact")
+    path = tmp_path / "idx.npz"
+    idx.save(path)
+    read_rows = index_module._read_rows
+
+    def stale_room(data, name, room):
+        out = read_rows(data, name, room)
+        filled = len(out) - room
+        out[filled:] = out[:room]
+        return out
+
+    monkeypatch.setattr(index_module, "_read_rows", stale_room)
+    loaded = VectorIndex.load(path)
+    part = loaded._parts["ns"]
+    assert sorted(part.row_of_key.values()) == list(range(part.n))
+    assert loaded.search(x[7], k=3, namespace="ns")[0].id == "id7"  # through the graph if any
+
+
 def test_load_missing_and_corrupt_files(tmp_path):
     with pytest.raises(NotFoundError):
         VectorIndex.load(tmp_path / "nope.npz")

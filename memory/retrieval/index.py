@@ -671,7 +671,7 @@ class VectorIndex:
                     part.keys = keys.astype(np.uint64, copy=False)
                     part.n, part.ids, part.metadata = n, ids, metas
                     part.row_of = {id_: r for r, id_ in enumerate(ids)}
-                    part.row_of_key = {int(key): r for r, key in enumerate(part.keys)}
+                    part.row_of_key = {int(key): r for r, key in enumerate(part.keys[:n])}  # not the spare rows
                     part.next_key = int(space["next_key"])
                     if space["ann"] and idx._has_usearch:
                         part.ann = _restore_graph(bytes(data[f"a{i}"]), part.n, idx.ann_params)
