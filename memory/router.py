@@ -20,6 +20,10 @@ signals and says why:
    passage when retrieval finds it. An adapter trained on more chunks (a long document) does spoil it: on the
    dev documents hybrid answered 5 of 40 questions where retrieval answered 7 (``python -m
    bench.router_sweep``), so its questions go to retrieval (``over_chunks``);
+   Whenever auto answers from retrieval (steps 3-5) and the document is short (``whole_document_tokens``, off
+   by default) and longer than one chunk, the prompt holds the whole document instead of its top chunks
+   (``Route.whole_document``): on the dev documents (2.1k-6.2k tokens) reading a page whole answered 5 of 40
+   questions where its top chunks answered 8 (``bench/results/self-study/dev-context``), so it stays off;
 6. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
@@ -73,6 +77,8 @@ class Candidate:
     fidelity: float | None = None  # measured containment on held-back probes, when the adapter has one
     reads_passages: bool = False  # trained with the document in the student's prompt too (self-study in-context)
     chunks: int | None = None  # how many chunks of its document the adapter was trained on (self-study), if known
+    document_tokens: int | None = None  # the length of the document's current version, when the caller looked
+    document_chunks: int | None = None  # ... and how many chunks it has
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,18 @@ class RouterConfig:
     hybrid_max_chunks: int | None = 1  # ... only when it was trained on at most this many chunks (None: any)
     over_chunks: str = "retrieval"  # auto, an adapter over hybrid_max_chunks: "retrieval" | "parametric" (checked)
     check_hybrid: bool = False  # auto: the answer checks also judge a hybrid answer (doubt: retrieval's answer)
+    whole_document_tokens: int = 0  # auto, answering from retrieval: a document of several chunks and at most this
+    # many tokens goes into the prompt whole, not as its top chunks (0: never)
 
     def __post_init__(self) -> None:
         if self.over_chunks not in ("parametric", "retrieval"):
             raise ValidationError(f"over_chunks must be 'parametric' or 'retrieval', got {self.over_chunks!r}")
         if self.hybrid_max_chunks is not None and self.hybrid_max_chunks < 1:
             raise ValidationError(f"hybrid_max_chunks must be >= 1 or None, got {self.hybrid_max_chunks!r}")
+        if isinstance(self.whole_document_tokens, bool) or not isinstance(self.whole_document_tokens, int):
+            raise ValidationError(f"whole_document_tokens must be an integer, got {self.whole_document_tokens!r}")
+        if self.whole_document_tokens < 0:
+            raise ValidationError(f"whole_document_tokens must be >= 0, got {self.whole_document_tokens!r}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Route:
     reason: str
     adapter_documents: list[str] = field(default_factory=list)
     check_confidence: bool = False  # auto: fall back to retrieval when the adapted answer is unsure or unsupported
+    whole_document: str | None = None  # retrieval: this document's every chunk, in order, instead of the top chunks
 
 
 _WORD = re.compile(r"[\w]+(?:[-'][\w]+)*", re.UNICODE)
@@ -250,6 +263,20 @@ def select_documents(candidates: list[Candidate], cfg: RouterConfig) -> list[Can
     return sorted(keep, key=lambda c: -c.relevance)[: cfg.max_adapters]
 
 
+def _retrieval(top: Candidate, reason: str, cfg: RouterConfig) -> Route:
+    """``auto``'s retrieval route for the most relevant document ``top``: its whole text when it is short enough to
+    be read whole (``whole_document_tokens``) and longer than one chunk, else the top chunks."""
+    tokens, chunks = top.document_tokens, top.document_chunks
+    if tokens is None or chunks is None or chunks < 2 or tokens > cfg.whole_document_tokens:
+        return Route("retrieval", reason)
+    return Route(
+        "retrieval",
+        f"{reason}; {top.document_id!r} is short ({tokens:,} tokens in {chunks} chunks, "
+        f"<= {cfg.whole_document_tokens:,}), so the whole document is in the prompt",
+        whole_document=top.document_id,
+    )
+
+
 def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterConfig = RouterConfig()) -> Route:
     """Pick the mode for one query (see the module docstring) and say why."""
     check_mode(mode)
@@ -278,16 +305,18 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
         )
     top = relevant[0]
     if not top.adapter_ready:
-        return Route(
-            "retrieval",
+        return _retrieval(
+            top,
             f"the most relevant document {top.document_id!r} has no current ready adapter "
             f"(status {top.adapter_status or 'none'}); using retrieval",
+            cfg,
         )
     if top.fidelity is not None and top.fidelity < cfg.min_fidelity:
-        return Route(
-            "retrieval",
+        return _retrieval(
+            top,
             f"the adapter of {top.document_id!r} ({top.tier or 'instant'} tier) reproduces {top.fidelity:.0%} of its "
             f"teacher's held-back answers (< {cfg.min_fidelity:.0%}); using retrieval",
+            cfg,
         )
     over = cfg.hybrid_max_chunks is not None and top.chunks is not None and top.chunks > cfg.hybrid_max_chunks
     if cfg.hybrid_when_trained and top.reads_passages and not over:
@@ -300,10 +329,11 @@ def decide(question: str, mode: str, candidates: list[Candidate], cfg: RouterCon
             check_confidence=cfg.check_hybrid,
         )
     if over and cfg.over_chunks == "retrieval":
-        return Route(
-            "retrieval",
+        return _retrieval(
+            top,
             f"the adapter of {top.document_id!r} was trained on {top.chunks} chunks (> {cfg.hybrid_max_chunks}); "
             "using retrieval",
+            cfg,
         )
     return Route(
         "parametric",

@@ -193,6 +193,55 @@ def test_auto_answers_in_hybrid_only_with_an_adapter_of_one_chunk():
             RouterConfig(**bad)
 
 
+def test_auto_reads_a_short_document_whole_when_it_answers_from_retrieval():
+    """whole_document_tokens: a document of several chunks and at most that many tokens goes into the prompt whole
+    on every retrieval route of auto, never on a requested mode, a one-chunk document or a longer one."""
+    cfg = RouterConfig(whole_document_tokens=3000)
+    q = "What is the vault code?"
+    short = Candidate("doc", 0.7, False, None, document_tokens=2100, document_chunks=5)
+    route = decide(q, "auto", [short], cfg)
+    assert route.mode == "retrieval" and route.whole_document == "doc" and "2,100 tokens in 5 chunks" in route.reason
+    assert decide(q, "auto", [short], CFG).whole_document is None  # off (0)
+    assert decide(q, "retrieval", [short], cfg).whole_document is None  # a requested mode stays classic retrieval
+    long = Candidate("doc", 0.7, False, None, document_tokens=4900, document_chunks=12)
+    one = Candidate("doc", 0.7, False, None, document_tokens=400, document_chunks=1)
+    unknown = Candidate("doc", 0.7, False, None)
+    for c in (long, one, unknown):
+        assert decide(q, "auto", [c], cfg).whole_document is None
+    # the low-fidelity and many-chunk routes to retrieval read it whole too; hybrid and parametric do not
+    weak = Candidate("doc", 0.7, True, "ready", tier="full", fidelity=0.2, document_tokens=2100, document_chunks=5)
+    many = Candidate(
+        "doc",
+        0.7,
+        True,
+        "ready",
+        tier="full",
+        fidelity=0.8,
+        reads_passages=True,
+        chunks=5,
+        document_tokens=2100,
+        document_chunks=5,
+    )
+    para = Candidate(
+        "doc",
+        0.7,
+        True,
+        "ready",
+        tier="full",
+        fidelity=0.8,
+        reads_passages=True,
+        chunks=1,
+        document_tokens=2100,
+        document_chunks=5,
+    )
+    assert decide(q, "auto", [weak], cfg).whole_document == "doc"
+    assert decide(q, "auto", [many], cfg).whole_document == "doc"
+    assert decide(q, "auto", [para], cfg).mode == "hybrid" and decide(q, "auto", [para], cfg).whole_document is None
+    for bad in (-1, 1.5, True, "3000"):
+        with pytest.raises(ValidationError):
+            RouterConfig(whole_document_tokens=bad)
+
+
 def test_auto_can_check_a_hybrid_answer():
     trained = Candidate("vault", 0.7, True, "ready", tier="full", fidelity=0.8, reads_passages=True)
     assert not decide("What is the vault code?", "auto", [trained], CFG).check_confidence

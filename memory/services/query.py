@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory import router
-from memory.db import Document, Namespace, QueryLog
+from memory.db import Chunk, Document, DocumentVersion, Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
 from memory.services.adapters import AdapterRegistry, reads_passages, trained_chunks
 from memory.services.models import ModelRuntime
@@ -301,6 +301,7 @@ class QueryEngine:
             best[h.document_id] = max(best.get(h.document_id, -1.0), h.score)
         for d in named or ():  # documents named by the caller count as relevant whatever their similarity
             best[d] = 1.0
+        lengths = self._lengths(ns, list(best)) if mode == "auto" and cfg.whole_document_tokens else {}
         candidates = [
             router.Candidate(
                 d,
@@ -311,6 +312,7 @@ class QueryEngine:
                 ready[d].fidelity.get("containment") if d in ready else None,
                 d in ready and reads_passages(ready[d]),
                 trained_chunks(ready[d]) if d in ready else None,
+                *lengths.get(d, (None, None)),
             )
             for d, score in best.items()
         ]
@@ -319,6 +321,8 @@ class QueryEngine:
         if skill is not None:
             adapter_infos.append(self.skills.get(skill, namespace=ns))
         context = hits[:k] if route.mode in ("retrieval", "hybrid") else []
+        if route.whole_document is not None:
+            context = self._whole_document(ns, route.whole_document) or context  # empty: deleted meanwhile
         t1 = time.perf_counter()
         lora = self.registry.compose(adapter_infos)
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
@@ -377,6 +381,36 @@ class QueryEngine:
             support=check.support if check else None,
             relevance=relevance,
         )
+
+    def _lengths(self, ns: str, document_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{document id: (tokens, chunks)}`` of the current versions of ``document_ids``."""
+        if not document_ids:
+            return {}
+        with self.records.tx() as s:
+            rows = s.execute(
+                select(Document.key, DocumentVersion.token_count, DocumentVersion.chunk_count)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .join(DocumentVersion, DocumentVersion.id == Document.current_version_id)
+                .where(Namespace.name == ns, Document.key.in_(document_ids))
+            ).tuples()
+            return {key: (tokens, chunks) for key, tokens, chunks in rows}
+
+    def _whole_document(self, ns: str, document_id: str) -> list[SearchHit]:
+        """Every chunk of ``document_id``'s current version, in order, as passages (the router's whole-document
+        route), each with the document's and its own metadata as a search hit has them and a score of 1."""
+        with self.records.tx() as s:
+            rows = s.execute(
+                select(Chunk.id, Chunk.ordinal, Chunk.text, Chunk.meta, Document.meta, DocumentVersion.number)
+                .join(DocumentVersion, DocumentVersion.id == Chunk.version_id)
+                .join(Document, Document.current_version_id == DocumentVersion.id)
+                .join(Namespace, Document.namespace_id == Namespace.id)
+                .where(Namespace.name == ns, Document.key == document_id)
+                .order_by(Chunk.ordinal)
+            ).tuples()
+            return [
+                SearchHit(cid, document_id, number, ordinal, text, 1.0, {**(doc_meta or {}), **(meta or {})})
+                for cid, ordinal, text, meta, doc_meta, number in rows
+            ]
 
     def _abstention(
         self, ns: str, question: str, hits: list[SearchHit], *, filtered: bool, timings: dict[str, float]
