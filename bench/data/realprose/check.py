@@ -15,7 +15,7 @@ FILES = {
     "test_documents.jsonl": ("test", "document"),
 }
 PARAGRAPH_WORDS = (60, 250)
-DEV_DOC_WORDS = (1100, 5200)
+DEV_DOC_WORDS = (600, 5200)
 TEST_DOC_WORDS = (750, 5200)
 
 
