@@ -10,7 +10,8 @@ a rule's answer to a question is the answer of the mode it chose.
 Reported per rule: ``contains`` over all questions, over paragraph items and over document items, and the modes
 it chose; per question, every answer, whether the retrieved passages held an accepted answer, and the adapter's
 chunk count and fidelity. ``--limit`` caps the documents per data file (all the questions of each are asked);
-``--items`` keeps the items whose id matches a pattern (``devdoc4-*``), so a long sweep can run in parts.
+``--items`` keeps the items whose id matches a pattern (``devdoc4-*``), so a long sweep can run in parts;
+``--self-study`` changes the recipe (``SelfStudyConfig`` fields; one recipe per ``--home``).
 
     OMP_NUM_THREADS=1 python -m bench.router_sweep --data bench/data/realprose/dev_documents.jsonl \\
         --data bench/data/realprose/dev_paragraphs.jsonl --limit 8 --home /tmp/router-sweep \\
@@ -63,12 +64,14 @@ def run(
     rules: list[dict[str, Any]] | None = None,
     limit: int | None = None,
     items: str | None = None,
+    self_study: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from memory.api import ParametricMemory
     from memory.config import Settings
     from memory.evaluation.metrics import contains_answer
     from memory.evaluation.progress import ProgressBar
     from memory.router import RouterConfig
+    from memory.self_study import SelfStudyConfig
 
     rules = rules if rules is not None else RULES
     configs = [RouterConfig(**r) for r in rules]  # a misspelled option fails before any model loads
@@ -77,9 +80,17 @@ def run(
     mem = ParametricMemory(
         Settings.from_env().with_(home=home, database_url=f"sqlite:///{home}/sweep.db", blob_url=f"{home}/blobs")
     )
+    recipe = dict(self_study or {})
+    SelfStudyConfig(**recipe)  # a misspelled option fails before any model loads
+    made_with = home / "self-study.json"  # the recipe of the adapters already in the store
+    if made_with.exists() and json.loads(made_with.read_text(encoding="utf-8")) != recipe:
+        raise SystemExit(f"{home} holds adapters of another self-study recipe ({made_with}); use another --home")
+    made_with.write_text(json.dumps(recipe, sort_keys=True) + "\n", encoding="utf-8")
     docs: dict[str, str] = {}
     for it in chosen:
         docs.setdefault(_doc_id(it), it["documents"][0])
+    if recipe and docs:
+        mem.configure_internalizer("self-study", **recipe)  # (loads the base model)
     internalized: dict[str, dict[str, Any]] = {}
     with ProgressBar("self-study", len(docs)) as bar:
         for doc_id, text in docs.items():
@@ -139,7 +150,13 @@ def run(
             engine.router_config = RouterConfig()
             rows.append(row)
             bar.advance()
-    return {"rules": rules, "summary": _summary(rows, rules), "documents": internalized, "rows": rows}
+    return {
+        "rules": rules,
+        "self_study": recipe,
+        "summary": _summary(rows, rules),
+        "documents": internalized,
+        "rows": rows,
+    }
 
 
 def _exists(mem: Any, doc_id: str) -> bool:
@@ -187,12 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rules", type=json.loads, help="JSON list of RouterConfig overrides")
     p.add_argument("--limit", type=int, help="documents per data file")
     p.add_argument("--items", help="only the items whose id matches this pattern (devdoc4-*)")
+    p.add_argument("--self-study", type=json.loads, help="JSON object of SelfStudyConfig overrides (the recipe)")
     p.add_argument("-o", "--output", type=Path, help="write the JSON here too")
     a = p.parse_args(argv)
     for f in a.data or []:
         if "test" in f.name:
             p.error(f"{f}: rules are chosen on the dev split only")
-    result = run(a.data or [DATA / "dev_documents.jsonl"], a.home, a.rules, a.limit, a.items)
+    result = run(a.data or [DATA / "dev_documents.jsonl"], a.home, a.rules, a.limit, a.items, a.self_study)
     text = json.dumps(result, indent=2, default=str)
     if a.output:
         a.output.write_text(text + "\n", encoding="utf-8")

@@ -110,6 +110,8 @@ class SelfStudyConfig:
     model_questions_per_chunk: int = 2  # of those, questions the base model writes itself
     dense_per_chunk: int = 12  # teacher-forced recall / complete prompts per chunk (cheap)
     in_context_per_chunk: int = 2  # teacher-answered samples also trained with the chunk in the student's prompt
+    in_context_distractors: int = 0  # other chunks of the document beside it there, in random order (as retrieval
+    # shows passages: RAFT), so that an adapter of a long document learns to read two passages, not only its own
     steps_per_chunk: int = 40
     min_steps: int = 40
     max_steps: int = 600
@@ -129,6 +131,8 @@ class SelfStudyConfig:
             raise ValidationError(f"self-study lr must be in (0, 1), got {self.lr!r}")
         if not 0 < self.top_layers <= 1:
             raise ValidationError(f"self-study top_layers must be in (0, 1], got {self.top_layers!r}")
+        if int(self.in_context_distractors) < 0 or int(self.in_context_per_chunk) < 0:
+            raise ValidationError("self-study in_context_per_chunk and in_context_distractors must be >= 0")
         if self.adapters not in ("joint", "per-chunk"):
             raise ValidationError(f"self-study adapters must be 'joint' or 'per-chunk', got {self.adapters!r}")
 
@@ -385,6 +389,22 @@ def _load_teacher(state_dir: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def in_context_prompt(
+    base: Any, chunks: Sequence[str], sample: SyntheticPrompt, distractors: int, rng: random.Random
+) -> list[int] | None:
+    """The student's prompt of an in-context sample with ``distractors`` other chunks of the document beside the
+    sample's own, all in random order, in the format a retrieval query uses; ``None`` when there is no other
+    chunk to add (the student then reads the teacher's prompt, its own chunk alone)."""
+    from memory import prompts
+
+    others = [c for c in range(len(chunks)) if c != sample.chunk]
+    if distractors < 1 or not others:
+        return None
+    passages = [chunks[c] for c in [sample.chunk, *rng.sample(others, min(distractors, len(others)))]]
+    rng.shuffle(passages)
+    return base.chat_ids(prompts.context_prompt(sample.prompt, passages), system=prompts.QA_SYSTEM)
+
+
 def self_study(
     base: Any,
     text: str,
@@ -431,10 +451,11 @@ def self_study(
     # learns to leave the model's reading of a retrieved passage alone (hybrid must not spoil retrieval). Their
     # teacher distributions are those already computed (same prompt); only the student's forward is longer.
     per_chunk: dict[int, int] = {}
+    rng = random.Random(cfg.seed + 1)
     for i, s in enumerate(train):
         if s.kind in GENERATED and per_chunk.get(s.chunk, 0) < cfg.in_context_per_chunk:
             per_chunk[s.chunk] = per_chunk.get(s.chunk, 0) + 1
-            s_prompts.append(t_prompts[i])
+            s_prompts.append(in_context_prompt(base, chunks, s, cfg.in_context_distractors, rng) or t_prompts[i])
             responses.append(responses[i])
             teacher.append(teacher[i])
             owner.append(s.chunk)

@@ -56,3 +56,13 @@ def test_the_shipped_rule_is_the_first_compared():
     from memory.router import RouterConfig
 
     assert RouterConfig(**router_sweep.RULES[0]) == RouterConfig()
+
+
+def test_one_store_holds_the_adapters_of_one_recipe(tmp_path):
+    """A second run under the same --home with another recipe would reuse adapters it did not ask for: refused."""
+    router_sweep.run([DEV / "dev_documents.jsonl"], tmp_path, [], items="nothing-*", self_study={"seed": 3})
+    assert json.loads((tmp_path / "self-study.json").read_text()) == {"seed": 3}
+    with pytest.raises(SystemExit, match="another self-study recipe"):
+        router_sweep.run([DEV / "dev_documents.jsonl"], tmp_path, [], items="nothing-*", self_study={})
+    with pytest.raises(TypeError):
+        router_sweep.run([DEV / "dev_documents.jsonl"], tmp_path, [], items="nothing-*", self_study={"sed": 3})

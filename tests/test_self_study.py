@@ -16,7 +16,7 @@ from _fixtures_models import tiny_base  # tests/ is on sys.path
 from memory import router
 from memory.errors import ValidationError
 from memory.lora import from_bytes, to_bytes
-from memory.self_study import KINDS, SelfStudyConfig, build_prompts, self_study
+from memory.self_study import KINDS, SelfStudyConfig, SyntheticPrompt, build_prompts, in_context_prompt, self_study
 from memory.services.adapters import trained_chunks
 
 TEXT = (
@@ -89,6 +89,8 @@ def test_self_study_trains_an_adapter_with_provenance_on_a_tiny_model():
     # in-context samples: teacher-answered samples trained again with the chunk in the student's prompt
     ctx = self_study(base, TEXT, dataclasses.replace(TINY, in_context_per_chunk=1))
     assert ctx.counts["in_context"] == 1 and ctx.data_sha256 == r.data_sha256  # no new synthetic data
+    raft = self_study(base, TEXT, dataclasses.replace(TINY, in_context_per_chunk=1, in_context_distractors=1))
+    assert raft.counts["in_context"] == 1 and raft.data_sha256 == r.data_sha256 and raft.steps == 6
 
 
 def test_bad_input_and_bad_recipes_are_refused():
@@ -101,6 +103,34 @@ def test_bad_input_and_bad_recipes_are_refused():
         SelfStudyConfig(lr=3.0)
     with pytest.raises(ValidationError):
         SelfStudyConfig(top_layers=0)
+    with pytest.raises(ValidationError):
+        SelfStudyConfig(in_context_distractors=-1)
+
+
+def test_an_in_context_sample_reads_its_chunk_beside_other_chunks_in_random_order():
+    """in_context_distractors (RAFT): the student's prompt holds the sample's own chunk and that many other chunks
+    of the document, in random order, in the retrieval prompt's format; nothing to add: the teacher's prompt."""
+    from memory import prompts
+
+    base = tiny_base()
+    chunks = ["alpha one.", "beta two.", "gamma three.", "delta four."]
+    sample = SyntheticPrompt("question", 1, "what is beta?")
+    rng = random.Random(0)
+    orders = set()
+    for _ in range(12):
+        ids = in_context_prompt(base, chunks, sample, 1, rng)
+        assert ids is not None
+        text = base.tokenizer.decode(ids)
+        held = [c for c in chunks if c in text]
+        assert "beta two." in held and len(held) == 2 and "what is beta?" in text
+        orders.add(held[0] == "beta two.")
+        user = prompts.context_prompt(sample.prompt, sorted(held, key=text.index))
+        assert ids == base.chat_ids(user, system=prompts.QA_SYSTEM)
+    assert orders == {True, False}  # its own chunk comes first or second
+    three = base.tokenizer.decode(in_context_prompt(base, chunks, sample, 9, rng) or [])
+    assert all(c in three for c in chunks)  # capped at the document's other chunks
+    assert in_context_prompt(base, chunks, sample, 0, rng) is None
+    assert in_context_prompt(base, ["beta two."], SyntheticPrompt("question", 0, "what is beta?"), 1, rng) is None
 
 
 def test_router_keeps_an_adapter_of_low_measured_fidelity_out_of_auto():
