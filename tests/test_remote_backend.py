@@ -158,6 +158,50 @@ def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Pa
         thread.join(timeout=30)
 
 
+def test_a_completion_whose_client_leaves_before_the_answer_leaves_the_batch(tmp_path: Path) -> None:
+    """The same for a completion that is not streamed: a client that gives up waiting (a timeout) takes its row
+    out of the engine's batch instead of leaving it to decode to ``max_tokens`` for nobody."""
+    import threading
+
+    import uvicorn
+    from _fixtures_models import tiny_base
+
+    from memory.server.engine import create_engine_app
+
+    base = tiny_base()
+    forward = base.model.forward
+
+    def model_speed_step(*args: Any, **kwargs: Any) -> Any:  # a real model's pace (see the test above)
+        time.sleep(0.003)
+        return forward(*args, **kwargs)
+
+    base.model.forward = model_speed_step
+    app = create_engine_app(base, max_batch=4, max_concurrent=4)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the engine did not start"
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+        body = {"model": "tiny", "prompt": base.encode("abc"), "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=body, timeout=httpx.Timeout(30, read=1.0))
+        sched = app.state.batching.scheduler(base)
+        deadline = time.monotonic() + 20
+        while sched.cancelled < 1:
+            assert time.monotonic() < deadline, "the row stayed in the batch after its client left"
+            time.sleep(0.05)
+        assert sched.steps < 4000  # it left long before max_tokens
+        short = httpx.post(url, json={**body, "max_tokens": 3}, timeout=30)  # the engine serves on
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 3
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> None:
     """A dead engine is a ModelError naming the URL (password masked), never the API key; reprs hide both."""
     from memory.config import Settings

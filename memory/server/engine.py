@@ -40,6 +40,7 @@ from pydantic import ValidationError as BodyError
 
 from memory.batch_route import Batching, batched
 from memory.errors import PMemError, ValidationError
+from memory.models.batching import GenerationCancelled
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,17 @@ def create_engine_app(
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "object": "text_completion", "created": created, "model": b.model}
         if not b.stream:
+            cancel = threading.Event()  # set when the client leaves before the answer: the rows leave the batch
             async with gate:
-                gens = await asyncio.to_thread(_generate, base, batching, prompts, kwargs, b.logprobs is not None)
+                watch = asyncio.ensure_future(_until_disconnected(request, cancel))
+                try:
+                    gens = await asyncio.to_thread(
+                        _generate, base, batching, prompts, kwargs, b.logprobs is not None, cancel
+                    )
+                except GenerationCancelled:  # nobody reads this answer: the client has gone
+                    return JSONResponse({"error": {"message": "the client closed the request", "code": 499}}, 499)
+                finally:
+                    watch.cancel()
             choices = [_choice(base, i, g, lps, b, final=True) for i, (g, lps) in enumerate(gens)]
             return {**head, "choices": choices, "usage": _usage(prompts, [g for g, _ in gens])}
         if len(prompts) != 1:
@@ -338,6 +348,15 @@ def _choice(base: Any, index: int, gen: Any, lps: list[float] | None, b: Complet
 def _usage(prompts: list[list[int]], gens: list[Any]) -> dict[str, int]:
     p, c = sum(len(x) for x in prompts), sum(g.completion_tokens for g in gens)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+async def _until_disconnected(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client of a non-streamed completion leaves before its answer (as vLLM aborts such a
+    request); cancelled when the answer is ready. The body has been read, so the next ASGI message is the
+    disconnect (``Request.is_disconnected`` only peeks, and sees nothing through a middleware)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
 
 
 async def _stream(
