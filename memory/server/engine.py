@@ -16,7 +16,8 @@ Loaded adapters live in memory until unloaded, until ``max_loras`` others were u
 more unloads the least recently used), or until the process ends (a restart forgets them, as vLLM's does). A
 request for an adapter no longer loaded answers 404, and the memory server loads it again. A streamed completion
 sends text pieces as they are generated and the token ids and log-probabilities in its last chunk; a client that
-leaves mid-stream takes its row out of the batch (with ``max_batch`` > 1).
+leaves mid-stream, or before the answer of a completion that is not streamed, takes its rows out of the batch
+(with ``max_batch`` > 1).
 
 >>> app = create_engine_app(load_base_model())  # doctest: +SKIP
 """
