@@ -19,12 +19,12 @@ signals and says why:
    document when retrieval misses the passage, and its training keeps it from spoiling the reading of the
    passage when retrieval finds it. An adapter trained on more chunks (a long document) does spoil it: on the
    dev documents hybrid answered 5 of 40 questions where retrieval answered 7 (``python -m
-   bench.router_sweep``), so its questions go to retrieval (``over_chunks``);
+   bench.router_sweep``), so its questions go to retrieval (``over_chunks``).
    Whenever auto answers from retrieval (steps 3-5) and the document is short (``whole_document_tokens``, off
    by default) and longer than one chunk, the prompt holds the whole document instead of its top chunks
    (``Route.whole_document``). On the eight dev documents (1.2k-6.2k tokens) the 135M model reading a page whole
    answered 7 of 80 questions where its top chunks answered 15, and 2 of 40 against 7 on the four under 2k tokens
-   (``bench/results/self-study/dev-context*``), so it stays off for this base model;
+   (``bench/results/self-study/dev-context*``), so it stays off for this base model.
 6. otherwise parametric, then three checks of the adapted answer, all free of extra model calls: it must
    not be degenerate (a repetition loop such as "3333..." or "licororor", :func:`degenerate`), the model
    must be sure of it (mean token log-probability), and the passages the search already returned must
