@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,12 @@ def test_engine_batches_concurrent_completions_each_with_its_adapter(tmp_path: P
     assert max_rows > 1  # decoded together
 
 
-def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Path) -> None:
-    """A client that closes a streamed completion after its first piece takes the row out of the engine's batch
-    at the next step (as vLLM aborts it) instead of decoding on to ``max_tokens``. A real uvicorn server over
-    the tiny model; 4,000 tokens asked for (several seconds of decoding), so the disconnect comes first."""
+@contextmanager
+def _engine_at_model_pace() -> Iterator[tuple[Any, Any, str]]:
+    """``(app, base, completions URL)`` of a real uvicorn engine, in a thread, over the tiny model slowed to a real
+    model's pace. The tiny model decodes 4,000 tokens in a few seconds, and on a loaded CPU its thread can outrun
+    the event loop that notices a disconnect. A real model takes milliseconds a step: so does this one (the sleep
+    also releases the GIL), so a row asked for 4,000 tokens cannot end on its own before its client has left."""
     import threading
 
     import uvicorn
@@ -122,9 +125,6 @@ def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Pa
     from memory.server.engine import create_engine_app
 
     base = tiny_base()
-    # The tiny model decodes 4,000 tokens in a few seconds, and on a loaded CPU its thread can outrun the event loop
-    # that notices the disconnect. A real model takes milliseconds a step: so does this one here (the sleep also
-    # releases the GIL), so the row cannot end on its own before the client has left.
     forward = base.model.forward
 
     def model_speed_step(*args: Any, **kwargs: Any) -> Any:
@@ -141,65 +141,44 @@ def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Pa
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "the engine did not start"
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+        yield app, base, f"http://127.0.0.1:{server.config.port}/v1/completions"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _row_left_the_batch(app: Any, base: Any) -> None:
+    sched = app.state.batching.scheduler(base)
+    deadline = time.monotonic() + 20
+    while sched.cancelled < 1:
+        assert time.monotonic() < deadline, "the row stayed in the batch after its client left"
+        time.sleep(0.05)
+    assert sched.steps < 4000  # it left long before max_tokens
+
+
+def test_a_streamed_completion_whose_client_leaves_leaves_the_batch(tmp_path: Path) -> None:
+    """A client that closes a streamed completion after its first piece takes the row out of the engine's batch
+    at the next step (as vLLM aborts it) instead of decoding on to ``max_tokens``. A real uvicorn server over
+    the tiny model; 4,000 tokens asked for (several seconds of decoding), so the disconnect comes first."""
+    with _engine_at_model_pace() as (app, base, url):
         body = {"model": "tiny", "prompt": base.encode("abc"), "max_tokens": 4000, "temperature": 0}
         with httpx.stream("POST", url, json={**body, "ignore_eos": True, "stream": True}, timeout=60) as r:
             assert r.status_code == 200
             first = next(line for line in r.iter_lines() if line.startswith("data: "))
             assert json.loads(first.removeprefix("data: "))["choices"][0]["text"]
-        sched = app.state.batching.scheduler(base)
-        deadline = time.monotonic() + 20
-        while sched.cancelled < 1:
-            assert time.monotonic() < deadline, "the row stayed in the batch after its client left"
-            time.sleep(0.05)
-        assert sched.steps < 4000  # it left long before max_tokens
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        _row_left_the_batch(app, base)
 
 
 def test_a_completion_whose_client_leaves_before_the_answer_leaves_the_batch(tmp_path: Path) -> None:
     """The same for a completion that is not streamed: a client that gives up waiting (a timeout) takes its row
     out of the engine's batch instead of leaving it to decode to ``max_tokens`` for nobody."""
-    import threading
-
-    import uvicorn
-    from _fixtures_models import tiny_base
-
-    from memory.server.engine import create_engine_app
-
-    base = tiny_base()
-    forward = base.model.forward
-
-    def model_speed_step(*args: Any, **kwargs: Any) -> Any:  # a real model's pace (see the test above)
-        time.sleep(0.003)
-        return forward(*args, **kwargs)
-
-    base.model.forward = model_speed_step
-    app = create_engine_app(base, max_batch=4, max_concurrent=4)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the engine did not start"
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+    with _engine_at_model_pace() as (app, base, url):
         body = {"model": "tiny", "prompt": base.encode("abc"), "max_tokens": 4000, "temperature": 0, "ignore_eos": True}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url, json=body, timeout=httpx.Timeout(30, read=1.0))
-        sched = app.state.batching.scheduler(base)
-        deadline = time.monotonic() + 20
-        while sched.cancelled < 1:
-            assert time.monotonic() < deadline, "the row stayed in the batch after its client left"
-            time.sleep(0.05)
-        assert sched.steps < 4000  # it left long before max_tokens
+        _row_left_the_batch(app, base)
         short = httpx.post(url, json={**body, "max_tokens": 3}, timeout=30)  # the engine serves on
         assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 3
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_unreachable_engine_is_a_model_error_without_the_key(tmp_path: Path) -> None:
