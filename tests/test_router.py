@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from memory.errors import ValidationError
@@ -210,30 +212,8 @@ def test_auto_reads_a_short_document_whole_when_it_answers_from_retrieval():
         assert decide(q, "auto", [c], cfg).whole_document is None
     # the low-fidelity and many-chunk routes to retrieval read it whole too; hybrid and parametric do not
     weak = Candidate("doc", 0.7, True, "ready", tier="full", fidelity=0.2, document_tokens=2100, document_chunks=5)
-    many = Candidate(
-        "doc",
-        0.7,
-        True,
-        "ready",
-        tier="full",
-        fidelity=0.8,
-        reads_passages=True,
-        chunks=5,
-        document_tokens=2100,
-        document_chunks=5,
-    )
-    para = Candidate(
-        "doc",
-        0.7,
-        True,
-        "ready",
-        tier="full",
-        fidelity=0.8,
-        reads_passages=True,
-        chunks=1,
-        document_tokens=2100,
-        document_chunks=5,
-    )
+    many = dataclasses.replace(weak, fidelity=0.8, reads_passages=True, chunks=5)  # trained on 5 chunks
+    para = dataclasses.replace(many, chunks=1)  # an adapter of one chunk: hybrid
     assert decide(q, "auto", [weak], cfg).whole_document == "doc"
     assert decide(q, "auto", [many], cfg).whole_document == "doc"
     assert decide(q, "auto", [para], cfg).mode == "hybrid" and decide(q, "auto", [para], cfg).whole_document is None
