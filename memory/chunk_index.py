@@ -83,6 +83,35 @@ def choose_backend(requested: str, engine: Any) -> str:
     return "inprocess"
 
 
+# A chunk with what a search hit tells of it: its document's key and metadata, its version's number.
+_HIT_ROWS = (
+    select(
+        Chunk.id,
+        Chunk.text,
+        Chunk.ordinal,
+        Chunk.meta,
+        Document.key,
+        Document.meta.label("doc_meta"),
+        DocumentVersion.number,
+    )
+    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
+    .join(Document, Document.id == DocumentVersion.document_id)
+)
+
+
+def _hit(r: Any, score: float) -> SearchHit:
+    """A row of :data:`_HIT_ROWS` as a search hit: the document's metadata, then the chunk's (page, section)."""
+    return SearchHit(
+        chunk_id=r.id,
+        document_id=r.key,
+        version=r.number,
+        ordinal=r.ordinal,
+        text=r.text,
+        score=float(score),
+        metadata={**(r.doc_meta or {}), **(r.meta or {})},
+    )
+
+
 class ChunkIndex:
     """Vector search over the current chunks of each namespace (see the module docstring).
 
@@ -452,41 +481,24 @@ class ChunkIndex:
         if not found:
             return []
         with self._sessions() as s:
-            rows = {
-                r.id: r
-                for r in s.execute(
-                    select(
-                        Chunk.id,
-                        Chunk.text,
-                        Chunk.ordinal,
-                        Chunk.meta,
-                        Document.key,
-                        Document.meta.label("doc_meta"),
-                        DocumentVersion.number,
-                    )
-                    .join(DocumentVersion, Chunk.version_id == DocumentVersion.id)
-                    .join(Document, Document.id == DocumentVersion.document_id)
-                    .where(Chunk.id.in_([cid for cid, _ in found]))
+            rows = {r.id: r for r in s.execute(_HIT_ROWS.where(Chunk.id.in_([cid for cid, _ in found])))}
+        # Ties (same score to 6 decimals) by chunk id, so both backends give one order; a chunk deleted between the
+        # index sync and now is left out.
+        ranked = sorted(found, key=lambda f: (-round(f[1], 6), f[0]))
+        return [_hit(rows[cid], score) for cid, score in ranked if cid in rows]
+
+    def document_chunks(self, ns: str, document_id: str) -> list[SearchHit]:
+        """Every chunk of the current version of ``document_id`` in ``ns``, in order, as search hits of score 1 (the
+        router's whole-document route); empty when there is no such document."""
+        with self._sessions() as s:
+            rows = s.execute(
+                _HIT_ROWS.join(Namespace, Document.namespace_id == Namespace.id)
+                .where(
+                    Namespace.name == ns, Document.key == document_id, Document.current_version_id == DocumentVersion.id
                 )
-            }
-        out = []
-        # Ties (same score to 6 decimals) by chunk id, so both backends give one order.
-        for cid, score in sorted(found, key=lambda f: (-round(f[1], 6), f[0])):
-            r = rows.get(cid)
-            if r is None:  # deleted between the index sync and now
-                continue
-            out.append(
-                SearchHit(
-                    chunk_id=r.id,
-                    document_id=r.key,
-                    version=r.number,
-                    ordinal=r.ordinal,
-                    text=r.text,
-                    score=float(score),
-                    metadata={**(r.doc_meta or {}), **(r.meta or {})},
-                )
-            )
-        return out
+                .order_by(Chunk.ordinal)
+            ).all()
+        return [_hit(r, 1.0) for r in rows]
 
     def _pg_search(self, qvec: np.ndarray, k: int, ns: str, pred: Any) -> list[tuple[int, float]]:
         import sqlalchemy as sa

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memory import router
-from memory.db import Chunk, Document, DocumentVersion, Namespace, QueryLog
+from memory.db import Document, DocumentVersion, Namespace, QueryLog
 from memory.errors import NotFoundError, ValidationError
 from memory.services.adapters import AdapterRegistry, reads_passages, trained_chunks
 from memory.services.models import ModelRuntime
@@ -322,7 +322,7 @@ class QueryEngine:
             adapter_infos.append(self.skills.get(skill, namespace=ns))
         context = hits[:k] if route.mode in ("retrieval", "hybrid") else []
         if route.whole_document is not None:
-            context = self._whole_document(ns, route.whole_document) or context  # empty: deleted meanwhile
+            context = self.chunk_index.document_chunks(ns, route.whole_document) or context  # []: deleted
         t1 = time.perf_counter()
         lora = self.registry.compose(adapter_infos)
         timings["adapter_load_ms"] = (time.perf_counter() - t1) * 1000
@@ -394,23 +394,6 @@ class QueryEngine:
                 .where(Namespace.name == ns, Document.key.in_(document_ids))
             ).tuples()
             return {key: (tokens, chunks) for key, tokens, chunks in rows}
-
-    def _whole_document(self, ns: str, document_id: str) -> list[SearchHit]:
-        """Every chunk of ``document_id``'s current version, in order, as passages (the router's whole-document
-        route), each with the document's and its own metadata as a search hit has them and a score of 1."""
-        with self.records.tx() as s:
-            rows = s.execute(
-                select(Chunk.id, Chunk.ordinal, Chunk.text, Chunk.meta, Document.meta, DocumentVersion.number)
-                .join(DocumentVersion, DocumentVersion.id == Chunk.version_id)
-                .join(Document, Document.current_version_id == DocumentVersion.id)
-                .join(Namespace, Document.namespace_id == Namespace.id)
-                .where(Namespace.name == ns, Document.key == document_id)
-                .order_by(Chunk.ordinal)
-            ).tuples()
-            return [
-                SearchHit(cid, document_id, number, ordinal, text, 1.0, {**(doc_meta or {}), **(meta or {})})
-                for cid, ordinal, text, meta, doc_meta, number in rows
-            ]
 
     def _abstention(
         self, ns: str, question: str, hits: list[SearchHit], *, filtered: bool, timings: dict[str, float]
