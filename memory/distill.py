@@ -118,9 +118,11 @@ def _entities(sentence: str) -> list[str]:
     return out
 
 
-def teacher_prompt(base: Any, document: str, question: str) -> list[int]:
-    """Token ids of the teacher's prompt: the document, then the question (the in-context format)."""
-    return base.chat_ids(prompts.context_prompt(question, [document]), system=prompts.QA_SYSTEM)
+def teacher_prompt(base: Any, document: str | Sequence[str], question: str) -> list[int]:
+    """Token ids of the teacher's prompt: the document (or passages, in order), then the question (the in-context
+    format, which a retrieval query uses too)."""
+    passages = [document] if isinstance(document, str) else list(document)
+    return base.chat_ids(prompts.context_prompt(question, passages), system=prompts.QA_SYSTEM)
 
 
 def student_prompt(base: Any, question: str) -> list[int]:

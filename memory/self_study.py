@@ -395,14 +395,12 @@ def in_context_prompt(
     """The student's prompt of an in-context sample with ``distractors`` other chunks of the document beside the
     sample's own, all in random order, in the format a retrieval query uses; ``None`` when there is no other
     chunk to add (the student then reads the teacher's prompt, its own chunk alone)."""
-    from memory import prompts
-
     others = [c for c in range(len(chunks)) if c != sample.chunk]
     if distractors < 1 or not others:
         return None
     passages = [chunks[c] for c in [sample.chunk, *rng.sample(others, min(distractors, len(others)))]]
     rng.shuffle(passages)
-    return base.chat_ids(prompts.context_prompt(sample.prompt, passages), system=prompts.QA_SYSTEM)
+    return teacher_prompt(base, passages, sample.prompt)
 
 
 def self_study(
