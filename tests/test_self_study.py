@@ -121,10 +121,10 @@ def test_an_in_context_sample_reads_its_chunk_beside_other_chunks_in_random_orde
         ids = in_context_prompt(base, chunks, sample, 1, rng)
         assert ids is not None
         text = base.tokenizer.decode(ids)
-        held = [c for c in chunks if c in text]
+        held = sorted((c for c in chunks if c in text), key=text.index)  # in the prompt's order
         assert "beta two." in held and len(held) == 2 and "what is beta?" in text
         orders.add(held[0] == "beta two.")
-        user = prompts.context_prompt(sample.prompt, sorted(held, key=text.index))
+        user = prompts.context_prompt(sample.prompt, held)
         assert ids == base.chat_ids(user, system=prompts.QA_SYSTEM)
     assert orders == {True, False}  # its own chunk comes first or second
     three = base.tokenizer.decode(in_context_prompt(base, chunks, sample, 9, rng) or [])
